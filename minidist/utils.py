@@ -78,19 +78,26 @@ _TIME_UNITS = {
 _QUANTITY = re.compile(r"^\s*([0-9]*\.?[0-9]*(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Zµ]*)\s*$")
 
 
-def _split_quantity(text: str, what: str) -> tuple[float, str]:
-    match = _QUANTITY.match(text)
-    if match is None:
-        raise ValueError(f"Could not read {text!r} as {what}")
-    number, unit = match.groups()
-    if number in ("", "."):
-        if not unit:
+def _parse_quantity(text, units: dict, what: str, hint: str) -> float:
+    """``text`` (a number, or a string "<number> <unit>") times its unit, checked finite and >= 0."""
+    if isinstance(text, numbers.Real) and not isinstance(text, bool):
+        value = float(text)
+    elif isinstance(text, str):
+        match = _QUANTITY.match(text)
+        if match is None or match.group(1) == "." or not any(match.groups()):
             raise ValueError(f"Could not read {text!r} as {what}")
-        number = "1"
-    try:
-        return float(number), unit.lower()
-    except ValueError:
-        raise ValueError(f"Could not read {text!r} as {what}") from None
+        number, unit = match.group(1) or "1", match.group(2).lower()
+        if unit not in units:
+            raise ValueError(f"Could not read {text!r} as {what}: unknown unit {unit!r} ({hint})")
+        try:
+            value = float(number) * units[unit]
+        except ValueError:  # a lone exponent such as "e5"
+            raise ValueError(f"Could not read {text!r} as {what}") from None
+    else:
+        raise ValueError(f"Could not read {text!r} as {what}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"Could not read {text!r} as {what}: it must be finite and not negative")
+    return value
 
 
 def parse_bytes(text: str | int | float) -> int:
@@ -98,23 +105,7 @@ def parse_bytes(text: str | int | float) -> int:
 
     Raises ValueError for negative, non-finite or unreadable values, and for unknown units.
     """
-    if isinstance(text, bool):
-        raise ValueError(f"Could not read {text!r} as a number of bytes")
-    if isinstance(text, numbers.Real):
-        number, multiplier = float(text), 1
-    elif isinstance(text, str):
-        number, unit = _split_quantity(text, "a number of bytes")
-        if unit not in _BYTE_UNITS:
-            raise ValueError(
-                f"Could not read {text!r} as a number of bytes: unknown unit {unit!r} "
-                "(use B, kB, MB, GB, TB, or KiB, MiB, GiB, TiB)"
-            )
-        multiplier = _BYTE_UNITS[unit]
-    else:
-        raise ValueError(f"Could not read {text!r} as a number of bytes")
-    if not math.isfinite(number) or number < 0:
-        raise ValueError(f"A number of bytes must be finite and not negative, got {text!r}")
-    return int(number * multiplier)
+    return int(_parse_quantity(text, _BYTE_UNITS, "a number of bytes", "use B, kB, MB, GB, or KiB, MiB, GiB"))
 
 
 def format_bytes(n: int | float) -> str:
@@ -133,22 +124,6 @@ def parse_timedelta(text: str | int | float | datetime.timedelta) -> float:
 
     Raises ValueError for negative, non-finite or unreadable values, and for unknown units.
     """
-    if isinstance(text, bool):
-        raise ValueError(f"Could not read {text!r} as a duration")
     if isinstance(text, datetime.timedelta):
-        seconds = text.total_seconds()
-    elif isinstance(text, numbers.Real):
-        seconds = float(text)
-    elif isinstance(text, str):
-        number, unit = _split_quantity(text, "a duration")
-        if unit not in _TIME_UNITS:
-            raise ValueError(
-                f"Could not read {text!r} as a duration: unknown unit {unit!r} "
-                "(use ms, s, minutes, hours, days)"
-            )
-        seconds = number * _TIME_UNITS[unit]
-    else:
-        raise ValueError(f"Could not read {text!r} as a duration")
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"A duration must be finite and not negative, got {text!r}")
-    return seconds
+        text = text.total_seconds()
+    return _parse_quantity(text, _TIME_UNITS, "a duration", "use ms, s, minutes, hours, days")

@@ -46,7 +46,7 @@ def test_parse_bytes_reads_sizes_with_and_without_units(text, expected):
     assert parse_bytes(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "lots", "5 parsecs", "-1GB", "1..5GB", -1, float("inf"), True, None])
+@pytest.mark.parametrize("text", ["", "lots", "5 parsecs", "-1GB", "1..5GB", "e5", ".", -1, float("inf"), True, None])
 def test_parse_bytes_rejects_nonsense_with_a_value_error_naming_it(text):
     with pytest.raises(ValueError, match="bytes"):
         parse_bytes(text)
