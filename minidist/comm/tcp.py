@@ -1,0 +1,633 @@
+"""TCP (and TLS) transport: authenticated, framed, bidirectional message streams.
+
+    client process                                        scheduler process
+    connect(address) ──TCP──► Listener.accept()
+      [TLS handshake, tls:// only; both sides present certificates]
+      ◄── frame: MAGIC + server nonce
+      ──► frame: client nonce + HMAC(secret, "client" + server nonce + client nonce)
+      ◄── frame: "OK" + HMAC(secret, "server" + client nonce + server nonce)   or "FAIL <reason>"
+    Connection  ◄──── length-prefixed frames, both ways ────►  Connection
+
+A frame is an 8-byte big-endian length followed by that many bytes. ``send_bytes`` may be called from
+any thread (a lock keeps frames whole); ``recv_bytes`` is meant for one reader thread per connection.
+
+Listener.accept() waits for a peer, then runs the TLS handshake and the HMAC exchange under a short
+deadline. A peer that fails in any way (wrong secret, garbage, too slow, hangs up) is closed, reported
+through ``on_reject(peer, reason)`` (or a warning on the ``minidist.comm.tcp`` logger when no callback
+is given), and accept() goes back to waiting: a bad peer never makes it raise. Before a peer has
+authenticated, frames are limited to a few hundred bytes, so nothing is allocated for a stranger.
+
+Why TLS reads are non-blocking: OpenSSL forbids using one SSL object from two threads at once, yet the
+engine reads in one thread and writes from another. So every SSL call runs under a per-connection lock
+on a non-blocking socket, and waiting for the socket (poll) happens outside the lock. Plain TCP sockets
+are full duplex in the kernel and use ordinary blocking calls.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import select
+import socket
+import ssl
+import struct
+import threading
+import time
+from typing import Callable
+
+from minidist.comm.addressing import format_address, parse_address
+from minidist.security import Security, read_secret, remove_secret, secret_path, write_secret
+
+logger = logging.getLogger("minidist.comm.tcp")
+
+DEFAULT_MAX_FRAME_SIZE = 1 << 30  # 1 GiB
+HANDSHAKE_TIMEOUT = 5.0  # seconds a peer has to complete TLS + authentication
+_HEADER = struct.Struct("!Q")
+_MAGIC = b"minidist-auth-1:"
+_NONCE_SIZE = 32
+_AUTH_FRAME_LIMIT = 512  # no handshake message is longer; a stranger cannot make us allocate more
+_POLL_INTERVAL = 0.5  # waits wake up this often to notice close() from another thread
+_TLS_CHUNK = 1 << 20  # bytes handed to one SSL_write
+_SMALL_FRAME = 1 << 16  # below this, header and payload go out in a single send
+
+
+class CommClosedError(ConnectionError):
+    """The connection closed (by either side, or the network)."""
+
+
+class ProtocolError(ValueError):
+    """The peer sent bytes that are not a valid frame (too large, truncated) or handshake message."""
+
+
+class AuthenticationError(PermissionError):
+    """The peer could not be authenticated: wrong or missing secret, or rejected TLS credentials."""
+
+
+# --- byte streams: the one place that differs between plain TCP and TLS ------------------------------
+
+
+def _remaining(deadline: float | None) -> float | None:
+    if deadline is None:
+        return None
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("timed out")
+    return left
+
+
+class _PlainStream:
+    """A connected TCP socket used with blocking calls (with a timeout during the handshake)."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+
+    def recv_into(self, view: memoryview, deadline: float | None) -> int:
+        if deadline is not None:
+            self.sock.settimeout(_remaining(deadline))
+        return self.sock.recv_into(view)
+
+    def sendall(self, data, deadline: float | None) -> None:
+        if deadline is not None:
+            self.sock.settimeout(_remaining(deadline))
+        self.sock.sendall(data)
+
+    def handshake_done(self) -> None:
+        self.sock.settimeout(None)
+
+    def close(self) -> None:
+        _shutdown_and_close(self.sock)
+
+
+class _TLSStream:
+    """An SSLSocket driven non-blocking, every SSL call under one lock (see the module docstring)."""
+
+    def __init__(self, sock: ssl.SSLSocket):
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.lock = threading.Lock()
+        self.closed = False
+        sock.setblocking(False)
+
+    def _wait(self, events: int, deadline: float | None) -> None:
+        left = _remaining(deadline)
+        timeout = _POLL_INTERVAL if left is None else min(left, _POLL_INTERVAL)
+        poller = select.poll()
+        poller.register(self.fd, events)
+        poller.poll(timeout * 1000)
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise OSError("connection closed locally")
+
+    def recv_into(self, view: memoryview, deadline: float | None) -> int:
+        while True:
+            with self.lock:
+                self._check_open()
+                try:
+                    return self.sock.recv_into(view, len(view))
+                except ssl.SSLWantReadError:
+                    events = select.POLLIN
+                except ssl.SSLWantWriteError:
+                    events = select.POLLOUT
+            self._wait(events, deadline)
+
+    def sendall(self, data, deadline: float | None) -> None:
+        view = memoryview(data).cast("B")
+        sent = 0
+        while sent < len(view):
+            # After a "want" error OpenSSL needs the very same chunk again, which this slice is.
+            chunk = view[sent : sent + _TLS_CHUNK]
+            with self.lock:
+                self._check_open()
+                try:
+                    sent += self.sock.send(chunk)
+                    continue
+                except ssl.SSLWantWriteError:
+                    events = select.POLLOUT
+                except ssl.SSLWantReadError:
+                    events = select.POLLIN
+            self._wait(events, deadline)
+
+    def handshake_done(self) -> None:
+        pass
+
+    def close(self) -> None:
+        with self.lock:
+            self.closed = True
+            _shutdown_and_close(self.sock)
+
+
+def _shutdown_and_close(sock: socket.socket) -> None:
+    # shutdown() first: it wakes a thread blocked in recv on this socket, close() alone would not.
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()
+
+
+# --- Connection ----------------------------------------------------------------------------------------
+
+
+class Connection:
+    """One authenticated, framed, bidirectional message stream. Made by ``connect`` and ``Listener``."""
+
+    def __init__(self, stream, peer: str, local: str, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE):
+        self._stream = stream
+        self.peer = peer
+        self.local = local
+        self.max_frame_size = max_frame_size
+        self._send_lock = threading.Lock()
+        self._recv_lock = threading.Lock()
+        self._close_lock = threading.Lock()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<Connection {self.local} -> {self.peer} ({state})>"
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def send_bytes(self, data: bytes) -> None:
+        """Send one frame. Thread-safe. Raises CommClosedError if the connection is gone."""
+        self._send(data, None, self.max_frame_size)
+
+    def recv_bytes(self) -> bytes:
+        """Block until one whole frame arrives and return it.
+
+        Raises CommClosedError when the connection closes between frames, ProtocolError (and closes the
+        connection) when a frame is too large or the peer hangs up in the middle of one.
+        """
+        return self._recv(None, self.max_frame_size)
+
+    def close(self) -> None:
+        """Close the socket; a thread blocked in recv_bytes gets CommClosedError. Idempotent."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._stream.close()
+
+    # The handshake uses the same framing with a deadline and a small size limit.
+
+    def _send(self, data, deadline: float | None, limit: int) -> None:
+        size = len(memoryview(data).cast("B"))
+        if size > limit:
+            raise ProtocolError(f"Cannot send a frame of {size} bytes: the limit is {limit} bytes")
+        header = _HEADER.pack(size)
+        with self._send_lock:
+            self._raise_if_closed()
+            try:
+                if size <= _SMALL_FRAME:
+                    self._stream.sendall(header + data, deadline)
+                else:
+                    self._stream.sendall(header, deadline)
+                    self._stream.sendall(data, deadline)
+            except TimeoutError:
+                raise
+            except (OSError, ValueError) as exc:
+                self.close()
+                raise CommClosedError(f"Connection to {self.peer} closed while sending: {exc}") from exc
+
+    def _recv(self, deadline: float | None, limit: int) -> bytes:
+        with self._recv_lock:
+            self._raise_if_closed()
+            header = bytearray(_HEADER.size)
+            if not self._read_exact(header, deadline, allow_eof=True):
+                self.close()
+                raise CommClosedError(f"Connection to {self.peer} was closed by the peer")
+            (size,) = _HEADER.unpack(header)
+            if size > limit:
+                self.close()
+                error = ProtocolError(f"{self.peer} sent a frame of {size} bytes, over the limit of {limit}")
+                error.header = bytes(header)  # lets the listener guess what the stranger speaks
+                raise error
+            # Only frames within the limit get a buffer; before authentication the limit is tiny.
+            payload = bytearray(size)
+            self._read_exact(payload, deadline, allow_eof=False)
+            return bytes(payload)
+
+    def _read_exact(self, buffer: bytearray, deadline: float | None, allow_eof: bool) -> bool:
+        """Fill ``buffer``. False on a clean EOF before any byte (if allowed); else raises."""
+        view = memoryview(buffer)
+        got = 0
+        while got < len(buffer):
+            try:
+                n = self._stream.recv_into(view[got:], deadline)
+            except TimeoutError:
+                raise
+            except (OSError, ValueError) as exc:
+                if self._closed:
+                    raise CommClosedError(f"Connection to {self.peer} was closed locally") from None
+                self.close()
+                raise CommClosedError(f"Connection to {self.peer} failed: {exc}") from exc
+            if n == 0:
+                if self._closed:
+                    raise CommClosedError(f"Connection to {self.peer} was closed locally")
+                if got == 0 and allow_eof:
+                    return False
+                self.close()
+                raise ProtocolError(
+                    f"{self.peer} closed the connection in the middle of a frame "
+                    f"({got} of {len(buffer)} bytes received)"
+                )
+            got += n
+        return True
+
+    def _raise_if_closed(self) -> None:
+        if self._closed:
+            raise CommClosedError(f"Connection to {self.peer} is closed")
+
+
+def _hmac(secret: bytes, label: bytes, first: bytes, second: bytes) -> bytes:
+    return hmac.new(secret, label + first + second, hashlib.sha256).digest()
+
+
+def _check_secret(secret) -> bytes:
+    if not isinstance(secret, (bytes, bytearray)) or not secret:
+        raise ValueError("The secret must be non-empty bytes, e.g. minidist.security.new_secret()")
+    return bytes(secret)
+
+
+def _tls_context(protocol: str, security: Security | None, server: bool, role: str, address: str):
+    """The SSLContext for ``protocol`` (None for plain tcp), after checking protocol and security agree."""
+    if protocol == "inproc":
+        raise ValueError(f"{address!r} is an in-process address: it has no socket to listen on or connect to")
+    if protocol == "tls":
+        if security is None:
+            raise ValueError(
+                f"{address!r} is a TLS address: pass security=Security(...) with the cluster's credentials "
+                "(for security=True clusters, the cluster's .security object)"
+            )
+        return security.server_context(role) if server else security.client_context(role)
+    if security is not None and security.require_encryption:
+        raise ValueError(
+            f"Security(require_encryption=True) refuses the unencrypted address {address!r}; "
+            "use a tls:// address"
+        )
+    return None
+
+
+def _looks_like(frame_header: bytes) -> str:
+    """A hint for a rejected first frame: which common protocol the stranger seems to speak."""
+    if frame_header[:1] == b"\x16" and frame_header[1:2] == b"\x03":
+        return " (it looks like a TLS handshake: the client used tls:// but this listener is tcp://)"
+    if frame_header[:4] in (b"GET ", b"POST", b"HEAD", b"PUT ", b"OPTI"):
+        return " (it looks like an HTTP request)"
+    return ""
+
+
+# --- Listener ------------------------------------------------------------------------------------------
+
+
+class Listener:
+    """A listening socket whose accept() only ever returns authenticated connections."""
+
+    def __init__(
+        self,
+        address: str,
+        secret: bytes,
+        security: Security | None = None,
+        on_reject: Callable[[str, str], None] | None = None,
+        *,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        publish_secret: bool = False,
+        role: str = "scheduler",
+        backlog: int = 128,
+    ):
+        """Bind ``address`` ("tcp://host:0" picks a free port) and listen.
+
+        ``publish_secret=True`` writes the secret file for the bound address (so local clients of the
+        same user find it) and removes it on close().
+        """
+        protocol, host, port = parse_address(address)
+        self._secret = _check_secret(secret)
+        self._context = _tls_context(protocol, security, True, role, address)
+        self._protocol = protocol
+        self._on_reject = on_reject
+        self.handshake_timeout = handshake_timeout
+        self.max_frame_size = max_frame_size
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._sock = socket.create_server((host, port), family=family, backlog=backlog)
+        self._sock.setblocking(False)
+        self._fd = self._sock.fileno()
+        bound_host, bound_port = self._sock.getsockname()[:2]
+        self.address = format_address(protocol, bound_host, bound_port)
+        self._closed = False
+        self._published: list[str] = []
+        if publish_secret:
+            try:
+                self._publish()
+            except BaseException:
+                self._sock.close()
+                raise
+
+    def _publish(self) -> None:
+        addresses = [self.address]
+        _, host, port = parse_address(self.address)
+        if host in ("0.0.0.0", "::"):  # listening everywhere: local clients will say loopback
+            addresses.append(format_address(self._protocol, "127.0.0.1" if host == "0.0.0.0" else "::1", port))
+        for address in addresses:
+            write_secret(address, self._secret)
+            self._published.append(address)
+
+    def __repr__(self) -> str:
+        return f"<Listener {self.address}{' (closed)' if self._closed else ''}>"
+
+    def __enter__(self) -> Listener:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def secret_file(self):
+        """The secret file of this listener's address (whether or not it was published)."""
+        return secret_path(self.address)
+
+    def accept(self, timeout: float | None = None) -> Connection:
+        """Wait for the next peer that authenticates, and return its Connection.
+
+        Raises TimeoutError if none did within ``timeout`` seconds, CommClosedError once the listener
+        is closed (also when close() is called from another thread while waiting).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            sock, peer = self._next_socket(deadline)
+            try:
+                return self._authenticate(sock, peer)
+            except _Rejected as rejection:
+                self._reject(peer, rejection.reason)
+            except Exception as exc:  # never let one bad peer take the listener down
+                _shutdown_and_close(sock)
+                self._reject(peer, f"unexpected error during the handshake: {exc!r}")
+
+    def close(self) -> None:
+        """Stop listening and remove the published secret file. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        _shutdown_and_close(self._sock)
+        for address in self._published:
+            remove_secret(address, self._secret)
+        self._published.clear()
+
+    def _next_socket(self, deadline: float | None):
+        while True:
+            if self._closed:
+                raise CommClosedError(f"Listener {self.address} is closed")
+            try:
+                sock, addr = self._sock.accept()
+            except BlockingIOError:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError(f"No client connected to {self.address} in time") from None
+                poller = select.poll()
+                poller.register(self._fd, select.POLLIN)
+                poller.poll(1000 * (_POLL_INTERVAL if left is None else min(left, _POLL_INTERVAL)))
+                continue
+            except OSError as exc:
+                if self._closed:
+                    raise CommClosedError(f"Listener {self.address} is closed") from None
+                # Out of file descriptors or an aborted connection: log, back off briefly, go on.
+                logger.warning("accept() on %s failed: %s", self.address, exc)
+                time.sleep(0.05)
+                continue
+            return sock, format_address(self._protocol, addr[0], addr[1])
+
+    def _authenticate(self, sock: socket.socket, peer: str) -> Connection:
+        deadline = time.monotonic() + self.handshake_timeout
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # Read before wrapping: wrapping in TLS detaches ``sock`` from its file descriptor.
+            local = format_address(self._protocol, *sock.getsockname()[:2])
+            stream = _wrap_tls(sock, self._context, deadline, server=True)
+        except ssl.SSLError as exc:
+            _shutdown_and_close(sock)
+            raise _Rejected(f"TLS handshake failed: {exc}") from None
+        except (TimeoutError, OSError) as exc:
+            _shutdown_and_close(sock)
+            raise _Rejected(_describe_handshake_error(exc, self.handshake_timeout)) from None
+        conn = Connection(stream, peer, local, self.max_frame_size)
+        try:
+            server_nonce = os.urandom(_NONCE_SIZE)
+            conn._send(_MAGIC + server_nonce, deadline, _AUTH_FRAME_LIMIT)
+            reply = conn._recv(deadline, _AUTH_FRAME_LIMIT)
+            if len(reply) != 2 * _NONCE_SIZE:
+                raise _Rejected(f"malformed authentication reply ({len(reply)} bytes)")
+            client_nonce, proof = reply[:_NONCE_SIZE], reply[_NONCE_SIZE:]
+            expected = _hmac(self._secret, b"client", server_nonce, client_nonce)
+            if not hmac.compare_digest(proof, expected):
+                try:  # tell the peer why, if it is still listening
+                    conn._send(b"FAIL wrong secret", deadline, _AUTH_FRAME_LIMIT)
+                except OSError:
+                    pass
+                raise _Rejected("wrong secret")
+            answer = b"OK" + _hmac(self._secret, b"server", client_nonce, server_nonce)
+            conn._send(answer, deadline, _AUTH_FRAME_LIMIT)
+        except _Rejected:
+            conn.close()
+            raise
+        except ProtocolError as exc:
+            conn.close()
+            raise _Rejected(f"malformed handshake: {exc}{_looks_like(_first_bytes(exc))}") from None
+        except (TimeoutError, OSError) as exc:
+            conn.close()
+            raise _Rejected(_describe_handshake_error(exc, self.handshake_timeout)) from None
+        stream.handshake_done()
+        return conn
+
+    def _reject(self, peer: str, reason: str) -> None:
+        if self._on_reject is None:
+            logger.warning("Rejected connection from %s to %s: %s", peer, self.address, reason)
+            return
+        try:
+            self._on_reject(peer, reason)
+        except Exception:
+            logger.exception("on_reject callback failed for %s (%s)", peer, reason)
+
+
+class _Rejected(Exception):
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _first_bytes(exc: ProtocolError) -> bytes:
+    return getattr(exc, "header", b"")
+
+
+def _describe_handshake_error(exc: BaseException, timeout: float) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"did not complete the handshake within {timeout:g}s"
+    if isinstance(exc, CommClosedError):
+        return "closed the connection during the handshake"
+    return f"connection failed during the handshake: {exc}"
+
+
+def _wrap_tls(sock: socket.socket, context: ssl.SSLContext | None, deadline: float, server: bool):
+    """The stream for ``sock``: plain, or TLS after a handshake that must finish by ``deadline``."""
+    if context is None:
+        return _PlainStream(sock)
+    tls = context.wrap_socket(sock, server_side=server, do_handshake_on_connect=False)
+    try:
+        tls.settimeout(_remaining(deadline))
+        tls.do_handshake()
+    except BaseException:
+        tls.close()  # detaches and closes the underlying socket too
+        raise
+    return _TLSStream(tls)
+
+
+# --- connect ---------------------------------------------------------------------------------------------
+
+
+def connect(
+    address: str,
+    secret: bytes | None = None,
+    security: Security | None = None,
+    timeout: float = 10,
+    *,
+    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+    role: str = "client",
+) -> Connection:
+    """Connect to the Listener at ``address`` and authenticate both ways.
+
+    ``secret=None`` reads the secret the scheduler published for this address (same user, same machine).
+    Raises AuthenticationError when there is no secret or it is refused, ConnectionRefusedError when
+    nothing listens there, TimeoutError when the whole exchange takes over ``timeout`` seconds.
+    """
+    protocol, host, port = parse_address(address)
+    context = _tls_context(protocol, security, False, role, address)
+    from_file = secret is None
+    if from_file:
+        secret = read_secret(address)
+        if secret is None:
+            raise AuthenticationError(
+                f"No secret found for {address} (looked for {secret_path(address)}). Run the client as "
+                "the same user on the same machine as the scheduler, or pass the cluster's secret "
+                "explicitly (connect(address, secret=...))"
+            )
+    secret = _check_secret(secret)
+    deadline = time.monotonic() + timeout
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except ConnectionRefusedError as exc:
+        raise ConnectionRefusedError(
+            exc.errno, f"Could not connect to {address}: connection refused. Is the scheduler running?"
+        ) from None
+    except TimeoutError:
+        raise TimeoutError(f"Timed out after {timeout:g}s connecting to {address}") from None
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        local = format_address(protocol, *sock.getsockname()[:2])
+        try:
+            stream = _wrap_tls(sock, context, deadline, server=False)
+        except TimeoutError:
+            raise TimeoutError(f"Timed out during the TLS handshake with {address}") from None
+        except ssl.SSLError as exc:
+            raise AuthenticationError(
+                f"TLS handshake with {address} failed: {exc}. Is the scheduler listening with TLS "
+                "(tls://), and were you given the cluster's Security credentials?"
+            ) from None
+    except BaseException:
+        sock.close()
+        raise
+    conn = Connection(stream, address, local, max_frame_size)
+    try:
+        _client_handshake(conn, secret, deadline, address, from_file)
+    except BaseException:
+        conn.close()
+        raise
+    stream.handshake_done()
+    return conn
+
+
+def _client_handshake(conn: Connection, secret: bytes, deadline: float, address: str, from_file: bool):
+    try:
+        greeting = conn._recv(deadline, _AUTH_FRAME_LIMIT)
+        if not greeting.startswith(_MAGIC) or len(greeting) != len(_MAGIC) + _NONCE_SIZE:
+            raise ProtocolError(f"{address} is not a minidist scheduler (unexpected greeting)")
+        server_nonce = greeting[len(_MAGIC) :]
+        client_nonce = os.urandom(_NONCE_SIZE)
+        proof = _hmac(secret, b"client", server_nonce, client_nonce)
+        conn._send(client_nonce + proof, deadline, _AUTH_FRAME_LIMIT)
+        answer = conn._recv(deadline, _AUTH_FRAME_LIMIT)
+    except TimeoutError:
+        raise TimeoutError(f"Timed out waiting for {address} to authenticate") from None
+    except CommClosedError as exc:
+        raise CommClosedError(
+            f"{address} closed the connection during authentication ({exc}). If the scheduler uses "
+            "TLS, connect to its tls:// address with its Security; otherwise check the address"
+        ) from None
+    if answer.startswith(b"FAIL"):
+        reason = answer[4:].decode("utf-8", "replace").strip()
+        where = (
+            f"the secret in {secret_path(address)} is not this scheduler's (the file may be stale)"
+            if from_file
+            else "the secret you passed is not this scheduler's"
+        )
+        raise AuthenticationError(
+            f"The scheduler at {address} refused the connection: {reason}; {where}. Use the secret of "
+            "the cluster you mean to reach (cluster.security / the secret file of its user)"
+        )
+    expected = _hmac(secret, b"server", client_nonce, server_nonce)
+    if not (answer.startswith(b"OK") and hmac.compare_digest(answer[2:], expected)):
+        raise AuthenticationError(
+            f"The server at {address} did not prove it knows the cluster secret; refusing to talk to it"
+        )
