@@ -1,0 +1,268 @@
+"""Turning values into Payloads (a small pickle + buffer handles) and back.
+
+Data flow::
+
+    serialize(obj, store)                                              deserialize(payload)
+      pickle protocol 5 ──► header bytes ──────────── Payload ─────────► pickle.loads(header, buffers=...)
+        │ out-of-band buffers                       (travels through                 ▲
+        ├─ smaller than store.threshold: back in-band  pipes)                        │ read-only
+        └─ large: SegmentStore.write ──► SharedBuffer handles ──────────► open_segment ┘ zero-copy views
+
+Plain pickle is tried first (fastest). Lambdas, closures and functions or classes defined in ``__main__``
+(which a worker process cannot import) make us start again with cloudpickle, which sends them by value.
+Buffers written during a failed first attempt are re-used by the second one, never written twice.
+
+If shared memory cannot take a buffer (``/dev/shm`` full or too small, as in many containers), the buffer
+goes inline with the header instead, and one SharedMemoryFallbackWarning per process says so.
+
+Nothing here unlinks a segment a returned Payload refers to: whoever keeps the Payload owns its segments
+(see ``minidist.comm.shm``).
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import threading
+import types
+import warnings
+from dataclasses import dataclass
+
+import cloudpickle
+
+from minidist.comm.shm import SegmentStore, SharedBuffer, open_segment, unlink_segments
+
+# Containers this short are looked into for large bytes/bytearray (see _expose_large_bytes).
+_SHALLOW_LIMIT = 64
+
+
+class SerializationError(TypeError):
+    """A value could be pickled neither by pickle nor by cloudpickle."""
+
+
+class SharedMemoryFallbackWarning(RuntimeWarning):
+    """Shared memory was unavailable, so large buffers travel inline (slower, still correct)."""
+
+
+@dataclass(frozen=True)
+class Payload:
+    """A serialized value: what travels through pipes. Small, and picklable with plain pickle."""
+
+    header: bytes  # the pickle (protocol 5) stream
+    buffers: tuple  # out-of-band buffers, in order: bytes or SharedBuffer
+    nbytes: int  # size of the data it stands for (header + buffers), for memory accounting
+
+    def segments(self) -> tuple[str, ...]:
+        """Names of the shared-memory segments this payload refers to."""
+        return tuple(b.name for b in self.buffers if isinstance(b, SharedBuffer))
+
+    def __reduce__(self):
+        return (Payload, (self.header, self.buffers, self.nbytes))
+
+
+_fallback_lock = threading.Lock()
+_fallback_warned = False
+
+
+def _warn_fallback(nbytes: int, exc: OSError) -> None:
+    global _fallback_warned
+    with _fallback_lock:
+        if _fallback_warned:
+            return
+        _fallback_warned = True
+    warnings.warn(
+        f"minidist could not put a {nbytes}-byte buffer in shared memory ({exc}). /dev/shm is probably "
+        "full or too small (containers often get 64 MB; give more with e.g. `docker run --shm-size=2g`). "
+        "Large values now travel inline through pipes, which is slower but correct. "
+        "This warning is shown once per process.",
+        SharedMemoryFallbackWarning,
+        stacklevel=3,
+    )
+
+
+class _BufferSink:
+    """The buffer_callback: decides in-band or shared memory for each buffer pickle hands out."""
+
+    def __init__(self, store: SegmentStore | None):
+        self.store = store
+        self.buffers: list[SharedBuffer] = []
+        # id(source of a buffer) -> its handle; survives a restart so that nothing is written twice
+        self.written: dict[int, SharedBuffer] = {}
+        self._keep_alive: list[object] = []  # so that ids in `written` stay unique while we pickle
+
+    def __call__(self, pickle_buffer: pickle.PickleBuffer) -> bool:
+        """Return True to keep the buffer in-band, False once it is safely in shared memory."""
+        store = self.store
+        if store is None:
+            return True
+        try:
+            raw = pickle_buffer.raw()
+        except BufferError:  # not contiguous: only pickle's in-band copy can handle it
+            return True
+        if raw.nbytes == 0 or raw.nbytes < store.threshold:
+            return True
+        source = raw.obj
+        handle = self.written.get(id(source))
+        if handle is None or handle.nbytes != raw.nbytes:
+            try:
+                handle = store.write(raw)
+            except OSError as exc:
+                _warn_fallback(raw.nbytes, exc)
+                return True
+            self.written[id(source)] = handle
+            self._keep_alive.append(source)
+        self.buffers.append(handle)
+        return False
+
+    def restart(self) -> None:
+        """A new pickling attempt begins: forget the order, keep what was written for re-use."""
+        self.buffers = []
+
+    def drop_unused(self) -> None:
+        """Unlink segments written by an abandoned attempt that the final payload does not use."""
+        used = {b.name for b in self.buffers}
+        unlink_segments(h.name for h in self.written.values() if h.name not in used)
+
+
+class _MainAwarePickler(pickle.Pickler):
+    """Plain pickle, but gives up on functions/classes from __main__ so that cloudpickle takes over."""
+
+    def reducer_override(self, obj):
+        if (
+            isinstance(obj, (type, types.FunctionType))
+            and getattr(obj, "__module__", None) == "__main__"
+        ):
+            raise _NeedsCloudpickle(obj)
+        if type(obj) is memoryview:
+            return _reduce_memoryview(obj)
+        return NotImplemented
+
+
+class _CloudPickler(cloudpickle.Pickler):
+    def reducer_override(self, obj):
+        if type(obj) is memoryview:
+            return _reduce_memoryview(obj)
+        return super().reducer_override(obj)
+
+
+class _NeedsCloudpickle(pickle.PicklingError):
+    pass
+
+
+def _reduce_memoryview(view: memoryview):
+    fmt, shape, readonly = view.format, view.shape, view.readonly
+    if not view.c_contiguous:
+        view = memoryview(view.tobytes())  # C-order copy: PickleBuffer needs contiguous memory
+    return (_load_memoryview, (pickle.PickleBuffer(view), fmt, shape, readonly))
+
+
+def _load_memoryview(buffer, fmt: str, shape: tuple, readonly: bool) -> memoryview:
+    view = memoryview(buffer)
+    if readonly and not view.readonly:
+        view = view.toreadonly()
+    flat = view.cast("B") if (view.format != "B" or view.ndim != 1) else view
+    if fmt == "B" and len(shape) == 1:
+        return flat
+    return flat.cast(fmt, shape)
+
+
+class _LargeBytes:
+    """Stands in for a large bytes/bytearray so that its data can go out-of-band (pickle never offers it)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data):
+        self.data = data
+
+    def __reduce__(self):
+        return (type(self.data), (pickle.PickleBuffer(self.data),))
+
+
+def _expose_large_bytes(obj, threshold: int):
+    """Wrap large bytes/bytearray at the top level or directly inside a short tuple, list or dict.
+
+    pickle writes bytes and bytearray in-band without asking buffer_callback, so a 100 MB bytes argument
+    would otherwise travel through the pipe. Deeper nesting is left alone (it still works, inline).
+    """
+    wrapped: dict[int, _LargeBytes] = {}
+
+    def wrap(value):
+        if type(value) in (bytes, bytearray) and len(value) >= threshold and len(value) > 0:
+            if id(value) not in wrapped:
+                wrapped[id(value)] = _LargeBytes(value)
+            return wrapped[id(value)]
+        return value
+
+    kind = type(obj)
+    if kind in (bytes, bytearray):
+        return wrap(obj)
+    if kind in (tuple, list) and len(obj) <= _SHALLOW_LIMIT:
+        items = [wrap(v) for v in obj]
+        return kind(items) if wrapped else obj
+    if kind is dict and len(obj) <= _SHALLOW_LIMIT:
+        items = {k: wrap(v) for k, v in obj.items()}
+        return items if wrapped else obj
+    return obj
+
+
+def _pickle_with(pickler_class, obj, sink: _BufferSink) -> bytes:
+    out = io.BytesIO()
+    pickler_class(out, protocol=5, buffer_callback=sink).dump(obj)
+    return out.getvalue()
+
+
+def _serialization_error(obj, exc: BaseException) -> SerializationError:
+    kind = type(obj)
+    return SerializationError(
+        f"Could not serialize an object of type {kind.__module__}.{kind.__qualname__} to send it to "
+        f"another process: {type(exc).__name__}: {exc}. Make it picklable (e.g. define __reduce__ or "
+        "__getstate__), create it inside the task instead of passing it in, or use processes=False."
+    )
+
+
+def serialize(obj, store: SegmentStore | None = None) -> Payload:
+    """Pickle ``obj`` (protocol 5); buffers of at least ``store.threshold`` bytes go to shared memory.
+
+    Without a store everything is inline. Raises SerializationError if neither pickle nor cloudpickle
+    can handle the value; never fails because shared memory is short (see SharedMemoryFallbackWarning).
+    """
+    sink = _BufferSink(store)
+    target = _expose_large_bytes(obj, store.threshold) if store is not None else obj
+    try:
+        header = _pickle_with(_MainAwarePickler, target, sink)
+    except Exception:
+        sink.restart()
+        try:
+            header = _pickle_with(_CloudPickler, target, sink)
+        except Exception as exc:
+            sink.buffers = []
+            sink.drop_unused()
+            raise _serialization_error(obj, exc) from exc
+        sink.drop_unused()
+    buffers = tuple(sink.buffers)
+    return Payload(header, buffers, len(header) + sum(b.nbytes for b in buffers))
+
+
+def deserialize(payload: Payload):
+    """Rebuild the value; shared-memory buffers are mapped read-only without copying.
+
+    NumPy arrays backed by shared memory are therefore read-only; copy one to modify it.
+    """
+    buffers = [
+        open_segment(b.name, b.nbytes, b.offset) if isinstance(b, SharedBuffer) else b
+        for b in payload.buffers
+    ]
+    return pickle.loads(payload.header, buffers=buffers)
+
+
+def dumps_function(func) -> bytes:
+    """Pickle a callable with cloudpickle (by value when it comes from __main__, by reference otherwise)."""
+    try:
+        return cloudpickle.dumps(func, protocol=5)
+    except Exception as exc:
+        raise _serialization_error(func, exc) from exc
+
+
+def loads_function(data: bytes):
+    """The callable pickled by :func:`dumps_function`."""
+    return pickle.loads(data)

@@ -1,0 +1,331 @@
+"""Shared-memory segments for large buffers: write once, map read-only anywhere, unlink by name.
+
+Data flow::
+
+    writer process                         /dev/shm                          reader process
+    SegmentStore.write(buffer) ──os.write──► minidist_<cluster>_<pid>_<n> ──mmap──► open_segment(...)
+          │                                  (one file per buffer)             read-only memoryview,
+          └─► SharedBuffer(name, nbytes) ── travels through pipes ──────────►  zero-copy
+
+A segment is a plain file on the tmpfs at ``/dev/shm``. We do not use
+``multiprocessing.shared_memory`` because its resource tracker unlinks segments and warns behind our back;
+here the rules are explicit:
+
+- The process that writes a segment does not own it. The scheduler tracks the names each value uses and
+  calls :func:`unlink_segments` when the value is forgotten, :func:`sweep_cluster` when the cluster closes;
+  :func:`sweep_orphans` cleans up after processes that were killed.
+- Unlinking only removes the name: a mapping that is still in use stays valid until its last view is
+  garbage-collected, so readers never see data vanish under them.
+- Names encode the cluster and the writing process (``minidist_<cluster_id>_<pid>_<counter>``) so that a
+  sweep can find a cluster's segments and tell whether their writer is still alive. A cluster id made by
+  :func:`new_cluster_id` also names the process that owns the cluster, so an orphan sweep never removes
+  segments a live cluster still refers to.
+
+Writes go through ``os.write`` rather than a writable mapping: on a full tmpfs a write fails with ENOSPC,
+where a store into a mapping would kill the process with SIGBUS.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import errno
+import itertools
+import mmap
+import os
+import re
+import secrets
+import sys
+import threading
+from dataclasses import dataclass
+from typing import Iterable, NamedTuple
+
+SEGMENT_PREFIX = "minidist_"
+SHM_DIR = "/dev/shm"
+
+_CLUSTER_ID = re.compile(r"[A-Za-z0-9_.-]{1,200}\Z")
+_OWNED_CLUSTER_ID = re.compile(
+    r"(\d+)-[0-9a-f]+\Z"
+)  # what new_cluster_id() makes: "<owner pid>-<hex>"
+_WRITE_CHUNK = 1 << 30  # Linux writes at most ~2 GiB per call; stay well below
+_RECENT_WRITES = 64  # how many (address, length) -> segment entries a store remembers for re-use
+
+
+@dataclass(frozen=True)
+class SharedBuffer:
+    """A handle to ``nbytes`` bytes at ``offset`` in the segment ``name``: what travels instead of data."""
+
+    name: str
+    nbytes: int
+    offset: int = 0
+
+    def __reduce__(self):
+        # Compact and version-proof pickling: it crosses a pipe for every large value.
+        return (SharedBuffer, (self.name, self.nbytes, self.offset))
+
+
+class SegmentInfo(NamedTuple):
+    """A segment name split into its parts."""
+
+    name: str
+    cluster_id: str
+    pid: int
+    counter: int
+
+
+def new_cluster_id() -> str:
+    """A fresh cluster id that records this process as the cluster's owner (see :func:`sweep_orphans`)."""
+    return f"{os.getpid()}-{secrets.token_hex(6)}"
+
+
+class SegmentStore:
+    """Writes buffers into shared-memory segments for one cluster, in one process.
+
+    Thread-safe. Holds no file descriptors or mappings, so it needs no closing. When the same buffer
+    (same address and length) is written again with unchanged content, the store gives the new handle a
+    hard link to the segment already written instead of copying the data again: each handle has its own
+    name, so unlinking one never breaks another.
+    """
+
+    def __init__(self, cluster_id: str, threshold: int = 64 * 1024):
+        if not _CLUSTER_ID.match(cluster_id):
+            raise ValueError(
+                f"cluster_id {cluster_id!r} must be 1-200 characters from letters, digits, '_', '.', '-'"
+            )
+        if threshold < 0:
+            raise ValueError(f"threshold must be >= 0, not {threshold}")
+        self.cluster_id = cluster_id
+        self.threshold = threshold
+        self._counter = itertools.count()
+        self._lock = threading.Lock()
+        self._recent: collections.OrderedDict[tuple[int, int], str] = collections.OrderedDict()
+
+    def __repr__(self) -> str:
+        return f"SegmentStore(cluster_id={self.cluster_id!r}, threshold={self.threshold})"
+
+    def _new_name(self) -> str:
+        # The pid is read each time so that names stay truthful if a store is used after a fork.
+        return f"{SEGMENT_PREFIX}{self.cluster_id}_{os.getpid()}_{next(self._counter)}"
+
+    def write(self, data) -> SharedBuffer:
+        """Copy ``data`` (any contiguous buffer) into a new segment; raise OSError if /dev/shm cannot take it.
+
+        On failure nothing is left behind in /dev/shm.
+        """
+        view = memoryview(data)
+        if not view.c_contiguous:
+            raise ValueError("SegmentStore.write needs a C-contiguous buffer")
+        view = view.cast("B") if (view.format != "B" or view.ndim != 1) else view
+        nbytes = view.nbytes
+        key = _address_key(view)
+        if key is not None:
+            with self._lock:
+                previous = self._recent.get(key)
+            if previous is not None:
+                ref = self._link_if_same(previous, view)
+                if ref is not None:
+                    self._remember(key, ref.name)
+                    return ref
+        name = self._new_name()
+        _write_new_file(os.path.join(SHM_DIR, name), view)
+        if key is not None:
+            self._remember(key, name)
+        return SharedBuffer(name, nbytes)
+
+    def _remember(self, key: tuple[int, int], name: str) -> None:
+        with self._lock:
+            self._recent[key] = name
+            self._recent.move_to_end(key)
+            while len(self._recent) > _RECENT_WRITES:
+                self._recent.popitem(last=False)
+
+    def _link_if_same(self, previous: str, view: memoryview) -> SharedBuffer | None:
+        """A new name for segment ``previous`` if it still exists and holds exactly ``view``'s bytes."""
+        name = self._new_name()
+        path = os.path.join(SHM_DIR, name)
+        try:
+            # Link first: the new name pins the data even if the scheduler unlinks ``previous`` right now.
+            os.link(os.path.join(SHM_DIR, previous), path)
+        except OSError:
+            return None  # already unlinked (its key was forgotten): write afresh
+        try:
+            if os.stat(path).st_size == view.nbytes and _same_bytes(view, path):
+                return SharedBuffer(name, view.nbytes)
+        except OSError:
+            pass
+        _unlink_quietly(path)  # the source changed in place since: this name holds stale bytes
+        return None
+
+
+def _write_new_file(path: str, view: memoryview) -> None:
+    nbytes = view.nbytes
+    stats = os.statvfs(SHM_DIR)
+    if stats.f_bavail * stats.f_frsize < nbytes:
+        # Refuse early rather than fill /dev/shm to the brim and fail half-way.
+        raise OSError(errno.ENOSPC, f"{SHM_DIR} has less than {nbytes} bytes free", SHM_DIR)
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+    try:
+        written = 0
+        while written < nbytes:
+            written += os.write(fd, view[written : written + _WRITE_CHUNK])
+    except BaseException:
+        os.close(fd)
+        _unlink_quietly(path)
+        raise
+    os.close(fd)
+
+
+def _address_key(view: memoryview) -> tuple[int, int] | None:
+    """(address, length) of a buffer, or None when it cannot be had cheaply (no NumPy loaded)."""
+    numpy = sys.modules.get("numpy")
+    if numpy is None or _memcmp is None or view.nbytes == 0:
+        return None
+    return (numpy.frombuffer(view, numpy.uint8).ctypes.data, view.nbytes)
+
+
+def _load_memcmp():
+    try:
+        func = ctypes.CDLL(None).memcmp
+    except (OSError, AttributeError):
+        return None
+    func.restype = ctypes.c_int
+    func.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+    return func  # ctypes releases the GIL for the duration of the call
+
+
+_memcmp = _load_memcmp()
+
+
+def _same_bytes(view: memoryview, path: str) -> bool:
+    numpy = sys.modules["numpy"]
+    mapped = open_segment(os.path.basename(path), view.nbytes)
+    here = numpy.frombuffer(view, numpy.uint8).ctypes.data
+    there = numpy.frombuffer(mapped, numpy.uint8).ctypes.data
+    return _memcmp(here, there, view.nbytes) == 0
+
+
+def open_segment(name: str, nbytes: int, offset: int = 0) -> memoryview:
+    """Map ``nbytes`` bytes at ``offset`` of segment ``name``: a read-only memoryview, no copy.
+
+    The mapping is released when the last view or array built on it is garbage-collected; nothing here
+    ever closes it explicitly, so no BufferError can arise. It stays valid after the name is unlinked.
+    Raises FileNotFoundError (naming the segment) if the segment is gone.
+    """
+    _check_name(name)
+    if nbytes == 0:
+        return memoryview(b"")
+    start = offset - offset % mmap.ALLOCATIONGRANULARITY
+    path = os.path.join(SHM_DIR, name)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            errno.ENOENT,
+            f"shared-memory segment {name!r} no longer exists: it was unlinked before this reader opened "
+            "it (its value was released, or its cluster closed)",
+            path,
+        ) from None
+    try:
+        mapping = mmap.mmap(fd, offset - start + nbytes, prot=mmap.PROT_READ, offset=start)
+    finally:
+        os.close(fd)
+    return memoryview(mapping)[offset - start : offset - start + nbytes]
+
+
+def _check_name(name: str) -> None:
+    if not name.startswith(SEGMENT_PREFIX) or "/" in name or "\0" in name:
+        raise ValueError(f"{name!r} is not a minidist segment name")
+
+
+def _unlink_quietly(path: str) -> bool:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def unlink_segments(names: Iterable[str]) -> None:
+    """Unlink each named segment; names already gone are ignored. Mappings in use stay valid."""
+    for name in names:
+        _check_name(name)
+        _unlink_quietly(os.path.join(SHM_DIR, name))
+
+
+def parse_segment_name(name: str) -> SegmentInfo | None:
+    """Split ``minidist_<cluster_id>_<pid>_<counter>``; None for names that are not ours."""
+    if not name.startswith(SEGMENT_PREFIX):
+        return None
+    parts = name[len(SEGMENT_PREFIX) :].rsplit("_", 2)
+    if len(parts) != 3 or not parts[0] or not parts[1].isdigit() or not parts[2].isdigit():
+        return None
+    return SegmentInfo(name, parts[0], int(parts[1]), int(parts[2]))
+
+
+def list_segments(cluster_id: str | None = None) -> list[SegmentInfo]:
+    """Every minidist segment in /dev/shm, or only those of ``cluster_id``."""
+    try:
+        names = os.listdir(SHM_DIR)
+    except FileNotFoundError:
+        return []
+    found = []
+    for name in names:
+        info = parse_segment_name(name)
+        if info is not None and (cluster_id is None or info.cluster_id == cluster_id):
+            found.append(info)
+    return found
+
+
+def _unlink_all(infos: Iterable[SegmentInfo]) -> int:
+    return sum(_unlink_quietly(os.path.join(SHM_DIR, info.name)) for info in infos)
+
+
+def sweep_cluster(cluster_id: str) -> int:
+    """Unlink every segment of ``cluster_id``; returns how many were removed."""
+    return _unlink_all(list_segments(cluster_id))
+
+
+def sweep_process(cluster_id: str, pid: int, keep: Iterable[str] = ()) -> int:
+    """Unlink the segments ``pid`` wrote for ``cluster_id``, except the names in ``keep``.
+
+    For the scheduler after a worker died: it keeps the segments its keys still refer to and drops the
+    rest (results the worker wrote but never reported).
+    """
+    kept = set(keep)
+    return _unlink_all(i for i in list_segments(cluster_id) if i.pid == pid and i.name not in kept)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (in this pid namespace)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, belongs to someone else
+    return True
+
+
+def sweep_orphans() -> int:
+    """Unlink segments whose writing process is dead and whose cluster has no live owner.
+
+    A cluster id made by :func:`new_cluster_id` names its owner process; while that process lives, its
+    segments are kept even if the worker that wrote them died (the owner may still refer to them). For
+    other cluster ids only the writer's pid is known, and a dead writer is enough.
+    """
+    alive: dict[int, bool] = {}
+
+    def is_alive(pid: int) -> bool:
+        if pid not in alive:
+            alive[pid] = pid_alive(pid)
+        return alive[pid]
+
+    def orphaned(info: SegmentInfo) -> bool:
+        if is_alive(info.pid):
+            return False
+        owner = _OWNED_CLUSTER_ID.match(info.cluster_id)
+        return owner is None or not is_alive(int(owner.group(1)))
+
+    return _unlink_all(i for i in list_segments() if orphaned(i))
