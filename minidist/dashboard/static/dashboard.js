@@ -45,11 +45,13 @@
     return `${s.toFixed(2)} s`;
   }
 
-  // a stable colour per task prefix, shared by the task stream and the progress bars
+  // one colour per task prefix, shared by the task stream and the progress bars: prefixes take hues a
+  // golden angle apart in the order this page first meets them, so the first dozen never look alike
+  const colours = new Map();
   function colorFor(prefix) {
-    let h = 2166136261;  // FNV-1a, then a golden-angle step so similar names get distant hues
-    for (const ch of String(prefix)) h = Math.imul(h ^ ch.codePointAt(0), 16777619) >>> 0;
-    return `hsl(${((h % 1000) * 137.508) % 360}, 60%, 48%)`;
+    const name = String(prefix);
+    if (!colours.has(name)) colours.set(name, `hsl(${(200 + colours.size * 137.508) % 360}, 60%, 48%)`);
+    return colours.get(name);
   }
 
   const workerHref = (ident) => `${PREFIX}/worker/${encodeURIComponent(ident)}`;
