@@ -524,3 +524,13 @@ def test_wildcard_host_link_uses_loopback():
         assert server.link == f"http://127.0.0.1:{server.port}/x/status"
         with urllib.request.urlopen(server.link, timeout=10) as response:
             assert response.status == 200
+
+
+def test_repr_html_summarises_the_cluster_and_links_the_dashboard():
+    from minidist.dashboard.pages import repr_html
+
+    html = repr_html("LocalCluster <x>", make_snapshot(), "http://127.0.0.1:8787/foo/status")
+    assert "LocalCluster &lt;x&gt;" in html and "<x>" not in html
+    assert '<a href="http://127.0.0.1:8787/foo/status"' in html
+    assert "inproc://127.0.0.1/4242/0" in html and "210.0" in html  # 200 MiB + 10 MiB in use
+    assert "href" not in repr_html("Client", {"cluster": {}, "workers": []})

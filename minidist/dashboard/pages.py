@@ -147,3 +147,34 @@ def logs_page(prefix: str, name: str, component: str, text: str) -> bytes:
         f'<pre class="logs">{content}</pre>'
     )
     return _layout(prefix, name, f"Logs {component}", body)
+
+
+def repr_html(title: str, snap: dict, dashboard_link: str | None = None) -> str:
+    """A small HTML summary for ``Client._repr_html_`` / ``LocalCluster._repr_html_`` in notebooks.
+
+    Self-contained (inline styles only, notebooks strip <style> blocks in some viewers); ``snap`` is a
+    snapshot dict as served by /json/status.json (only "cluster" and "workers" are read).
+    """
+    cluster = snap.get("cluster", {})
+    workers = snap.get("workers", [])
+    memory = sum(w.get("memory") or 0 for w in workers)
+    limit = cluster.get("memory_limit")
+    facts = [
+        ("Scheduler", cluster.get("scheduler_address", "")),
+        ("Status", cluster.get("status", "")),
+        ("Workers", cluster.get("n_workers", len(workers))),
+        ("Threads", cluster.get("threads", sum(w.get("nthreads") or 0 for w in workers))),
+        ("Memory", f"{format_bytes(memory)} / {format_bytes(limit) if limit else 'no limit'}"),
+    ]
+    if dashboard_link:
+        link = escape(dashboard_link)
+        facts.append(("Dashboard", f'<a href="{link}" target="_blank">{link}</a>'))
+    cell = 'style="text-align:left;padding:2px 12px 2px 0"'
+    rows = "".join(
+        f"<tr><th {cell}>{escape(k)}</th><td {cell}>{v if k == 'Dashboard' else escape(v)}</td></tr>"
+        for k, v in facts
+    )
+    return (
+        f'<div style="font-family:system-ui,sans-serif"><strong>{escape(title)}</strong>'
+        f"<table>{rows}</table></div>"
+    )
