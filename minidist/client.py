@@ -1,0 +1,514 @@
+"""Client: the user's entry point (dask.distributed's ``Client`` API).
+
+``Client()`` builds and owns a ``LocalCluster``; ``Client(cluster)`` uses one. Data flow::
+
+    submit/map ──► key + run_spec (function pickled once, arguments pickled now so errors surface here)
+               ──► scheduler.post(("update_graph", ...)) ──► scheduler thread
+    scheduler thread ──► Client._report(batch) ──► FutureState.status, condition.notify_all()
+    Future.result() ──► waits on the condition ──► value read straight from scheduler.data
+
+Each client keeps a reference count per key (one per live ``Future``); when it drops to zero the
+scheduler is told, so results are freed as soon as nobody can ask for them.
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import logging
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Iterator
+from typing import Optional
+
+from .client_ops import ClientOperations
+from .comm.serialize import SerializationError, deserialize, dumps_function, serialize
+from .context import _clients, current_client_for_task, default_client  # noqa: F401 (re-exported)
+from .errors import ClientClosedError, TaskSerializationError
+from .futures import Future, FutureState, as_completed  # noqa: F401
+from .keys import funcname, random_token, tokenize_call
+from .scheduler.server import FIRE_AND_FORGET, new_task
+from .worker.runtime import DependencyRef, sizeof
+
+logger = logging.getLogger("minidist.client")
+
+_FUNCTION_CACHE_SIZE = 512
+
+
+def futures_in(obj) -> list:
+    """Every Future inside lists, tuples, dicts and sets (as dask looks for them)."""
+    found: list = []
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        typ = type(item)
+        if typ is Future:
+            found.append(item)
+        elif typ in (list, tuple, set, frozenset):
+            stack.extend(item)
+        elif typ is dict:
+            stack.extend(item.values())
+    return found
+
+
+def _replace_futures(obj, client, dependencies: set):
+    """Copy of ``obj`` with each Future swapped for a DependencyRef (and its key recorded)."""
+    typ = type(obj)
+    if typ is Future:
+        if obj.client is not client and obj.client.scheduler is not client.scheduler:
+            raise ValueError(f"Future {obj.key!r} belongs to a different cluster; gather it first")
+        dependencies.add(obj.key)
+        return DependencyRef(obj.key)
+    if typ is tuple or typ is list:
+        if not obj:
+            return obj
+        return typ(_replace_futures(item, client, dependencies) for item in obj)
+    if typ is dict:
+        if not obj:
+            return obj
+        return {k: _replace_futures(v, client, dependencies) for k, v in obj.items()}
+    if typ is set or typ is frozenset:
+        return typ(_replace_futures(item, client, dependencies) for item in obj)
+    return obj
+
+
+def _rebuild_future(key):
+    from .context import get_client
+
+    return Future(key, get_client())
+
+
+class Client(ClientOperations):
+    """Connect to a cluster (or build a local one) and run work on it."""
+
+    _instances: weakref.WeakSet[Client] = weakref.WeakSet()
+
+    def __init__(self, address=None, loop=None, timeout=None, set_as_default: bool = True,
+                 scheduler_file=None, security=None, asynchronous: bool = False, name=None,
+                 heartbeat_interval=None, serializers=None, deserializers=None, extensions=None,
+                 direct_to_workers=None, connection_limit=None, **kwargs):  # fmt: skip
+        from .deploy.local import LocalCluster
+
+        self.id = f"Client-{uuid.uuid4()}"
+        self.name = name
+        self.asynchronous = asynchronous
+        self._owns_cluster = False
+        self._closed = False
+        self.status = "connecting"
+        if address is None:
+            self.cluster = LocalCluster(**kwargs)
+            self._owns_cluster = True
+        elif hasattr(address, "scheduler") and hasattr(address, "scheduler_address"):
+            if kwargs:
+                raise TypeError(f"Client(cluster) takes no cluster keywords; got {sorted(kwargs)}")
+            self.cluster = address
+        elif isinstance(address, str):
+            from .remote import connect_cluster
+
+            self.cluster = connect_cluster(address, security=security, timeout=timeout, **kwargs)
+            self._owns_cluster = True
+        else:
+            raise TypeError(f"Client() takes no address, a cluster object or an address string, "
+                            f"not {type(address).__name__}")  # fmt: skip
+        self.scheduler = self.cluster.scheduler
+        self.processes = self.scheduler.processes
+        self._states: dict = {}  # key -> FutureState
+        self._refcounts: dict = {}  # key -> number of live Future objects in this client
+        self._lock = threading.Lock()
+        self._condition = threading.Condition(self._lock)
+        self._functions: dict = {}  # id(func) -> (func, function_id, blob)
+        self._callbacks = None  # lazily started callback thread
+        self._store = getattr(self.cluster, "segment_store", None)
+        self.scheduler.sessions[self.id] = self
+        self._set_as_default = set_as_default
+        if set_as_default:
+            _clients.append(self)
+        Client._instances.add(self)
+        self.status = "running"
+
+    # ------------------------------------------------------------------------------------ reporting
+
+    def _report(self, items: list) -> None:
+        """Called on the scheduler thread with (key, status, exception, traceback) tuples."""
+        fire = []
+        with self._condition:
+            states = self._states
+            for key, status, exception, tb in items:
+                state = states.get(key)
+                if state is None:
+                    continue
+                if status == "memory":
+                    state.status = "finished"
+                elif status == "erred":
+                    state.status = "error"
+                    state.exception = exception
+                    state.traceback = tb
+                    if isinstance(tb, str) and tb and isinstance(exception, BaseException):
+                        state.remote_traceback = tb
+                        if hasattr(exception, "add_note") and tb not in getattr(exception, "__notes__", ()):
+                            exception.add_note("Traceback from the worker (most recent call last):\n" + tb)
+                else:
+                    state.status = "cancelled" if status == "cancelled" else "lost"
+                if state.callbacks:
+                    fire.append((key, state.callbacks))
+                    state.callbacks = None
+            self._condition.notify_all()
+        if fire:
+            for _key, callbacks in fire:
+                for fn in callbacks:
+                    self._callback_queue().put(fn)
+
+    report = _report  # the scheduler calls sessions' .report
+
+    def _wait_for(self, state: FutureState, timeout: Optional[float]) -> bool:
+        with self._condition:
+            return self._condition.wait_for(lambda: state.status != "pending" or self._closed, timeout) \
+                and state.status != "pending"  # fmt: skip
+
+    def _wait_until(self, predicate, deadline: Optional[float]) -> bool:
+        with self._condition:
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            return self._condition.wait_for(lambda: predicate() or self._closed, timeout)
+
+    # ------------------------------------------------------------------------------------ references
+
+    def _acquire(self, key) -> FutureState:
+        """A new Future for ``key`` exists: count it, tell the scheduler if it is the first one."""
+        with self._lock:
+            state = self._states.get(key)
+            if state is None:
+                state = self._states[key] = FutureState()
+                self._refcounts[key] = 1
+                first = True
+            else:
+                self._refcounts[key] += 1
+                first = False
+        if first and not self._closed:
+            self.scheduler.post(("update_graph", self.id, (), (key,)))
+        return state
+
+    def _new_future(self, key) -> Future:
+        """A Future for a key this call is about to submit (no separate 'wants' message needed)."""
+        with self._lock:
+            state = self._states.get(key)
+            if state is None:
+                state = self._states[key] = FutureState()
+                self._refcounts[key] = 1
+            else:
+                self._refcounts[key] += 1
+        return Future(key, self, state=state)
+
+    def _release_key(self, key) -> None:
+        with self._lock:
+            count = self._refcounts.get(key, 0) - 1
+            if count > 0:
+                self._refcounts[key] = count
+                return
+            self._refcounts.pop(key, None)
+            self._states.pop(key, None)
+        if not self._closed:
+            self.scheduler.post(("release", self.id, (key,)))
+
+    def _fire_and_forget(self, key) -> None:
+        # a pseudo-client wants the key until it is done (see scheduler.server.FireAndForget)
+        self.scheduler.post(("update_graph", FIRE_AND_FORGET, (), (key,)))
+
+    # ---------------------------------------------------------------------------------- submissions
+
+    def _function_ref(self, func) -> tuple:
+        """(function_id, blob) for a callable, pickled once per client and cached."""
+        cached = self._functions.get(id(func))
+        if cached is not None and cached[0] is func:
+            return cached[1], cached[2]
+        try:
+            blob = dumps_function(func)
+        except Exception as exc:
+            if self.processes:
+                raise TaskSerializationError(
+                    f"Could not pickle the function {func!r} of type {type(func).__name__} to send it to "
+                    f"worker processes: {exc}. Define it at module level or use Client(processes=False)."
+                ) from exc
+            blob = None
+        function_id = hashlib.blake2b(blob, digest_size=16).digest() if blob else uuid.uuid4().bytes
+        if len(self._functions) >= _FUNCTION_CACHE_SIZE:
+            self._functions.pop(next(iter(self._functions)))
+        self._functions[id(func)] = (func, function_id, blob)
+        return function_id, blob
+
+    def _prepare_task(self, func, function_ref, args, kwargs, key, pure, options) -> tuple:
+        dependencies: set = set()
+        if args:
+            args = _replace_futures(args, self, dependencies)
+        if kwargs:
+            kwargs = _replace_futures(kwargs, self, dependencies)
+        function_id, blob = function_ref
+        if key is None:
+            token = tokenize_call(function_id, args, kwargs) if pure else random_token()
+            key = f"{funcname(func)}-{token}"
+        if key in self._states and key not in options.get("_force", ()):
+            return key, None  # already submitted by this client: share it
+        if self.processes:
+            try:
+                args_payload = serialize((args, kwargs), self._store)
+            except SerializationError as exc:
+                raise TaskSerializationError(
+                    f"Could not send an argument of task {key!r} to the workers: {exc}"
+                ) from exc
+            run_spec = (function_id, blob, args_payload)
+        else:
+            run_spec = (func, args, kwargs)
+        return key, new_task(key, dependencies, run_spec, **options)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClientClosedError("This Client is closed; create a new Client to submit work")
+
+    def submit(self, func, *args, key=None, workers=None, resources=None, retries=None, priority=0,
+               fifo_timeout="100 ms", allow_other_workers=False, actor=False, actors=False, pure=True,
+               **kwargs):  # fmt: skip
+        """Run ``func(*args, **kwargs)`` on a worker; return a Future. Futures in the arguments are
+        replaced by their results, and the task waits for them."""
+        self._check_open()
+        if not callable(func):
+            raise TypeError("First input to submit must be a callable function")
+        if actor or actors:
+            raise NotImplementedError("minidist does not support actors; use dask.distributed for them")
+        options = _task_options(workers, resources, retries, priority, allow_other_workers)
+        key, task = self._prepare_task(func, self._function_ref(func), args, kwargs, key, pure, options)
+        future = self._new_future(key)
+        if task is not None:
+            self.scheduler.post(("update_graph", self.id, (task,), (key,)))
+        return future
+
+    def map(self, func, *iterables, key=None, workers=None, retries=None, resources=None, priority=0,
+            allow_other_workers=False, fifo_timeout="100 ms", actor=False, actors=False, pure=True,
+            batch_size=None, **kwargs):  # fmt: skip
+        """Apply ``func`` to each element of ``iterables``; one Future per element, in order."""
+        self._check_open()
+        if not callable(func):
+            raise TypeError("First input to map must be a callable function")
+        if not iterables:
+            return []
+        options = _task_options(workers, resources, retries, priority, allow_other_workers)
+        keys = None
+        if isinstance(key, (list, tuple)):
+            keys = list(key)
+        prefix = key if isinstance(key, str) else None
+        function_ref = self._function_ref(func)
+        futures = []
+        tasks = []
+        for i, args in enumerate(zip(*iterables)):
+            task_key = keys[i] if keys is not None else None
+            if task_key is None and prefix is not None:
+                token = tokenize_call(function_ref[0], args, kwargs) if pure else random_token()
+                task_key = f"{prefix}-{token}"
+            task_key, task = self._prepare_task(func, function_ref, args, kwargs, task_key, pure, options)
+            futures.append(self._new_future(task_key))
+            if task is not None:
+                tasks.append(task)
+        if tasks:
+            self.scheduler.post(("update_graph", self.id, tuple(tasks), tuple(t.key for t in tasks)))
+        return futures
+
+    # ------------------------------------------------------------------------------------ results
+
+    def _get_value(self, key):
+        try:
+            value = self.scheduler.data[key]
+        except KeyError:
+            from .errors import CancelledError
+
+            raise CancelledError(f"The value of {key!r} is no longer held by the cluster") from None
+        return deserialize(value) if self.processes else value
+
+    def gather(self, futures, errors: str = "raise", direct=None, asynchronous=None):
+        """Wait for and return the results of ``futures`` (nested in lists, tuples, dicts, sets)."""
+        if errors not in ("raise", "skip"):
+            raise ValueError(f"errors must be 'raise' or 'skip', not {errors!r}")
+        if isinstance(futures, Iterator):
+            return (self.gather(f, errors=errors) for f in futures)
+        for future in futures_in(futures):
+            future._wait(None)
+        return self._fill_results(futures, errors)
+
+    _SKIP = object()
+
+    def _fill_results(self, obj, errors):
+        typ = type(obj)
+        if typ is Future:
+            if obj.status == "error" and errors == "skip":
+                return Client._SKIP
+            return obj.result()
+        if typ in (list, tuple, set, frozenset):
+            values = (self._fill_results(item, errors) for item in obj)
+            return typ(v for v in values if v is not Client._SKIP)
+        if typ is dict:
+            out = {}
+            for k, v in obj.items():
+                value = self._fill_results(v, errors)
+                if value is not Client._SKIP:
+                    out[k] = value
+            return out
+        return obj
+
+    def scatter(self, data, workers=None, broadcast: bool = False, direct=None, hash: bool = True,
+                timeout=None, asynchronous=None):  # fmt: skip
+        """Put local data into the cluster; returns Futures shaped like ``data`` (one, list or dict)."""
+        self._check_open()
+        if isinstance(data, dict):
+            items = list(data.items())
+        elif isinstance(data, (list, tuple, set, frozenset)):
+            items = [(None, value) for value in data]
+        else:
+            items = [(None, data)]
+        values, nbytes, keys = {}, {}, []
+        for key, value in items:
+            if key is None:
+                token = tokenize_call(b"scatter", (value,), {}) if hash else random_token()
+                key = f"{type(value).__name__}-{token}"
+            keys.append(key)
+            if key in values:
+                continue
+            if self.processes:
+                try:
+                    payload = serialize(value, self._store)
+                except SerializationError as exc:
+                    raise TaskSerializationError(f"Could not scatter {type(value).__name__}: {exc}") from exc
+                values[key], nbytes[key] = payload, payload.nbytes
+            else:
+                values[key], nbytes[key] = value, sizeof(value)
+        futures = [self._new_future(key) for key in keys]
+        self.scheduler.post(("scatter", self.id, values, nbytes))
+        for future in futures:
+            future._wait(timeout)
+        if isinstance(data, dict):
+            return dict(zip(data.keys(), futures))
+        if isinstance(data, (list, tuple, set, frozenset)):
+            return type(data)(futures) if not isinstance(data, (set, frozenset)) else futures
+        return futures[0]
+
+    def cancel(self, futures, asynchronous=None, force: bool = False, reason=None, msg=None) -> None:
+        """Stop ``futures`` (and tasks that depend on them); their results are dropped."""
+        keys = [f.key for f in futures_in(futures)]
+        if keys:
+            done = threading.Event()
+            self.scheduler.post(("cancel", keys))
+            self.scheduler.call(lambda s: done.set())
+            done.wait(10)
+
+    def retry(self, futures, asynchronous=None) -> list:
+        """Resubmit erred futures (their tasks run again under the same keys)."""
+        raise NotImplementedError("retry is not supported yet; submit the function again")
+
+    def futures_of(self, obj) -> list:
+        return futures_in(obj)
+
+    # ------------------------------------------------------------------------------ callbacks
+
+    def _callback_queue(self):
+        if self._callbacks is None:
+            import queue
+
+            with self._lock:
+                if self._callbacks is None:
+                    self._callbacks = queue.SimpleQueue()
+                    threading.Thread(target=self._callback_loop, args=(self._callbacks,),
+                                     name="minidist-callbacks", daemon=True).start()  # fmt: skip
+        return self._callbacks
+
+    def _callback_loop(self, callbacks) -> None:
+        while True:
+            fn = callbacks.get()
+            if fn is None:
+                return
+            try:
+                fn()
+            except Exception:
+                logger.exception("a done-callback raised; the client carries on")
+
+    def _add_callback(self, future: Future, fn) -> None:
+        def call() -> None:
+            fn(future)
+
+        with self._lock:
+            state = future._state
+            if state.status == "pending":
+                if state.callbacks is None:
+                    state.callbacks = []
+                state.callbacks.append(call)
+                return
+        self._callback_queue().put(call)
+
+    # ------------------------------------------------------------------------------ lifecycle
+
+    def close(self, timeout=None) -> None:
+        """Release every future, stop owning the default slot, and close an owned cluster."""
+        if self._closed:
+            return
+        self._closed = True
+        self.status = "closed"
+        with self._condition:
+            self._condition.notify_all()
+        keys = list(self._states)
+        self._states.clear()
+        self._refcounts.clear()
+        try:
+            if keys:
+                self.scheduler.post(("release", self.id, tuple(keys)))
+            self.scheduler.sessions.pop(self.id, None)
+        except Exception:
+            pass
+        if self._callbacks is not None:
+            self._callbacks.put(None)
+        if self in _clients:
+            _clients.remove(self)
+        if self._owns_cluster:
+            self.cluster.close()
+
+    shutdown = close
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def __del__(self):
+        try:
+            if not self._closed and self._owns_cluster:
+                self.close()
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        if self._closed:
+            return f"<Client: {self.id} closed>"
+        info = self.cluster._summary()
+        return (f"<Client: '{self.cluster.scheduler_address}' processes={info['workers']} "
+                f"threads={info['threads']}, memory={info['memory_text']}>")  # fmt: skip
+
+    @property
+    def dashboard_link(self):
+        return self.cluster.dashboard_link
+
+
+def _task_options(workers, resources, retries, priority, allow_other_workers) -> dict:
+    if isinstance(workers, (str, int)):
+        workers = [workers]
+    options = {"priority": priority, "retries": retries, "resources": resources,
+               "allow_other_workers": allow_other_workers}  # fmt: skip
+    if workers is not None:
+        options["workers"] = [str(w) if not isinstance(w, str) else w for w in workers]
+    return options
+
+
+@atexit.register
+def _close_all_clients() -> None:
+    for client in list(Client._instances):
+        try:
+            client.close()
+        except Exception:
+            pass
+

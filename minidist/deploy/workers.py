@@ -1,0 +1,227 @@
+"""Worker handles: how the scheduler thread talks to one worker, process or thread.
+
+A handle is what ``scheduler/server.py`` keeps per worker. Both kinds offer the same small surface:
+``execute_message`` (shape a task for this worker), ``send_messages`` (deliver a batch), ``start_run``
+(client.run), ``death_reason`` and ``close``.
+
+``ProcessWorkerHandle`` owns a child started with ``subprocess`` (fork+exec of a fresh interpreter: the
+threaded parent is never forked into a running copy of itself) and the parent end of a socket pair.
+Functions cross the pipe once per worker: the handle remembers which function ids it already sent.
+
+``ThreadWorkerHandle`` owns a ``WorkerRuntime`` in this process; messages become direct calls and
+reports come back through the scheduler's inbox. Values are never serialised.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import threading
+from multiprocessing.connection import Pipe
+from typing import Any, Optional
+
+from ..worker.runtime import WorkerRuntime
+
+logger = logging.getLogger("minidist.cluster")
+
+_THREAD_LIMIT_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def describe_exit(returncode: Optional[int], memory_killed: bool = False) -> str:
+    """Say how a process ended, for logs and KilledWorker messages."""
+    if memory_killed:
+        return "terminated by minidist for exceeding its memory limit"
+    if returncode is None:
+        return "its pipe closed but the process has not exited"
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        hint = " - possibly out of memory" if -returncode == signal.SIGKILL else ""
+        return f"killed by {name}{hint}"
+    return f"exit code {returncode}"
+
+
+class ProcessWorkerHandle:
+    kind = "process"
+
+    def __init__(self, popen: subprocess.Popen, conn, name: Any, nthreads: int,
+                 memory_limit: Optional[int], resources: Optional[dict]):  # fmt: skip
+        self.popen = popen
+        self.pid = popen.pid
+        self.conn = conn
+        self.address = f"ipc://{popen.pid}"
+        self.name = name
+        self.nthreads = nthreads
+        self.memory_limit = memory_limit
+        self.resources = resources
+        self.started = False
+        self.memory_killed = False
+        self.functions_sent: set = set()
+        self.log_sink = None  # callable(address, records), set by the cluster
+        self.client_router = None  # callable(scheduler, handle, message), for clients inside tasks
+
+    def __repr__(self) -> str:
+        return f"<ProcessWorker {self.address} name={self.name}>"
+
+    def execute_message(self, key, run_spec, dependencies, dep_values) -> tuple:
+        function_id, function_blob, args_payload = run_spec
+        if function_id in self.functions_sent:
+            function_blob = None
+        else:
+            self.functions_sent.add(function_id)
+        return ("execute", key, (function_id, function_blob, args_payload), dependencies, dep_values)
+
+    def send_messages(self, batch: list) -> None:
+        self.conn.send_bytes(pickle.dumps(batch, protocol=5))
+
+    def start_run(self, scheduler, run_id, function_blob, args_payload) -> None:
+        try:
+            self.send_messages([("run", run_id, function_blob, args_payload)])
+        except OSError as exc:
+            scheduler._run_result(run_id, self.address, False, (RuntimeError(str(exc)), ""))
+
+    def on_hello(self, message) -> None:
+        pass
+
+    def on_logs(self, records) -> None:
+        if self.log_sink is not None:
+            self.log_sink(self.address, records)
+
+    def on_client_message(self, scheduler, message) -> None:
+        if self.client_router is not None:
+            self.client_router(scheduler, self, message)
+
+    def death_reason(self) -> str:
+        try:
+            returncode = self.popen.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            returncode = None
+        return describe_exit(returncode, self.memory_killed)
+
+    def close(self) -> None:
+        """Tell the worker to leave (a clean close, so it leaves shared memory alone) and hang up."""
+        if self.conn.closed:
+            return
+        try:
+            self.send_messages([("close",)])
+        except (OSError, ValueError):
+            pass
+        try:
+            self.conn.close()
+        except OSError:
+            pass
+
+    def stop(self, timeout: float = 3.0) -> None:
+        """Ask the worker to leave, close the pipe, then make sure the process is gone."""
+        self.close()
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait(timeout)
+
+    def kill(self) -> None:
+        try:
+            self.popen.kill()
+        except ProcessLookupError:
+            pass
+
+
+def start_process_worker(init: dict, nthreads: int, name: Any, memory_limit: Optional[int],
+                         resources: Optional[dict], env: Optional[dict] = None) -> ProcessWorkerHandle:  # fmt: skip
+    """Start a worker interpreter and hand it its settings; returns without waiting for it."""
+    parent_conn, child_conn = Pipe(duplex=True)
+    fd = child_conn.fileno()
+    child_env = dict(os.environ)
+    for variable in _THREAD_LIMIT_VARIABLES:  # one BLAS thread per task thread, as dask's nanny does
+        child_env.setdefault(variable, str(nthreads))
+    if env:
+        child_env.update({k: str(v) for k, v in env.items()})
+    popen = subprocess.Popen(
+        [sys.executable, "-c", f"from minidist.worker.process import main; main({fd})"],
+        pass_fds=(fd,),
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,  # the terminal's Ctrl-C goes to the user's program, not its workers
+        env=child_env,
+        close_fds=True,
+    )
+    child_conn.close()
+    handle = ProcessWorkerHandle(popen, parent_conn, name, nthreads, memory_limit, resources)
+    settings = dict(init, address=handle.address, name=name, nthreads=nthreads, resources=resources,
+                    memory_limit=memory_limit, parent_pid=os.getpid(), sys_path=list(sys.path))  # fmt: skip
+    parent_conn.send_bytes(pickle.dumps(settings, protocol=5))
+    return handle
+
+
+class ThreadWorkerHandle:
+    kind = "thread"
+    conn = None
+    pid = None
+    memory_killed = False
+
+    def __init__(self, scheduler, address: str, name: Any, nthreads: int,
+                 resources: Optional[dict] = None, runtime_class=WorkerRuntime):  # fmt: skip
+        self.address = address
+        self.name = name
+        self.nthreads = nthreads
+        self.resources = resources
+        self.memory_limit = None
+        self.started = True
+        self._scheduler = scheduler
+        self.runtime = runtime_class(
+            address, name, nthreads,
+            send=lambda batch: scheduler.post(("worker-batch", address, batch)),
+            resources=resources,
+        )  # fmt: skip
+
+    def __repr__(self) -> str:
+        return f"<ThreadWorker {self.address} name={self.name}>"
+
+    def execute_message(self, key, run_spec, dependencies, dep_values) -> tuple:
+        return ("execute", key, run_spec, dependencies, dep_values)
+
+    def send_messages(self, batch: list) -> None:
+        runtime = self.runtime
+        for message in batch:
+            if message[0] == "execute":
+                runtime.submit(message[1], message[2], message[3], message[4])
+            elif message[0] == "free":
+                runtime.free(message[1])
+
+    def start_run(self, scheduler, run_id, function, args) -> None:
+        def run() -> None:
+            try:
+                result = function(*args[0], **args[1])
+                reply = ("run-result", run_id, True, result)
+            except BaseException as exc:  # noqa: B036
+                reply = ("run-result", run_id, False, (exc, exc.__traceback__))
+            self.runtime.report(reply)
+
+        threading.Thread(target=run, name="minidist-run", daemon=True).start()
+
+    def on_hello(self, message) -> None:
+        pass
+
+    def on_logs(self, records) -> None:
+        pass
+
+    def on_client_message(self, scheduler, message) -> None:
+        pass
+
+    def death_reason(self) -> str:
+        return "closed"
+
+    def close(self) -> None:
+        self.runtime.close(timeout=0.5)
+
+    def stop(self, timeout: float = 3.0) -> None:
+        self.runtime.close(timeout=timeout)
+
+    def kill(self) -> None:
+        self.close()

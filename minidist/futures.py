@@ -1,0 +1,279 @@
+"""Futures and the functions that wait on them: ``Future``, ``wait``, ``as_completed``, ``fire_and_forget``.
+
+A ``Future`` is a handle on a key; every future of one client for one key shares a ``FutureState``
+(status, exception, callbacks). The scheduler thread resolves states in batches through
+``Client._report``; waiters sleep on the client's condition variable, so resolving 5,000 futures costs
+one wake-up per batch, not one event object per future. Dropping the last ``Future`` of a key (garbage
+collection or ``release()``) tells the scheduler this client no longer wants it.
+"""
+
+from __future__ import annotations
+
+import collections
+import queue
+import sys
+import threading
+import time
+from typing import Any, Iterable, Optional
+
+from .errors import CancelledError, FutureTimeoutError
+
+FINISHED_STATES = ("finished", "error", "cancelled", "lost")
+
+
+class FutureState:
+    __slots__ = ("status", "exception", "traceback", "callbacks", "remote_traceback")
+
+    def __init__(self):
+        self.status = "pending"
+        self.exception: Any = None
+        self.traceback: Any = None
+        self.remote_traceback: str = ""
+        self.callbacks: Optional[list] = None
+
+    def done(self) -> bool:
+        return self.status != "pending"
+
+
+class Future:
+    """A remotely running computation (dask.distributed's ``Future``)."""
+
+    __slots__ = ("key", "client", "_state", "_released", "__weakref__")
+
+    def __init__(self, key, client=None, inform: bool = True, state: Optional[FutureState] = None):
+        if client is None:
+            from .client import default_client
+
+            client = default_client()
+        self.key = key
+        self.client = client
+        self._released = False
+        self._state = state if state is not None else client._acquire(key)
+
+    # -------------------------------------------------------------------------------------- status
+
+    @property
+    def status(self) -> str:
+        return self._state.status
+
+    def done(self) -> bool:
+        return self._state.status != "pending"
+
+    def cancelled(self) -> bool:
+        return self._state.status == "cancelled"
+
+    def _wait(self, timeout: Optional[float]) -> None:
+        state = self._state
+        if state.status != "pending":
+            return
+        if not self.client._wait_for(state, timeout):
+            raise FutureTimeoutError(f"Future {self.key!r} did not finish within {timeout} s")
+
+    def result(self, timeout: Optional[float] = None):
+        """Wait for the value and return it; raise the task's exception if it failed."""
+        self._wait(timeout)
+        status = self._state.status
+        if status == "finished":
+            return self.client._get_value(self.key)
+        if status == "error":
+            raise self._state.exception
+        raise CancelledError(f"Future {self.key!r} was {status}")
+
+    def exception(self, timeout: Optional[float] = None):
+        """The exception the task raised, or None if it succeeded."""
+        self._wait(timeout)
+        if self._state.status == "cancelled":
+            raise CancelledError(f"Future {self.key!r} was cancelled")
+        return self._state.exception if self._state.status == "error" else None
+
+    def traceback(self, timeout: Optional[float] = None):
+        """The task's traceback: a traceback object for thread workers, its text for process workers."""
+        self._wait(timeout)
+        return self._state.traceback if self._state.status == "error" else None
+
+    def add_done_callback(self, fn) -> None:
+        """Call ``fn(future)`` on the client's callback thread once the future is done."""
+        self.client._add_callback(self, fn)
+
+    def cancel(self, **kwargs) -> None:
+        self.client.cancel([self], **kwargs)
+
+    def retry(self, **kwargs) -> Future:
+        return self.client.retry([self], **kwargs)[0]
+
+    def release(self) -> None:
+        """Drop this handle now rather than at garbage collection."""
+        if not self._released:
+            self._released = True
+            try:
+                self.client._release_key(self.key)
+            except Exception:
+                pass
+
+    def __del__(self):
+        if not getattr(self, "_released", True) and not sys.is_finalizing():
+            self.release()
+
+    # ---------------------------------------------------------------------------------------- misc
+
+    def __await__(self):
+        return self.client._await_future(self).__await__()
+
+    def __reduce__(self):
+        from .client import _rebuild_future
+
+        return (_rebuild_future, (self.key,))
+
+    def __repr__(self) -> str:
+        status = self._state.status
+        if status == "error":
+            return f"<Future: {status}, key: {self.key}, exception: {type(self._state.exception).__name__}>"
+        return f"<Future: {status}, key: {self.key}>"
+
+    def _repr_html_(self) -> str:
+        return f"<b>Future: {self.key}</b> <span>status: {self._state.status}</span>"
+
+    def __hash__(self):
+        return hash(self.key)
+
+    def __eq__(self, other):
+        return isinstance(other, Future) and other.key == self.key and other.client is self.client
+
+
+DoneAndNotDoneFutures = collections.namedtuple("DoneAndNotDoneFutures", ["done", "not_done"])
+
+
+def wait(fs, timeout: Optional[float] = None, return_when: str = "ALL_COMPLETED"):
+    """Wait until ``fs`` are done (``ALL_COMPLETED``), or any is (``FIRST_COMPLETED``/``FIRST_EXCEPTION``)."""
+    if isinstance(fs, Future):
+        fs = [fs]
+    fs = list(fs)
+    if return_when not in ("ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION"):
+        raise ValueError(f"return_when must be ALL_COMPLETED, FIRST_COMPLETED or FIRST_EXCEPTION, "
+                         f"not {return_when!r}")  # fmt: skip
+    deadline = None if timeout is None else time.monotonic() + timeout
+    if return_when == "ALL_COMPLETED":
+        for future in fs:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not future.done() and not future.client._wait_for(future._state, left):
+                raise FutureTimeoutError(f"{sum(not f.done() for f in fs)} futures not done after "
+                                         f"{timeout} s")  # fmt: skip
+    else:
+        clients = {id(f.client): f.client for f in fs}
+
+        def satisfied() -> bool:
+            if return_when == "FIRST_EXCEPTION":
+                return any(f.status == "error" for f in fs) or all(f.done() for f in fs)
+            return any(f.done() for f in fs) or not fs
+
+        for client in clients.values():
+            if not client._wait_until(satisfied, deadline):
+                break
+    done = {f for f in fs if f.done()}
+    return DoneAndNotDoneFutures(done, {f for f in fs if not f.done()})
+
+
+class as_completed:
+    """Iterate over futures in the order they finish; ``add``/``update`` feed it while iterating.
+
+    ``with_results=True`` yields ``(future, result)`` pairs (raising the task's error unless
+    ``raise_errors=False``, which yields the exception instead).
+    """
+
+    def __init__(self, futures: Iterable = (), loop=None, with_results: bool = False,
+                 raise_errors: bool = True, *, timeout: Optional[float] = None):  # fmt: skip
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._pending = 0
+        self._lock = threading.Lock()
+        self.with_results = with_results
+        self.raise_errors = raise_errors
+        self._deadline = None if timeout is None else time.monotonic() + timeout
+        self.update(futures)
+
+    def add(self, future: Future) -> None:
+        with self._lock:
+            self._pending += 1
+        future.add_done_callback(self._queue.put)
+
+    def update(self, futures: Iterable) -> None:
+        for future in futures:
+            self.add(future)
+
+    def count(self) -> int:
+        with self._lock:
+            return self._pending
+
+    def is_empty(self) -> bool:
+        return self.count() == 0
+
+    def has_ready(self) -> bool:
+        return not self._queue.empty()
+
+    def __iter__(self):
+        return self
+
+    def _next_future(self) -> Future:
+        with self._lock:
+            if self._pending == 0:
+                raise StopIteration
+        timeout = None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
+        try:
+            future = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            raise FutureTimeoutError("as_completed timed out") from None
+        with self._lock:
+            self._pending -= 1
+        return future
+
+    def __next__(self):
+        future = self._next_future()
+        if not self.with_results:
+            return future
+        try:
+            return future, future.result()
+        except BaseException as exc:
+            if self.raise_errors:
+                raise
+            return future, exc
+
+    def next_batch(self, block: bool = True) -> list:
+        batch = [self._next_future()] if block else []
+        while not self._queue.empty():
+            batch.append(self._next_future())
+        return batch
+
+    def batches(self):
+        while not self.is_empty():
+            yield self.next_batch()
+
+    def clear(self) -> None:
+        while not self._queue.empty():
+            self._queue.get()
+        with self._lock:
+            self._pending = 0
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        import asyncio
+
+        if self.is_empty():
+            raise StopAsyncIteration
+        future = await asyncio.get_running_loop().run_in_executor(None, self._next_future)
+        if not self.with_results:
+            return future
+        try:
+            return future, await future
+        except BaseException as exc:
+            if self.raise_errors:
+                raise
+            return future, exc
+
+
+def fire_and_forget(obj) -> None:
+    """Run the tasks behind ``obj`` (futures, nested in containers) even after their futures are gone."""
+    from .client import futures_in
+
+    for future in futures_in(obj):
+        future.client._fire_and_forget(future.key)

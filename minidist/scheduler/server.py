@@ -1,0 +1,476 @@
+"""The scheduler thread: the I/O shell around ``SchedulerState``.
+
+One thread in the client process runs ``Scheduler._loop``::
+
+            clients (user threads)                      process workers
+    post() ──► inbox deque ──► wake-up pipe ──┐       ┌── pipe (one per worker) ◄── batched reports
+                                               ▼       ▼
+                            multiprocessing.connection.wait()
+                                               │ drain everything that is ready
+                                               ▼
+                                     SchedulerState events
+                                               │ instructions
+               ┌───────────────────────────────┼──────────────────────────────┐
+               ▼                               ▼                              ▼
+     Report → client sessions        Execute/FreeOnWorker → one       Forget → drop stored data,
+     (futures resolve)               batch per worker per wake-up     unlink shared memory
+
+Thread workers (processes=False) post their reports into the same inbox instead of a pipe. Values live
+in ``self.data`` (``Payload`` for process workers, plain objects for thread workers); clients in this
+process read them directly, so ``gather`` costs no round trip. ``self.ledger`` counts references to
+shared-memory segments across payloads and unlinks a segment when the last payload using it goes.
+
+Anything that must see a consistent state (``scheduler_info``, ``who_has``, ``restart``...) runs on this
+thread through ``call()``, which hands back a ``concurrent.futures.Future``.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import logging
+import os
+import pickle
+import threading
+import time
+from multiprocessing.connection import wait
+from typing import Any, Callable, Optional
+
+from ..comm.shm import unlink_segments
+from ..keys import key_split
+from .state import Execute, Forget, FreeOnWorker, NewTask, Report, RetireWorker, SchedulerState
+
+logger = logging.getLogger("minidist.scheduler")
+
+
+FIRE_AND_FORGET = "fire-and-forget"
+
+
+class FireAndForget:
+    """The pseudo-client behind ``fire_and_forget``: it wants keys until they finish, then lets go."""
+
+    def __init__(self, scheduler: Scheduler):
+        self.scheduler = scheduler
+
+    def report(self, items: list) -> None:
+        self.scheduler.post(("release", FIRE_AND_FORGET, tuple(item[0] for item in items)))
+
+
+class SegmentLedger:
+    """Reference counts of shared-memory segments, which several payloads may share."""
+
+    def __init__(self):
+        self.counts: collections.Counter = collections.Counter()
+
+    def retain(self, value: Any) -> None:
+        segments = getattr(value, "segments", None)
+        if segments is not None:
+            for name in segments():
+                self.counts[name] += 1
+
+    def release(self, value: Any) -> None:
+        segments = getattr(value, "segments", None)
+        if segments is None:
+            return
+        doomed = []
+        for name in segments():
+            left = self.counts[name] - 1
+            if left <= 0:
+                self.counts.pop(name, None)
+                doomed.append(name)
+            else:
+                self.counts[name] = left
+        if doomed:
+            unlink_segments(doomed)
+
+
+class Scheduler:
+    """Owns the state machine, the stored values, and the thread that drives workers."""
+
+    def __init__(self, cluster_id: str, processes: bool, allowed_failures: int = 3,
+                 logger_: Optional[logging.Logger] = None, blocked_handlers=()):  # fmt: skip
+        self.cluster_id = cluster_id
+        self.processes = processes
+        self.state = SchedulerState(allowed_failures=allowed_failures)
+        self.data: dict = {}
+        self.ledger = SegmentLedger()
+        self.logger = logger_ or logger
+        self.blocked_handlers = frozenset(blocked_handlers or ())
+        self.workers: dict[str, Any] = {}  # address -> worker handle
+        self._conns: dict = {}  # connection -> handle, for wait()
+        self.sessions: dict[str, Any] = {FIRE_AND_FORGET: FireAndForget(self)}  # client id -> session
+        self.inbox: collections.deque = collections.deque()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        self._wake_pending = False
+        self._closing = False
+        self._runs: dict[int, dict] = {}  # client.run bookkeeping: id -> {"pending", "results", "future"}
+        self._run_ids = iter(range(1, 1 << 62))
+        self.task_stream: collections.deque = collections.deque(maxlen=2000)
+        self.on_worker_lost: Optional[Callable[[Any, str], None]] = None
+        self.on_worker_retired: Optional[Callable[[Any], None]] = None
+        self.started = time.time()
+        self.tasks_done = 0
+        self._thread = threading.Thread(target=self._loop, name="minidist-scheduler", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------------------- thread-safe entry
+
+    def post(self, message: tuple) -> None:
+        """Hand a message to the scheduler thread (from any thread)."""
+        self.inbox.append(message)
+        if not self._wake_pending:
+            self._wake_pending = True
+            try:
+                os.write(self._wake_w, b"x")
+            except OSError:
+                pass  # closed: the scheduler is gone
+
+    def call(self, function: Callable, *args) -> concurrent.futures.Future:
+        """Run ``function(self, *args)`` on the scheduler thread; its result arrives in the future."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        if self._closing:
+            future.set_exception(RuntimeError("The scheduler is closed"))
+            return future
+        self.post(("call", function, args, future))
+        return future
+
+    def check_handler(self, name: str) -> None:
+        if name in self.blocked_handlers:
+            raise ValueError(f"{name!r} handler has been explicitly disallowed in Scheduler")
+
+    # ----------------------------------------------------------------------------------------- loop
+
+    def _loop(self) -> None:
+        wake_r = self._wake_r
+        while True:
+            waitables = [wake_r, *self._conns]
+            try:
+                ready = wait(waitables, timeout=1.0)
+            except OSError:
+                ready = []
+            if self._closing:
+                break
+            outgoing: dict = {}
+            reports: dict = {}
+            for item in ready:
+                if item == wake_r:
+                    try:
+                        while os.read(wake_r, 4096):
+                            pass
+                    except (BlockingIOError, OSError):
+                        pass
+                    # cleared only after draining: a poster that saw the flag set is then sure a byte
+                    # written after this point will wake us, and its message is already in the inbox
+                    self._wake_pending = False
+                else:
+                    self._read_worker(self._conns.get(item), outgoing, reports)
+            inbox = self.inbox
+            while inbox:
+                message = inbox.popleft()
+                try:
+                    self._handle(message, outgoing, reports)
+                except Exception:
+                    self.logger.exception("scheduler failed to handle %r", message[0])
+            self._deliver(outgoing, reports)
+            if self._closing:
+                break
+        self._drain_calls()
+
+    def _read_worker(self, handle, outgoing: dict, reports: dict) -> None:
+        if handle is None:
+            return
+        conn = handle.conn
+        try:
+            while True:
+                batch = pickle.loads(conn.recv_bytes())
+                self._worker_batch(handle, batch, outgoing, reports)
+                if not conn.poll():
+                    break
+        except (EOFError, OSError):
+            self._worker_died(handle, outgoing, reports)
+        except Exception:
+            self.logger.exception("bad message from worker %s", handle.address)
+
+    def _deliver(self, outgoing: dict, reports: dict) -> None:
+        for handle, batch in outgoing.items():
+            if not batch or handle.address not in self.workers:
+                continue
+            try:
+                handle.send_messages(batch)
+            except (OSError, EOFError, ValueError):
+                # a dead pipe: the EOF on its receiving side will remove the worker
+                self.logger.debug("could not send to %s", handle.address)
+        for client_id, items in reports.items():
+            session = self.sessions.get(client_id)
+            if session is not None:
+                try:
+                    session.report(items)
+                except Exception:
+                    self.logger.exception("could not report to client %s", client_id)
+
+    # ------------------------------------------------------------------------------ instruction output
+
+    def _apply(self, instructions: list, outgoing: dict, reports: dict) -> None:
+        workers = self.workers
+        data = self.data
+        for inst in instructions:
+            kind = type(inst)
+            if kind is Execute:
+                handle = workers.get(inst.worker)
+                if handle is None:
+                    continue
+                deps = {k: data[k] for k in (inst.dependencies if not self.processes else inst.missing_deps)}
+                outgoing.setdefault(handle, []).append(handle.execute_message(inst.key, inst.run_spec,
+                                                                              inst.dependencies, deps))
+            elif kind is Report:
+                item = (inst.key, inst.status, inst.exception, inst.traceback)
+                for client_id in inst.clients:
+                    reports.setdefault(client_id, []).append(item)
+            elif kind is Forget:
+                value = data.pop(inst.key, None)
+                if value is not None:
+                    self.ledger.release(value)
+                if inst.run_spec is not None and self.processes:
+                    self.ledger.release(inst.run_spec[2])
+            elif kind is FreeOnWorker:
+                handle = workers.get(inst.worker)
+                if handle is not None:
+                    outgoing.setdefault(handle, []).append(("free", inst.keys))
+            elif kind is RetireWorker:
+                handle = workers.get(inst.worker)
+                if handle is not None:
+                    self._remove_worker(handle, "retired", outgoing, reports, expected=True)
+                    if self.on_worker_retired is not None:
+                        self.on_worker_retired(handle)
+
+    def apply_now(self, instructions: list) -> None:
+        """Carry out instructions at once (only on the scheduler thread, e.g. inside ``call``)."""
+        outgoing: dict = {}
+        reports: dict = {}
+        self._apply(instructions, outgoing, reports)
+        self._deliver(outgoing, reports)
+
+    # ---------------------------------------------------------------------------------- client events
+
+    def _handle(self, message: tuple, outgoing: dict, reports: dict) -> None:
+        kind = message[0]
+        state = self.state
+        if kind == "update_graph":
+            _, client_id, tasks, wanted = message
+            if self.processes:
+                known = state.tasks
+                for spec in tasks:
+                    if spec.key not in known:
+                        self.ledger.retain(spec.run_spec[2])
+            self._apply(state.update_graph(tasks, client_id, wanted, time.time()), outgoing, reports)
+        elif kind == "release":
+            self._apply(state.client_releases(message[1], message[2]), outgoing, reports)
+        elif kind == "cancel":
+            self._apply(state.cancel(message[1]), outgoing, reports)
+        elif kind == "scatter":
+            _, client_id, values, nbytes = message
+            for key, value in values.items():
+                if key in self.data:
+                    self.ledger.release(value)  # same content already stored under this key
+                    continue
+                self.data[key] = value
+                self.ledger.retain(value)
+            self._apply(state.scattered(client_id, nbytes), outgoing, reports)
+        elif kind == "worker-batch":  # from a thread worker
+            handle = self.workers.get(message[1])
+            if handle is not None:
+                self._worker_batch(handle, message[2], outgoing, reports)
+        elif kind == "call":
+            _, function, args, future = message
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                result = function(self, *args)
+            except BaseException as exc:  # noqa: B036 - hand every failure to the caller
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+        elif kind == "add-worker":
+            self._add_worker(message[1], outgoing, reports)
+        elif kind == "remove-worker":
+            handle = self.workers.get(message[1])
+            if handle is not None:
+                self._remove_worker(handle, message[2], outgoing, reports, expected=message[3])
+        elif kind == "worker-status":
+            self._apply(state.set_worker_status(message[1], message[2]), outgoing, reports)
+        else:
+            self.logger.warning("unknown scheduler message %r", kind)
+
+    # ---------------------------------------------------------------------------------- worker events
+
+    def _add_worker(self, handle, outgoing: dict, reports: dict) -> None:
+        self.workers[handle.address] = handle
+        if handle.conn is not None:
+            self._conns[handle.conn] = handle
+        self.logger.info("Register worker %s (name %s, %d threads)", handle.address, handle.name,
+                         handle.nthreads)  # fmt: skip
+        self._apply(
+            self.state.add_worker(handle.address, handle.nthreads, str(handle.name), handle.resources,
+                                  time.time()),
+            outgoing,
+            reports,
+        )  # fmt: skip
+
+    def _worker_batch(self, handle, batch: list, outgoing: dict, reports: dict) -> None:
+        state = self.state
+        address = handle.address
+        for message in batch:
+            kind = message[0]
+            if kind == "done":
+                _, key, value, nbytes, start, stop, thread = message
+                if state.expects_result(key, address):
+                    old = self.data.get(key)
+                    if old is not None:
+                        self.ledger.release(old)
+                    self.data[key] = value
+                    self.ledger.retain(value)
+                    self.tasks_done += 1
+                    self.task_stream.append((key, address, thread, start, stop, "ok"))
+                else:
+                    self.ledger.retain(value)
+                    self.ledger.release(value)  # a stale copy: free its shared memory
+                self._apply(state.task_finished(key, address, nbytes, start, stop), outgoing, reports)
+            elif kind == "erred":
+                _, key, exc, tb, start, stop, thread = message
+                if state.expects_result(key, address):
+                    self.task_stream.append((key, address, thread, start, stop, "error"))
+                if self.processes:
+                    exc = _load_exception(exc)
+                self._apply(state.task_erred(key, address, exc, tb, start, stop), outgoing, reports)
+            elif kind == "run-result":
+                self._run_result(message[1], address, message[2], message[3])
+            elif kind == "secede":
+                self._apply(state.secede(address, message[1]), outgoing, reports)
+            elif kind == "rejoin":
+                self._apply(state.rejoin(address, message[1]), outgoing, reports)
+            elif kind == "hello":
+                handle.started = True
+                handle.on_hello(message)
+            elif kind == "logs":
+                handle.on_logs(message[1])
+            elif kind == "client":
+                handle.on_client_message(self, message[1])
+            else:
+                self.logger.warning("unknown message %r from worker %s", kind, address)
+
+    def _worker_died(self, handle, outgoing: dict, reports: dict) -> None:
+        reason = handle.death_reason()
+        self.logger.warning("Worker %s (name %s) died: %s", handle.address, handle.name, reason)
+        self._remove_worker(handle, reason, outgoing, reports, expected=False)
+        if self.on_worker_lost is not None:
+            try:
+                self.on_worker_lost(handle, reason)
+            except Exception:
+                self.logger.exception("replacing worker %s failed", handle.address)
+
+    def _remove_worker(self, handle, reason: str, outgoing: dict, reports: dict, expected: bool) -> None:
+        if self.workers.pop(handle.address, None) is None:
+            return
+        if handle.conn is not None:
+            self._conns.pop(handle.conn, None)
+        outgoing.pop(handle, None)
+        for run_id in list(self._runs):
+            self._run_result(run_id, handle.address, False, (RuntimeError(f"worker died: {reason}"), ""))
+        self._apply(self.state.remove_worker(handle.address, reason, time.time(), expected), outgoing,
+                    reports)  # fmt: skip
+        handle.close()
+
+    # ---------------------------------------------------------------------------------------- client.run
+
+    def start_run(self, function_blob, args_payload, workers, future) -> None:
+        """Called on the scheduler thread: send a function to ``workers`` and collect their answers."""
+        targets = [self.workers[w] for w in workers if w in self.workers]
+        run_id = next(self._run_ids)
+        entry = {"pending": {h.address for h in targets}, "results": {}, "future": future}
+        self._runs[run_id] = entry
+        for handle in targets:
+            handle.start_run(self, run_id, function_blob, args_payload)
+        if not targets:
+            self._finish_run(run_id)
+
+    def _run_result(self, run_id: int, address: str, ok: bool, value) -> None:
+        entry = self._runs.get(run_id)
+        if entry is None or address not in entry["pending"]:
+            return
+        entry["pending"].discard(address)
+        entry["results"][address] = (ok, value)
+        if not entry["pending"]:
+            self._finish_run(run_id)
+
+    def _finish_run(self, run_id: int) -> None:
+        entry = self._runs.pop(run_id)
+        future = entry["future"]
+        if not future.done():
+            future.set_result(entry["results"])
+
+    # ------------------------------------------------------------------------------------------ close
+
+    def _drain_calls(self) -> None:
+        while self.inbox:
+            message = self.inbox.popleft()
+            if message[0] == "call" and not message[3].done():
+                message[3].set_exception(RuntimeError("The scheduler is closed"))
+        for run_id in list(self._runs):
+            future = self._runs.pop(run_id)["future"]
+            if not future.done():
+                future.set_exception(RuntimeError("The scheduler closed before the workers answered"))
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the loop thread (workers are the cluster's to stop); idempotent."""
+        if self._closing:
+            return
+        self._closing = True
+        self.post(("noop",))
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        for value in self.data.values():
+            self.ledger.release(value)
+        self.data.clear()
+
+    # --------------------------------------------------------------------------------------- snapshot
+
+    def prefix_counts(self) -> dict:
+        by_prefix: dict = {}
+        for ts in self.state.tasks.values():
+            counts = by_prefix.get(ts.prefix)
+            if counts is None:
+                counts = by_prefix[ts.prefix] = {
+                    "waiting": 0, "queued": 0, "processing": 0, "memory": 0, "erred": 0, "released": 0
+                }  # fmt: skip
+            if ts.state in counts:
+                counts[ts.state] += 1
+        return by_prefix
+
+    def stream_records(self) -> list:
+        return [
+            {"key": str(key), "prefix": key_split(key), "worker": worker, "thread": thread,
+             "start": start, "stop": stop, "status": status}
+            for key, worker, thread, start, stop, status in list(self.task_stream)
+        ]  # fmt: skip
+
+
+def _load_exception(blob):
+    if not isinstance(blob, (bytes, bytearray)):
+        return blob
+    try:
+        return pickle.loads(blob)
+    except Exception as exc:
+        return RuntimeError(f"The task's exception could not be unpickled here: {exc!r}")
+
+
+def new_task(key, dependencies, run_spec, priority=0, retries=0, workers=None,
+             allow_other_workers=False, resources=None) -> NewTask:  # fmt: skip
+    return NewTask(key, tuple(dependencies), run_spec, priority or 0, retries or 0,
+                   frozenset(workers) if workers else None, allow_other_workers, resources or None,
+                   key_split(key))  # fmt: skip

@@ -1,0 +1,657 @@
+"""SchedulerState: the scheduler's brain, a pure state machine.
+
+Events come in as method calls (``update_graph``, ``task_finished``, ``remove_worker`` ...); each returns
+a list of instructions (small named tuples below) for the I/O shell in ``scheduler/server.py`` to carry
+out. Nothing here does I/O, starts threads or reads a clock: times arrive inside events. That keeps the
+rules in one place, shared by every transport, and lets hypothesis drive them directly
+(``tests_property/test_state_property.py``).
+
+Task life cycle::
+
+    waiting --(all dependencies in memory)--> queued --(a worker has a free slot)--> processing
+    processing --finished--> memory         processing --erred--> erred (dependents err too)
+    processing --worker died--> queued again, or erred with KilledWorker after too many deaths
+    any state --(nobody wants it any more)--> forgotten (removed from ``tasks``)
+
+Where data lives: results are sent back to the client process and kept there (``server.data``), so a
+key in memory is never lost when a worker dies. Workers also keep a cache of values they computed or
+received; ``TaskState.who_has`` tracks those caches so that placement can prefer the worker that already
+holds a task's dependencies and the shell ships only what the chosen worker lacks.
+
+A key is kept while some client wants it (``who_wants``) or some unfinished dependent still needs it
+(``waiters``); when both are empty it is forgotten and every cache is told to drop it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from typing import Any, Hashable, Iterable, NamedTuple, Optional
+
+from ..errors import KilledWorker
+
+Key = Hashable
+
+# ---------------------------------------------------------------------------------------------- inputs
+
+
+class NewTask(NamedTuple):
+    """One task of an ``update_graph`` event."""
+
+    key: Key
+    dependencies: tuple = ()
+    run_spec: Any = None  # opaque to the state: the shell's description of what to call
+    priority: int = 0  # user priority: higher runs first
+    retries: int = 0
+    workers: Optional[frozenset] = None  # addresses or names this task may run on
+    allow_other_workers: bool = False
+    resources: Optional[dict] = None  # abstract resources needed, e.g. {"GPU": 1}
+    prefix: str = ""
+
+
+# ---------------------------------------------------------------------------------------- instructions
+
+
+class Execute(NamedTuple):
+    """Send ``key`` to ``worker``; ``missing_deps`` are dependencies the worker does not hold yet."""
+
+    worker: str
+    key: Key
+    run_spec: Any
+    dependencies: tuple
+    missing_deps: tuple
+
+
+class FreeOnWorker(NamedTuple):
+    """The worker should drop these keys: cached values, queued or running copies (result discarded)."""
+
+    worker: str
+    keys: tuple
+
+
+class Report(NamedTuple):
+    """Tell the clients in ``clients`` that ``key`` reached ``status``: memory, erred or cancelled."""
+
+    key: Key
+    clients: tuple
+    status: str
+    exception: Any = None
+    traceback: Any = None
+
+
+class Forget(NamedTuple):
+    """The key is gone: the shell drops its stored value and its run_spec (and shared memory behind them)."""
+
+    key: Key
+    run_spec: Any = None
+
+
+class RetireWorker(NamedTuple):
+    """A retiring worker has finished its work and can now be shut down."""
+
+    worker: str
+
+
+# ------------------------------------------------------------------------------------------------ state
+
+
+class TaskState:
+    __slots__ = (
+        "key", "prefix", "state", "dependencies", "dependents", "waiting_on", "waiters", "who_wants",
+        "priority", "run_spec", "retries", "restrictions", "loose", "resources", "processing_on",
+        "who_has", "suspicious", "exception", "traceback", "nbytes", "last_worker_death",
+    )  # fmt: skip
+
+    def __init__(self, key: Key, prefix: str):
+        self.key = key
+        self.prefix = prefix
+        self.state = "released"
+        self.dependencies: set[Key] = set()
+        self.dependents: set[Key] = set()
+        self.waiting_on: set[Key] = set()  # dependencies not yet in memory
+        self.waiters: set[Key] = set()  # dependents not yet finished that need this value
+        self.who_wants: set[str] = set()
+        self.priority: tuple = (0, 0)
+        self.run_spec: Any = None
+        self.retries = 0
+        self.restrictions: Optional[frozenset] = None
+        self.loose = False
+        self.resources: Optional[dict] = None
+        self.processing_on: Optional[str] = None
+        self.who_has: set[str] = set()
+        self.suspicious = 0
+        self.exception: Any = None
+        self.traceback: Any = None
+        self.nbytes = 0
+        self.last_worker_death = ("", "")
+
+    def __repr__(self) -> str:
+        return f"<TaskState {self.key!r} {self.state}>"
+
+
+class WorkerState:
+    __slots__ = (
+        "address", "name", "nthreads", "resources", "available", "processing", "has", "status",
+        "seceded", "executing_since", "idle_since",
+    )  # fmt: skip
+
+    def __init__(self, address: str, name: str, nthreads: int, resources: Optional[dict], now: float):
+        self.address = address
+        self.name = name
+        self.nthreads = nthreads
+        self.resources = dict(resources or {})
+        self.available = dict(self.resources)
+        self.processing: dict[Key, None] = {}  # insertion-ordered set
+        self.has: set[Key] = set()
+        self.status = "running"  # running | paused | retiring
+        self.seceded = 0  # tasks that left their thread slot (secede) and no longer count
+        self.idle_since: Optional[float] = now
+
+    def __repr__(self) -> str:
+        return f"<WorkerState {self.address} {self.status} processing={len(self.processing)}>"
+
+
+class SchedulerState:
+    """Task and worker bookkeeping. Every public method is an event and returns instructions."""
+
+    def __init__(self, allowed_failures: int = 3, prefetch: int = 2):
+        self.tasks: dict[Key, TaskState] = {}
+        self.workers: dict[str, WorkerState] = {}
+        self.allowed_failures = allowed_failures
+        self.prefetch = prefetch
+        self.ready: list = []  # heap of (priority, key) for unrestricted queued tasks
+        self.restricted: dict[Key, TaskState] = {}  # queued tasks with restrictions or resources
+        self._sequence = itertools.count()
+        self.prefix_durations: dict[str, float] = {}  # running mean duration per task prefix
+        self.counts = {"waiting": 0, "queued": 0, "processing": 0, "memory": 0, "erred": 0}
+        self._retired: list[str] = []  # retiring workers that just became empty
+
+    # -------------------------------------------------------------------------------- queries (no events)
+
+    def expects_result(self, key: Key, worker: str) -> bool:
+        ts = self.tasks.get(key)
+        return ts is not None and ts.state == "processing" and ts.processing_on == worker
+
+    def worker_capacity(self, ws: WorkerState) -> int:
+        return ws.nthreads + ws.seceded + self.prefetch
+
+    # ----------------------------------------------------------------------------------------- clients
+
+    def update_graph(self, tasks: Iterable[NewTask], client: str, wanted: Iterable[Key] = (),
+                     now: float = 0.0) -> list:  # fmt: skip
+        """New tasks from ``client``, which holds futures for ``wanted`` keys."""
+        out: list = []
+        new: list[TaskState] = []
+        for spec in tasks:
+            if spec.key in self.tasks:
+                continue  # an equal task exists already (pure keys): share it
+            ts = TaskState(spec.key, spec.prefix)
+            ts.run_spec = spec.run_spec
+            ts.priority = (-spec.priority, next(self._sequence))
+            ts.retries = spec.retries
+            ts.restrictions = spec.workers or None
+            ts.loose = spec.allow_other_workers
+            ts.resources = spec.resources or None
+            ts.dependencies = set(spec.dependencies)
+            self.tasks[spec.key] = ts
+            new.append(ts)
+        wanted = list(wanted)
+        for key in wanted:
+            ts = self.tasks.get(key)
+            if ts is not None:
+                ts.who_wants.add(client)
+        for ts in new:  # link after all are created so tasks of one graph may refer to each other
+            for dep_key in ts.dependencies:
+                dep = self.tasks.get(dep_key)
+                if dep is None:
+                    self._set_erred(
+                        ts,
+                        KeyError(f"Dependency {dep_key!r} of task {ts.key!r} is not known to the "
+                                 "scheduler (it was released or never submitted)"),
+                        None,
+                        out,
+                    )  # fmt: skip
+                    break
+                dep.dependents.add(ts.key)
+        for ts in new:
+            if ts.state == "erred":
+                continue
+            self._initial_transition(ts, out)
+        for key in wanted:
+            ts = self.tasks.get(key)
+            if ts is None:
+                out.append(Report(key, (client,), "cancelled"))
+            elif ts.state == "memory":
+                out.append(Report(key, (client,), "memory"))
+            elif ts.state == "erred":
+                out.append(Report(key, (client,), "erred", ts.exception, ts.traceback))
+        self._fill_workers(out)
+        return out
+
+    def _initial_transition(self, ts: TaskState, out: list) -> None:
+        for dep_key in ts.dependencies:
+            dep = self.tasks[dep_key]
+            if dep.state == "erred":
+                self._set_erred(ts, dep.exception, dep.traceback, out)
+                return
+            if dep.state != "memory":
+                ts.waiting_on.add(dep_key)
+            dep.waiters.add(ts.key)
+        if ts.waiting_on:
+            ts.state = "waiting"
+            self.counts["waiting"] += 1
+        else:
+            self._to_queued(ts)
+
+    def client_wants(self, client: str, keys: Iterable[Key]) -> list:
+        return self.update_graph((), client, keys)
+
+    def client_releases(self, client: str, keys: Iterable[Key]) -> list:
+        """``client`` holds no more futures for ``keys``."""
+        out: list = []
+        for key in keys:
+            ts = self.tasks.get(key)
+            if ts is None:
+                continue
+            ts.who_wants.discard(client)
+            self._maybe_forget(ts, out)
+        self._fill_workers(out)
+        return out
+
+    def cancel(self, keys: Iterable[Key]) -> list:
+        """Cancel keys and everything that depends on them, for every client."""
+        out: list = []
+        stack = [k for k in keys if k in self.tasks]
+        doomed: dict[Key, TaskState] = {}
+        while stack:
+            ts = self.tasks.get(stack.pop())
+            if ts is None or ts.key in doomed:
+                continue
+            doomed[ts.key] = ts
+            stack.extend(ts.dependents)
+        for ts in doomed.values():
+            if ts.who_wants:
+                out.append(Report(ts.key, tuple(ts.who_wants), "cancelled"))
+            ts.who_wants.clear()
+        for ts in doomed.values():
+            self._forget(ts, out)
+        # dependencies of cancelled tasks may now be unneeded
+        for ts in doomed.values():
+            for dep_key in ts.dependencies:
+                dep = self.tasks.get(dep_key)
+                if dep is not None:
+                    self._maybe_forget(dep, out)
+        self._fill_workers(out)
+        return out
+
+    def scattered(self, client: str, keys_nbytes: dict, workers: Iterable[str] = ()) -> list:
+        """Data the client put straight into memory under ``keys`` (already cached on ``workers``)."""
+        out: list = []
+        holders = [w for w in workers if w in self.workers]
+        for key, nbytes in keys_nbytes.items():
+            ts = self.tasks.get(key)
+            if ts is not None and ts.state == "memory":
+                ts.who_wants.add(client)
+                out.append(Report(key, (client,), "memory"))
+                continue
+            if ts is not None:  # replace a pending or erred task of the same name
+                self._leave_state(ts)
+            else:
+                ts = TaskState(key, "scatter")
+                self.tasks[key] = ts
+            ts.state = "memory"
+            self.counts["memory"] += 1
+            ts.nbytes = nbytes
+            ts.who_wants.add(client)
+            for w in holders:
+                ts.who_has.add(w)
+                self.workers[w].has.add(key)
+            out.append(Report(key, (client,), "memory"))
+            for dependent_key in list(ts.dependents):
+                self._dependency_ready(self.tasks[dependent_key], key)
+        self._fill_workers(out)
+        return out
+
+    # ----------------------------------------------------------------------------------------- workers
+
+    def add_worker(self, address: str, nthreads: int, name: str = "", resources: Optional[dict] = None,
+                   now: float = 0.0) -> list:  # fmt: skip
+        self.workers[address] = WorkerState(address, name or address, nthreads, resources, now)
+        out: list = []
+        self._fill_workers(out)
+        return out
+
+    def remove_worker(self, address: str, reason: str = "", now: float = 0.0,
+                      expected: bool = False) -> list:  # fmt: skip
+        """A worker is gone. Its running tasks are retried elsewhere, or fail after too many deaths.
+
+        ``expected`` is true for a clean retirement: its tasks are requeued without suspicion.
+        """
+        out: list = []
+        ws = self.workers.pop(address, None)
+        if ws is None:
+            return out
+        for key in ws.has:
+            ts = self.tasks.get(key)
+            if ts is not None:
+                ts.who_has.discard(address)
+        for key in list(ws.processing):
+            ts = self.tasks.get(key)
+            if ts is None or ts.processing_on != address:
+                continue
+            self._leave_state(ts)
+            if not expected:
+                ts.suspicious += 1
+                ts.last_worker_death = (address, reason)
+            if ts.suspicious > self.allowed_failures:
+                exc = KilledWorker(ts.key, address, reason, ts.suspicious)
+                self._set_erred(ts, exc, None, out)
+            else:
+                self._to_queued(ts)
+        self._fill_workers(out)
+        return out
+
+    def set_worker_status(self, address: str, status: str) -> list:
+        """``running``, ``paused`` (memory pressure: no new tasks) or ``retiring`` (finish, then go)."""
+        out: list = []
+        ws = self.workers.get(address)
+        if ws is None:
+            return out
+        ws.status = status
+        if status == "retiring" and not ws.processing:
+            out.append(RetireWorker(address))
+        self._fill_workers(out)
+        return out
+
+    def secede(self, address: str, key: Key) -> list:
+        """A running task left its thread slot (it waits on other tasks): free the slot."""
+        out: list = []
+        ws = self.workers.get(address)
+        if ws is not None:
+            ws.seceded += 1
+            self._fill_workers(out)
+        return out
+
+    def rejoin(self, address: str, key: Key) -> list:
+        ws = self.workers.get(address)
+        if ws is not None and ws.seceded > 0:
+            ws.seceded -= 1
+        return []
+
+    def task_finished(self, key: Key, worker: str, nbytes: int = 0, start: float = 0.0,
+                      stop: float = 0.0) -> list:  # fmt: skip
+        out: list = []
+        ts = self.tasks.get(key)
+        ws = self.workers.get(worker)
+        if ws is not None:
+            self._free_slot(ws, key, stop)
+        if ts is None or ts.state != "processing" or ts.processing_on != worker:
+            self._fill_workers(out)
+            return out  # a stale result (cancelled, or rerun elsewhere): the shell discarded it
+        self._leave_state(ts)
+        ts.state = "memory"
+        self.counts["memory"] += 1
+        ts.nbytes = nbytes
+        if ws is not None:
+            ts.who_has.add(worker)
+            ws.has.add(key)
+        self._record_duration(ts.prefix, stop - start)
+        if ts.who_wants:
+            out.append(Report(key, tuple(ts.who_wants), "memory"))
+        for dep_key in ts.dependencies:
+            dep = self.tasks.get(dep_key)
+            if dep is not None:
+                dep.waiters.discard(key)
+                self._maybe_forget(dep, out)
+        for dependent_key in list(ts.dependents):
+            self._dependency_ready(self.tasks[dependent_key], key)
+        self._maybe_forget(ts, out)
+        self._fill_workers(out)
+        return out
+
+    def task_erred(self, key: Key, worker: str, exception: Any = None, traceback: Any = None,
+                   start: float = 0.0, stop: float = 0.0) -> list:  # fmt: skip
+        out: list = []
+        ts = self.tasks.get(key)
+        ws = self.workers.get(worker)
+        if ws is not None:
+            self._free_slot(ws, key, stop)
+        if ts is None or ts.state != "processing" or ts.processing_on != worker:
+            self._fill_workers(out)
+            return out
+        self._leave_state(ts)
+        if ts.retries > 0:
+            ts.retries -= 1
+            self._to_queued(ts)
+        else:
+            self._set_erred(ts, exception, traceback, out)
+        self._fill_workers(out)
+        return out
+
+    def restart(self) -> list:
+        """Forget every task (clients see their futures cancelled); workers stay registered."""
+        out: list = []
+        for ts in list(self.tasks.values()):
+            if ts.who_wants:
+                out.append(Report(ts.key, tuple(ts.who_wants), "cancelled"))
+                ts.who_wants.clear()
+        for ts in list(self.tasks.values()):
+            self._forget(ts, out)
+        for ws in self.workers.values():
+            ws.processing.clear()
+            ws.has.clear()
+            ws.seceded = 0
+            ws.available = dict(ws.resources)
+        self.ready.clear()
+        self.restricted.clear()
+        return out
+
+    # --------------------------------------------------------------------------------------- internals
+
+    def _record_duration(self, prefix: str, duration: float) -> None:
+        if duration < 0:
+            return
+        old = self.prefix_durations.get(prefix)
+        self.prefix_durations[prefix] = duration if old is None else 0.8 * old + 0.2 * duration
+
+    def _free_slot(self, ws: WorkerState, key: Key, now: float) -> None:
+        if key in ws.processing:
+            del ws.processing[key]
+            ts = self.tasks.get(key)
+            if ts is not None and ts.resources and ts.processing_on == ws.address:
+                for name, amount in ts.resources.items():
+                    ws.available[name] = ws.available.get(name, 0) + amount
+            if not ws.processing:
+                ws.idle_since = now
+                if ws.status == "retiring":
+                    self._retired.append(ws.address)
+
+    def _leave_state(self, ts: TaskState) -> None:
+        """Undo the bookkeeping of the task's current state."""
+        state = ts.state
+        if state in self.counts:
+            self.counts[state] -= 1
+        if state == "queued":
+            self.restricted.pop(ts.key, None)  # heap entries are dropped lazily
+        elif state == "processing":
+            ws = self.workers.get(ts.processing_on) if ts.processing_on else None
+            if ws is not None and ts.key in ws.processing:
+                del ws.processing[ts.key]
+                if ts.resources:
+                    for name, amount in ts.resources.items():
+                        ws.available[name] = ws.available.get(name, 0) + amount
+            ts.processing_on = None
+        ts.state = "released"
+
+    def _to_queued(self, ts: TaskState) -> None:
+        ts.state = "queued"
+        self.counts["queued"] += 1
+        if ts.restrictions or ts.resources:
+            self.restricted[ts.key] = ts
+        else:
+            heapq.heappush(self.ready, (ts.priority, ts.key))
+
+    def _dependency_ready(self, ts: TaskState, dep_key: Key) -> None:
+        ts.waiting_on.discard(dep_key)
+        if ts.state == "waiting" and not ts.waiting_on:
+            self.counts["waiting"] -= 1
+            self._to_queued(ts)
+
+    def _set_erred(self, ts: TaskState, exception: Any, traceback: Any, out: list) -> None:
+        """Err ``ts`` and, transitively, every dependent waiting for it."""
+        stack = [ts]
+        while stack:
+            t = stack.pop()
+            if t.state == "erred":
+                continue
+            if t.state != "released":
+                self._leave_state(t)
+            t.state = "erred"
+            self.counts["erred"] += 1
+            t.exception = exception
+            t.traceback = traceback
+            if t.who_wants:
+                out.append(Report(t.key, tuple(t.who_wants), "erred", exception, traceback))
+            for dep_key in t.dependencies:
+                dep = self.tasks.get(dep_key)
+                if dep is not None and t.key in dep.waiters:
+                    dep.waiters.discard(t.key)
+                    self._maybe_forget(dep, out)
+            for dependent_key in t.dependents:
+                dependent = self.tasks.get(dependent_key)
+                if dependent is not None and dependent.state in ("waiting", "queued", "released"):
+                    stack.append(dependent)
+        self._maybe_forget(ts, out)
+
+    def _maybe_forget(self, ts: TaskState, out: list) -> None:
+        if ts.who_wants or ts.waiters:
+            return
+        # nobody wants it and no pending dependent needs it: drop it whatever its state (a running
+        # copy is told to stop and its result will be discarded)
+        self._forget(ts, out)
+        for dep_key in ts.dependencies:
+            dep = self.tasks.get(dep_key)
+            if dep is not None:
+                dep.waiters.discard(ts.key)
+                dep.dependents.discard(ts.key)
+                self._maybe_forget(dep, out)
+
+    def _forget(self, ts: TaskState, out: list) -> None:
+        if self.tasks.get(ts.key) is not ts:
+            return
+        worker = ts.processing_on
+        self._leave_state(ts)
+        if worker is not None and worker in self.workers:
+            out.append(FreeOnWorker(worker, (ts.key,)))
+        for w in ts.who_has:
+            ws = self.workers.get(w)
+            if ws is not None:
+                ws.has.discard(ts.key)
+                if w != worker:
+                    out.append(FreeOnWorker(w, (ts.key,)))
+        ts.who_has.clear()
+        for dep_key in ts.dependencies:
+            dep = self.tasks.get(dep_key)
+            if dep is not None:
+                dep.dependents.discard(ts.key)
+                dep.waiters.discard(ts.key)
+        del self.tasks[ts.key]
+        ts.state = "forgotten"
+        out.append(Forget(ts.key, ts.run_spec))
+
+    # ------------------------------------------------------------------------------------------ placement
+
+    def _runnable_on(self, ts: TaskState, ws: WorkerState) -> bool:
+        if ts.restrictions:
+            if ws.address not in ts.restrictions and ws.name not in ts.restrictions:
+                return False
+        if ts.resources:
+            for name, amount in ts.resources.items():
+                if ws.available.get(name, 0) < amount:
+                    return False
+        return True
+
+    def _assign(self, ts: TaskState, ws: WorkerState, out: list) -> None:
+        self.counts["queued"] -= 1
+        self.counts["processing"] += 1
+        ts.state = "processing"
+        ts.processing_on = ws.address
+        ws.processing[ts.key] = None
+        ws.idle_since = None
+        if ts.resources:
+            for name, amount in ts.resources.items():
+                ws.available[name] = ws.available.get(name, 0) - amount
+        missing = []
+        for dep_key in ts.dependencies:
+            dep = self.tasks[dep_key]
+            if ws.address not in dep.who_has:
+                missing.append(dep_key)
+                dep.who_has.add(ws.address)
+                ws.has.add(dep_key)
+        out.append(Execute(ws.address, ts.key, ts.run_spec, tuple(ts.dependencies), tuple(missing)))
+
+    def _pop_ready(self) -> Optional[TaskState]:
+        ready = self.ready
+        while ready:
+            _, key = heapq.heappop(ready)
+            ts = self.tasks.get(key)
+            if ts is not None and ts.state == "queued" and key not in self.restricted:
+                return ts
+        return None
+
+    def _score(self, ts: TaskState, ws: WorkerState) -> tuple:
+        """Lower is better: hold most dependency data, then least loaded."""
+        held = 0
+        for dep_key in ts.dependencies:
+            dep = self.tasks.get(dep_key)
+            if dep is not None and ws.address in dep.who_has:
+                held += dep.nbytes + 1
+        return (-held, len(ws.processing) / max(ws.nthreads, 1))
+
+    def _fill_workers(self, out: list) -> None:
+        """Hand queued tasks to workers with free slots, highest priority first."""
+        while self._retired:
+            out.append(RetireWorker(self._retired.pop()))
+        open_workers = [
+            ws
+            for ws in self.workers.values()
+            if ws.status == "running" and len(ws.processing) < self.worker_capacity(ws)
+        ]
+        if not open_workers:
+            return
+        if self.restricted:
+            self._fill_restricted(open_workers, out)
+        while open_workers and self.ready:
+            ts = self._pop_ready()
+            if ts is None:
+                break
+            if len(open_workers) == 1:
+                ws = open_workers[0]
+            elif ts.dependencies:
+                ws = min(open_workers, key=lambda w: self._score(ts, w))
+            else:
+                ws = min(open_workers, key=lambda w: len(w.processing) / w.nthreads)
+            self._assign(ts, ws, out)
+            if len(ws.processing) >= self.worker_capacity(ws):
+                open_workers.remove(ws)
+
+    def _fill_restricted(self, open_workers: list, out: list) -> None:
+        for ts in sorted(self.restricted.values(), key=lambda t: t.priority):
+            candidates = [w for w in open_workers if self._runnable_on(ts, w)]
+            if not candidates and ts.loose and not any(
+                self._runnable_on(ts, w) for w in self.workers.values()
+            ):
+                # allow_other_workers: none of the named workers exists, so any worker will do
+                loose = ts.restrictions
+                ts.restrictions = None
+                candidates = [w for w in open_workers if self._runnable_on(ts, w)]
+                ts.restrictions = loose
+            if not candidates:
+                continue
+            ws = min(candidates, key=lambda w: self._score(ts, w))
+            del self.restricted[ts.key]
+            self._assign(ts, ws, out)
+            if len(ws.processing) >= self.worker_capacity(ws):
+                open_workers.remove(ws)
+                if not open_workers:
+                    return

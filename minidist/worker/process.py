@@ -1,0 +1,182 @@
+"""The worker process: its entry point and its message loop.
+
+A process worker is started by ``deploy/processes.py`` as ``python -c "...main(FD)"`` with one end of a
+socket pair as file descriptor FD (no fork of the threaded parent, no re-import of the user's
+``__main__``, so it works from scripts without a main guard, from stdin and from a REPL)::
+
+    parent ──init dict──► main()
+    parent ──batches────► main thread: recv, unpickle, dispatch ──► WorkerRuntime (task threads)
+    parent ◄──batches──── task threads (results, errors), watcher thread (log records)
+
+The main thread only receives and files work; it never sends, so the parent can never deadlock against
+it. Values travel as ``comm.serialize.Payload``: large buffers sit in shared memory and are mapped, not
+copied. The worker exits when the pipe reaches EOF (the parent closed it or died) or when its parent pid
+changes; before leaving it sweeps the cluster's shared-memory segments if the parent died, since no one
+else will.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import sys
+import threading
+import time
+from multiprocessing.connection import Connection
+
+from ..comm.serialize import deserialize, loads_function, serialize
+from ..comm.shm import SegmentStore, sweep_cluster
+from .runtime import WorkerRuntime, format_remote_traceback
+
+logger = logging.getLogger("minidist.worker")
+
+
+def encode_error(exc: BaseException, tb) -> tuple:
+    """Pickle the exception if possible; otherwise stand in a RuntimeError that keeps its text."""
+    text = format_remote_traceback(tb)
+    try:
+        blob = pickle.dumps(exc, protocol=5)
+        pickle.loads(blob)  # some exceptions pickle but cannot be rebuilt
+    except Exception:
+        substitute = RuntimeError(
+            f"{type(exc).__module__}.{type(exc).__qualname__}: {exc} "
+            "(the original exception could not be pickled)"
+        )
+        blob = pickle.dumps(substitute, protocol=5)
+    return blob, text
+
+
+class ProcessWorker:
+    """Glue between the pipe and the runtime inside a worker process."""
+
+    def __init__(self, conn: Connection, init: dict):
+        self.conn = conn
+        self.init = init
+        self.cluster_id = init["cluster_id"]
+        self.parent_pid = init["parent_pid"]
+        self.store = SegmentStore(self.cluster_id, threshold=init.get("shm_threshold", 64 * 1024))
+        self.functions: dict = {}  # function id -> callable, so each function crosses the pipe once
+        self._send_lock = threading.Lock()
+        self.client_link = None  # set by get_client() inside a task (worker-side client)
+        self.runtime = WorkerRuntime(
+            init["address"],
+            init["name"],
+            init["nthreads"],
+            send=self.send,
+            encode_result=self.encode_result,
+            encode_error=encode_error,
+            decode_value=deserialize,
+            prepare=self.prepare,
+            resources=init.get("resources"),
+        )
+        self.runtime.process_worker = self  # type: ignore[attr-defined]
+        self.closing = False
+
+    def send(self, batch: list) -> None:
+        data = pickle.dumps(batch, protocol=5)
+        with self._send_lock:
+            self.conn.send_bytes(data)
+
+    def encode_result(self, value) -> tuple:
+        payload = serialize(value, self.store)
+        return payload, payload.nbytes
+
+    def prepare(self, run_spec) -> tuple:
+        function_id, _, args_payload = run_spec
+        function = self.functions[function_id]
+        if type(function) is _LazyFunction:
+            function = self.functions[function_id] = loads_function(function.blob)
+        args, kwargs = deserialize(args_payload)
+        return function, args, kwargs
+
+    # -------------------------------------------------------------------------------------- dispatch
+
+    def dispatch(self, message: tuple) -> None:
+        kind = message[0]
+        if kind == "execute":
+            _, key, run_spec, dependencies, dep_values = message
+            function_id, function_blob, _ = run_spec
+            if function_blob is not None and function_id not in self.functions:
+                # keep the blob until first use: decoding happens on a task thread
+                self.functions[function_id] = _LazyFunction(function_blob)
+            self.runtime.submit(key, run_spec, dependencies, dep_values)
+        elif kind == "free":
+            self.runtime.free(message[1])
+        elif kind == "run":
+            _, run_id, function_blob, args_payload = message
+            threading.Thread(
+                target=self._run_function, args=(run_id, function_blob, args_payload), daemon=True,
+                name="minidist-run",
+            ).start()  # fmt: skip
+        elif kind == "client-reply":
+            if self.client_link is not None:
+                self.client_link.receive(message[1])
+        elif kind == "close":
+            self.closing = True
+        else:
+            logger.warning("worker %s: unknown message %r", self.runtime.address, kind)
+
+    def _run_function(self, run_id, function_blob, args_payload) -> None:
+        try:
+            function = loads_function(function_blob)
+            args, kwargs = deserialize(args_payload)
+            result = function(*args, **kwargs)
+            reply = ("run-result", run_id, True, serialize(result, None))
+        except BaseException as exc:  # noqa: B036
+            blob, text = encode_error(exc, exc.__traceback__)
+            reply = ("run-result", run_id, False, (blob, text))
+        self.runtime.report(reply)
+
+    def watch_parent(self) -> None:
+        """Leave if the parent disappears, even if the pipe stays open (e.g. an inherited copy)."""
+        while not self.closing:
+            if os.getppid() != self.parent_pid:
+                self.die_orphaned()
+            time.sleep(0.5)
+
+    def die_orphaned(self) -> None:
+        """Leave; sweep the cluster's shared memory only if the parent really is gone.
+
+        The pipe can reach EOF a moment before the kernel re-parents us, so give getppid() a second.
+        """
+        deadline = time.monotonic() + 1.0
+        while os.getppid() == self.parent_pid and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if os.getppid() != self.parent_pid:
+            sweep_cluster(self.cluster_id)
+        os._exit(0)
+
+    def serve(self) -> None:
+        threading.Thread(target=self.watch_parent, name="minidist-parent-watch", daemon=True).start()
+        self.send([("hello", os.getpid())])
+        conn = self.conn
+        while not self.closing:
+            try:
+                data = conn.recv_bytes()
+            except (EOFError, OSError):
+                self.die_orphaned()  # the parent closed the pipe or died
+            for message in pickle.loads(data):
+                self.dispatch(message)
+        self.runtime.close(timeout=1.0)
+
+
+class _LazyFunction:
+    """A function blob decoded on first use (on a task thread, so import errors err the task)."""
+
+    __slots__ = ("blob",)
+
+    def __init__(self, blob: bytes):
+        self.blob = blob
+
+
+def main(fd: int) -> None:
+    conn = Connection(fd)
+    init = pickle.loads(conn.recv_bytes())
+    # see the same modules as the parent: scripts' folders, test folders, editable installs
+    for entry in reversed(init.get("sys_path", [])):
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+    worker = ProcessWorker(conn, init)
+    worker.serve()
+    os._exit(0)

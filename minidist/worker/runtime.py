@@ -1,0 +1,311 @@
+"""WorkerRuntime: runs tasks on a worker's threads; shared by process workers and thread workers.
+
+Data flow::
+
+    scheduler ──batch of messages──► handle()  ──► pending deque ──► task threads (nthreads)
+                                                                        │ run function
+    scheduler ◄──────── report(msg) ◄── outbox (batched by whoever sends) ◄┘
+
+``handle`` runs on the thread that receives from the scheduler (a process worker's main thread, or the
+scheduler thread itself for thread workers) and must never block: it only files messages. Task threads
+take the oldest pending task, resolve its dependencies from the local cache, call the function, and
+report ``("done", key, value, nbytes, start, stop, thread)`` or ``("erred", key, exception, traceback,
+start, stop, thread)``. Reports are batched: a thread that finds the outbox empty becomes the sender
+and flushes everything that piled up meanwhile, so bursts of tiny tasks cost one message, not one each.
+
+The transport differs by mode and is injected: ``encode_result``/``decode_value`` serialise values
+(process workers) or pass objects through untouched (thread workers); ``send`` writes a list of
+messages to the scheduler.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+import traceback as traceback_module
+from collections import deque
+from typing import Any, Callable, Optional
+
+logger = logging.getLogger("minidist.worker")
+
+_task_context = threading.local()  # .runtime, .key, .seceded for get_worker()/secede()/get_client()
+
+
+class DependencyRef:
+    """Stands in for a Future inside task arguments; the worker swaps in the dependency's value."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key):
+        self.key = key
+
+    def __reduce__(self):
+        return (DependencyRef, (self.key,))
+
+    def __repr__(self) -> str:
+        return f"DependencyRef({self.key!r})"
+
+
+def substitute(obj: Any, values: dict) -> Any:
+    """Replace every DependencyRef in lists, tuples, dicts and sets (as dask does) with its value."""
+    typ = type(obj)
+    if typ is DependencyRef:
+        return values[obj.key]
+    if typ is tuple or typ is list:
+        return typ(substitute(item, values) for item in obj)
+    if typ is dict:
+        return {k: substitute(v, values) for k, v in obj.items()}
+    if typ is set or typ is frozenset:
+        return typ(substitute(item, values) for item in obj)
+    return obj
+
+
+def sizeof(value: Any) -> int:
+    """A cheap size estimate for memory accounting."""
+    nbytes = getattr(value, "nbytes", None)
+    if isinstance(nbytes, int):
+        return nbytes
+    try:
+        return sys.getsizeof(value)
+    except Exception:
+        return 64
+
+
+class PendingTask:
+    __slots__ = ("key", "run_spec", "dependencies", "cancelled")
+
+    def __init__(self, key, run_spec, dependencies):
+        self.key = key
+        self.run_spec = run_spec
+        self.dependencies = dependencies
+        self.cancelled = False
+
+
+def _unpack_run_spec(run_spec):
+    return run_spec  # thread workers receive (function, args, kwargs) as objects
+
+
+class WorkerRuntime:
+    """Task threads, the local value cache and the batched outbox of one worker."""
+
+    def __init__(
+        self,
+        address: str,
+        name: Any,
+        nthreads: int,
+        send: Callable[[list], None],
+        encode_result: Callable[[Any], tuple] = lambda value: (value, sizeof(value)),
+        encode_error: Callable[[BaseException], tuple] = None,  # type: ignore[assignment]
+        decode_value: Callable[[Any], Any] = lambda value: value,
+        prepare: Callable[[Any], tuple] = _unpack_run_spec,
+        resources: Optional[dict] = None,
+    ):
+        self.address = address
+        self.name = name
+        self.nthreads = nthreads
+        self.resources = dict(resources or {})
+        self._send = send
+        self._encode_result = encode_result
+        self._encode_error = encode_error or (lambda exc, tb: (exc, tb))
+        self._decode_value = decode_value
+        self._prepare = prepare
+        self.data: dict = {}  # key -> decoded value: the local cache of results and dependencies
+        self.encoded: dict = {}  # key -> encoded value, decoded lazily on first use
+        self.executing: dict = {}  # key -> start time, for diagnostics
+        self._pending: deque[PendingTask] = deque()
+        self._running: dict = {}  # key -> PendingTask
+        self._condition = threading.Condition()
+        self._outbox: list = []
+        self._outbox_lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self._closed = False
+        self._threads: list[threading.Thread] = []
+        self._active_threads = 0  # threads that count against nthreads (not seceded)
+        self.paused = False
+        for _ in range(nthreads):
+            self._start_thread()
+
+    # ---------------------------------------------------------------------------------------- intake
+
+    def submit(self, key, run_spec, dependencies, dep_values: dict) -> None:
+        """File a task (never blocks). ``dep_values`` are encoded values the worker did not hold."""
+        if dep_values:
+            self.encoded.update(dep_values)
+        task = PendingTask(key, run_spec, dependencies)
+        with self._condition:
+            self._pending.append(task)
+            self._condition.notify()
+
+    def free(self, keys) -> None:
+        """Drop cached values and cancel queued or running copies of ``keys``."""
+        with self._condition:
+            for key in keys:
+                self.data.pop(key, None)
+                self.encoded.pop(key, None)
+                running = self._running.get(key)
+                if running is not None:
+                    running.cancelled = True
+            if self._pending:
+                doomed = set(keys)
+                for task in self._pending:
+                    if task.key in doomed:
+                        task.cancelled = True
+
+    # ------------------------------------------------------------------------------------- execution
+
+    def _start_thread(self) -> None:
+        thread = threading.Thread(
+            target=self._thread_loop, name=f"minidist-task-{self.name}-{len(self._threads)}", daemon=True
+        )
+        self._active_threads += 1
+        self._threads.append(thread)
+        thread.start()
+
+    def _thread_loop(self) -> None:
+        _task_context.runtime = self
+        condition = self._condition
+        while True:
+            with condition:
+                while not self._pending and not self._closed:
+                    condition.wait()
+                if self._closed:
+                    return
+                task = self._pending.popleft()
+                if task.cancelled:
+                    continue
+                self._running[task.key] = task
+            self._execute(task)
+            with condition:
+                self._running.pop(task.key, None)
+                seceded = _task_context.__dict__.pop("seceded", False)
+                if seceded or self._active_threads > self.nthreads:
+                    # this thread left the pool to wait (or rejoined while its replacement ran): the
+                    # pool is back at nthreads without it, so it retires
+                    if not seceded:
+                        self._active_threads -= 1
+                    self._threads.remove(threading.current_thread())
+                    return
+
+    def _value_of(self, key):
+        try:
+            return self.data[key]
+        except KeyError:
+            value = self._decode_value(self.encoded.pop(key))
+            self.data[key] = value
+            return value
+
+    def _execute(self, task: PendingTask) -> None:
+        key = task.key
+        thread_id = threading.get_ident()
+        _task_context.key = key
+        start = time.time()
+        self.executing[key] = start
+        try:
+            function, args, kwargs = self._prepare(task.run_spec)
+            if task.dependencies:
+                values = {dep: self._value_of(dep) for dep in task.dependencies}
+                args = substitute(args, values)
+                kwargs = substitute(kwargs, values)
+            result = function(*args, **kwargs)
+        except BaseException as exc:  # noqa: B036 - SystemExit/KeyboardInterrupt in a task err its future
+            stop = time.time()
+            self.executing.pop(key, None)
+            if task.cancelled:
+                return
+            logger.debug("task %r erred: %r", key, exc)
+            exc_value, tb = self._encode_error(exc, exc.__traceback__)
+            self.report(("erred", key, exc_value, tb, start, stop, thread_id))
+            return
+        finally:
+            _task_context.key = None
+        stop = time.time()
+        self.executing.pop(key, None)
+        if task.cancelled:
+            return
+        try:
+            encoded, nbytes = self._encode_result(result)
+        except BaseException as exc:  # noqa: B036
+            exc_value, tb = self._encode_error(exc, exc.__traceback__)
+            self.report(("erred", key, exc_value, tb, start, stop, thread_id))
+            return
+        self.data[key] = result
+        self.report(("done", key, encoded, nbytes, start, stop, thread_id))
+
+    # ---------------------------------------------------------------------------------------- outbox
+
+    def report(self, message: tuple) -> None:
+        """Queue a message for the scheduler; the first thread to find the outbox empty sends."""
+        with self._outbox_lock:
+            self._outbox.append(message)
+            if len(self._outbox) > 1:
+                return  # someone else is sending, or will pick this up
+        self._flush()
+
+    def _flush(self) -> None:
+        with self._send_lock:
+            while True:
+                with self._outbox_lock:
+                    batch = self._outbox
+                    if not batch:
+                        return
+                    self._outbox = []
+                try:
+                    self._send(batch)
+                except Exception:
+                    logger.debug("could not report to the scheduler", exc_info=True)
+                    return
+                with self._outbox_lock:
+                    if not self._outbox:
+                        return
+
+    # ----------------------------------------------------------------------------------- secede/rejoin
+
+    def secede_current(self) -> None:
+        """The calling task leaves its thread slot; a new thread keeps the worker at nthreads."""
+        if getattr(_task_context, "seceded", False):
+            return
+        key = _task_context.key
+        _task_context.seceded = True
+        with self._condition:
+            self._active_threads -= 1
+            self._start_thread()
+        self.report(("secede", key))
+
+    def rejoin_current(self) -> None:
+        if not getattr(_task_context, "seceded", False):
+            return
+        _task_context.seceded = False
+        with self._condition:
+            self._active_threads += 1
+        self.report(("rejoin", _task_context.key))
+
+    # ----------------------------------------------------------------------------------------- close
+
+    def close(self, timeout: float = 2.0) -> None:
+        with self._condition:
+            self._closed = True
+            for task in self._pending:
+                task.cancelled = True
+            self._pending.clear()
+            self._condition.notify_all()
+        me = threading.current_thread()
+        deadline = time.monotonic() + timeout
+        for thread in list(self._threads):
+            if thread is not me:
+                thread.join(max(0.0, deadline - time.monotonic()))
+        self.data.clear()
+        self.encoded.clear()
+
+
+def format_remote_traceback(tb) -> str:
+    return "".join(traceback_module.format_tb(tb)) if tb is not None else ""
+
+
+def current_runtime() -> Optional[WorkerRuntime]:
+    return getattr(_task_context, "runtime", None)
+
+
+def current_key():
+    return getattr(_task_context, "key", None)

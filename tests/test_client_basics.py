@@ -1,0 +1,306 @@
+"""The futures API through a real cluster, on process workers and on thread workers."""
+
+from __future__ import annotations
+
+import operator
+import threading
+import time
+
+import pytest
+
+from minidist import (
+    CancelledError,
+    Client,
+    Future,
+    LocalCluster,
+    as_completed,
+    fire_and_forget,
+    wait,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def inc(x):
+    return x + 1
+
+
+def add(x, y):
+    return x + y
+
+
+def slow_inc(x, delay=0.05):
+    time.sleep(delay)
+    return x + 1
+
+
+def fail(x):
+    raise ValueError(f"bad value {x}")
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["processes", "threads"])
+def client(request):
+    with LocalCluster(n_workers=2, threads_per_worker=2, processes=request.param,
+                      dashboard_address=None) as cluster, Client(cluster) as c:  # fmt: skip
+        yield c
+
+
+def test_submit_returns_the_functions_result(client):
+    future = client.submit(inc, 10)
+    assert isinstance(future, Future)
+    assert future.result(timeout=10) == 11
+    assert future.status == "finished"
+    assert future.done()
+
+
+def test_lambdas_and_closures_run(client):
+    offset = 5
+    assert client.submit(lambda x: x * 2, 21).result() == 42
+    assert client.submit(lambda: offset + 1).result() == 6
+
+
+def test_kwargs_reach_the_function(client):
+    assert client.submit(slow_inc, 1, delay=0.001).result() == 2
+
+
+def test_pure_submissions_share_a_key_impure_ones_do_not(client):
+    a, b = client.submit(inc, 1), client.submit(inc, 1)
+    assert a.key == b.key
+    assert a.key.startswith("inc-")
+    c, d = client.submit(inc, 1, pure=False), client.submit(inc, 1, pure=False)
+    assert c.key != d.key
+    assert [f.result() for f in (a, b, c, d)] == [2, 2, 2, 2]
+
+
+def test_explicit_key(client):
+    future = client.submit(inc, 1, key="my-key")
+    assert future.key == "my-key"
+    assert future.result() == 2
+
+
+def test_map_returns_futures_in_order(client):
+    futures = client.map(inc, range(100))
+    assert client.gather(futures) == list(range(1, 101))
+
+
+def test_map_over_several_iterables_and_key_prefix(client):
+    futures = client.map(add, range(5), range(5, 10), key="adding")
+    assert all(f.key.startswith("adding-") for f in futures)
+    assert client.gather(futures) == [5, 7, 9, 11, 13]
+
+
+def test_futures_in_arguments_become_dependencies(client):
+    x = client.submit(inc, 1)
+    y = client.submit(inc, x)
+    z = client.submit(add, x, y)
+    assert z.result() == 2 + 3
+    nested = client.submit(sum, [x, y, z])
+    assert nested.result() == 2 + 3 + 5
+    in_dict = client.submit(lambda d: d["a"] * 10, {"a": x})
+    assert in_dict.result() == 20
+
+
+def test_gather_nested_containers(client):
+    x, y = client.submit(inc, 1), client.submit(inc, 2)
+    assert client.gather({"x": x, "rest": [y, (x, 7)]}) == {"x": 2, "rest": [3, (2, 7)]}
+
+
+def test_task_exception_is_raised_with_remote_traceback(client):
+    future = client.submit(fail, 3)
+    with pytest.raises(ValueError, match="bad value 3"):
+        future.result()
+    assert future.status == "error"
+    assert isinstance(future.exception(), ValueError)
+    assert future.traceback() is not None
+    text = future.traceback()
+    if not isinstance(text, str):
+        import traceback
+
+        text = "".join(traceback.format_tb(text))
+    assert "fail" in text
+
+
+def test_dependents_of_a_failed_task_fail_with_it(client):
+    bad = client.submit(fail, 1)
+    child = client.submit(inc, bad)
+    grandchild = client.submit(inc, child)
+    with pytest.raises(ValueError, match="bad value 1"):
+        grandchild.result()
+    assert child.status == "error"
+
+
+def test_gather_errors_skip_drops_failed_results(client):
+    futures = [client.submit(inc, 1), client.submit(fail, 2), client.submit(inc, 3)]
+    wait(futures)
+    assert client.gather(futures, errors="skip") == [2, 4]
+    with pytest.raises(ValueError):
+        client.gather(futures)
+
+
+def test_other_results_survive_a_failing_task(client):
+    futures = client.map(lambda x: 1 / x, [1, 2, 0, 4])
+    wait(futures)
+    assert [f.status for f in futures] == ["finished", "finished", "error", "finished"]
+    assert futures[3].result() == 0.25
+
+
+def test_result_timeout(client):
+    future = client.submit(slow_inc, 1, delay=1.0, pure=False)
+    with pytest.raises(TimeoutError):
+        future.result(timeout=0.05)
+    assert future.result(timeout=10) == 2
+
+
+def test_scatter_single_list_and_dict(client):
+    one = client.scatter(41)
+    assert client.submit(inc, one).result() == 42
+    many = client.scatter([1, 2, 3])
+    assert client.gather(many) == [1, 2, 3]
+    named = client.scatter({"a": 10, "b": 20})
+    assert set(named) == {"a", "b"}
+    assert client.submit(add, named["a"], named["b"]).result() == 30
+    assert all(f.status == "finished" for f in many)
+
+
+def test_as_completed_yields_every_future_once(client):
+    futures = client.map(slow_inc, [3, 1, 2], delay=0.01, pure=False)
+    seen = list(as_completed(futures))
+    assert sorted(f.key for f in seen) == sorted(f.key for f in futures)
+
+
+def test_as_completed_with_results_and_add(client):
+    ac = as_completed([client.submit(inc, 1)], with_results=True)
+    results = []
+    for _future, result in ac:
+        results.append(result)
+        if result < 4:
+            ac.add(client.submit(inc, result))
+    assert results == [2, 3, 4]
+
+
+def test_wait_first_completed(client):
+    fast = client.submit(inc, 0, pure=False)
+    slow = client.submit(slow_inc, 0, delay=2, pure=False)
+    done, not_done = wait([fast, slow], return_when="FIRST_COMPLETED", timeout=10)
+    assert fast in done
+    assert slow in not_done
+    slow.cancel()
+
+
+def test_wait_timeout_raises(client):
+    slow = client.submit(slow_inc, 0, delay=2, pure=False)
+    with pytest.raises(TimeoutError):
+        wait([slow], timeout=0.05)
+    slow.cancel()
+
+
+def test_cancel_marks_future_cancelled(client):
+    slow = client.submit(slow_inc, 0, delay=5, pure=False)
+    dependent = client.submit(inc, slow)
+    slow.cancel()
+    assert slow.cancelled()
+    with pytest.raises(CancelledError):
+        slow.result(timeout=5)
+    with pytest.raises(CancelledError):
+        dependent.result(timeout=5)
+
+
+def test_done_callback_runs_and_a_raising_one_does_not_break_the_client(client):
+    called = threading.Event()
+    seen = []
+
+    def good(future):
+        seen.append(future.key)
+        called.set()
+
+    def bad(future):
+        raise RuntimeError("callback failure")
+
+    future = client.submit(inc, 100)
+    future.add_done_callback(bad)
+    future.add_done_callback(good)
+    assert called.wait(10)
+    assert seen == [future.key]
+    assert client.submit(inc, 200).result() == 201
+
+
+def test_release_frees_the_key_on_the_scheduler(client):
+    future = client.submit(inc, 12345, pure=False)
+    key = future.key
+    future.result()
+    future.release()
+    deadline = time.time() + 5
+    while time.time() < deadline and key in client.who_has():
+        time.sleep(0.01)
+    assert key not in client.who_has()
+
+
+def test_fire_and_forget_runs_without_a_future(client):
+    marker = client.scatter(0)
+
+    fire_and_forget(client.submit(lambda m: m, marker, pure=False))
+    # the task runs even though its future was dropped
+    deadline = time.time() + 5
+    while time.time() < deadline and client.cluster.scheduler.tasks_done == 0:
+        time.sleep(0.01)
+    assert client.cluster.scheduler.tasks_done > 0
+
+
+def test_priority_orders_queued_work(client):
+    # fill both workers, then queue low and high priority tasks: high ones finish first
+    blockers = client.map(slow_inc, range(8), delay=0.3, pure=False)
+    low = client.map(slow_inc, range(4), delay=0.01, priority=-10, pure=False)
+    high = client.map(slow_inc, range(4), delay=0.01, priority=10, pure=False)
+    order = [f.key for f in as_completed(low + high)]
+    assert set(order[:4]) == {f.key for f in high}
+    wait(blockers)
+
+
+def test_retries_rerun_a_flaky_task(client):
+    def flaky(path_marker):
+        import os
+
+        marker = f"/tmp/minidist-flaky-{path_marker}"
+        if not os.path.exists(marker):
+            open(marker, "w").close()
+            raise RuntimeError("first attempt fails")
+        os.unlink(marker)
+        return "ok"
+
+    import uuid
+
+    assert client.submit(flaky, uuid.uuid4().hex, retries=1).result(timeout=10) == "ok"
+
+
+def test_run_returns_a_result_per_worker(client):
+    results = client.run(operator.add, 1, 2)
+    assert set(results) == set(client.scheduler_info()["workers"])
+    assert set(results.values()) == {3}
+
+
+def test_nthreads_and_scheduler_info(client):
+    assert sorted(client.nthreads().values()) == [2, 2]
+    info = client.scheduler_info()
+    assert info["type"] == "Scheduler"
+    for worker in info["workers"].values():
+        assert worker["nthreads"] == 2
+        assert "memory_limit" in worker and "name" in worker
+
+
+def test_run_on_scheduler(client):
+    assert client.run_on_scheduler(lambda: 7) == 7
+    assert client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.workers)) == 2
+
+
+def test_sys_exit_in_a_task_errs_the_future_and_the_cluster_carries_on(client):
+    import sys
+
+    future = client.submit(sys.exit, 3, pure=False)
+    with pytest.raises(SystemExit):
+        future.result(timeout=10)
+    assert client.submit(inc, 1, pure=False).result(timeout=10) == 2
+
+
+def test_many_small_tasks(client):
+    futures = client.map(inc, range(2000))
+    assert sum(client.gather(futures)) == sum(range(1, 2001))

@@ -1,0 +1,190 @@
+"""hypothesis drives SchedulerState alone: random events, checked invariants, no processes or sleeps.
+
+A simulated cluster plays the shell's part: it keeps the tasks each worker was told to run and, when the
+strategy says so, finishes, fails or loses them. After every step the invariants below must hold; at the
+end, once every client lets go, nothing may be left.
+"""
+
+from __future__ import annotations
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from minidist.errors import KilledWorker
+from minidist.scheduler.state import (
+    Execute,
+    Forget,
+    FreeOnWorker,
+    NewTask,
+    Report,
+    RetireWorker,
+    SchedulerState,
+)
+
+
+class SchedulerMachine(RuleBasedStateMachine):
+    def __init__(self):
+        super().__init__()
+        self.state = SchedulerState(allowed_failures=2)
+        self.running: dict[str, dict] = {}  # worker -> {key: None} as the shell sent them
+        self.reports: dict = {}  # key -> last status reported to the client
+        self.wanted: set = set()
+        self.next_key = 0
+        self.next_worker = 0
+        self.forgotten: set = set()
+
+    # ------------------------------------------------------------------------------------- plumbing
+
+    def apply(self, instructions):
+        for inst in instructions:
+            if isinstance(inst, Execute):
+                assert inst.worker in self.state.workers
+                running = self.running.setdefault(inst.worker, {})
+                assert inst.key not in running, "a task was sent twice to one worker"
+                running[inst.key] = None
+            elif isinstance(inst, FreeOnWorker):
+                for key in inst.keys:
+                    self.running.get(inst.worker, {}).pop(key, None)
+            elif isinstance(inst, Report):
+                assert "client" in inst.clients
+                self.reports[inst.key] = inst.status
+            elif isinstance(inst, Forget):
+                self.forgotten.add(inst.key)
+            elif isinstance(inst, RetireWorker):
+                self.apply(self.state.remove_worker(inst.worker, "retired", expected=True))
+                self.running.pop(inst.worker, None)
+
+    # ----------------------------------------------------------------------------------------- rules
+
+    @rule(nthreads=st.integers(1, 3))
+    def add_worker(self, nthreads):
+        address = f"w{self.next_worker}"
+        self.next_worker += 1
+        self.running[address] = {}
+        self.apply(self.state.add_worker(address, nthreads, name=address))
+
+    @precondition(lambda self: self.state.workers)
+    @rule(data=st.data())
+    def lose_worker(self, data):
+        address = data.draw(st.sampled_from(sorted(self.state.workers)))
+        self.running.pop(address, None)
+        self.apply(self.state.remove_worker(address, "killed"))
+
+    @rule(n=st.integers(1, 4), data=st.data())
+    def submit(self, n, data):
+        existing = [k for k, ts in self.state.tasks.items() if k in self.wanted]
+        tasks = []
+        for _ in range(n):
+            key = f"t{self.next_key}"
+            self.next_key += 1
+            deps = data.draw(st.lists(st.sampled_from(existing), max_size=3, unique=True)) if existing else []
+            tasks.append(NewTask(key, tuple(deps), run_spec=key, prefix="t",
+                                 retries=data.draw(st.integers(0, 1))))  # fmt: skip
+            existing.append(key)
+        keys = [t.key for t in tasks]
+        self.wanted.update(keys)
+        self.apply(self.state.update_graph(tasks, "client", keys))
+
+    @precondition(lambda self: any(self.running.values()))
+    @rule(data=st.data(), ok=st.booleans())
+    def finish_one(self, data, ok):
+        worker = data.draw(st.sampled_from(sorted(w for w, r in self.running.items() if r)))
+        key = data.draw(st.sampled_from(sorted(self.running[worker])))
+        del self.running[worker][key]
+        if ok:
+            self.apply(self.state.task_finished(key, worker, nbytes=8, start=0.0, stop=0.1))
+        else:
+            self.apply(self.state.task_erred(key, worker, ValueError(key), None, 0.0, 0.1))
+
+    @precondition(lambda self: self.wanted)
+    @rule(data=st.data())
+    def release(self, data):
+        key = data.draw(st.sampled_from(sorted(self.wanted)))
+        self.wanted.discard(key)
+        self.apply(self.state.client_releases("client", [key]))
+
+    @precondition(lambda self: self.wanted)
+    @rule(data=st.data())
+    def cancel(self, data):
+        key = data.draw(st.sampled_from(sorted(self.wanted)))
+        self.apply(self.state.cancel([key]))
+
+    # ------------------------------------------------------------------------------------ invariants
+
+    @invariant()
+    def processing_matches_workers(self):
+        state = self.state
+        for ts in state.tasks.values():
+            if ts.state == "processing":
+                assert ts.processing_on in state.workers
+                assert ts.key in state.workers[ts.processing_on].processing
+        for ws in state.workers.values():
+            for key in ws.processing:
+                assert state.tasks[key].processing_on == ws.address
+            assert len(ws.processing) <= state.worker_capacity(ws)
+
+    @invariant()
+    def nothing_runs_twice_at_once(self):
+        seen: dict = {}
+        for worker, running in self.running.items():
+            for key in running:
+                ts = self.state.tasks.get(key)
+                if ts is not None and ts.state == "processing" and ts.processing_on == worker:
+                    assert key not in seen
+                    seen[key] = worker
+
+    @invariant()
+    def counts_match(self):
+        actual: dict = {}
+        for ts in self.state.tasks.values():
+            actual[ts.state] = actual.get(ts.state, 0) + 1
+        for name, count in self.state.counts.items():
+            assert count == actual.get(name, 0), (name, count, actual)
+
+    @invariant()
+    def waiting_tasks_wait_on_pending_dependencies(self):
+        for ts in self.state.tasks.values():
+            if ts.state == "waiting":
+                assert ts.waiting_on
+                for dep in ts.waiting_on:
+                    assert self.state.tasks[dep].state != "memory"
+            if ts.state in ("queued", "processing"):
+                for dep in ts.dependencies:
+                    assert self.state.tasks[dep].state == "memory"
+
+    @invariant()
+    def idle_workers_mean_no_runnable_work(self):
+        state = self.state
+        runnable = [ts for ts in state.tasks.values() if ts.state == "queued"]
+        if runnable:
+            assert all(len(w.processing) >= state.worker_capacity(w) for w in state.workers.values())
+
+    def teardown(self):
+        # settle: workers finish everything, then the client lets go of everything
+        state = self.state
+        if not state.workers:
+            self.add_worker(1)
+        for _ in range(500):
+            pending = [(w, k) for w, r in self.running.items() for k in r]
+            if not pending:
+                break
+            worker, key = pending[0]
+            del self.running[worker][key]
+            self.apply(state.task_finished(key, worker, 8, 0.0, 0.1))
+        for key in self.wanted:
+            ts = state.tasks.get(key)
+            if ts is not None:
+                assert ts.state in ("memory", "erred"), ts
+                expected = "memory" if ts.state == "memory" else "erred"
+                assert self.reports.get(key) == expected
+                if expected == "erred":
+                    assert isinstance(ts.exception, (ValueError, KilledWorker))
+        self.apply(state.client_releases("client", list(self.wanted)))
+        assert not state.tasks, state.tasks
+        for ws in state.workers.values():
+            assert not ws.has and not ws.processing
+
+
+TestScheduler = SchedulerMachine.TestCase
+TestScheduler.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
