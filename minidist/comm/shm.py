@@ -308,12 +308,13 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def sweep_orphans() -> int:
+def sweep_orphans(cluster_id: str | None = None) -> int:
     """Unlink segments whose writing process is dead and whose cluster has no live owner.
 
     A cluster id made by :func:`new_cluster_id` names its owner process; while that process lives, its
     segments are kept even if the worker that wrote them died (the owner may still refer to them). For
-    other cluster ids only the writer's pid is known, and a dead writer is enough.
+    other cluster ids only the writer's pid is known, and a dead writer is enough. With ``cluster_id``,
+    only that cluster's segments are considered.
     """
     alive: dict[int, bool] = {}
 
@@ -328,4 +329,4 @@ def sweep_orphans() -> int:
         owner = _OWNED_CLUSTER_ID.match(info.cluster_id)
         return owner is None or not is_alive(int(owner.group(1)))
 
-    return _unlink_all(i for i in list_segments() if orphaned(i))
+    return _unlink_all(i for i in list_segments(cluster_id) if orphaned(i))
