@@ -84,7 +84,7 @@ PLAIN_VALUES = {
     "small bytearray": bytearray(b"abc"),
     "large bytearray": bytearray(os.urandom(50_000)),
     "large bytes in a dict": {"blob": os.urandom(20_000), "n": 1},
-    "large bytes deep inside": [[os.urandom(20_000)]],
+    "large bytes deep inside": [[[os.urandom(20_000)]]],
 }
 ARRAYS = {
     "int8": rng.integers(-100, 100, 10_000, dtype=np.int8),
@@ -327,9 +327,10 @@ def test_threads_serializing_through_one_store(store):
 
 def test_large_bytes_at_the_top_or_in_a_short_container_go_to_shared_memory(store):
     blob = os.urandom(THRESHOLD)
-    for value in [blob, bytearray(blob), (blob, 1), [1, blob], {"k": blob}]:
+    args_and_kwargs = ((1, blob), {"data": bytearray(blob)})
+    for value in [blob, bytearray(blob), (blob, 1), [1, blob], {"k": blob}, args_and_kwargs]:
         payload = serialize(value, store)
-        assert len(payload.segments()) == 1, type(value)
+        assert len(payload.segments()) == (2 if value is args_and_kwargs else 1)
         assert deserialize(payload) == value
         unlink_segments(payload.segments())
     same_twice = serialize((blob, blob), store)  # one object: written once

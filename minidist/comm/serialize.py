@@ -178,31 +178,48 @@ class _LargeBytes:
         return (type(self.data), (pickle.PickleBuffer(self.data),))
 
 
+def _has_large_bytes(value, threshold: int, depth: int) -> bool:
+    kind = type(value)
+    if kind is bytes or kind is bytearray:
+        return len(value) >= threshold and len(value) > 0
+    if kind is tuple or kind is list:
+        if depth and len(value) <= _SHALLOW_LIMIT:
+            return any(_has_large_bytes(v, threshold, depth - 1) for v in value)
+    elif kind is dict and depth and len(value) <= _SHALLOW_LIMIT:
+        return any(_has_large_bytes(v, threshold, depth - 1) for v in value.values())
+    return False
+
+
 def _expose_large_bytes(obj, threshold: int):
-    """Wrap large bytes/bytearray at the top level or directly inside a short tuple, list or dict.
+    """Wrap large bytes/bytearray found up to two short tuples/lists/dicts deep, e.g. ``(args, kwargs)``.
 
     pickle writes bytes and bytearray in-band without asking buffer_callback, so a 100 MB bytes argument
     would otherwise travel through the pipe. Deeper nesting is left alone (it still works, inline).
+    Containers are rebuilt (same exact type) only when something inside them was wrapped.
     """
-    wrapped: dict[int, _LargeBytes] = {}
+    if not _has_large_bytes(obj, threshold, 2):
+        return obj  # the common case, checked without building anything
+    wrapped: dict[int, _LargeBytes] = {}  # one wrapper per object, so pickle's memo still shares it
 
-    def wrap(value):
-        if type(value) in (bytes, bytearray) and len(value) >= threshold and len(value) > 0:
+    def visit(value, depth: int):
+        kind = type(value)
+        if kind is bytes or kind is bytearray:
+            if len(value) < threshold or not value:
+                return value
             if id(value) not in wrapped:
                 wrapped[id(value)] = _LargeBytes(value)
             return wrapped[id(value)]
-        return value
+        if kind not in (tuple, list, dict) or depth == 0 or len(value) > _SHALLOW_LIMIT:
+            return value
+        if kind is dict:
+            items = {k: visit(v, depth - 1) for k, v in value.items()}
+            changed = any(items[k] is not v for k, v in value.items())
+        else:
+            items = [visit(v, depth - 1) for v in value]
+            changed = any(a is not b for a, b in zip(items, value))
+        return kind(items) if changed else value
 
-    kind = type(obj)
-    if kind in (bytes, bytearray):
-        return wrap(obj)
-    if kind in (tuple, list) and len(obj) <= _SHALLOW_LIMIT:
-        items = [wrap(v) for v in obj]
-        return kind(items) if wrapped else obj
-    if kind is dict and len(obj) <= _SHALLOW_LIMIT:
-        items = {k: wrap(v) for k, v in obj.items()}
-        return items if wrapped else obj
-    return obj
+    return visit(obj, 2)
 
 
 def _pickle_with(pickler_class, obj, sink: _BufferSink) -> bytes:
