@@ -13,6 +13,7 @@ from .context import default_client, get_client, get_worker, rejoin, secede, wor
 from .deploy.local import LocalCluster
 from .errors import CancelledError, CommClosedError, KilledWorker, TaskSerializationError
 from .futures import Future, as_completed, fire_and_forget, wait
+from .progress import progress
 
 __version__ = "0.1.0"
 
@@ -23,6 +24,7 @@ __all__ = [
     "Future",
     "KilledWorker",
     "LocalCluster",
+    "progress",
     "TaskSerializationError",
     "as_completed",
     "default_client",

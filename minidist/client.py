@@ -112,7 +112,8 @@ class Client(ClientOperations):
         else:
             raise TypeError(f"Client() takes no address, a cluster object or an address string, "
                             f"not {type(address).__name__}")  # fmt: skip
-        self.scheduler = self.cluster.scheduler
+        self.scheduler = self.cluster.scheduler  # post(), fetch(), sessions: local or a remote proxy
+        self.operations = self.cluster.operations  # named operations (scheduler/operations.py)
         self.processes = self.scheduler.processes
         self._states: dict = {}  # key -> FutureState
         self._refcounts: dict = {}  # key -> number of live Future objects in this client
@@ -316,7 +317,7 @@ class Client(ClientOperations):
 
     def _get_value(self, key):
         try:
-            value = self.scheduler.data[key]
+            value = self.scheduler.fetch(key)
         except KeyError:
             from .errors import CancelledError
 
@@ -391,12 +392,12 @@ class Client(ClientOperations):
 
     def cancel(self, futures, asynchronous=None, force: bool = False, reason=None, msg=None) -> None:
         """Stop ``futures`` (and tasks that depend on them); their results are dropped."""
-        keys = [f.key for f in futures_in(futures)]
-        if keys:
-            done = threading.Event()
-            self.scheduler.post(("cancel", keys))
-            self.scheduler.call(lambda s: done.set())
-            done.wait(10)
+        futures = futures_in(futures)
+        if futures:
+            self.scheduler.post(("cancel", [f.key for f in futures]))
+            # the scheduler reports every cancelled key back; wait for that so status is settled
+            self._wait_until(lambda: all(f._state.status == "cancelled" or f._released for f in futures),
+                             time.monotonic() + 10)  # fmt: skip
 
     def retry(self, futures, asynchronous=None) -> list:
         """Resubmit erred futures (their tasks run again under the same keys)."""
@@ -488,6 +489,11 @@ class Client(ClientOperations):
         info = self.cluster._summary()
         return (f"<Client: '{self.cluster.scheduler_address}' processes={info['workers']} "
                 f"threads={info['threads']}, memory={info['memory_text']}>")  # fmt: skip
+
+    def _repr_html_(self) -> str:
+        if self._closed:
+            return f"<b>Client</b>: {self.id} (closed)"
+        return self.cluster._repr_html_().replace(type(self.cluster).__name__, "Client", 1)
 
     @property
     def dashboard_link(self):

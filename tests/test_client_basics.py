@@ -247,13 +247,15 @@ def test_fire_and_forget_runs_without_a_future(client):
 
 
 def test_priority_orders_queued_work(client):
-    # fill both workers, then queue low and high priority tasks: high ones finish first
-    blockers = client.map(slow_inc, range(8), delay=0.3, pure=False)
-    low = client.map(slow_inc, range(4), delay=0.01, priority=-10, pure=False)
-    high = client.map(slow_inc, range(4), delay=0.01, priority=10, pure=False)
-    order = [f.key for f in as_completed(low + high)]
-    assert set(order[:4]) == {f.key for f in high}
-    wait(blockers)
+    # a cluster of one thread, so the order of execution is the order of dispatch
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=client.processes,
+                      dashboard_address=None) as cluster, Client(cluster, set_as_default=False) as c:  # fmt: skip
+        blockers = c.map(slow_inc, range(3), delay=0.3, pure=False)  # fill the thread and prefetch
+        low = c.map(slow_inc, range(4), delay=0.01, priority=-10, pure=False)
+        high = c.map(slow_inc, range(4), delay=0.01, priority=10, pure=False)
+        order = [f.key for f in as_completed(low + high)]
+        assert set(order[:4]) == {f.key for f in high}
+        wait(blockers)
 
 
 def test_retries_rerun_a_flaky_task(client):

@@ -20,9 +20,11 @@ import uuid
 from typing import Any, Optional
 
 from ..comm.shm import SegmentStore, sweep_cluster
+from ..scheduler.operations import SchedulerOperations
 from ..scheduler.server import Scheduler
 from .memory import format_bytes
 from .options import ClusterOptions
+from .services import ClusterServices
 from .workers import ThreadWorkerHandle, start_process_worker
 
 _MAX_START_FAILURES = 5  # consecutive workers dying before saying hello: stop trying, tell the user
@@ -66,6 +68,7 @@ class LocalCluster:
             self.cluster_id, self.processes, logger_=self.logs.scheduler_logger,
             blocked_handlers=options.blocked_handlers, **options.scheduler_kwargs,
         )  # fmt: skip
+        self.operations = SchedulerOperations(self)
         self.scheduler.on_worker_lost = self._on_worker_lost
         self.scheduler.on_worker_retired = self._on_worker_retired
         self.scheduler_address = f"inproc://{self.cluster_id}"
@@ -75,6 +78,7 @@ class LocalCluster:
                          "processes" if self.processes else "threads")  # fmt: skip
         for _ in range(options.n_workers):
             self._start_worker()
+        self.services = ClusterServices(self)  # the dashboard, if dashboard_address asks for one
         self.status = "running"
 
     # ------------------------------------------------------------------------------------- workers
@@ -231,6 +235,8 @@ class LocalCluster:
         self.status = "closing"
         if self._task_client is not None:
             self._task_client.close()
+        if getattr(self, "services", None) is not None:
+            self.services.close()
         self.scheduler.close()
         for handle in handles:
             handle.close()
@@ -258,7 +264,8 @@ class LocalCluster:
 
     @property
     def dashboard_link(self) -> Optional[str]:
-        return None
+        services = getattr(self, "services", None)
+        return services.dashboard_link if services is not None else None
 
     def get_logs(self, cluster: bool = True, scheduler: bool = True, workers: bool = True) -> dict:
         return self.logs.get_logs(cluster=cluster, scheduler=scheduler, workers=workers)
@@ -292,6 +299,12 @@ class LocalCluster:
                     "workers": workers}  # fmt: skip
 
         return self.scheduler.call(collect).result(30)
+
+    def _repr_html_(self) -> str:
+        from ..dashboard.pages import repr_html
+        from ..dashboard.snapshot import cluster_snapshot
+
+        return repr_html(type(self).__name__, cluster_snapshot(self), self.dashboard_link)
 
     def __repr__(self) -> str:
         info = self._summary()

@@ -135,6 +135,10 @@ class Scheduler:
         self.post(("call", function, args, future))
         return future
 
+    def fetch(self, key):
+        """The stored value of ``key`` (a Payload in process mode); KeyError if it is gone."""
+        return self.data[key]
+
     def check_handler(self, name: str) -> None:
         if name in self.blocked_handlers:
             raise ValueError(f"{name!r} handler has been explicitly disallowed in Scheduler")

@@ -335,12 +335,15 @@ class SchedulerState:
             ts = self.tasks.get(key)
             if ts is not None:
                 ts.who_has.discard(address)
+        # Workers run their queue in order, so only the oldest nthreads tasks can have been running
+        # when it died; the prefetched ones behind them are requeued without suspicion.
+        running = set(itertools.islice(ws.processing, ws.nthreads + ws.seceded))
         for key in list(ws.processing):
             ts = self.tasks.get(key)
             if ts is None or ts.processing_on != address:
                 continue
             self._leave_state(ts)
-            if not expected:
+            if not expected and key in running:
                 ts.suspicious += 1
                 ts.last_worker_death = (address, reason)
             if ts.suspicious > self.allowed_failures:

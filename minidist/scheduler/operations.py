@@ -1,0 +1,157 @@
+"""Named scheduler operations: the one table that clients call, locally or over a connection.
+
+Everything a client asks of the cluster beyond submitting work and reading results (``run``,
+``who_has``, ``scheduler_info``, ``restart``, logs ...) is a method here. A local ``Client`` calls them
+directly; a remote client (TCP, or a client inside a worker process) sends ``(name, args)`` and the
+server side calls the same method, so both paths share one implementation and one list of names for
+``blocked_handlers``. Methods block and are thread-safe: anything that reads scheduler state runs on
+the scheduler thread through ``scheduler.call``; anything that waits (restart) runs on the caller's
+thread so the scheduler thread never waits on itself.
+
+Arguments and results are plain data (or ``Payload`` objects in process mode), so they can cross a wire.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import inspect
+from typing import Optional
+
+from ..comm.serialize import deserialize, dumps_function, loads_function, serialize
+
+_CALL_TIMEOUT = 60.0
+
+# Operation name -> the handler name that blocked_handlers refers to (dask's names where they exist).
+HANDLER_NAMES = {
+    "run": "run_function",
+    "run_on_scheduler": "run_function",
+    "restart": "restart",
+    "who_has": "who_has",
+    "has_what": "has_what",
+    "processing": "processing",
+    "nthreads": "ncores",
+    "scheduler_info": "identity",
+    "get_logs": "get_logs",
+    "scheduler_logs": "get_logs",
+    "worker_logs": "get_logs",
+    "task_stream": "get_task_stream",
+    "workers_matching": "identity",
+    "scale": "scale",
+    "retire_workers": "retire_workers",
+}
+
+
+def accepts(function, name: str) -> bool:
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in parameters
+
+
+class SchedulerOperations:
+    """The operations of one cluster. ``cluster`` owns ``scheduler`` (``deploy/local.py``)."""
+
+    def __init__(self, cluster):
+        self.cluster = cluster
+        self.scheduler = cluster.scheduler
+
+    def invoke(self, name: str, *args, **kwargs):
+        """Call an operation by name, as a remote client does; refuses blocked and unknown names."""
+        if name not in HANDLER_NAMES or name.startswith("_"):
+            raise ValueError(f"Unknown scheduler operation {name!r}")
+        self.scheduler.check_handler(HANDLER_NAMES[name])
+        return getattr(self, name)(*args, **kwargs)
+
+    def _on_scheduler(self, function, *args):
+        return self.scheduler.call(function, *args).result(_CALL_TIMEOUT)
+
+    # ------------------------------------------------------------------------------------- workers
+
+    def workers_matching(self, workers=None) -> list:
+        """Addresses for worker addresses or names (every worker when None)."""
+        handles = list(self.scheduler.workers.values())
+        if workers is None:
+            return [h.address for h in handles]
+        if isinstance(workers, (str, int)):
+            workers = [workers]
+        wanted = {str(w) for w in workers}
+        return [h.address for h in handles if h.address in wanted or str(h.name) in wanted]
+
+    def nthreads(self, workers=None) -> dict:
+        addresses = set(self.workers_matching(workers))
+        return {a: h.nthreads for a, h in list(self.scheduler.workers.items()) if a in addresses}
+
+    def scheduler_info(self) -> dict:
+        return self.cluster.scheduler_info()
+
+    def who_has(self, keys=None) -> dict:
+        def collect(scheduler):
+            tasks = scheduler.state.tasks
+            chosen = tasks.keys() if keys is None else [k for k in keys if k in tasks]
+            return {k: sorted(tasks[k].who_has) for k in chosen}
+
+        return self._on_scheduler(collect)
+
+    def has_what(self, workers=None) -> dict:
+        addresses = set(self.workers_matching(workers))
+        return self._on_scheduler(
+            lambda s: {a: sorted(map(str, w.has)) for a, w in s.state.workers.items() if a in addresses}
+        )
+
+    def processing(self, workers=None) -> dict:
+        addresses = set(self.workers_matching(workers))
+        return self._on_scheduler(
+            lambda s: {a: list(w.processing) for a, w in s.state.workers.items() if a in addresses}
+        )
+
+    def task_stream(self) -> list:
+        return self._on_scheduler(lambda s: s.stream_records())
+
+    # ----------------------------------------------------------------------------------------- run
+
+    def run(self, function_blob, args_payload, workers=None) -> dict:
+        """Run a function on workers outside the task system.
+
+        ``function_blob``/``args_payload`` are what ``pack_call`` made. Returns ``{address: (ok, value)}``
+        where value is the encoded result, or ``(exception, traceback)`` when ``ok`` is false.
+        """
+        targets = self.workers_matching(workers)
+        answer: concurrent.futures.Future = concurrent.futures.Future()
+        self.scheduler.call(lambda s: s.start_run(function_blob, args_payload, targets, answer))
+        return answer.result(_CALL_TIMEOUT)
+
+    def run_on_scheduler(self, function_blob, args_payload):
+        """Run a function on the scheduler thread; ``dask_scheduler=`` is passed if it takes one."""
+        processes = self.scheduler.processes
+        function = loads_function(function_blob) if processes else function_blob
+        args, kwargs = deserialize(args_payload) if processes else args_payload
+        if accepts(function, "dask_scheduler"):
+            kwargs["dask_scheduler"] = self.scheduler
+        result = self._on_scheduler(lambda s: function(*args, **kwargs))
+        return serialize(result, None) if processes else result
+
+    # ------------------------------------------------------------------------------ cluster-wide
+
+    def restart(self) -> None:
+        self.cluster.restart()
+
+    def scale(self, n: int) -> None:
+        self.cluster.scale(n)
+
+    def get_logs(self, cluster: bool = True, scheduler: bool = True, workers: bool = True) -> dict:
+        return self.cluster.get_logs(cluster=cluster, scheduler=scheduler, workers=workers)
+
+    def scheduler_logs(self, n: Optional[int] = None) -> list:
+        return self.cluster.logs.scheduler_lines(n)
+
+    def worker_logs(self, n: Optional[int] = None, workers=None) -> dict:
+        addresses = self.workers_matching(workers)
+        return {a: self.cluster.logs.worker_lines(a, n) for a in addresses}
+
+
+def pack_call(processes: bool, function, args: tuple, kwargs: dict) -> tuple:
+    """Encode a function and its arguments for ``run``/``run_on_scheduler`` in either mode."""
+    if processes:
+        return dumps_function(function), serialize((args, kwargs), None)
+    return function, (args, kwargs)
