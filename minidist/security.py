@@ -132,6 +132,31 @@ class Security:
         return context
 
 
+def tls_context(
+    protocol: str, security: Security | None, server: bool, role: str, address: str
+) -> ssl.SSLContext | None:
+    """The SSLContext a transport needs for ``protocol`` (None for plain tcp).
+
+    Checks that the address and the security settings agree: tls:// needs a Security, and a Security
+    with require_encryption refuses tcp://.
+    """
+    if protocol == "inproc":
+        raise ValueError(f"{address!r} is an in-process address: it has no socket to listen on or connect to")
+    if protocol == "tls":
+        if security is None:
+            raise ValueError(
+                f"{address!r} is a TLS address: pass security=Security(...) with the cluster's credentials "
+                "(for security=True clusters, the cluster's .security object)"
+            )
+        return security.server_context(role) if server else security.client_context(role)
+    if security is not None and security.require_encryption:
+        raise ValueError(
+            f"Security(require_encryption=True) refuses the unencrypted address {address!r}; "
+            "use a tls:// address"
+        )
+    return None
+
+
 def _load_cert_chain(context: ssl.SSLContext, cert: str, key: str | None) -> None:
     """load_cert_chain only reads files: PEM text goes through a private temporary file, removed at once."""
     temporary = []
@@ -227,6 +252,13 @@ def new_secret() -> bytes:
     return secrets.token_bytes(32)
 
 
+def check_secret(secret) -> bytes:
+    """``secret`` as bytes, or ValueError if it is not non-empty bytes."""
+    if not isinstance(secret, (bytes, bytearray)) or not secret:
+        raise ValueError("The secret must be non-empty bytes, e.g. minidist.security.new_secret()")
+    return bytes(secret)
+
+
 def _secret_dir() -> pathlib.Path:
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     base = None
@@ -267,13 +299,12 @@ def secret_path(address: str) -> pathlib.Path:
 
 def write_secret(address: str, secret: bytes) -> pathlib.Path:
     """Store ``secret`` for ``address`` in a 0600 file (atomically replacing a stale one)."""
-    if not isinstance(secret, (bytes, bytearray)) or not secret:
-        raise ValueError("The secret must be non-empty bytes, e.g. minidist.security.new_secret()")
+    secret = check_secret(secret)
     path = secret_path(address)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)  # 0600 from the start
     try:
         with os.fdopen(fd, "w") as f:
-            f.write(bytes(secret).hex() + "\n")
+            f.write(secret.hex() + "\n")
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

@@ -38,7 +38,15 @@ import time
 from typing import Callable
 
 from minidist.comm.addressing import format_address, parse_address
-from minidist.security import Security, read_secret, remove_secret, secret_path, write_secret
+from minidist.security import (
+    Security,
+    check_secret,
+    read_secret,
+    remove_secret,
+    secret_path,
+    tls_context,
+    write_secret,
+)
 
 logger = logging.getLogger("minidist.comm.tcp")
 
@@ -51,6 +59,7 @@ _AUTH_FRAME_LIMIT = 512  # no handshake message is longer; a stranger cannot mak
 _POLL_INTERVAL = 0.5  # waits wake up this often to notice close() from another thread
 _TLS_CHUNK = 1 << 20  # bytes handed to one SSL_write
 _SMALL_FRAME = 1 << 16  # below this, header and payload go out in a single send
+_TIMEOUTS = (TimeoutError, socket.timeout)  # one class from Python 3.10 on, two before
 
 
 class CommClosedError(ConnectionError):
@@ -171,7 +180,23 @@ def _shutdown_and_close(sock: socket.socket) -> None:
 # --- Connection ----------------------------------------------------------------------------------------
 
 
-class Connection:
+class _Closable:
+    """``with`` support and the ``closed`` flag shared by Connection and Listener."""
+
+    _closed = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+
+class Connection(_Closable):
     """One authenticated, framed, bidirectional message stream. Made by ``connect`` and ``Listener``."""
 
     def __init__(self, stream, peer: str, local: str, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE):
@@ -187,16 +212,6 @@ class Connection:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"<Connection {self.local} -> {self.peer} ({state})>"
-
-    def __enter__(self) -> Connection:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
 
     def send_bytes(self, data: bytes) -> None:
         """Send one frame. Thread-safe. Raises CommClosedError if the connection is gone."""
@@ -233,7 +248,7 @@ class Connection:
                 else:
                     self._stream.sendall(header, deadline)
                     self._stream.sendall(data, deadline)
-            except TimeoutError:
+            except _TIMEOUTS:
                 raise
             except (OSError, ValueError) as exc:
                 self.close()
@@ -264,7 +279,7 @@ class Connection:
         while got < len(buffer):
             try:
                 n = self._stream.recv_into(view[got:], deadline)
-            except TimeoutError:
+            except _TIMEOUTS:
                 raise
             except (OSError, ValueError) as exc:
                 if self._closed:
@@ -293,31 +308,6 @@ def _hmac(secret: bytes, label: bytes, first: bytes, second: bytes) -> bytes:
     return hmac.new(secret, label + first + second, hashlib.sha256).digest()
 
 
-def _check_secret(secret) -> bytes:
-    if not isinstance(secret, (bytes, bytearray)) or not secret:
-        raise ValueError("The secret must be non-empty bytes, e.g. minidist.security.new_secret()")
-    return bytes(secret)
-
-
-def _tls_context(protocol: str, security: Security | None, server: bool, role: str, address: str):
-    """The SSLContext for ``protocol`` (None for plain tcp), after checking protocol and security agree."""
-    if protocol == "inproc":
-        raise ValueError(f"{address!r} is an in-process address: it has no socket to listen on or connect to")
-    if protocol == "tls":
-        if security is None:
-            raise ValueError(
-                f"{address!r} is a TLS address: pass security=Security(...) with the cluster's credentials "
-                "(for security=True clusters, the cluster's .security object)"
-            )
-        return security.server_context(role) if server else security.client_context(role)
-    if security is not None and security.require_encryption:
-        raise ValueError(
-            f"Security(require_encryption=True) refuses the unencrypted address {address!r}; "
-            "use a tls:// address"
-        )
-    return None
-
-
 def _looks_like(frame_header: bytes) -> str:
     """A hint for a rejected first frame: which common protocol the stranger seems to speak."""
     if frame_header[:1] == b"\x16" and frame_header[1:2] == b"\x03":
@@ -330,7 +320,7 @@ def _looks_like(frame_header: bytes) -> str:
 # --- Listener ------------------------------------------------------------------------------------------
 
 
-class Listener:
+class Listener(_Closable):
     """A listening socket whose accept() only ever returns authenticated connections."""
 
     def __init__(
@@ -352,8 +342,8 @@ class Listener:
         same user find it) and removes it on close().
         """
         protocol, host, port = parse_address(address)
-        self._secret = _check_secret(secret)
-        self._context = _tls_context(protocol, security, True, role, address)
+        self._secret = check_secret(secret)
+        self._context = tls_context(protocol, security, True, role, address)
         self._protocol = protocol
         self._on_reject = on_reject
         self.handshake_timeout = handshake_timeout
@@ -384,21 +374,6 @@ class Listener:
 
     def __repr__(self) -> str:
         return f"<Listener {self.address}{' (closed)' if self._closed else ''}>"
-
-    def __enter__(self) -> Listener:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    @property
-    def secret_file(self):
-        """The secret file of this listener's address (whether or not it was published)."""
-        return secret_path(self.address)
 
     def accept(self, timeout: float | None = None) -> Connection:
         """Wait for the next peer that authenticates, and return its Connection.
@@ -460,7 +435,7 @@ class Listener:
         except ssl.SSLError as exc:
             _shutdown_and_close(sock)
             raise _Rejected(f"TLS handshake failed: {exc}") from None
-        except (TimeoutError, OSError) as exc:
+        except (*_TIMEOUTS, OSError) as exc:
             _shutdown_and_close(sock)
             raise _Rejected(_describe_handshake_error(exc, self.handshake_timeout)) from None
         conn = Connection(stream, peer, local, self.max_frame_size)
@@ -485,8 +460,9 @@ class Listener:
             raise
         except ProtocolError as exc:
             conn.close()
-            raise _Rejected(f"malformed handshake: {exc}{_looks_like(_first_bytes(exc))}") from None
-        except (TimeoutError, OSError) as exc:
+            hint = _looks_like(getattr(exc, "header", b""))
+            raise _Rejected(f"malformed handshake: {exc}{hint}") from None
+        except (*_TIMEOUTS, OSError) as exc:
             conn.close()
             raise _Rejected(_describe_handshake_error(exc, self.handshake_timeout)) from None
         stream.handshake_done()
@@ -508,12 +484,8 @@ class _Rejected(Exception):
         self.reason = reason
 
 
-def _first_bytes(exc: ProtocolError) -> bytes:
-    return getattr(exc, "header", b"")
-
-
 def _describe_handshake_error(exc: BaseException, timeout: float) -> str:
-    if isinstance(exc, TimeoutError):
+    if isinstance(exc, _TIMEOUTS):
         return f"did not complete the handshake within {timeout:g}s"
     if isinstance(exc, CommClosedError):
         return "closed the connection during the handshake"
@@ -553,7 +525,7 @@ def connect(
     nothing listens there, TimeoutError when the whole exchange takes over ``timeout`` seconds.
     """
     protocol, host, port = parse_address(address)
-    context = _tls_context(protocol, security, False, role, address)
+    context = tls_context(protocol, security, False, role, address)
     from_file = secret is None
     if from_file:
         secret = read_secret(address)
@@ -563,7 +535,7 @@ def connect(
                 "the same user on the same machine as the scheduler, or pass the cluster's secret "
                 "explicitly (connect(address, secret=...))"
             )
-    secret = _check_secret(secret)
+    secret = check_secret(secret)
     deadline = time.monotonic() + timeout
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
@@ -571,14 +543,14 @@ def connect(
         raise ConnectionRefusedError(
             exc.errno, f"Could not connect to {address}: connection refused. Is the scheduler running?"
         ) from None
-    except TimeoutError:
+    except _TIMEOUTS:
         raise TimeoutError(f"Timed out after {timeout:g}s connecting to {address}") from None
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         local = format_address(protocol, *sock.getsockname()[:2])
         try:
             stream = _wrap_tls(sock, context, deadline, server=False)
-        except TimeoutError:
+        except _TIMEOUTS:
             raise TimeoutError(f"Timed out during the TLS handshake with {address}") from None
         except ssl.SSLError as exc:
             raise AuthenticationError(
@@ -608,7 +580,7 @@ def _client_handshake(conn: Connection, secret: bytes, deadline: float, address:
         proof = _hmac(secret, b"client", server_nonce, client_nonce)
         conn._send(client_nonce + proof, deadline, _AUTH_FRAME_LIMIT)
         answer = conn._recv(deadline, _AUTH_FRAME_LIMIT)
-    except TimeoutError:
+    except _TIMEOUTS:
         raise TimeoutError(f"Timed out waiting for {address} to authenticate") from None
     except CommClosedError as exc:
         raise CommClosedError(
