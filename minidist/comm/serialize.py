@@ -246,16 +246,19 @@ def serialize(obj, store: SegmentStore | None = None) -> Payload:
     sink = _BufferSink(store)
     target = _expose_large_bytes(obj, store.threshold) if store is not None else obj
     try:
-        header = _pickle_with(_MainAwarePickler, target, sink)
-    except Exception:
-        sink.restart()
         try:
-            header = _pickle_with(_CloudPickler, target, sink)
-        except Exception as exc:
-            sink.buffers = []
-            sink.drop_unused()
-            raise _serialization_error(obj, exc) from exc
+            header = _pickle_with(_MainAwarePickler, target, sink)
+        except Exception:
+            sink.restart()
+            try:
+                header = _pickle_with(_CloudPickler, target, sink)
+            except Exception as exc:
+                raise _serialization_error(obj, exc) from exc
+    except BaseException:
+        sink.restart()  # nothing will refer to what was written: unlink it all
         sink.drop_unused()
+        raise
+    sink.drop_unused()  # what a failed first attempt wrote and the second did not use
     buffers = tuple(sink.buffers)
     return Payload(header, buffers, len(header) + sum(b.nbytes for b in buffers))
 
