@@ -5,34 +5,50 @@
     future = client.submit(pow, 2, 10)
     future.result()                         # 1024
 
-Public names only; see docs/architecture.md for how the pieces fit.
+Public names only, imported on first use: worker processes import ``minidist.worker.process`` and
+should not pay for the client, the cluster manager or the dashboard. See docs/architecture.md.
 """
 
-from .client import Client
-from .context import default_client, get_client, get_worker, rejoin, secede, worker_client
-from .deploy.local import LocalCluster
-from .errors import CancelledError, CommClosedError, KilledWorker, TaskSerializationError
-from .futures import Future, as_completed, fire_and_forget, wait
-from .progress import progress
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "CancelledError",
-    "Client",
-    "CommClosedError",
-    "Future",
-    "KilledWorker",
-    "LocalCluster",
-    "progress",
-    "TaskSerializationError",
-    "as_completed",
-    "default_client",
-    "fire_and_forget",
-    "get_client",
-    "get_worker",
-    "rejoin",
-    "secede",
-    "wait",
-    "worker_client",
-]
+_PUBLIC = {
+    "Client": "client",
+    "Future": "futures",
+    "as_completed": "futures",
+    "wait": "futures",
+    "fire_and_forget": "futures",
+    "LocalCluster": "deploy.local",
+    "SubprocessCluster": "deploy.subprocess",
+    "Adaptive": "deploy.adaptive",
+    "default_client": "context",
+    "get_client": "context",
+    "get_worker": "context",
+    "secede": "context",
+    "rejoin": "context",
+    "worker_client": "context",
+    "progress": "progress",
+    "Security": "security",
+    "CancelledError": "errors",
+    "CommClosedError": "errors",
+    "KilledWorker": "errors",
+    "TaskSerializationError": "errors",
+}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str):
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'minidist' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

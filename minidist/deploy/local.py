@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import logging
 import threading
-import uuid
 from typing import Any, Optional
 
-from ..comm.shm import SegmentStore, sweep_cluster
+from ..comm.shm import SegmentStore, new_cluster_id, sweep_cluster, sweep_orphans
 from ..scheduler.operations import SchedulerOperations
 from ..scheduler.server import Scheduler
 from .memory import format_bytes
@@ -50,7 +49,8 @@ class LocalCluster:
         self.options = options
         self.asynchronous = asynchronous
         self.processes = options.processes
-        self.cluster_id = uuid.uuid4().hex[:12]
+        self.cluster_id = new_cluster_id()  # names this process as the owner of its shared memory
+        sweep_orphans()  # segments left by clusters whose processes were all killed
         self.name = options.name if options.name is not None else self.cluster_id
         from ..logs import ClusterLogs
 

@@ -36,7 +36,7 @@ import time
 from multiprocessing.connection import wait
 from typing import Any, Callable, Optional
 
-from ..comm.shm import unlink_segments
+from ..comm.shm import sweep_process, unlink_segments
 from ..keys import key_split
 from .state import Execute, Forget, FreeOnWorker, NewTask, Report, RetireWorker, SchedulerState
 
@@ -367,6 +367,9 @@ class Scheduler:
         reason = handle.death_reason()
         self.logger.warning("Worker %s (name %s) died: %s", handle.address, handle.name, reason)
         self._remove_worker(handle, reason, outgoing, reports, expected=False)
+        if handle.pid is not None:
+            # results it wrote to shared memory but never reported are nobody's now
+            sweep_process(self.cluster_id, handle.pid, keep=self.ledger.counts.keys())
         if self.on_worker_lost is not None:
             try:
                 self.on_worker_lost(handle, reason)
