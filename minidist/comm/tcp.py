@@ -16,6 +16,8 @@ deadline. A peer that fails in any way (wrong secret, garbage, too slow, hangs u
 through ``on_reject(peer, reason)`` (or a warning on the ``minidist.comm.tcp`` logger when no callback
 is given), and accept() goes back to waiting: a bad peer never makes it raise. Before a peer has
 authenticated, frames are limited to a few hundred bytes, so nothing is allocated for a stranger.
+Handshakes run one at a time inside accept(): a silent peer delays the next one by at most
+``handshake_timeout`` (the kernel's backlog holds the waiting connections meanwhile).
 
 Why TLS reads are non-blocking: OpenSSL forbids using one SSL object from two threads at once, yet the
 engine reads in one thread and writes from another. So every SSL call runs under a per-connection lock
@@ -465,6 +467,9 @@ class Listener(_Closable):
         except (*_TIMEOUTS, OSError) as exc:
             conn.close()
             raise _Rejected(_describe_handshake_error(exc, self.handshake_timeout)) from None
+        except BaseException:
+            conn.close()
+            raise
         stream.handshake_done()
         return conn
 
