@@ -40,6 +40,7 @@ import time
 from typing import Callable
 
 from minidist.comm.addressing import format_address, parse_address
+from minidist.errors import CommClosedError  # one class for every transport; re-exported here
 from minidist.security import (
     Security,
     check_secret,
@@ -49,6 +50,8 @@ from minidist.security import (
     tls_context,
     write_secret,
 )
+
+__all__ = ["AuthenticationError", "CommClosedError", "Connection", "Listener", "ProtocolError", "connect"]
 
 logger = logging.getLogger("minidist.comm.tcp")
 
@@ -62,10 +65,6 @@ _POLL_INTERVAL = 0.5  # waits wake up this often to notice close() from another 
 _TLS_CHUNK = 1 << 20  # bytes handed to one SSL_write
 _SMALL_FRAME = 1 << 16  # below this, header and payload go out in a single send
 _TIMEOUTS = (TimeoutError, socket.timeout)  # one class from Python 3.10 on, two before
-
-
-class CommClosedError(ConnectionError):
-    """The connection closed (by either side, or the network)."""
 
 
 class ProtocolError(ValueError):
