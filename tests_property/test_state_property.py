@@ -156,9 +156,10 @@ class SchedulerMachine(RuleBasedStateMachine):
     @invariant()
     def idle_workers_mean_no_runnable_work(self):
         state = self.state
-        runnable = [ts for ts in state.tasks.values() if ts.state == "queued"]
-        if runnable:
-            assert all(len(w.processing) >= state.worker_capacity(w) for w in state.workers.values())
+        for ts in state.tasks.values():
+            if ts.state == "queued":
+                assert all(len(w.processing) >= state.worker_capacity(w, ts.prefix)
+                           for w in state.workers.values() if w.status == "running")  # fmt: skip
 
     def teardown(self):
         # settle: workers finish everything, then the client lets go of everything

@@ -26,70 +26,13 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from typing import Any, Hashable, Iterable, NamedTuple, Optional
+from typing import Any, Hashable, Iterable, Optional
 
 from ..errors import KilledWorker
+from .instructions import Execute, Forget, FreeOnWorker, NewTask, Report, RetireWorker  # noqa: F401
+from .placement import Placement
 
 Key = Hashable
-
-# ---------------------------------------------------------------------------------------------- inputs
-
-
-class NewTask(NamedTuple):
-    """One task of an ``update_graph`` event."""
-
-    key: Key
-    dependencies: tuple = ()
-    run_spec: Any = None  # opaque to the state: the shell's description of what to call
-    priority: int = 0  # user priority: higher runs first
-    retries: int = 0
-    workers: Optional[frozenset] = None  # addresses or names this task may run on
-    allow_other_workers: bool = False
-    resources: Optional[dict] = None  # abstract resources needed, e.g. {"GPU": 1}
-    prefix: str = ""
-
-
-# ---------------------------------------------------------------------------------------- instructions
-
-
-class Execute(NamedTuple):
-    """Send ``key`` to ``worker``; ``missing_deps`` are dependencies the worker does not hold yet."""
-
-    worker: str
-    key: Key
-    run_spec: Any
-    dependencies: tuple
-    missing_deps: tuple
-
-
-class FreeOnWorker(NamedTuple):
-    """The worker should drop these keys: cached values, queued or running copies (result discarded)."""
-
-    worker: str
-    keys: tuple
-
-
-class Report(NamedTuple):
-    """Tell the clients in ``clients`` that ``key`` reached ``status``: memory, erred or cancelled."""
-
-    key: Key
-    clients: tuple
-    status: str
-    exception: Any = None
-    traceback: Any = None
-
-
-class Forget(NamedTuple):
-    """The key is gone: the shell drops its stored value and its run_spec (and shared memory behind them)."""
-
-    key: Key
-    run_spec: Any = None
-
-
-class RetireWorker(NamedTuple):
-    """A retiring worker has finished its work and can now be shut down."""
-
-    worker: str
 
 
 # ------------------------------------------------------------------------------------------------ state
@@ -151,7 +94,7 @@ class WorkerState:
         return f"<WorkerState {self.address} {self.status} processing={len(self.processing)}>"
 
 
-class SchedulerState:
+class SchedulerState(Placement):
     """Task and worker bookkeeping. Every public method is an event and returns instructions."""
 
     def __init__(self, allowed_failures: int = 3, prefetch: int = 2):
@@ -171,9 +114,6 @@ class SchedulerState:
     def expects_result(self, key: Key, worker: str) -> bool:
         ts = self.tasks.get(key)
         return ts is not None and ts.state == "processing" and ts.processing_on == worker
-
-    def worker_capacity(self, ws: WorkerState) -> int:
-        return ws.nthreads + ws.seceded + self.prefetch
 
     # ----------------------------------------------------------------------------------------- clients
 
@@ -561,100 +501,3 @@ class SchedulerState:
         del self.tasks[ts.key]
         ts.state = "forgotten"
         out.append(Forget(ts.key, ts.run_spec))
-
-    # ------------------------------------------------------------------------------------------ placement
-
-    def _runnable_on(self, ts: TaskState, ws: WorkerState) -> bool:
-        if ts.restrictions:
-            if ws.address not in ts.restrictions and ws.name not in ts.restrictions:
-                return False
-        if ts.resources:
-            for name, amount in ts.resources.items():
-                if ws.available.get(name, 0) < amount:
-                    return False
-        return True
-
-    def _assign(self, ts: TaskState, ws: WorkerState, out: list) -> None:
-        self.counts["queued"] -= 1
-        self.counts["processing"] += 1
-        ts.state = "processing"
-        ts.processing_on = ws.address
-        ws.processing[ts.key] = None
-        ws.idle_since = None
-        if ts.resources:
-            for name, amount in ts.resources.items():
-                ws.available[name] = ws.available.get(name, 0) - amount
-        missing = []
-        for dep_key in ts.dependencies:
-            dep = self.tasks[dep_key]
-            if ws.address not in dep.who_has:
-                missing.append(dep_key)
-                dep.who_has.add(ws.address)
-                ws.has.add(dep_key)
-        out.append(Execute(ws.address, ts.key, ts.run_spec, tuple(ts.dependencies), tuple(missing)))
-
-    def _pop_ready(self) -> Optional[TaskState]:
-        ready = self.ready
-        while ready:
-            _, key = heapq.heappop(ready)
-            ts = self.tasks.get(key)
-            if ts is not None and ts.state == "queued" and key not in self.restricted:
-                return ts
-        return None
-
-    def _score(self, ts: TaskState, ws: WorkerState) -> tuple:
-        """Lower is better: hold most dependency data, then least loaded."""
-        held = 0
-        for dep_key in ts.dependencies:
-            dep = self.tasks.get(dep_key)
-            if dep is not None and ws.address in dep.who_has:
-                held += dep.nbytes + 1
-        return (-held, len(ws.processing) / max(ws.nthreads, 1))
-
-    def _fill_workers(self, out: list) -> None:
-        """Hand queued tasks to workers with free slots, highest priority first."""
-        while self._retired:
-            out.append(RetireWorker(self._retired.pop()))
-        open_workers = [
-            ws
-            for ws in self.workers.values()
-            if ws.status == "running" and len(ws.processing) < self.worker_capacity(ws)
-        ]
-        if not open_workers:
-            return
-        if self.restricted:
-            self._fill_restricted(open_workers, out)
-        while open_workers and self.ready:
-            ts = self._pop_ready()
-            if ts is None:
-                break
-            if len(open_workers) == 1:
-                ws = open_workers[0]
-            elif ts.dependencies:
-                ws = min(open_workers, key=lambda w: self._score(ts, w))
-            else:
-                ws = min(open_workers, key=lambda w: len(w.processing) / w.nthreads)
-            self._assign(ts, ws, out)
-            if len(ws.processing) >= self.worker_capacity(ws):
-                open_workers.remove(ws)
-
-    def _fill_restricted(self, open_workers: list, out: list) -> None:
-        for ts in sorted(self.restricted.values(), key=lambda t: t.priority):
-            candidates = [w for w in open_workers if self._runnable_on(ts, w)]
-            if not candidates and ts.loose and not any(
-                self._runnable_on(ts, w) for w in self.workers.values()
-            ):
-                # allow_other_workers: none of the named workers exists, so any worker will do
-                loose = ts.restrictions
-                ts.restrictions = None
-                candidates = [w for w in open_workers if self._runnable_on(ts, w)]
-                ts.restrictions = loose
-            if not candidates:
-                continue
-            ws = min(candidates, key=lambda w: self._score(ts, w))
-            del self.restricted[ts.key]
-            self._assign(ts, ws, out)
-            if len(ws.processing) >= self.worker_capacity(ws):
-                open_workers.remove(ws)
-                if not open_workers:
-                    return

@@ -1,0 +1,186 @@
+"""Placement: which queued task goes to which worker, how many each may hold, and work stealing.
+
+Mixed into ``SchedulerState`` (pure, like it). Three rules:
+
+1. **Highest priority first.** Unrestricted queued tasks sit in a heap ordered by (user priority,
+   submission order); tasks with worker restrictions or resources are scanned separately.
+2. **Keep workers busy, not flooded.** A worker may hold its running tasks plus a prefetch queue, so a
+   finished task is followed at once by the next without a round trip. How deep depends on how long
+   the task's prefix usually takes: slow tasks get ``prefetch`` (2) extra, tiny ones enough to cover
+   about ``PREFETCH_SECONDS`` of work (capped), which turns thousands of tiny tasks into a few large
+   batched messages instead of a ping-pong per task.
+3. **Data locality, then balance.** Among workers with room, prefer the one already holding most bytes
+   of the task's dependencies, then the least loaded. An idle worker steals prefetched (not yet started)
+   tasks from the busiest one, so a deep prefetch never leaves a core idle.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from typing import TYPE_CHECKING, Optional
+
+from .instructions import Execute, FreeOnWorker, RetireWorker
+
+if TYPE_CHECKING:
+    from .state import TaskState, WorkerState
+
+PREFETCH_SECONDS = 0.005  # how much queued work a worker may hold for tasks known to be tiny
+MAX_PREFETCH = 256
+
+
+class Placement:
+    # provided by SchedulerState
+    tasks: dict
+    workers: dict
+    ready: list
+    restricted: dict
+    prefetch: int
+    prefix_durations: dict
+    _retired: list
+
+    # ------------------------------------------------------------------------------------ capacity
+
+    def prefetch_for(self, prefix: str, nthreads: int) -> int:
+        """Extra queued tasks a worker may hold beyond its threads, for tasks of ``prefix``."""
+        duration = self.prefix_durations.get(prefix)
+        if duration is None or duration * 4 >= PREFETCH_SECONDS:
+            return self.prefetch
+        return max(self.prefetch, min(MAX_PREFETCH, int(PREFETCH_SECONDS / max(duration, 1e-6)) * nthreads))
+
+    def worker_capacity(self, ws: "WorkerState", prefix: Optional[str] = None) -> int:
+        """How many tasks ``ws`` may hold (running + queued); the largest if ``prefix`` is None."""
+        base = ws.nthreads + ws.seceded
+        if prefix is None:
+            return base + max(self.prefetch, MAX_PREFETCH)
+        return base + self.prefetch_for(prefix, ws.nthreads)
+
+    def _has_room(self, ws: "WorkerState", ts: "TaskState") -> bool:
+        return ws.status == "running" and len(ws.processing) < self.worker_capacity(ws, ts.prefix)
+
+    # ------------------------------------------------------------------------------------ choosing
+
+    def _runnable_on(self, ts: "TaskState", ws: "WorkerState") -> bool:
+        if ts.restrictions:
+            if ws.address not in ts.restrictions and ws.name not in ts.restrictions:
+                return False
+        if ts.resources:
+            for name, amount in ts.resources.items():
+                if ws.available.get(name, 0) < amount:
+                    return False
+        return True
+
+    def _score(self, ts: "TaskState", ws: "WorkerState") -> tuple:
+        """Lower is better: hold most dependency data, then least loaded."""
+        held = 0
+        for dep_key in ts.dependencies:
+            dep = self.tasks.get(dep_key)
+            if dep is not None and ws.address in dep.who_has:
+                held += dep.nbytes + 1
+        return (-held, len(ws.processing) / max(ws.nthreads, 1))
+
+    def _assign(self, ts: "TaskState", ws: "WorkerState", out: list) -> None:
+        self.counts["queued"] -= 1  # type: ignore[attr-defined]
+        self.counts["processing"] += 1  # type: ignore[attr-defined]
+        ts.state = "processing"
+        ts.processing_on = ws.address
+        ws.processing[ts.key] = None
+        ws.idle_since = None
+        if ts.resources:
+            for name, amount in ts.resources.items():
+                ws.available[name] = ws.available.get(name, 0) - amount
+        missing = []
+        for dep_key in ts.dependencies:
+            dep = self.tasks[dep_key]
+            if ws.address not in dep.who_has:
+                missing.append(dep_key)
+                dep.who_has.add(ws.address)
+                ws.has.add(dep_key)
+        out.append(Execute(ws.address, ts.key, ts.run_spec, tuple(ts.dependencies), tuple(missing)))
+
+    def _pop_ready(self) -> Optional["TaskState"]:
+        ready = self.ready
+        while ready:
+            _, key = heapq.heappop(ready)
+            ts = self.tasks.get(key)
+            if ts is not None and ts.state == "queued" and key not in self.restricted:
+                return ts
+        return None
+
+    # --------------------------------------------------------------------------------------- filling
+
+    def _fill_workers(self, out: list) -> None:
+        """Hand queued tasks to workers with room, highest priority first; then let idle workers steal."""
+        while self._retired:
+            out.append(RetireWorker(self._retired.pop()))
+        running = [ws for ws in self.workers.values() if ws.status == "running"]
+        if not running:
+            return
+        if self.restricted:
+            self._fill_restricted(running, out)
+        while self.ready:
+            ts = self._pop_ready()
+            if ts is None:
+                break
+            candidates = [ws for ws in running if len(ws.processing) < self.worker_capacity(ws, ts.prefix)]
+            if not candidates:
+                heapq.heappush(self.ready, (ts.priority, ts.key))
+                break
+            if len(candidates) == 1:
+                ws = candidates[0]
+            elif ts.dependencies:
+                ws = min(candidates, key=lambda w: self._score(ts, w))
+            else:
+                ws = min(candidates, key=lambda w: len(w.processing) / w.nthreads)
+            self._assign(ts, ws, out)
+        if not self.ready and len(running) > 1:
+            self._steal_for_idle(running, out)
+
+    def _fill_restricted(self, running: list, out: list) -> None:
+        for ts in sorted(self.restricted.values(), key=lambda t: t.priority):
+            candidates = [w for w in running if self._has_room(w, ts) and self._runnable_on(ts, w)]
+            if not candidates and ts.loose and not any(
+                self._runnable_on(ts, w) for w in self.workers.values()
+            ):
+                # allow_other_workers: none of the named workers exists, so any worker will do
+                loose = ts.restrictions
+                ts.restrictions = None
+                candidates = [w for w in running if self._has_room(w, ts) and self._runnable_on(ts, w)]
+                ts.restrictions = loose
+            if not candidates:
+                continue
+            ws = min(candidates, key=lambda w: self._score(ts, w))
+            del self.restricted[ts.key]
+            self._assign(ts, ws, out)
+
+    # -------------------------------------------------------------------------------------- stealing
+
+    def _steal_for_idle(self, running: list, out: list) -> None:
+        """Idle workers take prefetched, not yet started tasks from the most loaded worker.
+
+        Workers run their queue in order, so everything after the first ``nthreads`` entries of a
+        worker's processing list has not started; taking from the end of that list is safe. (If a task
+        did start meanwhile, its late result is discarded as stale: pure tasks may run twice.)
+        """
+        for thief in running:
+            if thief.processing:
+                continue
+            victim = max(running, key=lambda w: len(w.processing) - w.nthreads - w.seceded)
+            queued = len(victim.processing) - victim.nthreads - victim.seceded
+            if victim is thief or queued < 2:
+                return
+            keys = list(itertools.islice(reversed(victim.processing), queued // 2))
+            stolen = []
+            for key in keys:
+                ts = self.tasks.get(key)
+                if ts is None or ts.restrictions or ts.resources:
+                    continue
+                del victim.processing[key]
+                ts.processing_on = None
+                ts.state = "queued"
+                self.counts["processing"] -= 1  # type: ignore[attr-defined]
+                self.counts["queued"] += 1  # type: ignore[attr-defined]
+                self._assign(ts, thief, out)
+                stolen.append(key)
+            if stolen:
+                out.append(FreeOnWorker(victim.address, tuple(stolen)))
