@@ -58,19 +58,33 @@ def funcname(func) -> str:
 
 
 def key_split(key) -> str:
-    """The task prefix of a key: ``"inc-1a2b"`` -> ``"inc"``, ``("x-ab", 0)`` -> ``"x"``."""
-    if isinstance(key, tuple):
-        key = key[0] if key else ""
-    if isinstance(key, bytes):
-        key = key.decode(errors="replace")
-    if not isinstance(key, str):
-        return str(key)
-    words = key.split("-")
-    kept = [words[0]]
-    for word in words[1:]:
-        if _HEX_OR_UUID.match(word) or (word.isalnum() and not word.isalpha() and len(word) >= 8):
-            break
-        if word.isdigit():
-            break
-        kept.append(word)
-    return "-".join(kept)
+    """The task prefix of a key, by dask's rules (the scheduler, the dashboard and ``progress`` share it).
+
+    ``"inc-1a2b3c..."`` -> ``"inc"``; ``("x-abc", 0)`` -> ``"x"``; ``"hello-world-1"`` -> ``"hello-world"``
+    (words made only of letters are kept, the first other word ends the prefix, and so does an
+    8-letter hex word such as ``"abcdefab"``); ``"('x-2', 1)"`` -> ``"x"``; a bare 32-digit hex token ->
+    ``"data"``; ``"<module.Klass object at 0x...>"`` -> ``"Klass"``; ``None`` or anything odd -> ``"Other"``.
+    """
+    try:
+        if isinstance(key, tuple):
+            key = key[0]
+        if isinstance(key, bytes):
+            key = key.decode()
+        words = key.split("-")
+        first = words[0]
+        if not first[:1].isalpha():
+            # a stringified tuple "('x', 1)" or a decorated name "_(x)": keep the name inside
+            first = first.split(",")[0].strip("_'()\"")
+        kept = [first]
+        for word in words[1:]:
+            if not word.isalpha() or (len(word) == 8 and not word.strip("abcdef")):
+                break
+            kept.append(word)
+        prefix = "-".join(kept)
+        if len(prefix) == 32 and not prefix.strip("0123456789abcdef"):
+            return "data"
+        if prefix.startswith("<"):  # the repr of an object used as a key
+            prefix = prefix.strip("<>").split()[0].split(".")[-1]
+        return prefix or "Other"
+    except Exception:  # None, numbers, empty tuples: all unnamed work
+        return "Other"

@@ -11,54 +11,21 @@
         └─ returns when every future is done (finished, erred or cancelled)
 
 Only the public Future API is used (``.key``, ``.status``, ``.done()``), so this module needs nothing from
-the engine. It writes to ``sys.stdout``: the user asked for the output.
+the engine but ``keys.key_split``, the one prefix rule that the scheduler and the dashboard also use.
+It writes to ``sys.stdout``: the user asked for the output.
 """
 
 from __future__ import annotations
 
-import re
 import shutil
 import sys
 import time
 from dataclasses import dataclass
 
+from minidist.keys import key_split
 from minidist.utils import parse_timedelta
 
-_HEX8 = re.compile(r"^[0-9a-f]{8}$")
-_HEX32 = re.compile(r"^[0-9a-f]{32}$")
-
-
-def key_split(key) -> str:
-    """The task prefix of a key, by dask's rules.
-
-    ``"inc-1a2b3c..."`` -> ``"inc"``; ``("x-abc", 0)`` -> ``"x"``; ``"hello-world-1"`` -> ``"hello-world"``
-    (words made only of letters are kept, the first other word ends the prefix, and so does an
-    8-letter hex word such as ``"abcdefab"``); ``"('x-2', 1)"`` -> ``"x"``; a bare 32-digit hex token ->
-    ``"data"``; ``"<module.Klass object at 0x...>"`` -> ``"Klass"``; ``None`` or anything odd -> ``"Other"``.
-    """
-    try:
-        if isinstance(key, tuple):
-            key = key[0]
-        if isinstance(key, bytes):
-            key = key.decode()
-        words = key.split("-")
-        first = words[0]
-        if not first[:1].isalpha():
-            # a stringified tuple "('x', 1)" or a decorated name "_(x)": keep the name inside
-            first = first.split(",")[0].strip("_'()\"")
-        kept = [first]
-        for word in words[1:]:
-            if not word.isalpha() or _HEX8.match(word):
-                break
-            kept.append(word)
-        prefix = "-".join(kept)
-        if _HEX32.match(prefix):
-            return "data"
-        if prefix.startswith("<"):  # the repr of an object used as a key
-            prefix = prefix.strip("<>").split()[0].split(".")[-1]
-        return prefix or "Other"
-    except Exception:  # None, numbers, empty tuples: all unnamed work
-        return "Other"
+__all__ = ["progress", "futures_of", "key_split"]
 
 
 def _is_future(obj) -> bool:

@@ -199,3 +199,9 @@ def test_text_display_prints_a_few_lines_not_one_per_tick(complete):
     assert lines[-1 if not complete else -3].endswith("2000/2000 tasks done | 10.0s")
     assert lines[-2:] == (["  inc 1000/1000", "  add 1000/1000"] if complete else lines[-2:])
     assert len(lines) == (7 if complete else 5)
+
+
+def test_progress_and_the_scheduler_share_one_key_split():
+    from minidist import keys
+
+    assert key_split is keys.key_split  # the bars and the dashboard's prefixes cannot disagree
