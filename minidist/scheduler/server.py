@@ -264,8 +264,15 @@ class Scheduler:
             _, client_id, tasks, wanted = message
             if self.processes:
                 known = state.tasks
+                fresh: set = set()
                 for spec in tasks:
-                    if spec.key not in known:
+                    if spec.key in known or spec.key in fresh:
+                        # an equal task exists (e.g. another client's): the state machine keeps its
+                        # run_spec and drops this one, so this copy's segments belong to no one
+                        self.ledger.retain(spec.run_spec[2])
+                        self.ledger.release(spec.run_spec[2])
+                    else:
+                        fresh.add(spec.key)
                         self.ledger.retain(spec.run_spec[2])
             self._apply(state.update_graph(tasks, client_id, wanted, time.time()), outgoing, reports)
         elif kind == "release":
