@@ -309,6 +309,45 @@ def test_worker_snapshot_callable_is_used_when_given():
     assert asked == ["w1", "w2"]
 
 
+def test_a_snapshot_that_takes_since_gets_it_and_the_server_still_filters():
+    engine = Engine()
+    asked = []
+
+    def snapshot(since=None):
+        asked.append(since)
+        return engine.snap
+
+    with DashboardServer(":0", snapshot, engine.logs) as server:
+        cut = engine.snap["task_stream"][3]["stop"]
+        body = json.loads(fetch(server, f"/json/status.json?since={cut!r}")[2])
+        assert body["task_stream"] == engine.snap["task_stream"][3:]
+        fetch(server, "/json/status.json")
+    assert asked == [cut, None]
+
+
+def test_a_worker_server_serves_only_its_worker():
+    engine = Engine()
+    own = {"time": 1.0, "worker": engine.snap["workers"][0], "logs": "worker A started"}
+    home = "http://127.0.0.1:1/cluster/status"
+    with DashboardServer(
+        ":0", engine.snapshot, lambda: {WORKER_A: "worker A started"}, prefix="/foo",
+        worker_snapshot=lambda ident: own if ident == WORKER_A else None,
+        name="Worker 0", worker=WORKER_A, home=home,
+    ) as server:  # fmt: skip
+        status, _, page = fetch(server, "/status")
+        assert status == 200 and json.dumps(WORKER_A) in page.decode()  # the worker page is /status
+        assert f'href="{home}"' in page.decode() and "/json/status.json" not in page.decode()
+        data = json.loads(fetch(server, f"/json/worker/{quote(WORKER_A, safe='')}.json")[2])
+        assert data["logs"] == "worker A started"
+        assert fetch(server, f"/worker/{quote(WORKER_B, safe='')}")[0] == 404
+        assert fetch(server, f"/worker/{quote(WORKER_A, safe='')}")[0] == 200
+        status, _, body = fetch(server, "/json/status.json")
+        assert status == 404 and home in json.loads(body)["error"]
+        status, _, page = fetch(server, "/nowhere")
+        assert status == 404 and f'href="{home}"' in page.decode()  # error pages keep the way home
+        assert "worker A started" in fetch(server, f"/logs/{quote(WORKER_A, safe='')}")[2].decode()
+
+
 def test_health(served):
     server, _ = served
     status, headers, body = fetch(server, "/health")

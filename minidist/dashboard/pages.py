@@ -37,8 +37,23 @@ def format_bytes(n) -> str:
     return "–" if n is None else utils.format_bytes(n)
 
 
-def _layout(prefix: str, name: str, title: str, body: str) -> bytes:
+def nav_links(prefix: str, worker: str | None = None, home: str | None = None) -> str:
+    """The links of the top bar: the cluster's pages, or on a worker's own server its pages and home."""
     p = escape(prefix)
+    if worker is None:
+        return (
+            f'<a href="{p}/status">Status</a><a href="{p}/info">Info</a>'
+            f'<a href="{p}/json/status.json">JSON</a>'
+        )
+    links = f'<a href="{p}/status">Worker</a><a href="{p}/info">Info</a>'
+    if home:
+        links += f'<a href="{escape(home)}" class="home">Cluster dashboard</a>'
+    return links
+
+
+def _layout(prefix: str, name: str, title: str, body: str, nav: str | None = None) -> bytes:
+    p = escape(prefix)
+    nav = nav_links(prefix) if nav is None else nav
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -47,20 +62,21 @@ def _layout(prefix: str, name: str, title: str, body: str) -> bytes:
 <link rel="stylesheet" href="{p}/static/dashboard.css">
 </head><body>
 <nav class="top"><span class="brand">{escape(name)}</span>
-<a href="{p}/status">Status</a><a href="{p}/info">Info</a>
-<a href="{p}/json/status.json">JSON</a></nav>
+{nav}</nav>
 <main>
 {body}
 </main></body></html>
 """.encode()
 
 
-def error_page(prefix: str, name: str, code: int, phrase: str, message: str) -> bytes:
+def error_page(
+    prefix: str, name: str, code: int, phrase: str, message: str, nav: str | None = None
+) -> bytes:
     body = (
         f'<h1>{code} {escape(phrase)}</h1>\n<p class="error">{escape(message)}</p>\n'
         f'<p><a href="{escape(prefix)}/status">Back to the status page</a></p>'
     )
-    return _layout(prefix, name, f"{code} {phrase}", body)
+    return _layout(prefix, name, f"{code} {phrase}", body, nav)
 
 
 def redirect_page(location: str) -> bytes:
@@ -94,7 +110,7 @@ def _worker_rows(prefix: str, workers: list) -> str:
     return "\n".join(rows)
 
 
-def info_page(prefix: str, name: str, snap: dict, logs) -> bytes:
+def info_page(prefix: str, name: str, snap: dict, logs, nav: str | None = None) -> bytes:
     """Cluster facts, the worker table and links to every component's logs.
 
     ``logs`` is the ``get_logs()`` dict, or the exception that ``logs()`` raised (shown in red).
@@ -136,17 +152,17 @@ def info_page(prefix: str, name: str, snap: dict, logs) -> bytes:
 <tbody>{_worker_rows(prefix, snap.get("workers", []))}</tbody></table>
 <h2>Logs</h2>
 {logs_html}"""
-    return _layout(prefix, name, "Info", body)
+    return _layout(prefix, name, "Info", body, nav)
 
 
-def logs_page(prefix: str, name: str, component: str, text: str) -> bytes:
+def logs_page(prefix: str, name: str, component: str, text: str, nav: str | None = None) -> bytes:
     content = escape(text) if text else '<span class="muted">(no log records yet)</span>'
     body = (
         f"<h1>Logs: {escape(component)}</h1>\n"
         f'<p><a href="{escape(prefix)}/info">All components</a></p>\n'
         f'<pre class="logs">{content}</pre>'
     )
-    return _layout(prefix, name, f"Logs {component}", body)
+    return _layout(prefix, name, f"Logs {component}", body, nav)
 
 
 def repr_html(title: str, snap: dict, dashboard_link: str | None = None) -> str:

@@ -10,9 +10,14 @@
                           └── /info, /logs/<c> ──► pages.py renders HTML from snapshot() / logs()
 
 The engine hands over three callables and never hears from the server again: ``snapshot()`` (called at most
-once per request, from a request thread, so it must be thread-safe and cheap), ``logs()`` (the same dict as
-``get_logs()``) and optionally ``worker_snapshot(address_or_name)``. Whatever they raise becomes a 500 answer
-with the message in red (HTML) or ``{"error": ...}`` (JSON); the server keeps serving.
+once per request, from a request thread, so it must be thread-safe and cheap; if it takes a ``since``
+keyword, ``/json/status.json?since=T`` passes T on so old task-stream entries are never even formatted),
+``logs()`` (the same dict as ``get_logs()``) and optionally ``worker_snapshot(address_or_name)``. Whatever
+they raise becomes a 500 answer with the message in red (HTML) or ``{"error": ...}`` (JSON); the server
+keeps serving.
+
+A worker's own server (``worker=<address>``, for ``worker_dashboard_address``) serves that worker's page
+as ``/status``, its JSON and its logs, and nothing about the rest of the cluster but a link home.
 
 The snapshot (what ``/json/status.json`` returns and what the status page draws)::
 
@@ -45,6 +50,7 @@ Missing keys are filled in. Without ``worker_snapshot`` the server derives the s
 from __future__ import annotations
 
 import errno
+import inspect
 import json
 import math
 import socket
@@ -184,6 +190,9 @@ class DashboardServer:
         prefix: str = "",
         worker_snapshot: Callable[[str], dict | None] | None = None,
         name: str = "minidist",
+        worker: str | None = None,
+        home: str | None = None,
+        warn_on_fallback: bool = True,
     ):
         parsed = parse_dashboard_address(address)
         if parsed is None:
@@ -197,6 +206,13 @@ class DashboardServer:
         self.snapshot = snapshot
         self.logs = logs
         self.worker_snapshot = worker_snapshot
+        self.worker = worker  # set: this is that worker's own dashboard
+        self.home = home  # the cluster dashboard's URL, linked from a worker's own pages
+        self.warn_on_fallback = warn_on_fallback
+        try:
+            self._snapshot_takes_since = "since" in inspect.signature(snapshot).parameters
+        except (TypeError, ValueError):  # builtins without a signature
+            self._snapshot_takes_since = False
         self._server: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -220,12 +236,13 @@ class DashboardServer:
                     raise
                 server = self._bind(0)
                 self.port = server.server_address[1]
-                warnings.warn(
-                    f"Port {requested} is already in use (perhaps another cluster is running); "
-                    f"the dashboard is served at {self.link} instead.",
-                    UserWarning,
-                    stacklevel=3,
-                )
+                if self.warn_on_fallback:
+                    warnings.warn(
+                        f"Port {requested} is already in use (perhaps another cluster is running); "
+                        f"the dashboard is served at {self.link} instead.",
+                        UserWarning,
+                        stacklevel=3,
+                    )
             self.port = server.server_address[1]
             server.dashboard = self
             self._server = server
@@ -299,7 +316,8 @@ class DashboardServer:
         """A templated page (``status``/``worker``) with its JSON config embedded."""
         template = self._assets[page][0]
         return (
-            template.replace("{{PREFIX}}", pages.escape(self.prefix))
+            template.replace("{{NAV}}", self.nav())
+            .replace("{{PREFIX}}", pages.escape(self.prefix))
             .replace("{{TITLE}}", pages.escape(self.name))
             .replace(
                 "{{CONFIG}}", pages.script_json(dict(config, prefix=self.prefix, name=self.name))
@@ -307,8 +325,13 @@ class DashboardServer:
             .encode()
         )
 
+    def nav(self) -> str:
+        return pages.nav_links(self.prefix, self.worker, self.home)
+
     def worker_data(self, ident: str) -> dict | None:
         """The per-worker dict (see module docstring), from ``worker_snapshot`` or derived."""
+        if self.worker is not None and ident != self.worker:
+            return None  # a worker's own server knows no other worker
         if self.worker_snapshot is not None:
             data = self.worker_snapshot(ident)
             if data is None:
@@ -414,7 +437,9 @@ class _Handler(BaseHTTPRequestHandler):
                 "application/json",
                 {},
             )
-        body = pages.error_page(dash.prefix, dash.name, int(status), status.phrase, message)
+        body = pages.error_page(
+            dash.prefix, dash.name, int(status), status.phrase, message, dash.nav()
+        )
         return status, body, "text/html; charset=utf-8", {}
 
     def _route(self, dash: DashboardServer):
@@ -435,6 +460,8 @@ class _Handler(BaseHTTPRequestHandler):
 
         if head == "status" and not rest:
             _query(url.query, {})
+            if dash.worker is not None:  # a worker's own dashboard: its page is the status page
+                return self._worker_page(dash, dash.worker)
             return HTTPStatus.OK, dash.html_page("status", {"page": "status"}), html, {}
         if head == "health" and not rest:
             _query(url.query, {})
@@ -446,7 +473,7 @@ class _Handler(BaseHTTPRequestHandler):
         if head == "info" and not rest:
             _query(url.query, {})
             snap = dash.snapshot()
-            body = pages.info_page(dash.prefix, dash.name, snap, _call_logs(dash))
+            body = pages.info_page(dash.prefix, dash.name, snap, _call_logs(dash), dash.nav())
             return HTTPStatus.OK, body, html, {}
         if head == "logs" and len(rest) == 1:
             _query(url.query, {})
@@ -457,17 +484,13 @@ class _Handler(BaseHTTPRequestHandler):
                 )
             return (
                 HTTPStatus.OK,
-                pages.logs_page(dash.prefix, dash.name, rest[0], logs[rest[0]]),
+                pages.logs_page(dash.prefix, dash.name, rest[0], logs[rest[0]], dash.nav()),
                 html,
                 {},
             )
         if head == "worker" and len(rest) == 1:
             _query(url.query, {})
-            data = dash.worker_data(rest[0])
-            if data is None:
-                raise _NotFound(f"no worker with address or name {rest[0]!r}")
-            config = {"page": "worker", "worker": rest[0]}
-            return HTTPStatus.OK, dash.html_page("worker", config), html, {}
+            return self._worker_page(dash, rest[0])
         if head == "json":
             return self._route_json(dash, rest, url.query)
         raise _NotFound(f"no page at {dash.prefix}{unquote(raw_path)}")
@@ -476,7 +499,15 @@ class _Handler(BaseHTTPRequestHandler):
         ctype = "application/json"
         if rest == ["status.json"]:
             params = _query(query, {"since": _finite_float})
-            snap = dash.snapshot()
+            if dash.worker is not None:
+                raise _NotFound(
+                    f"this is the dashboard of worker {dash.worker}; the cluster's status is at "
+                    f"{dash.home or 'the cluster dashboard'}"
+                )
+            if "since" in params and dash._snapshot_takes_since:
+                snap = dash.snapshot(since=params["since"])
+            else:
+                snap = dash.snapshot()
             if "since" in params:
                 since = params["since"]
                 snap = dict(
@@ -497,6 +528,13 @@ class _Handler(BaseHTTPRequestHandler):
                 raise _NotFound(f"no worker with address or name {ident!r}")
             return HTTPStatus.OK, to_json(data), ctype, {}
         raise _NotFound(f"no JSON endpoint at {dash.prefix}/json/{'/'.join(rest)}")
+
+    def _worker_page(self, dash: DashboardServer, ident: str):
+        data = dash.worker_data(ident)
+        if data is None:
+            raise _NotFound(f"no worker with address or name {ident!r}")
+        config = {"page": "worker", "worker": ident}
+        return HTTPStatus.OK, dash.html_page("worker", config), "text/html; charset=utf-8", {}
 
     def _redirect(self, location: str):
         body = pages.redirect_page(location)
