@@ -76,7 +76,13 @@ class Future:
         if status == "finished":
             return self.client._get_value(self.key)
         if status == "error":
-            raise self._state.exception
+            try:
+                raise self._state.exception
+            finally:
+                # The raised exception stays in the shared FutureState and its traceback holds this
+                # frame: without this, frame -> self -> state -> exception would keep the future, and
+                # through the client's key table its data, alive for good.
+                self = None
         raise CancelledError(f"Future {self.key!r} was {status}")
 
     def exception(self, timeout: Optional[float] = None):
