@@ -117,6 +117,7 @@ class Client(ClientOperations):
         self.processes = self.scheduler.processes
         self._states: dict = {}  # key -> FutureState
         self._refcounts: dict = {}  # key -> number of live Future objects in this client
+        self._releases: list = []  # keys whose last Future went, not yet told to the scheduler
         self._lock = threading.Lock()
         self._condition = threading.Condition(self._lock)
         self._functions: dict = {}  # id(func) -> (func, function_id, blob)
@@ -209,8 +210,18 @@ class Client(ClientOperations):
                 return
             self._refcounts.pop(key, None)
             self._states.pop(key, None)
-        if not self._closed:
-            self.scheduler.post(("release", self.id, (key,)))
+            self._releases.append(key)
+            first = len(self._releases) == 1
+        if first and not self._closed:
+            # one message for a whole burst of releases (e.g. a list of 10,000 futures dropped at once):
+            # the scheduler collects them with take_releases() when it gets to this message
+            self.scheduler.post(("release-pending", self.id))
+
+    def take_releases(self) -> list:
+        """Called by the scheduler thread: the keys released since the last call."""
+        with self._lock:
+            keys, self._releases = self._releases, []
+        return keys
 
     def _fire_and_forget(self, key) -> None:
         # a pseudo-client wants the key until it is done (see scheduler.server.FireAndForget)
@@ -247,7 +258,7 @@ class Client(ClientOperations):
         function_id, blob = function_ref
         if key is None:
             token = tokenize_call(function_id, args, kwargs) if pure else random_token()
-            key = f"{funcname(func)}-{token}"
+            key = f"{options['prefix']}-{token}"
         if key in self._states and key not in options.get("_force", ()):
             return key, None  # already submitted by this client: share it
         if self.processes:
@@ -277,6 +288,7 @@ class Client(ClientOperations):
         if actor or actors:
             raise NotImplementedError("minidist does not support actors; use dask.distributed for them")
         options = _task_options(workers, resources, retries, priority, allow_other_workers)
+        options["prefix"] = funcname(func) if key is None else None
         key, task = self._prepare_task(func, self._function_ref(func), args, kwargs, key, pure, options)
         future = self._new_future(key)
         if task is not None:
@@ -293,6 +305,9 @@ class Client(ClientOperations):
         if not iterables:
             return []
         options = _task_options(workers, resources, retries, priority, allow_other_workers)
+        options["prefix"] = key if isinstance(key, str) else funcname(func)
+        if isinstance(key, (list, tuple)):
+            options["prefix"] = None  # explicit keys: each task's prefix comes from its own key
         keys = None
         if isinstance(key, (list, tuple)):
             keys = list(key)

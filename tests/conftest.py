@@ -12,8 +12,10 @@ import pytest
 
 
 def _segments() -> set:
+    """Segments of clusters owned by this process (cluster ids start with the owner's pid)."""
+    prefix = f"minidist_{os.getpid()}-"
     try:
-        return {name for name in os.listdir("/dev/shm") if name.startswith("minidist_")}
+        return {name for name in os.listdir("/dev/shm") if name.startswith(prefix)}
     except FileNotFoundError:
         return set()
 

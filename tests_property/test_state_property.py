@@ -7,6 +7,8 @@ end, once every client lets go, nothing may be left.
 
 from __future__ import annotations
 
+import os
+
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -188,4 +190,6 @@ class SchedulerMachine(RuleBasedStateMachine):
 
 
 TestScheduler = SchedulerMachine.TestCase
-TestScheduler.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+TestScheduler.settings = settings(
+    max_examples=int(os.environ.get("MINIDIST_EXAMPLES", "150")), stateful_step_count=40, deadline=None
+)

@@ -38,6 +38,7 @@ class Placement:
     prefetch: int
     prefix_durations: dict
     _retired: list
+    _idle_changed: bool  # a worker emptied or arrived since the last fill: stealing may help
 
     # ------------------------------------------------------------------------------------ capacity
 
@@ -113,6 +114,9 @@ class Placement:
         """Hand queued tasks to workers with room, highest priority first; then let idle workers steal."""
         while self._retired:
             out.append(RetireWorker(self._retired.pop()))
+        if not self.ready and not self.restricted and not self._idle_changed:
+            return  # nothing queued and no worker just went idle: nothing to place or steal
+        self._idle_changed = False
         running = [ws for ws in self.workers.values() if ws.status == "running"]
         if not running:
             return

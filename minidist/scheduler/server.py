@@ -63,15 +63,15 @@ class SegmentLedger:
         self.counts: collections.Counter = collections.Counter()
 
     def retain(self, value: Any) -> None:
-        segments = getattr(value, "segments", None)
-        if segments is not None:
-            for name in segments():
-                self.counts[name] += 1
+        if not getattr(value, "buffers", None):
+            return  # inline payloads and plain objects hold no shared memory
+        for name in value.segments():
+            self.counts[name] += 1
 
     def release(self, value: Any) -> None:
-        segments = getattr(value, "segments", None)
-        if segments is None:
+        if not getattr(value, "buffers", None):
             return
+        segments = value.segments
         doomed = []
         for name in segments():
             left = self.counts[name] - 1
@@ -277,6 +277,10 @@ class Scheduler:
             self._apply(state.update_graph(tasks, client_id, wanted, time.time()), outgoing, reports)
         elif kind == "release":
             self._apply(state.client_releases(message[1], message[2]), outgoing, reports)
+        elif kind == "release-pending":
+            session = self.sessions.get(message[1])
+            if session is not None:
+                self._apply(state.client_releases(message[1], session.take_releases()), outgoing, reports)
         elif kind == "cancel":
             self._apply(state.cancel(message[1]), outgoing, reports)
         elif kind == "scatter":
@@ -310,7 +314,7 @@ class Scheduler:
                 self._remove_worker(handle, message[2], outgoing, reports, expected=message[3])
         elif kind == "worker-status":
             self._apply(state.set_worker_status(message[1], message[2]), outgoing, reports)
-        else:
+        elif kind != "noop":  # noop only wakes the loop (close)
             self.logger.warning("unknown scheduler message %r", kind)
 
     # ---------------------------------------------------------------------------------- worker events
@@ -484,7 +488,7 @@ def _load_exception(blob):
 
 
 def new_task(key, dependencies, run_spec, priority=0, retries=0, workers=None,
-             allow_other_workers=False, resources=None) -> NewTask:  # fmt: skip
+             allow_other_workers=False, resources=None, prefix=None) -> NewTask:  # fmt: skip
     return NewTask(key, tuple(dependencies), run_spec, priority or 0, retries or 0,
                    frozenset(workers) if workers else None, allow_other_workers, resources or None,
-                   key_split(key))  # fmt: skip
+                   prefix if prefix is not None else key_split(key))  # fmt: skip

@@ -108,6 +108,7 @@ class SchedulerState(Placement):
         self.prefix_durations: dict[str, float] = {}  # running mean duration per task prefix
         self.counts = {"waiting": 0, "queued": 0, "processing": 0, "memory": 0, "erred": 0}
         self._retired: list[str] = []  # retiring workers that just became empty
+        self._idle_changed = False
 
     # -------------------------------------------------------------------------------- queries (no events)
 
@@ -257,6 +258,7 @@ class SchedulerState(Placement):
     def add_worker(self, address: str, nthreads: int, name: str = "", resources: Optional[dict] = None,
                    now: float = 0.0) -> list:  # fmt: skip
         self.workers[address] = WorkerState(address, name or address, nthreads, resources, now)
+        self._idle_changed = True
         out: list = []
         self._fill_workers(out)
         return out
@@ -301,6 +303,7 @@ class SchedulerState(Placement):
         if ws is None:
             return out
         ws.status = status
+        self._idle_changed = True
         if status == "retiring" and not ws.processing:
             out.append(RetireWorker(address))
         self._fill_workers(out)
@@ -406,6 +409,7 @@ class SchedulerState(Placement):
                     ws.available[name] = ws.available.get(name, 0) + amount
             if not ws.processing:
                 ws.idle_since = now
+                self._idle_changed = True
                 if ws.status == "retiring":
                     self._retired.append(ws.address)
 
@@ -445,8 +449,8 @@ class SchedulerState(Placement):
         stack = [ts]
         while stack:
             t = stack.pop()
-            if t.state == "erred":
-                continue
+            if t.state == "erred" or self.tasks.get(t.key) is not t:
+                continue  # already erred, or forgotten meanwhile (nobody wanted it)
             if t.state != "released":
                 self._leave_state(t)
             t.state = "erred"

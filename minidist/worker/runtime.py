@@ -30,6 +30,9 @@ from typing import Any, Callable, Optional
 
 logger = logging.getLogger("minidist.worker")
 
+REPORT_DELAY = 0.002  # longest a finished result waits to share a message with the next ones
+_MAX_BATCH = 256
+
 _task_context = threading.local()  # .runtime, .key, .seceded for get_worker()/secede()/get_client()
 
 
@@ -120,12 +123,17 @@ class WorkerRuntime:
         self._outbox: list = []
         self._outbox_lock = threading.Lock()
         self._send_lock = threading.Lock()
+        self._oldest_unsent = 0.0
+        self._flush_wanted = threading.Event()
         self._closed = False
         self._threads: list[threading.Thread] = []
         self._active_threads = 0  # threads that count against nthreads (not seceded)
         self.paused = False
         for _ in range(nthreads):
             self._start_thread()
+        self._flusher = threading.Thread(target=self._flusher_loop, name=f"minidist-flush-{name}",
+                                         daemon=True)  # fmt: skip
+        self._flusher.start()
 
     # ---------------------------------------------------------------------------------------- intake
 
@@ -239,12 +247,39 @@ class WorkerRuntime:
     # ---------------------------------------------------------------------------------------- outbox
 
     def report(self, message: tuple) -> None:
-        """Queue a message for the scheduler; the first thread to find the outbox empty sends."""
+        """Queue a message for the scheduler.
+
+        Results are held back briefly while more queued tasks are about to finish, so a burst of tiny
+        tasks costs one message per ``REPORT_DELAY`` instead of one each; the flusher thread bounds
+        that delay. Anything else, or a result with nothing queued behind it, goes out at once.
+        """
+        urgent = message[0] not in ("done", "erred") or not self._pending
         with self._outbox_lock:
             self._outbox.append(message)
-            if len(self._outbox) > 1:
-                return  # someone else is sending, or will pick this up
+            if len(self._outbox) == 1:
+                self._oldest_unsent = time.monotonic()
+                if not urgent:
+                    self._flush_wanted.set()  # arm the flusher's timer
+                    return
+            elif not urgent and len(self._outbox) < _MAX_BATCH and (
+                time.monotonic() - self._oldest_unsent < REPORT_DELAY
+            ):
+                return
         self._flush()
+
+    def _flusher_loop(self) -> None:
+        """Send held-back results once they are REPORT_DELAY old (the task after them may be long)."""
+        while not self._closed:
+            self._flush_wanted.wait()
+            self._flush_wanted.clear()
+            with self._outbox_lock:
+                pending = bool(self._outbox)
+                age = time.monotonic() - self._oldest_unsent if pending else 0.0
+            if not pending:
+                continue
+            if age < REPORT_DELAY:
+                time.sleep(REPORT_DELAY - age)
+            self._flush()
 
     def _flush(self) -> None:
         with self._send_lock:
@@ -259,9 +294,6 @@ class WorkerRuntime:
                 except Exception:
                     logger.debug("could not report to the scheduler", exc_info=True)
                     return
-                with self._outbox_lock:
-                    if not self._outbox:
-                        return
 
     # ----------------------------------------------------------------------------------- secede/rejoin
 
@@ -293,9 +325,10 @@ class WorkerRuntime:
                 task.cancelled = True
             self._pending.clear()
             self._condition.notify_all()
+        self._flush_wanted.set()
         me = threading.current_thread()
         deadline = time.monotonic() + timeout
-        for thread in list(self._threads):
+        for thread in [*self._threads, self._flusher]:
             if thread is not me:
                 thread.join(max(0.0, deadline - time.monotonic()))
         self.data.clear()
