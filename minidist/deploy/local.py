@@ -23,6 +23,7 @@ from ..scheduler.operations import SchedulerOperations
 from ..scheduler.server import Scheduler
 from .memory import format_bytes
 from .options import ClusterOptions
+from ..remote.server import serve_remote_clients
 from .services import ClusterServices
 from .workers import ThreadWorkerHandle, start_process_worker
 
@@ -79,6 +80,10 @@ class LocalCluster:
         for _ in range(options.n_workers):
             self._start_worker()
         self.services = ClusterServices(self)  # the dashboard, if dashboard_address asks for one
+        # remote clients: a TCP/TLS listener when the options ask for one (minidist/remote/server.py)
+        self.listener = serve_remote_clients(self)
+        if self.listener is not None:
+            self.scheduler_address = self.listener.address
         self.status = "running"
 
     # ------------------------------------------------------------------------------------- workers
@@ -235,6 +240,8 @@ class LocalCluster:
         self.status = "closing"
         if self._task_client is not None:
             self._task_client.close()
+        if getattr(self, "listener", None) is not None:
+            self.listener.close()
         if getattr(self, "services", None) is not None:
             self.services.close()
         self.scheduler.close()

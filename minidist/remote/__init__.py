@@ -1,0 +1,1 @@
+"""Remote access: clients in other processes (TCP/TLS) and clients inside worker processes."""
