@@ -105,7 +105,11 @@ def parse_bytes(text: str | int | float) -> int:
 
     Raises ValueError for negative, non-finite or unreadable values, and for unknown units.
     """
-    return int(_parse_quantity(text, _BYTE_UNITS, "a number of bytes", "use B, kB, MB, GB, or KiB, MiB, GiB"))
+    return int(
+        _parse_quantity(
+            text, _BYTE_UNITS, "a number of bytes", "use B, kB, MB, GB, or KiB, MiB, GiB"
+        )
+    )
 
 
 def format_bytes(n: int | float) -> str:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import datetime
+import mmap
 import os
-from multiprocessing import shared_memory
 
 import pytest
 
@@ -46,7 +46,9 @@ def test_parse_bytes_reads_sizes_with_and_without_units(text, expected):
     assert parse_bytes(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "lots", "5 parsecs", "-1GB", "1..5GB", "e5", ".", -1, float("inf"), True, None])
+@pytest.mark.parametrize(
+    "text", ["", "lots", "5 parsecs", "-1GB", "1..5GB", "e5", ".", -1, float("inf"), True, None]
+)
 def test_parse_bytes_rejects_nonsense_with_a_value_error_naming_it(text):
     with pytest.raises(ValueError, match="bytes"):
         parse_bytes(text)
@@ -54,7 +56,13 @@ def test_parse_bytes_rejects_nonsense_with_a_value_error_naming_it(text):
 
 @pytest.mark.parametrize(
     "n, expected",
-    [(0, "0 B"), (900, "900 B"), (1000, "0.98 kiB"), (1024, "1.00 kiB"), (int(23.47 * GiB), "23.47 GiB")],
+    [
+        (0, "0 B"),
+        (900, "900 B"),
+        (1000, "0.98 kiB"),
+        (1024, "1.00 kiB"),
+        (int(23.47 * GiB), "23.47 GiB"),
+    ],
 )
 def test_format_bytes_uses_binary_units_from_ninety_percent_on(n, expected):
     assert format_bytes(n) == expected
@@ -125,23 +133,28 @@ def test_parse_memory_limit_defaults_to_the_system_memory():
 def test_process_memory_counts_private_memory():
     before = process_memory(os.getpid())
     block = bytearray(64 * 2**20)
-    block[:: 4096] = b"x" * len(block[::4096])  # touch every page
+    block[::4096] = b"x" * len(block[::4096])  # touch every page
     after = process_memory(os.getpid())
     assert after - before >= 48 * 2**20
     del block
 
 
 def test_process_memory_leaves_out_pages_of_shared_memory_segments():
+    # A /dev/shm file mapped with mmap is what multiprocessing.shared_memory does; done by hand here so no
+    # resource-tracker process is started.
     size = 64 * 2**20
-    segment = shared_memory.SharedMemory(create=True, size=size)
+    path = f"/dev/shm/test_memory_limit_{os.getpid()}"
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
     try:
-        before = process_memory(os.getpid())
-        segment.buf[:] = b"y" * size  # every page resident, mapped from /dev/shm
-        after = process_memory(os.getpid())
+        os.ftruncate(fd, size)
+        with mmap.mmap(fd, size) as segment:
+            before = process_memory(os.getpid())
+            segment[:] = b"y" * size  # every page resident, mapped from /dev/shm
+            after = process_memory(os.getpid())
         assert after - before < 16 * 2**20
     finally:
-        segment.close()
-        segment.unlink()
+        os.close(fd)
+        os.unlink(path)
 
 
 def test_process_memory_of_a_missing_process_raises():
@@ -172,7 +185,9 @@ def test_memory_action_thresholds_can_be_moved_or_turned_off():
     assert memory_action(600, 1000, pause_fraction=0.5) is MemoryAction.PAUSE
     assert memory_action(900, 1000, pause_fraction=None) is MemoryAction.OK
     assert memory_action(990, 1000, terminate_fraction=False) is MemoryAction.PAUSE
-    assert memory_action(990, 1000, pause_fraction=False, terminate_fraction=False) is MemoryAction.OK
+    assert (
+        memory_action(990, 1000, pause_fraction=False, terminate_fraction=False) is MemoryAction.OK
+    )
 
 
 def test_memory_kill_reason_names_usage_and_limit():

@@ -78,7 +78,9 @@ def parse_memory_limit(limit, n_workers: int, total_memory: int | None = None) -
     if limit is None or (isinstance(limit, str) and limit.strip().lower() in ("none", "0", "")):
         return None
     if isinstance(limit, bool):
-        raise ValueError(f"memory_limit={limit!r} is not a memory limit; use 'auto', a size or None")
+        raise ValueError(
+            f"memory_limit={limit!r} is not a memory limit; use 'auto', a size or None"
+        )
     total = system_memory() if total_memory is None else int(total_memory)
 
     if isinstance(limit, str) and limit.strip().lower() == "auto":
