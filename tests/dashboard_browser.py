@@ -1,8 +1,11 @@
-"""Helper for the real-browser dashboard test and the docs screenshot (Debian chromium + Playwright).
+"""The dashboard in a real browser (Debian chromium driven by Playwright): the test's helpers and the
+docs screenshot.
 
-Needs ``apt-get install chromium`` and ``pip install playwright`` (never ``playwright install``: we drive the
-system's /usr/bin/chromium). ``open_browser()`` yields a Playwright page; ``watch_status()`` polls the status
-page until a condition on its DOM holds. Run as a script to screenshot a dashboard fed a synthetic snapshot::
+Needs ``apt-get install chromium`` (``.ci/install-browser.sh``) and ``pip install playwright``; never
+``playwright install``: we drive the system's /usr/bin/chromium, headless. ``open_browser()`` yields a page;
+``status_state()`` reads what the status page shows; ``run_demo()`` is the scenario the test checks and the
+screenshot shows: a real workload on a real client, held half-way by a gate so the picture (and the test)
+can catch progress in mid-flight, then released. Run as a script to remake the picture in the docs::
 
     python tests/dashboard_browser.py docs/dashboard.png
 """
@@ -11,10 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
+import re
 import time
 
-CHROMIUM = os.environ.get("MINIDIST_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM = os.environ.get("MINIDIST_CHROMIUM", "/usr/bin/chromium")  # Debian's package puts it here
 CHROMIUM_FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -25,36 +28,45 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+GATE_TIMEOUT = (
+    60  # seconds a gated task waits before giving up (a broken test must not hang workers)
+)
 
 
-def browser_available() -> bool:
-    """True when both the chromium binary and the playwright package are installed."""
+def browser_missing() -> str | None:
+    """Why the browser test cannot run here, or None when chromium and playwright are both installed."""
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
-        return False
-    return os.path.exists(CHROMIUM) or shutil.which("chromium") is not None
+        return "the playwright package is not installed (pip install -e '.[test]')"
+    if not os.access(CHROMIUM, os.X_OK):
+        return f"chromium is not installed at {CHROMIUM} (run: bash .ci/install-browser.sh)"
+    return None
 
 
 @contextlib.contextmanager
 def open_browser(width: int = 1280, height: int = 900):
-    """A fresh headless chromium page; closes the browser (and its processes) on exit."""
+    """A fresh headless chromium page; closes the browser (and its processes) on exit.
+
+    ``page.minidist_errors`` collects the JavaScript exceptions raised on the page.
+    """
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
         try:
             page = browser.new_page(viewport={"width": width, "height": height})
-            page.on("pageerror", lambda error: page_errors.append(str(error)))
+            page.set_default_timeout(15_000)
             page_errors: list[str] = []
-            page.minidist_errors = page_errors  # JavaScript exceptions raised on the page
+            page.on("pageerror", lambda error: page_errors.append(str(error)))
+            page.minidist_errors = page_errors
             yield page
         finally:
             browser.close()
 
 
 def status_state(page) -> dict:
-    """What the status page currently shows: worker rows, per-prefix counts, task rectangles, banner."""
+    """What the status page shows now: worker rows, "done / total" per prefix, task rectangles, banner."""
     return page.evaluate("""() => ({
         workers: [...document.querySelectorAll('#workers tbody tr[data-worker]')].map(r => r.dataset.worker),
         progress: Object.fromEntries([...document.querySelectorAll('#progress .progress-row')]
@@ -65,7 +77,14 @@ def status_state(page) -> dict:
     })""")
 
 
-def watch_status(page, condition, timeout: float = 20.0, interval: float = 0.2) -> dict:
+def done_total(state: dict, prefix: str) -> tuple[int, int] | None:
+    """(done, total) of one progress bar, or None while the page has no bar for that prefix."""
+    text = state["progress"].get(prefix)
+    match = re.match(r"\s*(\d+) / (\d+)", text or "")
+    return (int(match[1]), int(match[2])) if match else None
+
+
+def watch_status(page, condition, timeout: float = 30.0, interval: float = 0.1) -> dict:
     """Poll ``status_state(page)`` until ``condition(state)`` is true; returns the state or raises."""
     deadline = time.monotonic() + timeout
     state = status_state(page)
@@ -77,92 +96,109 @@ def watch_status(page, condition, timeout: float = 20.0, interval: float = 0.2) 
     return state
 
 
-def _demo_snapshot():
-    """A synthetic, moving snapshot in the engine's shape (for the script mode below)."""
-    started = time.time()
+# ---- the workload (plain functions: process workers import this module by name) --------------------
 
-    def snapshot():
-        now = time.time()
-        elapsed = now - started
-        workers = [
-            {
-                "address": f"inproc://127.0.0.1/{1000 + i}",
-                "name": str(i),
-                "nthreads": 2,
-                "processing": 2,
-                "executing": 2,
-                "memory": int((150 + 90 * i) * 2**20),
-                "memory_limit": 2**30,
-                "cpu": 80.0 + 5 * i,
-                "pid": 4000 + i,
-                "status": "running",
-                "in_memory": 12 + i,
-                "dashboard": None,
-            }
-            for i in range(4)
-        ]
-        stream = []
-        for j in range(int(elapsed * 40)):
-            prefix = ("load", "inc", "add", "sum")[j % 4]
-            start = started + j / 40
-            stream.append(
-                {
-                    "key": f"{prefix}-{j:032x}",
-                    "prefix": prefix,
-                    "worker": workers[j % 4]["address"],
-                    "thread": (j // 4) % 2,
-                    "start": start,
-                    "stop": start + 0.09,
-                    "status": "error" if j % 97 == 96 else "ok",
-                }
-            )
-        by_prefix = {
-            p: {
-                "waiting": max(0, 200 - int(elapsed * 10)),
-                "queued": 4,
-                "processing": 4,
-                "memory": int(elapsed * 10),
-                "erred": 1 if p == "sum" else 0,
-                "released": 0,
-            }
-            for p in ("load", "inc", "add", "sum")
-        }
-        totals = {k: sum(c[k] for c in by_prefix.values()) for k in next(iter(by_prefix.values()))}
-        return {
-            "time": now,
-            "cluster": {
-                "name": "LocalCluster",
-                "scheduler_address": "inproc://127.0.0.1/1",
-                "n_workers": 4,
-                "threads": 8,
-                "memory_limit": 4 * 2**30,
-                "status": "running",
-            },
-            "workers": workers,
-            "tasks": {"by_prefix": by_prefix, "totals": totals},
-            "task_stream": [t for t in stream if t["stop"] <= now][-2000:],
-        }
 
-    return snapshot
+def load(x, gate=None):
+    """A short task; the ones given a gate's result start only once the gate opened."""
+    time.sleep(0.02)
+    return x
+
+
+def wait_for_gate(path):
+    """Holds a thread until ``path`` exists: the workload's second half waits for it."""
+    deadline = time.monotonic() + GATE_TIMEOUT
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"nobody opened the gate {path}")
+        time.sleep(0.01)
+    return 0
+
+
+def double(x):
+    time.sleep(0.01)
+    return 2 * x
+
+
+def explode(x):
+    raise ValueError(f"task {x} fails on purpose (the dashboard shows it in red)")
+
+
+def total(values):
+    return sum(values)
+
+
+def submit_demo(client, gate_path: str, n: int = 100) -> dict:
+    """Half of the ``load`` tasks (and a ``double`` of each) run at once; the other half waits for the
+    gate file; ``total`` sums them all."""
+    gate = client.submit(wait_for_gate, gate_path)
+    first = client.map(load, range(n))
+    doubled = client.map(double, first)
+    failing = client.map(explode, range(3))
+    second = [client.submit(load, n + i, gate) for i in range(n)]
+    summed = client.submit(total, first + second + doubled)
+    # every future is kept: the bars count what clients hold, released tasks leave the page
+    return {"gate": gate, "load": first + second, "double": doubled, "explode": failing,
+            "total": summed, "n": 2 * n,
+            "expected": sum(range(2 * n)) + 2 * sum(range(n))}  # fmt: skip
+
+
+def run_demo(page, client, gate_path: str, screenshot: str | None = None) -> dict:
+    """Open /status, run the gated workload, check what the page shows at each stage.
+
+    Returns the sequence of (done, total) the page showed for ``load`` and the last state. The screenshot
+    (if asked) is taken half-way: workers busy, bars part-done, an erred prefix in red.
+    """
+    page.goto(client.dashboard_link)
+    workers = set(client.scheduler_info()["workers"])
+    watch_status(page, lambda s: set(s["workers"]) == workers and s["error"] is None)
+    work = submit_demo(client, gate_path)
+    n = work["n"]
+    seen = []
+
+    def record(state):
+        value = done_total(state, "load")
+        if value is not None and (not seen or seen[-1] != value):
+            seen.append(value)
+        return state
+
+    # half-way: the first half done, the gate holding the rest, the failures counted
+    half = watch_status(
+        page,
+        lambda s: (
+            record(s)
+            and done_total(s, "load") == (n // 2, n)
+            and done_total(s, "double") == (n // 2, n // 2)
+            and "erred" in s["progress"].get("explode", "")
+            and s["tasks_drawn"] >= n // 2
+        ),
+    )
+    if screenshot:
+        page.wait_for_timeout(600)  # one more poll so the CPU and memory columns have settled
+        page.screenshot(path=screenshot, full_page=True)
+    with open(gate_path, "w"):
+        pass
+    assert work["total"].result(timeout=60) == work["expected"]
+    final = watch_status(
+        page,
+        lambda s: (
+            record(s) and done_total(s, "load") == (n, n) and done_total(s, "total") == (1, 1)
+        ),
+    )
+    return {"seen": seen, "half": half, "final": final}
 
 
 if __name__ == "__main__":
     import sys
+    import tempfile
 
-    from minidist.dashboard.server import DashboardServer
+    from minidist import Client
 
     out = sys.argv[1] if len(sys.argv) > 1 else "dashboard.png"
-    server = DashboardServer(
-        ":0", _demo_snapshot(), lambda: {"Cluster": "", "Scheduler": "started"}
-    )
-    server.start()
-    try:
-        with open_browser() as page:
-            page.goto(server.link)
-            watch_status(page, lambda s: s["tasks_drawn"] > 100 and s["workers"])
-            page.screenshot(path=out, full_page=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        with Client(n_workers=2, threads_per_worker=2, memory_limit="1GiB", dashboard_address=":0",
+                    name="demo") as client, open_browser() as page:  # fmt: skip
+            run_demo(page, client, os.path.join(tmp, "gate"), screenshot=out)
             if page.minidist_errors:
                 raise SystemExit(f"JavaScript errors: {page.minidist_errors}")
-    finally:
-        server.close()
     sys.stdout.write(f"saved {out}\n")
