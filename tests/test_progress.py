@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import re
+import sys
+import time
 import uuid
 
 import pytest
@@ -11,6 +13,7 @@ from dask.utils import key_split as dask_key_split
 from hypothesis import given
 from hypothesis import strategies as st
 
+from minidist import Client, progress
 from minidist.progress import (
     TerminalDisplay,
     TextDisplay,
@@ -205,3 +208,75 @@ def test_progress_and_the_scheduler_share_one_key_split():
     from minidist import keys
 
     assert key_split is keys.key_split  # the bars and the dashboard's prefixes cannot disagree
+
+
+# ---- end to end, on real clients ------------------------------------------------------------------
+
+
+def slow_inc(x):
+    time.sleep(0.005)
+    return x + 1
+
+
+def broken(x):
+    raise ValueError(x)
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def run_progress(client, monkeypatch, stream) -> tuple[list, list, str]:
+    """Submit two prefixes (one erring) and run progress() until it returns; (futures, failures, output)."""
+    monkeypatch.setattr(sys, "stdout", stream)
+    futures = client.map(slow_inc, range(60))
+    failures = client.map(broken, range(2))
+    started = time.monotonic()
+    progress(futures, [failures], interval="20ms")
+    assert time.monotonic() - started < 30
+    return futures, failures, stream.getvalue()
+
+
+@pytest.mark.parametrize("processes", [False, True], ids=["threads", "processes"])
+def test_progress_on_a_real_client_prints_plain_lines_and_returns_when_all_are_done(
+    processes, monkeypatch
+):
+    with Client(
+        processes=processes, n_workers=2, threads_per_worker=1, dashboard_address=None
+    ) as client:
+        futures, failures, text = run_progress(client, monkeypatch, io.StringIO())
+        assert all(f.done() for f in futures + failures)
+        assert [f.status for f in failures] == ["error", "error"]
+        assert client.gather(futures) == list(range(1, 61))
+    lines = text.splitlines()
+    assert "\x1b" not in text and 2 <= len(lines) <= 8  # a few lines, not one per tick
+    assert lines[-3] == lines[-3].rstrip() and lines[-3].startswith(
+        "[minidist] 100% | 62/62 tasks done"
+    )
+    assert "(2 erred)" in lines[-3]
+    assert lines[-2:] == ["  slow_inc 60/60", "  broken   2/2 (2 erred)"]
+
+
+def test_progress_on_a_real_client_draws_terminal_bars_per_prefix(monkeypatch):
+    with Client(
+        processes=False, n_workers=2, threads_per_worker=1, dashboard_address=None
+    ) as client:
+        _, _, text = run_progress(client, monkeypatch, FakeTerminal())
+    final = ANSI.sub("", text.rsplit("\x1b[3F", 1)[-1]).splitlines()
+    assert final[0].startswith("slow_inc [") and final[0].endswith("100% 60/60")
+    assert final[1].startswith("broken   [") and final[1].endswith("100% 2/2 (2 erred)")
+    assert final[2].startswith("Completed 62/62 tasks (2 erred) | ")
+
+
+def test_progress_with_multi_false_draws_one_bar(monkeypatch):
+    with Client(
+        processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None
+    ) as client:
+        monkeypatch.setattr(sys, "stdout", FakeTerminal())
+        futures = client.map(slow_inc, range(10))
+        progress(futures, multi=False, interval="20ms")
+        text = sys.stdout.getvalue()
+    final = ANSI.sub("", text).splitlines()[-2:]
+    assert final[0].startswith("[") and final[0].endswith("100% 10/10")
+    assert final[1].startswith("Completed 10/10 tasks")
