@@ -49,19 +49,19 @@ class Placement:
             return self.prefetch
         return max(self.prefetch, min(MAX_PREFETCH, int(PREFETCH_SECONDS / max(duration, 1e-6)) * nthreads))
 
-    def worker_capacity(self, ws: "WorkerState", prefix: Optional[str] = None) -> int:
+    def worker_capacity(self, ws: WorkerState, prefix: Optional[str] = None) -> int:
         """How many tasks ``ws`` may hold (running + queued); the largest if ``prefix`` is None."""
         base = ws.nthreads + ws.seceded
         if prefix is None:
             return base + max(self.prefetch, MAX_PREFETCH)
         return base + self.prefetch_for(prefix, ws.nthreads)
 
-    def _has_room(self, ws: "WorkerState", ts: "TaskState") -> bool:
+    def _has_room(self, ws: WorkerState, ts: TaskState) -> bool:
         return ws.status == "running" and len(ws.processing) < self.worker_capacity(ws, ts.prefix)
 
     # ------------------------------------------------------------------------------------ choosing
 
-    def _runnable_on(self, ts: "TaskState", ws: "WorkerState") -> bool:
+    def _runnable_on(self, ts: TaskState, ws: WorkerState) -> bool:
         if ts.restrictions:
             if ws.address not in ts.restrictions and ws.name not in ts.restrictions:
                 return False
@@ -71,7 +71,7 @@ class Placement:
                     return False
         return True
 
-    def _score(self, ts: "TaskState", ws: "WorkerState") -> tuple:
+    def _score(self, ts: TaskState, ws: WorkerState) -> tuple:
         """Lower is better: hold most dependency data, then least loaded."""
         held = 0
         for dep_key in ts.dependencies:
@@ -80,7 +80,7 @@ class Placement:
                 held += dep.nbytes + 1
         return (-held, len(ws.processing) / max(ws.nthreads, 1))
 
-    def _assign(self, ts: "TaskState", ws: "WorkerState", out: list) -> None:
+    def _assign(self, ts: TaskState, ws: WorkerState, out: list) -> None:
         self.counts["queued"] -= 1  # type: ignore[attr-defined]
         self.counts["processing"] += 1  # type: ignore[attr-defined]
         ts.state = "processing"
@@ -99,7 +99,7 @@ class Placement:
                 ws.has.add(dep_key)
         out.append(Execute(ws.address, ts.key, ts.run_spec, tuple(ts.dependencies), tuple(missing)))
 
-    def _pop_ready(self) -> Optional["TaskState"]:
+    def _pop_ready(self) -> Optional[TaskState]:
         ready = self.ready
         while ready:
             _, key = heapq.heappop(ready)

@@ -5,7 +5,7 @@ One thread in the client process runs ``Scheduler._loop``::
             clients (user threads)                      process workers
     post() ──► inbox deque ──► wake-up pipe ──┐       ┌── pipe (one per worker) ◄── batched reports
                                                ▼       ▼
-                            multiprocessing.connection.wait()
+                  selector over the wake-up pipe + worker pipes
                                                │ drain everything that is ready
                                                ▼
                                      SchedulerState events
@@ -31,9 +31,9 @@ import concurrent.futures
 import logging
 import os
 import pickle
+import selectors
 import threading
 import time
-from multiprocessing.connection import wait
 from typing import Any, Callable, Optional
 
 from ..comm.shm import sweep_process, unlink_segments
@@ -97,11 +97,14 @@ class Scheduler:
         self.logger = logger_ or logger
         self.blocked_handlers = frozenset(blocked_handlers or ())
         self.workers: dict[str, Any] = {}  # address -> worker handle
-        self._conns: dict = {}  # connection -> handle, for wait()
+        # one persistent selector over the wake-up pipe and every worker pipe (building a new one per
+        # wake-up, as multiprocessing.connection.wait does, costs tens of microseconds each time)
+        self._selector = selectors.DefaultSelector()
         self.sessions: dict[str, Any] = {FIRE_AND_FORGET: FireAndForget(self)}  # client id -> session
         self.inbox: collections.deque = collections.deque()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._wake_pending = False
         self._closing = False
         self._runs: dict[int, dict] = {}  # client.run bookkeeping: id -> {"pending", "results", "future"}
@@ -147,18 +150,19 @@ class Scheduler:
 
     def _loop(self) -> None:
         wake_r = self._wake_r
+        select = self._selector.select
         while True:
-            waitables = [wake_r, *self._conns]
             try:
-                ready = wait(waitables, timeout=1.0)
-            except OSError:
-                ready = []
+                events = select(timeout=1.0)
+            except (OSError, ValueError):
+                events = []
             if self._closing:
                 break
             outgoing: dict = {}
             reports: dict = {}
-            for item in ready:
-                if item == wake_r:
+            for selector_key, _ in events:
+                handle = selector_key.data
+                if handle is None:
                     try:
                         while os.read(wake_r, 4096):
                             pass
@@ -168,7 +172,7 @@ class Scheduler:
                     # written after this point will wake us, and its message is already in the inbox
                     self._wake_pending = False
                 else:
-                    self._read_worker(self._conns.get(item), outgoing, reports)
+                    self._read_worker(handle, outgoing, reports)
             inbox = self.inbox
             while inbox:
                 message = inbox.popleft()
@@ -322,7 +326,7 @@ class Scheduler:
     def _add_worker(self, handle, outgoing: dict, reports: dict) -> None:
         self.workers[handle.address] = handle
         if handle.conn is not None:
-            self._conns[handle.conn] = handle
+            self._selector.register(handle.conn.fileno(), selectors.EVENT_READ, handle)
         self.logger.info("Register worker %s (name %s, %d threads)", handle.address, handle.name,
                          handle.nthreads)  # fmt: skip
         self._apply(
@@ -390,8 +394,11 @@ class Scheduler:
     def _remove_worker(self, handle, reason: str, outgoing: dict, reports: dict, expected: bool) -> None:
         if self.workers.pop(handle.address, None) is None:
             return
-        if handle.conn is not None:
-            self._conns.pop(handle.conn, None)
+        if handle.conn is not None and not handle.conn.closed:
+            try:
+                self._selector.unregister(handle.conn.fileno())
+            except (KeyError, ValueError, OSError):
+                pass
         outgoing.pop(handle, None)
         for run_id in list(self._runs):
             self._run_result(run_id, handle.address, False, (RuntimeError(f"worker died: {reason}"), ""))
@@ -447,6 +454,7 @@ class Scheduler:
         self.post(("noop",))
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
+        self._selector.close()
         for fd in (self._wake_r, self._wake_w):
             try:
                 os.close(fd)
