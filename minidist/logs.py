@@ -72,8 +72,11 @@ class LogBuffer(logging.Handler):
 
     def _snapshot(self) -> list:
         # emit() runs under self.lock (Handler.handle takes it); reading under it avoids racing appends.
-        with self.lock:
+        self.acquire()
+        try:
             return list(self.entries)
+        finally:
+            self.release()
 
     def lines(
         self, n: int | None = None, start: float = 0.0, timestamps: bool = False
@@ -82,7 +85,7 @@ class LogBuffer(logging.Handler):
 
         ``n`` caps the count, ``start`` drops records created before that time.
         """
-        picked = []
+        picked: list[tuple] = []
         for created, level, line in reversed(self._snapshot()):
             if (n is not None and len(picked) >= n) or created < start:
                 break
@@ -119,7 +122,7 @@ class _Outlet(logging.Handler):
 
 def _chain(logger: logging.Logger):
     """The loggers a record handled by ``logger`` reaches: itself and its ancestors while they propagate."""
-    current = logger
+    current: logging.Logger | None = logger
     while current is not None:
         yield current
         if not current.propagate:
@@ -186,7 +189,7 @@ class _Component:
     ):
         self.logger = logging.getLogger(logger_name)
         self.tag = None if worker is None else _Tag(worker)
-        self.buffer = buffer or LogBuffer(buffer_size)
+        self.buffer = LogBuffer(buffer_size) if buffer is None else buffer
         self.outlet = _Outlet(logging.getLogger(component), echo_level)
         levels = [logging.INFO, logging.getLogger(component).getEffectiveLevel()]
         if echo_level is not None:
@@ -401,9 +404,12 @@ class WorkerLogShipper(logging.Handler):
 
     def drain(self) -> list[tuple[float, int, str, str]]:
         """Take every record kept so far (oldest first)."""
-        with self.lock:
+        self.acquire()  # the lock emit() runs under
+        try:
             taken = list(self.pending)
             self.pending.clear()
+        finally:
+            self.release()
         return taken
 
     def install(self, logger_name: str = "minidist.worker", level: int = logging.INFO) -> None:

@@ -58,6 +58,11 @@ def test_keywords_take_dask_forms():
     assert adaptive.minimum_memory == 4 * 2**30
     assert adaptive.kwargs == {"worker_key": None}
     assert Adaptive().maximum == math.inf and Adaptive().cluster is None
+    defaults = Adaptive(
+        interval=None, minimum=None, maximum=None, wait_count=None, target_duration=None
+    )
+    assert (defaults.interval, defaults.minimum, defaults.maximum) == (1.0, 0, math.inf)
+    assert (defaults.wait_count, defaults.target_duration) == (3, 5.0)
 
 
 @pytest.mark.parametrize(

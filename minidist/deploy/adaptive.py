@@ -107,6 +107,11 @@ class Adaptive:
         **kwargs,
     ):
         self.cluster = cluster
+        # None means "the default", as in dask's own signature (which reads defaults from its config).
+        interval = "1s" if interval is None else interval
+        target_duration = "5s" if target_duration is None else target_duration
+        minimum = 0 if minimum is None else minimum
+        wait_count = 3 if wait_count is None else wait_count
         self.interval = parse_timedelta(interval)
         self.target_duration = parse_timedelta(target_duration)
         self.default_task_duration = parse_timedelta(default_task_duration)
@@ -192,7 +197,7 @@ class Adaptive:
         # The worker-count bounds are hard; converted ones give way to them when they conflict.
         high = max(self.minimum, high)
         low = min(low, high)
-        return low, high
+        return int(low), high
 
     def recommend(self, observed: ClusterObservation) -> ScalingDecision:
         """The decision for this check: a target count and, when it is lower, which workers to retire."""
