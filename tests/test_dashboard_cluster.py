@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 import os
 import signal
 import socket
@@ -227,23 +228,31 @@ def test_worker_pages_on_process_workers_show_pid_memory_and_own_tasks():
         assert fetch(f"{root}/worker/nobody")[0] == 404
 
 
+def log_from_a_task(x):
+    logging.getLogger("minidist.worker").warning("task <%s> & friends", x)
+    return x
+
+
 def test_info_and_log_pages_show_the_same_texts_as_get_logs():
     with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=":0",
                       silence_logs=False) as cluster:  # fmt: skip
         with Client(cluster) as client:
-            client.submit(inc, 1).result(timeout=30)
+            assert client.submit(log_from_a_task, 1).result(timeout=30) == 1
+        cluster.logger.warning("a <script>alert('line')</script> in the cluster's log")
         root = base(cluster.dashboard_link)
         # logs only grow while something happens: read them after the work, then compare
         assert wait_until(lambda: fetch_json(f"{root}/json/logs.json") == cluster.get_logs())
         logs = cluster.get_logs()
-        assert {"Cluster", "Scheduler"} <= set(logs) and any(logs.values())
+        assert {"Cluster", "Scheduler"} <= set(logs) and "<script>" in logs["Cluster"]
         info = fetch(f"{root}/info")[1].decode()
         for component, text in logs.items():
             assert f'href="/logs/{quote(component, safe="")}"' in info
             status, page = fetch(f"{root}/logs/{quote(component, safe='')}")
             assert status == 200
-            if text:
-                assert html.escape(text) in page.decode()
+            assert (
+                html.escape(text) in page.decode()
+            )  # every line, escaped, nothing else in between
+        assert "<script>alert" not in fetch(f"{root}/logs/Cluster")[1].decode()
         assert fetch(f"{root}/logs/no-such-component")[0] == 404
 
 

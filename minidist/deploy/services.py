@@ -50,14 +50,19 @@ class ClusterServices:
         self._failed: set = set()  # workers whose server could not start (said once in the logs)
         self._lock = threading.Lock()
         self._closed = False
-        if parse_dashboard_address(options.dashboard_address) is not None:
-            self.dashboard = DashboardServer(
-                options.dashboard_address, snapshot=self.snapshots.status, logs=cluster.get_logs,
-                prefix=self.prefix, worker_snapshot=self.snapshots.worker, name=type(cluster).__name__,
-            )  # fmt: skip
-            self.dashboard.start()
-        if per_worker:
-            self.refresh()
+        try:
+            if parse_dashboard_address(options.dashboard_address) is not None:
+                self.dashboard = DashboardServer(
+                    options.dashboard_address, snapshot=self.snapshots.status, logs=cluster.get_logs,
+                    prefix=self.prefix, worker_snapshot=self.snapshots.worker,
+                    name=type(cluster).__name__,
+                )  # fmt: skip
+                self.dashboard.start()
+            if per_worker:
+                self.refresh()
+        except BaseException:  # e.g. a host that is not this machine's: leave no server behind
+            self.close()
+            raise
 
     @property
     def dashboard_link(self) -> Optional[str]:
