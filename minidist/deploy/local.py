@@ -14,16 +14,17 @@ Settings follow dask's ``LocalCluster`` signature; ``deploy/options.py`` turns t
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from typing import Any, Optional
 
 from ..comm.shm import SegmentStore, new_cluster_id, sweep_cluster, sweep_orphans
+from ..remote.server import route_worker_client, serve_remote_clients
 from ..scheduler.operations import SchedulerOperations
 from ..scheduler.server import Scheduler
 from .memory import format_bytes
 from .options import ClusterOptions
-from ..remote.server import serve_remote_clients
 from .services import ClusterServices
 from .workers import ThreadWorkerHandle, start_process_worker
 
@@ -84,6 +85,7 @@ class LocalCluster:
         self.listener = serve_remote_clients(self)
         if self.listener is not None:
             self.scheduler_address = self.listener.address
+        self.security = getattr(self.listener, "security", None)  # what remote clients need for tls://
         self.status = "running"
 
     # ------------------------------------------------------------------------------------- workers
@@ -102,6 +104,7 @@ class LocalCluster:
             handle = start_process_worker(init, options.threads_per_worker, name, options.memory_limit,
                                           options.resources, options.worker_env)  # fmt: skip
             handle.log_sink = self.logs.add_remote_records
+            handle.client_router = functools.partial(route_worker_client, self)  # get_client() in tasks
         else:
             address = f"inproc://{self.cluster_id}/{name}"
             handle = ThreadWorkerHandle(self.scheduler, address, name, options.threads_per_worker,

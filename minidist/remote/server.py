@@ -1,11 +1,428 @@
 """Serving clients in other processes: the scheduler side of minidist's remote protocol.
 
-``serve_remote_clients(cluster)`` starts what the cluster's options ask for (a TCP or TLS listener) and
-returns an object with ``address`` and ``close()``, or None when remote access was not asked for.
+``serve_remote_clients(cluster)`` starts what the cluster's options ask for and returns a
+``RemoteServer`` (``address``, ``security``, ``close()``), or None when no socket was asked for::
+
+    accept thread ──Listener.accept()──► authenticated Connection ──► TCPSession
+                    (bad secrets and garbage are logged on the scheduler logger and dropped there)
+
+    TCPSession   reader thread: frame ──decode──► Session.handle(message)
+                                 post   ──► scheduler.post(...)      (checked, converted by the codec)
+                                 fetch  ──► scheduler.fetch(key) ──► reply
+                                 invoke ──► a short-lived thread ──► cluster.operations.invoke ──► reply
+                 writer thread: outbox ──► encode ──► Connection.send_bytes
+                 scheduler.sessions[client_id] = _ClientSlot ──report(items)──► outbox
+
+The scheduler thread only appends to an outbox, so a slow or stopped remote client never stalls the
+cluster. Clients inside process workers use the same ``Session`` logic over the worker's pipe
+(``route_worker_client``, installed as ``handle.client_router``); there the scheduler thread itself
+reads the requests, and replies go back as ``("client-reply", frame)`` worker messages.
+
+When a connection ends, whatever its clients still wanted is released. ``close()`` stops accepting,
+closes every connection (remote clients then see CommClosedError) and removes the secret file.
 """
 
 from __future__ import annotations
 
+import itertools
+import logging
+import queue
+import threading
+from typing import Optional
 
-def serve_remote_clients(cluster):
-    return None
+from ..comm.addressing import format_address, parse_address, resolve_interface
+from ..errors import CommClosedError
+from ..scheduler.server import FIRE_AND_FORGET
+from ..security import Security, new_secret
+from .protocol import (
+    MalformedMessage,
+    ProcessModeCodec,
+    ThreadModeCodec,
+    check_post,
+    decode,
+    encode,
+    inline_payload,
+    machine_id,
+    next_batch,
+    portable_exception,
+    portable_items,
+)
+
+_connection_numbers = itertools.count(1)
+
+
+def _scheduler_logger(cluster) -> logging.Logger:
+    logs = getattr(cluster, "logs", None)
+    found = getattr(logs, "scheduler_logger", None) if logs is not None else None
+    return found if found is not None else logging.getLogger("minidist.scheduler")
+
+
+def listen_address(options) -> Optional[tuple]:
+    """``(address, security)`` the cluster should listen on, or None for no socket at all.
+
+    Follows dask: processes=True listens on TCP; processes=False stays ``inproc://`` unless a port, a
+    tcp/tls protocol, a host with a protocol, or encryption asks for a socket.
+    """
+    security = options.security
+    host = options.host
+    protocol = (options.protocol or "").lower().replace("://", "")
+    if host and "://" in host:
+        protocol, _, host = host.partition("://")
+    if security is True:
+        security = Security.temporary()
+    elif security is False:
+        security = None
+    if not protocol:
+        if security is not None and security.require_encryption:
+            protocol = "tls"
+        elif options.processes or options.scheduler_port:
+            protocol = "tcp"
+        else:
+            protocol = "inproc"
+    if protocol == "inproc":
+        return None
+    if protocol == "tls" and security is None:
+        security = Security.temporary()  # tls:// alone: temporary credentials, as security=True
+    if options.interface:
+        host = resolve_interface(options.interface)
+    if host and ":" in host and not host.startswith("["):  # "127.0.0.1:8786" given as host
+        _, host, port = parse_address(host)
+        return format_address(protocol, host, port), security
+    return format_address(protocol, host or "127.0.0.1", options.scheduler_port or 0), security
+
+
+def serve_remote_clients(cluster) -> Optional[RemoteServer]:
+    """Start a listener for remote clients if the cluster's options ask for one."""
+    plan = listen_address(cluster.options)
+    if plan is None:
+        return None
+    address, security = plan
+    return RemoteServer(cluster, address, security)
+
+
+class RemoteServer:
+    """The listening socket, its accept thread and the open sessions of one cluster."""
+
+    def __init__(self, cluster, address: str, security: Optional[Security] = None):
+        from ..comm.tcp import Listener
+
+        self.cluster = cluster
+        self.logger = _scheduler_logger(cluster)
+        self.security = security
+        self.secret = new_secret()
+        self._listener = Listener(address, self.secret, security, on_reject=self._on_reject,
+                                  publish_secret=True)  # fmt: skip
+        self.address = self._listener.address
+        self.codec = ThreadModeCodec() if not cluster.scheduler.processes else ProcessModeCodec()
+        self.machine = machine_id()
+        self.sessions: set = set()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._thread = threading.Thread(target=self._accept_loop, name="minidist-remote-accept",
+                                        daemon=True)  # fmt: skip
+        self._thread.start()
+        self.logger.info("Scheduler listening for clients at %s", self.address)
+
+    def __repr__(self) -> str:
+        return f"<RemoteServer {self.address} sessions={len(self.sessions)}>"
+
+    def _on_reject(self, peer: str, reason: str) -> None:
+        self.logger.warning("Refused a connection from %s: %s", peer, reason)
+
+    def _accept_loop(self) -> None:
+        while not self._closed:
+            try:
+                conn = self._listener.accept()
+            except CommClosedError:
+                return
+            except Exception:
+                if self._closed:
+                    return
+                self.logger.exception("accepting a client connection failed; still listening")
+                continue
+            with self._lock:
+                if self._closed:
+                    conn.close()
+                    return
+                session = TCPSession(self, conn)
+                self.sessions.add(session)
+            session.start()
+
+    def forget(self, session) -> None:
+        with self._lock:
+            self.sessions.discard(session)
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Stop accepting, close every session, remove the secret file. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            sessions = list(self.sessions)
+        self._listener.close()
+        for session in sessions:
+            session.close()
+        for session in sessions:
+            session.join(timeout)
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+        self.logger.info("Scheduler stopped listening at %s", self.address)
+
+
+class _ClientSlot:
+    """What ``scheduler.sessions[client_id]`` holds for a remote client: reports go to its session."""
+
+    __slots__ = ("session", "client_id")
+
+    def __init__(self, session: Session, client_id: str):
+        self.session = session
+        self.client_id = client_id
+
+    def report(self, items: list) -> None:
+        self.session.send(("report", self.client_id, items))
+
+    def take_releases(self) -> list:
+        return []  # remote clients send their releases themselves (see remote/client.py)
+
+
+class Session:
+    """The transport-independent part of serving one connection."""
+
+    def __init__(self, cluster, codec, logger: logging.Logger, peer: str):
+        self.cluster = cluster
+        self.scheduler = cluster.scheduler
+        self.codec = codec
+        self.logger = logger
+        self.peer = peer
+        self.client_ids: set = set()
+        self.same_machine = False
+        self.closed = False
+
+    def send(self, message: tuple) -> None:
+        raise NotImplementedError
+
+    def welcome(self) -> dict:
+        cluster = self.cluster
+        store = getattr(cluster, "segment_store", None)
+        return {
+            "scheduler_address": cluster.scheduler_address, "cluster_id": cluster.cluster_id,
+            "name": str(getattr(cluster, "name", "")), "type": type(cluster).__name__,
+            "processes": self.scheduler.processes, "machine": machine_id(),
+            "shm_threshold": store.threshold if store is not None else None,
+            "dashboard_link": getattr(cluster, "dashboard_link", None),
+        }  # fmt: skip
+
+    def handle_frame(self, data) -> None:
+        try:
+            messages = decode(data)
+        except MalformedMessage as exc:
+            self.logger.warning("Dropped a malformed message from %s: %s", self.peer, exc)
+            return
+        for message in messages:
+            try:
+                self.handle(message)
+            except MalformedMessage as exc:
+                self.logger.warning("Dropped a malformed message from %s: %s", self.peer, exc)
+            except Exception:
+                self.logger.exception("Dropped a message from %s that could not be handled", self.peer)
+
+    def handle(self, message) -> None:
+        if not isinstance(message, tuple) or not message:
+            raise MalformedMessage(f"a message must be a non-empty tuple, not {type(message).__name__}")
+        kind = message[0]
+        if kind == "post" and len(message) == 2:
+            check_post(message[1], self.client_ids, self.scheduler.processes)
+            if message[1][0] != "release-pending":  # remote clients send their releases explicitly
+                self.scheduler.post(self.codec.incoming(message[1]))
+        elif kind == "fetch" and len(message) == 3:
+            self._fetch(message[1], message[2])
+        elif kind == "invoke" and len(message) == 5 and isinstance(message[2], str):
+            _, request_id, name, args, kwargs = message
+            if not isinstance(args, tuple) or not isinstance(kwargs, dict):
+                raise MalformedMessage("invoke needs a tuple of arguments and a dict of keywords")
+            threading.Thread(target=self._invoke, args=(request_id, name, args, kwargs),
+                             name="minidist-remote-op", daemon=True).start()  # fmt: skip
+        elif kind == "register" and len(message) == 2 and isinstance(message[1], str):
+            if message[1] == FIRE_AND_FORGET or message[1] in self.scheduler.sessions:
+                raise MalformedMessage(f"client id {message[1]!r} is taken")
+            self.client_ids.add(message[1])
+            self.scheduler.sessions[message[1]] = _ClientSlot(self, message[1])
+        elif kind == "unregister" and len(message) == 2:
+            if message[1] in self.client_ids:
+                self.client_ids.discard(message[1])
+                self.scheduler.sessions.pop(message[1], None)
+        elif kind == "hello" and len(message) == 3:
+            self.same_machine = message[1] == machine_id()
+            self.client_ids.add(FIRE_AND_FORGET)  # fire_and_forget posts under this pseudo-client
+            self.send(("welcome", self.welcome()))
+        else:
+            raise MalformedMessage(f"unknown message {kind!r} with {len(message)} fields")
+
+    def _fetch(self, request_id, key) -> None:
+        try:
+            value = self.codec.stored_value(self.scheduler.fetch(key))
+            if not self.same_machine:
+                value = inline_payload(value)
+        except KeyError:
+            self.send(("reply", request_id, False, KeyError(key)))
+        except Exception as exc:
+            self.send(("reply", request_id, False, portable_exception(exc)))
+        else:
+            self.send(("reply", request_id, True, value))
+
+    def _invoke(self, request_id, name: str, args: tuple, kwargs: dict) -> None:
+        try:
+            args = self.codec.invoke_args(name, args)
+            result = self.cluster.operations.invoke(name, *args, **kwargs)
+            reply = ("reply", request_id, True, self.codec.invoke_result(name, result))
+        except BaseException as exc:  # noqa: B036 - every failure goes back to the caller
+            reply = ("reply", request_id, False, portable_exception(exc))
+        try:
+            self.send(reply)
+        except Exception:
+            self.logger.debug("could not answer %s: its connection is gone", self.peer)
+
+    def release_clients(self) -> None:
+        """The connection is gone: drop its clients and release whatever they still wanted."""
+        client_ids = [c for c in self.client_ids if c != FIRE_AND_FORGET]
+        self.client_ids.clear()
+        for client_id in client_ids:
+            self.scheduler.sessions.pop(client_id, None)
+        if client_ids and not self.scheduler._closing:
+            self.scheduler.call(_release_everything, client_ids)
+
+
+def _release_everything(scheduler, client_ids: list) -> None:
+    """Scheduler thread: forget every want of ``client_ids`` (their connection closed)."""
+    state = scheduler.state
+    for client_id in client_ids:
+        keys = [key for key, ts in state.tasks.items() if client_id in ts.who_wants]
+        if keys:
+            scheduler.apply_now(state.client_releases(client_id, keys))
+
+
+class TCPSession(Session):
+    """One authenticated connection: a reader thread and a writer thread."""
+
+    def __init__(self, server: RemoteServer, conn):
+        super().__init__(server.cluster, server.codec, server.logger, conn.peer)
+        self.server = server
+        self.conn = conn
+        self._outbox: queue.SimpleQueue = queue.SimpleQueue()
+        number = next(_connection_numbers)
+        self._reader = threading.Thread(target=self._read_loop, name=f"minidist-remote-read-{number}",
+                                        daemon=True)  # fmt: skip
+        self._writer = threading.Thread(target=self._write_loop, name=f"minidist-remote-write-{number}",
+                                        daemon=True)  # fmt: skip
+
+    def start(self) -> None:
+        self.logger.info("Client connection from %s", self.peer)
+        self._writer.start()
+        self._reader.start()
+
+    def send(self, message: tuple) -> None:
+        if message[0] == "report":
+            message = ("report", message[1], portable_items(message[2]))
+        self._outbox.put(message)
+
+    def _read_loop(self) -> None:
+        from ..comm.tcp import ProtocolError
+
+        conn = self.conn
+        while True:
+            try:
+                data = conn.recv_bytes()
+            except CommClosedError:
+                break
+            except ProtocolError as exc:
+                self.logger.warning("Closed the connection from %s: %s", self.peer, exc)
+                break
+            except Exception:
+                self.logger.exception("Reading from %s failed; closing its connection", self.peer)
+                break
+            self.handle_frame(data)
+        self._finish()
+
+    def _write_loop(self) -> None:
+        while True:
+            batch, done = next_batch(self._outbox)
+            if batch:
+                try:
+                    self.conn.send_bytes(encode(batch))
+                except CommClosedError:
+                    return
+                except Exception:
+                    self.logger.exception("Could not send to %s; closing its connection", self.peer)
+                    self.conn.close()
+                    return
+            if done:
+                return
+
+    def _finish(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.logger.info("Client connection from %s closed", self.peer)
+        self.release_clients()
+        self._outbox.put(None)
+        self.conn.close()
+        self.server.forget(self)
+
+    def close(self) -> None:
+        self.closed = True
+        self._outbox.put(None)
+        self.conn.close()
+
+    def join(self, timeout: float) -> None:
+        for thread in (self._reader, self._writer):
+            if thread is not threading.current_thread() and thread.is_alive():
+                thread.join(timeout)
+
+
+# ------------------------------------------------------------------------ clients inside workers
+
+
+class WorkerSession(Session):
+    """Serves the clients of tasks inside one process worker, over that worker's pipe."""
+
+    def __init__(self, cluster, handle, thread_id: int):
+        super().__init__(cluster, ProcessModeCodec(), _scheduler_logger(cluster), handle.address)
+        self.worker = handle  # the ProcessWorkerHandle
+        self.same_machine = True
+        self._thread_id = thread_id  # the scheduler thread, which owns the handle's pipe
+
+    def send(self, message: tuple) -> None:
+        if message[0] == "report":
+            message = ("report", message[1], portable_items(message[2]))
+        if threading.get_ident() == self._thread_id:
+            self._deliver(message)
+        else:  # only the scheduler thread may write to a worker's pipe
+            self.scheduler.call(lambda scheduler: self._deliver(message))
+
+    def _deliver(self, message: tuple) -> None:
+        if self.closed:
+            return
+        if self.worker.address not in self.scheduler.workers:
+            self.closed = True
+            self.release_clients()  # the worker is gone, and so are its clients
+            return
+        try:
+            self.worker.send_messages([("client-reply", encode([message]))])
+        except (OSError, ValueError):
+            self.logger.debug("could not answer a client in %s", self.worker.address)
+
+
+def route_worker_client(cluster, scheduler, handle, frame) -> None:
+    """``handle.client_router`` for process workers: a frame from a client inside a task."""
+    session = getattr(handle, "client_session", None)
+    if session is None:
+        session = handle.client_session = WorkerSession(cluster, handle, threading.get_ident())
+        _drop_dead_worker_sessions(scheduler)
+    session.handle_frame(frame)
+
+
+def _drop_dead_worker_sessions(scheduler) -> None:
+    for slot in list(scheduler.sessions.values()):
+        session = getattr(slot, "session", None)
+        if isinstance(session, WorkerSession) and session.worker.address not in scheduler.workers:
+            session.closed = True
+            session.release_clients()

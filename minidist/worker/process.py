@@ -71,12 +71,20 @@ class ProcessWorker:
             resources=init.get("resources"),
         )
         self.runtime.process_worker = self  # type: ignore[attr-defined]
+        self.runtime.client_factory = self.task_client_factory  # get_client() inside tasks
+        self.task_client = None  # made on first use by minidist.remote.client.worker_task_client
         self.closing = False
 
     def send(self, batch: list) -> None:
         data = pickle.dumps(batch, protocol=5)
         with self._send_lock:
             self.conn.send_bytes(data)
+
+    def task_client_factory(self):
+        """The Client of tasks on this worker, talking to the scheduler through this pipe."""
+        from ..remote.client import worker_task_client
+
+        return worker_task_client(self)
 
     def encode_result(self, value) -> tuple:
         payload = serialize(value, self.store)

@@ -1,0 +1,395 @@
+"""The client side of the remote protocol: a cluster proxy that ``Client`` uses like a local cluster.
+
+``connect_cluster(address)`` returns a ``RemoteCluster`` whose ``scheduler`` and ``operations`` look like
+a LocalCluster's to ``Client``, but forward over one connection::
+
+    Client ──post(msg)──► RemoteScheduler ──► outbox ──► sender thread ──encode──► transport
+    Client ◄─report(items)── sessions[client_id] ◄── dispatch ◄── reader (thread or worker pipe)
+    fetch / invoke ──► request id + concurrent Future ──► ... ──► ("reply", id, ok, value) sets it
+
+Two transports share everything else (``ClientLink``):
+
+- ``TCPLink``: a ``Connection`` to a scheduler's listener, with a reader thread of its own.
+- ``WorkerLink``: inside a process worker, for ``get_client()`` in tasks. Frames travel in the worker's
+  own messages (``("client", frame)`` up, ``("client-reply", frame)`` down) and the worker's main
+  thread hands replies to ``receive``.
+
+``post`` only appends to a queue (safe even from ``Future.__del__``); the sender thread drains it, so a
+burst of submissions and releases costs one frame. When the connection is lost every wait fails with
+CommClosedError: pending requests, and the pending futures of every client on this link.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+import logging
+import queue
+import threading
+from typing import Optional
+
+from ..comm.serialize import Payload
+from ..comm.shm import SegmentStore
+from ..errors import CommClosedError
+from .protocol import decode, encode, machine_id, next_batch
+
+logger = logging.getLogger("minidist.client")
+
+_DEFAULT_TIMEOUT = 10.0
+_link_numbers = itertools.count(1)
+
+
+class _Sessions(dict):
+    """``scheduler.sessions`` of a remote cluster: registering a client tells the scheduler."""
+
+    def __init__(self, link: ClientLink):
+        super().__init__()
+        self._link = link
+
+    def __setitem__(self, client_id, client) -> None:
+        super().__setitem__(client_id, client)
+        self._link.enqueue(("register", client_id))
+
+    def pop(self, client_id, *default):
+        found = super().pop(client_id, *default)
+        try:
+            self._link.enqueue(("unregister", client_id))
+        except CommClosedError:
+            pass
+        return found
+
+
+class ClientLink:
+    """Requests out through a sender thread, replies and reports in; transport-independent."""
+
+    def __init__(self, peer: str):
+        self.peer = peer
+        self.sessions = _Sessions(self)
+        self.info: dict = {}
+        self._welcome = threading.Event()
+        self._outbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._pending: dict = {}  # request id -> concurrent.futures.Future
+        self._request_ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self.closed = False
+        self.lost_reason: Optional[str] = None
+        self._sender = threading.Thread(target=self._send_loop, daemon=True,
+                                        name=f"minidist-client-send-{next(_link_numbers)}")  # fmt: skip
+
+    # --------------------------------------------------------------------------------------- sending
+
+    def start(self, timeout: float) -> dict:
+        """Start the sender, say hello, wait for the scheduler's welcome; returns its info."""
+        self._sender.start()
+        self.enqueue(("hello", machine_id(), None))
+        if not self._welcome.wait(timeout):
+            self.close()
+            raise TimeoutError(f"The scheduler at {self.peer} did not answer within {timeout:g}s")
+        if self.lost_reason is not None:
+            raise CommClosedError(self.lost_reason)
+        return self.info
+
+    def enqueue(self, message: tuple) -> None:
+        if self.closed:
+            raise CommClosedError(self.lost_reason or f"The connection to {self.peer} is closed")
+        self._outbox.put(message)
+
+    def post(self, message: tuple) -> None:
+        if message[0] == "release-pending":
+            # take the keys now: each was released after its submission was queued, so the release
+            # goes out after it (batching happens in the sender, which packs the queue into one frame)
+            session = self.sessions.get(message[1])
+            keys = session.take_releases() if session is not None else ()
+            if not keys:
+                return
+            message = ("release", message[1], tuple(keys))
+        self.enqueue(("post", message))
+
+    def request(self, *message) -> concurrent.futures.Future:
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        request_id = next(self._request_ids)
+        with self._lock:
+            if self.closed:
+                future.set_exception(CommClosedError(self.lost_reason or f"The connection to {self.peer} is closed"))
+                return future
+            self._pending[request_id] = future
+        self._outbox.put((message[0], request_id, *message[1:]))
+        return future
+
+    def _send_loop(self) -> None:
+        while True:
+            batch, done = next_batch(self._outbox)
+            if batch:
+                try:
+                    self.transmit(encode(batch))
+                except Exception as exc:
+                    self.lost(f"Lost the connection to the scheduler at {self.peer}: {exc}")
+                    return
+            if done:
+                return
+
+    def transmit(self, frame: bytes) -> None:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------------------------- receiving
+
+    def receive(self, frame: bytes) -> None:
+        """A frame from the scheduler (reader thread, or a worker's main thread): never blocks."""
+        for message in decode(frame):
+            kind = message[0]
+            if kind == "report":
+                client = self.sessions.get(message[1])
+                if client is not None:
+                    client.report(message[2])
+            elif kind == "reply":
+                _, request_id, ok, value = message
+                with self._lock:
+                    future = self._pending.pop(request_id, None)
+                if future is None:
+                    continue
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
+            elif kind == "welcome":
+                self.info = message[1]
+                self._welcome.set()
+
+    def lost(self, reason: str) -> None:
+        """The connection is gone: every pending request and future fails with CommClosedError."""
+        with self._lock:
+            if self.lost_reason is None:
+                self.lost_reason = reason
+            was_closed, self.closed = self.closed, True
+            pending, self._pending = self._pending, {}
+        self._outbox.put(None)  # lets the sender leave
+        self._welcome.set()
+        error = CommClosedError(self.lost_reason)
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(error)
+        if was_closed:
+            return
+        for client in list(dict.values(self.sessions)):
+            states = getattr(client, "_states", {})
+            keys = [key for key, state in list(states.items()) if state.status == "pending"]
+            if keys:
+                client.report([(key, "erred", CommClosedError(self.lost_reason), "") for key in keys])
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Send what is queued, then hang up. Idempotent."""
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+            if self.lost_reason is None:
+                self.lost_reason = f"The connection to {self.peer} was closed by this client"
+        self._outbox.put(None)
+        if self._sender.is_alive() and threading.current_thread() is not self._sender:
+            self._sender.join(timeout)
+        self.lost(self.lost_reason)
+        self.hang_up(timeout)
+
+    def hang_up(self, timeout: float) -> None:
+        pass
+
+
+class TCPLink(ClientLink):
+    """A link over an authenticated TCP/TLS connection."""
+
+    def __init__(self, conn, address: str):
+        super().__init__(address)
+        self.conn = conn
+        self._reader = threading.Thread(target=self._read_loop, daemon=True,
+                                        name=f"minidist-client-read-{next(_link_numbers)}")  # fmt: skip
+
+    def start(self, timeout: float) -> dict:
+        self._reader.start()
+        return super().start(timeout)
+
+    def transmit(self, frame: bytes) -> None:
+        self.conn.send_bytes(frame)
+
+    def _read_loop(self) -> None:
+        while True:
+            try:
+                frame = self.conn.recv_bytes()
+            except Exception as exc:
+                self.lost(f"Lost the connection to the scheduler at {self.peer}: {exc}")
+                return
+            try:
+                self.receive(frame)
+            except Exception as exc:  # a frame we cannot read: the stream can no longer be trusted
+                self.conn.close()
+                self.lost(f"The scheduler at {self.peer} sent an unreadable message: {exc}")
+                return
+
+    def hang_up(self, timeout: float) -> None:
+        self.conn.close()
+        if threading.current_thread() is not self._reader and self._reader.is_alive():
+            self._reader.join(timeout)
+
+
+class WorkerLink(ClientLink):
+    """A link from a task inside a process worker, through the worker's pipe to the scheduler."""
+
+    def __init__(self, process_worker):
+        super().__init__(f"the scheduler of worker {process_worker.runtime.address}")
+        self.process_worker = process_worker
+
+    def transmit(self, frame: bytes) -> None:
+        self.process_worker.runtime.report(("client", frame))
+
+    def receive(self, frame: bytes) -> None:
+        try:
+            super().receive(frame)
+        except Exception:  # the worker's main thread calls this: it must never fail
+            logger.exception("a client inside worker %s could not read a reply", self.peer)
+
+
+# ------------------------------------------------------------------------------------- the proxies
+
+
+class RemoteScheduler:
+    """What ``Client`` calls ``scheduler``: post, fetch and the sessions table, over a link."""
+
+    processes = True  # remote clients always pickle: the server converts for thread workers
+
+    def __init__(self, link: ClientLink, info: dict):
+        self.link = link
+        self.sessions = link.sessions
+        self.cluster_id = info.get("cluster_id")
+
+    def post(self, message: tuple) -> None:
+        self.link.post(message)
+
+    def fetch_async(self, key) -> concurrent.futures.Future:
+        """The stored value of ``key`` as a concurrent Future (KeyError if it is gone)."""
+        return self.link.request("fetch", key)
+
+    def fetch(self, key) -> Payload:
+        return self.fetch_async(key).result()
+
+
+class RemoteOperations:
+    """What ``Client`` calls ``operations``: named operations run by the scheduler's process."""
+
+    def __init__(self, link: ClientLink):
+        self.link = link
+
+    def invoke(self, name: str, *args, **kwargs):
+        return self.link.request("invoke", name, args, kwargs).result()
+
+    def invoke_async(self, name: str, *args, **kwargs) -> concurrent.futures.Future:
+        return self.link.request("invoke", name, args, kwargs)
+
+
+class RemoteCluster:
+    """A cluster in another process (or the one that owns this worker), seen through one link."""
+
+    def __init__(self, link: ClientLink, info: dict, segment_store: Optional[SegmentStore] = None):
+        self.link = link
+        self.info = info
+        self.scheduler = RemoteScheduler(link, info)
+        self.operations = RemoteOperations(link)
+        self.scheduler_address = info.get("scheduler_address")
+        self.dashboard_link = info.get("dashboard_link")
+        self.name = info.get("name")
+        self.cluster_id = info.get("cluster_id")
+        self.processes = True
+        self.segment_store = segment_store
+        self.status = "running"
+
+    def __repr__(self) -> str:
+        return f"<RemoteCluster {self.scheduler_address!r} ({self.info.get('type', 'cluster')})>"
+
+    def scheduler_info(self) -> dict:
+        return self.operations.invoke("scheduler_info")
+
+    def scale(self, n: int) -> None:
+        self.operations.invoke("scale", n)
+
+    def get_logs(self, cluster: bool = True, scheduler: bool = True, workers: bool = True) -> dict:
+        return self.operations.invoke("get_logs", cluster=cluster, scheduler=scheduler, workers=workers)
+
+    def _summary(self) -> dict:
+        from ..deploy.memory import format_bytes
+
+        workers = list(self.scheduler_info()["workers"].values())
+        memory = [w["memory_limit"] for w in workers if w.get("memory_limit")]
+        total = sum(memory) if memory and len(memory) == len(workers) else None
+        return {"workers": len(workers), "threads": sum(w["nthreads"] for w in workers),
+                "memory": total, "memory_text": format_bytes(total) if total else "no limit"}  # fmt: skip
+
+    def _repr_html_(self) -> str:
+        from ..dashboard.pages import repr_html
+
+        summary = self._summary()
+        snap = {"cluster": {"scheduler_address": self.scheduler_address, "status": self.status,
+                            "n_workers": summary["workers"], "threads": summary["threads"],
+                            "memory_limit": summary["memory"]}, "workers": []}  # fmt: skip
+        return repr_html(self.info.get("type", "Cluster"), snap, self.dashboard_link)
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Close the connection only; the cluster itself goes on."""
+        self.status = "closed"
+        self.link.close(timeout)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+
+def _store_for(info: dict) -> Optional[SegmentStore]:
+    """Shared memory for arguments and scatter, when the scheduler is a process-mode one on this machine."""
+    if not info.get("processes") or info.get("shm_threshold") is None or info.get("machine") != machine_id():
+        return None
+    return SegmentStore(info["cluster_id"], threshold=info["shm_threshold"])
+
+
+def connect_cluster(address: str, security=None, timeout=None, secret: Optional[bytes] = None,
+                    **kwargs) -> RemoteCluster:  # fmt: skip
+    """Connect to the scheduler at ``address`` (``tcp://host:port`` or ``tls://host:port``).
+
+    ``secret`` defaults to the one the scheduler published for this address (same user, same machine).
+    Raises AuthenticationError for a wrong or missing secret, ConnectionRefusedError when nothing
+    listens there.
+    """
+    from ..comm.tcp import connect
+
+    if kwargs:
+        raise TypeError(f"Client(address) takes no cluster keywords; got {sorted(kwargs)}")
+    if security is True:
+        raise ValueError("security=True makes sense for a new cluster; to connect to one, pass its "
+                         "Security object (cluster.security)")  # fmt: skip
+    timeout = _DEFAULT_TIMEOUT if timeout is None else float(timeout)
+    conn = connect(address, secret=secret, security=security or None, timeout=timeout)
+    link = TCPLink(conn, address)
+    try:
+        info = link.start(timeout)
+    except BaseException:
+        link.close()
+        raise
+    return RemoteCluster(link, info, _store_for(info))
+
+
+def worker_task_client(process_worker):
+    """The Client that ``get_client()`` returns inside a task on a process worker (made once)."""
+    from ..client import Client
+
+    with _worker_lock:
+        client = getattr(process_worker, "task_client", None)
+        if client is not None and not client._closed:
+            return client
+        link = WorkerLink(process_worker)
+        process_worker.client_link = link
+        info = link.start(_DEFAULT_TIMEOUT)
+        cluster = RemoteCluster(link, info, process_worker.store)
+        client = Client(cluster, set_as_default=False)
+        process_worker.task_client = client
+        return client
+
+
+_worker_lock = threading.Lock()
