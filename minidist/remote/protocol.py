@@ -34,7 +34,7 @@ from ..comm.serialize import Payload, deserialize, loads_function, serialize
 from ..comm.shm import SharedBuffer, open_segment
 from ..scheduler.instructions import NewTask
 
-POST_KINDS = ("update_graph", "release", "release-pending", "scatter", "cancel")
+POST_KINDS = ("update_graph", "release", "release-pending", "scatter", "cancel", "retry")
 
 
 class MalformedMessage(ValueError):
@@ -172,10 +172,10 @@ def check_post(message, client_ids, processes: bool) -> None:
         kind = message[0] if isinstance(message, tuple) and message else type(message).__name__
         raise MalformedMessage(f"{kind!r} is not a message a client may post")
     kind = message[0]
-    shapes = {"update_graph": 4, "release": 3, "release-pending": 2, "scatter": 4, "cancel": 2}
+    shapes = {"update_graph": 4, "release": 3, "release-pending": 2, "scatter": 4, "cancel": 2, "retry": 2}
     if len(message) != shapes[kind]:
         raise MalformedMessage(f"a {kind!r} message has {shapes[kind]} fields, not {len(message)}")
-    if kind != "cancel" and message[1] not in client_ids:
+    if kind not in ("cancel", "retry") and message[1] not in client_ids:
         raise MalformedMessage(f"{kind!r} for client {message[1]!r}, which did not register here")
     if kind == "update_graph":
         tasks = message[2]
@@ -190,7 +190,7 @@ def check_post(message, client_ids, processes: bool) -> None:
             raise MalformedMessage("scatter needs matching dicts of values and sizes")
         if any(type(v) is not Payload for v in values.values()):
             raise MalformedMessage("scattered values must be Payloads")
-    elif kind in ("release", "cancel"):
+    elif kind in ("release", "cancel", "retry"):
         if not isinstance(message[-1], (tuple, list)):
             raise MalformedMessage(f"{kind!r} needs a sequence of keys")
 
