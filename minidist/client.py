@@ -14,6 +14,7 @@ scheduler is told, so results are freed as soon as nobody can ask for them.
 from __future__ import annotations
 
 import atexit
+import collections
 import hashlib
 import logging
 import threading
@@ -117,7 +118,10 @@ class Client(ClientOperations):
         self.processes = self.scheduler.processes
         self._states: dict = {}  # key -> FutureState
         self._refcounts: dict = {}  # key -> number of live Future objects in this client
-        self._releases: list = []  # keys whose last Future went, not yet told to the scheduler
+        # keys whose last Future went, not yet told to the scheduler: batches, oldest first, one
+        # "release-pending" message each; a submission closes the open batch (see _cut_releases)
+        self._releases: collections.deque = collections.deque()
+        self._open_releases: Optional[list] = None
         self._lock = threading.Lock()
         self._condition = threading.Condition(self._lock)
         self._functions: dict = {}  # id(func) -> (func, function_id, blob)
@@ -184,6 +188,7 @@ class Client(ClientOperations):
                 state = self._states[key] = FutureState()
                 self._refcounts[key] = 1
                 first = True
+                self._cut_releases()
             else:
                 self._refcounts[key] += 1
                 first = False
@@ -200,7 +205,14 @@ class Client(ClientOperations):
                 self._refcounts[key] = 1
             else:
                 self._refcounts[key] += 1
+            self._cut_releases()
         return Future(key, self, state=state)
+
+    def _cut_releases(self) -> None:
+        """(Lock held.) A message that makes the scheduler want keys is about to be posted: releases
+        from now on go in a new batch, whose message follows it. Otherwise a release could join a batch
+        whose message was posted earlier and reach the scheduler before the task it releases."""
+        self._open_releases = None
 
     def _release_key(self, key) -> None:
         with self._lock:
@@ -210,21 +222,31 @@ class Client(ClientOperations):
                 return
             self._refcounts.pop(key, None)
             self._states.pop(key, None)
-            self._releases.append(key)
-            first = len(self._releases) == 1
+            batch = self._open_releases
+            if batch is None:
+                batch = self._open_releases = []
+                self._releases.append(batch)
+            batch.append(key)
+            first = len(batch) == 1
         if first and not self._closed:
             # one message for a whole burst of releases (e.g. a list of 10,000 futures dropped at once):
             # the scheduler collects them with take_releases() when it gets to this message
             self.scheduler.post(("release-pending", self.id))
 
     def take_releases(self) -> list:
-        """Called by the scheduler thread: the keys released since the last call."""
+        """Called once per "release-pending" message: the oldest batch of released keys."""
         with self._lock:
-            keys, self._releases = self._releases, []
+            if not self._releases:
+                return []
+            keys = self._releases.popleft()
+            if keys is self._open_releases:
+                self._open_releases = None
         return keys
 
     def _fire_and_forget(self, key) -> None:
         # a pseudo-client wants the key until it is done (see scheduler.server.FireAndForget)
+        with self._lock:
+            self._cut_releases()
         self.scheduler.post(("update_graph", FIRE_AND_FORGET, (), (key,)))
 
     # ---------------------------------------------------------------------------------- submissions
