@@ -446,9 +446,44 @@ class Client(ClientOperations):
             self._wait_until(lambda: all(f._state.status == "cancelled" or f._released for f in futures),
                              time.monotonic() + 10)  # fmt: skip
 
-    def retry(self, futures, asynchronous=None) -> list:
-        """Resubmit erred futures (their tasks run again under the same keys)."""
-        raise NotImplementedError("retry is not supported yet; submit the function again")
+    def retry(self, futures, asynchronous=None) -> None:
+        """Run erred futures' tasks again (and the erred tasks they depend on), under the same keys."""
+        futures = [f for f in futures_in(futures) if f.status == "error"]
+        with self._lock:
+            for future in futures:
+                future._state.status = "pending"
+                future._state.exception = future._state.traceback = None
+        if futures:
+            self.scheduler.post(("retry", tuple(f.key for f in futures)))
+
+    # ------------------------------------------------------------------------------ dask graphs
+
+    def compute(self, collections, sync: bool = False, optimize_graph: bool = True, priority: int = 0,
+                **kwargs):  # fmt: skip
+        """Run dask collections on this cluster: a Future per collection (results with ``sync=True``)."""
+        from .integrations.dask import compute
+
+        self._check_open()
+        return compute(self, collections, optimize_graph=optimize_graph, priority=priority, sync=sync)
+
+    def get(self, dsk, keys, **kwargs):
+        """The dask scheduler interface: ``x.compute(scheduler=client.get)``."""
+        from .integrations.dask import get
+
+        self._check_open()
+        return get(self, dsk, keys, **kwargs)
+
+    def _graph_task(self, function, key, args: tuple, dependencies, priority: int = 0):
+        """A task with an explicit key whose arguments already hold DependencyRefs (dask graphs)."""
+        function_id, blob = self._function_ref(function)
+        if self.processes:
+            run_spec = (function_id, blob, serialize((args, {}), self._store))
+        else:
+            run_spec = (function, args, {})
+        return new_task(key, dependencies, run_spec, priority=priority)
+
+    def _post_graph(self, tasks: list, wanted: list) -> None:
+        self.scheduler.post(("update_graph", self.id, tuple(tasks), tuple(wanted)))
 
     def futures_of(self, obj) -> list:
         return futures_in(obj)

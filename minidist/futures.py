@@ -104,8 +104,9 @@ class Future:
     def cancel(self, **kwargs) -> None:
         self.client.cancel([self], **kwargs)
 
-    def retry(self, **kwargs) -> Future:
-        return self.client.retry([self], **kwargs)[0]
+    def retry(self, **kwargs) -> None:
+        """Run this erred future's task again."""
+        self.client.retry([self], **kwargs)
 
     def release(self) -> None:
         """Drop this handle now rather than at garbage collection."""

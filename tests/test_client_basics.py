@@ -274,6 +274,28 @@ def test_retries_rerun_a_flaky_task(client):
     assert client.submit(flaky, uuid.uuid4().hex, retries=1).result(timeout=10) == "ok"
 
 
+def test_retry_reruns_an_erred_future_and_its_erred_dependencies(client):
+    import uuid
+
+    def fails_once(marker):
+        import os
+
+        if not os.path.exists(marker):
+            open(marker, "w").close()
+            raise RuntimeError("first attempt fails")
+        os.unlink(marker)
+        return 10
+
+    marker = f"/tmp/minidist-retry-{uuid.uuid4().hex}"
+    upstream = client.submit(fails_once, marker)
+    downstream = client.submit(inc, upstream)
+    with pytest.raises(RuntimeError):
+        downstream.result(timeout=10)
+    downstream.retry()
+    assert downstream.result(timeout=10) == 11
+    assert upstream.result() == 10
+
+
 def test_run_returns_a_result_per_worker(client):
     results = client.run(operator.add, 1, 2)
     assert set(results) == set(client.scheduler_info()["workers"])

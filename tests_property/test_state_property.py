@@ -106,6 +106,14 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.wanted.discard(key)
         self.apply(self.state.client_releases("client", [key]))
 
+    @precondition(lambda self: any(self.state.tasks[k].state == "erred"
+                                   for k in self.wanted if k in self.state.tasks))  # fmt: skip
+    @rule(data=st.data())
+    def retry(self, data):
+        erred = sorted(k for k in self.wanted if k in self.state.tasks and self.state.tasks[k].state == "erred")
+        key = data.draw(st.sampled_from(erred))
+        self.apply(self.state.retry([key]))
+
     @precondition(lambda self: self.wanted)
     @rule(data=st.data())
     def cancel(self, data):
@@ -182,7 +190,7 @@ class SchedulerMachine(RuleBasedStateMachine):
                 expected = "memory" if ts.state == "memory" else "erred"
                 assert self.reports.get(key) == expected
                 if expected == "erred":
-                    assert isinstance(ts.exception, (ValueError, KilledWorker))
+                    assert isinstance(ts.exception, (ValueError, KilledWorker, KeyError))
         self.apply(state.client_releases("client", list(self.wanted)))
         assert not state.tasks, state.tasks
         for ws in state.workers.values():

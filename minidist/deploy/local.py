@@ -80,6 +80,7 @@ class LocalCluster:
                          "processes" if self.processes else "threads")  # fmt: skip
         for _ in range(options.n_workers):
             self._start_worker()
+        self.scheduler.call(lambda scheduler: None).result(30)  # every worker registered (FIFO inbox)
         self.services = ClusterServices(self)  # the dashboard, if dashboard_address asks for one
         # remote clients: a TCP/TLS listener when the options ask for one (minidist/remote/server.py)
         self.listener = serve_remote_clients(self)

@@ -287,6 +287,8 @@ class Scheduler:
                 self._apply(state.client_releases(message[1], session.take_releases()), outgoing, reports)
         elif kind == "cancel":
             self._apply(state.cancel(message[1]), outgoing, reports)
+        elif kind == "retry":
+            self._apply(state.retry(message[1]), outgoing, reports)
         elif kind == "scatter":
             _, client_id, values, nbytes = message
             for key, value in values.items():

@@ -171,7 +171,12 @@ class SchedulerState(Placement):
 
     def _initial_transition(self, ts: TaskState, out: list) -> None:
         for dep_key in ts.dependencies:
-            dep = self.tasks[dep_key]
+            dep = self.tasks.get(dep_key)
+            if dep is None:  # only on retry: an erred dependency nobody wanted was forgotten
+                error = KeyError(f"Cannot run {ts.key!r} again: its dependency {dep_key!r} was "
+                                 "released; submit it again")  # fmt: skip
+                self._set_erred(ts, error, None, out)
+                return
             if dep.state == "erred":
                 self._set_erred(ts, dep.exception, dep.traceback, out)
                 return
@@ -222,6 +227,39 @@ class SchedulerState(Placement):
                 dep = self.tasks.get(dep_key)
                 if dep is not None:
                     self._maybe_forget(dep, out)
+        self._fill_workers(out)
+        return out
+
+    def retry(self, keys: Iterable[Key]) -> list:
+        """Run erred tasks again, with the erred tasks they depend on (dask's ``Client.retry``)."""
+        out: list = []
+        chosen: dict = {}
+        stack = [self.tasks[k] for k in keys if k in self.tasks and self.tasks[k].state == "erred"]
+        while stack:
+            ts = stack.pop()
+            if ts.key in chosen:
+                continue
+            chosen[ts.key] = ts
+            stack.extend(d for k in ts.dependencies if (d := self.tasks.get(k)) is not None
+                         and d.state == "erred")  # fmt: skip
+        for ts in chosen.values():
+            self._leave_state(ts)
+            ts.exception = ts.traceback = None
+            ts.suspicious = 0
+            ts.waiting_on.clear()
+        done: set = set()
+
+        def restart(ts: TaskState) -> None:  # dependencies first, so dependents see them pending
+            if ts.key in done:
+                return
+            done.add(ts.key)
+            for dep_key in ts.dependencies:
+                if dep_key in chosen:
+                    restart(chosen[dep_key])
+            self._initial_transition(ts, out)
+
+        for ts in chosen.values():
+            restart(ts)
         self._fill_workers(out)
         return out
 
