@@ -12,9 +12,12 @@ seconds, plus the worker table and progress bars it draws from). Each round time
   dashboard, polled   served and polled every --interval seconds
 
 and the ratio polled / no dashboard of the medians (the issue's goal: at most 1.05). Wall times on a busy
-2-core machine are noisy, so it also prints what one poll costs with --tasks tasks held in memory (medians
-of 20): the scheduler thread's share (the copy made by ``scheduler.call``), the whole snapshot, and the
-whole HTTP answer; twice a second, that cost over one second is the most a poll can slow the engine.
+2-core machine are noisy, so it also prints what one poll costs, in CPU time of this process (all its
+threads; the cluster is idle then), with --tasks tasks held in memory and a full task stream (medians of
+20): the scheduler thread's share (the copy made inside ``scheduler.call``), the whole snapshot, and the
+whole HTTP answer (counting the urllib client, which also runs in this process). Every thread of this
+process shares one GIL with the scheduler, so that cost, times the polls per second, bounds how much a
+watching page can slow the engine.
 """
 
 from __future__ import annotations
@@ -51,18 +54,19 @@ def inc(x):
     return x + 1
 
 
-def run_once(client: Client, start: int, tasks: int) -> float:
-    began = time.perf_counter()
+def run_once(client: Client, start: int, tasks: int) -> tuple[float, float]:
+    """(wall ms, CPU ms of this process) of one map + gather."""
+    began, began_cpu = time.perf_counter(), time.process_time()
     futures = client.map(inc, range(start, start + tasks))
     results = client.gather(futures)
-    elapsed = time.perf_counter() - began
+    elapsed, cpu = time.perf_counter() - began, time.process_time() - began_cpu
     assert results[-1] == start + tasks
     del futures
-    return elapsed * 1000
+    return elapsed * 1000, cpu * 1000
 
 
-def polled_run(client: Client, start: int, args, status_json: str) -> tuple[float, int]:
-    """One timed run while a poller process fetches the status JSON; (milliseconds, polls made)."""
+def polled_run(client: Client, start: int, args, status_json: str) -> tuple[tuple, int]:
+    """One timed run while a poller process fetches the status JSON; (run_once's times, polls made)."""
     poller = subprocess.Popen(
         [sys.executable, "-c", POLLER, status_json, str(args.interval)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
@@ -75,16 +79,25 @@ def polled_run(client: Client, start: int, args, status_json: str) -> tuple[floa
     return elapsed, int(out.strip() or 0)
 
 
-def poll_costs(client: Client, tasks: int, status_json: str) -> dict:
-    """Milliseconds per poll (median of 20) while ``tasks`` finished tasks are held."""
+def _timed_view(scheduler, since):
+    """Runs on the scheduler thread: the CPU time of the view a status poll takes there."""
     from minidist.dashboard.snapshot import _status_view
 
+    began = time.thread_time()
+    _status_view(scheduler, since)
+    return time.thread_time() - began
+
+
+def poll_costs(client: Client, tasks: int, status_json: str) -> dict:
+    """CPU milliseconds per poll (median of 20) while ``tasks`` finished tasks are held."""
     cluster = client.cluster
     futures = client.map(inc, range(-tasks, 0))
     client.gather(futures)
-    since = time.time() - 0.5  # what a page polling twice a second asks for
+    since = (
+        0.0  # the worst case: every task-stream entry is new (the answer takes the newest ones, capped)
+    )
     probes = {
-        "scheduler thread": lambda: cluster.scheduler.call(_status_view, since).result(),
+        "scheduler thread": lambda: cluster.scheduler.call(_timed_view, since).result(),
         "snapshot": lambda: cluster.services.snapshots.status(since),
         "HTTP answer": lambda: urllib.request.urlopen(f"{status_json}?since={since!r}").read(),
     }
@@ -92,10 +105,12 @@ def poll_costs(client: Client, tasks: int, status_json: str) -> dict:
     for label, probe in probes.items():
         samples = []
         for _ in range(20):
-            began = time.perf_counter()
-            probe()
-            samples.append((time.perf_counter() - began) * 1000)
+            began = time.process_time()
+            cpu = probe()
+            samples.append(cpu if label == "scheduler thread" else time.process_time() - began)
+        samples = [1000 * x for x in samples]
         costs[label] = statistics.median(samples)
+    costs["entries"] = len(cluster.services.snapshots.status(since)["task_stream"])
     del futures
     return costs
 
@@ -140,16 +155,18 @@ def main() -> None:
     out = sys.stdout
     out.write(f"{args.tasks} tasks map+gather, 2 workers x 1 thread ({mode}), {args.rounds} rounds, "
               f"poll every {args.interval}s ({polls} polls in all)\n")  # fmt: skip
-    for label, values in times.items():
-        out.write(f"  {label:<18} median {statistics.median(values):8.1f} ms   "
-                  f"min {min(values):8.1f}   max {max(values):8.1f}\n")  # fmt: skip
-    ratio = statistics.median(times["dashboard, polled"]) / statistics.median(times["no dashboard"])
-    out.write(f"  polled / no dashboard: {ratio:.3f} (goal <= 1.05)\n")
-    idle = statistics.median(times["dashboard, idle"])
-    out.write(
-        f"  polled / idle (same cluster): {statistics.median(times['dashboard, polled']) / idle:.3f}\n"
-    )
-    out.write(f"one poll with {args.tasks} tasks in memory (median ms):\n")
+    walls = {label: [wall for wall, _ in values] for label, values in times.items()}
+    cpus = {label: statistics.median(cpu for _, cpu in values) for label, values in times.items()}
+    for label, values in walls.items():
+        out.write(f"  {label:<18} wall median {statistics.median(values):7.1f} ms  min {min(values):7.1f}"
+                  f"  max {max(values):7.1f}   CPU of this process {cpus[label]:7.1f} ms\n")  # fmt: skip
+    for other in ("no dashboard", "dashboard, idle"):
+        wall = statistics.median(walls["dashboard, polled"]) / statistics.median(walls[other])
+        cpu = cpus["dashboard, polled"] / cpus[other]
+        out.write(f"  polled / {other}: wall {wall:.3f}, CPU {cpu:.3f} (goal <= 1.05)\n")
+    entries = costs.pop("entries")
+    out.write(f"one poll with {args.tasks} tasks in memory, {entries} task-stream entries in the answer "
+              "(median CPU ms):\n")  # fmt: skip
     for label, value in costs.items():
         out.write(f"  {label:<18} {value:6.2f} ms  (x {1 / args.interval:g}/s = "
                   f"{value / args.interval / 10:.2f}% of one core)\n")  # fmt: skip

@@ -28,9 +28,12 @@ from ..deploy.memory import process_memory
 from ..keys import key_split
 
 STATE_NAMES = ("waiting", "queued", "processing", "memory", "erred", "released")
-MAX_WORKER_TASKS = (
-    500  # rows in a worker page's task table: enough to see what it does, cheap to copy
-)
+# rows in a worker page's task table: enough to see what it does, cheap to copy
+MAX_WORKER_TASKS = 500
+# task-stream entries in one answer (the newest): every task of a run of up to 1,000 tasks a second for a
+# page polling twice a second; beyond, a sample (as the scheduler's own record is). Formatting and JSON cost
+# about 3 us per entry, taken from the engine's GIL: the cap bounds what watching can cost (~2 ms a poll).
+MAX_STREAM_PER_SNAPSHOT = 500
 
 
 def _worker_row(scheduler, address: str, handle) -> dict:
@@ -44,12 +47,23 @@ def _worker_row(scheduler, address: str, handle) -> dict:
             "memory": 0, "cpu": 0.0, "dashboard": None}  # fmt: skip
 
 
-def _new_records(scheduler, since: Optional[float]) -> list:
-    """Scheduler thread: the raw (key, worker, thread, start, stop, status) tuples that ended at or after
-    ``since`` (all of them without it); the bounded deque makes this a copy of at most 2,000 tuples."""
-    if since is None:
-        return list(scheduler.task_stream)
-    return [record for record in scheduler.task_stream if record[4] >= since]
+def _new_records(scheduler, since: Optional[float], worker: Optional[str] = None) -> list:
+    """Scheduler thread: the newest task-stream records that ended at or after ``since`` (of one worker,
+    if given), each with its task's prefix appended (a lookup here is far cheaper than ``key_split``
+    later; tasks already forgotten get None). The bounded deque makes this at most 2,000 records."""
+    tasks = scheduler.state.tasks
+    found = []
+    for record in reversed(scheduler.task_stream):  # newest first, so the cap keeps the newest
+        if since is not None and record[4] < since:
+            continue
+        if worker is not None and record[1] != worker:
+            continue
+        ts = tasks.get(record[0])
+        found.append((*record, ts.prefix if ts is not None else None))
+        if len(found) >= MAX_STREAM_PER_SNAPSHOT:
+            break
+    found.reverse()
+    return found
 
 
 def _status_view(scheduler, since: Optional[float]) -> dict:
@@ -75,7 +89,7 @@ def _worker_view(scheduler, ident: str) -> Optional[dict]:
         for key in list(ws.has)[: max(0, MAX_WORKER_TASKS - len(tasks))]:
             ts = state.tasks.get(key)
             tasks.append((key, ts.prefix if ts else key_split(key), "memory"))
-    stream = [record for record in scheduler.task_stream if record[1] == address]
+    stream = _new_records(scheduler, None, address)
     return {"worker": _worker_row(scheduler, address, handle), "tasks": tasks, "stream": stream}
 
 
@@ -174,14 +188,14 @@ class ClusterSnapshots:
                 for address in [a for a in rows if a not in keep]:
                     del rows[address]
             out = []
-            for key, worker, thread, start, stop, status in records:
+            for key, worker, thread, start, stop, status, prefix in records:
                 threads = rows.get(worker)
                 if threads is None:
                     threads = rows[worker] = {}
                 row = threads.get(thread)
                 if row is None:
                     row = threads[thread] = len(threads)
-                out.append({"key": str(key), "prefix": key_split(key), "worker": worker,
+                out.append({"key": str(key), "prefix": prefix or key_split(key), "worker": worker,
                             "thread": row, "start": start, "stop": stop, "status": status})  # fmt: skip
             return out
 
