@@ -203,6 +203,19 @@ def test_status_json_shows_real_work_by_prefix_with_tidy_thread_rows():
         assert newer == [t for t in stream if t["stop"] >= cut]
 
 
+def test_one_answer_carries_at_most_the_newest_500_task_stream_entries():
+    with thread_cluster(n_workers=1, threads_per_worker=1) as cluster, Client(cluster) as client:
+        futures = client.map(inc, range(700))
+        client.gather(futures)
+        stream = fetch_json(f"{base(client.dashboard_link)}/json/status.json")["task_stream"]
+        assert len(stream) == 500
+        stops = [t["stop"] for t in stream]
+        assert stops == sorted(
+            stops
+        )  # one thread: tasks ended in order, and these are the last ones
+        assert stream[-1]["key"] == futures[-1].key and stream[0]["key"] == futures[200].key
+
+
 def test_worker_pages_on_process_workers_show_pid_memory_and_own_tasks():
     with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0",
                       memory_limit="1GiB") as cluster, Client(cluster) as client:  # fmt: skip
