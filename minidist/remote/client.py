@@ -321,14 +321,14 @@ class RemoteCluster:
         return {"workers": len(workers), "threads": sum(w["nthreads"] for w in workers),
                 "memory": total, "memory_text": format_bytes(total) if total else "no limit"}  # fmt: skip
 
-    def _repr_html_(self) -> str:
+    def _repr_html_(self, title: Optional[str] = None) -> str:
         from ..dashboard.pages import repr_html
 
         summary = self._summary()
         snap = {"cluster": {"scheduler_address": self.scheduler_address, "status": self.status,
                             "n_workers": summary["workers"], "threads": summary["threads"],
                             "memory_limit": summary["memory"]}, "workers": []}  # fmt: skip
-        return repr_html(self.info.get("type", "Cluster"), snap, self.dashboard_link)
+        return repr_html(title or type(self).__name__, snap, self.dashboard_link)
 
     def close(self, timeout: float = 2.0) -> None:
         """Close the connection only; the cluster itself goes on."""
@@ -342,7 +342,7 @@ class RemoteCluster:
         self.close()
 
 
-def _store_for(info: dict) -> Optional[SegmentStore]:
+def store_for(info: dict) -> Optional[SegmentStore]:
     """Shared memory for arguments and scatter, when the scheduler is a process-mode one on this machine."""
     if not info.get("processes") or info.get("shm_threshold") is None or info.get("machine") != machine_id():
         return None
@@ -372,7 +372,7 @@ def connect_cluster(address: str, security=None, timeout=None, secret: Optional[
     except BaseException:
         link.close()
         raise
-    return RemoteCluster(link, info, _store_for(info))
+    return RemoteCluster(link, info, store_for(info))
 
 
 def worker_task_client(process_worker):

@@ -1,0 +1,239 @@
+"""SubprocessCluster: the scheduler in a process of its own, each worker in its own process.
+
+::
+
+    this process                          scheduler process                    worker processes
+    SubprocessCluster ──spawn──►  main(fd): LocalCluster(processes=True) ──►  one per worker
+          │  control pipe: settings ──►   (listens on tcp:// or tls://)        (children of the
+          │            ◄── ("ready", address, secret, security)                 scheduler process)
+          └─ RemoteCluster ═══ TCP/TLS ══════► scheduler ◄══ pipes ══► workers
+    Client(cluster) uses the RemoteCluster's scheduler/operations like a local cluster's
+
+The control pipe is also the lifeline: when this process exits or is killed, the scheduler process
+reads EOF (or sees its parent change), closes its cluster and leaves; its workers leave when their own
+pipes close. So nothing outlives the process that made the cluster. The secret and any temporary TLS
+credentials come back over the pipe, so connecting needs no secret file.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+import threading
+import time
+from multiprocessing.connection import Connection, Pipe
+from typing import Optional
+
+_START_TIMEOUT = 60.0
+
+
+class SubprocessCluster:
+    """A LocalCluster whose scheduler runs in a subprocess; this process connects over TCP."""
+
+    def __init__(self, n_workers=None, threads_per_worker=None, memory_limit="auto", name=None,
+                 host=None, scheduler_port=0, protocol=None, security=None, interface=None,
+                 dashboard_address=":8787", silence_logs=None, blocked_handlers=None,
+                 asynchronous: bool = False, timeout: float = _START_TIMEOUT, **kwargs):  # fmt: skip
+        from ..remote.client import RemoteCluster, TCPLink, store_for
+        from .local import LocalCluster  # noqa: F401 - fail here, not in the child, on a broken install
+
+        if kwargs.pop("processes", True) is not True:
+            raise ValueError("SubprocessCluster runs every worker in a process of its own; use "
+                             "LocalCluster(processes=False) for thread workers")  # fmt: skip
+        if protocol is not None and protocol.startswith("inproc"):
+            raise ValueError("SubprocessCluster is reached over TCP; protocol must be 'tcp://' or 'tls://'")
+        settings = dict(kwargs, n_workers=n_workers, threads_per_worker=threads_per_worker,
+                        memory_limit=memory_limit, name=name, host=host, scheduler_port=scheduler_port,
+                        protocol=protocol or ("tls://" if security else "tcp://"), security=security,
+                        interface=interface, dashboard_address=dashboard_address,
+                        blocked_handlers=blocked_handlers, processes=True)  # fmt: skip
+        if silence_logs is not None:
+            settings["silence_logs"] = silence_logs
+        self.asynchronous = asynchronous
+        self.status = "starting"
+        self._closed = False
+        self._process, self._control, info = _start_scheduler_process(settings, timeout)
+        self.scheduler_pid = self._process.pid
+        self.security = info["security"]
+        try:
+            from ..comm.tcp import connect
+
+            conn = connect(info["address"], secret=info["secret"], security=self.security, timeout=timeout)
+            link = TCPLink(conn, info["address"])
+            welcome = link.start(timeout)
+        except BaseException:
+            self._stop_process(timeout=5)
+            raise
+        self._remote = RemoteCluster(link, welcome, store_for(welcome))
+        self.scheduler = self._remote.scheduler
+        self.operations = self._remote.operations
+        self.scheduler_address = info["address"]
+        self.dashboard_link = welcome.get("dashboard_link")
+        self.name = welcome.get("name")
+        self.cluster_id = welcome.get("cluster_id")
+        self.segment_store = self._remote.segment_store
+        self.processes = True
+        self.status = "running"
+
+    # ------------------------------------------------------------------------------------ operations
+
+    def scale(self, n: Optional[int] = None, memory=None, cores=None) -> None:
+        if n is None:
+            raise ValueError("SubprocessCluster.scale needs a number of workers")
+        self.operations.invoke("scale", n)
+
+    def get_logs(self, cluster: bool = True, scheduler: bool = True, workers: bool = True) -> dict:
+        return self._remote.get_logs(cluster=cluster, scheduler=scheduler, workers=workers)
+
+    def scheduler_info(self) -> dict:
+        return self._remote.scheduler_info()
+
+    def worker_pids(self) -> dict:
+        """``{worker address: pid}`` of the worker processes."""
+        return {a: w["pid"] for a, w in self.scheduler_info()["workers"].items()}
+
+    def _summary(self) -> dict:
+        return self._remote._summary()
+
+    def _repr_html_(self) -> str:
+        return self._remote._repr_html_(type(self).__name__)
+
+    def __repr__(self) -> str:
+        if self.status != "running":
+            return f"SubprocessCluster({self.scheduler_address!r}, {self.status})"
+        info = self._summary()
+        return (f"SubprocessCluster({self.name!r}, {self.scheduler_address!r}, workers={info['workers']}, "
+                f"threads={info['threads']}, memory={info['memory_text']})")  # fmt: skip
+
+    # ----------------------------------------------------------------------------------------- close
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Disconnect, ask the scheduler process to close its cluster, and make sure it is gone."""
+        if self._closed:
+            return
+        self._closed = True
+        self.status = "closing"
+        self._remote.close()
+        self._stop_process(timeout)
+        self.status = "closed"
+
+    def _stop_process(self, timeout: float) -> None:
+        try:
+            self._control.send_bytes(b"close")
+        except (OSError, ValueError):
+            pass
+        try:
+            self._process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait(5)
+        self._control.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc_info):
+        import asyncio
+
+        await asyncio.get_running_loop().run_in_executor(None, self.close)
+
+    def __await__(self):
+        if False:
+            yield  # a generator: `await cluster` gives back the (already started) cluster
+        return self
+
+    def __del__(self):
+        try:
+            if not self._closed and getattr(self, "_process", None) is not None:
+                self.close(timeout=5)
+        except Exception:
+            pass
+
+
+def _start_scheduler_process(settings: dict, timeout: float):
+    parent_conn, child_conn = Pipe(duplex=True)
+    fd = child_conn.fileno()
+    process = subprocess.Popen(
+        [sys.executable, "-c", f"from minidist.deploy.subprocess import main; main({fd})"],
+        pass_fds=(fd,), stdin=subprocess.DEVNULL, close_fds=True,
+        start_new_session=True,  # Ctrl-C in a terminal reaches the user's program, not the cluster
+    )  # fmt: skip
+    child_conn.close()
+    try:
+        parent_conn.send_bytes(pickle.dumps({"settings": settings, "parent_pid": os.getpid(),
+                                             "sys_path": list(sys.path)}, protocol=5))  # fmt: skip
+        if not parent_conn.poll(timeout):
+            raise TimeoutError(f"The scheduler process did not start within {timeout:g}s")
+        kind, value = pickle.loads(parent_conn.recv_bytes())
+    except BaseException as exc:
+        process.kill()
+        process.wait()
+        parent_conn.close()
+        if isinstance(exc, EOFError):
+            raise RuntimeError(f"The scheduler process exited during start-up (exit code "
+                               f"{process.returncode}); see its output above") from None  # fmt: skip
+        raise
+    if kind == "error":
+        process.wait(10)
+        parent_conn.close()
+        raise value
+    return process, parent_conn, value
+
+
+# --------------------------------------------------------------------------------- scheduler process
+
+
+def main(fd: int) -> None:
+    """Entry point of the scheduler process."""
+    conn = Connection(fd)
+    config = pickle.loads(conn.recv_bytes())
+    for entry in reversed(config.get("sys_path", [])):
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+    from ..remote.protocol import portable_exception
+    from .local import LocalCluster
+
+    try:
+        cluster = LocalCluster(**config["settings"])
+        if cluster.listener is None:
+            raise ValueError("the cluster did not open a TCP listener")
+    except BaseException as exc:  # noqa: B036 - report any start-up failure to the parent
+        conn.send_bytes(pickle.dumps(("error", portable_exception(exc)), protocol=5))
+        os._exit(1)
+    info = {"address": cluster.scheduler_address, "secret": cluster.listener.secret,
+            "security": cluster.security, "pid": os.getpid()}  # fmt: skip
+    conn.send_bytes(pickle.dumps(("ready", info), protocol=5))
+    parent_pid = config["parent_pid"]
+    done = threading.Event()
+    threading.Thread(target=_watch_parent, args=(parent_pid, done), name="minidist-parent-watch",
+                     daemon=True).start()  # fmt: skip
+    threading.Thread(target=_watch_pipe, args=(conn, done), name="minidist-control",
+                     daemon=True).start()  # fmt: skip
+    done.wait()
+    cluster.close()
+    os._exit(0)
+
+
+def _watch_pipe(conn: Connection, done: threading.Event) -> None:
+    try:
+        while conn.recv_bytes() != b"close":
+            pass
+    except (EOFError, OSError):
+        pass  # the parent closed the pipe or died
+    done.set()
+
+
+def _watch_parent(parent_pid: int, done: threading.Event) -> None:
+    while not done.is_set():
+        if os.getppid() != parent_pid:
+            done.set()
+            return
+        time.sleep(0.5)
