@@ -21,6 +21,7 @@ import psutil
 import pytest
 
 from minidist import Client, LocalCluster, wait
+from minidist.comm.shm import list_segments
 from minidist.deploy.memory import process_memory
 
 pytestmark = pytest.mark.timeout(60)
@@ -33,8 +34,7 @@ MiB = 2**20
 
 def cluster_segments(cluster_id: str) -> list[str]:
     """Names of the cluster's segments in /dev/shm."""
-    prefix = f"minidist_{cluster_id}_"
-    return sorted(name for name in os.listdir("/dev/shm") if name.startswith(prefix))
+    return sorted(info.name for info in list_segments(cluster_id))
 
 
 def wait_until(predicate, timeout: float = 10.0) -> bool:

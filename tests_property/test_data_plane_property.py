@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from minidist import Client, LocalCluster
+from minidist.comm.shm import list_segments
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -47,8 +48,7 @@ def scaled(array, factor):
 
 
 def segments_of(cluster_id: str) -> list[str]:
-    prefix = f"minidist_{cluster_id}_"
-    return sorted(name for name in os.listdir("/dev/shm") if name.startswith(prefix))
+    return sorted(info.name for info in list_segments(cluster_id))
 
 
 def wait_until(predicate, timeout: float = 15.0) -> bool:
