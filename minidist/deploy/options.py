@@ -2,13 +2,20 @@
 
 ``ClusterOptions.from_arguments`` is the one place that knows how ``n_workers``, ``threads_per_worker``
 and ``processes`` default from each other and from the machine's cores, how ``memory_limit`` is read,
-and which worker keywords exist. Everything else reads the resulting frozen plan.
+which worker class runs tasks, and which worker and scheduler keywords exist. Everything else reads the
+resulting frozen plan::
+
+    LocalCluster(**keywords) ──► from_arguments ──► ClusterOptions (frozen)
+                                   │ TypeError: unknown keyword     ├─► deploy/local.py (workers, scale)
+                                   │ ValueError: nonsense value     ├─► scheduler (scheduler_kwargs)
+                                   │ FutureWarning: ip, diagnostics_port
+                                   └────────────────────────────────└─► remote/, services.py (network)
 """
 
 from __future__ import annotations
 
-import logging
 import math
+import numbers
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -16,11 +23,21 @@ from typing import Any, Optional
 
 from .memory import parse_memory_limit
 
-# Worker keywords that minidist's workers understand (dask's Worker takes many more; those that would
-# silently do nothing here are refused rather than ignored).
-WORKER_KEYWORDS = {"memory_limit", "resources", "nthreads", "env", "name", "local_directory",
+# Worker keywords that minidist's workers understand. dask's Worker takes many more; those that would
+# change behaviour here without being honoured (``lifetime`` ...) are refused rather than ignored. The
+# few accepted without effect have nothing to do in minidist: results live in the client process, so
+# there is no spilling (``memory_target_fraction``/``memory_spill_fraction``) and no scratch directory
+# (``local_directory``), and workers never wait for a scheduler (``death_timeout``).
+WORKER_KEYWORDS = {"memory_limit", "resources", "nthreads", "env", "local_directory", "death_timeout",
                    "memory_target_fraction", "memory_spill_fraction", "memory_pause_fraction",
-                   "memory_terminate_fraction", "lifetime", "death_timeout"}  # fmt: skip
+                   "memory_terminate_fraction"}  # fmt: skip
+
+# scheduler_kwargs= that minidist's scheduler understands.
+SCHEDULER_KEYWORDS = {"allowed_failures"}
+
+# dask's memory thresholds (distributed.worker.memory.pause / .terminate)
+DEFAULT_PAUSE_FRACTION = 0.8
+DEFAULT_TERMINATE_FRACTION = 0.95
 
 
 def cpu_count() -> int:
@@ -46,7 +63,7 @@ class ClusterOptions:
     processes: bool
     memory_limit: Optional[int]
     resources: Optional[dict]
-    silence_logs: Any
+    silence_logs: Any  # as given; ClusterLogs reads (and validates) it
     host: Optional[str]
     scheduler_port: int
     dashboard_address: Optional[str]
@@ -56,22 +73,30 @@ class ClusterOptions:
     protocol: Optional[str]
     interface: Optional[str]
     blocked_handlers: tuple
-    worker_class: Any
+    worker_class: Any  # a WorkerRuntime subclass, or None for the plain runtime
     scheduler_kwargs: dict
     worker_env: Optional[dict]
-    memory_fractions: dict = field(default_factory=dict)
+    memory_fractions: dict = field(default_factory=dict)  # "pause"/"terminate" -> fraction or None (off)
 
     @classmethod
     def from_arguments(cls, *, name, n_workers, threads_per_worker, processes, host, ip, scheduler_port,
                        silence_logs, dashboard_address, worker_dashboard_address, diagnostics_port,
                        service_kwargs, security, protocol, blocked_handlers, interface, worker_class,
                        scheduler_kwargs, worker_kwargs) -> ClusterOptions:  # fmt: skip
+        worker_kwargs = dict(worker_kwargs)
         unknown = set(worker_kwargs) - WORKER_KEYWORDS
         if unknown:
             raise TypeError(
                 f"LocalCluster got unexpected keyword argument(s) {sorted(unknown)}. It accepts dask's "
                 f"LocalCluster arguments and these worker arguments: {sorted(WORKER_KEYWORDS)}"
             )
+        scheduler_kwargs = dict(scheduler_kwargs or {})
+        unknown = set(scheduler_kwargs) - SCHEDULER_KEYWORDS
+        if unknown:
+            raise TypeError(f"scheduler_kwargs got unexpected keyword argument(s) {sorted(unknown)}; "
+                            f"minidist's scheduler accepts {sorted(SCHEDULER_KEYWORDS)}")  # fmt: skip
+        if "allowed_failures" in scheduler_kwargs:
+            _check_count("allowed_failures", scheduler_kwargs["allowed_failures"])
         if ip is not None:
             warnings.warn("The ip keyword has been moved to host; use host=...", FutureWarning,
                           stacklevel=4)  # fmt: skip
@@ -85,45 +110,86 @@ class ClusterOptions:
             if threads_per_worker is not None and threads_per_worker != nthreads:
                 raise ValueError("Give threads_per_worker or nthreads, not both with different values")
             threads_per_worker = nthreads
+        runtime_class, runs_in_threads = resolve_worker_class(worker_class)
         if processes is None:
-            processes = not _is_thread_worker_class(worker_class)
+            processes = not runs_in_threads
         for label, value in (("n_workers", n_workers), ("threads_per_worker", threads_per_worker)):
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-                raise ValueError(f"{label} must be a non-negative int, not {value!r}")
+            if value is not None:
+                _check_count(label, value)
         if threads_per_worker == 0:
             raise ValueError("threads_per_worker must be at least 1")
-        cores = cpu_count()
-        if n_workers is None and threads_per_worker is None:
-            if processes:
-                n_workers, threads_per_worker = split_cores(cores)
-            else:
-                n_workers, threads_per_worker = 1, cores
-        elif n_workers is None:
-            n_workers = max(1, cores // threads_per_worker)
-        elif threads_per_worker is None:
-            threads_per_worker = max(1, cores // n_workers) if n_workers else 1
+        n_workers, threads_per_worker = default_sizes(n_workers, threads_per_worker, bool(processes))
         memory_limit = parse_memory_limit(worker_kwargs.get("memory_limit", "auto"), max(n_workers, 1))
-        level = silence_logs
-        if isinstance(level, str):
-            level = logging.getLevelName(level.upper())
-        fractions = {k: worker_kwargs[k] for k in
-                     ("memory_pause_fraction", "memory_terminate_fraction") if k in worker_kwargs}  # fmt: skip
+        resources = worker_kwargs.get("resources")
+        if resources is not None and not isinstance(resources, dict):
+            raise TypeError(f"resources must be a dict such as {{'GPU': 2}}, not {resources!r}")
         if dashboard_address == "":
             dashboard_address = None
         return cls(
-            name=name if name is not None else worker_kwargs.get("name"),
-            n_workers=n_workers, threads_per_worker=threads_per_worker, processes=bool(processes),
-            memory_limit=memory_limit, resources=worker_kwargs.get("resources"),
-            silence_logs=level, host=host, scheduler_port=scheduler_port or 0,
+            name=name, n_workers=n_workers, threads_per_worker=threads_per_worker,
+            processes=bool(processes), memory_limit=memory_limit, resources=resources,
+            silence_logs=silence_logs, host=host, scheduler_port=scheduler_port or 0,
             dashboard_address=dashboard_address, worker_dashboard_address=worker_dashboard_address,
             service_kwargs=dict(service_kwargs or {}), security=security, protocol=protocol,
             interface=interface, blocked_handlers=tuple(blocked_handlers or ()),
-            worker_class=worker_class, scheduler_kwargs=dict(scheduler_kwargs or {}),
-            worker_env=worker_kwargs.get("env"), memory_fractions=fractions,
+            worker_class=runtime_class, scheduler_kwargs=scheduler_kwargs,
+            worker_env=worker_kwargs.get("env"), memory_fractions=memory_fractions(worker_kwargs),
         )  # fmt: skip
 
 
-def _is_thread_worker_class(worker_class) -> bool:
+def default_sizes(n_workers, threads_per_worker, processes: bool) -> tuple[int, int]:
+    """dask's rules for whichever of ``n_workers`` and ``threads_per_worker`` is missing."""
+    cores = cpu_count()
+    if n_workers is None and threads_per_worker is None:
+        return split_cores(cores) if processes else (1, cores)
+    if n_workers is None:
+        return (max(1, cores // threads_per_worker) if processes else 1), threads_per_worker
+    if threads_per_worker is None:
+        # overcommit rather than undercommit; with no workers yet, later ones get every core (as dask)
+        return n_workers, max(1, math.ceil(cores / n_workers)) if n_workers else cores
+    return n_workers, threads_per_worker
+
+
+def memory_fractions(worker_kwargs: dict) -> dict:
+    """``{"pause": f, "terminate": f}`` from memory_pause_fraction/memory_terminate_fraction; None is off."""
+    fractions = {}
+    for what, default in (("pause", DEFAULT_PAUSE_FRACTION), ("terminate", DEFAULT_TERMINATE_FRACTION)):
+        keyword = f"memory_{what}_fraction"
+        value = worker_kwargs.get(keyword, default)
+        if value is None or value is False:
+            fractions[what] = None
+        elif isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value <= 1:
+            raise ValueError(f"{keyword} must be a fraction in (0, 1], or False to turn it off; "
+                             f"got {value!r}")  # fmt: skip
+        else:
+            fractions[what] = float(value)
+    return fractions
+
+
+def resolve_worker_class(worker_class) -> tuple[Any, bool]:
+    """(the runtime class to instantiate or None for the default, whether it runs in threads by default).
+
+    minidist runs tasks in a ``WorkerRuntime``; ``worker_class`` may be a subclass of it (usually of
+    ``minidist.deploy.worker_hooks.Worker``, whose hooks are documented there). A class sets
+    ``runs_in_threads = True`` to make ``processes`` default to False. dask's own ``distributed.Worker`` and
+    ``distributed.Nanny`` are understood as dask means them (a worker in threads of this process, a worker
+    in its own process), with minidist's runtime doing the work.
+    """
     if worker_class is None:
-        return False
-    return getattr(worker_class, "runs_in_threads", False)
+        return None, False
+    from ..worker.runtime import WorkerRuntime
+
+    if isinstance(worker_class, type) and issubclass(worker_class, WorkerRuntime):
+        return worker_class, bool(getattr(worker_class, "runs_in_threads", False))
+    module = getattr(worker_class, "__module__", "") or ""
+    if module.split(".")[0] == "distributed" and getattr(worker_class, "__name__", "") in ("Worker", "Nanny"):
+        return None, worker_class.__name__ == "Worker"
+    raise TypeError(
+        f"worker_class={worker_class!r} is not a minidist worker class. Subclass "
+        "minidist.deploy.worker_hooks.Worker (hooks: setup, teardown, before_task, after_task)."
+    )
+
+
+def _check_count(label: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"{label} must be a non-negative int, not {value!r}")

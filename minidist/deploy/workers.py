@@ -10,11 +10,14 @@ Functions cross the pipe once per worker: the handle remembers which function id
 
 ``ThreadWorkerHandle`` owns a ``WorkerRuntime`` in this process; messages become direct calls and
 reports come back through the scheduler's inbox. Values are never serialised.
+
+Both run ``worker_class`` (a ``WorkerRuntime`` subclass, see ``deploy/worker_hooks.py``) when the cluster
+has one: a process worker receives it pickled in its init message, a thread worker instantiates it here.
+Handles never log by themselves; the cluster logs about them in its own per-component logs.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import pickle
 import signal
@@ -25,16 +28,16 @@ from multiprocessing.connection import Pipe
 from typing import Any, Optional
 
 from ..worker.runtime import WorkerRuntime
-
-logger = logging.getLogger("minidist.cluster")
+from .worker_hooks import Worker
 
 _THREAD_LIMIT_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
-def describe_exit(returncode: Optional[int], memory_killed: bool = False) -> str:
-    """Say how a process ended, for logs and KilledWorker messages."""
+def describe_exit(returncode: Optional[int], memory_killed: bool = False, detail: str = "") -> str:
+    """Say how a process ended, for logs and KilledWorker messages (``detail``: the memory figures)."""
     if memory_killed:
-        return "terminated by minidist for exceeding its memory limit"
+        why = "terminated by minidist for exceeding its memory limit"
+        return f"{why} ({detail})" if detail else why
     if returncode is None:
         return "its pipe closed but the process has not exited"
     if returncode < 0:
@@ -61,7 +64,8 @@ class ProcessWorkerHandle:
         self.memory_limit = memory_limit
         self.resources = resources
         self.started = False
-        self.memory_killed = False
+        self.memory_killed = False  # set by the memory monitor before it kills the process
+        self.memory_kill_detail = ""  # its figures, for the death reason
         self.functions_sent: set = set()
         self.log_sink = None  # callable(address, records), set by the cluster
         self.client_router = None  # callable(scheduler, handle, message), for clients inside tasks
@@ -102,7 +106,7 @@ class ProcessWorkerHandle:
             returncode = self.popen.wait(timeout=2)
         except subprocess.TimeoutExpired:
             returncode = None
-        return describe_exit(returncode, self.memory_killed)
+        return describe_exit(returncode, self.memory_killed, self.memory_kill_detail)
 
     def close(self) -> None:
         """Tell the worker to leave (a clean close, so it leaves shared memory alone) and hang up."""
@@ -134,8 +138,13 @@ class ProcessWorkerHandle:
 
 
 def start_process_worker(init: dict, nthreads: int, name: Any, memory_limit: Optional[int],
-                         resources: Optional[dict], env: Optional[dict] = None) -> ProcessWorkerHandle:  # fmt: skip
+                         resources: Optional[dict], env: Optional[dict] = None,
+                         worker_class=None) -> ProcessWorkerHandle:  # fmt: skip
     """Start a worker interpreter and hand it its settings; returns without waiting for it."""
+    if worker_class is not None:
+        from ..comm.serialize import dumps_function
+
+        init = dict(init, worker_class=dumps_function(worker_class))  # by value if from __main__
     parent_conn, child_conn = Pipe(duplex=True)
     fd = child_conn.fileno()
     child_env = dict(os.environ)
@@ -166,18 +175,24 @@ class ThreadWorkerHandle:
     memory_killed = False
 
     def __init__(self, scheduler, address: str, name: Any, nthreads: int,
-                 resources: Optional[dict] = None, runtime_class=WorkerRuntime):  # fmt: skip
+                 resources: Optional[dict] = None, runtime_class=None,
+                 memory_limit: Optional[int] = None, logger=None):  # fmt: skip
+        """``logger`` is handed to hooked worker classes (``deploy/worker_hooks.py``) as their log."""
         self.address = address
         self.name = name
         self.nthreads = nthreads
         self.resources = resources
-        self.memory_limit = None
+        self.memory_limit = memory_limit  # reported, not enforced: threads share this process's memory
         self.started = True
         self._scheduler = scheduler
+        runtime_class = runtime_class or WorkerRuntime
+        extra = {}
+        if logger is not None and issubclass(runtime_class, Worker):
+            extra["logger"] = logger
         self.runtime = runtime_class(
             address, name, nthreads,
             send=lambda batch: scheduler.post(("worker-batch", address, batch)),
-            resources=resources,
+            resources=resources, **extra,
         )  # fmt: skip
 
     def __repr__(self) -> str:
