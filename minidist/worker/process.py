@@ -6,7 +6,7 @@ socket pair as file descriptor FD (no fork of the threaded parent, no re-import 
 
     parent ──init dict──► main()
     parent ──batches────► main thread: recv, unpickle, dispatch ──► WorkerRuntime (task threads)
-    parent ◄──batches──── task threads (results, errors), watcher thread (log records)
+    parent ◄──batches──── task threads (results, errors), log shipper thread (("logs", records))
 
 The main thread only receives and files work; it never sends, so the parent can never deadlock against
 it. Values travel as ``comm.serialize.Payload``: large buffers sit in shared memory and are mapped, not
@@ -27,6 +27,8 @@ from multiprocessing.connection import Connection
 
 from ..comm.serialize import deserialize, loads_function, serialize
 from ..comm.shm import SegmentStore, sweep_cluster
+from ..logs import WorkerLogShipper
+from ..utils import format_bytes
 from .runtime import WorkerRuntime, format_remote_traceback
 
 logger = logging.getLogger("minidist.worker")
@@ -59,7 +61,10 @@ class ProcessWorker:
         self.functions: dict = {}  # function id -> callable, so each function crosses the pipe once
         self._send_lock = threading.Lock()
         self.client_link = None  # set by get_client() inside a task (worker-side client)
-        self.runtime = WorkerRuntime(
+        # worker_class= of the cluster (deploy/worker_hooks.py), pickled by the parent
+        blob = init.get("worker_class")
+        runtime_class = loads_function(blob) if blob is not None else WorkerRuntime
+        self.runtime = runtime_class(
             init["address"],
             init["name"],
             init["nthreads"],
@@ -157,7 +162,14 @@ class ProcessWorker:
 
     def serve(self) -> None:
         threading.Thread(target=self.watch_parent, name="minidist-parent-watch", daemon=True).start()
-        self.send([("hello", os.getpid())])
+        try:
+            self.send([("hello", os.getpid())])
+        except OSError:  # closed before we said hello (e.g. retired at once by a scale down): just go
+            self.die_orphaned()
+        limit = self.init.get("memory_limit")
+        logger.info("Start worker %s (name %s, pid %d, %d threads, memory limit %s)", self.runtime.address,
+                    self.runtime.name, os.getpid(), self.runtime.nthreads,
+                    format_bytes(limit) if limit else "none")  # fmt: skip
         conn = self.conn
         while not self.closing:
             try:
@@ -185,6 +197,15 @@ def main(fd: int) -> None:
     for entry in reversed(init.get("sys_path", [])):
         if entry not in sys.path:
             sys.path.insert(0, entry)
-    worker = ProcessWorker(conn, init)
+    # records of "minidist.worker" loggers go to this worker's log in the parent (ClusterLogs)
+    shipper = WorkerLogShipper()
+    shipper.install()
+    try:
+        worker = ProcessWorker(conn, init)
+    except BaseException:  # noqa: B036 - e.g. worker_class.setup() raised: say why before leaving
+        logger.exception("Worker %s could not start", init.get("address"))
+        shipper.ship(lambda batch: conn.send_bytes(pickle.dumps(batch, protocol=5)))
+        os._exit(1)
+    shipper.ship_every(worker.send)
     worker.serve()
     os._exit(0)
