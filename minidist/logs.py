@@ -4,7 +4,7 @@
     logs.cluster_logger.info(...)        logging.getLogger("minidist.worker").info(...)
     logs.scheduler_logger.warning(...)       │ WorkerLogShipper (a handler) keeps (created, levelno,
     logs.worker_logger(addr).info(...)       │ name, message) tuples; the worker sends drain() to the
-          │                                  ▼ parent with its other messages
+          │                                  ▼ parent as ("logs", records), every SHIP_INTERVAL
           │                      logs.add_remote_records(addr, tuples)
           ▼                                  │
     per-cluster loggers "minidist.<component>.<label>[.<worker address>]"
@@ -35,6 +35,7 @@ import logging
 import sys
 import threading
 import traceback
+from typing import Callable
 
 __all__ = [
     "COMPONENT_LOGGERS",
@@ -49,6 +50,7 @@ COMPONENT_LOGGERS = ("minidist.cluster", "minidist.scheduler", "minidist.worker"
 LOG_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
 DEFAULT_BUFFER_SIZE = 10_000  # records kept per component
 KEEP_CLOSED_WORKERS = 32  # buffers of workers that are gone, kept for get_logs (the newest ones)
+SHIP_INTERVAL = 0.1  # seconds between two shipments of a worker process's records
 
 _labels_in_use: set[str] = set()
 _labels_lock = threading.Lock()
@@ -387,6 +389,8 @@ class WorkerLogShipper(logging.Handler):
         super().__init__(level)
         self.pending: collections.deque = collections.deque(maxlen=maxlen)
         self._installed_on: logging.Logger | None = None
+        self._shipping: threading.Thread | None = None
+        self._stop_shipping = threading.Event()
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -426,3 +430,38 @@ class WorkerLogShipper(logging.Handler):
         if self._installed_on is not None:
             self._installed_on.removeHandler(self)
             self._installed_on = None
+
+    def ship_every(self, send: Callable[[list], None], interval: float = SHIP_INTERVAL) -> None:
+        """Send ``[("logs", records)]`` through ``send`` every ``interval`` seconds while records wait.
+
+        Runs in a daemon thread ("minidist-log-shipper") until ``stop_shipping()``; a failing ``send``
+        (the parent hung up) ends it quietly.
+        """
+        if self._shipping is not None:
+            return
+        self._stop_shipping.clear()
+
+        def ship_loop() -> None:
+            while not self._stop_shipping.wait(interval):
+                if self.pending and not self.ship(send):
+                    return
+
+        self._shipping = threading.Thread(target=ship_loop, name="minidist-log-shipper", daemon=True)
+        self._shipping.start()
+
+    def ship(self, send: Callable[[list], None]) -> bool:
+        """Send what is pending now; False if ``send`` failed."""
+        records = self.drain()
+        if not records:
+            return True
+        try:
+            send([("logs", records)])
+        except Exception:
+            return False
+        return True
+
+    def stop_shipping(self, timeout: float = 1.0) -> None:
+        thread, self._shipping = self._shipping, None
+        self._stop_shipping.set()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
