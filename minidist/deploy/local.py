@@ -6,16 +6,24 @@ The cluster owns the pieces and their lifetimes::
          │                         │ on_worker_lost
          ├──starts/stops──► worker handles (deploy/workers.py) ──► processes or thread pools
          ├──► SegmentStore (shared memory written by this process), swept on close
-         ├──► ClusterLogs (one buffer per component)
+         ├──► ClusterLogs (one buffer per component: cluster, scheduler, each worker)
+         ├──► MemoryMonitor thread (deploy/supervision.py): pauses/terminates process workers
+         ├──► Adaptive timer, when adapt() was called (deploy/adaptive.py)
          └──► supervision: a worker that dies is replaced so the cluster keeps its size
 
 Settings follow dask's ``LocalCluster`` signature; ``deploy/options.py`` turns them into a plan.
+
+Size: ``target_workers`` is what the cluster keeps. ``scale()``, ``adapt()``'s timer and the replacement
+of dead workers all go through ``_scale_to``/``_fill_to_target`` under one lock, and count only workers
+that are not retiring (``deploy/scaling.py``), so they never start a worker twice for one gap.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import math
+import numbers
 import threading
 from typing import Any, Optional
 
@@ -25,7 +33,9 @@ from ..scheduler.operations import SchedulerOperations
 from ..scheduler.server import Scheduler
 from .memory import format_bytes
 from .options import ClusterOptions
+from .scaling import active_workers, observe, retire_workers
 from .services import ClusterServices
+from .supervision import MemoryMonitor
 from .workers import ThreadWorkerHandle, start_process_worker
 
 _MAX_START_FAILURES = 5  # consecutive workers dying before saying hello: stop trying, tell the user
@@ -60,7 +70,10 @@ class LocalCluster:
         self.logger = self.logs.cluster_logger
         self.status = "starting"
         self._lock = threading.RLock()
+        self._scale_lock = threading.RLock()  # one change of size at a time (scale, adapt, replacement)
         self._closing = False
+        self._adaptive = None  # the Adaptive policy adapt() started, if any
+        self.memory_monitor: Optional[MemoryMonitor] = None
         self._worker_count = 0  # names handed out so far
         self._start_failures = 0
         self._task_client = None
@@ -78,16 +91,35 @@ class LocalCluster:
         self.logger.info("Starting cluster %s with %d workers x %d threads (%s)", self.name,
                          options.n_workers, options.threads_per_worker,
                          "processes" if self.processes else "threads")  # fmt: skip
-        for _ in range(options.n_workers):
-            self._start_worker()
-        self.scheduler.call(lambda scheduler: None).result(30)  # every worker registered (FIFO inbox)
-        self.services = ClusterServices(self)  # the dashboard, if dashboard_address asks for one
-        # remote clients: a TCP/TLS listener when the options ask for one (minidist/remote/server.py)
-        self.listener = serve_remote_clients(self)
+        try:
+            for _ in range(options.n_workers):
+                self._start_worker()
+            self.scheduler.call(lambda scheduler: None).result(30)  # every worker registered (FIFO inbox)
+            self._start_memory_monitor()
+            self.services = ClusterServices(self)  # the dashboard, if dashboard_address asks for one
+            # remote clients: a TCP/TLS listener when the options ask for one (minidist/remote/server.py)
+            self.listener = serve_remote_clients(self)
+        except BaseException:
+            self.close()  # a worker_class whose setup() raised, a port in use...: leave nothing behind
+            raise
         if self.listener is not None:
             self.scheduler_address = self.listener.address
         self.security = getattr(self.listener, "security", None)  # what remote clients need for tls://
         self.status = "running"
+
+    def _start_memory_monitor(self) -> None:
+        """Watch process workers' memory when they have a limit (threads share this process: no point)."""
+        fractions = self.options.memory_fractions
+        if not (self.processes and self.options.memory_limit and any(fractions.values())):
+            return
+
+        def process_workers() -> list:
+            with self._lock:
+                return [h for h in self.handles.values() if h.kind == "process"]
+
+        self.memory_monitor = MemoryMonitor(process_workers, self.scheduler, self.logger,
+                                            self.logs.worker_logger, fractions.get("pause"),
+                                            fractions.get("terminate")).start()  # fmt: skip
 
     # ------------------------------------------------------------------------------------- workers
 
@@ -103,16 +135,31 @@ class LocalCluster:
         if self.processes:
             init = {"cluster_id": self.cluster_id, "shm_threshold": self.segment_store.threshold}
             handle = start_process_worker(init, options.threads_per_worker, name, options.memory_limit,
-                                          options.resources, options.worker_env)  # fmt: skip
-            handle.log_sink = self.logs.add_remote_records
+                                          options.resources, options.worker_env,
+                                          options.worker_class)  # fmt: skip
+            handle.log_sink = self.logs.add_remote_records  # its shipped records (worker/process.py)
             handle.client_router = functools.partial(route_worker_client, self)  # get_client() in tasks
         else:
             address = f"inproc://{self.cluster_id}/{name}"
-            handle = ThreadWorkerHandle(self.scheduler, address, name, options.threads_per_worker,
-                                        options.resources)  # fmt: skip
+            worker_log = self.logs.worker_logger(address)
+            try:
+                handle = ThreadWorkerHandle(self.scheduler, address, name, options.threads_per_worker,
+                                            options.resources, options.worker_class, options.memory_limit,
+                                            logger=worker_log)  # fmt: skip
+            except BaseException:
+                self.logger.exception("Worker %s (name %s) could not start", address, name)
+                self.logs.close_worker(address)
+                raise
             handle.runtime.client_factory = self._client_for_tasks
+            worker_log.info("Start worker %s (name %s, %d threads in the cluster's process)", address, name,
+                            options.threads_per_worker)  # fmt: skip
         with self._lock:
-            self.handles[handle.address] = handle
+            closing = self._closing
+            if not closing:
+                self.handles[handle.address] = handle
+        if closing:  # close() ran meanwhile and will not see this one
+            handle.stop(timeout=2)
+            return None
         self.scheduler.post(("add-worker", handle))
         self.logger.info("Started worker %s (name %s)", handle.address, name)
         return handle
@@ -128,6 +175,7 @@ class LocalCluster:
 
     def _on_worker_lost(self, handle, reason: str) -> None:
         """Scheduler thread: a worker died. Replace it so the cluster keeps its size."""
+        self.logs.close_worker(handle.address)
         with self._lock:
             self.handles.pop(handle.address, None)
             if self._closing:
@@ -138,22 +186,37 @@ class LocalCluster:
                 self._start_failures = 0
             if self._start_failures >= _MAX_START_FAILURES:
                 self.logger.error(
-                    "Worker processes keep dying before they start (%s); not starting more. Check that "
-                    "minidist imports in a fresh interpreter: python -c 'import minidist.worker.process'",
+                    "Worker processes keep dying before they start (%s); not starting more. The workers' "
+                    "own logs (cluster.get_logs()) may say why; also check that minidist imports in a "
+                    "fresh interpreter: python -c 'import minidist.worker.process'",
                     reason,
                 )
                 self._fail_pending_for_lack_of_workers(reason)
                 return
-            if len(self.scheduler.workers) >= self.target_workers:
+            active = len(active_workers(self.scheduler))  # we are on the scheduler thread
+            if active >= self.target_workers:
+                self.logger.info("Worker %s (name %s) died: %s. Not replaced: %d of %d workers remain.",
+                                 handle.address, handle.name, reason, active, self.target_workers)  # fmt: skip
                 return
-        self.logger.info("Replacing worker %s", handle.address)
+        self.logger.warning("Worker %s (name %s) died: %s. Starting a replacement.", handle.address,
+                            handle.name, reason)  # fmt: skip
         threading.Thread(target=self._reap_and_replace, args=(handle,), daemon=True,
                          name="minidist-replace-worker").start()  # fmt: skip
 
     def _reap_and_replace(self, handle) -> None:
         handle.stop(timeout=2)
-        if not self._closing:
-            self._start_worker()
+        self._fill_to_target()
+
+    def _fill_to_target(self) -> list:
+        """Start workers until ``target_workers`` are active (not on the scheduler thread)."""
+        with self._scale_lock:
+            if self._closing:
+                return []
+            try:
+                active = self.scheduler.call(active_workers).result(30)
+            except RuntimeError:  # the scheduler closed: the cluster is going away
+                return []
+            return [self._start_worker() for _ in range(self.target_workers - len(active))]
 
     def _fail_pending_for_lack_of_workers(self, reason: str) -> None:
         from ..errors import WorkerStartError
@@ -170,28 +233,47 @@ class LocalCluster:
                 self.scheduler.apply_now(out)
 
     def _on_worker_retired(self, handle) -> None:
+        """Scheduler thread: a retiring worker finished its tasks; stop it."""
         with self._lock:
             self.handles.pop(handle.address, None)
         threading.Thread(target=handle.stop, daemon=True, name="minidist-stop-worker").start()
-        self.logger.info("Retired worker %s", handle.address)
+        self.logs.worker_logger(handle.address).info("Worker %s retired", handle.address)
+        self.logs.close_worker(handle.address)
+        self.logger.info("Retired worker %s (name %s)", handle.address, handle.name)
 
     # --------------------------------------------------------------------------------------- scale
 
     def scale(self, n: Optional[int] = None, memory=None, cores=None) -> None:
-        """Set the number of workers to ``n`` (or enough for ``cores``/``memory``)."""
+        """Set the number of workers to ``n`` (or enough for ``cores``/``memory``); stops ``adapt``.
+
+        Up starts workers at once. Down retires the least busy workers: they take no new tasks, finish
+        what they hold and then stop. Nothing is lost: every result already lives in the client process.
+        """
         if n is None:
             n = self._workers_for(cores=cores, memory=memory)
-        if not isinstance(n, int) or n < 0:
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
             raise ValueError(f"scale() needs a non-negative number of workers, not {n!r}")
-        with self._lock:
+        self._stop_adaptive("scale() was called")
+        self._scale_to(int(n))
+
+    def _scale_to(self, n: int, retire=None, why: str = "Scaling") -> None:
+        """Make ``n`` the target: start workers, or retire ``retire`` (named) or the least busy ones."""
+        with self._scale_lock:
+            if self._closing:
+                return
+            active = self.scheduler.call(active_workers).result(30)
             self.target_workers = n
-            current = [h for a, h in self.handles.items() if a in self.scheduler.workers]
-        if n > len(current):
-            for _ in range(n - len(current)):
+            retire = [a for a in retire or () if a in active]
+            if n != len(active) or retire:
+                self.logger.info("%s from %d to %d workers", why, len(active), n)
+            if retire:
+                retiring = self.scheduler.call(retire_workers, 0, retire).result(30)
+            elif n < len(active):
+                retiring = self.scheduler.call(retire_workers, len(active) - n).result(30)
+            else:
+                retiring = []
+            for _ in range(n - len(active) + len(retiring)):
                 self._start_worker()
-        elif n < len(current):
-            self.scheduler.call(_retire_least_busy, len(current) - n).result(30)
-        self.logger.info("Scaled cluster to %d workers", n)
 
     def _workers_for(self, cores=None, memory=None) -> int:
         import math
@@ -207,10 +289,65 @@ class LocalCluster:
             return max(0, math.ceil(parse_bytes(memory) / per_worker))
         raise ValueError("scale() needs n, cores or memory")
 
+    # --------------------------------------------------------------------------------------- adapt
+
+    def adapt(self, Adaptive=None, minimum=0, maximum=math.inf, minimum_cores=None, maximum_cores=None,
+              minimum_memory=None, maximum_memory=None, **kwargs):  # fmt: skip
+        """Scale between ``minimum`` and ``maximum`` workers with the load; returns the policy object.
+
+        Keywords as dask's (``interval``, ``target_duration``, ``wait_count``...; see
+        ``deploy/adaptive.py``). ``Adaptive`` may be a subclass of ``minidist.Adaptive``. A second call
+        replaces the first policy; ``scale()`` stops it.
+        """
+        from .adaptive import Adaptive as DefaultAdaptive
+
+        policy_class = Adaptive or DefaultAdaptive
+        bounds = dict(minimum=minimum, maximum=maximum, minimum_cores=minimum_cores,
+                      maximum_cores=maximum_cores, minimum_memory=minimum_memory,
+                      maximum_memory=maximum_memory)  # fmt: skip
+        if isinstance(policy_class, type) and issubclass(policy_class, DefaultAdaptive):
+            kwargs.setdefault("logger", self.logger)
+        policy = policy_class(self, **bounds, **kwargs)  # a bad keyword raises before anything changes
+        self._stop_adaptive("adapt() was called again")
+        with self._lock:
+            if self._closing:
+                raise RuntimeError("The cluster is closed")
+            self._adaptive = policy
+        self.logger.info("Adaptive scaling between %s and %s workers", minimum, maximum)
+        policy.start()
+        return policy
+
+    def _stop_adaptive(self, why: str) -> None:
+        with self._lock:
+            policy, self._adaptive = self._adaptive, None
+        if policy is not None:
+            policy.stop()
+            self.logger.info("Stopped adaptive scaling: %s", why)
+
+    def _adaptive_observe(self):
+        """For the Adaptive timer: the cluster as the policy sees it (None while closing)."""
+        if self._closing:
+            return None
+        try:
+            return self.scheduler.call(observe, self.options.threads_per_worker,
+                                       self.options.memory_limit).result(30)  # fmt: skip
+        except RuntimeError:  # the scheduler closed meanwhile
+            return None
+
+    def _adaptive_apply(self, decision) -> None:
+        """For the Adaptive timer: start workers up to ``decision.target``, retire exactly those named."""
+        if self._closing:
+            return
+        self._scale_to(decision.target, retire=decision.retire, why="Adaptive scaling")
+
     # ------------------------------------------------------------------------------------ restart
 
     def restart(self, timeout=None) -> None:
         """Stop every worker, forget every task, start fresh workers."""
+        with self._scale_lock:
+            self._restart()
+
+    def _restart(self) -> None:
         with self._lock:
             old = list(self.handles.values())
             self.handles.clear()
@@ -227,14 +364,16 @@ class LocalCluster:
         self.scheduler.call(forget_everything).result(30)
         for handle in old:
             handle.stop(timeout=2)
+            self.logs.close_worker(handle.address)
+        self.logger.info("Restarting cluster: stopped %d workers, starting %d", len(old), count)
         for _ in range(count):
             self._start_worker()
-        self.logger.info("Restarted cluster: %d new workers", count)
 
     # -------------------------------------------------------------------------------------- close
 
     def close(self, timeout=None) -> None:
         """Stop workers and the scheduler, free shared memory. Idempotent."""
+        self._stop_adaptive("the cluster is closing")
         with self._lock:
             if self._closing:
                 return
@@ -242,6 +381,8 @@ class LocalCluster:
             handles = list(self.handles.values())
             self.handles.clear()
         self.status = "closing"
+        if self.memory_monitor is not None:
+            self.memory_monitor.stop()
         if self._task_client is not None:
             self._task_client.close()
         if getattr(self, "listener", None) is not None:
@@ -288,7 +429,7 @@ class LocalCluster:
     def _summary(self) -> dict:
         workers = list(self.scheduler.workers.values())
         memory = [h.memory_limit for h in workers if h.memory_limit]
-        total = sum(memory) if memory and len(memory) == len(workers) else None
+        total = sum(memory) if memory and len(memory) == len(workers) else None  # as dask: all or none
         return {"workers": len(workers), "threads": sum(h.nthreads for h in workers),
                 "memory": total, "memory_text": format_bytes(total) if total else "no limit"}  # fmt: skip
 
@@ -315,19 +456,12 @@ class LocalCluster:
         from ..dashboard.pages import repr_html
         from ..dashboard.snapshot import cluster_snapshot
 
-        return repr_html(type(self).__name__, cluster_snapshot(self), self.dashboard_link)
+        return repr_html(f"{type(self).__name__} {self.name}", cluster_snapshot(self), self.dashboard_link)
 
     def __repr__(self) -> str:
+        """As dask: ``LocalCluster(<name>, '<address>', workers=2, threads=4, memory=23.5 GiB)``."""
         info = self._summary()
-        return (f"{type(self).__name__}({self.name!r}, {self.scheduler_address!r}, "
-                f"workers={info['workers']}, threads={info['threads']}, memory={info['memory_text']})")  # fmt: skip
+        memory = f", memory={info['memory_text']}" if info["memory"] else ""
+        return (f"{type(self).__name__}({self.name}, {self.scheduler_address!r}, "
+                f"workers={info['workers']}, threads={info['threads']}{memory})")  # fmt: skip
 
-
-def _retire_least_busy(scheduler, count: int) -> list:
-    """Scheduler thread: mark ``count`` workers as retiring, idle and data-poor first."""
-    state = scheduler.state
-    candidates = sorted(state.workers.values(), key=lambda w: (len(w.processing), len(w.has)))
-    chosen = [w.address for w in candidates if w.status != "retiring"][:count]
-    for address in chosen:
-        scheduler.apply_now(state.set_worker_status(address, "retiring"))
-    return chosen

@@ -1,0 +1,93 @@
+"""Scaling helpers that run on the scheduler thread: who counts as a worker, who retires, what adapt sees.
+
+``LocalCluster.scale``/``adapt`` and supervision (``deploy/local.py``) call these through
+``scheduler.call(function, ...)``, so each reads and changes ``SchedulerState`` in one consistent step::
+
+    scale(n) / replacement ─► active_workers()   ─► start the missing workers (cluster thread)
+    scale(n) down          ─► retire_workers(count=k)         idle and data-poor first
+    adapt timer            ─► observe()  ─► Adaptive.recommend() ─► retire_workers(addresses=...)
+
+Retiring marks a worker ``retiring``: it gets no new tasks, finishes what it holds, and the state emits
+``RetireWorker`` once it is empty (the cluster then stops its process). Nothing is lost by retiring: every
+result is sent to the client process when it finishes, so a worker's cache holds no only copy.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Iterable, Optional
+
+from .adaptive import ClusterObservation, WorkerObservation
+
+
+def active_workers(scheduler) -> list[str]:
+    """Addresses of the workers that count towards the cluster's size (every one not retiring)."""
+    return [a for a, ws in scheduler.state.workers.items() if ws.status != "retiring"]
+
+
+def retire_workers(scheduler, count: int = 0, addresses: Optional[Iterable[str]] = None) -> list[str]:
+    """Mark ``addresses`` (or the ``count`` least busy workers) as retiring; returns those marked."""
+    state = scheduler.state
+    candidates = [ws for ws in state.workers.values() if ws.status != "retiring"]
+    if addresses is not None:
+        wanted = set(addresses)
+        chosen = [ws.address for ws in candidates if ws.address in wanted]
+    else:
+        # idle before busy, then the smallest cache, then the youngest (the highest name)
+        candidates.sort(key=lambda ws: (len(ws.processing), len(ws.has), -_order(ws.name)))
+        chosen = [ws.address for ws in candidates[:count]]
+    for address in chosen:
+        scheduler.apply_now(state.set_worker_status(address, "retiring"))
+    return chosen
+
+
+def _order(name) -> int:
+    try:
+        return int(name)
+    except (TypeError, ValueError):
+        return 0
+
+
+def observe(scheduler, threads_per_worker: int, memory_per_worker: Optional[int]) -> ClusterObservation:
+    """What the adaptive policy sees: load by task prefix, and every worker that is not retiring."""
+    state = scheduler.state
+    now = time.time()
+    by_prefix: dict = {}
+    tasks = state.tasks
+    workers = []
+    for ws in state.workers.values():
+        for key in ws.processing:
+            ts = tasks.get(key)
+            if ts is not None:
+                by_prefix[ts.prefix] = by_prefix.get(ts.prefix, 0) + 1
+        if ws.status == "retiring":
+            continue
+        idle_for = now - ws.idle_since if (ws.idle_since is not None and not ws.processing) else 0.0
+        nbytes = 0
+        for key in ws.has:
+            ts = tasks.get(key)
+            if ts is not None:
+                nbytes += ts.nbytes
+        handle = scheduler.workers.get(ws.address)
+        workers.append(WorkerObservation(
+            name=ws.address, nthreads=ws.nthreads,
+            memory_limit=handle.memory_limit if handle is not None else memory_per_worker,
+            processing=len(ws.processing), idle_for=max(0.0, idle_for),
+            unique_keys=0,  # every result also lives in the client process: no worker has an only copy
+            nbytes=nbytes,
+        ))  # fmt: skip
+    queued = list(state.restricted.values())
+    seen = set(state.restricted)
+    for _, key in state.ready:  # heap entries of tasks no longer queued are dropped lazily: skip them
+        ts = tasks.get(key)
+        if ts is not None and ts.state == "queued" and key not in seen:
+            seen.add(key)
+            queued.append(ts)
+    for ts in queued:
+        by_prefix[ts.prefix] = by_prefix.get(ts.prefix, 0) + 1
+    return ClusterObservation(
+        now=now, workers=tuple(workers), queued=state.counts["queued"],
+        processing=state.counts["processing"], waiting=state.counts["waiting"],
+        prefix_durations=dict(state.prefix_durations), queued_by_prefix=by_prefix,
+        threads_per_worker=threads_per_worker, memory_per_worker=memory_per_worker,
+    )  # fmt: skip
