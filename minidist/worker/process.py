@@ -164,8 +164,10 @@ class ProcessWorker:
         threading.Thread(target=self.watch_parent, name="minidist-parent-watch", daemon=True).start()
         try:
             self.send([("hello", os.getpid())])
-        except OSError:  # closed before we said hello (e.g. retired at once by a scale down): just go
-            self.die_orphaned()
+        except OSError:  # closed before we said hello (closed or retired at once): just go
+            if os.getppid() != self.parent_pid:
+                self.die_orphaned()
+            os._exit(0)
         limit = self.init.get("memory_limit")
         logger.info("Start worker %s (name %s, pid %d, %d threads, memory limit %s)", self.runtime.address,
                     self.runtime.name, os.getpid(), self.runtime.nthreads,
