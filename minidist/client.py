@@ -24,6 +24,7 @@ import weakref
 from collections.abc import Iterator
 from typing import Optional
 
+from .asynchronous import AsyncClientMixin, Closing, LoopWaker, in_event_loop
 from .client_ops import ClientOperations
 from .comm.serialize import SerializationError, deserialize, dumps_function, serialize
 from .context import _clients, current_client_for_task, default_client  # noqa: F401 (re-exported)
@@ -81,7 +82,7 @@ def _rebuild_future(key):
     return Future(key, get_client())
 
 
-class Client(ClientOperations):
+class Client(ClientOperations, AsyncClientMixin):
     """Connect to a cluster (or build a local one) and run work on it."""
 
     _instances: weakref.WeakSet[Client] = weakref.WeakSet()
@@ -164,7 +165,10 @@ class Client(ClientOperations):
         if fire:
             for _key, callbacks in fire:
                 for fn in callbacks:
-                    self._callback_queue().put(fn)
+                    if type(fn) is LoopWaker:
+                        fn()  # an awaiting coroutine: wake its loop now (asynchronous.py)
+                    else:
+                        self._callback_queue().put(fn)
 
     report = _report  # the scheduler calls sessions' .report
 
@@ -366,6 +370,8 @@ class Client(ClientOperations):
         """Wait for and return the results of ``futures`` (nested in lists, tuples, dicts, sets)."""
         if errors not in ("raise", "skip"):
             raise ValueError(f"errors must be 'raise' or 'skip', not {errors!r}")
+        if self._async_call(asynchronous):
+            return self._gather_async(futures, errors)
         if isinstance(futures, Iterator):
             return (self.gather(f, errors=errors) for f in futures)
         for future in futures_in(futures):
@@ -429,13 +435,11 @@ class Client(ClientOperations):
                 values[key], nbytes[key] = value, sizeof(value)
         futures = [self._new_future(key) for key in keys]
         self.scheduler.post(("scatter", self.id, values, nbytes))
+        if self._async_call(asynchronous):
+            return self._scatter_wait_async(futures, timeout, data)
         for future in futures:
             future._wait(timeout)
-        if isinstance(data, dict):
-            return dict(zip(data.keys(), futures))
-        if isinstance(data, (list, tuple, set, frozenset)):
-            return type(data)(futures) if not isinstance(data, (set, frozenset)) else futures
-        return futures[0]
+        return shaped_like(data, futures)
 
     def cancel(self, futures, asynchronous=None, force: bool = False, reason=None, msg=None) -> None:
         """Stop ``futures`` (and tasks that depend on them); their results are dropped."""
@@ -528,12 +532,15 @@ class Client(ClientOperations):
 
     def close(self, timeout=None) -> None:
         """Release every future, stop owning the default slot, and close an owned cluster."""
+        if self.asynchronous and in_event_loop():
+            return Closing(lambda: self.close(timeout))  # awaitable: closes in a worker thread
         if self._closed:
             return
         self._closed = True
         self.status = "closed"
         with self._condition:
             self._condition.notify_all()
+        self._wake_async_waiters()
         keys = list(self._states)
         self._states.clear()
         self._refcounts.clear()
@@ -580,6 +587,15 @@ class Client(ClientOperations):
     @property
     def dashboard_link(self):
         return self.cluster.dashboard_link
+
+
+def shaped_like(data, futures: list):
+    """What scatter returns: one future, or futures in ``data``'s container type (dict by key)."""
+    if isinstance(data, dict):
+        return dict(zip(data.keys(), futures))
+    if isinstance(data, (list, tuple, set, frozenset)):
+        return type(data)(futures) if not isinstance(data, (set, frozenset)) else futures
+    return futures[0]
 
 
 def _task_options(workers, resources, retries, priority, allow_other_workers) -> dict:

@@ -195,12 +195,19 @@ class as_completed:
         self.with_results = with_results
         self.raise_errors = raise_errors
         self._deadline = None if timeout is None else time.monotonic() + timeout
+        self._waker = None  # set while a coroutine waits in __anext__ (asynchronous.LoopWaker)
         self.update(futures)
 
     def add(self, future: Future) -> None:
         with self._lock:
             self._pending += 1
-        future.add_done_callback(self._queue.put)
+        future.add_done_callback(self._arrived)
+
+    def _arrived(self, future: Future) -> None:
+        self._queue.put(future)
+        waker = self._waker
+        if waker is not None:
+            waker()
 
     def update(self, futures: Iterable) -> None:
         for future in futures:
@@ -262,12 +269,32 @@ class as_completed:
     def __aiter__(self):
         return self
 
-    async def __anext__(self):
+    async def _arrival(self) -> None:
+        """Wait, without a thread, until a future arrives in the queue (or the timeout passes)."""
         import asyncio
 
+        from .asynchronous import LoopWaker
+
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        self._waker = LoopWaker(loop, waiter)
+        try:
+            if self.has_ready():  # arrived before the waker was in place
+                return
+            timeout = None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
+            try:
+                await asyncio.wait_for(waiter, timeout)
+            except asyncio.TimeoutError:
+                raise FutureTimeoutError("as_completed timed out") from None
+        finally:
+            self._waker = None
+
+    async def __anext__(self):
         if self.is_empty():
             raise StopAsyncIteration
-        future = await asyncio.get_running_loop().run_in_executor(None, self._next_future)
+        while not self.has_ready():
+            await self._arrival()
+        future = self._next_future()
         if not self.with_results:
             return future
         try:

@@ -27,6 +27,7 @@ import numbers
 import threading
 from typing import Any, Optional
 
+from ..asynchronous import AsyncContext, Closing, in_event_loop
 from ..comm.shm import SegmentStore, new_cluster_id, sweep_cluster, sweep_orphans
 from ..remote.server import route_worker_client, serve_remote_clients
 from ..scheduler.operations import SchedulerOperations
@@ -41,7 +42,7 @@ from .workers import ThreadWorkerHandle, start_process_worker
 _MAX_START_FAILURES = 5  # consecutive workers dying before saying hello: stop trying, tell the user
 
 
-class LocalCluster:
+class LocalCluster(AsyncContext):
     """Create a scheduler and workers on this machine (dask.distributed's ``LocalCluster``)."""
 
     def __init__(self, name=None, n_workers=None, threads_per_worker=None, processes=None, loop=None,
@@ -374,6 +375,8 @@ class LocalCluster:
 
     def close(self, timeout=None) -> None:
         """Stop workers and the scheduler, free shared memory. Idempotent."""
+        if self.asynchronous and in_event_loop():
+            return Closing(lambda: self.close(timeout))  # awaitable: closes in a worker thread
         self._stop_adaptive("the cluster is closing")
         with self._lock:
             if self._closing:

@@ -26,10 +26,12 @@ import time
 from multiprocessing.connection import Connection, Pipe
 from typing import Optional
 
+from ..asynchronous import AsyncContext, Closing, in_event_loop
+
 _START_TIMEOUT = 60.0
 
 
-class SubprocessCluster:
+class SubprocessCluster(AsyncContext):
     """A LocalCluster whose scheduler runs in a subprocess; this process connects over TCP."""
 
     def __init__(self, n_workers=None, threads_per_worker=None, memory_limit="auto", name=None,
@@ -111,6 +113,8 @@ class SubprocessCluster:
 
     def close(self, timeout: float = 10.0) -> None:
         """Disconnect, ask the scheduler process to close its cluster, and make sure it is gone."""
+        if self.asynchronous and in_event_loop():
+            return Closing(lambda: self.close(timeout))  # awaitable: closes in a worker thread
         if self._closed:
             return
         self._closed = True
@@ -136,19 +140,6 @@ class SubprocessCluster:
 
     def __exit__(self, *exc_info):
         self.close()
-
-    async def __aenter__(self):
-        return self
-
-    async def __aexit__(self, *exc_info):
-        import asyncio
-
-        await asyncio.get_running_loop().run_in_executor(None, self.close)
-
-    def __await__(self):
-        if False:
-            yield  # a generator: `await cluster` gives back the (already started) cluster
-        return self
 
     def __del__(self):
         try:

@@ -1,0 +1,164 @@
+"""asyncio support: ``await future``, ``await client.gather(...)``, ``async with`` clients and clusters.
+
+Futures are resolved on the scheduler thread (local clusters) or a connection's reader thread (remote
+ones), never on the event loop. An awaiting coroutine parks on an ``asyncio.Future`` and leaves a
+``LoopWaker`` among its key's callbacks; ``Client._report`` calls wakers directly (not through the
+callback thread), and a waker only does ``loop.call_soon_threadsafe``::
+
+    await future ──► LoopWaker(loop, waiter) in FutureState.callbacks ──► await waiter
+    scheduler thread: Client._report ──► waker() ──call_soon_threadsafe──► waiter done ──► coroutine
+    remote values: fetch_async ──► concurrent Future ──asyncio.wrap_future──► awaited, not blocked on
+
+No thread is started per wait. Closing (which joins threads and processes) runs in the loop's default
+executor. ``Closing`` is what ``close()`` returns inside a running loop: awaiting it closes in a thread,
+and if it is dropped without being awaited it closes synchronously, so nothing is left open by mistake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Optional
+
+from .errors import ClientClosedError, FutureTimeoutError
+
+
+def in_event_loop() -> bool:
+    """True when called from a thread that is running an asyncio event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+class LoopWaker:
+    """A future-state callback that wakes one coroutine's event loop; safe from any thread."""
+
+    __slots__ = ("loop", "waiter")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, waiter: asyncio.Future):
+        self.loop = loop
+        self.waiter = waiter
+
+    def __call__(self, *args) -> None:
+        try:
+            self.loop.call_soon_threadsafe(_resolve, self.waiter)
+        except RuntimeError:
+            pass  # the loop is closed: nobody is waiting any more
+
+
+def _resolve(waiter: asyncio.Future) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+class Closing:
+    """What ``close()`` returns inside an event loop (see the module docstring)."""
+
+    def __init__(self, close):
+        self._close = close
+        self._awaited = False
+
+    def __await__(self):
+        self._awaited = True
+        return asyncio.get_running_loop().run_in_executor(None, self._close).__await__()
+
+    def __del__(self):
+        if not self._awaited:
+            # dropped unawaited, maybe on the loop's own thread, where close() would only hand back
+            # another Closing: close from a thread of its own and wait for it
+            thread = threading.Thread(target=self._close, name="minidist-closing", daemon=True)
+            thread.start()
+            thread.join()
+
+
+class AsyncContext:
+    """``async with obj`` and ``await obj`` for clusters and clients (their constructors did the work)."""
+
+    def __await__(self):
+        return self._started().__await__()
+
+    async def _started(self):
+        return self
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc_info):
+        await asyncio.get_running_loop().run_in_executor(None, self.close)
+
+
+class AsyncClientMixin(AsyncContext):
+    """The awaitable half of ``Client``; expects the Client's lock, states and scheduler."""
+
+    def _async_call(self, asynchronous: Optional[bool]) -> bool:
+        """Should this call return an awaitable? Only inside a running loop, and only if asked."""
+        wanted = self.asynchronous if asynchronous is None else asynchronous
+        return bool(wanted) and in_event_loop()
+
+    # --------------------------------------------------------------------------------- waiting
+
+    async def _wait_async(self, future, timeout: Optional[float] = None) -> None:
+        """Wait for ``future`` to be done without blocking the event loop."""
+        state = future._state
+        if state.status != "pending":
+            return
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        with self._lock:
+            if state.status == "pending" and not self._closed:
+                if state.callbacks is None:
+                    state.callbacks = []
+                state.callbacks.append(LoopWaker(loop, waiter))
+            else:
+                waiter.set_result(None)
+        try:
+            await asyncio.wait_for(waiter, timeout)
+        except asyncio.TimeoutError:
+            raise FutureTimeoutError(f"Future {future.key!r} did not finish within {timeout} s") from None
+        if state.status == "pending":
+            raise ClientClosedError(f"The client closed while waiting for {future.key!r}")
+
+    def _wake_async_waiters(self) -> None:
+        """The client is closing: wake every coroutine still waiting on one of its futures."""
+        with self._lock:
+            states = list(self._states.values())
+        for state in states:
+            for callback in state.callbacks or ():
+                if type(callback) is LoopWaker:
+                    callback()
+
+    async def _await_future(self, future):
+        """``await future``: its value, or the task's exception."""
+        await self._wait_async(future)
+        if future._state.status != "finished":
+            return future.result()  # raises the error or CancelledError without waiting
+        fetch_async = getattr(self.scheduler, "fetch_async", None)
+        if fetch_async is None:
+            return self._get_value(future.key)  # a local dict lookup
+        fetching = fetch_async(future.key)
+        try:
+            await asyncio.wrap_future(fetching)
+        except Exception:
+            pass  # _get_value raises it, as the synchronous path does
+        return self._get_value(future.key, fetching)
+
+    async def _gather_async(self, futures, errors: str):
+        from .client import futures_in
+
+        if not isinstance(futures, (list, tuple, set, frozenset, dict)) and type(futures).__name__ != "Future":
+            futures = list(futures)
+        for future in futures_in(futures):
+            await self._wait_async(future)
+        prefetched = self._prefetch(futures)
+        if prefetched:
+            await asyncio.wait([asyncio.wrap_future(f) for f in prefetched.values()])
+        return self._fill_results(futures, errors, prefetched)
+
+    async def _scatter_wait_async(self, futures: list, timeout, data):
+        from .client import shaped_like
+
+        for future in futures:
+            await self._wait_async(future, timeout)
+        return shaped_like(data, futures)

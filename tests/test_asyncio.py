@@ -1,0 +1,153 @@
+"""asyncio: awaitable futures, gather, scatter, as_completed, async clusters; the loop is never blocked."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from minidist import Client, LocalCluster, SubprocessCluster, as_completed
+from minidist.errors import FutureTimeoutError
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(autouse=True)
+def private_runtime_dir(tmp_path, monkeypatch):
+    runtime = tmp_path / "runtime"
+    runtime.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+
+
+def inc(x):
+    return x + 1
+
+
+def slow_inc(x, delay=0.3):
+    time.sleep(delay)
+    return x + 1
+
+
+def fail(x):
+    raise ValueError(f"bad {x}")
+
+
+async def exercise(client) -> None:
+    """The asynchronous client API, against whatever cluster ``client`` is on."""
+    future = client.submit(inc, 1)
+    assert await future == 2
+    assert await client.gather(client.map(inc, range(5))) == [1, 2, 3, 4, 5]
+    assert await client.gather({"a": client.submit(inc, 10), "b": 3}) == {"a": 11, "b": 3}
+    [data] = await client.scatter([41])
+    assert await client.submit(inc, data) == 42
+    scattered = await client.scatter({"x": 1, "y": 2})
+    assert await client.gather(scattered) == {"x": 1, "y": 2}
+    with pytest.raises(ValueError, match="bad 3"):
+        await client.submit(fail, 3)
+    seen = []
+    async for done in as_completed(client.map(slow_inc, [3, 1, 2], delay=0.05)):
+        seen.append(await done)
+    assert sorted(seen) == [2, 3, 4]
+    pairs = [pair async for pair in as_completed([client.submit(fail, 9), client.submit(inc, 0)],
+                                                 with_results=True, raise_errors=False)]  # fmt: skip
+    assert sorted(repr(value) for _, value in pairs) == ["1", "ValueError('bad 9')"]
+
+
+def test_async_with_cluster_and_client_on_threads():
+    async def main():
+        async with LocalCluster(n_workers=2, threads_per_worker=2, processes=False, asynchronous=True,
+                                dashboard_address=None) as cluster:  # fmt: skip
+            assert cluster.asynchronous is True
+            async with Client(cluster, asynchronous=True) as client:
+                assert client.asynchronous
+                await exercise(client)
+        assert cluster.status == "closed"
+
+    asyncio.run(main())
+
+
+def test_awaited_cluster_and_remote_async_client():
+    async def main():
+        cluster = await LocalCluster(n_workers=2, threads_per_worker=1, asynchronous=True,
+                                     dashboard_address=None)  # fmt: skip
+        try:
+            client = await Client(cluster.scheduler_address, asynchronous=True)
+            await exercise(client)
+            await client.close()
+            assert client.status == "closed"
+        finally:
+            await cluster.close()
+        assert cluster.status == "closed"
+
+    asyncio.run(main())
+
+
+def test_subprocess_cluster_is_asynchronous_too():
+    async def main():
+        async with SubprocessCluster(n_workers=1, threads_per_worker=1, asynchronous=True,
+                                     dashboard_address=None) as cluster:  # fmt: skip
+            async with Client(cluster, asynchronous=True) as client:
+                assert await client.submit(inc, 5) == 6
+        assert cluster.status == "closed"
+
+    asyncio.run(main())
+
+
+def test_the_event_loop_keeps_running_while_tasks_are_awaited():
+    async def main(client):
+        gaps = []
+        stop = False
+
+        async def heartbeat():
+            last = time.monotonic()
+            while not stop:
+                await asyncio.sleep(0.005)
+                now = time.monotonic()
+                gaps.append(now - last)
+                last = now
+
+        beat = asyncio.ensure_future(heartbeat())
+        threads_before = threading.active_count()
+        futures = client.map(slow_inc, range(100), delay=0.01)
+        results = await asyncio.gather(*futures)  # a hundred coroutines wait at once
+        threads_during = threading.active_count()
+        assert results == list(range(1, 101))
+        assert await client.gather(client.submit(slow_inc, 1, delay=0.5)) == 2
+        stop = True
+        await beat
+        return max(gaps), threads_during - threads_before
+
+    with LocalCluster(n_workers=2, threads_per_worker=2, processes=False, dashboard_address=None) as cluster:
+        with Client(cluster, asynchronous=True) as client:
+            longest_gap, extra_threads = asyncio.run(main(client))
+    assert longest_gap < 0.25, f"the loop was blocked for {longest_gap:.3f} s"
+    assert extra_threads <= 2  # no thread per waiting coroutine
+
+
+def test_timeouts_and_closing_without_awaiting():
+    async def main(cluster):
+        client = Client(cluster, asynchronous=True)
+        with pytest.raises(FutureTimeoutError):
+            async for _ in as_completed([client.submit(slow_inc, 1, delay=0.5)], timeout=0.1):
+                pass
+        [data] = await client.scatter([1], timeout=5)
+        assert await data == 1
+        client.close()  # not awaited: closing still happens
+        return client
+
+    with LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster:
+        client = asyncio.run(main(cluster))
+        assert client.status == "closed"
+
+
+def test_synchronous_calls_from_other_threads_still_work():
+    with LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster:
+        client = Client(cluster, asynchronous=True)
+        try:
+            # outside an event loop an asynchronous client answers synchronously
+            assert client.gather(client.map(inc, range(3))) == [1, 2, 3]
+            assert client.gather(client.scatter([7])) == [7]
+        finally:
+            client.close()
