@@ -15,13 +15,21 @@ import sys
 import textwrap
 import threading
 import time
+import zlib
 
 import numpy as np
 import psutil
 import pytest
 
 from minidist import Client, LocalCluster, wait
-from minidist.comm.shm import list_segments
+from minidist.comm.serialize import deserialize, serialize_with_token
+from minidist.comm.shm import (
+    SegmentStore,
+    list_segments,
+    new_cluster_id,
+    sweep_cluster,
+    unlink_segments,
+)
 from minidist.deploy.memory import process_memory
 
 pytestmark = pytest.mark.timeout(60)
@@ -276,6 +284,18 @@ def test_one_array_passed_to_many_tasks_stores_its_bytes_once(client, cluster_id
     assert client.gather(futures) == [pytest.approx(array.sum())] * 4
 
 
+def test_array_changed_in_place_between_submissions_is_sent_again(client, cluster_id):
+    array = np.ones(4 * MiB // 8)
+    first = client.submit(total, array)
+    array[-1] = 100.0  # same object, same address: the new submission must not re-use the old bytes
+    second = client.submit(total, array)
+    assert first.key != second.key
+    assert (first.result(), second.result()) == (array.size, array.size + 99.0)
+    inodes = {os.stat(f"/dev/shm/{name}").st_ino for name in cluster_segments(cluster_id)}
+    assert len(inodes) == 2
+    del first, second
+
+
 def test_dependent_runs_where_its_large_input_already_is(client, workers, cluster_id):
     pids = worker_pids(client)
     for producer in workers:
@@ -523,3 +543,44 @@ def test_thread_workers_pass_arrays_by_reference_without_shared_memory():
         result = client.submit(lambda a: a + 1, array).result()
         assert result.flags.writeable and float(result[0]) == 1.0
         assert cluster_segments(cluster.cluster_id) == []
+
+
+# ------------------------------------------------------------------------- content tokens (pure keys)
+
+
+@pytest.fixture
+def store():
+    cluster_id = new_cluster_id()
+    yield SegmentStore(cluster_id)
+    leftovers = cluster_segments(cluster_id)
+    sweep_cluster(cluster_id)
+    assert leftovers == []
+
+
+def test_token_follows_content_and_reuses_the_checksum_of_a_linked_segment(store, monkeypatch):
+    array = np.random.default_rng(2).random(MiB // 8)
+    first, token = serialize_with_token(((array, 1), {}), store, b"f")
+    assert serialize_with_token(((array.copy(), 1), {}), store, b"f")[1] == token  # equal content
+    assert serialize_with_token(((array, 1), {}), store, b"g")[1] != token  # another function
+    assert serialize_with_token(((array, 2), {}), store, b"f")[1] != token  # another argument
+    # the same array again: a hard link to the first segment, and its checksum is not computed again
+    crc32 = zlib.crc32
+    calls = []
+    monkeypatch.setattr(zlib, "crc32", lambda *a: calls.append(1) or crc32(*a))
+    again, same = serialize_with_token(((array, 1), {}), store, b"f")
+    assert same == token and calls == []
+    assert os.stat(f"/dev/shm/{again.segments()[0]}").st_ino == os.stat(f"/dev/shm/{first.segments()[0]}").st_ino
+    array[0] += 1  # changed in place: written afresh, new token
+    changed, other = serialize_with_token(((array, 1), {}), store, b"f")
+    assert other != token and calls == [1]
+    assert float(deserialize(changed)[0][0][0]) == float(array[0])
+    unlink_segments(n for p in (first, again, changed) for n in p.segments())
+    sweep_cluster(store.cluster_id)
+
+
+def test_token_without_shared_memory_is_content_based_too():
+    array = np.arange(100_000.0)
+    payload, token = serialize_with_token(array, None)
+    assert payload.segments() == ()
+    assert serialize_with_token(array.copy(), None)[1] == token
+    assert serialize_with_token(array + 1, None)[1] != token

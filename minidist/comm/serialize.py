@@ -21,6 +21,7 @@ Nothing here unlinks a segment a returned Payload refers to: whoever keeps the P
 
 from __future__ import annotations
 
+import hashlib
 import io
 import pickle
 import threading
@@ -83,8 +84,10 @@ def _warn_fallback(nbytes: int, exc: OSError) -> None:
 class _BufferSink:
     """The buffer_callback: decides in-band or shared memory for each buffer pickle hands out."""
 
-    def __init__(self, store: SegmentStore | None):
+    def __init__(self, store: SegmentStore | None, checksums: bool = False):
         self.store = store
+        self.checksums = checksums
+        self.sums: dict[str, int] = {}  # segment name -> CRC-32 of its data (with checksums=True)
         self.buffers: list[SharedBuffer] = []
         # id(source of a buffer) -> its handle; survives a restart so that nothing is written twice
         self.written: dict[int, SharedBuffer] = {}
@@ -105,7 +108,11 @@ class _BufferSink:
         handle = self.written.get(id(source))
         if handle is None or handle.nbytes != raw.nbytes:
             try:
-                handle = store.write(raw)
+                if self.checksums:
+                    handle, crc = store.write_summed(raw)
+                    self.sums[handle.name] = crc
+                else:
+                    handle = store.write(raw)
             except OSError as exc:
                 _warn_fallback(raw.nbytes, exc)
                 return True
@@ -243,7 +250,29 @@ def serialize(obj, store: SegmentStore | None = None) -> Payload:
     Without a store everything is inline. Raises SerializationError if neither pickle nor cloudpickle
     can handle the value; never fails because shared memory is short (see SharedMemoryFallbackWarning).
     """
-    sink = _BufferSink(store)
+    return _serialize(obj, store, _BufferSink(store))
+
+
+def serialize_with_token(obj, store: SegmentStore | None, salt: bytes = b"") -> tuple[Payload, str]:
+    """:func:`serialize`, plus a hex token of the value's content (for pure task keys) from the same pass.
+
+    Equal values give equal tokens within a process; ``salt`` (e.g. the function's id) is hashed first.
+    The token hashes the pickle stream and, for each buffer in shared memory, its length and CRC-32,
+    as ``keys.tokenize_call`` does for large buffers. The CRC costs one more read of a freshly written
+    buffer, and nothing when the store re-used a segment holding the same bytes (the byte comparison
+    that allowed the re-use stands in for it): passing one large array to many tasks reads it once
+    per task instead of twice.
+    """
+    sink = _BufferSink(store, checksums=True)
+    payload = _serialize(obj, store, sink)
+    digest = hashlib.blake2b(salt, digest_size=16)
+    digest.update(payload.header)
+    for buffer in payload.buffers:
+        digest.update(b"|%d:%d" % (buffer.nbytes, sink.sums[buffer.name]))
+    return payload, digest.hexdigest()
+
+
+def _serialize(obj, store: SegmentStore | None, sink: _BufferSink) -> Payload:
     target = _expose_large_bytes(obj, store.threshold) if store is not None else obj
     try:
         try:

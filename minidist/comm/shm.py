@@ -37,8 +37,9 @@ import re
 import secrets
 import sys
 import threading
+import zlib
 from dataclasses import dataclass
-from typing import Iterable, NamedTuple
+from typing import Iterable, NamedTuple, cast
 
 SEGMENT_PREFIX = "minidist_"
 SHM_DIR = "/dev/shm"
@@ -98,7 +99,8 @@ class SegmentStore:
         self.threshold = threshold
         self._counter = itertools.count()
         self._lock = threading.Lock()
-        self._recent: collections.OrderedDict[tuple[int, int], str] = collections.OrderedDict()
+        # (address, length) of a recently written buffer -> (segment name, CRC-32 of it or None)
+        self._recent: collections.OrderedDict[tuple[int, int], tuple] = collections.OrderedDict()
 
     def __repr__(self) -> str:
         return f"SegmentStore(cluster_id={self.cluster_id!r}, threshold={self.threshold})"
@@ -112,29 +114,44 @@ class SegmentStore:
 
         On failure nothing is left behind in /dev/shm.
         """
+        return self._write(data, checksum=False)[0]
+
+    def write_summed(self, data) -> tuple[SharedBuffer, int]:
+        """:meth:`write`, plus the CRC-32 of the data (for content-based task keys).
+
+        When the write re-uses an earlier segment (a hard link after a byte comparison), the checksum
+        remembered for that segment is returned: the data is not read a third time.
+        """
+        handle, crc = self._write(data, checksum=True)
+        return handle, cast(int, crc)
+
+    def _write(self, data, checksum: bool) -> tuple[SharedBuffer, int | None]:
         view = memoryview(data)
         if not view.c_contiguous:
             raise ValueError("SegmentStore.write needs a C-contiguous buffer")
         view = view.cast("B") if (view.format != "B" or view.ndim != 1) else view
-        nbytes = view.nbytes
         key = _address_key(view)
         if key is not None:
             with self._lock:
                 previous = self._recent.get(key)
             if previous is not None:
-                ref = self._link_if_same(previous, view)
+                ref = self._link_if_same(previous[0], view)
                 if ref is not None:
-                    self._remember(key, ref.name)
-                    return ref
+                    crc = previous[1]  # the linked segment holds exactly these bytes
+                    if crc is None and checksum:
+                        crc = zlib.crc32(view)
+                    self._remember(key, ref.name, crc)
+                    return ref, crc
         name = self._new_name()
         _write_new_file(os.path.join(SHM_DIR, name), view)
+        crc = zlib.crc32(view) if checksum else None
         if key is not None:
-            self._remember(key, name)
-        return SharedBuffer(name, nbytes)
+            self._remember(key, name, crc)
+        return SharedBuffer(name, view.nbytes), crc
 
-    def _remember(self, key: tuple[int, int], name: str) -> None:
+    def _remember(self, key: tuple[int, int], name: str, crc: int | None) -> None:
         with self._lock:
-            self._recent[key] = name
+            self._recent[key] = (name, crc)
             self._recent.move_to_end(key)
             while len(self._recent) > _RECENT_WRITES:
                 self._recent.popitem(last=False)
