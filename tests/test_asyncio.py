@@ -10,15 +10,9 @@ import pytest
 
 from minidist import Client, LocalCluster, SubprocessCluster, as_completed
 from minidist.errors import FutureTimeoutError
+from tests.private_secrets import private_runtime_dir  # noqa: F401 (autouse fixture)
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture(autouse=True)
-def private_runtime_dir(tmp_path, monkeypatch):
-    runtime = tmp_path / "runtime"
-    runtime.mkdir(mode=0o700)
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
 
 
 def inc(x):

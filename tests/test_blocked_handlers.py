@@ -10,17 +10,11 @@ import pytest
 
 from minidist import Client, LocalCluster, get_client
 from minidist.scheduler.operations import HANDLER_NAMES
+from tests.private_secrets import private_runtime_dir  # noqa: F401 (autouse fixture)
 
 pytestmark = pytest.mark.timeout(60)
 
 DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs" / "network.md"
-
-
-@pytest.fixture(autouse=True)
-def private_runtime_dir(tmp_path, monkeypatch):
-    runtime = tmp_path / "runtime"
-    runtime.mkdir(mode=0o700)
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
 
 
 def message(name: str) -> str:

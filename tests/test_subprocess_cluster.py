@@ -14,15 +14,9 @@ import pytest
 
 from minidist import Client, SubprocessCluster
 from tests.conftest import wait_until
+from tests.private_secrets import private_runtime_dir  # noqa: F401 (autouse fixture)
 
 pytestmark = pytest.mark.timeout(90)
-
-
-@pytest.fixture(autouse=True)
-def private_runtime_dir(tmp_path, monkeypatch):
-    runtime = tmp_path / "runtime"
-    runtime.mkdir(mode=0o700)
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
 
 
 def gone(pids) -> bool:
