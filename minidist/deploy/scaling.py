@@ -63,18 +63,14 @@ def observe(scheduler, threads_per_worker: int, memory_per_worker: Optional[int]
         if ws.status == "retiring":
             continue
         idle_for = now - ws.idle_since if (ws.idle_since is not None and not ws.processing) else 0.0
-        nbytes = 0
-        for key in ws.has:
-            ts = tasks.get(key)
-            if ts is not None:
-                nbytes += ts.nbytes
         handle = scheduler.workers.get(ws.address)
         workers.append(WorkerObservation(
             name=ws.address, nthreads=ws.nthreads,
             memory_limit=handle.memory_limit if handle is not None else memory_per_worker,
             processing=len(ws.processing), idle_for=max(0.0, idle_for),
-            unique_keys=0,  # every result also lives in the client process: no worker has an only copy
-            nbytes=nbytes,
+            # every result also lives in the client process: a worker's cache is only a copy for
+            # locality, so no worker holds data the cluster needs it to keep (nor asks for memory)
+            unique_keys=0, nbytes=0,
         ))  # fmt: skip
     queued = list(state.restricted.values())
     seen = set(state.restricted)

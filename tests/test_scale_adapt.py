@@ -1,0 +1,163 @@
+"""scale() and adapt() on real clusters: workers come and go, idle ones first, and no result is lost."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+from conftest import wait_until
+
+from minidist import Adaptive, Client, LocalCluster
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def cluster(**kwargs):
+    kwargs.setdefault("dashboard_address", None)
+    kwargs.setdefault("silence_logs", False)
+    kwargs.setdefault("threads_per_worker", 1)
+    return LocalCluster(**kwargs)
+
+
+def addresses(c) -> set:
+    return set(c.scheduler_info()["workers"])
+
+
+def inc(x):
+    return x + 1
+
+
+def wait_for_file(path, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return "finished"
+
+
+def nap(x, seconds=0.3):
+    time.sleep(seconds)
+    return x
+
+
+# -------------------------------------------------------------------------------------------- scale
+
+
+def test_scale_up_then_down_retires_idle_workers_first_and_keeps_every_result(tmp_path):
+    with cluster(n_workers=1) as c, Client(c) as client:
+        c.scale(3)
+        assert len(addresses(c)) == 3
+        data = client.map(inc, range(30))  # results spread over the three workers' caches
+        assert client.gather(data) == list(range(1, 31))
+        # the youngest worker: without regard to work it would be the first to go
+        busy_worker = max(c.scheduler_info()["workers"].items(), key=lambda item: item[1]["name"])[0]
+        release = tmp_path / "release"
+        busy = client.submit(wait_for_file, str(release), workers=[busy_worker])
+        assert wait_until(lambda: client.processing()[busy_worker] == [busy.key])
+
+        c.scale(1)  # two of three go: the idle ones, not the one running a task
+        assert wait_until(lambda: addresses(c) == {busy_worker})
+        assert client.gather(data) == list(range(1, 31))
+        c.scale(0)  # the busy one retires too, but only once its task is done
+        assert addresses(c) == {busy_worker}
+        assert c.scheduler_info()["workers"][busy_worker]["status"] == "retiring"
+        release.touch()
+        assert busy.result(timeout=10) == "finished"
+        assert wait_until(lambda: not addresses(c))
+
+        # no worker left, yet every result is still there and feeds new work once one comes back
+        assert client.gather(data) == list(range(1, 31))
+        total = client.submit(sum, data)
+        c.scale(1)
+        assert total.result(timeout=10) == sum(range(1, 31))
+        cluster_log = c.get_logs()["Cluster"]
+        assert "Scaling from 1 to 3 workers" in cluster_log and "Scaling from 3 to 1 workers" in cluster_log
+        assert cluster_log.count("Retired worker") == 3
+
+
+def test_scale_counts_cores_and_memory():
+    with cluster(n_workers=1, processes=False, threads_per_worker=2, memory_limit="300MiB") as c:
+        c.scale(cores=5)
+        assert len(addresses(c)) == 3
+        c.scale(memory="600MiB")
+        assert len(addresses(c)) == 2
+        c.scale(memory="1GiB")
+        assert len(addresses(c)) == 4
+        with pytest.raises(ValueError, match="n, cores or memory"):
+            c.scale()
+        with pytest.raises(ValueError, match="non-negative"):
+            c.scale(-1)
+    with cluster(n_workers=1, processes=False, memory_limit=None) as c:
+        with pytest.raises(ValueError, match="memory_limit"):
+            c.scale(memory="1GiB")
+
+
+def test_a_worker_dying_after_a_scale_down_is_replaced_up_to_the_new_size():
+    with cluster(n_workers=3) as c, Client(c) as client:
+        c.scale(2)
+        assert len(addresses(c)) == 2
+        victim = next(iter(c.scheduler_info()["workers"].values()))["pid"]
+        os.kill(victim, signal.SIGKILL)
+        assert wait_until(lambda: victim not in {w["pid"] for w in c.scheduler_info()["workers"].values()})
+        client.wait_for_workers(2, timeout=10)
+        assert client.submit(inc, 1).result(timeout=10) == 2
+        assert len(addresses(c)) == 2
+
+
+# -------------------------------------------------------------------------------------------- adapt
+
+
+def test_adapt_returns_the_policy_and_a_second_call_replaces_the_first():
+    with cluster(n_workers=0, processes=False) as c:
+        first = c.adapt(minimum=1, maximum=2, interval="20ms")
+        assert isinstance(first, Adaptive) and first.running
+        assert wait_until(lambda: len(addresses(c)) == 1)
+        second = c.adapt(minimum=3, maximum=3, interval="20ms")
+        assert not first.running and second.running
+        assert wait_until(lambda: len(addresses(c)) == 3)
+    assert not second.running  # close stops it
+
+
+def test_scale_stops_an_active_adapt():
+    with cluster(n_workers=0, processes=False) as c:
+        policy = c.adapt(minimum=2, maximum=4, interval="20ms")
+        assert wait_until(lambda: len(addresses(c)) == 2)
+        c.scale(1)
+        assert not policy.running
+        assert len(addresses(c)) == 1  # the policy's minimum no longer holds
+        assert "Stopped adaptive scaling: scale() was called" in c.get_logs()["Cluster"]
+
+
+def test_bad_adapt_keywords_fail_before_anything_changes():
+    with cluster(n_workers=0, processes=False) as c:
+        policy = c.adapt(minimum=1, maximum=1, interval="20ms")
+        with pytest.raises(ValueError, match="minimum"):
+            c.adapt(minimum=3, maximum=1)
+        assert policy.running
+
+
+class AlwaysTwo(Adaptive):
+    def target(self, observed):
+        return 2
+
+
+def test_adapt_takes_a_users_policy_class():
+    with cluster(n_workers=0, processes=False) as c:
+        policy = c.adapt(Adaptive=AlwaysTwo, interval="20ms")
+        assert isinstance(policy, AlwaysTwo)
+        assert wait_until(lambda: len(addresses(c)) == 2)
+
+
+@pytest.mark.parametrize("processes", [False, True])
+def test_adapt_grows_under_load_and_shrinks_after(processes):
+    with cluster(n_workers=0, processes=processes) as c, Client(c) as client:
+        policy = c.adapt(minimum=0, maximum=3, interval="50ms", target_duration="100ms", wait_count=2)
+        futures = client.map(nap, range(12))
+        assert wait_until(lambda: len(addresses(c)) == 3, timeout=20)
+        assert client.gather(futures) == list(range(12))
+        assert wait_until(lambda: not addresses(c), timeout=20)
+        assert [entry["status"] for _, entry in policy.log][:1] == ["up"]
+        assert policy.log[-1][1] == {"status": "down", "n": 0, "workers": policy.log[-1][1]["workers"]}
+        cluster_log = c.get_logs()["Cluster"]
+        assert "Adaptive scaling from 0 to " in cluster_log and " to 0 workers" in cluster_log
