@@ -529,6 +529,24 @@ def test_worker_memory_leaves_out_shared_pages_it_reads_or_wrote(client, workers
     del scattered, produced
 
 
+def test_memory_monitor_lets_a_worker_read_more_shared_data_than_its_limit():
+    with LocalCluster(n_workers=1, threads_per_worker=1, memory_limit="150MiB",
+                      dashboard_address=None) as cluster, Client(cluster, set_as_default=False) as client:  # fmt: skip
+        scattered = client.scatter(np.ones(200 * MiB // 8))
+
+        def read_all_and_linger(array):
+            value = float(array.sum())  # every page mapped into this worker
+            time.sleep(0.5)  # several monitor checks while the worker holds the mapping
+            return value
+
+        assert client.submit(read_all_and_linger, scattered).result(timeout=30) == 200 * MiB // 8
+        (worker,) = client.scheduler_info()["workers"].values()
+        assert worker["status"] == "running"
+        log = cluster.get_logs()["Cluster"]
+        assert "pausing" not in log and "Terminating" not in log, log
+        del scattered
+
+
 # ------------------------------------------------------------------------------------------ threads
 
 
