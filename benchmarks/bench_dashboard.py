@@ -93,9 +93,7 @@ def poll_costs(client: Client, tasks: int, status_json: str) -> dict:
     cluster = client.cluster
     futures = client.map(inc, range(-tasks, 0))
     client.gather(futures)
-    since = (
-        0.0  # the worst case: every task-stream entry is new (the answer takes the newest ones, capped)
-    )
+    since = 0.0  # the worst case: every entry is new (the answer takes the newest ones, capped)
     probes = {
         "scheduler thread": lambda: cluster.scheduler.call(_timed_view, since).result(),
         "snapshot": lambda: cluster.services.snapshots.status(since),

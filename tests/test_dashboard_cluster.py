@@ -188,6 +188,8 @@ def test_status_json_shows_real_work_by_prefix_with_tidy_thread_rows():
         assert by_prefix["slow_square"]["memory"] == 40 and by_prefix["fail"]["erred"] == 3
         assert snap["tasks"]["totals"]["memory"] == 40 and snap["tasks"]["totals"]["erred"] == 3
         assert snap["cluster"]["n_workers"] == 2 and snap["cluster"]["threads"] == 4
+        # thread workers share this process: no pid, no memory of their own (the page shows "–")
+        assert all(w["pid"] is None and w["memory"] is None for w in snap["workers"])
         addresses = {w["address"] for w in snap["workers"]}
         stream = snap["task_stream"]
         assert len(stream) == 43

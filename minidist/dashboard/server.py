@@ -25,9 +25,10 @@ The snapshot (what ``/json/status.json`` returns and what the status page draws)
      "cluster": {"name": str, "scheduler_address": str, "n_workers": int, "threads": int,
                  "memory_limit": int | None, "status": "running" | "closed"},
      "workers": [{"address": str, "name": str, "nthreads": int, "processing": int, "executing": int,
-                  "memory": int, "memory_limit": int | None, "cpu": float,   # cpu in percent
+                  "memory": int | None, "memory_limit": int | None, "cpu": float,   # cpu in percent
                   "pid": int | None, "status": "running" | "paused", "in_memory": int,
                   "dashboard": str | None}],            # URL of the worker's own page, if it has one
+                  # memory is None for thread workers: they share the cluster's process
      "tasks": {"by_prefix": {prefix: {"waiting": int, "queued": int, "processing": int, "memory": int,
                                       "erred": int, "released": int}},
                "totals": {same keys}},

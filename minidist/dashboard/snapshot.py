@@ -163,10 +163,8 @@ class ClusterSnapshots:
             self.on_workers(workers, complete)
 
     def _process_metrics(self, pid) -> tuple:
-        if (
-            pid is None
-        ):  # a thread worker: its memory and CPU are this process's, shared with the rest
-            return 0, 0.0
+        if pid is None:  # a thread worker has no memory of its own (it shares this process's): "–"
+            return None, 0.0
         proc = self._processes.get(pid)
         try:
             if proc is None:
