@@ -106,7 +106,10 @@ class ProcessWorkerHandle:
             returncode = self.popen.wait(timeout=2)
         except subprocess.TimeoutExpired:
             returncode = None
-        return describe_exit(returncode, self.memory_killed, self.memory_kill_detail)
+        reason = describe_exit(returncode, self.memory_killed, self.memory_kill_detail)
+        if not self.started:
+            reason += " before it started (its log, in cluster.get_logs(), may say why)"
+        return reason
 
     def close(self) -> None:
         """Tell the worker to leave (a clean close, so it leaves shared memory alone) and hang up."""
