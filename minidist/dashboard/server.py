@@ -316,13 +316,14 @@ class DashboardServer:
     def html_page(self, page: str, config: dict) -> bytes:
         """A templated page (``status``/``worker``) with its JSON config embedded."""
         template = self._assets[page][0]
+        config = dict(
+            config, prefix=self.prefix, name=self.name, own_server=self.worker is not None
+        )
         return (
             template.replace("{{NAV}}", self.nav())
             .replace("{{PREFIX}}", pages.escape(self.prefix))
             .replace("{{TITLE}}", pages.escape(self.name))
-            .replace(
-                "{{CONFIG}}", pages.script_json(dict(config, prefix=self.prefix, name=self.name))
-            )
+            .replace("{{CONFIG}}", pages.script_json(config))
             .encode()
         )
 

@@ -281,7 +281,7 @@
       const memCard = el("div", { class: "card", style: "min-width: 20em" },
         el("div", { class: "label" }, "Memory"), memBar(w.memory, w.memory_limit));
       $("totals").append(memCard);
-      if (w.dashboard) $("totals").append(el("div", { class: "card" }, el("a", { href: w.dashboard }, "own dashboard")));
+      if (w.dashboard && !config.own_server) $("totals").append(el("div", { class: "card" }, el("a", { href: w.dashboard }, "own dashboard")));
       stream.add(data.task_stream);
       stream.draw(num(data.time), [w]);
       const tasks = (data.tasks || []).slice(0, 500).map((t) => el("tr", {},
