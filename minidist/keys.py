@@ -8,14 +8,10 @@ The prefix before the token (``key_split``) groups tasks on the dashboard and in
 from __future__ import annotations
 
 import hashlib
-import pickle
-import re
 import os
+import pickle
 import random
 import zlib
-
-_HEX_OR_UUID = re.compile(r"^[0-9a-f]{8,}$|^[0-9a-f]{8}-[0-9a-f]{4}-")
-
 
 _random = random.Random(int.from_bytes(os.urandom(16), "little"))
 
@@ -23,7 +19,7 @@ _random = random.Random(int.from_bytes(os.urandom(16), "little"))
 def random_token() -> str:
     """A fresh 128-bit hex token. Not uuid4: os.urandom costs ~10 us per call on some VMs, which adds up
     over thousands of impure tasks; uniqueness, not secrecy, is what keys need."""
-    return "%032x" % _random.getrandbits(128)
+    return f"{_random.getrandbits(128):032x}"
 
 
 def tokenize_call(function_token: bytes, args: tuple, kwargs: dict) -> str:

@@ -173,7 +173,7 @@ def test_repr_shows_workers_and_threads():
     with LocalCluster(processes=False, n_workers=2, threads_per_worker=3, dashboard_address=None,
                       name="demo") as cluster:  # fmt: skip
         text = repr(cluster)
-        assert text.startswith("LocalCluster('demo'")
+        assert text.startswith("LocalCluster(demo, ")
         assert "workers=2" in text and "threads=6" in text
         with Client(cluster) as client:
             assert "threads=6" in repr(client)
