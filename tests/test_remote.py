@@ -20,7 +20,10 @@ import numpy as np
 import pytest
 
 from minidist import CancelledError, Client, CommClosedError, LocalCluster, worker_client
+from minidist.comm.serialize import deserialize, serialize
+from minidist.comm.shm import SegmentStore, new_cluster_id, unlink_segments
 from minidist.comm.tcp import AuthenticationError, connect
+from minidist.remote.protocol import inline_payload
 from minidist.security import secret_path
 from tests.conftest import wait_until
 from tests.private_secrets import private_runtime_dir  # noqa: F401 (autouse fixture)
@@ -158,6 +161,18 @@ def test_remote_client_large_arrays_round_trip(remote):
     assert remote.submit(np.sum, scattered).result(timeout=20) == array.sum()
     doubled = remote.submit(operator.mul, scattered, 2)
     np.testing.assert_array_equal(doubled.result(timeout=20), array * 2)
+
+
+def test_values_for_another_machine_travel_inline():
+    array = np.arange(100_000, dtype="int64")
+    payload = serialize(array, SegmentStore(new_cluster_id(), threshold=1024))
+    try:
+        assert payload.segments()
+        inline = inline_payload(payload)
+        assert not inline.segments()
+        np.testing.assert_array_equal(deserialize(inline), array)
+    finally:
+        unlink_segments(payload.segments())
 
 
 def test_remote_client_close_releases_its_keys(cluster):
@@ -303,6 +318,8 @@ def test_thread_cluster_listens_only_when_asked():
             with pytest.raises(ZeroDivisionError):
                 c.submit(fail, 1).result(timeout=10)
             assert list(c.run(os.getpid).values()) == [os.getpid()]
+            with pytest.raises(ZeroDivisionError, match="cannot handle 2"):
+                c.run(fail, 2)
             assert c.run_on_scheduler(lambda: os.getpid()) == os.getpid()
 
 

@@ -315,7 +315,10 @@ class RemoteCluster:
     def _summary(self) -> dict:
         from ..deploy.memory import format_bytes
 
-        workers = list(self.scheduler_info()["workers"].values())
+        try:
+            workers = list(self.scheduler_info()["workers"].values())
+        except (ValueError, CommClosedError):  # "identity" blocked, or the connection is gone
+            return {"workers": 0, "threads": 0, "memory": None, "memory_text": "unknown"}
         memory = [w["memory_limit"] for w in workers if w.get("memory_limit")]
         total = sum(memory) if memory and len(memory) == len(workers) else None
         return {"workers": len(workers), "threads": sum(w["nthreads"] for w in workers),
