@@ -12,7 +12,7 @@ import textwrap
 import psutil
 import pytest
 
-from minidist import Client, SubprocessCluster
+from minidist import Client, SubprocessCluster, worker_client
 from tests.conftest import wait_until
 from tests.private_secrets import private_runtime_dir  # noqa: F401 (autouse fixture)
 
@@ -33,6 +33,15 @@ def square(x):
     return x * x
 
 
+def tree_sum(values):
+    if len(values) == 1:
+        return values[0]
+    with worker_client() as client:
+        half = len(values) // 2
+        left, right = client.submit(tree_sum, values[:half]), client.submit(tree_sum, values[half:])
+        return left.result() + right.result()
+
+
 def test_scheduler_and_every_worker_have_their_own_process():
     with SubprocessCluster(n_workers=2, threads_per_worker=2, memory_limit="1GiB",
                            dashboard_address=None) as cluster:  # fmt: skip
@@ -47,6 +56,7 @@ def test_scheduler_and_every_worker_have_their_own_process():
             assert set(client.run(os.getpid).values()) == worker_pids
             assert client.submit(os.getpid, pure=False).result(timeout=10) in worker_pids
             assert client.run_on_scheduler(os.getpid) == scheduler_pid
+            assert client.submit(tree_sum, list(range(16))).result(timeout=30) == sum(range(16))
             assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
         me = os.getpid()
         assert len(worker_pids) == 2 and scheduler_pid not in worker_pids and me not in worker_pids
@@ -89,7 +99,7 @@ def test_tls_subprocess_cluster():
 def test_killing_the_client_process_takes_the_whole_cluster_down():
     code = """
         import json, os, time
-        from minidist import Client, SubprocessCluster
+        from minidist import Client, SubprocessCluster, worker_client
 
         cluster = SubprocessCluster(n_workers=2, threads_per_worker=1, dashboard_address=None)
         client = Client(cluster)
