@@ -84,8 +84,10 @@ def test_scale_counts_cores_and_memory():
         assert len(addresses(c)) == 2
         c.scale(memory="1GiB")
         assert len(addresses(c)) == 4
-        with pytest.raises(ValueError, match="n, cores or memory"):
-            c.scale()
+        c.scale(1, cores=4)  # whichever asks for more, as dask
+        assert len(addresses(c)) == 2
+        c.scale()  # dask's default n=0
+        assert not addresses(c)
         with pytest.raises(ValueError, match="non-negative"):
             c.scale(-1)
     with cluster(n_workers=1, processes=False, memory_limit=None) as c:

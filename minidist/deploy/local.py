@@ -245,18 +245,18 @@ class LocalCluster(AsyncContext):
 
     # --------------------------------------------------------------------------------------- scale
 
-    def scale(self, n: Optional[int] = None, memory=None, cores=None) -> None:
-        """Set the number of workers to ``n`` (or enough for ``cores``/``memory``); stops ``adapt``.
+    def scale(self, n: int = 0, memory=None, cores=None) -> None:
+        """Set the number of workers to ``n``, or more if ``cores``/``memory`` ask for more (as dask).
 
         Up starts workers at once. Down retires the least busy workers: they take no new tasks, finish
         what they hold and then stop. Nothing is lost: every result already lives in the client process.
+        Stops ``adapt``.
         """
-        if n is None:
-            n = self._workers_for(cores=cores, memory=memory)
         if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
             raise ValueError(f"scale() needs a non-negative number of workers, not {n!r}")
+        n = max(int(n), self._workers_for(cores=cores, memory=memory))
         self._stop_adaptive("scale() was called")
-        self._scale_to(int(n))
+        self._scale_to(n)
 
     def _scale_to(self, n: int, retire=None, why: str = "Scaling") -> None:
         """Make ``n`` the target: start workers, or retire ``retire`` (named) or the least busy ones."""
@@ -278,18 +278,18 @@ class LocalCluster(AsyncContext):
                 self._start_worker()
 
     def _workers_for(self, cores=None, memory=None) -> int:
-        import math
-
+        """Workers needed for ``cores`` threads and ``memory`` bytes (0 for what is not given)."""
         from .memory import parse_bytes
 
+        needed = 0
         if cores is not None:
-            return max(0, math.ceil(cores / self.options.threads_per_worker))
+            needed = math.ceil(cores / self.options.threads_per_worker)
         if memory is not None:
             per_worker = self.options.memory_limit
             if not per_worker:
                 raise ValueError("scale(memory=...) needs workers with a memory_limit")
-            return max(0, math.ceil(parse_bytes(memory) / per_worker))
-        raise ValueError("scale() needs n, cores or memory")
+            needed = max(needed, math.ceil(parse_bytes(memory) / per_worker))
+        return max(0, needed)
 
     # --------------------------------------------------------------------------------------- adapt
 
