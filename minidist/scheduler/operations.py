@@ -37,7 +37,6 @@ HANDLER_NAMES = {
     "task_stream": "get_task_stream",
     "workers_matching": "identity",
     "scale": "scale",
-    "retire_workers": "retire_workers",
 }
 
 

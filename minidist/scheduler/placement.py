@@ -171,9 +171,11 @@ class Placement:
                 continue
             victim = max(running, key=lambda w: len(w.processing) - w.nthreads - w.seceded)
             queued = len(victim.processing) - victim.nthreads - victim.seceded
-            if victim is thief or queued < 2:
+            if victim is thief or queued < 1:
                 return
-            keys = list(itertools.islice(reversed(victim.processing), queued // 2))
+            # half of the victim's queue, and at least one task: a single task queued behind a
+            # long-running one (e.g. a task waiting on its own subtasks) must not wait for it
+            keys = list(itertools.islice(reversed(victim.processing), max(1, queued // 2)))
             stolen = []
             for key in keys:
                 ts = self.tasks.get(key)

@@ -97,10 +97,11 @@ class ProcessWorker:
 
     def prepare(self, run_spec) -> tuple:
         function_id, _, args_payload = run_spec
-        function = self.functions[function_id]
-        if type(function) is _LazyFunction:
-            function = self.functions[function_id] = loads_function(function.blob)
-        args, kwargs = deserialize(args_payload)
+        with self.runtime.decode_lock:
+            function = self.functions[function_id]
+            if type(function) is _LazyFunction:
+                function = self.functions[function_id] = loads_function(function.blob)
+            args, kwargs = deserialize(args_payload)
         return function, args, kwargs
 
     # -------------------------------------------------------------------------------------- dispatch

@@ -113,6 +113,10 @@ class WorkerRuntime:
         self._encode_result = encode_result
         self._encode_error = encode_error or (lambda exc, tb: (exc, tb))
         self._decode_value = decode_value
+        # Unpickling runs under one lock per worker: two task threads unpickling the first NumPy array
+        # at once would both import numpy, which CPython can answer with ImportError/_DeadlockError;
+        # decoding is zero-copy and short, so the lock costs little.
+        self.decode_lock = threading.RLock()
         self._prepare = prepare
         self.data: dict = {}  # key -> decoded value: the local cache of results and dependencies
         self.encoded: dict = {}  # key -> encoded value, decoded lazily on first use
@@ -200,8 +204,13 @@ class WorkerRuntime:
         try:
             return self.data[key]
         except KeyError:
-            value = self._decode_value(self.encoded.pop(key))
+            pass
+        with self.decode_lock:  # another task thread may be decoding the same dependency right now
+            if key in self.data:
+                return self.data[key]
+            value = self._decode_value(self.encoded[key])
             self.data[key] = value
+            self.encoded.pop(key, None)
             return value
 
     def _execute(self, task: PendingTask) -> None:
