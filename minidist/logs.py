@@ -446,7 +446,9 @@ class WorkerLogShipper(logging.Handler):
                 if self.pending and not self.ship(send):
                     return
 
-        self._shipping = threading.Thread(target=ship_loop, name="minidist-log-shipper", daemon=True)
+        self._shipping = threading.Thread(
+            target=ship_loop, name="minidist-log-shipper", daemon=True
+        )
         self._shipping.start()
 
     def ship(self, send: Callable[[list], None]) -> bool:

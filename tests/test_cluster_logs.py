@@ -3,6 +3,7 @@ shipped from worker processes, and a clear line in the right log for each thing 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -23,11 +24,10 @@ LINE = re.compile(
 )
 
 
-def cluster(**kwargs):
-    kwargs.setdefault("dashboard_address", None)
-    kwargs.setdefault("silence_logs", False)
-    kwargs.setdefault("threads_per_worker", 1)
-    return LocalCluster(**kwargs)
+# quiet clusters without a dashboard (any keyword may be given again)
+cluster = functools.partial(
+    LocalCluster, dashboard_address=None, silence_logs=False, threads_per_worker=1
+)
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +106,9 @@ def test_records_logged_by_tasks_in_a_worker_process_reach_that_workers_log(logg
     assert wait_until(lambda: "task saw 41" in c.get_logs()[address])
     line = next(line for line in c.get_logs()[address].splitlines() if "task saw 41" in line)
     assert f".{address} - WARNING - task saw 41" in line  # under the worker's own logger name
-    others = [text for a, text in c.get_logs(cluster=False, scheduler=False).items() if a != address]
+    others = [
+        text for a, text in c.get_logs(cluster=False, scheduler=False).items() if a != address
+    ]
     assert not any("task saw 41" in text for text in others)
 
 
@@ -125,7 +127,9 @@ def test_a_worker_class_that_cannot_start_says_why_in_its_log_and_tasks_fail_cle
         worker_logs = [text for key, text in c.get_logs().items() if key.startswith("ipc://")]
         assert any("ConnectionError: database unreachable" in text for text in worker_logs)
         # and the cluster stops starting workers that cannot start
-        assert wait_until(lambda: "keep dying before they start" in c.get_logs()["Cluster"], timeout=20)
+        assert wait_until(
+            lambda: "keep dying before they start" in c.get_logs()["Cluster"], timeout=20
+        )
 
 
 def test_the_root_logger_is_left_alone_and_silence_logs_false_prints_nothing(capfd):

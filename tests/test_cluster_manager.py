@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -30,10 +31,8 @@ def slow_inc(x, delay=0.05):
     return x + 1
 
 
-def cluster(**kwargs):
-    kwargs.setdefault("dashboard_address", None)
-    kwargs.setdefault("silence_logs", False)
-    return LocalCluster(**kwargs)
+# quiet clusters without a dashboard (any keyword may be given again)
+cluster = functools.partial(LocalCluster, dashboard_address=None, silence_logs=False)
 
 
 def worker_info(c) -> list:
@@ -46,7 +45,11 @@ def worker_info(c) -> list:
 @pytest.mark.parametrize(
     "kwargs, cores, expected",
     [
-        ({"processes": True}, 8, (4, 2)),  # dask's mixture: processes near the square root of the cores
+        (
+            {"processes": True},
+            8,
+            (4, 2),
+        ),  # dask's mixture: processes near the square root of the cores
         ({"processes": True}, 3, (3, 1)),
         ({"processes": True, "threads_per_worker": 4}, 8, (2, 4)),
         ({"processes": False}, 8, (1, 8)),
@@ -56,7 +59,9 @@ def worker_info(c) -> list:
         ({"processes": False, "n_workers": 2, "nthreads": 3}, 8, (2, 3)),
     ],
 )
-def test_n_workers_and_threads_default_from_each_other_as_in_dask(monkeypatch, kwargs, cores, expected):
+def test_n_workers_and_threads_default_from_each_other_as_in_dask(
+    monkeypatch, kwargs, cores, expected
+):
     monkeypatch.setattr(options_module, "cpu_count", lambda: cores)
     with cluster(**kwargs) as c:
         info = worker_info(c)
@@ -160,8 +165,13 @@ def test_scheduler_kwargs_set_allowed_failures():
 
 
 def test_repr_is_dasks():
-    with cluster(name="demo", n_workers=2, threads_per_worker=2, processes=False, memory_limit="1GiB") as c:
-        assert repr(c) == f"LocalCluster(demo, '{c.scheduler_address}', workers=2, threads=4, memory=2.00 GiB)"
+    with cluster(
+        name="demo", n_workers=2, threads_per_worker=2, processes=False, memory_limit="1GiB"
+    ) as c:
+        assert (
+            repr(c)
+            == f"LocalCluster(demo, '{c.scheduler_address}', workers=2, threads=4, memory=2.00 GiB)"
+        )
     with cluster(name="demo", n_workers=1, processes=False, memory_limit=None) as c:
         assert repr(c) == f"LocalCluster(demo, '{c.scheduler_address}', workers=1, threads={CORES})"
 
@@ -225,7 +235,9 @@ def fail():
 
 @pytest.mark.parametrize("processes", [False, True])
 def test_worker_class_hooks_run_around_tasks_and_get_worker_returns_the_worker(processes):
-    with cluster(n_workers=1, threads_per_worker=1, processes=processes, worker_class=Recording) as c:
+    with cluster(
+        n_workers=1, threads_per_worker=1, processes=processes, worker_class=Recording
+    ) as c:
         with Client(c) as client:
             assert client.submit(inc, 1, key="inc-1").result(timeout=10) == 2
             with pytest.raises(ValueError):
@@ -289,7 +301,9 @@ def process_client():
         yield client
 
 
-def test_os_exit_mid_task_is_retried_on_a_replacement_and_the_result_is_right(process_client, tmp_path):
+def test_os_exit_mid_task_is_retried_on_a_replacement_and_the_result_is_right(
+    process_client, tmp_path
+):
     client = process_client
     before = {w["pid"] for w in worker_info(client.cluster)}
     future = client.submit(exit_once, str(tmp_path / "marker"), 42)

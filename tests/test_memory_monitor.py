@@ -3,6 +3,7 @@ terminated above 95%, the cluster healed, a task that always blows the limit end
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -18,11 +19,10 @@ pytestmark = pytest.mark.timeout(60)
 MiB = 2**20
 
 
-def cluster(**kwargs):
-    kwargs.setdefault("dashboard_address", None)
-    kwargs.setdefault("silence_logs", False)
-    kwargs.setdefault("threads_per_worker", 1)
-    return LocalCluster(**kwargs)
+# quiet clusters without a dashboard (any keyword may be given again)
+cluster = functools.partial(
+    LocalCluster, dashboard_address=None, silence_logs=False, threads_per_worker=1
+)
 
 
 def limits(c) -> list:
@@ -97,7 +97,9 @@ def test_a_worker_above_80_percent_is_paused_gets_no_new_tasks_and_resumes_below
         assert wait_until(lambda: status_of(c, full) == "running", timeout=10)
         assert len(c.scheduler_info()["workers"]) == 2  # paused, never killed
         cluster_log = c.get_logs()["Cluster"]
-        assert f"Worker {full} is using" in cluster_log and "pausing it (no new tasks)" in cluster_log
+        assert (
+            f"Worker {full} is using" in cluster_log and "pausing it (no new tasks)" in cluster_log
+        )
         assert "resuming it" in cluster_log
         assert "pausing it" in c.get_logs()[full]  # the worker's own log says so too
 
@@ -131,10 +133,15 @@ def test_a_memory_hog_is_terminated_its_task_retried_and_the_worker_replaced(tmp
         after = {w["pid"] for w in c.scheduler_info()["workers"].values()}
         assert len(before - after) == 1  # exactly the hog's worker was replaced
         logs = c.get_logs()
-        assert "Terminating worker" in logs["Cluster"] and "exceeding its memory limit" in logs["Cluster"]
+        assert (
+            "Terminating worker" in logs["Cluster"]
+            and "exceeding its memory limit" in logs["Cluster"]
+        )
         assert "died: terminated by minidist for exceeding its memory limit" in logs["Scheduler"]
         assert "Starting a replacement" in logs["Cluster"]
-        [dead] = [a for a, text in logs.items() if a.startswith("ipc://") and "Terminating worker" in text]
+        [dead] = [
+            a for a, text in logs.items() if a.startswith("ipc://") and "Terminating worker" in text
+        ]
         assert dead not in c.scheduler_info()["workers"]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import time
@@ -14,11 +15,10 @@ from minidist import Adaptive, Client, LocalCluster
 pytestmark = pytest.mark.timeout(60)
 
 
-def cluster(**kwargs):
-    kwargs.setdefault("dashboard_address", None)
-    kwargs.setdefault("silence_logs", False)
-    kwargs.setdefault("threads_per_worker", 1)
-    return LocalCluster(**kwargs)
+# quiet clusters without a dashboard (any keyword may be given again)
+cluster = functools.partial(
+    LocalCluster, dashboard_address=None, silence_logs=False, threads_per_worker=1
+)
 
 
 def addresses(c) -> set:
@@ -51,7 +51,9 @@ def test_scale_up_then_down_retires_idle_workers_first_and_keeps_every_result(tm
         data = client.map(inc, range(30))  # results spread over the three workers' caches
         assert client.gather(data) == list(range(1, 31))
         # the youngest worker: without regard to work it would be the first to go
-        busy_worker = max(c.scheduler_info()["workers"].items(), key=lambda item: item[1]["name"])[0]
+        busy_worker = max(c.scheduler_info()["workers"].items(), key=lambda item: item[1]["name"])[
+            0
+        ]
         release = tmp_path / "release"
         busy = client.submit(wait_for_file, str(release), workers=[busy_worker])
         assert wait_until(lambda: client.processing()[busy_worker] == [busy.key])
@@ -72,7 +74,10 @@ def test_scale_up_then_down_retires_idle_workers_first_and_keeps_every_result(tm
         c.scale(1)
         assert total.result(timeout=10) == sum(range(1, 31))
         cluster_log = c.get_logs()["Cluster"]
-        assert "Scaling from 1 to 3 workers" in cluster_log and "Scaling from 3 to 1 workers" in cluster_log
+        assert (
+            "Scaling from 1 to 3 workers" in cluster_log
+            and "Scaling from 3 to 1 workers" in cluster_log
+        )
         assert cluster_log.count("Retired worker") == 3
 
 
@@ -101,7 +106,9 @@ def test_a_worker_dying_after_a_scale_down_is_replaced_up_to_the_new_size():
         assert len(addresses(c)) == 2
         victim = next(iter(c.scheduler_info()["workers"].values()))["pid"]
         os.kill(victim, signal.SIGKILL)
-        assert wait_until(lambda: victim not in {w["pid"] for w in c.scheduler_info()["workers"].values()})
+        assert wait_until(
+            lambda: victim not in {w["pid"] for w in c.scheduler_info()["workers"].values()}
+        )
         client.wait_for_workers(2, timeout=10)
         assert client.submit(inc, 1).result(timeout=10) == 2
         assert len(addresses(c)) == 2
@@ -154,12 +161,18 @@ def test_adapt_takes_a_users_policy_class():
 @pytest.mark.parametrize("processes", [False, True])
 def test_adapt_grows_under_load_and_shrinks_after(processes):
     with cluster(n_workers=0, processes=processes) as c, Client(c) as client:
-        policy = c.adapt(minimum=0, maximum=3, interval="50ms", target_duration="100ms", wait_count=2)
+        policy = c.adapt(
+            minimum=0, maximum=3, interval="50ms", target_duration="100ms", wait_count=2
+        )
         futures = client.map(nap, range(12))
         assert wait_until(lambda: len(addresses(c)) == 3, timeout=20)
         assert client.gather(futures) == list(range(12))
         assert wait_until(lambda: not addresses(c), timeout=20)
         assert [entry["status"] for _, entry in policy.log][:1] == ["up"]
-        assert policy.log[-1][1] == {"status": "down", "n": 0, "workers": policy.log[-1][1]["workers"]}
+        assert policy.log[-1][1] == {
+            "status": "down",
+            "n": 0,
+            "workers": policy.log[-1][1]["workers"],
+        }
         cluster_log = c.get_logs()["Cluster"]
         assert "Adaptive scaling from 0 to " in cluster_log and " to 0 workers" in cluster_log

@@ -54,7 +54,9 @@ class WorkerObservation:
     processing: int  # tasks assigned to it
     idle_for: float  # seconds since it last had work (0 if busy)
     unique_keys: int  # keys whose only copy lives on this worker (retiring it would lose them)
-    nbytes: int  # bytes of data it holds that the cluster needs it to keep (lost or moved if it went)
+    nbytes: (
+        int  # bytes of data it holds that the cluster needs it to keep (lost or moved if it went)
+    )
 
 
 @dataclass(frozen=True)

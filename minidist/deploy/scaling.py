@@ -25,7 +25,9 @@ def active_workers(scheduler) -> list[str]:
     return [a for a, ws in scheduler.state.workers.items() if ws.status != "retiring"]
 
 
-def retire_workers(scheduler, count: int = 0, addresses: Optional[Iterable[str]] = None) -> list[str]:
+def retire_workers(
+    scheduler, count: int = 0, addresses: Optional[Iterable[str]] = None
+) -> list[str]:
     """Mark ``addresses`` (or the ``count`` least busy workers) as retiring; returns those marked."""
     state = scheduler.state
     candidates = [ws for ws in state.workers.values() if ws.status != "retiring"]
@@ -48,7 +50,9 @@ def _order(name) -> int:
         return 0
 
 
-def observe(scheduler, threads_per_worker: int, memory_per_worker: Optional[int]) -> ClusterObservation:
+def observe(
+    scheduler, threads_per_worker: int, memory_per_worker: Optional[int]
+) -> ClusterObservation:
     """What the adaptive policy sees: load by task prefix, and every worker that is not retiring."""
     state = scheduler.state
     now = time.time()
@@ -74,7 +78,10 @@ def observe(scheduler, threads_per_worker: int, memory_per_worker: Optional[int]
         ))  # fmt: skip
     queued = list(state.restricted.values())
     seen = set(state.restricted)
-    for _, key in state.ready:  # heap entries of tasks no longer queued are dropped lazily: skip them
+    for (
+        _,
+        key,
+    ) in state.ready:  # heap entries of tasks no longer queued are dropped lazily: skip them
         ts = tasks.get(key)
         if ts is not None and ts.state == "queued" and key not in seen:
             seen.add(key)

@@ -53,7 +53,9 @@ class MemoryMonitor:
         self.interval = interval
         self.paused: set[str] = set()  # addresses this monitor paused
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="minidist-memory-monitor", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name="minidist-memory-monitor", daemon=True
+        )
 
     def start(self) -> MemoryMonitor:
         self._thread.start()
@@ -96,7 +98,9 @@ class MemoryMonitor:
         address = handle.address
         if paused:
             self.paused.add(address)
-            message = "Worker %s is using %s, %.0f%% of its %s memory_limit: pausing it (no new tasks)"
+            message = (
+                "Worker %s is using %s, %.0f%% of its %s memory_limit: pausing it (no new tasks)"
+            )
         else:
             self.paused.discard(address)
             message = "Worker %s is using %s, %.0f%% of its %s memory_limit: resuming it"
@@ -109,7 +113,9 @@ class MemoryMonitor:
         fraction = self.terminate_fraction or 1.0
         detail = memory_kill_reason(used, limit, fraction)
         handle.memory_kill_detail = detail
-        handle.memory_killed = True  # before the kill: the death reason reads it when the pipe closes
+        handle.memory_killed = (
+            True  # before the kill: the death reason reads it when the pipe closes
+        )
         message = "Terminating worker %s for exceeding its memory limit (%s)"
         self.logger.warning(message, handle.address, detail)
         self.worker_logger(handle.address).warning(message, handle.address, detail)

@@ -124,4 +124,6 @@ class Worker(WorkerRuntime):
         return get_client()
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.address!r}, name: {self.name}, threads: {self.nthreads}>"
+        return (
+            f"<{type(self).__name__} {self.address!r}, name: {self.name}, threads: {self.nthreads}>"
+        )
