@@ -24,6 +24,7 @@ _PUBLIC = {
     "LocalCluster": "deploy.local",
     "SubprocessCluster": "deploy.subprocess",
     "Adaptive": "deploy.adaptive",
+    "Worker": "deploy.worker_hooks",
     "default_client": "context",
     "get_client": "context",
     "get_worker": "context",

@@ -66,6 +66,17 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.running[address] = {}
         self.apply(self.state.add_worker(address, nthreads, name=address))
 
+    @precondition(lambda self: len(self.state.workers) > 1)
+    @rule(data=st.data())
+    def retire_worker(self, data):
+        address = data.draw(st.sampled_from(sorted(self.state.workers)))
+        self.apply(self.state.set_worker_status(address, "retiring"))
+
+    @invariant()
+    def empty_retiring_workers_are_gone(self):
+        for ws in self.state.workers.values():
+            assert not (ws.status == "retiring" and not ws.processing), ws
+
     @precondition(lambda self: self.state.workers)
     @rule(data=st.data())
     def lose_worker(self, data):

@@ -383,7 +383,9 @@ class Scheduler:
     def _worker_died(self, handle, outgoing: dict, reports: dict) -> None:
         reason = handle.death_reason()
         self.logger.warning("Worker %s (name %s) died: %s", handle.address, handle.name, reason)
-        self._remove_worker(handle, reason, outgoing, reports, expected=False)
+        # a worker that died before it started (bad environment, failing worker_class) says nothing
+        # about the tasks it was given: they are requeued without suspicion
+        self._remove_worker(handle, reason, outgoing, reports, expected=not handle.started)
         if handle.pid is not None:
             # results it wrote to shared memory but never reported are nobody's now
             sweep_process(self.cluster_id, handle.pid, keep=self.ledger.counts.keys())

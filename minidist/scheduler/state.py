@@ -465,6 +465,8 @@ class SchedulerState(Placement):
                 if ts.resources:
                     for name, amount in ts.resources.items():
                         ws.available[name] = ws.available.get(name, 0) + amount
+                if not ws.processing and ws.status == "retiring":
+                    self._retired.append(ws.address)  # its last task was cancelled or forgotten
             ts.processing_on = None
         ts.state = "released"
 
