@@ -94,10 +94,6 @@ def add_one_in_place(array):
     return array
 
 
-def pid() -> int:
-    return os.getpid()
-
-
 # The arrays each data-type test sends around. Built by name so that a worker can build its own copy.
 ARRAYS = {
     "float64-1d": lambda: np.random.default_rng(1).random(200_000),

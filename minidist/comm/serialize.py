@@ -15,6 +15,10 @@ Buffers written during a failed first attempt are re-used by the second one, nev
 If shared memory cannot take a buffer (``/dev/shm`` full or too small, as in many containers), the buffer
 goes inline with the header instead, and one SharedMemoryFallbackWarning per process says so.
 
+``serialize_with_token`` also returns a content token of the value (for pure task keys) from the same
+pickling pass; the CRC-32 of a buffer the store re-used (hard link after a byte comparison) is taken from
+memory rather than computed again.
+
 Nothing here unlinks a segment a returned Payload refers to: whoever keeps the Payload owns its segments
 (see ``minidist.comm.shm``).
 """
