@@ -16,7 +16,6 @@ from __future__ import annotations
 import atexit
 import collections
 import hashlib
-import logging
 import threading
 import time
 import uuid
@@ -24,17 +23,16 @@ import weakref
 from collections.abc import Iterator
 from typing import Optional
 
-from .asynchronous import AsyncClientMixin, Closing, LoopWaker, in_event_loop
+from .asynchronous import AsyncClientMixin, Closing, in_event_loop
+from .client_futures import FutureBook
 from .client_ops import ClientOperations
 from .comm.serialize import SerializationError, deserialize, dumps_function, serialize
 from .context import _clients, current_client_for_task, default_client  # noqa: F401 (re-exported)
 from .errors import ClientClosedError, TaskSerializationError
 from .futures import Future, FutureState, as_completed  # noqa: F401
 from .keys import funcname, random_token, tokenize_call
-from .scheduler.server import FIRE_AND_FORGET, new_task
+from .scheduler.server import new_task
 from .worker.runtime import DependencyRef, sizeof
-
-logger = logging.getLogger("minidist.client")
 
 _FUNCTION_CACHE_SIZE = 512
 
@@ -82,7 +80,7 @@ def _rebuild_future(key):
     return Future(key, get_client())
 
 
-class Client(ClientOperations, AsyncClientMixin):
+class Client(FutureBook, ClientOperations, AsyncClientMixin):
     """Connect to a cluster (or build a local one) and run work on it."""
 
     _instances: weakref.WeakSet[Client] = weakref.WeakSet()
@@ -134,124 +132,6 @@ class Client(ClientOperations, AsyncClientMixin):
             _clients.append(self)
         Client._instances.add(self)
         self.status = "running"
-
-    # ------------------------------------------------------------------------------------ reporting
-
-    def _report(self, items: list) -> None:
-        """Called on the scheduler thread with (key, status, exception, traceback) tuples."""
-        fire = []
-        with self._condition:
-            states = self._states
-            for key, status, exception, tb in items:
-                state = states.get(key)
-                if state is None:
-                    continue
-                if status == "memory":
-                    state.status = "finished"
-                elif status == "erred":
-                    state.status = "error"
-                    state.exception = exception
-                    state.traceback = tb
-                    if isinstance(tb, str) and tb and isinstance(exception, BaseException):
-                        state.remote_traceback = tb
-                        if hasattr(exception, "add_note") and tb not in getattr(exception, "__notes__", ()):
-                            exception.add_note("Traceback from the worker (most recent call last):\n" + tb)
-                else:
-                    state.status = "cancelled" if status == "cancelled" else "lost"
-                if state.callbacks:
-                    fire.append((key, state.callbacks))
-                    state.callbacks = None
-            self._condition.notify_all()
-        if fire:
-            for _key, callbacks in fire:
-                for fn in callbacks:
-                    if type(fn) is LoopWaker:
-                        fn()  # an awaiting coroutine: wake its loop now (asynchronous.py)
-                    else:
-                        self._callback_queue().put(fn)
-
-    report = _report  # the scheduler calls sessions' .report
-
-    def _wait_for(self, state: FutureState, timeout: Optional[float]) -> bool:
-        with self._condition:
-            return self._condition.wait_for(lambda: state.status != "pending" or self._closed, timeout) \
-                and state.status != "pending"  # fmt: skip
-
-    def _wait_until(self, predicate, deadline: Optional[float]) -> bool:
-        with self._condition:
-            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-            return self._condition.wait_for(lambda: predicate() or self._closed, timeout)
-
-    # ------------------------------------------------------------------------------------ references
-
-    def _acquire(self, key) -> FutureState:
-        """A new Future for ``key`` exists: count it, tell the scheduler if it is the first one."""
-        with self._lock:
-            state = self._states.get(key)
-            if state is None:
-                state = self._states[key] = FutureState()
-                self._refcounts[key] = 1
-                first = True
-                self._cut_releases()
-            else:
-                self._refcounts[key] += 1
-                first = False
-        if first and not self._closed:
-            self.scheduler.post(("update_graph", self.id, (), (key,)))
-        return state
-
-    def _new_future(self, key) -> Future:
-        """A Future for a key this call is about to submit (no separate 'wants' message needed)."""
-        with self._lock:
-            state = self._states.get(key)
-            if state is None:
-                state = self._states[key] = FutureState()
-                self._refcounts[key] = 1
-            else:
-                self._refcounts[key] += 1
-            self._cut_releases()
-        return Future(key, self, state=state)
-
-    def _cut_releases(self) -> None:
-        """(Lock held.) A message that makes the scheduler want keys is about to be posted: releases
-        from now on go in a new batch, whose message follows it. Otherwise a release could join a batch
-        whose message was posted earlier and reach the scheduler before the task it releases."""
-        self._open_releases = None
-
-    def _release_key(self, key) -> None:
-        with self._lock:
-            count = self._refcounts.get(key, 0) - 1
-            if count > 0:
-                self._refcounts[key] = count
-                return
-            self._refcounts.pop(key, None)
-            self._states.pop(key, None)
-            batch = self._open_releases
-            if batch is None:
-                batch = self._open_releases = []
-                self._releases.append(batch)
-            batch.append(key)
-            first = len(batch) == 1
-        if first and not self._closed:
-            # one message for a whole burst of releases (e.g. a list of 10,000 futures dropped at once):
-            # the scheduler collects them with take_releases() when it gets to this message
-            self.scheduler.post(("release-pending", self.id))
-
-    def take_releases(self) -> list:
-        """Called once per "release-pending" message: the oldest batch of released keys."""
-        with self._lock:
-            if not self._releases:
-                return []
-            keys = self._releases.popleft()
-            if keys is self._open_releases:
-                self._open_releases = None
-        return keys
-
-    def _fire_and_forget(self, key) -> None:
-        # a pseudo-client wants the key until it is done (see scheduler.server.FireAndForget)
-        with self._lock:
-            self._cut_releases()
-        self.scheduler.post(("update_graph", FIRE_AND_FORGET, (), (key,)))
 
     # ---------------------------------------------------------------------------------- submissions
 
@@ -491,42 +371,6 @@ class Client(ClientOperations, AsyncClientMixin):
 
     def futures_of(self, obj) -> list:
         return futures_in(obj)
-
-    # ------------------------------------------------------------------------------ callbacks
-
-    def _callback_queue(self):
-        if self._callbacks is None:
-            import queue
-
-            with self._lock:
-                if self._callbacks is None:
-                    self._callbacks = queue.SimpleQueue()
-                    threading.Thread(target=self._callback_loop, args=(self._callbacks,),
-                                     name="minidist-callbacks", daemon=True).start()  # fmt: skip
-        return self._callbacks
-
-    def _callback_loop(self, callbacks) -> None:
-        while True:
-            fn = callbacks.get()
-            if fn is None:
-                return
-            try:
-                fn()
-            except Exception:
-                logger.exception("a done-callback raised; the client carries on")
-
-    def _add_callback(self, future: Future, fn) -> None:
-        def call() -> None:
-            fn(future)
-
-        with self._lock:
-            state = future._state
-            if state.status == "pending":
-                if state.callbacks is None:
-                    state.callbacks = []
-                state.callbacks.append(call)
-                return
-        self._callback_queue().put(call)
 
     # ------------------------------------------------------------------------------ lifecycle
 
