@@ -26,7 +26,14 @@ from typing import Optional
 from .asynchronous import AsyncClientMixin, Closing, in_event_loop
 from .client_futures import FutureBook
 from .client_ops import ClientOperations
-from .comm.serialize import SerializationError, deserialize, dumps_function, serialize
+from .comm.serialize import (
+    SerializationError,
+    deserialize,
+    dumps_function,
+    serialize,
+    serialize_with_token,
+)
+from .comm.shm import unlink_segments
 from .context import _clients, current_client_for_task, default_client  # noqa: F401 (re-exported)
 from .errors import ClientClosedError, TaskSerializationError
 from .futures import Future, FutureState, as_completed  # noqa: F401
@@ -162,22 +169,35 @@ class Client(FutureBook, ClientOperations, AsyncClientMixin):
         if kwargs:
             kwargs = _replace_futures(kwargs, self, dependencies)
         function_id, blob = function_ref
-        if key is None:
+        args_payload = None
+        if key is None and pure and self.processes and self._store is not None:
+            # one pass makes both the payload and its content token, so a large array is read once
+            args_payload, token = self._serialize_arguments(args, kwargs, None, function_id)
+            key = f"{options['prefix']}-{token}"
+        elif key is None:
             token = tokenize_call(function_id, args, kwargs) if pure else random_token()
             key = f"{options['prefix']}-{token}"
         if key in self._states and key not in options.get("_force", ()):
+            if args_payload is not None:
+                unlink_segments(args_payload.segments())  # the shared task already has its arguments
             return key, None  # already submitted by this client: share it
         if self.processes:
-            try:
-                args_payload = serialize((args, kwargs), self._store)
-            except SerializationError as exc:
-                raise TaskSerializationError(
-                    f"Could not send an argument of task {key!r} to the workers: {exc}"
-                ) from exc
+            if args_payload is None:
+                args_payload, _ = self._serialize_arguments(args, kwargs, key, None)
             run_spec = (function_id, blob, args_payload)
         else:
             run_spec = (func, args, kwargs)
         return key, new_task(key, dependencies, run_spec, **options)
+
+    def _serialize_arguments(self, args, kwargs, key, token_salt) -> tuple:
+        """(payload, token or None) for a task's arguments; a clear error if they cannot be pickled."""
+        try:
+            if token_salt is not None:
+                return serialize_with_token((args, kwargs), self._store, token_salt)
+            return serialize((args, kwargs), self._store), None
+        except SerializationError as exc:
+            where = f"task {key!r}" if key is not None else "a task"
+            raise TaskSerializationError(f"Could not send an argument of {where} to the workers: {exc}") from exc
 
     def _check_open(self) -> None:
         if self._closed:

@@ -10,6 +10,7 @@ collection or ``release()``) tells the scheduler this client no longer wants it.
 from __future__ import annotations
 
 import collections
+import copy
 import queue
 import sys
 import threading
@@ -76,13 +77,14 @@ class Future:
         if status == "finished":
             return self.client._get_value(self.key)
         if status == "error":
+            # Raise a copy: the stored exception is shared by every future of the key and would
+            # otherwise collect each caller's frames in its traceback, keeping those frames (and the
+            # futures and data they hold) alive as long as the key is.
+            error = _fresh_copy(self._state.exception)
             try:
-                raise self._state.exception
+                raise error
             finally:
-                # The raised exception stays in the shared FutureState and its traceback holds this
-                # frame: without this, frame -> self -> state -> exception would keep the future, and
-                # through the client's key table its data, alive for good.
-                self = None
+                self = error = None
         raise CancelledError(f"Future {self.key!r} was {status}")
 
     def exception(self, timeout: Optional[float] = None):
@@ -145,6 +147,23 @@ class Future:
 
     def __eq__(self, other):
         return isinstance(other, Future) and other.key == self.key and other.client is self.client
+
+
+def _fresh_copy(exc):
+    """A copy of an exception without its traceback (same type, args and notes), or itself."""
+    if not isinstance(exc, BaseException):
+        return exc
+    try:
+        clone = copy.copy(exc)
+    except Exception:
+        return exc.with_traceback(None)
+    if type(clone) is not type(exc):
+        return exc.with_traceback(None)
+    clone.__traceback__ = None
+    clone.__cause__, clone.__context__ = exc.__cause__, exc.__context__
+    if isinstance(getattr(exc, "__notes__", None), list):
+        clone.__notes__ = list(exc.__notes__)  # notes a caller adds stay on its copy
+    return clone
 
 
 DoneAndNotDoneFutures = collections.namedtuple("DoneAndNotDoneFutures", ["done", "not_done"])

@@ -81,6 +81,12 @@ def total(array, *_ignored) -> float:
     return float(array.sum())
 
 
+def slow_total(array, *_ignored) -> float:
+    """Long enough that every task of a test is still pending while the test looks at /dev/shm."""
+    time.sleep(0.5)
+    return float(array.sum())
+
+
 def filled(nbytes: int, value: float = 1.5):
     return np.full(nbytes // 8, value)
 
@@ -272,7 +278,7 @@ def test_scattered_array_is_written_once_for_every_task_on_both_workers(client, 
 
 def test_one_array_passed_to_many_tasks_stores_its_bytes_once(client, cluster_id):
     array = np.random.default_rng(1).random(16 * MiB // 8)
-    futures = [client.submit(total, array, i) for i in range(4)]  # four distinct tasks
+    futures = [client.submit(slow_total, array, i) for i in range(4)]  # four distinct tasks
     names = cluster_segments(cluster_id)
     assert len(names) == 4  # one name per task, so each can be freed on its own ...
     inodes = {os.stat(f"/dev/shm/{n}").st_ino for n in names}
@@ -282,13 +288,13 @@ def test_one_array_passed_to_many_tasks_stores_its_bytes_once(client, cluster_id
 
 def test_array_changed_in_place_between_submissions_is_sent_again(client, cluster_id):
     array = np.ones(4 * MiB // 8)
-    first = client.submit(total, array)
+    first = client.submit(slow_total, array)
     array[-1] = 100.0  # same object, same address: the new submission must not re-use the old bytes
-    second = client.submit(total, array)
+    second = client.submit(slow_total, array)
     assert first.key != second.key
-    assert (first.result(), second.result()) == (array.size, array.size + 99.0)
     inodes = {os.stat(f"/dev/shm/{name}").st_ino for name in cluster_segments(cluster_id)}
     assert len(inodes) == 2
+    assert (first.result(), second.result()) == (array.size, array.size + 99.0)
     del first, second
 
 
@@ -311,9 +317,11 @@ def test_releasing_futures_frees_their_segments_while_the_cluster_runs(client, c
     with_argument = client.submit(total, argument)
     produced = client.submit(filled, 2 * MiB, 4.0)
     wait([with_argument, produced])
-    assert len(cluster_segments(cluster_id)) == 3
-    del scattered
+    # a finished task's arguments are freed at once (results are never recomputed): the scattered
+    # value and the produced result remain
     assert wait_until(lambda: len(cluster_segments(cluster_id)) == 2)
+    del scattered
+    assert wait_until(lambda: len(cluster_segments(cluster_id)) == 1)
     del with_argument, produced
     assert wait_until(lambda: cluster_segments(cluster_id) == [])
 
@@ -365,7 +373,8 @@ def test_closing_the_cluster_removes_every_segment():
             client.submit(fail_with, filled(MiB, 4.0)),
         ]
         wait(kept)
-        assert len(cluster_segments(cluster.cluster_id)) == 4
+        # scattered value, produced result, and the failed task's argument (a finished task's is freed)
+        assert wait_until(lambda: len(cluster_segments(cluster.cluster_id)) == 3)
     assert cluster_segments(cluster.cluster_id) == []
     client.close()
 

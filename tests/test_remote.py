@@ -19,13 +19,13 @@ import time
 import numpy as np
 import pytest
 
+from conftest import wait_until
 from minidist import CancelledError, Client, CommClosedError, LocalCluster, worker_client
 from minidist.comm.serialize import deserialize, serialize
 from minidist.comm.shm import SegmentStore, new_cluster_id, unlink_segments
 from minidist.comm.tcp import AuthenticationError, connect
 from minidist.remote.protocol import inline_payload
 from minidist.security import secret_path
-from tests.conftest import wait_until
 from tests.private_secrets import private_runtime_dir  # noqa: F401 (autouse fixture)
 
 pytestmark = pytest.mark.timeout(60)

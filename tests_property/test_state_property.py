@@ -185,8 +185,8 @@ class SchedulerMachine(RuleBasedStateMachine):
     def teardown(self):
         # settle: workers finish everything, then the client lets go of everything
         state = self.state
-        if not state.workers:
-            self.add_worker(1)
+        if not any(w.status == "running" for w in state.workers.values()):
+            self.add_worker(1)  # every worker may be retiring: someone must run what is queued
         for _ in range(500):
             pending = [(w, k) for w, r in self.running.items() for k in r]
             if not pending:

@@ -66,3 +66,10 @@ class RetireWorker(NamedTuple):
     """A retiring worker has finished its work and can now be shut down."""
 
     worker: str
+
+
+class ReleaseArguments(NamedTuple):
+    """A task finished: its arguments will never be needed again (results are never recomputed), so
+    the shell may free them (and the shared memory behind them) now rather than when the key goes."""
+
+    run_spec: Any

@@ -38,7 +38,16 @@ from typing import Any, Callable, Optional
 
 from ..comm.shm import sweep_process, unlink_segments
 from ..keys import key_split
-from .state import Execute, Forget, FreeOnWorker, NewTask, Report, RetireWorker, SchedulerState
+from .state import (
+    Execute,
+    Forget,
+    FreeOnWorker,
+    NewTask,
+    ReleaseArguments,
+    Report,
+    RetireWorker,
+    SchedulerState,
+)
 
 logger = logging.getLogger("minidist.scheduler")
 
@@ -240,6 +249,9 @@ class Scheduler:
                 if value is not None:
                     self.ledger.release(value)
                 if inst.run_spec is not None and self.processes:
+                    self.ledger.release(inst.run_spec[2])
+            elif kind is ReleaseArguments:
+                if self.processes:
                     self.ledger.release(inst.run_spec[2])
             elif kind is FreeOnWorker:
                 handle = workers.get(inst.worker)

@@ -29,7 +29,15 @@ import itertools
 from typing import Any, Hashable, Iterable, Optional
 
 from ..errors import KilledWorker
-from .instructions import Execute, Forget, FreeOnWorker, NewTask, Report, RetireWorker  # noqa: F401
+from .instructions import (  # noqa: F401
+    Execute,
+    Forget,
+    FreeOnWorker,
+    NewTask,
+    ReleaseArguments,
+    Report,
+    RetireWorker,
+)
 from .placement import Placement
 
 Key = Hashable
@@ -376,6 +384,9 @@ class SchedulerState(Placement):
         ts.state = "memory"
         self.counts["memory"] += 1
         ts.nbytes = nbytes
+        if ts.run_spec is not None:
+            out.append(ReleaseArguments(ts.run_spec))
+            ts.run_spec = None
         if ws is not None:
             ts.who_has.add(worker)
             ws.has.add(key)

@@ -1,6 +1,6 @@
 """The worker process: its entry point and its message loop.
 
-A process worker is started by ``deploy/processes.py`` as ``python -c "...main(FD)"`` with one end of a
+A process worker is started by ``deploy/workers.py`` as ``python -c "...main(FD)"`` with one end of a
 socket pair as file descriptor FD (no fork of the threaded parent, no re-import of the user's
 ``__main__``, so it works from scripts without a main guard, from stdin and from a REPL)::
 

@@ -1,5 +1,5 @@
-"""Shared fixtures. Every test module is checked for leaks when it ends: no child processes, no
-minidist threads, no shared-memory segments may outlive the clusters the module created."""
+"""Shared test fixtures for tests/ and tests_property/. Every test module is checked for leaks when it
+ends: no child processes, no minidist threads, no shared-memory segments may outlive its clusters."""
 
 from __future__ import annotations
 
