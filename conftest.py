@@ -28,7 +28,7 @@ def _children() -> set:
     return {p.pid for p in psutil.Process().children(recursive=True)}
 
 
-def wait_until(predicate, timeout: float = 5.0, interval: float = 0.02) -> bool:
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():

@@ -21,6 +21,7 @@ import numpy as np
 import psutil
 import pytest
 
+from conftest import wait_until
 from minidist import Client, LocalCluster, wait
 from minidist.comm.serialize import deserialize, serialize_with_token
 from minidist.comm.shm import (
@@ -45,13 +46,6 @@ def cluster_segments(cluster_id: str) -> list[str]:
     return sorted(info.name for info in list_segments(cluster_id))
 
 
-def wait_until(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def mapping_of(address: int, nbytes: int) -> str:

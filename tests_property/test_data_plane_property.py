@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import wait_until
 from minidist import Client, LocalCluster
 from minidist.comm.shm import list_segments
 
@@ -51,13 +51,6 @@ def segments_of(cluster_id: str) -> list[str]:
     return sorted(info.name for info in list_segments(cluster_id))
 
 
-def wait_until(predicate, timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def kill_worker(client, index: int) -> None:
