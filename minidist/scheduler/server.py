@@ -53,6 +53,7 @@ logger = logging.getLogger("minidist.scheduler")
 
 
 FIRE_AND_FORGET = "fire-and-forget"
+_IDLE_WAKE = 0.25  # the loop looks at its inbox at least this often, even with nothing to wake it
 
 
 class FireAndForget:
@@ -129,9 +130,13 @@ class Scheduler:
     # ------------------------------------------------------------------------------- thread-safe entry
 
     def post(self, message: tuple) -> None:
-        """Hand a message to the scheduler thread (from any thread)."""
+        """Hand a message to the scheduler thread (from any thread).
+
+        Releases do not wake the thread: freeing memory can wait for the next wake-up (at most
+        ``_IDLE_WAKE`` seconds), and in a loop of submit/result it saves a wake-up per task.
+        """
         self.inbox.append(message)
-        if not self._wake_pending:
+        if not self._wake_pending and message[0] != "release-pending":
             self._wake_pending = True
             try:
                 os.write(self._wake_w, b"x")
@@ -162,7 +167,7 @@ class Scheduler:
         select = self._selector.select
         while True:
             try:
-                events = select(timeout=1.0)
+                events = select(timeout=_IDLE_WAKE)
             except (OSError, ValueError):
                 events = []
             if self._closing:
