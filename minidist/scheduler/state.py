@@ -373,14 +373,10 @@ class SchedulerState(Placement):
     def task_finished(self, key: Key, worker: str, nbytes: int = 0, start: float = 0.0,
                       stop: float = 0.0) -> list:  # fmt: skip
         out: list = []
-        ts = self.tasks.get(key)
         ws = self.workers.get(worker)
-        if ws is not None:
-            self._free_slot(ws, key, stop)
-        if ts is None or ts.state != "processing" or ts.processing_on != worker:
-            self._fill_workers(out)
+        ts = self._accept_report(key, ws, stop, out)
+        if ts is None:
             return out  # a stale result (cancelled, or rerun elsewhere): the shell discarded it
-        self._leave_state(ts)
         ts.state = "memory"
         self.counts["memory"] += 1
         ts.nbytes = nbytes
@@ -407,14 +403,9 @@ class SchedulerState(Placement):
     def task_erred(self, key: Key, worker: str, exception: Any = None, traceback: Any = None,
                    start: float = 0.0, stop: float = 0.0) -> list:  # fmt: skip
         out: list = []
-        ts = self.tasks.get(key)
-        ws = self.workers.get(worker)
-        if ws is not None:
-            self._free_slot(ws, key, stop)
-        if ts is None or ts.state != "processing" or ts.processing_on != worker:
-            self._fill_workers(out)
+        ts = self._accept_report(key, self.workers.get(worker), stop, out)
+        if ts is None:
             return out
-        self._leave_state(ts)
         if ts.retries > 0:
             ts.retries -= 1
             self._to_queued(ts)
@@ -422,6 +413,18 @@ class SchedulerState(Placement):
             self._set_erred(ts, exception, traceback, out)
         self._fill_workers(out)
         return out
+
+    def _accept_report(self, key: Key, ws: Optional[WorkerState], stop: float, out: list):
+        """A worker reported on ``key``: free its slot; return the task if the report is current (it
+        then leaves ``processing``), or None for a stale one (after filling the freed slot)."""
+        ts = self.tasks.get(key)
+        if ws is not None:
+            self._free_slot(ws, key, stop)
+        if ts is None or ts.state != "processing" or ws is None or ts.processing_on != ws.address:
+            self._fill_workers(out)
+            return None
+        self._leave_state(ts)
+        return ts
 
     def restart(self) -> list:
         """Forget every task (clients see their futures cancelled); workers stay registered."""
