@@ -16,15 +16,28 @@ and if it is dropped without being awaited it closes synchronously, so nothing i
 
 from __future__ import annotations
 
-import asyncio
+import sys
 import threading
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:
+    import asyncio
 
 from .errors import ClientClosedError, FutureTimeoutError
 
 
+def _asyncio():
+    """asyncio, imported on first use: it costs ~40 ms, and most programs never touch it."""
+    import asyncio
+
+    return asyncio
+
+
 def in_event_loop() -> bool:
     """True when called from a thread that is running an asyncio event loop."""
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is None:
+        return False  # nothing can be running a loop if asyncio was never imported
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -62,7 +75,7 @@ class Closing:
 
     def __await__(self):
         self._awaited = True
-        return asyncio.get_running_loop().run_in_executor(None, self._close).__await__()
+        return _asyncio().get_running_loop().run_in_executor(None, self._close).__await__()
 
     def __del__(self):
         if not self._awaited:
@@ -86,7 +99,7 @@ class AsyncContext:
         return self
 
     async def __aexit__(self, *exc_info):
-        await asyncio.get_running_loop().run_in_executor(None, self.close)
+        await _asyncio().get_running_loop().run_in_executor(None, self.close)
 
 
 class AsyncClientMixin(AsyncContext):
@@ -104,7 +117,7 @@ class AsyncClientMixin(AsyncContext):
         state = future._state
         if state.status != "pending":
             return
-        loop = asyncio.get_running_loop()
+        loop = _asyncio().get_running_loop()
         waiter = loop.create_future()
         with self._lock:
             if state.status == "pending" and not self._closed:
@@ -114,8 +127,8 @@ class AsyncClientMixin(AsyncContext):
             else:
                 waiter.set_result(None)
         try:
-            await asyncio.wait_for(waiter, timeout)
-        except asyncio.TimeoutError:
+            await _asyncio().wait_for(waiter, timeout)
+        except _asyncio().TimeoutError:
             raise FutureTimeoutError(f"Future {future.key!r} did not finish within {timeout} s") from None
         if state.status == "pending":
             raise ClientClosedError(f"The client closed while waiting for {future.key!r}")
@@ -139,7 +152,7 @@ class AsyncClientMixin(AsyncContext):
             return self._get_value(future.key)  # a local dict lookup
         fetching = fetch_async(future.key)
         try:
-            await asyncio.wrap_future(fetching)
+            await _asyncio().wrap_future(fetching)
         except Exception:
             pass  # _get_value raises it, as the synchronous path does
         return self._get_value(future.key, fetching)
@@ -153,7 +166,7 @@ class AsyncClientMixin(AsyncContext):
             await self._wait_async(future)
         prefetched = self._prefetch(futures)
         if prefetched:
-            await asyncio.wait([asyncio.wrap_future(f) for f in prefetched.values()])
+            await _asyncio().wait([_asyncio().wrap_future(f) for f in prefetched.values()])
         return self._fill_results(futures, errors, prefetched)
 
     async def _scatter_wait_async(self, futures: list, timeout, data):

@@ -25,19 +25,19 @@ import logging
 import math
 import numbers
 import threading
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from ..asynchronous import AsyncContext, Closing, in_event_loop
 from ..comm.shm import SegmentStore, new_cluster_id, sweep_cluster, sweep_orphans
-from ..remote.server import route_worker_client, serve_remote_clients
 from ..scheduler.operations import SchedulerOperations
 from ..scheduler.server import Scheduler
 from .memory import format_bytes
 from .options import ClusterOptions
 from .scaling import active_workers, observe, retire_workers
-from .services import ClusterServices
-from .supervision import MemoryMonitor
 from .workers import ThreadWorkerHandle, start_process_worker
+
+if TYPE_CHECKING:
+    from .supervision import MemoryMonitor
 
 _MAX_START_FAILURES = 5  # consecutive workers dying before saying hello: stop trying, tell the user
 
@@ -95,6 +95,10 @@ class LocalCluster(AsyncContext):
         try:
             for _ in range(options.n_workers):
                 self._start_worker()
+            # imported only now, while the worker processes boot on the other cores
+            from ..remote.server import serve_remote_clients
+            from .services import ClusterServices
+
             self.scheduler.call(lambda scheduler: None).result(30)  # every worker registered (FIFO inbox)
             self._start_memory_monitor()
             self.services = ClusterServices(self)  # the dashboard, if dashboard_address asks for one
@@ -118,6 +122,8 @@ class LocalCluster(AsyncContext):
             with self._lock:
                 return [h for h in self.handles.values() if h.kind == "process"]
 
+        from .supervision import MemoryMonitor
+
         self.memory_monitor = MemoryMonitor(process_workers, self.scheduler, self.logger,
                                             self.logs.worker_logger, fractions.get("pause"),
                                             fractions.get("terminate")).start()  # fmt: skip
@@ -140,7 +146,7 @@ class LocalCluster(AsyncContext):
                                           options.worker_class)  # fmt: skip
             handle.log_sink = self.logs.add_remote_records  # its shipped records (worker/process.py)
             self.logs.worker_logger(handle.address)  # get_logs() lists it from the start
-            handle.client_router = functools.partial(route_worker_client, self)  # get_client() in tasks
+            handle.client_router = functools.partial(_route_worker_client, self)  # get_client() in tasks
         else:
             address = f"inproc://{self.cluster_id}/{name}"
             worker_log = self.logs.worker_logger(address)
@@ -469,3 +475,9 @@ class LocalCluster(AsyncContext):
         return (f"{type(self).__name__}({self.name}, {self.scheduler_address!r}, "
                 f"workers={info['workers']}, threads={info['threads']}{memory})")  # fmt: skip
 
+
+def _route_worker_client(cluster, scheduler, handle, message) -> None:
+    """A client inside a process worker spoke (remote/server.py serves it; imported on first use)."""
+    from ..remote.server import route_worker_client
+
+    route_worker_client(cluster, scheduler, handle, message)
