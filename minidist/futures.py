@@ -95,9 +95,20 @@ class Future:
         return self._state.exception if self._state.status == "error" else None
 
     def traceback(self, timeout: Optional[float] = None):
-        """The task's traceback: a traceback object for thread workers, its text for process workers."""
+        """The task's traceback object (for ``traceback.format_tb``), or None if it did not fail.
+
+        Process workers send their traceback as text; it is rebuilt here into a traceback whose frames
+        name the worker's files, lines and functions (``tracebacks.py``).
+        """
         self._wait(timeout)
-        return self._state.traceback if self._state.status == "error" else None
+        if self._state.status != "error":
+            return None
+        tb = self._state.traceback
+        if isinstance(tb, str):
+            from .tracebacks import rebuild_traceback
+
+            return rebuild_traceback(tb)
+        return tb
 
     def add_done_callback(self, fn) -> None:
         """Call ``fn(future)`` on the client's callback thread once the future is done."""

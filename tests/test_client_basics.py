@@ -111,13 +111,12 @@ def test_task_exception_is_raised_with_remote_traceback(client):
         future.result()
     assert future.status == "error"
     assert isinstance(future.exception(), ValueError)
-    assert future.traceback() is not None
-    text = future.traceback()
-    if not isinstance(text, str):
-        import traceback
+    import traceback
 
-        text = "".join(traceback.format_tb(text))
-    assert "fail" in text
+    frames = traceback.extract_tb(future.traceback())  # a real traceback object in both modes
+    assert frames[-1].name == "fail"
+    assert frames[-1].filename == __file__
+    assert "raise ValueError" in frames[-1].line
 
 
 def test_dependents_of_a_failed_task_fail_with_it(client):

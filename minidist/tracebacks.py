@@ -1,0 +1,49 @@
+"""Tracebacks from worker processes, as real traceback objects in the client.
+
+A process worker sends its traceback as the text ``traceback.format_tb`` makes (it cannot pickle frames).
+``rebuild_traceback`` turns that text back into a chain of ``types.TracebackType`` whose frames carry the
+worker's file names, line numbers and function names, so ``Future.traceback()`` can be handed to
+``traceback.format_tb``/``print_tb`` as with dask. Each frame comes from running a one-line stub compiled
+under the remote file name at the remote line number; its source line shows when the file is readable
+here too (the same machine).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import types
+from typing import Optional
+
+_FRAME_LINE = re.compile(r'^  File "(?P<file>.+)", line (?P<line>\d+), in (?P<name>.+)$', re.MULTILINE)
+
+
+class _StubRaise(Exception):
+    pass
+
+
+def _stub_frame(filename: str, lineno: int, name: str):
+    source = "\n" * (lineno - 1) + "raise _StubRaise"
+    try:
+        code = compile(source, filename, "exec").replace(co_name=name)
+    except (SyntaxError, ValueError, TypeError):
+        return None
+    try:
+        exec(code, {"_StubRaise": _StubRaise, "__name__": "minidist.remote_frame"})
+    except _StubRaise:
+        tb = sys.exc_info()[2]
+        while tb.tb_next is not None:
+            tb = tb.tb_next  # the stub's own frame is the innermost one
+        return tb.tb_frame
+    return None
+
+
+def rebuild_traceback(text: str) -> Optional[types.TracebackType]:
+    """A traceback object for ``traceback.format_tb`` output, or None if the text holds no frames."""
+    tb = None
+    for match in reversed(list(_FRAME_LINE.finditer(text or ""))):
+        lineno = int(match["line"])
+        frame = _stub_frame(match["file"], lineno, match["name"])
+        if frame is not None:
+            tb = types.TracebackType(tb, frame, frame.f_lasti, lineno)
+    return tb
