@@ -197,9 +197,6 @@ class SchedulerState(Placement):
         else:
             self._to_queued(ts)
 
-    def client_wants(self, client: str, keys: Iterable[Key]) -> list:
-        return self.update_graph((), client, keys)
-
     def client_releases(self, client: str, keys: Iterable[Key]) -> list:
         """``client`` holds no more futures for ``keys``."""
         out: list = []
