@@ -48,3 +48,13 @@ def no_leaks_per_module():
         f"leaked threads: {[t.name for t in _minidist_threads() - threads]}"
     )
     assert wait_until(lambda: not (_segments() - segments)), f"leaked segments: {_segments() - segments}"
+
+
+@pytest.fixture(autouse=True)
+def private_runtime_dir(tmp_path, monkeypatch):
+    """Secret files of every test (and of the processes it starts, which inherit the variable) go to a
+    directory of its own: the suite never touches the user's real one."""
+    runtime = tmp_path / "runtime"
+    runtime.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    return runtime

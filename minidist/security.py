@@ -304,12 +304,42 @@ def write_secret(address: str, secret: bytes) -> pathlib.Path:
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)  # 0600 from the start
     try:
         with os.fdopen(fd, "w") as f:
-            f.write(secret.hex() + "\n")
+            f.write(f"{secret.hex()} {os.getpid()}\n")  # the owner's pid, for sweep_stale_secrets
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise
+    sweep_stale_secrets(path.parent)
     return path
+
+
+def _parse_secret_file(path: pathlib.Path) -> tuple[bytes, int | None]:
+    """(secret, owner pid or None) from a secret file; ValueError if it is not one."""
+    fields = path.read_text().split()
+    if not fields:
+        raise ValueError("empty")
+    owner = int(fields[1]) if len(fields) > 1 else None
+    return bytes.fromhex(fields[0]), owner
+
+
+def sweep_stale_secrets(directory: pathlib.Path) -> None:
+    """Delete secret files whose owner process is gone (a scheduler killed before it could clean up).
+
+    A file whose owner cannot be told (written by an older minidist) is left alone.
+    """
+    for path in directory.glob("*.secret"):
+        try:
+            _, owner = _parse_secret_file(path)
+        except (OSError, ValueError):
+            continue
+        if owner is None or owner == os.getpid():
+            continue
+        try:
+            os.kill(owner, 0)
+        except ProcessLookupError:
+            path.unlink(missing_ok=True)
+        except PermissionError:
+            pass  # alive, under another user's name
 
 
 def _candidate_paths(address: str) -> list[pathlib.Path]:
@@ -342,7 +372,7 @@ def read_secret(address: str) -> bytes | None:
                 "restart the scheduler"
             )
         try:
-            return bytes.fromhex(path.read_text().strip())
+            return _parse_secret_file(path)[0]
         except ValueError as exc:
             raise ValueError(f"The secret file {path} is corrupt; delete it and restart the scheduler") from exc
     return None
@@ -356,7 +386,7 @@ def remove_secret(address: str, secret: bytes | None = None) -> None:
     path = secret_path(address)
     if secret is not None:
         try:
-            if bytes.fromhex(path.read_text().strip()) != bytes(secret):
+            if _parse_secret_file(path)[0] != bytes(secret):
                 return
         except (OSError, ValueError):
             return

@@ -10,7 +10,6 @@ import pytest
 
 from minidist import Client, LocalCluster, SubprocessCluster, as_completed
 from minidist.errors import FutureTimeoutError
-from tests.private_secrets import private_runtime_dir  # noqa: F401 (autouse fixture)
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -10,7 +10,6 @@ import pytest
 
 from minidist import Client, LocalCluster, get_client
 from minidist.scheduler.operations import HANDLER_NAMES
-from tests.private_secrets import private_runtime_dir  # noqa: F401 (autouse fixture)
 
 pytestmark = pytest.mark.timeout(60)
 

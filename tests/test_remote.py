@@ -27,7 +27,6 @@ from minidist.comm.shm import SegmentStore, new_cluster_id, unlink_segments
 from minidist.comm.tcp import AuthenticationError, connect
 from minidist.remote.protocol import inline_payload
 from minidist.security import secret_path
-from tests.private_secrets import private_runtime_dir  # noqa: F401 (autouse fixture)
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import socket
 import ssl
@@ -24,13 +25,6 @@ from minidist.security import (
 
 pytestmark = pytest.mark.timeout(60)
 
-
-@pytest.fixture(autouse=True)
-def private_runtime_dir(tmp_path, monkeypatch):
-    runtime = tmp_path / "runtime"
-    runtime.mkdir(mode=0o700)
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
-    return runtime
 
 
 # --- addresses -------------------------------------------------------------------------------------------
@@ -121,6 +115,21 @@ def test_remove_secret_spares_a_newer_clusters_file():
     remove_secret(address, new)
     assert read_secret(address) is None
     remove_secret(address)  # nothing there: no error
+
+
+def test_secret_files_of_schedulers_that_died_are_swept():
+    import subprocess
+    import sys
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "from minidist.security import new_secret, write_secret; "
+         "print(write_secret('tcp://127.0.0.1:41001', new_secret()))"],  # fmt: skip
+        capture_output=True, text=True, check=True, timeout=30,
+    ).stdout.strip()
+    assert os.path.exists(dead)  # its writer exited without removing it (as a SIGKILLed cluster would)
+    alive = write_secret("tcp://127.0.0.1:41002", new_secret())
+    assert not os.path.exists(dead)
+    assert read_secret("tcp://127.0.0.1:41002") is not None and alive.exists()
 
 
 def test_a_secret_file_others_can_read_is_refused():

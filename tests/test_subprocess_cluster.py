@@ -14,7 +14,6 @@ import pytest
 
 from conftest import wait_until
 from minidist import Client, SubprocessCluster, worker_client
-from tests.private_secrets import private_runtime_dir  # noqa: F401 (autouse fixture)
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -39,14 +39,6 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def private_runtime_dir(tmp_path, monkeypatch):
-    """Secret files of these tests go to a directory of their own, not the user's real one."""
-    runtime = tmp_path / "runtime"
-    runtime.mkdir(mode=0o700)
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
-    return runtime
-
 
 @pytest.fixture(scope="module")
 def tls_security():
