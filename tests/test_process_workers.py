@@ -63,6 +63,20 @@ def test_worker_dying_mid_task_is_replaced_and_other_work_completes(client):
     assert len(client.scheduler_info()["workers"]) == 2
 
 
+def test_a_task_that_crashes_at_once_is_blamed_not_the_one_before_it():
+    # one thread, no second chances: whichever task is blamed for the death fails with KilledWorker.
+    # The tiny task just before the crasher has finished, but its result may still be held back to
+    # share a message when the worker dies; the worker's running board must clear it.
+    with Client(n_workers=1, threads_per_worker=1, dashboard_address=None,
+                scheduler_kwargs={"allowed_failures": 0}) as client:  # fmt: skip
+        for attempt in range(3):
+            before = client.submit(inc, attempt, pure=False)
+            doomed = client.submit(die, pure=False)
+            with pytest.raises(KilledWorker, match=doomed.key):
+                doomed.result(timeout=30)
+            assert before.result(timeout=30) == attempt + 1
+
+
 def test_external_sigkill_during_map_loses_no_result(client):
     futures = client.map(slow_inc, range(40), delay=0.05)
     victim = next(iter(client.scheduler_info()["workers"].values()))["pid"]

@@ -27,6 +27,7 @@ import threading
 from multiprocessing.connection import Pipe
 from typing import Any, Optional
 
+from ..worker.running import RunningBoard, key_token
 from ..worker.runtime import WorkerRuntime
 from .worker_hooks import Worker
 
@@ -69,9 +70,18 @@ class ProcessWorkerHandle:
         self.functions_sent: set = set()
         self.log_sink = None  # callable(address, records), set by the cluster
         self.client_router = None  # callable(scheduler, handle, message), for clients inside tasks
+        self.running_board: Optional[RunningBoard] = None  # what its task threads run (running.py)
 
     def __repr__(self) -> str:
         return f"<ProcessWorker {self.address} name={self.name}>"
+
+    def running_keys(self, candidates) -> Optional[list]:
+        """Which of ``candidates`` its task threads were running (read after it died), or None if
+        that cannot be told."""
+        if self.running_board is None:
+            return None
+        tokens = self.running_board.tokens()
+        return [key for key in candidates if key_token(key) in tokens]
 
     def execute_message(self, key, run_spec, dependencies, dep_values) -> tuple:
         function_id, function_blob, args_payload = run_spec
@@ -132,6 +142,8 @@ class ProcessWorkerHandle:
         except subprocess.TimeoutExpired:
             self.popen.kill()
             self.popen.wait(timeout)
+        if self.running_board is not None:
+            self.running_board.close()
 
     def kill(self) -> None:
         try:
@@ -155,18 +167,23 @@ def start_process_worker(init: dict, nthreads: int, name: Any, memory_limit: Opt
         child_env.setdefault(variable, str(nthreads))
     if env:
         child_env.update({k: str(v) for k, v in env.items()})
+    board, board_fd = RunningBoard.create()  # what its task threads run, readable after a crash
     popen = subprocess.Popen(
         [sys.executable, "-c", f"from minidist.worker.process import main; main({fd})"],
-        pass_fds=(fd,),
+        pass_fds=(fd,) if board_fd is None else (fd, board_fd),
         stdin=subprocess.DEVNULL,
         start_new_session=True,  # the terminal's Ctrl-C goes to the user's program, not its workers
         env=child_env,
         close_fds=True,
     )
     child_conn.close()
+    if board_fd is not None:
+        os.close(board_fd)  # the mapping stays; the child has its own copy of the descriptor
     handle = ProcessWorkerHandle(popen, parent_conn, name, nthreads, memory_limit, resources)
+    handle.running_board = board
     settings = dict(init, address=handle.address, name=name, nthreads=nthreads, resources=resources,
-                    memory_limit=memory_limit, parent_pid=os.getpid(), sys_path=list(sys.path))  # fmt: skip
+                    memory_limit=memory_limit, parent_pid=os.getpid(), sys_path=list(sys.path),
+                    running_fd=board_fd)  # fmt: skip
     parent_conn.send_bytes(pickle.dumps(settings, protocol=5))
     return handle
 
@@ -234,6 +251,9 @@ class ThreadWorkerHandle:
 
     def death_reason(self) -> str:
         return "closed"
+
+    def running_keys(self, candidates) -> None:
+        return None  # thread workers do not die
 
     def close(self) -> None:
         self.runtime.close(timeout=0.5)

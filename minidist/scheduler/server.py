@@ -402,7 +402,10 @@ class Scheduler:
         self.logger.warning("Worker %s (name %s) died: %s", handle.address, handle.name, reason)
         # a worker that died before it started (bad environment, failing worker_class) says nothing
         # about the tasks it was given: they are requeued without suspicion
-        self._remove_worker(handle, reason, outgoing, reports, expected=not handle.started)
+        ws = self.state.workers.get(handle.address)
+        running = handle.running_keys(list(ws.processing)) if ws is not None else None
+        self._remove_worker(handle, reason, outgoing, reports, expected=not handle.started,
+                            running=running)  # fmt: skip
         if handle.pid is not None:
             # results it wrote to shared memory but never reported are nobody's now
             sweep_process(self.cluster_id, handle.pid, keep=self.ledger.counts.keys())
@@ -412,7 +415,8 @@ class Scheduler:
             except Exception:
                 self.logger.exception("replacing worker %s failed", handle.address)
 
-    def _remove_worker(self, handle, reason: str, outgoing: dict, reports: dict, expected: bool) -> None:
+    def _remove_worker(self, handle, reason: str, outgoing: dict, reports: dict, expected: bool,
+                       running=None) -> None:  # fmt: skip
         if self.workers.pop(handle.address, None) is None:
             return
         if handle.conn is not None and not handle.conn.closed:
@@ -423,7 +427,7 @@ class Scheduler:
         outgoing.pop(handle, None)
         for run_id in list(self._runs):
             self._run_result(run_id, handle.address, False, (RuntimeError(f"worker died: {reason}"), ""))
-        self._apply(self.state.remove_worker(handle.address, reason, time.time(), expected), outgoing,
+        self._apply(self.state.remove_worker(handle.address, reason, time.time(), expected, running), outgoing,
                     reports)  # fmt: skip
         handle.close()
 

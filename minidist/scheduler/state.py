@@ -307,10 +307,12 @@ class SchedulerState(Placement):
         return out
 
     def remove_worker(self, address: str, reason: str = "", now: float = 0.0,
-                      expected: bool = False) -> list:  # fmt: skip
+                      expected: bool = False, running: Optional[Iterable[Key]] = None) -> list:  # fmt: skip
         """A worker is gone. Its running tasks are retried elsewhere, or fail after too many deaths.
 
         ``expected`` is true for a clean retirement: its tasks are requeued without suspicion.
+        ``running`` names the tasks it was running when it died, when the shell can tell (a process
+        worker's running board); only those are suspected.
         """
         out: list = []
         ws = self.workers.pop(address, None)
@@ -320,9 +322,11 @@ class SchedulerState(Placement):
             ts = self.tasks.get(key)
             if ts is not None:
                 ts.who_has.discard(address)
-        # Workers run their queue in order, so only the oldest nthreads tasks can have been running
-        # when it died; the prefetched ones behind them are requeued without suspicion.
-        running = set(itertools.islice(ws.processing, ws.nthreads + ws.seceded))
+        # Without word from the shell: workers run their queue in order, so only the oldest nthreads
+        # tasks can have been running; the prefetched ones behind them are requeued without suspicion.
+        if running is None:
+            running = itertools.islice(ws.processing, ws.nthreads + ws.seceded)
+        running = set(running)
         for key in list(ws.processing):
             ts = self.tasks.get(key)
             if ts is None or ts.processing_on != address:

@@ -29,6 +29,7 @@ from ..comm.serialize import deserialize, loads_function, serialize
 from ..comm.shm import SegmentStore, sweep_cluster
 from ..logs import WorkerLogShipper
 from ..utils import format_bytes
+from .running import RunningBoard
 from .runtime import WorkerRuntime, format_remote_traceback
 
 logger = logging.getLogger("minidist.worker")
@@ -76,6 +77,8 @@ class ProcessWorker:
             resources=init.get("resources"),
         )
         self.runtime.process_worker = self  # type: ignore[attr-defined]
+        if init.get("running_fd") is not None:
+            self.runtime.running_board = RunningBoard(init["running_fd"])
         self.runtime.client_factory = self.task_client_factory  # get_client() inside tasks
         self.task_client = None  # made on first use by minidist.remote.client.worker_task_client
         self.closing = False

@@ -28,6 +28,8 @@ import traceback as traceback_module
 from collections import deque
 from typing import Any, Callable, Optional
 
+from .running import SLOTS
+
 logger = logging.getLogger("minidist.worker")
 
 REPORT_DELAY = 0.002  # longest a finished result waits to share a message with the next ones
@@ -130,6 +132,8 @@ class WorkerRuntime:
         self._oldest_unsent = 0.0
         self._flush_wanted = threading.Event()
         self._closed = False
+        self.running_board = None  # process workers: where task threads note what they run (running.py)
+        self._free_slots = list(reversed(range(SLOTS)))
         self._threads: list[threading.Thread] = []
         self._active_threads = 0  # threads that count against nthreads (not seceded)
         self.paused = False
@@ -177,6 +181,17 @@ class WorkerRuntime:
 
     def _thread_loop(self) -> None:
         _task_context.runtime = self
+        with self._condition:
+            # a slot on the running board (running.py), if one is free
+            _task_context.slot = self._free_slots.pop() if self._free_slots else None
+        try:
+            self._serve_tasks()
+        finally:
+            if _task_context.slot is not None:
+                with self._condition:
+                    self._free_slots.append(_task_context.slot)
+
+    def _serve_tasks(self) -> None:
         condition = self._condition
         while True:
             with condition:
@@ -219,6 +234,9 @@ class WorkerRuntime:
         _task_context.key = key
         start = time.time()
         self.executing[key] = start
+        board, slot = self.running_board, getattr(_task_context, "slot", None)
+        if board is not None and slot is not None:
+            board.mark(slot, key)
         try:
             function, args, kwargs = self._prepare(task.run_spec)
             if task.dependencies:
@@ -237,6 +255,8 @@ class WorkerRuntime:
             return
         finally:
             _task_context.key = None
+            if board is not None and slot is not None:
+                board.clear(slot)
         stop = time.time()
         self.executing.pop(key, None)
         if task.cancelled:
