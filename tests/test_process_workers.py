@@ -13,6 +13,7 @@ import time
 import psutil
 import pytest
 
+from conftest import wait_until
 from minidist import Client, KilledWorker, TaskSerializationError
 
 pytestmark = pytest.mark.timeout(90)
@@ -80,8 +81,9 @@ def test_a_task_that_crashes_at_once_is_blamed_not_the_one_before_it():
 def test_external_sigkill_during_map_loses_no_result(client):
     futures = client.map(slow_inc, range(40), delay=0.05)
     victim = next(iter(client.scheduler_info()["workers"].values()))["pid"]
-    time.sleep(0.2)
+    assert wait_until(lambda: sum(f.done() for f in futures) >= 4)  # mid-map: some done, most not
     os.kill(victim, signal.SIGKILL)
+    assert not all(f.done() for f in futures)
     assert client.gather(futures) == list(range(1, 41))
     assert not psutil.pid_exists(victim) or psutil.Process(victim).status() == psutil.STATUS_ZOMBIE
 
