@@ -43,11 +43,15 @@ def no_leaks_per_module():
     segments, threads, children = _segments(), _minidist_threads(), _children()
     yield
     # closing is synchronous, but daemon threads may take a moment to unwind after close() returns
-    assert wait_until(lambda: not (_children() - children)), f"leaked processes: {_children() - children}"
+    assert wait_until(lambda: not (_children() - children)), (
+        f"leaked processes: {_children() - children}"
+    )
     assert wait_until(lambda: not (_minidist_threads() - threads)), (
         f"leaked threads: {[t.name for t in _minidist_threads() - threads]}"
     )
-    assert wait_until(lambda: not (_segments() - segments)), f"leaked segments: {_segments() - segments}"
+    assert wait_until(lambda: not (_segments() - segments)), (
+        f"leaked segments: {_segments() - segments}"
+    )
 
 
 @pytest.fixture(autouse=True)

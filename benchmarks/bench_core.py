@@ -56,8 +56,11 @@ def dask_startup() -> float:
         "    c.close()\n"
         "    print(time.perf_counter() - t)\n"
     )
-    return float(subprocess.check_output([sys.executable, "-c", code], text=True,
-                                         stderr=subprocess.DEVNULL).split()[-1])  # fmt: skip
+    return float(
+        subprocess.check_output(
+            [sys.executable, "-c", code], text=True, stderr=subprocess.DEVNULL
+        ).split()[-1]
+    )
 
 
 def pool_startup() -> float:
@@ -132,7 +135,10 @@ def main() -> None:
     from minidist import Client
 
     results: dict = {}
-    results["minidist"] = {"startup": best(minidist_startup, args.repeat), "import": import_time("minidist")}
+    results["minidist"] = {
+        "startup": best(minidist_startup, args.repeat),
+        "import": import_time("minidist"),
+    }
     with Client(n_workers=2, threads_per_worker=1, dashboard_address=None) as client:
         results["minidist"].update(run_client(client, args.repeat))
         pids = list(client.run(os.getpid).values())
@@ -146,8 +152,13 @@ def main() -> None:
         except ImportError:
             print("dask.distributed is not installed: pip install distributed", file=sys.stderr)
         else:
-            results["dask"] = {"startup": best(dask_startup, args.repeat), "import": import_time("distributed")}
-            with distributed.Client(n_workers=2, threads_per_worker=1, dashboard_address=None) as client:
+            results["dask"] = {
+                "startup": best(dask_startup, args.repeat),
+                "import": import_time("distributed"),
+            }
+            with distributed.Client(
+                n_workers=2, threads_per_worker=1, dashboard_address=None
+            ) as client:
                 results["dask"].update(run_client(client, args.repeat))
                 pids = list(client.run(os.getpid).values())
                 results["dask"]["rss"] = idle_worker_rss(pids)
@@ -160,7 +171,9 @@ def main() -> None:
         ("import", "import time (s)", "<= 0.15"),
     ]
     engines = list(results)
-    print(f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}; best of {args.repeat}")
+    print(
+        f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}; best of {args.repeat}"
+    )
     header = f"{'measure':42} {'goal':>8} " + " ".join(f"{e:>12}" for e in engines)
     header += " " + " ".join(f"{e + '/md':>14}" for e in engines[1:])
     print(header)

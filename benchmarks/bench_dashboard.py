@@ -69,8 +69,10 @@ def polled_run(client: Client, start: int, args, status_json: str) -> tuple[tupl
     """One timed run while a poller process fetches the status JSON; (run_once's times, polls made)."""
     poller = subprocess.Popen(
         [sys.executable, "-c", POLLER, status_json, str(args.interval)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         time.sleep(args.interval)  # let it start and poll once before the work starts
         elapsed = run_once(client, start, args.tasks)
@@ -151,23 +153,31 @@ def main() -> None:
 
     mode = "threads" if args.threads else "processes"
     out = sys.stdout
-    out.write(f"{args.tasks} tasks map+gather, 2 workers x 1 thread ({mode}), {args.rounds} rounds, "
-              f"poll every {args.interval}s ({polls} polls in all)\n")  # fmt: skip
+    out.write(
+        f"{args.tasks} tasks map+gather, 2 workers x 1 thread ({mode}), {args.rounds} rounds, "
+        f"poll every {args.interval}s ({polls} polls in all)\n"
+    )
     walls = {label: [wall for wall, _ in values] for label, values in times.items()}
     cpus = {label: statistics.median(cpu for _, cpu in values) for label, values in times.items()}
     for label, values in walls.items():
-        out.write(f"  {label:<18} wall median {statistics.median(values):7.1f} ms  min {min(values):7.1f}"
-                  f"  max {max(values):7.1f}   CPU of this process {cpus[label]:7.1f} ms\n")  # fmt: skip
+        out.write(
+            f"  {label:<18} wall median {statistics.median(values):7.1f} ms  min {min(values):7.1f}"
+            f"  max {max(values):7.1f}   CPU of this process {cpus[label]:7.1f} ms\n"
+        )
     for other in ("no dashboard", "dashboard, idle"):
         wall = statistics.median(walls["dashboard, polled"]) / statistics.median(walls[other])
         cpu = cpus["dashboard, polled"] / cpus[other]
         out.write(f"  polled / {other}: wall {wall:.3f}, CPU {cpu:.3f} (goal <= 1.05)\n")
     entries = costs.pop("entries")
-    out.write(f"one poll with {args.tasks} tasks in memory, {entries} task-stream entries in the answer "
-              "(median CPU ms):\n")  # fmt: skip
+    out.write(
+        f"one poll with {args.tasks} tasks in memory, {entries} task-stream entries in the answer "
+        "(median CPU ms):\n"
+    )
     for label, value in costs.items():
-        out.write(f"  {label:<18} {value:6.2f} ms  (x {1 / args.interval:g}/s = "
-                  f"{value / args.interval / 10:.2f}% of one core)\n")  # fmt: skip
+        out.write(
+            f"  {label:<18} {value:6.2f} ms  (x {1 / args.interval:g}/s = "
+            f"{value / args.interval / 10:.2f}% of one core)\n"
+        )
 
 
 if __name__ == "__main__":

@@ -84,7 +84,10 @@ def run_client(client, array: np.ndarray, repeat: int, settle) -> dict:
         settle()
         return {"result": end_to_end, "gather": gather, "gather+read": gather_read}
 
-    figures = {"argument": best(lambda: argument(True), repeat), "impure": best(lambda: argument(False), repeat)}
+    figures = {
+        "argument": best(lambda: argument(True), repeat),
+        "impure": best(lambda: argument(False), repeat),
+    }
     runs = [result() for _ in range(repeat)]
     for name in runs[0]:
         figures[name] = min(run[name] for run in runs)
@@ -112,8 +115,13 @@ def run_dask(array: np.ndarray, repeat: int) -> dict:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "Sending large graph of size 200 MiB": that is the point
-        with distributed.Client(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                                silence_logs=logging.ERROR) as client:  # fmt: skip
+        with distributed.Client(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        ) as client:
 
             def settle() -> None:
                 deadline = time.monotonic() + 10
@@ -209,22 +217,28 @@ def main() -> None:
         ("gather+read", f"{args.mb} MB result, gather + read all (s)", ""),
     ]
     engines = list(results)
-    print(f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}, numpy {np.__version__}; "
-          f"best of {args.repeat}; one memcpy of {args.mb} MB: {copy:.3f} s")  # fmt: skip
+    print(
+        f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}, numpy {np.__version__}; "
+        f"best of {args.repeat}; one memcpy of {args.mb} MB: {copy:.3f} s"
+    )
     header = f"{'measure':40} {'goal':>8} " + " ".join(f"{e:>11}" for e in engines)
     header += " " + " ".join(f"{e + '/md':>14}" for e in engines[1:])
     print(header)
     for key, label, goal in rows:
         base = results["minidist"].get(key)
-        cells = " ".join(f"{results[e][key]:11.3f}" if key in results[e] else f"{'-':>11}" for e in engines)
+        cells = " ".join(
+            f"{results[e][key]:11.3f}" if key in results[e] else f"{'-':>11}" for e in engines
+        )
         ratios = " ".join(
             f"{results[e][key] / base:14.1f}" if key in results[e] and base else f"{'-':>14}"
             for e in engines[1:]
         )
         print(f"{label:40} {goal:>8} {cells} {ratios}")
     md = results["minidist"]
-    print(f"minidist gather / memcpy: {md['gather'] / copy:.2f}x; "
-          f"gather+read / memcpy: {md['gather+read'] / copy:.2f}x")  # fmt: skip
+    print(
+        f"minidist gather / memcpy: {md['gather'] / copy:.2f}x; "
+        f"gather+read / memcpy: {md['gather+read'] / copy:.2f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -44,8 +44,12 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m minidist", description=__doc__)
     parser.add_argument("--limit", type=int, default=2_000_000, help="count primes below this")
     parser.add_argument("--chunks", type=int, default=64, help="number of prime-counting tasks")
-    parser.add_argument("--linger", type=float, default=0.0,
-                        help="keep the cluster (and dashboard) up this many seconds at the end")
+    parser.add_argument(
+        "--linger",
+        type=float,
+        default=0.0,
+        help="keep the cluster (and dashboard) up this many seconds at the end",
+    )
     args = parser.parse_args(argv)
 
     from minidist import Client, as_completed
@@ -53,8 +57,10 @@ def main(argv=None) -> None:
     started = time.perf_counter()
     with Client() as client:
         info = client.scheduler_info()
-        print(f"cluster: {len(info['workers'])} workers, {sum(client.nthreads().values())} threads, "
-              f"started in {time.perf_counter() - started:.2f} s")
+        print(
+            f"cluster: {len(info['workers'])} workers, {sum(client.nthreads().values())} threads, "
+            f"started in {time.perf_counter() - started:.2f} s"
+        )
         print(f"dashboard: {client.dashboard_link}")
 
         t0 = time.perf_counter()
@@ -64,18 +70,22 @@ def main(argv=None) -> None:
         # a reduction tree: each level's tasks take the previous level's futures as arguments
         level = counts
         while len(level) > 1:
-            pairs = [level[i:i + 2] for i in range(0, len(level), 2)]
+            pairs = [level[i : i + 2] for i in range(0, len(level), 2)]
             level = [client.submit(add, *pair) if len(pair) == 2 else pair[0] for pair in pairs]
         total = level[0].result()
-        print(f"primes below {args.limit:,}: {total:,} "
-              f"({len(ranges)} map tasks + {len(ranges) - 1} reduction tasks in "
-              f"{time.perf_counter() - t0:.2f} s)")
+        print(
+            f"primes below {args.limit:,}: {total:,} "
+            f"({len(ranges)} map tasks + {len(ranges) - 1} reduction tasks in "
+            f"{time.perf_counter() - t0:.2f} s)"
+        )
 
         t0 = time.perf_counter()
         throws = client.map(darts, range(32))
         inside = sum(f.result() for f in as_completed(throws))
-        print(f"pi ~ {4 * inside / (32 * 200_000):.5f} from {32 * 200_000:,} darts "
-              f"in {time.perf_counter() - t0:.2f} s")
+        print(
+            f"pi ~ {4 * inside / (32 * 200_000):.5f} from {32 * 200_000:,} darts "
+            f"in {time.perf_counter() - t0:.2f} s"
+        )
 
         bad = client.submit(count_primes, None)
         try:

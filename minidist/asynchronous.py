@@ -129,7 +129,9 @@ class AsyncClientMixin(AsyncContext):
         try:
             await _asyncio().wait_for(waiter, timeout)
         except _asyncio().TimeoutError:
-            raise FutureTimeoutError(f"Future {future.key!r} did not finish within {timeout} s") from None
+            raise FutureTimeoutError(
+                f"Future {future.key!r} did not finish within {timeout} s"
+            ) from None
         if state.status == "pending":
             raise ClientClosedError(f"The client closed while waiting for {future.key!r}")
 
@@ -160,7 +162,10 @@ class AsyncClientMixin(AsyncContext):
     async def _gather_async(self, futures, errors: str):
         from .client import futures_in
 
-        if not isinstance(futures, (list, tuple, set, frozenset, dict)) and type(futures).__name__ != "Future":
+        if (
+            not isinstance(futures, (list, tuple, set, frozenset, dict))
+            and type(futures).__name__ != "Future"
+        ):
             futures = list(futures)
         for future in futures_in(futures):
             await self._wait_async(future)

@@ -92,10 +92,24 @@ class Client(FutureBook, ClientOperations, AsyncClientMixin):
 
     _instances: weakref.WeakSet[Client] = weakref.WeakSet()
 
-    def __init__(self, address=None, loop=None, timeout=None, set_as_default: bool = True,
-                 scheduler_file=None, security=None, asynchronous: bool = False, name=None,
-                 heartbeat_interval=None, serializers=None, deserializers=None, extensions=None,
-                 direct_to_workers=None, connection_limit=None, **kwargs):  # fmt: skip
+    def __init__(
+        self,
+        address=None,
+        loop=None,
+        timeout=None,
+        set_as_default: bool = True,
+        scheduler_file=None,
+        security=None,
+        asynchronous: bool = False,
+        name=None,
+        heartbeat_interval=None,
+        serializers=None,
+        deserializers=None,
+        extensions=None,
+        direct_to_workers=None,
+        connection_limit=None,
+        **kwargs,
+    ):
         from .deploy.local import LocalCluster
 
         self.id = f"Client-{uuid.uuid4()}"
@@ -117,9 +131,13 @@ class Client(FutureBook, ClientOperations, AsyncClientMixin):
             self.cluster = connect_cluster(address, security=security, timeout=timeout, **kwargs)
             self._owns_cluster = True
         else:
-            raise TypeError(f"Client() takes no address, a cluster object or an address string, "
-                            f"not {type(address).__name__}")  # fmt: skip
-        self.scheduler = self.cluster.scheduler  # post(), fetch(), sessions: local or a remote proxy
+            raise TypeError(
+                f"Client() takes no address, a cluster object or an address string, "
+                f"not {type(address).__name__}"
+            )
+        self.scheduler = (
+            self.cluster.scheduler
+        )  # post(), fetch(), sessions: local or a remote proxy
         self.operations = self.cluster.operations  # named operations (scheduler/operations.py)
         self.processes = self.scheduler.processes
         self._states: dict = {}  # key -> FutureState
@@ -179,7 +197,9 @@ class Client(FutureBook, ClientOperations, AsyncClientMixin):
             key = f"{options['prefix']}-{token}"
         if key in self._states and key not in options.get("_force", ()):
             if args_payload is not None:
-                unlink_segments(args_payload.segments())  # the shared task already has its arguments
+                unlink_segments(
+                    args_payload.segments()
+                )  # the shared task already has its arguments
             return key, None  # already submitted by this client: share it
         if self.processes:
             if args_payload is None:
@@ -197,33 +217,66 @@ class Client(FutureBook, ClientOperations, AsyncClientMixin):
             return serialize((args, kwargs), self._store), None
         except SerializationError as exc:
             where = f"task {key!r}" if key is not None else "a task"
-            raise TaskSerializationError(f"Could not send an argument of {where} to the workers: {exc}") from exc
+            raise TaskSerializationError(
+                f"Could not send an argument of {where} to the workers: {exc}"
+            ) from exc
 
     def _check_open(self) -> None:
         if self._closed:
             raise ClientClosedError("This Client is closed; create a new Client to submit work")
 
-    def submit(self, func, *args, key=None, workers=None, resources=None, retries=None, priority=0,
-               fifo_timeout="100 ms", allow_other_workers=False, actor=False, actors=False, pure=True,
-               **kwargs):  # fmt: skip
+    def submit(
+        self,
+        func,
+        *args,
+        key=None,
+        workers=None,
+        resources=None,
+        retries=None,
+        priority=0,
+        fifo_timeout="100 ms",
+        allow_other_workers=False,
+        actor=False,
+        actors=False,
+        pure=True,
+        **kwargs,
+    ):
         """Run ``func(*args, **kwargs)`` on a worker; return a Future. Futures in the arguments are
         replaced by their results, and the task waits for them."""
         self._check_open()
         if not callable(func):
             raise TypeError("First input to submit must be a callable function")
         if actor or actors:
-            raise NotImplementedError("minidist does not support actors; use dask.distributed for them")
+            raise NotImplementedError(
+                "minidist does not support actors; use dask.distributed for them"
+            )
         options = _task_options(workers, resources, retries, priority, allow_other_workers)
         options["prefix"] = funcname(func) if key is None else None
-        key, task = self._prepare_task(func, self._function_ref(func), args, kwargs, key, pure, options)
+        key, task = self._prepare_task(
+            func, self._function_ref(func), args, kwargs, key, pure, options
+        )
         future = self._new_future(key)
         if task is not None:
             self.scheduler.post(("update_graph", self.id, (task,), (key,)))
         return future
 
-    def map(self, func, *iterables, key=None, workers=None, retries=None, resources=None, priority=0,
-            allow_other_workers=False, fifo_timeout="100 ms", actor=False, actors=False, pure=True,
-            batch_size=None, **kwargs):  # fmt: skip
+    def map(
+        self,
+        func,
+        *iterables,
+        key=None,
+        workers=None,
+        retries=None,
+        resources=None,
+        priority=0,
+        allow_other_workers=False,
+        fifo_timeout="100 ms",
+        actor=False,
+        actors=False,
+        pure=True,
+        batch_size=None,
+        **kwargs,
+    ):
         """Apply ``func`` to each element of ``iterables``; one Future per element, in order."""
         self._check_open()
         if not callable(func):
@@ -246,12 +299,16 @@ class Client(FutureBook, ClientOperations, AsyncClientMixin):
             if task_key is None and prefix is not None:
                 token = tokenize_call(function_ref[0], args, kwargs) if pure else random_token()
                 task_key = f"{prefix}-{token}"
-            task_key, task = self._prepare_task(func, function_ref, args, kwargs, task_key, pure, options)
+            task_key, task = self._prepare_task(
+                func, function_ref, args, kwargs, task_key, pure, options
+            )
             futures.append(self._new_future(task_key))
             if task is not None:
                 tasks.append(task)
         if tasks:
-            self.scheduler.post(("update_graph", self.id, tuple(tasks), tuple(t.key for t in tasks)))
+            self.scheduler.post(
+                ("update_graph", self.id, tuple(tasks), tuple(t.key for t in tasks))
+            )
         return futures
 
     # ------------------------------------------------------------------------------------ results
@@ -307,8 +364,16 @@ class Client(FutureBook, ClientOperations, AsyncClientMixin):
             return out
         return obj
 
-    def scatter(self, data, workers=None, broadcast: bool = False, direct=None, hash: bool = True,
-                timeout=None, asynchronous=None):  # fmt: skip
+    def scatter(
+        self,
+        data,
+        workers=None,
+        broadcast: bool = False,
+        direct=None,
+        hash: bool = True,
+        timeout=None,
+        asynchronous=None,
+    ):
         """Put local data into the cluster; returns Futures shaped like ``data`` (one, list or dict)."""
         self._check_open()
         if isinstance(data, dict):
@@ -329,7 +394,9 @@ class Client(FutureBook, ClientOperations, AsyncClientMixin):
                 try:
                     payload = serialize(value, self._store)
                 except SerializationError as exc:
-                    raise TaskSerializationError(f"Could not scatter {type(value).__name__}: {exc}") from exc
+                    raise TaskSerializationError(
+                        f"Could not scatter {type(value).__name__}: {exc}"
+                    ) from exc
                 values[key], nbytes[key] = payload, payload.nbytes
             else:
                 values[key], nbytes[key] = value, sizeof(value)
@@ -341,14 +408,18 @@ class Client(FutureBook, ClientOperations, AsyncClientMixin):
             future._wait(timeout)
         return shaped_like(data, futures)
 
-    def cancel(self, futures, asynchronous=None, force: bool = False, reason=None, msg=None) -> None:
+    def cancel(
+        self, futures, asynchronous=None, force: bool = False, reason=None, msg=None
+    ) -> None:
         """Stop ``futures`` (and tasks that depend on them); their results are dropped."""
         futures = futures_in(futures)
         if futures:
             self.scheduler.post(("cancel", [f.key for f in futures]))
             # the scheduler reports every cancelled key back; wait for that so status is settled
-            self._wait_until(lambda: all(f._state.status == "cancelled" or f._released for f in futures),
-                             time.monotonic() + 10)  # fmt: skip
+            self._wait_until(
+                lambda: all(f._state.status == "cancelled" or f._released for f in futures),
+                time.monotonic() + 10,
+            )
 
     def retry(self, futures, asynchronous=None) -> None:
         """Run erred futures' tasks again (and the erred tasks they depend on), under the same keys."""
@@ -362,13 +433,21 @@ class Client(FutureBook, ClientOperations, AsyncClientMixin):
 
     # ------------------------------------------------------------------------------ dask graphs
 
-    def compute(self, collections, sync: bool = False, optimize_graph: bool = True, priority: int = 0,
-                **kwargs):  # fmt: skip
+    def compute(
+        self,
+        collections,
+        sync: bool = False,
+        optimize_graph: bool = True,
+        priority: int = 0,
+        **kwargs,
+    ):
         """Run dask collections on this cluster: a Future per collection (results with ``sync=True``)."""
         from .integrations.dask import compute
 
         self._check_open()
-        return compute(self, collections, optimize_graph=optimize_graph, priority=priority, sync=sync)
+        return compute(
+            self, collections, optimize_graph=optimize_graph, priority=priority, sync=sync
+        )
 
     def get(self, dsk, keys, **kwargs):
         """The dask scheduler interface: ``x.compute(scheduler=client.get)``."""
@@ -440,8 +519,10 @@ class Client(FutureBook, ClientOperations, AsyncClientMixin):
         if self._closed:
             return f"<Client: {self.id} closed>"
         info = self.cluster._summary()
-        return (f"<Client: '{self.cluster.scheduler_address}' processes={info['workers']} "
-                f"threads={info['threads']}, memory={info['memory_text']}>")  # fmt: skip
+        return (
+            f"<Client: '{self.cluster.scheduler_address}' processes={info['workers']} "
+            f"threads={info['threads']}, memory={info['memory_text']}>"
+        )
 
     def _repr_html_(self) -> str:
         if self._closed:
@@ -465,8 +546,12 @@ def shaped_like(data, futures: list):
 def _task_options(workers, resources, retries, priority, allow_other_workers) -> dict:
     if isinstance(workers, (str, int)):
         workers = [workers]
-    options = {"priority": priority, "retries": retries, "resources": resources,
-               "allow_other_workers": allow_other_workers}  # fmt: skip
+    options = {
+        "priority": priority,
+        "retries": retries,
+        "resources": resources,
+        "allow_other_workers": allow_other_workers,
+    }
     if workers is not None:
         options["workers"] = [str(w) if not isinstance(w, str) else w for w in workers]
     return options
@@ -479,4 +564,3 @@ def _close_all_clients() -> None:
             client.close()
         except Exception:
             pass
-

@@ -45,8 +45,12 @@ class FutureBook:
                     state.traceback = tb
                     if isinstance(tb, str) and tb and isinstance(exception, BaseException):
                         state.remote_traceback = tb
-                        if hasattr(exception, "add_note") and tb not in getattr(exception, "__notes__", ()):
-                            exception.add_note("Traceback from the worker (most recent call last):\n" + tb)
+                        if hasattr(exception, "add_note") and tb not in getattr(
+                            exception, "__notes__", ()
+                        ):
+                            exception.add_note(
+                                "Traceback from the worker (most recent call last):\n" + tb
+                            )
                 else:
                     state.status = "cancelled" if status == "cancelled" else "lost"
                 if state.callbacks:
@@ -65,8 +69,10 @@ class FutureBook:
 
     def _wait_for(self, state: FutureState, timeout: Optional[float]) -> bool:
         with self._condition:
-            return self._condition.wait_for(lambda: state.status != "pending" or self._closed, timeout) \
-                and state.status != "pending"  # fmt: skip
+            return (
+                self._condition.wait_for(lambda: state.status != "pending" or self._closed, timeout)
+                and state.status != "pending"
+            )
 
     def _wait_until(self, predicate, deadline: Optional[float]) -> bool:
         with self._condition:
@@ -153,8 +159,12 @@ class FutureBook:
             with self._lock:
                 if self._callbacks is None:
                     self._callbacks = queue.SimpleQueue()
-                    threading.Thread(target=self._callback_loop, args=(self._callbacks,),
-                                     name="minidist-callbacks", daemon=True).start()  # fmt: skip
+                    threading.Thread(
+                        target=self._callback_loop,
+                        args=(self._callbacks,),
+                        name="minidist-callbacks",
+                        daemon=True,
+                    ).start()
         return self._callbacks
 
     def _callback_loop(self, callbacks) -> None:

@@ -23,8 +23,16 @@ class ClientOperations:
     def _invoke(self, name: str, *args, **kwargs):
         return self.operations.invoke(name, *args, **kwargs)
 
-    def run(self, function, *args, workers=None, wait: bool = True, nanny: bool = False,
-            on_error: str = "raise", **kwargs) -> dict:  # fmt: skip
+    def run(
+        self,
+        function,
+        *args,
+        workers=None,
+        wait: bool = True,
+        nanny: bool = False,
+        on_error: str = "raise",
+        **kwargs,
+    ) -> dict:
         """Run ``function(*args, **kwargs)`` once on every worker (or on ``workers``), outside the task
         system; returns ``{worker address: result}``."""
         if on_error not in ("raise", "return", "ignore"):
@@ -85,7 +93,9 @@ class ClientOperations:
             if count >= n_workers:
                 return
             if deadline is not None and time.monotonic() > deadline:
-                raise FutureTimeoutError(f"Only {count} of {n_workers} workers arrived within {timeout} s")
+                raise FutureTimeoutError(
+                    f"Only {count} of {n_workers} workers arrived within {timeout} s"
+                )
             time.sleep(0.01)
 
     def restart(self, timeout=None, wait_for_workers: bool = True):

@@ -186,15 +186,18 @@ def wait(fs, timeout: Optional[float] = None, return_when: str = "ALL_COMPLETED"
         fs = [fs]
     fs = list(fs)
     if return_when not in ("ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION"):
-        raise ValueError(f"return_when must be ALL_COMPLETED, FIRST_COMPLETED or FIRST_EXCEPTION, "
-                         f"not {return_when!r}")  # fmt: skip
+        raise ValueError(
+            f"return_when must be ALL_COMPLETED, FIRST_COMPLETED or FIRST_EXCEPTION, "
+            f"not {return_when!r}"
+        )
     deadline = None if timeout is None else time.monotonic() + timeout
     if return_when == "ALL_COMPLETED":
         for future in fs:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             if not future.done() and not future.client._wait_for(future._state, left):
-                raise FutureTimeoutError(f"{sum(not f.done() for f in fs)} futures not done after "
-                                         f"{timeout} s")  # fmt: skip
+                raise FutureTimeoutError(
+                    f"{sum(not f.done() for f in fs)} futures not done after {timeout} s"
+                )
     else:
         clients = {id(f.client): f.client for f in fs}
 
@@ -217,8 +220,15 @@ class as_completed:
     ``raise_errors=False``, which yields the exception instead).
     """
 
-    def __init__(self, futures: Iterable = (), loop=None, with_results: bool = False,
-                 raise_errors: bool = True, *, timeout: Optional[float] = None):  # fmt: skip
+    def __init__(
+        self,
+        futures: Iterable = (),
+        loop=None,
+        with_results: bool = False,
+        raise_errors: bool = True,
+        *,
+        timeout: Optional[float] = None,
+    ):
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._pending = 0
         self._lock = threading.Lock()
@@ -311,7 +321,9 @@ class as_completed:
         try:
             if self.has_ready():  # arrived before the waker was in place
                 return
-            timeout = None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
+            timeout = (
+                None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
+            )
             try:
                 await asyncio.wait_for(waiter, timeout)
             except asyncio.TimeoutError:

@@ -114,7 +114,9 @@ class Security:
         cert = getattr(self, f"tls_{role}_cert")
         key = getattr(self, f"tls_{role}_key")
         if not self.tls_ca_file:
-            raise ValueError("TLS needs a CA: set Security(tls_ca_file=...) or use Security.temporary()")
+            raise ValueError(
+                "TLS needs a CA: set Security(tls_ca_file=...) or use Security.temporary()"
+            )
         if not cert:
             raise ValueError(
                 f"TLS needs a {role} certificate: set Security(tls_{role}_cert=..., tls_{role}_key=...) "
@@ -141,7 +143,9 @@ def tls_context(
     with require_encryption refuses tcp://.
     """
     if protocol == "inproc":
-        raise ValueError(f"{address!r} is an in-process address: it has no socket to listen on or connect to")
+        raise ValueError(
+            f"{address!r} is an in-process address: it has no socket to listen on or connect to"
+        )
     if protocol == "tls":
         if security is None:
             raise ValueError(
@@ -205,13 +209,21 @@ def _make_temporary_credentials() -> tuple[str, str, str]:
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=False, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-                encipher_only=False, decipher_only=False,
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+        )
         .sign(ca_key, hashes.SHA256())
     )
     key = ec.generate_private_key(ec.SECP256R1())
@@ -228,7 +240,9 @@ def _make_temporary_credentials() -> tuple[str, str, str]:
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
             critical=False,
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
@@ -374,7 +388,9 @@ def read_secret(address: str) -> bytes | None:
         try:
             return _parse_secret_file(path)[0]
         except ValueError as exc:
-            raise ValueError(f"The secret file {path} is corrupt; delete it and restart the scheduler") from exc
+            raise ValueError(
+                f"The secret file {path} is corrupt; delete it and restart the scheduler"
+            ) from exc
     return None
 
 

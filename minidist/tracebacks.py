@@ -15,7 +15,9 @@ import sys
 import types
 from typing import Optional
 
-_FRAME_LINE = re.compile(r'^  File "(?P<file>.+)", line (?P<line>\d+), in (?P<name>.+)$', re.MULTILINE)
+_FRAME_LINE = re.compile(
+    r'^  File "(?P<file>.+)", line (?P<line>\d+), in (?P<name>.+)$', re.MULTILINE
+)
 
 
 class _StubRaise(Exception):

@@ -138,9 +138,15 @@ def submit_demo(client, gate_path: str, n: int = 100) -> dict:
     second = [client.submit(load, n + i, gate) for i in range(n)]
     summed = client.submit(total, first + second + doubled)
     # every future is kept: the bars count what clients hold, released tasks leave the page
-    return {"gate": gate, "load": first + second, "double": doubled, "explode": failing,
-            "total": summed, "n": 2 * n,
-            "expected": sum(range(2 * n)) + 2 * sum(range(n))}  # fmt: skip
+    return {
+        "gate": gate,
+        "load": first + second,
+        "double": doubled,
+        "explode": failing,
+        "total": summed,
+        "n": 2 * n,
+        "expected": sum(range(2 * n)) + 2 * sum(range(n)),
+    }
 
 
 def run_demo(page, client, gate_path: str, screenshot: str | None = None) -> dict:
@@ -196,8 +202,16 @@ if __name__ == "__main__":
 
     out = sys.argv[1] if len(sys.argv) > 1 else "dashboard.png"
     with tempfile.TemporaryDirectory() as tmp:
-        with Client(n_workers=2, threads_per_worker=2, memory_limit="1GiB", dashboard_address=":0",
-                    name="demo") as client, open_browser() as page:  # fmt: skip
+        with (
+            Client(
+                n_workers=2,
+                threads_per_worker=2,
+                memory_limit="1GiB",
+                dashboard_address=":0",
+                name="demo",
+            ) as client,
+            open_browser() as page,
+        ):
             run_demo(page, client, os.path.join(tmp, "gate"), screenshot=out)
             if page.minidist_errors:
                 raise SystemExit(f"JavaScript errors: {page.minidist_errors}")

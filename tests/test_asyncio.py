@@ -43,15 +43,24 @@ async def exercise(client) -> None:
     async for done in as_completed(client.map(slow_inc, [3, 1, 2], delay=0.05)):
         seen.append(await done)
     assert sorted(seen) == [2, 3, 4]
-    pairs = [pair async for pair in as_completed([client.submit(fail, 9), client.submit(inc, 0)],
-                                                 with_results=True, raise_errors=False)]  # fmt: skip
+    pairs = [
+        pair
+        async for pair in as_completed(
+            [client.submit(fail, 9), client.submit(inc, 0)], with_results=True, raise_errors=False
+        )
+    ]
     assert sorted(repr(value) for _, value in pairs) == ["1", "ValueError('bad 9')"]
 
 
 def test_async_with_cluster_and_client_on_threads():
     async def main():
-        async with LocalCluster(n_workers=2, threads_per_worker=2, processes=False, asynchronous=True,
-                                dashboard_address=None) as cluster:  # fmt: skip
+        async with LocalCluster(
+            n_workers=2,
+            threads_per_worker=2,
+            processes=False,
+            asynchronous=True,
+            dashboard_address=None,
+        ) as cluster:
             assert cluster.asynchronous is True
             async with Client(cluster, asynchronous=True) as client:
                 assert client.asynchronous
@@ -63,8 +72,9 @@ def test_async_with_cluster_and_client_on_threads():
 
 def test_awaited_cluster_and_remote_async_client():
     async def main():
-        cluster = await LocalCluster(n_workers=2, threads_per_worker=1, asynchronous=True,
-                                     dashboard_address=None)  # fmt: skip
+        cluster = await LocalCluster(
+            n_workers=2, threads_per_worker=1, asynchronous=True, dashboard_address=None
+        )
         try:
             client = await Client(cluster.scheduler_address, asynchronous=True)
             await exercise(client)
@@ -79,8 +89,9 @@ def test_awaited_cluster_and_remote_async_client():
 
 def test_subprocess_cluster_is_asynchronous_too():
     async def main():
-        async with SubprocessCluster(n_workers=1, threads_per_worker=1, asynchronous=True,
-                                     dashboard_address=None) as cluster:  # fmt: skip
+        async with SubprocessCluster(
+            n_workers=1, threads_per_worker=1, asynchronous=True, dashboard_address=None
+        ) as cluster:
             async with Client(cluster, asynchronous=True) as client:
                 assert await client.submit(inc, 5) == 6
         assert cluster.status == "closed"
@@ -112,7 +123,9 @@ def test_the_event_loop_keeps_running_while_tasks_are_awaited():
         await beat
         return max(gaps), threads_during - threads_before
 
-    with LocalCluster(n_workers=2, threads_per_worker=2, processes=False, dashboard_address=None) as cluster:
+    with LocalCluster(
+        n_workers=2, threads_per_worker=2, processes=False, dashboard_address=None
+    ) as cluster:
         with Client(cluster, asynchronous=True) as client:
             longest_gap, extra_threads = asyncio.run(main(client))
     assert longest_gap < 0.25, f"the loop was blocked for {longest_gap:.3f} s"

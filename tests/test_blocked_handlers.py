@@ -33,8 +33,12 @@ def run_from_a_task():
 
 
 def test_local_client_is_refused_run_function_but_keeps_the_rest():
-    with LocalCluster(n_workers=1, processes=False, blocked_handlers=["run_function"],
-                      dashboard_address=None) as cluster, Client(cluster) as client:  # fmt: skip
+    with (
+        LocalCluster(
+            n_workers=1, processes=False, blocked_handlers=["run_function"], dashboard_address=None
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         with pytest.raises(ValueError, match=message("run_function")):
             client.run(inc, 1)
         with pytest.raises(ValueError, match=message("run_function")):
@@ -47,8 +51,12 @@ def test_local_client_is_refused_run_function_but_keeps_the_rest():
 
 
 def test_remote_clients_and_task_clients_are_refused_too():
-    with LocalCluster(n_workers=1, threads_per_worker=2, blocked_handlers=["run_function", "restart"],
-                      dashboard_address=None) as cluster:  # fmt: skip
+    with LocalCluster(
+        n_workers=1,
+        threads_per_worker=2,
+        blocked_handlers=["run_function", "restart"],
+        dashboard_address=None,
+    ) as cluster:
         with Client(cluster.scheduler_address) as client:
             with pytest.raises(ValueError, match=message("run_function")):
                 client.run(inc, 1)

@@ -40,8 +40,12 @@ def fail(x):
 
 @pytest.fixture(scope="module", params=[True, False], ids=["processes", "threads"])
 def client(request):
-    with LocalCluster(n_workers=2, threads_per_worker=2, processes=request.param,
-                      dashboard_address=None) as cluster, Client(cluster) as c:  # fmt: skip
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=2, processes=request.param, dashboard_address=None
+        ) as cluster,
+        Client(cluster) as c,
+    ):
         yield c
 
 
@@ -247,8 +251,12 @@ def test_fire_and_forget_runs_without_a_future(client):
 
 def test_priority_orders_queued_work(client):
     # a cluster of one thread, so the order of execution is the order of dispatch
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=client.processes,
-                      dashboard_address=None) as cluster, Client(cluster, set_as_default=False) as c:  # fmt: skip
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=client.processes, dashboard_address=None
+        ) as cluster,
+        Client(cluster, set_as_default=False) as c,
+    ):
         blockers = c.map(slow_inc, range(3), delay=0.3, pure=False)  # fill the thread and prefetch
         low = c.map(slow_inc, range(4), delay=0.01, priority=-10, pure=False)
         high = c.map(slow_inc, range(4), delay=0.01, priority=10, pure=False)

@@ -83,7 +83,9 @@ def test_unknown_cluster_keyword_is_a_clear_type_error():
 
 @pytest.mark.parametrize("processes", [False, True], ids=["threads", "processes"])
 def test_get_worker_inside_a_task_and_worker_restrictions(processes):
-    with Client(processes=processes, n_workers=2, threads_per_worker=1, dashboard_address=None) as client:
+    with Client(
+        processes=processes, n_workers=2, threads_per_worker=1, dashboard_address=None
+    ) as client:
         addresses = sorted(client.scheduler_info()["workers"])
         for address in addresses:
             futures = [client.submit(where_am_i, workers=[address], pure=False) for _ in range(4)]
@@ -116,8 +118,13 @@ def test_resources_limit_concurrency_and_unmet_needs_wait():
             running.remove(i)
         return i
 
-    with Client(processes=False, n_workers=2, threads_per_worker=4, resources={"GPU": 1},
-                dashboard_address=None) as client:  # fmt: skip
+    with Client(
+        processes=False,
+        n_workers=2,
+        threads_per_worker=4,
+        resources={"GPU": 1},
+        dashboard_address=None,
+    ) as client:
         futures = client.map(uses_gpu, range(8), resources={"GPU": 1})
         assert client.gather(futures) == list(range(8))
         assert max(peak) <= 2  # one GPU per worker, two workers
@@ -128,7 +135,9 @@ def test_resources_limit_concurrency_and_unmet_needs_wait():
 
 @pytest.mark.parametrize("processes", [False], ids=["threads"])
 def test_tasks_that_submit_tasks_with_worker_client(processes):
-    with Client(processes=processes, n_workers=1, threads_per_worker=1, dashboard_address=None) as client:
+    with Client(
+        processes=processes, n_workers=1, threads_per_worker=1, dashboard_address=None
+    ) as client:
         # one thread only: without secede inside worker_client this would deadlock
         assert client.submit(fib, 6).result(timeout=30) == 8
 
@@ -141,7 +150,9 @@ def test_secede_and_rejoin_inside_a_task():
         rejoin()
         return inner * 10
 
-    with Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None) as client:
+    with Client(
+        processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None
+    ) as client:
         assert client.submit(waits_for_other_work, 1).result(timeout=20) == 20
 
 
@@ -153,7 +164,9 @@ def test_get_worker_outside_a_task_is_a_clear_error():
 
 
 def test_restart_with_thread_workers():
-    with Client(processes=False, n_workers=2, threads_per_worker=1, dashboard_address=None) as client:
+    with Client(
+        processes=False, n_workers=2, threads_per_worker=1, dashboard_address=None
+    ) as client:
         future = client.submit(inc, 1)
         future.result()
         client.restart()
@@ -170,8 +183,9 @@ def test_wait_for_workers():
 
 
 def test_repr_shows_workers_and_threads():
-    with LocalCluster(processes=False, n_workers=2, threads_per_worker=3, dashboard_address=None,
-                      name="demo") as cluster:  # fmt: skip
+    with LocalCluster(
+        processes=False, n_workers=2, threads_per_worker=3, dashboard_address=None, name="demo"
+    ) as cluster:
         text = repr(cluster)
         assert text.startswith("LocalCluster(demo, ")
         assert "workers=2" in text and "threads=6" in text

@@ -10,8 +10,8 @@ import re
 import signal
 
 import pytest
-from conftest import wait_until
 
+from conftest import wait_until
 from minidist import Client, KilledWorker, LocalCluster
 from minidist.deploy.worker_hooks import Worker
 from minidist.errors import WorkerStartError
@@ -77,8 +77,10 @@ def test_scaling_and_a_death_leave_lines_in_the_cluster_and_scheduler_logs(logge
     logs = c.get_logs()
     assert "Scaling from 2 to 3 workers" in logs["Cluster"]
     assert f"Worker {dead} (name 0) died: killed by SIGKILL" in logs["Scheduler"]
-    assert re.search(rf"Worker {re.escape(dead)} \(name 0\) died: killed by SIGKILL.*Starting a replacement",
-                     logs["Cluster"])  # fmt: skip
+    assert re.search(
+        rf"Worker {re.escape(dead)} \(name 0\) died: killed by SIGKILL.*Starting a replacement",
+        logs["Cluster"],
+    )
 
 
 def test_client_reads_the_newest_lines_as_dask_does(logged):

@@ -11,9 +11,9 @@ import warnings
 
 import psutil
 import pytest
-from conftest import wait_until
 
 import minidist.deploy.options as options_module
+from conftest import wait_until
 from minidist import Client, KilledWorker, LocalCluster, get_worker
 from minidist.deploy.worker_hooks import Worker
 
@@ -120,10 +120,20 @@ def test_ip_and_diagnostics_port_warn_and_map_to_host_and_dashboard_address():
 def test_dask_keywords_without_effect_here_are_accepted_quietly():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        with cluster(processes=False, n_workers=1, loop=None, start=None, services=None,
-                     worker_services=None, asynchronous=False, scheduler_sync_interval=1,
-                     local_directory="/tmp", death_timeout=60, memory_target_fraction=0.6,
-                     memory_spill_fraction=0.7) as c:  # fmt: skip
+        with cluster(
+            processes=False,
+            n_workers=1,
+            loop=None,
+            start=None,
+            services=None,
+            worker_services=None,
+            asynchronous=False,
+            scheduler_sync_interval=1,
+            local_directory="/tmp",
+            death_timeout=60,
+            memory_target_fraction=0.6,
+            memory_spill_fraction=0.7,
+        ) as c:
             assert len(worker_info(c)) == 1
 
 
@@ -244,8 +254,13 @@ def test_worker_class_hooks_run_around_tasks_and_get_worker_returns_the_worker(p
                 client.submit(fail, key="fail-1").result(timeout=10)
             greeting, seen = client.submit(hooks_seen, key="look", pure=False).result(timeout=10)
         assert greeting == "hello from 0"
-        assert seen == [("before", "inc-1"), ("after", "inc-1", None), ("before", "fail-1"),
-                        ("after", "fail-1", "ValueError"), ("before", "look")]  # fmt: skip
+        assert seen == [
+            ("before", "inc-1"),
+            ("after", "inc-1", None),
+            ("before", "fail-1"),
+            ("after", "fail-1", "ValueError"),
+            ("before", "look"),
+        ]
         [address] = [w for w in c.scheduler_info()["workers"]]
         assert wait_until(lambda: "Recording worker set up" in c.get_logs()[address])
 
@@ -326,8 +341,11 @@ def test_sigkill_from_outside_during_a_map_loses_no_result_and_the_cluster_heals
     assert client.gather(second) == [2 * x for x in range(1, 31)]
     assert wait_until(lambda: len(worker_info(client.cluster)) == 2, timeout=10)
     assert victim not in {w["pid"] for w in worker_info(client.cluster)}
-    assert wait_until(lambda: not psutil.pid_exists(victim) or
-                      psutil.Process(victim).status() == psutil.STATUS_ZOMBIE)  # fmt: skip
+    assert wait_until(
+        lambda: (
+            not psutil.pid_exists(victim) or psutil.Process(victim).status() == psutil.STATUS_ZOMBIE
+        )
+    )
     assert "killed by SIGKILL" in client.cluster.get_logs()["Scheduler"]
 
 

@@ -29,8 +29,9 @@ def page():
 
 def test_status_page_shows_the_workers_and_progress_moving(page, tmp_path):
     shot = tmp_path / "dashboard.png"
-    with Client(n_workers=2, threads_per_worker=2, memory_limit="1GiB",
-                dashboard_address=":0") as client:  # fmt: skip
+    with Client(
+        n_workers=2, threads_per_worker=2, memory_limit="1GiB", dashboard_address=":0"
+    ) as client:
         result = run_demo(page, client, str(tmp_path / "gate"), screenshot=str(shot))
         workers = client.scheduler_info()["workers"]
 

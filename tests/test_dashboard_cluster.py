@@ -21,8 +21,8 @@ import warnings
 from urllib.parse import quote, urlsplit
 
 import pytest
-from conftest import wait_until
 
+from conftest import wait_until
 from minidist import Client, LocalCluster
 from minidist.keys import key_split
 
@@ -219,8 +219,12 @@ def test_one_answer_carries_at_most_the_newest_500_task_stream_entries():
 
 
 def test_worker_pages_on_process_workers_show_pid_memory_and_own_tasks():
-    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0",
-                      memory_limit="1GiB") as cluster, Client(cluster) as client:  # fmt: skip
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, dashboard_address=":0", memory_limit="1GiB"
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         root = base(client.dashboard_link)
         futures = client.map(slow_square, range(20), delay=0.02)
         client.gather(futures)
@@ -249,8 +253,9 @@ def log_from_a_task(x):
 
 
 def test_info_and_log_pages_show_the_same_texts_as_get_logs():
-    with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=":0",
-                      silence_logs=False) as cluster:  # fmt: skip
+    with LocalCluster(
+        n_workers=1, threads_per_worker=1, dashboard_address=":0", silence_logs=False
+    ) as cluster:
         with Client(cluster) as client:
             assert client.submit(log_from_a_task, 1).result(timeout=30) == 1
         cluster.logger.warning("a <script>alert('line')</script> in the cluster's log")
@@ -286,8 +291,9 @@ def worker_links(root: str) -> dict:
 
 
 def test_worker_dashboards_follow_scaling_and_close_with_the_cluster():
-    with thread_cluster(n_workers=2, worker_dashboard_address=":0",
-                        service_kwargs={"dashboard": {"prefix": "/foo"}}) as cluster:  # fmt: skip
+    with thread_cluster(
+        n_workers=2, worker_dashboard_address=":0", service_kwargs={"dashboard": {"prefix": "/foo"}}
+    ) as cluster:
         root = base(cluster.dashboard_link)
         with Client(cluster) as client:
             client.gather(client.map(inc, range(10)))
@@ -327,8 +333,12 @@ def test_worker_dashboards_follow_scaling_and_close_with_the_cluster():
 
 @pytest.mark.timeout(90)
 def test_worker_dashboards_follow_a_crashed_worker():
-    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0",
-                      worker_dashboard_address="127.0.0.1:0") as cluster:  # fmt: skip
+    with LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        dashboard_address=":0",
+        worker_dashboard_address="127.0.0.1:0",
+    ) as cluster:
         root = base(cluster.dashboard_link)
         before = worker_links(root)
         victim = next(iter(before))

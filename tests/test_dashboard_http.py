@@ -330,10 +330,15 @@ def test_a_worker_server_serves_only_its_worker():
     own = {"time": 1.0, "worker": engine.snap["workers"][0], "logs": "worker A started"}
     home = "http://127.0.0.1:1/cluster/status"
     with DashboardServer(
-        ":0", engine.snapshot, lambda: {WORKER_A: "worker A started"}, prefix="/foo",
+        ":0",
+        engine.snapshot,
+        lambda: {WORKER_A: "worker A started"},
+        prefix="/foo",
         worker_snapshot=lambda ident: own if ident == WORKER_A else None,
-        name="Worker 0", worker=WORKER_A, home=home,
-    ) as server:  # fmt: skip
+        name="Worker 0",
+        worker=WORKER_A,
+        home=home,
+    ) as server:
         status, _, page = fetch(server, "/status")
         assert status == 200 and json.dumps(WORKER_A) in page.decode()  # the worker page is /status
         assert f'href="{home}"' in page.decode() and "/json/status.json" not in page.decode()

@@ -15,7 +15,9 @@ pytestmark = pytest.mark.timeout(60)
 
 @pytest.fixture(scope="module", params=[False, True], ids=["threads", "processes"])
 def client(request):
-    with Client(processes=request.param, n_workers=2, threads_per_worker=1, dashboard_address=None) as c:
+    with Client(
+        processes=request.param, n_workers=2, threads_per_worker=1, dashboard_address=None
+    ) as c:
         yield c
 
 
@@ -43,7 +45,7 @@ def test_compute_an_array_returns_the_whole_array(client):
 
 def test_client_get_as_a_dask_scheduler(client):
     x = da.arange(100, chunks=10)
-    assert (x ** 2).sum().compute(scheduler=client.get) == sum(i * i for i in range(100))
+    assert (x**2).sum().compute(scheduler=client.get) == sum(i * i for i in range(100))
 
 
 def test_delayed_graph_with_an_error_reports_it(client):

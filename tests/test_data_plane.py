@@ -46,8 +46,6 @@ def cluster_segments(cluster_id: str) -> list[str]:
     return sorted(info.name for info in list_segments(cluster_id))
 
 
-
-
 def mapping_of(address: int, nbytes: int) -> str:
     """The file behind the mapping of this process that holds [address, address + nbytes), or ''."""
     with open("/proc/self/maps") as maps:
@@ -101,14 +99,20 @@ ARRAYS = {
     "int16-big-endian": lambda: np.arange(100_000, dtype=">i2"),
     "complex128-3d": lambda: (np.arange(24_000) * (1 + 2j)).reshape(20, 30, 40),
     "bool": lambda: np.arange(1_000_000) % 3 == 0,
-    "float16-fortran": lambda: np.asfortranarray(np.arange(400 * 300, dtype=np.float16).reshape(400, 300)),
-    "structured": lambda: np.array([(i * 0.5, i) for i in range(50_000)], dtype=[("x", "f4"), ("n", "i8")]),
+    "float16-fortran": lambda: np.asfortranarray(
+        np.arange(400 * 300, dtype=np.float16).reshape(400, 300)
+    ),
+    "structured": lambda: np.array(
+        [(i * 0.5, i) for i in range(50_000)], dtype=[("x", "f4"), ("n", "i8")]
+    ),
     "datetime64": lambda: np.arange(100_000).astype("datetime64[s]"),
     "unicode": lambda: np.array([f"s{i:06d}" for i in range(50_000)]),
     "nan-and-inf": lambda: np.tile(np.array([np.nan, np.inf, -np.inf, -0.0]), 50_000),
     "strided-view": lambda: np.arange(600_000, dtype=np.float64)[::3],
     "column-slice": lambda: np.arange(1000 * 200, dtype=np.int64).reshape(1000, 200)[:, 10:150:2],
-    "object": lambda: np.array([{"k": i} if i % 3 else f"text{i}" for i in range(20_000)], dtype=object),
+    "object": lambda: np.array(
+        [{"k": i} if i % 3 else f"text{i}" for i in range(20_000)], dtype=object
+    ),
     "small-inline": lambda: np.arange(10, dtype=np.float32),
     "zero-d": lambda: np.array(3.25),
     "empty": lambda: np.zeros((0, 5)),
@@ -138,8 +142,10 @@ def assert_same_array(actual, expected) -> None:
 
 @pytest.fixture(scope="module")
 def client():
-    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster, \
-            Client(cluster) as c:  # fmt: skip
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster,
+        Client(cluster) as c,
+    ):
         c.wait_for_workers(2, timeout=20)
         yield c
 
@@ -179,15 +185,21 @@ def worker_pids(client) -> dict:
 
 
 @pytest.mark.parametrize("name", sorted(ARRAYS))
-def test_array_arrives_intact_as_argument_scatter_result_and_dependency(client, workers, cluster_id, name):
+def test_array_arrives_intact_as_argument_scatter_result_and_dependency(
+    client, workers, cluster_id, name
+):
     array = build(name)
     produced = client.submit(build, name, workers=[workers[0]])  # a task result, made on worker 0
     scattered = client.scatter(array)
     checks = [
         client.submit(matches, array, name, workers=[workers[1]]),  # as an argument
         client.submit(matches, scattered, name, workers=[workers[1]]),  # scattered data
-        client.submit(matches, produced, name, workers=[workers[1]]),  # dependency from the other worker
-        client.submit(matches, produced, name, workers=[workers[0]]),  # dependency on the same worker
+        client.submit(
+            matches, produced, name, workers=[workers[1]]
+        ),  # dependency from the other worker
+        client.submit(
+            matches, produced, name, workers=[workers[0]]
+        ),  # dependency on the same worker
     ]
     assert client.gather(checks) == [True] * 4
     assert_same_array(produced.result(), array)
@@ -213,7 +225,9 @@ def test_large_argument_is_read_in_place_from_shared_memory(client, cluster_id):
     array = filled(8 * MiB)
     writeable, path, _ = client.submit(where, array).result()
     assert not writeable
-    assert segment_of(path).startswith(f"minidist_{cluster_id}_{os.getpid()}_")  # written by the client
+    assert segment_of(path).startswith(
+        f"minidist_{cluster_id}_{os.getpid()}_"
+    )  # written by the client
 
 
 def test_result_of_one_worker_is_read_in_place_by_another(client, workers, cluster_id):
@@ -228,7 +242,9 @@ def test_result_of_one_worker_is_read_in_place_by_another(client, workers, clust
 def test_gathered_result_is_a_read_only_view_of_shared_memory(client, cluster_id):
     result = client.submit(filled, 8 * MiB).result()
     assert not result.flags.writeable
-    assert mapping_of(result.__array_interface__["data"][0], result.nbytes).startswith("/dev/shm/minidist_")
+    assert mapping_of(result.__array_interface__["data"][0], result.nbytes).startswith(
+        "/dev/shm/minidist_"
+    )
     assert float(result[-1]) == 1.5
 
 
@@ -236,7 +252,9 @@ def test_small_values_travel_inline_and_arrays_that_must_be_copied_stay_correct(
     small = np.arange(100.0)  # below the threshold
     strided = np.arange(2_000_000.0)[::2]  # large but not contiguous: pickled in-band
     objects = np.array([[i] for i in range(20_000)] + [None], dtype=object)
-    assert not client.submit(where, small).result()[1].startswith("/dev/shm")  # the worker's own memory
+    assert (
+        not client.submit(where, small).result()[1].startswith("/dev/shm")
+    )  # the worker's own memory
     assert not client.submit(where, strided).result()[1].startswith("/dev/shm")
     assert client.submit(lambda a: a[5][0] + len(a), objects).result() == 5 + 20_001
     assert cluster_segments(cluster_id) == []
@@ -256,12 +274,16 @@ def test_tasks_that_modify_an_argument_in_place_must_copy_it(client, workers, cl
     assert float(produced.result()[0]) == 1.5
 
 
-def test_scattered_array_is_written_once_for_every_task_on_both_workers(client, workers, cluster_id):
+def test_scattered_array_is_written_once_for_every_task_on_both_workers(
+    client, workers, cluster_id
+):
     array = np.random.default_rng(0).random(32 * MiB // 8)
     scattered = client.scatter(array)
     (name,) = cluster_segments(cluster_id)
     assert os.stat(f"/dev/shm/{name}").st_size == array.nbytes
-    views = client.gather([client.submit(where, scattered, i, workers=[workers[i % 2]]) for i in range(6)])
+    views = client.gather(
+        [client.submit(where, scattered, i, workers=[workers[i % 2]]) for i in range(6)]
+    )
     assert {pid for _, _, pid in views} == set(worker_pids(client).values())  # both workers read it
     assert {segment_of(path) for _, path, _ in views} == {name}  # ... from the one segment
     assert not any(writeable for writeable, _, _ in views)
@@ -391,11 +413,14 @@ def test_worker_killed_mid_task_leaves_no_unreported_segment_and_keeps_reported_
     client, workers, cluster_id, tmp_path
 ):
     victim = worker_pids(client)[workers[0]]
-    kept = client.submit(filled, 2 * MiB, 5.0, workers=[workers[0]])  # reported: the scheduler owns it
+    kept = client.submit(
+        filled, 2 * MiB, 5.0, workers=[workers[0]]
+    )  # reported: the scheduler owns it
     wait([kept])
     marker = str(tmp_path / "started")
-    doomed = client.submit(write_unreported_segment, cluster_id, marker, workers=[workers[0]],
-                           allow_other_workers=True)  # fmt: skip
+    doomed = client.submit(
+        write_unreported_segment, cluster_id, marker, workers=[workers[0]], allow_other_workers=True
+    )
     assert wait_until(lambda: os.path.exists(marker), timeout=20)
     assert len([n for n in cluster_segments(cluster_id) if f"_{victim}_" in n]) == 2
     os.kill(victim, signal.SIGKILL)
@@ -434,7 +459,9 @@ CLIENT_SCRIPT = textwrap.dedent(
 
 @pytest.mark.timeout(60)
 def test_client_process_killed_leaves_no_segment_once_its_workers_exit():
-    process = subprocess.Popen([sys.executable, "-c", CLIENT_SCRIPT], stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-c", CLIENT_SCRIPT], stdout=subprocess.PIPE, text=True
+    )
     try:
         info = json.loads(process.stdout.readline())
         cluster_id, pids = info["cluster_id"], info["workers"]
@@ -491,8 +518,9 @@ FALLBACK_SCRIPT = textwrap.dedent(
 
 @pytest.mark.timeout(60)
 def test_full_shared_memory_falls_back_inline_with_one_warning_per_process():
-    done = subprocess.run([sys.executable, "-c", FALLBACK_SCRIPT], capture_output=True, text=True,
-                          timeout=50)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", FALLBACK_SCRIPT], capture_output=True, text=True, timeout=50
+    )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["sums_ok"] and report["made_ok"] == [True] * 4
@@ -511,7 +539,9 @@ def test_worker_memory_leaves_out_shared_pages_it_reads_or_wrote(client, workers
     pids = worker_pids(client)
     reader, writer = pids[workers[1]], pids[workers[0]]
     size = 64 * MiB
-    client.gather([client.submit(total, np.ones(10), i, workers=[w]) for i, w in enumerate(workers)])
+    client.gather(
+        [client.submit(total, np.ones(10), i, workers=[w]) for i, w in enumerate(workers)]
+    )
     reader_rss, reader_used = psutil.Process(reader).memory_info().rss, process_memory(reader)
     writer_used = process_memory(writer)
 
@@ -530,8 +560,12 @@ def test_worker_memory_leaves_out_shared_pages_it_reads_or_wrote(client, workers
 
 
 def test_memory_monitor_lets_a_worker_read_more_shared_data_than_its_limit():
-    with LocalCluster(n_workers=1, threads_per_worker=1, memory_limit="150MiB",
-                      dashboard_address=None) as cluster, Client(cluster, set_as_default=False) as client:  # fmt: skip
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=1, memory_limit="150MiB", dashboard_address=None
+        ) as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
         scattered = client.scatter(np.ones(200 * MiB // 8))
 
         def read_all_and_linger(array):
@@ -552,8 +586,12 @@ def test_memory_monitor_lets_a_worker_read_more_shared_data_than_its_limit():
 
 def test_thread_workers_pass_arrays_by_reference_without_shared_memory():
     array = np.arange(1_000_000.0)
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
-            Client(cluster, set_as_default=False) as client:  # fmt: skip
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
         scattered = client.scatter(array)
         assert client.submit(lambda a: a is array, scattered).result()
         assert client.submit(lambda a: a is array, array).result()
@@ -587,7 +625,10 @@ def test_token_follows_content_and_reuses_the_checksum_of_a_linked_segment(store
     monkeypatch.setattr(zlib, "crc32", lambda *a: calls.append(1) or crc32(*a))
     again, same = serialize_with_token(((array, 1), {}), store, b"f")
     assert same == token and calls == []
-    assert os.stat(f"/dev/shm/{again.segments()[0]}").st_ino == os.stat(f"/dev/shm/{first.segments()[0]}").st_ino
+    assert (
+        os.stat(f"/dev/shm/{again.segments()[0]}").st_ino
+        == os.stat(f"/dev/shm/{first.segments()[0]}").st_ino
+    )
     array[0] += 1  # changed in place: written afresh, new token
     changed, other = serialize_with_token(((array, 1), {}), store, b"f")
     assert other != token and calls == [1]

@@ -30,17 +30,24 @@ def fails(x):
 
 @pytest.mark.parametrize("processes", [False, True], ids=["threads", "processes"])
 def test_parallel_runs_on_the_cluster(processes):
-    with Client(processes=processes, n_workers=2, threads_per_worker=1, dashboard_address=None) as client:
+    with Client(
+        processes=processes, n_workers=2, threads_per_worker=1, dashboard_address=None
+    ) as client:
         with joblib.parallel_config(backend="minidist"):
             results = joblib.Parallel()(joblib.delayed(square)(i) for i in range(50))
         assert results == [i * i for i in range(50)]
         if processes:
             with joblib.parallel_config(backend="minidist"):
-                pids = set(joblib.Parallel(batch_size=1)(joblib.delayed(where)(i) for i in range(20)))
+                pids = set(
+                    joblib.Parallel(batch_size=1)(joblib.delayed(where)(i) for i in range(20))
+                )
             assert pids <= {w["pid"] for w in client.scheduler_info()["workers"].values()}
 
 
 def test_a_failing_call_raises_its_error():
     with Client(processes=False, n_workers=2, dashboard_address=None):
-        with joblib.parallel_config(backend="minidist"), pytest.raises(ValueError, match="three is bad"):
+        with (
+            joblib.parallel_config(backend="minidist"),
+            pytest.raises(ValueError, match="three is bad"),
+        ):
             joblib.Parallel()(joblib.delayed(fails)(i) for i in range(6))

@@ -9,8 +9,8 @@ import threading
 import time
 
 import pytest
-from conftest import wait_until
 
+from conftest import wait_until
 from minidist import Client, KilledWorker, LocalCluster, get_worker
 from minidist.deploy.memory import process_memory, system_memory
 
@@ -175,8 +175,12 @@ def test_results_in_shared_memory_do_not_count_against_the_limit():
 
 
 def test_thresholds_can_be_turned_off():
-    with cluster(n_workers=1, memory_limit="300MiB", memory_pause_fraction=False,
-                 memory_terminate_fraction=False) as c:  # fmt: skip
+    with cluster(
+        n_workers=1,
+        memory_limit="300MiB",
+        memory_pause_fraction=False,
+        memory_terminate_fraction=False,
+    ) as c:
         assert c.memory_monitor is None
     with cluster(n_workers=1, memory_limit="300MiB", memory_terminate_fraction=False) as c:
         assert c.memory_monitor is not None

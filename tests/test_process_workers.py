@@ -68,8 +68,12 @@ def test_a_task_that_crashes_at_once_is_blamed_not_the_one_before_it():
     # one thread, no second chances: whichever task is blamed for the death fails with KilledWorker.
     # The tiny task just before the crasher has finished, but its result may still be held back to
     # share a message when the worker dies; the worker's running board must clear it.
-    with Client(n_workers=1, threads_per_worker=1, dashboard_address=None,
-                scheduler_kwargs={"allowed_failures": 0}) as client:  # fmt: skip
+    with Client(
+        n_workers=1,
+        threads_per_worker=1,
+        dashboard_address=None,
+        scheduler_kwargs={"allowed_failures": 0},
+    ) as client:
         for attempt in range(3):
             before = client.submit(inc, attempt, pure=False)
             doomed = client.submit(die, pure=False)
@@ -111,8 +115,9 @@ SCRIPT = textwrap.dedent(
 
 
 def test_runs_from_stdin_without_a_main_guard():
-    done = subprocess.run([sys.executable, "-"], input=SCRIPT, capture_output=True, text=True,
-                          timeout=60)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-"], input=SCRIPT, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "285"
     assert done.stderr == ""  # nothing printed during normal work

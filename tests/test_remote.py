@@ -54,8 +54,13 @@ def fail(x):
 
 def run_script(code: str, timeout: float = 45) -> dict:
     """Run ``code`` in a fresh interpreter; it prints one JSON object on its last line."""
-    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                          timeout=timeout, cwd=os.path.dirname(os.path.dirname(__file__)))  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=os.path.dirname(os.path.dirname(__file__)),
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -125,7 +130,9 @@ def test_killed_client_process_has_its_keys_released(cluster):
         print("ready", flush=True)
         time.sleep(60)
     """
-    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert proc.stdout.readline().strip() == "ready"
         assert len(cluster.scheduler.state.tasks) == 20
@@ -257,7 +264,12 @@ def test_missing_secret_is_refused_with_a_clear_message(cluster, tmp_path):
 
 def test_garbage_bytes_leave_the_scheduler_serving(cluster):
     _, _, port = cluster.scheduler_address.rpartition(":")
-    for junk in (b"GET / HTTP/1.1\r\n\r\n", os.urandom(4096), b"\x00" * 7, b"\xff" * 8 + b"x" * 100):
+    for junk in (
+        b"GET / HTTP/1.1\r\n\r\n",
+        os.urandom(4096),
+        b"\x00" * 7,
+        b"\xff" * 8 + b"x" * 100,
+    ):
         with socket.create_connection(("127.0.0.1", int(port)), timeout=5) as sock:
             try:
                 sock.sendall(junk)
@@ -274,7 +286,9 @@ def test_malformed_messages_from_an_authenticated_peer_are_dropped(cluster):
     try:
         conn.send_bytes(os.urandom(100))  # not a pickle
         conn.send_bytes(pickle.dumps({"not": "a list"}))
-        conn.send_bytes(pickle.dumps([("post", ("call", print, (), None))]))  # never run code this way
+        conn.send_bytes(
+            pickle.dumps([("post", ("call", print, (), None))])
+        )  # never run code this way
         conn.send_bytes(pickle.dumps([("post", ("update_graph", "Client-nobody", (), ()))]))
         conn.send_bytes(pickle.dumps([("fly",), 7]))
         conn.send_bytes(pickle.dumps([("hello", "elsewhere", None)]))
@@ -292,7 +306,9 @@ def test_malformed_messages_from_an_authenticated_peer_are_dropped(cluster):
 
 
 def test_tls_end_to_end():
-    with LocalCluster(n_workers=1, threads_per_worker=1, security=True, dashboard_address=None) as cluster:
+    with LocalCluster(
+        n_workers=1, threads_per_worker=1, security=True, dashboard_address=None
+    ) as cluster:
         address = cluster.scheduler_address
         assert address.startswith("tls://127.0.0.1:")
         with Client(address, security=cluster.security) as c:
@@ -307,8 +323,14 @@ def test_tls_end_to_end():
 def test_thread_cluster_listens_only_when_asked():
     with LocalCluster(n_workers=1, processes=False, dashboard_address=None) as plain:
         assert plain.scheduler_address.startswith("inproc://") and plain.listener is None
-    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, protocol="tcp://",
-                      interface="lo", dashboard_address=None) as cluster:  # fmt: skip
+    with LocalCluster(
+        n_workers=1,
+        threads_per_worker=2,
+        processes=False,
+        protocol="tcp://",
+        interface="lo",
+        dashboard_address=None,
+    ) as cluster:
         assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
         with Client(cluster.scheduler_address) as c:
             a = c.submit(inc, 1)
@@ -328,7 +350,9 @@ def test_scheduler_port_picks_the_given_port():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    with LocalCluster(n_workers=1, processes=False, scheduler_port=port, dashboard_address=None) as cluster:
+    with LocalCluster(
+        n_workers=1, processes=False, scheduler_port=port, dashboard_address=None
+    ) as cluster:
         assert cluster.scheduler_address == f"tcp://127.0.0.1:{port}"
         with Client(f"127.0.0.1:{port}") as c:
             assert c.submit(inc, 1).result(timeout=10) == 2
@@ -360,7 +384,9 @@ def scatter_inside(values):
 
 @pytest.mark.parametrize("processes", [True, False])
 def test_tasks_submit_and_gather_tasks(processes):
-    with Client(n_workers=2, threads_per_worker=2, processes=processes, dashboard_address=None) as c:
+    with Client(
+        n_workers=2, threads_per_worker=2, processes=processes, dashboard_address=None
+    ) as c:
         outer = [c.submit(fib, 8), c.submit(sum_of_incs, 10), c.submit(scatter_inside, [1, 2, 3])]
         assert c.gather(outer) == [21, 55, 6]
         # what the tasks submitted was released when their futures went: only the outer tasks stay

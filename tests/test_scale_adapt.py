@@ -8,8 +8,8 @@ import signal
 import time
 
 import pytest
-from conftest import wait_until
 
+from conftest import wait_until
 from minidist import Adaptive, Client, LocalCluster
 
 pytestmark = pytest.mark.timeout(60)

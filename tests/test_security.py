@@ -26,7 +26,6 @@ from minidist.security import (
 pytestmark = pytest.mark.timeout(60)
 
 
-
 # --- addresses -------------------------------------------------------------------------------------------
 
 
@@ -122,11 +121,20 @@ def test_secret_files_of_schedulers_that_died_are_swept():
     import sys
 
     dead = subprocess.run(
-        [sys.executable, "-c", "from minidist.security import new_secret, write_secret; "
-         "print(write_secret('tcp://127.0.0.1:41001', new_secret()))"],  # fmt: skip
-        capture_output=True, text=True, check=True, timeout=30,
+        [
+            sys.executable,
+            "-c",
+            "from minidist.security import new_secret, write_secret; "
+            "print(write_secret('tcp://127.0.0.1:41001', new_secret()))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
     ).stdout.strip()
-    assert os.path.exists(dead)  # its writer exited without removing it (as a SIGKILLed cluster would)
+    assert os.path.exists(
+        dead
+    )  # its writer exited without removing it (as a SIGKILLed cluster would)
     alive = write_secret("tcp://127.0.0.1:41002", new_secret())
     assert not os.path.exists(dead)
     assert read_secret("tcp://127.0.0.1:41002") is not None and alive.exists()
@@ -193,7 +201,10 @@ def test_repr_never_shows_key_material():
     text = repr(Security.temporary())
     assert "PRIVATE KEY" not in text and "BEGIN" not in text
     assert "tls_client_key=<PEM text>" in text and "require_encryption=True" in text
-    assert repr(Security(tls_ca_file="/etc/ca.pem")) == "Security(tls_ca_file='/etc/ca.pem', require_encryption=False)"
+    assert (
+        repr(Security(tls_ca_file="/etc/ca.pem"))
+        == "Security(tls_ca_file='/etc/ca.pem', require_encryption=False)"
+    )
 
 
 def test_missing_credentials_are_named():

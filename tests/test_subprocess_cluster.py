@@ -42,8 +42,9 @@ def tree_sum(values):
 
 
 def test_scheduler_and_every_worker_have_their_own_process():
-    with SubprocessCluster(n_workers=2, threads_per_worker=2, memory_limit="1GiB",
-                           dashboard_address=None) as cluster:  # fmt: skip
+    with SubprocessCluster(
+        n_workers=2, threads_per_worker=2, memory_limit="1GiB", dashboard_address=None
+    ) as cluster:
         scheduler_pid = cluster.scheduler_pid
         with Client(cluster) as client:
             assert client.gather(client.map(square, range(10))) == [x * x for x in range(10)]
@@ -88,8 +89,9 @@ def test_start_up_errors_reach_the_caller():
 
 
 def test_tls_subprocess_cluster():
-    with SubprocessCluster(n_workers=1, threads_per_worker=1, security=True,
-                           dashboard_address=None) as cluster:  # fmt: skip
+    with SubprocessCluster(
+        n_workers=1, threads_per_worker=1, security=True, dashboard_address=None
+    ) as cluster:
         assert cluster.scheduler_address.startswith("tls://")
         with Client(cluster) as client:
             assert client.submit(square, 7).result(timeout=10) == 49
@@ -107,8 +109,12 @@ def test_killing_the_client_process_takes_the_whole_cluster_down():
         print(json.dumps(pids), flush=True)
         time.sleep(120)
     """
-    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], stdout=subprocess.PIPE,
-                            text=True, cwd=os.path.dirname(os.path.dirname(__file__)))  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=os.path.dirname(os.path.dirname(__file__)),
+    )
     pids: list = []
     try:
         pids = json.loads(proc.stdout.readline())

@@ -39,7 +39,6 @@ pytestmark = [
 ]
 
 
-
 @pytest.fixture(scope="module")
 def tls_security():
     return Security.temporary()
@@ -163,8 +162,15 @@ def test_one_reader_and_several_writers_at_once_keep_frames_whole(protocol, tls_
         for i in range(count):
             client.send_bytes(tag + i.to_bytes(4, "big") + bytes([i % 256]) * size)
 
-    threads = [threading.Thread(target=f, args=a, name="test-io", daemon=True) for f, a in
-               [(server_reader, ()), (server_writer, ()), (client_writer, (b"A",)), (client_writer, (b"B",))]]
+    threads = [
+        threading.Thread(target=f, args=a, name="test-io", daemon=True)
+        for f, a in [
+            (server_reader, ()),
+            (server_writer, ()),
+            (client_writer, (b"A",)),
+            (client_writer, (b"B",)),
+        ]
+    ]
     for thread in threads:
         thread.start()
     received = [client.recv_bytes() for _ in range(2 * count)]
@@ -292,8 +298,11 @@ def test_peer_closing_and_local_close_both_end_a_blocked_reader(protocol, tls_se
 
     _, client, server, _ = pair(closing, protocol, security)
     errors: queue.Queue = queue.Queue()
-    reader = threading.Thread(target=lambda: errors.put(pytest.raises(CommClosedError, client.recv_bytes)),
-                              name="test-reader", daemon=True)
+    reader = threading.Thread(
+        target=lambda: errors.put(pytest.raises(CommClosedError, client.recv_bytes)),
+        name="test-reader",
+        daemon=True,
+    )
     reader.start()
     time.sleep(0.05)  # let the reader block inside recv_bytes; the test holds without it too
     client.close()
@@ -321,8 +330,13 @@ def test_connecting_where_nobody_listens_says_so():
 
 def test_tls_with_credentials_from_files(tmp_path, tls_security, closing):
     paths = {}
-    for field in ("tls_ca_file", "tls_scheduler_cert", "tls_scheduler_key", "tls_client_cert",
-                  "tls_client_key"):
+    for field in (
+        "tls_ca_file",
+        "tls_scheduler_cert",
+        "tls_scheduler_key",
+        "tls_client_cert",
+        "tls_client_key",
+    ):
         paths[field] = str(tmp_path / f"{field}.pem")
         with open(paths[field], "w") as f:
             f.write(getattr(tls_security, field))
@@ -335,14 +349,18 @@ def test_tls_peer_with_foreign_credentials_is_rejected(tls_security, closing):
     listener, rejected = make_listener(closing, "tls", security=tls_security)
     acceptor = Acceptor(listener)
     with pytest.raises((AuthenticationError, CommClosedError)):
-        connect(listener.address, secret=listener._secret, security=Security.temporary(), timeout=10)
+        connect(
+            listener.address, secret=listener._secret, security=Security.temporary(), timeout=10
+        )
     good = connect(listener.address, secret=listener._secret, security=tls_security, timeout=10)
     closing.extend([good, acceptor.result()])
     assert len(rejected) == 1 and "TLS handshake failed" in rejected[0][1]
 
 
 def test_mixing_tcp_and_tls_gives_hints_on_both_sides(tls_security, closing):
-    tls_listener, tls_rejected = make_listener(closing, "tls", security=tls_security, handshake_timeout=0.3)
+    tls_listener, tls_rejected = make_listener(
+        closing, "tls", security=tls_security, handshake_timeout=0.3
+    )
     plain_listener, plain_rejected = make_listener(closing, "tcp")
     acceptors = [Acceptor(tls_listener), Acceptor(plain_listener)]
     _, _, tls_port = parse_address(tls_listener.address)
@@ -350,9 +368,15 @@ def test_mixing_tcp_and_tls_gives_hints_on_both_sides(tls_security, closing):
         connect(f"tcp://127.0.0.1:{tls_port}", secret=tls_listener._secret, timeout=10)
     _, _, plain_port = parse_address(plain_listener.address)
     with pytest.raises(AuthenticationError, match="TLS handshake"):
-        connect(f"tls://127.0.0.1:{plain_port}", secret=plain_listener._secret, security=tls_security,
-                timeout=10)
-    closing.append(connect(tls_listener.address, secret=tls_listener._secret, security=tls_security))
+        connect(
+            f"tls://127.0.0.1:{plain_port}",
+            secret=plain_listener._secret,
+            security=tls_security,
+            timeout=10,
+        )
+    closing.append(
+        connect(tls_listener.address, secret=tls_listener._secret, security=tls_security)
+    )
     closing.append(connect(plain_listener.address, secret=plain_listener._secret))
     closing.extend(acceptor.result() for acceptor in acceptors)
     assert "within 0.3s" in tls_rejected[0][1]
@@ -385,8 +409,11 @@ def test_published_secret_lets_a_second_process_connect(closing):
         """
     )
     acceptor = Acceptor(listener)
-    proc = subprocess.Popen([sys.executable, "-c", code, listener.address],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, listener.address],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         conn = acceptor.result()
         closing.append(conn)
@@ -427,7 +454,9 @@ def test_no_socket_or_descriptor_outlives_its_connection(protocol, tls_security,
             connect(listener.address, secret=b"wrong", security=security, timeout=5)
         raw_socket(listener.address, local).sendall(b"\x00" * 8 + b"garbage")
         raw_socket(listener.address, local)  # silent until the listener gives up on it
-        local.append(connect(listener.address, secret=listener._secret, security=security, timeout=10))
+        local.append(
+            connect(listener.address, secret=listener._secret, security=security, timeout=10)
+        )
         local.append(acceptor.result())
         assert len(rejected) == 3
         for thing in reversed(local):

@@ -27,7 +27,9 @@ from minidist.comm.shm import list_segments
 
 pytestmark = pytest.mark.timeout(120)
 
-MAX_KILLS = 2  # per example; a task survives up to allowed_failures=3 deaths, so none may err for it
+MAX_KILLS = (
+    2  # per example; a task survives up to allowed_failures=3 deaths, so none may err for it
+)
 
 elements = st.integers(8_200, 12_000)  # float64: 64 KiB and a little more
 operations = st.lists(
@@ -49,8 +51,6 @@ def scaled(array, factor):
 
 def segments_of(cluster_id: str) -> list[str]:
     return sorted(info.name for info in list_segments(cluster_id))
-
-
 
 
 def kill_worker(client, index: int) -> None:
@@ -85,12 +85,18 @@ def replay(client, ops) -> list:
     return live
 
 
-@settings(max_examples=12, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])  # fmt: skip
+@settings(
+    max_examples=12,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @given(ops=operations)
 def test_random_data_plane_traffic_keeps_values_and_leaves_no_segment(ops):
-    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster, \
-            Client(cluster, set_as_default=False) as client:  # fmt: skip
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
         cluster_id = cluster.cluster_id
         live = replay(client, ops)
         for future, expected in live:

@@ -59,11 +59,15 @@ def evaluate(graph):
 
 @pytest.fixture(scope="module", params=[False, True], ids=["threads", "processes"])
 def client(request):
-    with Client(processes=request.param, n_workers=2, threads_per_worker=2, dashboard_address=None) as c:
+    with Client(
+        processes=request.param, n_workers=2, threads_per_worker=2, dashboard_address=None
+    ) as c:
         yield c
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(graph=graphs)
 def test_random_graphs_match_sequential_evaluation(client, graph):
     expected = evaluate(graph)

@@ -91,9 +91,16 @@ class SchedulerMachine(RuleBasedStateMachine):
         for _ in range(n):
             key = f"t{self.next_key}"
             self.next_key += 1
-            deps = data.draw(st.lists(st.sampled_from(existing), max_size=3, unique=True)) if existing else []
-            tasks.append(NewTask(key, tuple(deps), run_spec=key, prefix="t",
-                                 retries=data.draw(st.integers(0, 1))))  # fmt: skip
+            deps = (
+                data.draw(st.lists(st.sampled_from(existing), max_size=3, unique=True))
+                if existing
+                else []
+            )
+            tasks.append(
+                NewTask(
+                    key, tuple(deps), run_spec=key, prefix="t", retries=data.draw(st.integers(0, 1))
+                )
+            )
             existing.append(key)
         keys = [t.key for t in tasks]
         self.wanted.update(keys)
@@ -117,11 +124,16 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.wanted.discard(key)
         self.apply(self.state.client_releases("client", [key]))
 
-    @precondition(lambda self: any(self.state.tasks[k].state == "erred"
-                                   for k in self.wanted if k in self.state.tasks))  # fmt: skip
+    @precondition(
+        lambda self: any(
+            self.state.tasks[k].state == "erred" for k in self.wanted if k in self.state.tasks
+        )
+    )
     @rule(data=st.data())
     def retry(self, data):
-        erred = sorted(k for k in self.wanted if k in self.state.tasks and self.state.tasks[k].state == "erred")
+        erred = sorted(
+            k for k in self.wanted if k in self.state.tasks and self.state.tasks[k].state == "erred"
+        )
         key = data.draw(st.sampled_from(erred))
         self.apply(self.state.retry([key]))
 
@@ -179,8 +191,11 @@ class SchedulerMachine(RuleBasedStateMachine):
         state = self.state
         for ts in state.tasks.values():
             if ts.state == "queued":
-                assert all(len(w.processing) >= state.worker_capacity(w, ts.prefix)
-                           for w in state.workers.values() if w.status == "running")  # fmt: skip
+                assert all(
+                    len(w.processing) >= state.worker_capacity(w, ts.prefix)
+                    for w in state.workers.values()
+                    if w.status == "running"
+                )
 
     def teardown(self):
         # settle: workers finish everything, then the client lets go of everything
@@ -210,5 +225,7 @@ class SchedulerMachine(RuleBasedStateMachine):
 
 TestScheduler = SchedulerMachine.TestCase
 TestScheduler.settings = settings(
-    max_examples=int(os.environ.get("MINIDIST_EXAMPLES", "150")), stateful_step_count=40, deadline=None
+    max_examples=int(os.environ.get("MINIDIST_EXAMPLES", "150")),
+    stateful_step_count=40,
+    deadline=None,
 )

@@ -54,11 +54,15 @@ def _split_host_port(rest: str, addr: str) -> tuple[str, str]:
     else:
         host, sep, port_text = rest.rpartition(":")
         if not sep:
-            raise ValueError(f"Address {addr!r} has no port: expected 'host:port', e.g. '127.0.0.1:8786'")
+            raise ValueError(
+                f"Address {addr!r} has no port: expected 'host:port', e.g. '127.0.0.1:8786'"
+            )
         if ":" in host:
             raise ValueError(f"IPv6 hosts must be bracketed, e.g. 'tcp://[::1]:8786', got {addr!r}")
     if not host:
-        raise ValueError(f"Address {addr!r} has no host: expected 'host:port', e.g. '127.0.0.1:8786'")
+        raise ValueError(
+            f"Address {addr!r} has no host: expected 'host:port', e.g. '127.0.0.1:8786'"
+        )
     return host, port_text
 
 

@@ -210,7 +210,9 @@ class Connection(_Closable):
                 raise
             except (OSError, ValueError) as exc:
                 self.close()
-                raise CommClosedError(f"Connection to {self.peer} closed while sending: {exc}") from exc
+                raise CommClosedError(
+                    f"Connection to {self.peer} closed while sending: {exc}"
+                ) from exc
 
     def _recv(self, deadline: float | None, limit: int) -> bytes:
         with self._recv_lock:
@@ -222,7 +224,9 @@ class Connection(_Closable):
             (size,) = _HEADER.unpack(header)
             if size > limit:
                 self.close()
-                error = ProtocolError(f"{self.peer} sent a frame of {size} bytes, over the limit of {limit}")
+                error = ProtocolError(
+                    f"{self.peer} sent a frame of {size} bytes, over the limit of {limit}"
+                )
                 error.header = bytes(header)  # lets the listener guess what the stranger speaks
                 raise error
             # Only frames within the limit get a buffer; before authentication the limit is tiny.
@@ -260,5 +264,3 @@ class Connection(_Closable):
     def _raise_if_closed(self) -> None:
         if self._closed:
             raise CommClosedError(f"Connection to {self.peer} is closed")
-
-

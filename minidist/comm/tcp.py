@@ -55,13 +55,21 @@ from minidist.security import (
     write_secret,
 )
 
-__all__ = ["AuthenticationError", "CommClosedError", "Connection", "Listener", "ProtocolError", "connect"]
+__all__ = [
+    "AuthenticationError",
+    "CommClosedError",
+    "Connection",
+    "Listener",
+    "ProtocolError",
+    "connect",
+]
 
 logger = logging.getLogger("minidist.comm.tcp")
 
 
 class AuthenticationError(PermissionError):
     """The peer could not be authenticated: wrong or missing secret, or rejected TLS credentials."""
+
 
 HANDSHAKE_TIMEOUT = 5.0  # seconds a peer has to complete TLS + authentication
 _MAGIC = b"minidist-auth-1:"
@@ -76,7 +84,9 @@ def _hmac(secret: bytes, label: bytes, first: bytes, second: bytes) -> bytes:
 def _looks_like(frame_header: bytes) -> str:
     """A hint for a rejected first frame: which common protocol the stranger seems to speak."""
     if frame_header[:1] == b"\x16" and frame_header[1:2] == b"\x03":
-        return " (it looks like a TLS handshake: the client used tls:// but this listener is tcp://)"
+        return (
+            " (it looks like a TLS handshake: the client used tls:// but this listener is tcp://)"
+        )
     if frame_header[:4] in (b"GET ", b"POST", b"HEAD", b"PUT ", b"OPTI"):
         return " (it looks like an HTTP request)"
     return ""
@@ -132,7 +142,9 @@ class Listener(_Closable):
         addresses = [self.address]
         _, host, port = parse_address(self.address)
         if host in ("0.0.0.0", "::"):  # listening everywhere: local clients will say loopback
-            addresses.append(format_address(self._protocol, "127.0.0.1" if host == "0.0.0.0" else "::1", port))
+            addresses.append(
+                format_address(self._protocol, "127.0.0.1" if host == "0.0.0.0" else "::1", port)
+            )
         for address in addresses:
             write_secret(address, self._secret)
             self._published.append(address)
@@ -309,7 +321,8 @@ def connect(
         sock = socket.create_connection((host, port), timeout=timeout)
     except ConnectionRefusedError as exc:
         raise ConnectionRefusedError(
-            exc.errno, f"Could not connect to {address}: connection refused. Is the scheduler running?"
+            exc.errno,
+            f"Could not connect to {address}: connection refused. Is the scheduler running?",
         ) from None
     except _TIMEOUTS:
         raise TimeoutError(f"Timed out after {timeout:g}s connecting to {address}") from None
@@ -338,7 +351,9 @@ def connect(
     return conn
 
 
-def _client_handshake(conn: Connection, secret: bytes, deadline: float, address: str, from_file: bool):
+def _client_handshake(
+    conn: Connection, secret: bytes, deadline: float, address: str, from_file: bool
+):
     try:
         greeting = conn._recv(deadline, _AUTH_FRAME_LIMIT)
         if not greeting.startswith(_MAGIC) or len(greeting) != len(_MAGIC) + _NONCE_SIZE:

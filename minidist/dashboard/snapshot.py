@@ -40,11 +40,20 @@ def _worker_row(scheduler, address: str, handle) -> dict:
     """Scheduler thread: the scheduler's facts about one worker (metrics are added later)."""
     ws = scheduler.state.workers.get(address)
     processing = len(ws.processing) if ws else 0
-    return {"address": address, "name": str(handle.name), "nthreads": handle.nthreads,
-            "processing": processing, "executing": min(processing, handle.nthreads),
-            "memory_limit": handle.memory_limit, "pid": handle.pid,
-            "status": ws.status if ws else "closed", "in_memory": len(ws.has) if ws else 0,
-            "memory": 0, "cpu": 0.0, "dashboard": None}  # fmt: skip
+    return {
+        "address": address,
+        "name": str(handle.name),
+        "nthreads": handle.nthreads,
+        "processing": processing,
+        "executing": min(processing, handle.nthreads),
+        "memory_limit": handle.memory_limit,
+        "pid": handle.pid,
+        "status": ws.status if ws else "closed",
+        "in_memory": len(ws.has) if ws else 0,
+        "memory": 0,
+        "cpu": 0.0,
+        "dashboard": None,
+    }
 
 
 def _new_records(scheduler, since: Optional[float], worker: Optional[str] = None) -> list:
@@ -68,8 +77,11 @@ def _new_records(scheduler, since: Optional[float], worker: Optional[str] = None
 
 def _status_view(scheduler, since: Optional[float]) -> dict:
     workers = [_worker_row(scheduler, a, h) for a, h in scheduler.workers.items()]
-    return {"workers": workers, "by_prefix": scheduler.prefix_counts(),
-            "stream": _new_records(scheduler, since)}  # fmt: skip
+    return {
+        "workers": workers,
+        "by_prefix": scheduler.prefix_counts(),
+        "stream": _new_records(scheduler, since),
+    }
 
 
 def _worker_view(scheduler, ident: str) -> Optional[dict]:
@@ -127,7 +139,7 @@ class ClusterSnapshots:
                 "threads": sum(w["nthreads"] for w in workers),
                 "memory_limit": sum(limits) if limits and all(limits) else None,
                 "status": cluster.status,
-            },  # fmt: skip
+            },
             "workers": workers,
             "tasks": {"by_prefix": view["by_prefix"], "totals": totals},
             "task_stream": self._format_stream(view["stream"], workers),
@@ -193,8 +205,17 @@ class ClusterSnapshots:
                 row = threads.get(thread)
                 if row is None:
                     row = threads[thread] = len(threads)
-                out.append({"key": str(key), "prefix": prefix or key_split(key), "worker": worker,
-                            "thread": row, "start": start, "stop": stop, "status": status})  # fmt: skip
+                out.append(
+                    {
+                        "key": str(key),
+                        "prefix": prefix or key_split(key),
+                        "worker": worker,
+                        "thread": row,
+                        "start": start,
+                        "stop": stop,
+                        "status": status,
+                    }
+                )
             return out
 
 

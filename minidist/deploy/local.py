@@ -45,20 +45,55 @@ _MAX_START_FAILURES = 5  # consecutive workers dying before saying hello: stop t
 class LocalCluster(AsyncContext):
     """Create a scheduler and workers on this machine (dask.distributed's ``LocalCluster``)."""
 
-    def __init__(self, name=None, n_workers=None, threads_per_worker=None, processes=None, loop=None,
-                 start=None, host=None, ip=None, scheduler_port=0, silence_logs=logging.WARN,
-                 dashboard_address=":8787", worker_dashboard_address=None, diagnostics_port=None,
-                 services=None, worker_services=None, service_kwargs=None, asynchronous=False,
-                 security=None, protocol=None, blocked_handlers=None, interface=None, worker_class=None,
-                 scheduler_kwargs=None, scheduler_sync_interval=1, **worker_kwargs):  # fmt: skip
+    def __init__(
+        self,
+        name=None,
+        n_workers=None,
+        threads_per_worker=None,
+        processes=None,
+        loop=None,
+        start=None,
+        host=None,
+        ip=None,
+        scheduler_port=0,
+        silence_logs=logging.WARN,
+        dashboard_address=":8787",
+        worker_dashboard_address=None,
+        diagnostics_port=None,
+        services=None,
+        worker_services=None,
+        service_kwargs=None,
+        asynchronous=False,
+        security=None,
+        protocol=None,
+        blocked_handlers=None,
+        interface=None,
+        worker_class=None,
+        scheduler_kwargs=None,
+        scheduler_sync_interval=1,
+        **worker_kwargs,
+    ):
         options = ClusterOptions.from_arguments(
-            name=name, n_workers=n_workers, threads_per_worker=threads_per_worker, processes=processes,
-            host=host, ip=ip, scheduler_port=scheduler_port, silence_logs=silence_logs,
-            dashboard_address=dashboard_address, worker_dashboard_address=worker_dashboard_address,
-            diagnostics_port=diagnostics_port, service_kwargs=service_kwargs, security=security,
-            protocol=protocol, blocked_handlers=blocked_handlers, interface=interface,
-            worker_class=worker_class, scheduler_kwargs=scheduler_kwargs, worker_kwargs=worker_kwargs,
-        )  # fmt: skip
+            name=name,
+            n_workers=n_workers,
+            threads_per_worker=threads_per_worker,
+            processes=processes,
+            host=host,
+            ip=ip,
+            scheduler_port=scheduler_port,
+            silence_logs=silence_logs,
+            dashboard_address=dashboard_address,
+            worker_dashboard_address=worker_dashboard_address,
+            diagnostics_port=diagnostics_port,
+            service_kwargs=service_kwargs,
+            security=security,
+            protocol=protocol,
+            blocked_handlers=blocked_handlers,
+            interface=interface,
+            worker_class=worker_class,
+            scheduler_kwargs=scheduler_kwargs,
+            worker_kwargs=worker_kwargs,
+        )
         self.options = options
         self.asynchronous = asynchronous
         self.processes = options.processes
@@ -71,7 +106,9 @@ class LocalCluster(AsyncContext):
         self.logger = self.logs.cluster_logger
         self.status = "starting"
         self._lock = threading.RLock()
-        self._scale_lock = threading.RLock()  # one change of size at a time (scale, adapt, replacement)
+        self._scale_lock = (
+            threading.RLock()
+        )  # one change of size at a time (scale, adapt, replacement)
         self._closing = False
         self._adaptive = None  # the Adaptive policy adapt() started, if any
         self.memory_monitor: Optional[MemoryMonitor] = None
@@ -81,17 +118,24 @@ class LocalCluster(AsyncContext):
         self.target_workers = options.n_workers
         self.segment_store = SegmentStore(self.cluster_id) if self.processes else None
         self.scheduler = Scheduler(
-            self.cluster_id, self.processes, logger_=self.logs.scheduler_logger,
-            blocked_handlers=options.blocked_handlers, **options.scheduler_kwargs,
-        )  # fmt: skip
+            self.cluster_id,
+            self.processes,
+            logger_=self.logs.scheduler_logger,
+            blocked_handlers=options.blocked_handlers,
+            **options.scheduler_kwargs,
+        )
         self.operations = SchedulerOperations(self)
         self.scheduler.on_worker_lost = self._on_worker_lost
         self.scheduler.on_worker_retired = self._on_worker_retired
         self.scheduler_address = f"inproc://{self.cluster_id}"
         self.handles: dict[str, Any] = {}  # every worker we started and have not reaped
-        self.logger.info("Starting cluster %s with %d workers x %d threads (%s)", self.name,
-                         options.n_workers, options.threads_per_worker,
-                         "processes" if self.processes else "threads")  # fmt: skip
+        self.logger.info(
+            "Starting cluster %s with %d workers x %d threads (%s)",
+            self.name,
+            options.n_workers,
+            options.threads_per_worker,
+            "processes" if self.processes else "threads",
+        )
         try:
             for _ in range(options.n_workers):
                 self._start_worker()
@@ -99,9 +143,13 @@ class LocalCluster(AsyncContext):
             from ..remote.server import serve_remote_clients
             from .services import ClusterServices
 
-            self.scheduler.call(lambda scheduler: None).result(30)  # every worker registered (FIFO inbox)
+            self.scheduler.call(lambda scheduler: None).result(
+                30
+            )  # every worker registered (FIFO inbox)
             self._start_memory_monitor()
-            self.services = ClusterServices(self)  # the dashboard, if dashboard_address asks for one
+            self.services = ClusterServices(
+                self
+            )  # the dashboard, if dashboard_address asks for one
             # remote clients: a TCP/TLS listener when the options ask for one (minidist/remote/server.py)
             self.listener = serve_remote_clients(self)
         except BaseException:
@@ -109,7 +157,9 @@ class LocalCluster(AsyncContext):
             raise
         if self.listener is not None:
             self.scheduler_address = self.listener.address
-        self.security = getattr(self.listener, "security", None)  # what remote clients need for tls://
+        self.security = getattr(
+            self.listener, "security", None
+        )  # what remote clients need for tls://
         self.status = "running"
 
     def _start_memory_monitor(self) -> None:
@@ -124,9 +174,14 @@ class LocalCluster(AsyncContext):
 
         from .supervision import MemoryMonitor
 
-        self.memory_monitor = MemoryMonitor(process_workers, self.scheduler, self.logger,
-                                            self.logs.worker_logger, fractions.get("pause"),
-                                            fractions.get("terminate")).start()  # fmt: skip
+        self.memory_monitor = MemoryMonitor(
+            process_workers,
+            self.scheduler,
+            self.logger,
+            self.logs.worker_logger,
+            fractions.get("pause"),
+            fractions.get("terminate"),
+        ).start()
 
     # ------------------------------------------------------------------------------------- workers
 
@@ -141,26 +196,47 @@ class LocalCluster(AsyncContext):
         name = self._next_name()
         if self.processes:
             init = {"cluster_id": self.cluster_id, "shm_threshold": self.segment_store.threshold}
-            handle = start_process_worker(init, options.threads_per_worker, name, options.memory_limit,
-                                          options.resources, options.worker_env,
-                                          options.worker_class)  # fmt: skip
-            handle.log_sink = self.logs.add_remote_records  # its shipped records (worker/process.py)
+            handle = start_process_worker(
+                init,
+                options.threads_per_worker,
+                name,
+                options.memory_limit,
+                options.resources,
+                options.worker_env,
+                options.worker_class,
+            )
+            handle.log_sink = (
+                self.logs.add_remote_records
+            )  # its shipped records (worker/process.py)
             self.logs.worker_logger(handle.address)  # get_logs() lists it from the start
-            handle.client_router = functools.partial(_route_worker_client, self)  # get_client() in tasks
+            handle.client_router = functools.partial(
+                _route_worker_client, self
+            )  # get_client() in tasks
         else:
             address = f"inproc://{self.cluster_id}/{name}"
             worker_log = self.logs.worker_logger(address)
             try:
-                handle = ThreadWorkerHandle(self.scheduler, address, name, options.threads_per_worker,
-                                            options.resources, options.worker_class, options.memory_limit,
-                                            logger=worker_log)  # fmt: skip
+                handle = ThreadWorkerHandle(
+                    self.scheduler,
+                    address,
+                    name,
+                    options.threads_per_worker,
+                    options.resources,
+                    options.worker_class,
+                    options.memory_limit,
+                    logger=worker_log,
+                )
             except BaseException:
                 self.logger.exception("Worker %s (name %s) could not start", address, name)
                 self.logs.close_worker(address)
                 raise
             handle.runtime.client_factory = self._client_for_tasks
-            worker_log.info("Start worker %s (name %s, %d threads in the cluster's process)", address, name,
-                            options.threads_per_worker)  # fmt: skip
+            worker_log.info(
+                "Start worker %s (name %s, %d threads in the cluster's process)",
+                address,
+                name,
+                options.threads_per_worker,
+            )
         with self._lock:
             closing = self._closing
             if not closing:
@@ -203,13 +279,27 @@ class LocalCluster(AsyncContext):
                 return
             active = len(active_workers(self.scheduler))  # we are on the scheduler thread
             if active >= self.target_workers:
-                self.logger.info("Worker %s (name %s) died: %s. Not replaced: %d of %d workers remain.",
-                                 handle.address, handle.name, reason, active, self.target_workers)  # fmt: skip
+                self.logger.info(
+                    "Worker %s (name %s) died: %s. Not replaced: %d of %d workers remain.",
+                    handle.address,
+                    handle.name,
+                    reason,
+                    active,
+                    self.target_workers,
+                )
                 return
-        self.logger.warning("Worker %s (name %s) died: %s. Starting a replacement.", handle.address,
-                            handle.name, reason)  # fmt: skip
-        threading.Thread(target=self._reap_and_replace, args=(handle,), daemon=True,
-                         name="minidist-replace-worker").start()  # fmt: skip
+        self.logger.warning(
+            "Worker %s (name %s) died: %s. Starting a replacement.",
+            handle.address,
+            handle.name,
+            reason,
+        )
+        threading.Thread(
+            target=self._reap_and_replace,
+            args=(handle,),
+            daemon=True,
+            name="minidist-replace-worker",
+        ).start()
 
     def _reap_and_replace(self, handle) -> None:
         handle.stop(timeout=2)
@@ -231,7 +321,9 @@ class LocalCluster(AsyncContext):
 
         error = WorkerStartError(f"minidist could not start worker processes ({reason}).")
         state = self.scheduler.state
-        keys = [k for k, ts in state.tasks.items() if ts.state in ("waiting", "queued", "processing")]
+        keys = [
+            k for k, ts in state.tasks.items() if ts.state in ("waiting", "queued", "processing")
+        ]
         for key in keys:
             ts = state.tasks.get(key)
             if ts is not None and ts.state != "erred":
@@ -299,8 +391,17 @@ class LocalCluster(AsyncContext):
 
     # --------------------------------------------------------------------------------------- adapt
 
-    def adapt(self, Adaptive=None, minimum=0, maximum=math.inf, minimum_cores=None, maximum_cores=None,
-              minimum_memory=None, maximum_memory=None, **kwargs):  # fmt: skip
+    def adapt(
+        self,
+        Adaptive=None,
+        minimum=0,
+        maximum=math.inf,
+        minimum_cores=None,
+        maximum_cores=None,
+        minimum_memory=None,
+        maximum_memory=None,
+        **kwargs,
+    ):
         """Scale between ``minimum`` and ``maximum`` workers with the load; returns the policy object.
 
         Keywords as dask's (``interval``, ``target_duration``, ``wait_count``...; see
@@ -310,12 +411,19 @@ class LocalCluster(AsyncContext):
         from .adaptive import Adaptive as DefaultAdaptive
 
         policy_class = Adaptive or DefaultAdaptive
-        bounds = dict(minimum=minimum, maximum=maximum, minimum_cores=minimum_cores,
-                      maximum_cores=maximum_cores, minimum_memory=minimum_memory,
-                      maximum_memory=maximum_memory)  # fmt: skip
+        bounds = dict(
+            minimum=minimum,
+            maximum=maximum,
+            minimum_cores=minimum_cores,
+            maximum_cores=maximum_cores,
+            minimum_memory=minimum_memory,
+            maximum_memory=maximum_memory,
+        )
         if isinstance(policy_class, type) and issubclass(policy_class, DefaultAdaptive):
             kwargs.setdefault("logger", self.logger)
-        policy = policy_class(self, **bounds, **kwargs)  # a bad keyword raises before anything changes
+        policy = policy_class(
+            self, **bounds, **kwargs
+        )  # a bad keyword raises before anything changes
         self._stop_adaptive("adapt() was called again")
         with self._lock:
             if self._closing:
@@ -337,8 +445,9 @@ class LocalCluster(AsyncContext):
         if self._closing:
             return None
         try:
-            return self.scheduler.call(observe, self.options.threads_per_worker,
-                                       self.options.memory_limit).result(30)  # fmt: skip
+            return self.scheduler.call(
+                observe, self.options.threads_per_worker, self.options.memory_limit
+            ).result(30)
         except RuntimeError:  # the scheduler closed meanwhile
             return None
 
@@ -439,9 +548,15 @@ class LocalCluster(AsyncContext):
     def _summary(self) -> dict:
         workers = list(self.scheduler.workers.values())
         memory = [h.memory_limit for h in workers if h.memory_limit]
-        total = sum(memory) if memory and len(memory) == len(workers) else None  # as dask: all or none
-        return {"workers": len(workers), "threads": sum(h.nthreads for h in workers),
-                "memory": total, "memory_text": format_bytes(total) if total else "no limit"}  # fmt: skip
+        total = (
+            sum(memory) if memory and len(memory) == len(workers) else None
+        )  # as dask: all or none
+        return {
+            "workers": len(workers),
+            "threads": sum(h.nthreads for h in workers),
+            "memory": total,
+            "memory_text": format_bytes(total) if total else "no limit",
+        }
 
     def scheduler_info(self) -> dict:
         def collect(scheduler):
@@ -449,16 +564,28 @@ class LocalCluster(AsyncContext):
             for address, handle in scheduler.workers.items():
                 ws = scheduler.state.workers.get(address)
                 workers[address] = {
-                    "type": "Worker", "id": handle.name, "name": handle.name, "host": "127.0.0.1",
-                    "nthreads": handle.nthreads, "memory_limit": handle.memory_limit or 0,
-                    "pid": handle.pid, "resources": dict(handle.resources or {}),
+                    "type": "Worker",
+                    "id": handle.name,
+                    "name": handle.name,
+                    "host": "127.0.0.1",
+                    "nthreads": handle.nthreads,
+                    "memory_limit": handle.memory_limit or 0,
+                    "pid": handle.pid,
+                    "resources": dict(handle.resources or {}),
                     "status": ws.status if ws else "closed",
-                    "metrics": {"executing": len(ws.processing) if ws else 0,
-                                "in_memory": len(ws.has) if ws else 0},
-                }  # fmt: skip
-            return {"type": "Scheduler", "id": f"Scheduler-{self.cluster_id}",
-                    "address": self.scheduler_address, "services": {}, "started": scheduler.started,
-                    "workers": workers}  # fmt: skip
+                    "metrics": {
+                        "executing": len(ws.processing) if ws else 0,
+                        "in_memory": len(ws.has) if ws else 0,
+                    },
+                }
+            return {
+                "type": "Scheduler",
+                "id": f"Scheduler-{self.cluster_id}",
+                "address": self.scheduler_address,
+                "services": {},
+                "started": scheduler.started,
+                "workers": workers,
+            }
 
         return self.scheduler.call(collect).result(30)
 
@@ -466,14 +593,18 @@ class LocalCluster(AsyncContext):
         from ..dashboard.pages import repr_html
         from ..dashboard.snapshot import cluster_snapshot
 
-        return repr_html(f"{type(self).__name__} {self.name}", cluster_snapshot(self), self.dashboard_link)
+        return repr_html(
+            f"{type(self).__name__} {self.name}", cluster_snapshot(self), self.dashboard_link
+        )
 
     def __repr__(self) -> str:
         """As dask: ``LocalCluster(<name>, '<address>', workers=2, threads=4, memory=23.5 GiB)``."""
         info = self._summary()
         memory = f", memory={info['memory_text']}" if info["memory"] else ""
-        return (f"{type(self).__name__}({self.name}, {self.scheduler_address!r}, "
-                f"workers={info['workers']}, threads={info['threads']}{memory})")  # fmt: skip
+        return (
+            f"{type(self).__name__}({self.name}, {self.scheduler_address!r}, "
+            f"workers={info['workers']}, threads={info['threads']}{memory})"
+        )
 
 
 def _route_worker_client(cluster, scheduler, handle, message) -> None:

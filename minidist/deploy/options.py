@@ -28,9 +28,18 @@ from .memory import parse_memory_limit
 # few accepted without effect have nothing to do in minidist: results live in the client process, so
 # there is no spilling (``memory_target_fraction``/``memory_spill_fraction``) and no scratch directory
 # (``local_directory``), and workers never wait for a scheduler (``death_timeout``).
-WORKER_KEYWORDS = {"memory_limit", "resources", "nthreads", "env", "local_directory", "death_timeout",
-                   "memory_target_fraction", "memory_spill_fraction", "memory_pause_fraction",
-                   "memory_terminate_fraction"}  # fmt: skip
+WORKER_KEYWORDS = {
+    "memory_limit",
+    "resources",
+    "nthreads",
+    "env",
+    "local_directory",
+    "death_timeout",
+    "memory_target_fraction",
+    "memory_spill_fraction",
+    "memory_pause_fraction",
+    "memory_terminate_fraction",
+}
 
 # scheduler_kwargs= that minidist's scheduler understands.
 SCHEDULER_KEYWORDS = {"allowed_failures"}
@@ -76,13 +85,34 @@ class ClusterOptions:
     worker_class: Any  # a WorkerRuntime subclass, or None for the plain runtime
     scheduler_kwargs: dict
     worker_env: Optional[dict]
-    memory_fractions: dict = field(default_factory=dict)  # "pause"/"terminate" -> fraction or None (off)
+    memory_fractions: dict = field(
+        default_factory=dict
+    )  # "pause"/"terminate" -> fraction or None (off)
 
     @classmethod
-    def from_arguments(cls, *, name, n_workers, threads_per_worker, processes, host, ip, scheduler_port,
-                       silence_logs, dashboard_address, worker_dashboard_address, diagnostics_port,
-                       service_kwargs, security, protocol, blocked_handlers, interface, worker_class,
-                       scheduler_kwargs, worker_kwargs) -> ClusterOptions:  # fmt: skip
+    def from_arguments(
+        cls,
+        *,
+        name,
+        n_workers,
+        threads_per_worker,
+        processes,
+        host,
+        ip,
+        scheduler_port,
+        silence_logs,
+        dashboard_address,
+        worker_dashboard_address,
+        diagnostics_port,
+        service_kwargs,
+        security,
+        protocol,
+        blocked_handlers,
+        interface,
+        worker_class,
+        scheduler_kwargs,
+        worker_kwargs,
+    ) -> ClusterOptions:
         worker_kwargs = dict(worker_kwargs)
         unknown = set(worker_kwargs) - WORKER_KEYWORDS
         if unknown:
@@ -93,22 +123,32 @@ class ClusterOptions:
         scheduler_kwargs = dict(scheduler_kwargs or {})
         unknown = set(scheduler_kwargs) - SCHEDULER_KEYWORDS
         if unknown:
-            raise TypeError(f"scheduler_kwargs got unexpected keyword argument(s) {sorted(unknown)}; "
-                            f"minidist's scheduler accepts {sorted(SCHEDULER_KEYWORDS)}")  # fmt: skip
+            raise TypeError(
+                f"scheduler_kwargs got unexpected keyword argument(s) {sorted(unknown)}; "
+                f"minidist's scheduler accepts {sorted(SCHEDULER_KEYWORDS)}"
+            )
         if "allowed_failures" in scheduler_kwargs:
             _check_count("allowed_failures", scheduler_kwargs["allowed_failures"])
         if ip is not None:
-            warnings.warn("The ip keyword has been moved to host; use host=...", FutureWarning,
-                          stacklevel=4)  # fmt: skip
+            warnings.warn(
+                "The ip keyword has been moved to host; use host=...", FutureWarning, stacklevel=4
+            )
             host = host or ip
         if diagnostics_port is not None:
-            warnings.warn("diagnostics_port has been deprecated; use dashboard_address=...",
-                          FutureWarning, stacklevel=4)  # fmt: skip
-            dashboard_address = f":{diagnostics_port}" if isinstance(diagnostics_port, int) else diagnostics_port
+            warnings.warn(
+                "diagnostics_port has been deprecated; use dashboard_address=...",
+                FutureWarning,
+                stacklevel=4,
+            )
+            dashboard_address = (
+                f":{diagnostics_port}" if isinstance(diagnostics_port, int) else diagnostics_port
+            )
         if "nthreads" in worker_kwargs:
             nthreads = worker_kwargs.pop("nthreads")
             if threads_per_worker is not None and threads_per_worker != nthreads:
-                raise ValueError("Give threads_per_worker or nthreads, not both with different values")
+                raise ValueError(
+                    "Give threads_per_worker or nthreads, not both with different values"
+                )
             threads_per_worker = nthreads
         runtime_class, runs_in_threads = resolve_worker_class(worker_class)
         if processes is None:
@@ -118,23 +158,39 @@ class ClusterOptions:
                 _check_count(label, value)
         if threads_per_worker == 0:
             raise ValueError("threads_per_worker must be at least 1")
-        n_workers, threads_per_worker = default_sizes(n_workers, threads_per_worker, bool(processes))
-        memory_limit = parse_memory_limit(worker_kwargs.get("memory_limit", "auto"), max(n_workers, 1))
+        n_workers, threads_per_worker = default_sizes(
+            n_workers, threads_per_worker, bool(processes)
+        )
+        memory_limit = parse_memory_limit(
+            worker_kwargs.get("memory_limit", "auto"), max(n_workers, 1)
+        )
         resources = worker_kwargs.get("resources")
         if resources is not None and not isinstance(resources, dict):
             raise TypeError(f"resources must be a dict such as {{'GPU': 2}}, not {resources!r}")
         if dashboard_address == "":
             dashboard_address = None
         return cls(
-            name=name, n_workers=n_workers, threads_per_worker=threads_per_worker,
-            processes=bool(processes), memory_limit=memory_limit, resources=resources,
-            silence_logs=silence_logs, host=host, scheduler_port=scheduler_port or 0,
-            dashboard_address=dashboard_address, worker_dashboard_address=worker_dashboard_address,
-            service_kwargs=dict(service_kwargs or {}), security=security, protocol=protocol,
-            interface=interface, blocked_handlers=tuple(blocked_handlers or ()),
-            worker_class=runtime_class, scheduler_kwargs=scheduler_kwargs,
-            worker_env=worker_kwargs.get("env"), memory_fractions=memory_fractions(worker_kwargs),
-        )  # fmt: skip
+            name=name,
+            n_workers=n_workers,
+            threads_per_worker=threads_per_worker,
+            processes=bool(processes),
+            memory_limit=memory_limit,
+            resources=resources,
+            silence_logs=silence_logs,
+            host=host,
+            scheduler_port=scheduler_port or 0,
+            dashboard_address=dashboard_address,
+            worker_dashboard_address=worker_dashboard_address,
+            service_kwargs=dict(service_kwargs or {}),
+            security=security,
+            protocol=protocol,
+            interface=interface,
+            blocked_handlers=tuple(blocked_handlers or ()),
+            worker_class=runtime_class,
+            scheduler_kwargs=scheduler_kwargs,
+            worker_env=worker_kwargs.get("env"),
+            memory_fractions=memory_fractions(worker_kwargs),
+        )
 
 
 def default_sizes(n_workers, threads_per_worker, processes: bool) -> tuple[int, int]:
@@ -153,14 +209,18 @@ def default_sizes(n_workers, threads_per_worker, processes: bool) -> tuple[int, 
 def memory_fractions(worker_kwargs: dict) -> dict:
     """``{"pause": f, "terminate": f}`` from memory_pause_fraction/memory_terminate_fraction; None is off."""
     fractions = {}
-    for what, default in (("pause", DEFAULT_PAUSE_FRACTION), ("terminate", DEFAULT_TERMINATE_FRACTION)):
+    for what, default in (
+        ("pause", DEFAULT_PAUSE_FRACTION),
+        ("terminate", DEFAULT_TERMINATE_FRACTION),
+    ):
         keyword = f"memory_{what}_fraction"
         value = worker_kwargs.get(keyword, default)
         if value is None or value is False:
             fractions[what] = None
         elif isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value <= 1:
-            raise ValueError(f"{keyword} must be a fraction in (0, 1], or False to turn it off; "
-                             f"got {value!r}")  # fmt: skip
+            raise ValueError(
+                f"{keyword} must be a fraction in (0, 1], or False to turn it off; got {value!r}"
+            )
         else:
             fractions[what] = float(value)
     return fractions
@@ -182,7 +242,10 @@ def resolve_worker_class(worker_class) -> tuple[Any, bool]:
     if isinstance(worker_class, type) and issubclass(worker_class, WorkerRuntime):
         return worker_class, bool(getattr(worker_class, "runs_in_threads", False))
     module = getattr(worker_class, "__module__", "") or ""
-    if module.split(".")[0] == "distributed" and getattr(worker_class, "__name__", "") in ("Worker", "Nanny"):
+    if module.split(".")[0] == "distributed" and getattr(worker_class, "__name__", "") in (
+        "Worker",
+        "Nanny",
+    ):
         return None, worker_class.__name__ == "Worker"
     raise TypeError(
         f"worker_class={worker_class!r} is not a minidist worker class. Subclass "

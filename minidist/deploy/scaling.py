@@ -68,14 +68,19 @@ def observe(
             continue
         idle_for = now - ws.idle_since if (ws.idle_since is not None and not ws.processing) else 0.0
         handle = scheduler.workers.get(ws.address)
-        workers.append(WorkerObservation(
-            name=ws.address, nthreads=ws.nthreads,
-            memory_limit=handle.memory_limit if handle is not None else memory_per_worker,
-            processing=len(ws.processing), idle_for=max(0.0, idle_for),
-            # every result also lives in the client process: a worker's cache is only a copy for
-            # locality, so no worker holds data the cluster needs it to keep (nor asks for memory)
-            unique_keys=0, nbytes=0,
-        ))  # fmt: skip
+        workers.append(
+            WorkerObservation(
+                name=ws.address,
+                nthreads=ws.nthreads,
+                memory_limit=handle.memory_limit if handle is not None else memory_per_worker,
+                processing=len(ws.processing),
+                idle_for=max(0.0, idle_for),
+                # every result also lives in the client process: a worker's cache is only a copy for
+                # locality, so no worker holds data the cluster needs it to keep (nor asks for memory)
+                unique_keys=0,
+                nbytes=0,
+            )
+        )
     queued = list(state.restricted.values())
     seen = set(state.restricted)
     for (
@@ -89,8 +94,13 @@ def observe(
     for ts in queued:
         by_prefix[ts.prefix] = by_prefix.get(ts.prefix, 0) + 1
     return ClusterObservation(
-        now=now, workers=tuple(workers), queued=state.counts["queued"],
-        processing=state.counts["processing"], waiting=state.counts["waiting"],
-        prefix_durations=dict(state.prefix_durations), queued_by_prefix=by_prefix,
-        threads_per_worker=threads_per_worker, memory_per_worker=memory_per_worker,
-    )  # fmt: skip
+        now=now,
+        workers=tuple(workers),
+        queued=state.counts["queued"],
+        processing=state.counts["processing"],
+        waiting=state.counts["waiting"],
+        prefix_durations=dict(state.prefix_durations),
+        queued_by_prefix=by_prefix,
+        threads_per_worker=threads_per_worker,
+        memory_per_worker=memory_per_worker,
+    )

@@ -53,10 +53,13 @@ class ClusterServices:
         try:
             if parse_dashboard_address(options.dashboard_address) is not None:
                 self.dashboard = DashboardServer(
-                    options.dashboard_address, snapshot=self.snapshots.status, logs=cluster.get_logs,
-                    prefix=self.prefix, worker_snapshot=self.snapshots.worker,
+                    options.dashboard_address,
+                    snapshot=self.snapshots.status,
+                    logs=cluster.get_logs,
+                    prefix=self.prefix,
+                    worker_snapshot=self.snapshots.worker,
                     name=type(cluster).__name__,
-                )  # fmt: skip
+                )
                 self.dashboard.start()
             if per_worker:
                 self.refresh()
@@ -108,11 +111,16 @@ class ClusterServices:
     def _start_worker_server(self, address: str, name: str) -> Optional[DashboardServer]:
         """Under the lock: start one worker's server on its own port (a taken port falls back quietly)."""
         server = DashboardServer(
-            self.worker_address, snapshot=lambda: self._worker_status(address),
-            logs=lambda: self._worker_logs(address), prefix=self.prefix,
-            worker_snapshot=lambda ident: self._worker_data(address, ident), name=f"Worker {name}",
-            worker=address, home=self.dashboard_link, warn_on_fallback=False,
-        )  # fmt: skip
+            self.worker_address,
+            snapshot=lambda: self._worker_status(address),
+            logs=lambda: self._worker_logs(address),
+            prefix=self.prefix,
+            worker_snapshot=lambda ident: self._worker_data(address, ident),
+            name=f"Worker {name}",
+            worker=address,
+            home=self.dashboard_link,
+            warn_on_fallback=False,
+        )
         try:
             server.start()
         except OSError as error:
@@ -151,7 +159,7 @@ class ClusterServices:
                 "n_workers": 1,
                 "threads": worker["nthreads"],
                 "memory_limit": worker["memory_limit"],
-            },  # fmt: skip
+            },
             "workers": [worker],
             "tasks": {"by_prefix": {}, "totals": {}},
             "task_stream": data["task_stream"],

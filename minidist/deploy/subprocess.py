@@ -34,23 +34,51 @@ _START_TIMEOUT = 60.0
 class SubprocessCluster(AsyncContext):
     """A LocalCluster whose scheduler runs in a subprocess; this process connects over TCP."""
 
-    def __init__(self, n_workers=None, threads_per_worker=None, memory_limit="auto", name=None,
-                 host=None, scheduler_port=0, protocol=None, security=None, interface=None,
-                 dashboard_address=":8787", silence_logs=None, blocked_handlers=None,
-                 asynchronous: bool = False, timeout: float = _START_TIMEOUT, **kwargs):  # fmt: skip
+    def __init__(
+        self,
+        n_workers=None,
+        threads_per_worker=None,
+        memory_limit="auto",
+        name=None,
+        host=None,
+        scheduler_port=0,
+        protocol=None,
+        security=None,
+        interface=None,
+        dashboard_address=":8787",
+        silence_logs=None,
+        blocked_handlers=None,
+        asynchronous: bool = False,
+        timeout: float = _START_TIMEOUT,
+        **kwargs,
+    ):
         from ..remote.client import RemoteCluster, TCPLink, store_for
         from .local import LocalCluster  # noqa: F401 - fail here, not in the child, on a broken install
 
         if kwargs.pop("processes", True) is not True:
-            raise ValueError("SubprocessCluster runs every worker in a process of its own; use "
-                             "LocalCluster(processes=False) for thread workers")  # fmt: skip
+            raise ValueError(
+                "SubprocessCluster runs every worker in a process of its own; use "
+                "LocalCluster(processes=False) for thread workers"
+            )
         if protocol is not None and protocol.startswith("inproc"):
-            raise ValueError("SubprocessCluster is reached over TCP; protocol must be 'tcp://' or 'tls://'")
-        settings = dict(kwargs, n_workers=n_workers, threads_per_worker=threads_per_worker,
-                        memory_limit=memory_limit, name=name, host=host, scheduler_port=scheduler_port,
-                        protocol=protocol or ("tls://" if security else "tcp://"), security=security,
-                        interface=interface, dashboard_address=dashboard_address,
-                        blocked_handlers=blocked_handlers, processes=True)  # fmt: skip
+            raise ValueError(
+                "SubprocessCluster is reached over TCP; protocol must be 'tcp://' or 'tls://'"
+            )
+        settings = dict(
+            kwargs,
+            n_workers=n_workers,
+            threads_per_worker=threads_per_worker,
+            memory_limit=memory_limit,
+            name=name,
+            host=host,
+            scheduler_port=scheduler_port,
+            protocol=protocol or ("tls://" if security else "tcp://"),
+            security=security,
+            interface=interface,
+            dashboard_address=dashboard_address,
+            blocked_handlers=blocked_handlers,
+            processes=True,
+        )
         if silence_logs is not None:
             settings["silence_logs"] = silence_logs
         self.asynchronous = asynchronous
@@ -62,7 +90,9 @@ class SubprocessCluster(AsyncContext):
         try:
             from ..comm.tcp import connect
 
-            conn = connect(info["address"], secret=info["secret"], security=self.security, timeout=timeout)
+            conn = connect(
+                info["address"], secret=info["secret"], security=self.security, timeout=timeout
+            )
             link = TCPLink(conn, info["address"])
             welcome = link.start(timeout)
         except BaseException:
@@ -106,8 +136,10 @@ class SubprocessCluster(AsyncContext):
         if self.status != "running":
             return f"SubprocessCluster({self.scheduler_address!r}, {self.status})"
         info = self._summary()
-        return (f"SubprocessCluster({self.name!r}, {self.scheduler_address!r}, workers={info['workers']}, "
-                f"threads={info['threads']}, memory={info['memory_text']})")  # fmt: skip
+        return (
+            f"SubprocessCluster({self.name!r}, {self.scheduler_address!r}, workers={info['workers']}, "
+            f"threads={info['threads']}, memory={info['memory_text']})"
+        )
 
     # ----------------------------------------------------------------------------------------- close
 
@@ -154,13 +186,19 @@ def _start_scheduler_process(settings: dict, timeout: float):
     fd = child_conn.fileno()
     process = subprocess.Popen(
         [sys.executable, "-c", f"from minidist.deploy.subprocess import main; main({fd})"],
-        pass_fds=(fd,), stdin=subprocess.DEVNULL, close_fds=True,
+        pass_fds=(fd,),
+        stdin=subprocess.DEVNULL,
+        close_fds=True,
         start_new_session=True,  # Ctrl-C in a terminal reaches the user's program, not the cluster
-    )  # fmt: skip
+    )
     child_conn.close()
     try:
-        parent_conn.send_bytes(pickle.dumps({"settings": settings, "parent_pid": os.getpid(),
-                                             "sys_path": list(sys.path)}, protocol=5))  # fmt: skip
+        parent_conn.send_bytes(
+            pickle.dumps(
+                {"settings": settings, "parent_pid": os.getpid(), "sys_path": list(sys.path)},
+                protocol=5,
+            )
+        )
         if not parent_conn.poll(timeout):
             raise TimeoutError(f"The scheduler process did not start within {timeout:g}s")
         kind, value = pickle.loads(parent_conn.recv_bytes())
@@ -169,8 +207,10 @@ def _start_scheduler_process(settings: dict, timeout: float):
         process.wait()
         parent_conn.close()
         if isinstance(exc, EOFError):
-            raise RuntimeError(f"The scheduler process exited during start-up (exit code "
-                               f"{process.returncode}); see its output above") from None  # fmt: skip
+            raise RuntimeError(
+                f"The scheduler process exited during start-up (exit code "
+                f"{process.returncode}); see its output above"
+            ) from None
         raise
     if kind == "error":
         process.wait(10)
@@ -199,15 +239,21 @@ def main(fd: int) -> None:
     except BaseException as exc:  # noqa: B036 - report any start-up failure to the parent
         conn.send_bytes(pickle.dumps(("error", portable_exception(exc)), protocol=5))
         os._exit(1)
-    info = {"address": cluster.scheduler_address, "secret": cluster.listener.secret,
-            "security": cluster.security, "pid": os.getpid()}  # fmt: skip
+    info = {
+        "address": cluster.scheduler_address,
+        "secret": cluster.listener.secret,
+        "security": cluster.security,
+        "pid": os.getpid(),
+    }
     conn.send_bytes(pickle.dumps(("ready", info), protocol=5))
     parent_pid = config["parent_pid"]
     done = threading.Event()
-    threading.Thread(target=_watch_parent, args=(parent_pid, done), name="minidist-parent-watch",
-                     daemon=True).start()  # fmt: skip
-    threading.Thread(target=_watch_pipe, args=(conn, done), name="minidist-control",
-                     daemon=True).start()  # fmt: skip
+    threading.Thread(
+        target=_watch_parent, args=(parent_pid, done), name="minidist-parent-watch", daemon=True
+    ).start()
+    threading.Thread(
+        target=_watch_pipe, args=(conn, done), name="minidist-control", daemon=True
+    ).start()
     done.wait()
     cluster.close()
     os._exit(0)

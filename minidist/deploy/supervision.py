@@ -41,9 +41,16 @@ class MemoryMonitor:
     ``logger`` the cluster's log and ``worker_logger(address)`` each worker's own log.
     """
 
-    def __init__(self, workers: Callable[[], list], scheduler, logger: logging.Logger,
-                 worker_logger: Callable[[str], logging.Logger], pause_fraction: Optional[float],
-                 terminate_fraction: Optional[float], interval: float = MONITOR_INTERVAL):  # fmt: skip
+    def __init__(
+        self,
+        workers: Callable[[], list],
+        scheduler,
+        logger: logging.Logger,
+        worker_logger: Callable[[str], logging.Logger],
+        pause_fraction: Optional[float],
+        terminate_fraction: Optional[float],
+        interval: float = MONITOR_INTERVAL,
+    ):
         self.workers = workers
         self.scheduler = scheduler
         self.logger = logger

@@ -50,8 +50,13 @@ class Worker(WorkerRuntime):
 
     runs_in_threads = False
 
-    def __init__(self, *args, prepare: Optional[Callable] = None, logger: Optional[logging.Logger] = None,
-                 **kwargs):  # fmt: skip
+    def __init__(
+        self,
+        *args,
+        prepare: Optional[Callable] = None,
+        logger: Optional[logging.Logger] = None,
+        **kwargs,
+    ):
         self.logger = logger or logging.getLogger("minidist.worker")
         self._torn_down = False
         self._teardown_lock = threading.Lock()  # close() may be called from two threads at once

@@ -54,8 +54,15 @@ def describe_exit(returncode: Optional[int], memory_killed: bool = False, detail
 class ProcessWorkerHandle:
     kind = "process"
 
-    def __init__(self, popen: subprocess.Popen, conn, name: Any, nthreads: int,
-                 memory_limit: Optional[int], resources: Optional[dict]):  # fmt: skip
+    def __init__(
+        self,
+        popen: subprocess.Popen,
+        conn,
+        name: Any,
+        nthreads: int,
+        memory_limit: Optional[int],
+        resources: Optional[dict],
+    ):
         self.popen = popen
         self.pid = popen.pid
         self.conn = conn
@@ -89,7 +96,13 @@ class ProcessWorkerHandle:
             function_blob = None
         else:
             self.functions_sent.add(function_id)
-        return ("execute", key, (function_id, function_blob, args_payload), dependencies, dep_values)
+        return (
+            "execute",
+            key,
+            (function_id, function_blob, args_payload),
+            dependencies,
+            dep_values,
+        )
 
     def send_messages(self, batch: list) -> None:
         self.conn.send_bytes(pickle.dumps(batch, protocol=5))
@@ -152,9 +165,15 @@ class ProcessWorkerHandle:
             pass
 
 
-def start_process_worker(init: dict, nthreads: int, name: Any, memory_limit: Optional[int],
-                         resources: Optional[dict], env: Optional[dict] = None,
-                         worker_class=None) -> ProcessWorkerHandle:  # fmt: skip
+def start_process_worker(
+    init: dict,
+    nthreads: int,
+    name: Any,
+    memory_limit: Optional[int],
+    resources: Optional[dict],
+    env: Optional[dict] = None,
+    worker_class=None,
+) -> ProcessWorkerHandle:
     """Start a worker interpreter and hand it its settings; returns without waiting for it."""
     if worker_class is not None:
         from ..comm.serialize import dumps_function
@@ -163,7 +182,9 @@ def start_process_worker(init: dict, nthreads: int, name: Any, memory_limit: Opt
     parent_conn, child_conn = Pipe(duplex=True)
     fd = child_conn.fileno()
     child_env = dict(os.environ)
-    for variable in _THREAD_LIMIT_VARIABLES:  # one BLAS thread per task thread, as dask's nanny does
+    for (
+        variable
+    ) in _THREAD_LIMIT_VARIABLES:  # one BLAS thread per task thread, as dask's nanny does
         child_env.setdefault(variable, str(nthreads))
     if env:
         child_env.update({k: str(v) for k, v in env.items()})
@@ -181,9 +202,17 @@ def start_process_worker(init: dict, nthreads: int, name: Any, memory_limit: Opt
         os.close(board_fd)  # the mapping stays; the child has its own copy of the descriptor
     handle = ProcessWorkerHandle(popen, parent_conn, name, nthreads, memory_limit, resources)
     handle.running_board = board
-    settings = dict(init, address=handle.address, name=name, nthreads=nthreads, resources=resources,
-                    memory_limit=memory_limit, parent_pid=os.getpid(), sys_path=list(sys.path),
-                    running_fd=board_fd)  # fmt: skip
+    settings = dict(
+        init,
+        address=handle.address,
+        name=name,
+        nthreads=nthreads,
+        resources=resources,
+        memory_limit=memory_limit,
+        parent_pid=os.getpid(),
+        sys_path=list(sys.path),
+        running_fd=board_fd,
+    )
     parent_conn.send_bytes(pickle.dumps(settings, protocol=5))
     return handle
 
@@ -194,15 +223,25 @@ class ThreadWorkerHandle:
     pid = None
     memory_killed = False
 
-    def __init__(self, scheduler, address: str, name: Any, nthreads: int,
-                 resources: Optional[dict] = None, runtime_class=None,
-                 memory_limit: Optional[int] = None, logger=None):  # fmt: skip
+    def __init__(
+        self,
+        scheduler,
+        address: str,
+        name: Any,
+        nthreads: int,
+        resources: Optional[dict] = None,
+        runtime_class=None,
+        memory_limit: Optional[int] = None,
+        logger=None,
+    ):
         """``logger`` is handed to hooked worker classes (``deploy/worker_hooks.py``) as their log."""
         self.address = address
         self.name = name
         self.nthreads = nthreads
         self.resources = resources
-        self.memory_limit = memory_limit  # reported, not enforced: threads share this process's memory
+        self.memory_limit = (
+            memory_limit  # reported, not enforced: threads share this process's memory
+        )
         self.started = True
         self._scheduler = scheduler
         runtime_class = runtime_class or WorkerRuntime
@@ -210,10 +249,13 @@ class ThreadWorkerHandle:
         if logger is not None and issubclass(runtime_class, Worker):
             extra["logger"] = logger
         self.runtime = runtime_class(
-            address, name, nthreads,
+            address,
+            name,
+            nthreads,
             send=lambda batch: scheduler.post(("worker-batch", address, batch)),
-            resources=resources, **extra,
-        )  # fmt: skip
+            resources=resources,
+            **extra,
+        )
 
     def __repr__(self) -> str:
         return f"<ThreadWorker {self.address} name={self.name}>"

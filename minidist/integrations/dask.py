@@ -63,13 +63,17 @@ def submit_graph(client, dsk, output_keys, priority: int = 0) -> dict:
     tasks = []
     for key, node in nodes.items():
         dependencies = {dep: DependencyRef(dep) for dep in node.dependencies}
-        tasks.append(client._graph_task(run_node, key, (node, dependencies), dependencies, priority))
+        tasks.append(
+            client._graph_task(run_node, key, (node, dependencies), dependencies, priority)
+        )
     futures = {key: client._new_future(key) for key in wanted}
     client._post_graph(tasks, wanted)
     return futures
 
 
-def compute(client, collections, optimize_graph: bool = True, priority: int = 0, sync: bool = False):
+def compute(
+    client, collections, optimize_graph: bool = True, priority: int = 0, sync: bool = False
+):
     """dask's ``Client.compute``: one future (or result with ``sync=True``) per collection."""
     import dask
 
@@ -85,7 +89,9 @@ def compute(client, collections, optimize_graph: bool = True, priority: int = 0,
         keys = item.__dask_keys__()
         futures = submit_graph(client, item.__dask_graph__(), keys, priority)
         finalize, extra = item.__dask_postcompute__()
-        results.append(client.submit(finalize, _nest(keys, futures), *extra, priority=priority, pure=False))
+        results.append(
+            client.submit(finalize, _nest(keys, futures), *extra, priority=priority, pure=False)
+        )
         del futures  # the finalize task now holds the outputs; our handles may go
     if sync:
         results = client.gather(results)

@@ -73,8 +73,9 @@ class ClientLink:
         self._lock = threading.Lock()
         self.closed = False
         self.lost_reason: Optional[str] = None
-        self._sender = threading.Thread(target=self._send_loop, daemon=True,
-                                        name=f"minidist-client-send-{next(_link_numbers)}")  # fmt: skip
+        self._sender = threading.Thread(
+            target=self._send_loop, daemon=True, name=f"minidist-client-send-{next(_link_numbers)}"
+        )
 
     # --------------------------------------------------------------------------------------- sending
 
@@ -110,7 +111,9 @@ class ClientLink:
         request_id = next(self._request_ids)
         with self._lock:
             if self.closed:
-                future.set_exception(CommClosedError(self.lost_reason or f"The connection to {self.peer} is closed"))
+                future.set_exception(
+                    CommClosedError(self.lost_reason or f"The connection to {self.peer} is closed")
+                )
                 return future
             self._pending[request_id] = future
         self._outbox.put((message[0], request_id, *message[1:]))
@@ -174,7 +177,9 @@ class ClientLink:
             states = getattr(client, "_states", {})
             keys = [key for key, state in list(states.items()) if state.status == "pending"]
             if keys:
-                client.report([(key, "erred", CommClosedError(self.lost_reason), "") for key in keys])
+                client.report(
+                    [(key, "erred", CommClosedError(self.lost_reason), "") for key in keys]
+                )
 
     def close(self, timeout: float = 2.0) -> None:
         """Send what is queued, then hang up. Idempotent."""
@@ -200,8 +205,9 @@ class TCPLink(ClientLink):
     def __init__(self, conn, address: str):
         super().__init__(address)
         self.conn = conn
-        self._reader = threading.Thread(target=self._read_loop, daemon=True,
-                                        name=f"minidist-client-read-{next(_link_numbers)}")  # fmt: skip
+        self._reader = threading.Thread(
+            target=self._read_loop, daemon=True, name=f"minidist-client-read-{next(_link_numbers)}"
+        )
 
     def start(self, timeout: float) -> dict:
         self._reader.start()
@@ -310,7 +316,9 @@ class RemoteCluster:
         self.operations.invoke("scale", n)
 
     def get_logs(self, cluster: bool = True, scheduler: bool = True, workers: bool = True) -> dict:
-        return self.operations.invoke("get_logs", cluster=cluster, scheduler=scheduler, workers=workers)
+        return self.operations.invoke(
+            "get_logs", cluster=cluster, scheduler=scheduler, workers=workers
+        )
 
     def _summary(self) -> dict:
         from ..deploy.memory import format_bytes
@@ -321,16 +329,27 @@ class RemoteCluster:
             return {"workers": 0, "threads": 0, "memory": None, "memory_text": "unknown"}
         memory = [w["memory_limit"] for w in workers if w.get("memory_limit")]
         total = sum(memory) if memory and len(memory) == len(workers) else None
-        return {"workers": len(workers), "threads": sum(w["nthreads"] for w in workers),
-                "memory": total, "memory_text": format_bytes(total) if total else "no limit"}  # fmt: skip
+        return {
+            "workers": len(workers),
+            "threads": sum(w["nthreads"] for w in workers),
+            "memory": total,
+            "memory_text": format_bytes(total) if total else "no limit",
+        }
 
     def _repr_html_(self, title: Optional[str] = None) -> str:
         from ..dashboard.pages import repr_html
 
         summary = self._summary()
-        snap = {"cluster": {"scheduler_address": self.scheduler_address, "status": self.status,
-                            "n_workers": summary["workers"], "threads": summary["threads"],
-                            "memory_limit": summary["memory"]}, "workers": []}  # fmt: skip
+        snap = {
+            "cluster": {
+                "scheduler_address": self.scheduler_address,
+                "status": self.status,
+                "n_workers": summary["workers"],
+                "threads": summary["threads"],
+                "memory_limit": summary["memory"],
+            },
+            "workers": [],
+        }
         return repr_html(title or type(self).__name__, snap, self.dashboard_link)
 
     def close(self, timeout: float = 2.0) -> None:
@@ -347,13 +366,18 @@ class RemoteCluster:
 
 def store_for(info: dict) -> Optional[SegmentStore]:
     """Shared memory for arguments and scatter, when the scheduler is a process-mode one on this machine."""
-    if not info.get("processes") or info.get("shm_threshold") is None or info.get("machine") != machine_id():
+    if (
+        not info.get("processes")
+        or info.get("shm_threshold") is None
+        or info.get("machine") != machine_id()
+    ):
         return None
     return SegmentStore(info["cluster_id"], threshold=info["shm_threshold"])
 
 
-def connect_cluster(address: str, security=None, timeout=None, secret: Optional[bytes] = None,
-                    **kwargs) -> RemoteCluster:  # fmt: skip
+def connect_cluster(
+    address: str, security=None, timeout=None, secret: Optional[bytes] = None, **kwargs
+) -> RemoteCluster:
     """Connect to the scheduler at ``address`` (``tcp://host:port`` or ``tls://host:port``).
 
     ``secret`` defaults to the one the scheduler published for this address (same user, same machine).
@@ -365,8 +389,10 @@ def connect_cluster(address: str, security=None, timeout=None, secret: Optional[
     if kwargs:
         raise TypeError(f"Client(address) takes no cluster keywords; got {sorted(kwargs)}")
     if security is True:
-        raise ValueError("security=True makes sense for a new cluster; to connect to one, pass its "
-                         "Security object (cluster.security)")  # fmt: skip
+        raise ValueError(
+            "security=True makes sense for a new cluster; to connect to one, pass its "
+            "Security object (cluster.security)"
+        )
     timeout = _DEFAULT_TIMEOUT if timeout is None else float(timeout)
     conn = connect(address, secret=secret, security=security or None, timeout=timeout)
     link = TCPLink(conn, address)

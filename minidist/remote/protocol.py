@@ -80,9 +80,13 @@ def decode(data: bytes) -> list:
     try:
         messages = pickle.loads(data)
     except Exception as exc:
-        raise MalformedMessage(f"undecodable frame of {len(data)} bytes ({type(exc).__name__}: {exc})") from None
+        raise MalformedMessage(
+            f"undecodable frame of {len(data)} bytes ({type(exc).__name__}: {exc})"
+        ) from None
     if type(messages) is not list:
-        raise MalformedMessage(f"a frame must hold a list of messages, not {type(messages).__name__}")
+        raise MalformedMessage(
+            f"a frame must hold a list of messages, not {type(messages).__name__}"
+        )
     return messages
 
 
@@ -95,7 +99,12 @@ def _portable_message(message):
                 value = serialize(value, None)  # cloudpickle may manage what pickle could not
                 pickle.dumps(value, protocol=5)
             except Exception as exc:
-                return ("reply", request_id, False, RuntimeError(f"the result could not be sent: {exc}"))
+                return (
+                    "reply",
+                    request_id,
+                    False,
+                    RuntimeError(f"the result could not be sent: {exc}"),
+                )
             return ("reply", request_id, True, value)
         return ("reply", request_id, False, portable_exception(value))
     if kind == "report":
@@ -113,7 +122,9 @@ def portable_exception(exc: BaseException) -> BaseException:
             pickle.loads(cloudpickle.dumps(exc, protocol=5))
         except Exception:
             kind = type(exc)
-            return RuntimeError(f"{kind.__module__}.{kind.__qualname__}: {exc} (could not be pickled)")
+            return RuntimeError(
+                f"{kind.__module__}.{kind.__qualname__}: {exc} (could not be pickled)"
+            )
         return exc
 
 
@@ -172,7 +183,14 @@ def check_post(message, client_ids, processes: bool) -> None:
         kind = message[0] if isinstance(message, tuple) and message else type(message).__name__
         raise MalformedMessage(f"{kind!r} is not a message a client may post")
     kind = message[0]
-    shapes = {"update_graph": 4, "release": 3, "release-pending": 2, "scatter": 4, "cancel": 2, "retry": 2}
+    shapes = {
+        "update_graph": 4,
+        "release": 3,
+        "release-pending": 2,
+        "scatter": 4,
+        "cancel": 2,
+        "retry": 2,
+    }
     if len(message) != shapes[kind]:
         raise MalformedMessage(f"a {kind!r} message has {shapes[kind]} fields, not {len(message)}")
     if kind not in ("cancel", "retry") and message[1] not in client_ids:

@@ -110,16 +110,18 @@ class RemoteServer:
         self.logger = _scheduler_logger(cluster)
         self.security = security
         self.secret = new_secret()
-        self._listener = Listener(address, self.secret, security, on_reject=self._on_reject,
-                                  publish_secret=True)  # fmt: skip
+        self._listener = Listener(
+            address, self.secret, security, on_reject=self._on_reject, publish_secret=True
+        )
         self.address = self._listener.address
         self.codec = ThreadModeCodec() if not cluster.scheduler.processes else ProcessModeCodec()
         self.machine = machine_id()
         self.sessions: set = set()
         self._lock = threading.Lock()
         self._closed = False
-        self._thread = threading.Thread(target=self._accept_loop, name="minidist-remote-accept",
-                                        daemon=True)  # fmt: skip
+        self._thread = threading.Thread(
+            target=self._accept_loop, name="minidist-remote-accept", daemon=True
+        )
         self._thread.start()
         self.logger.info("Scheduler listening for clients at %s", self.address)
 
@@ -205,12 +207,15 @@ class Session:
         cluster = self.cluster
         store = getattr(cluster, "segment_store", None)
         return {
-            "scheduler_address": cluster.scheduler_address, "cluster_id": cluster.cluster_id,
-            "name": str(getattr(cluster, "name", "")), "type": type(cluster).__name__,
-            "processes": self.scheduler.processes, "machine": machine_id(),
+            "scheduler_address": cluster.scheduler_address,
+            "cluster_id": cluster.cluster_id,
+            "name": str(getattr(cluster, "name", "")),
+            "type": type(cluster).__name__,
+            "processes": self.scheduler.processes,
+            "machine": machine_id(),
             "shm_threshold": store.threshold if store is not None else None,
             "dashboard_link": getattr(cluster, "dashboard_link", None),
-        }  # fmt: skip
+        }
 
     def handle_frame(self, data) -> None:
         try:
@@ -224,11 +229,15 @@ class Session:
             except MalformedMessage as exc:
                 self.logger.warning("Dropped a malformed message from %s: %s", self.peer, exc)
             except Exception:
-                self.logger.exception("Dropped a message from %s that could not be handled", self.peer)
+                self.logger.exception(
+                    "Dropped a message from %s that could not be handled", self.peer
+                )
 
     def handle(self, message) -> None:
         if not isinstance(message, tuple) or not message:
-            raise MalformedMessage(f"a message must be a non-empty tuple, not {type(message).__name__}")
+            raise MalformedMessage(
+                f"a message must be a non-empty tuple, not {type(message).__name__}"
+            )
         kind = message[0]
         if kind == "post" and len(message) == 2:
             check_post(message[1], self.client_ids, self.scheduler.processes)
@@ -240,8 +249,12 @@ class Session:
             _, request_id, name, args, kwargs = message
             if not isinstance(args, tuple) or not isinstance(kwargs, dict):
                 raise MalformedMessage("invoke needs a tuple of arguments and a dict of keywords")
-            threading.Thread(target=self._invoke, args=(request_id, name, args, kwargs),
-                             name="minidist-remote-op", daemon=True).start()  # fmt: skip
+            threading.Thread(
+                target=self._invoke,
+                args=(request_id, name, args, kwargs),
+                name="minidist-remote-op",
+                daemon=True,
+            ).start()
         elif kind == "register" and len(message) == 2 and isinstance(message[1], str):
             if message[1] == FIRE_AND_FORGET or message[1] in self.scheduler.sessions:
                 raise MalformedMessage(f"client id {message[1]!r} is taken")
@@ -310,10 +323,12 @@ class TCPSession(Session):
         self.conn = conn
         self._outbox: queue.SimpleQueue = queue.SimpleQueue()
         number = next(_connection_numbers)
-        self._reader = threading.Thread(target=self._read_loop, name=f"minidist-remote-read-{number}",
-                                        daemon=True)  # fmt: skip
-        self._writer = threading.Thread(target=self._write_loop, name=f"minidist-remote-write-{number}",
-                                        daemon=True)  # fmt: skip
+        self._reader = threading.Thread(
+            target=self._read_loop, name=f"minidist-remote-read-{number}", daemon=True
+        )
+        self._writer = threading.Thread(
+            target=self._write_loop, name=f"minidist-remote-write-{number}", daemon=True
+        )
 
     def start(self) -> None:
         self.logger.info("Client connection from %s", self.peer)

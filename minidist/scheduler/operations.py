@@ -95,7 +95,9 @@ class SchedulerOperations:
     def has_what(self, workers=None) -> dict:
         addresses = set(self.workers_matching(workers))
         return self._on_scheduler(
-            lambda s: {a: sorted(map(str, w.has)) for a, w in s.state.workers.items() if a in addresses}
+            lambda s: {
+                a: sorted(map(str, w.has)) for a, w in s.state.workers.items() if a in addresses
+            }
         )
 
     def processing(self, workers=None) -> dict:

@@ -47,7 +47,9 @@ class Placement:
         duration = self.prefix_durations.get(prefix)
         if duration is None or duration * 4 >= PREFETCH_SECONDS:
             return self.prefetch
-        return max(self.prefetch, min(MAX_PREFETCH, int(PREFETCH_SECONDS / max(duration, 1e-6)) * nthreads))
+        return max(
+            self.prefetch, min(MAX_PREFETCH, int(PREFETCH_SECONDS / max(duration, 1e-6)) * nthreads)
+        )
 
     def worker_capacity(self, ws: WorkerState, prefix: Optional[str] = None) -> int:
         """How many tasks ``ws`` may hold (running + queued); the largest if ``prefix`` is None."""
@@ -126,7 +128,9 @@ class Placement:
             ts = self._pop_ready()
             if ts is None:
                 break
-            candidates = [ws for ws in running if len(ws.processing) < self.worker_capacity(ws, ts.prefix)]
+            candidates = [
+                ws for ws in running if len(ws.processing) < self.worker_capacity(ws, ts.prefix)
+            ]
             if not candidates:
                 heapq.heappush(self.ready, (ts.priority, ts.key))
                 break
@@ -143,13 +147,17 @@ class Placement:
     def _fill_restricted(self, running: list, out: list) -> None:
         for ts in sorted(self.restricted.values(), key=lambda t: t.priority):
             candidates = [w for w in running if self._has_room(w, ts) and self._runnable_on(ts, w)]
-            if not candidates and ts.loose and not any(
-                self._runnable_on(ts, w) for w in self.workers.values()
+            if (
+                not candidates
+                and ts.loose
+                and not any(self._runnable_on(ts, w) for w in self.workers.values())
             ):
                 # allow_other_workers: none of the named workers exists, so any worker will do
                 loose = ts.restrictions
                 ts.restrictions = None
-                candidates = [w for w in running if self._has_room(w, ts) and self._runnable_on(ts, w)]
+                candidates = [
+                    w for w in running if self._has_room(w, ts) and self._runnable_on(ts, w)
+                ]
                 ts.restrictions = loose
             if not candidates:
                 continue

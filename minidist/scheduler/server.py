@@ -97,8 +97,14 @@ class SegmentLedger:
 class Scheduler:
     """Owns the state machine, the stored values, and the thread that drives workers."""
 
-    def __init__(self, cluster_id: str, processes: bool, allowed_failures: int = 3,
-                 logger_: Optional[logging.Logger] = None, blocked_handlers=()):  # fmt: skip
+    def __init__(
+        self,
+        cluster_id: str,
+        processes: bool,
+        allowed_failures: int = 3,
+        logger_: Optional[logging.Logger] = None,
+        blocked_handlers=(),
+    ):
         self.cluster_id = cluster_id
         self.processes = processes
         self.state = SchedulerState(allowed_failures=allowed_failures)
@@ -110,14 +116,18 @@ class Scheduler:
         # one persistent selector over the wake-up pipe and every worker pipe (building a new one per
         # wake-up, as multiprocessing.connection.wait does, costs tens of microseconds each time)
         self._selector = selectors.DefaultSelector()
-        self.sessions: dict[str, Any] = {FIRE_AND_FORGET: FireAndForget(self)}  # client id -> session
+        self.sessions: dict[str, Any] = {
+            FIRE_AND_FORGET: FireAndForget(self)
+        }  # client id -> session
         self.inbox: collections.deque = collections.deque()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._wake_pending = False
         self._closing = False
-        self._runs: dict[int, dict] = {}  # client.run bookkeeping: id -> {"pending", "results", "future"}
+        self._runs: dict[
+            int, dict
+        ] = {}  # client.run bookkeeping: id -> {"pending", "results", "future"}
         self._run_ids = iter(range(1, 1 << 62))
         self.task_stream: collections.deque = collections.deque(maxlen=2000)
         self.on_worker_lost: Optional[Callable[[Any, str], None]] = None
@@ -242,9 +252,13 @@ class Scheduler:
                 handle = workers.get(inst.worker)
                 if handle is None:
                     continue
-                deps = {k: data[k] for k in (inst.dependencies if not self.processes else inst.missing_deps)}
-                outgoing.setdefault(handle, []).append(handle.execute_message(inst.key, inst.run_spec,
-                                                                              inst.dependencies, deps))
+                deps = {
+                    k: data[k]
+                    for k in (inst.dependencies if not self.processes else inst.missing_deps)
+                }
+                outgoing.setdefault(handle, []).append(
+                    handle.execute_message(inst.key, inst.run_spec, inst.dependencies, deps)
+                )
             elif kind is Report:
                 item = (inst.key, inst.status, inst.exception, inst.traceback)
                 for client_id in inst.clients:
@@ -295,13 +309,17 @@ class Scheduler:
                     else:
                         fresh.add(spec.key)
                         self.ledger.retain(spec.run_spec[2])
-            self._apply(state.update_graph(tasks, client_id, wanted, time.time()), outgoing, reports)
+            self._apply(
+                state.update_graph(tasks, client_id, wanted, time.time()), outgoing, reports
+            )
         elif kind == "release":
             self._apply(state.client_releases(message[1], message[2]), outgoing, reports)
         elif kind == "release-pending":
             session = self.sessions.get(message[1])
             if session is not None:
-                self._apply(state.client_releases(message[1], session.take_releases()), outgoing, reports)
+                self._apply(
+                    state.client_releases(message[1], session.take_releases()), outgoing, reports
+                )
         elif kind == "cancel":
             self._apply(state.cancel(message[1]), outgoing, reports)
         elif kind == "retry":
@@ -346,14 +364,16 @@ class Scheduler:
         self.workers[handle.address] = handle
         if handle.conn is not None:
             self._selector.register(handle.conn.fileno(), selectors.EVENT_READ, handle)
-        self.logger.info("Register worker %s (name %s, %d threads)", handle.address, handle.name,
-                         handle.nthreads)  # fmt: skip
+        self.logger.info(
+            "Register worker %s (name %s, %d threads)", handle.address, handle.name, handle.nthreads
+        )
         self._apply(
-            self.state.add_worker(handle.address, handle.nthreads, str(handle.name), handle.resources,
-                                  time.time()),
+            self.state.add_worker(
+                handle.address, handle.nthreads, str(handle.name), handle.resources, time.time()
+            ),
             outgoing,
             reports,
-        )  # fmt: skip
+        )
 
     def _worker_batch(self, handle, batch: list, outgoing: dict, reports: dict) -> None:
         state = self.state
@@ -373,7 +393,9 @@ class Scheduler:
                 else:
                     self.ledger.retain(value)
                     self.ledger.release(value)  # a stale copy: free its shared memory
-                self._apply(state.task_finished(key, address, nbytes, start, stop), outgoing, reports)
+                self._apply(
+                    state.task_finished(key, address, nbytes, start, stop), outgoing, reports
+                )
             elif kind == "erred":
                 _, key, exc, tb, start, stop, thread = message
                 if state.expects_result(key, address):
@@ -404,8 +426,9 @@ class Scheduler:
         # about the tasks it was given: they are requeued without suspicion
         ws = self.state.workers.get(handle.address)
         running = handle.running_keys(list(ws.processing)) if ws is not None else None
-        self._remove_worker(handle, reason, outgoing, reports, expected=not handle.started,
-                            running=running)  # fmt: skip
+        self._remove_worker(
+            handle, reason, outgoing, reports, expected=not handle.started, running=running
+        )
         if handle.pid is not None:
             # results it wrote to shared memory but never reported are nobody's now
             sweep_process(self.cluster_id, handle.pid, keep=self.ledger.counts.keys())
@@ -415,8 +438,9 @@ class Scheduler:
             except Exception:
                 self.logger.exception("replacing worker %s failed", handle.address)
 
-    def _remove_worker(self, handle, reason: str, outgoing: dict, reports: dict, expected: bool,
-                       running=None) -> None:  # fmt: skip
+    def _remove_worker(
+        self, handle, reason: str, outgoing: dict, reports: dict, expected: bool, running=None
+    ) -> None:
         if self.workers.pop(handle.address, None) is None:
             return
         if handle.conn is not None and not handle.conn.closed:
@@ -426,9 +450,14 @@ class Scheduler:
                 pass
         outgoing.pop(handle, None)
         for run_id in list(self._runs):
-            self._run_result(run_id, handle.address, False, (RuntimeError(f"worker died: {reason}"), ""))
-        self._apply(self.state.remove_worker(handle.address, reason, time.time(), expected, running), outgoing,
-                    reports)  # fmt: skip
+            self._run_result(
+                run_id, handle.address, False, (RuntimeError(f"worker died: {reason}"), "")
+            )
+        self._apply(
+            self.state.remove_worker(handle.address, reason, time.time(), expected, running),
+            outgoing,
+            reports,
+        )
         handle.close()
 
     # ---------------------------------------------------------------------------------------- client.run
@@ -469,7 +498,9 @@ class Scheduler:
         for run_id in list(self._runs):
             future = self._runs.pop(run_id)["future"]
             if not future.done():
-                future.set_exception(RuntimeError("The scheduler closed before the workers answered"))
+                future.set_exception(
+                    RuntimeError("The scheduler closed before the workers answered")
+                )
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the loop thread (workers are the cluster's to stop); idempotent."""
@@ -497,18 +528,30 @@ class Scheduler:
             counts = by_prefix.get(ts.prefix)
             if counts is None:
                 counts = by_prefix[ts.prefix] = {
-                    "waiting": 0, "queued": 0, "processing": 0, "memory": 0, "erred": 0, "released": 0
-                }  # fmt: skip
+                    "waiting": 0,
+                    "queued": 0,
+                    "processing": 0,
+                    "memory": 0,
+                    "erred": 0,
+                    "released": 0,
+                }
             if ts.state in counts:
                 counts[ts.state] += 1
         return by_prefix
 
     def stream_records(self) -> list:
         return [
-            {"key": str(key), "prefix": key_split(key), "worker": worker, "thread": thread,
-             "start": start, "stop": stop, "status": status}
+            {
+                "key": str(key),
+                "prefix": key_split(key),
+                "worker": worker,
+                "thread": thread,
+                "start": start,
+                "stop": stop,
+                "status": status,
+            }
             for key, worker, thread, start, stop, status in list(self.task_stream)
-        ]  # fmt: skip
+        ]
 
 
 def _load_exception(blob):
@@ -520,8 +563,25 @@ def _load_exception(blob):
         return RuntimeError(f"The task's exception could not be unpickled here: {exc!r}")
 
 
-def new_task(key, dependencies, run_spec, priority=0, retries=0, workers=None,
-             allow_other_workers=False, resources=None, prefix=None) -> NewTask:  # fmt: skip
-    return NewTask(key, tuple(dependencies), run_spec, priority or 0, retries or 0,
-                   frozenset(workers) if workers else None, allow_other_workers, resources or None,
-                   prefix if prefix is not None else key_split(key))  # fmt: skip
+def new_task(
+    key,
+    dependencies,
+    run_spec,
+    priority=0,
+    retries=0,
+    workers=None,
+    allow_other_workers=False,
+    resources=None,
+    prefix=None,
+) -> NewTask:
+    return NewTask(
+        key,
+        tuple(dependencies),
+        run_spec,
+        priority or 0,
+        retries or 0,
+        frozenset(workers) if workers else None,
+        allow_other_workers,
+        resources or None,
+        prefix if prefix is not None else key_split(key),
+    )

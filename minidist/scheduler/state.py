@@ -48,10 +48,28 @@ Key = Hashable
 
 class TaskState:
     __slots__ = (
-        "key", "prefix", "state", "dependencies", "dependents", "waiting_on", "waiters", "who_wants",
-        "priority", "run_spec", "retries", "restrictions", "loose", "resources", "processing_on",
-        "who_has", "suspicious", "exception", "traceback", "nbytes", "last_worker_death",
-    )  # fmt: skip
+        "key",
+        "prefix",
+        "state",
+        "dependencies",
+        "dependents",
+        "waiting_on",
+        "waiters",
+        "who_wants",
+        "priority",
+        "run_spec",
+        "retries",
+        "restrictions",
+        "loose",
+        "resources",
+        "processing_on",
+        "who_has",
+        "suspicious",
+        "exception",
+        "traceback",
+        "nbytes",
+        "last_worker_death",
+    )
 
     def __init__(self, key: Key, prefix: str):
         self.key = key
@@ -82,11 +100,22 @@ class TaskState:
 
 class WorkerState:
     __slots__ = (
-        "address", "name", "nthreads", "resources", "available", "processing", "has", "status",
-        "seceded", "executing_since", "idle_since",
-    )  # fmt: skip
+        "address",
+        "name",
+        "nthreads",
+        "resources",
+        "available",
+        "processing",
+        "has",
+        "status",
+        "seceded",
+        "executing_since",
+        "idle_since",
+    )
 
-    def __init__(self, address: str, name: str, nthreads: int, resources: Optional[dict], now: float):
+    def __init__(
+        self, address: str, name: str, nthreads: int, resources: Optional[dict], now: float
+    ):
         self.address = address
         self.name = name
         self.nthreads = nthreads
@@ -126,8 +155,9 @@ class SchedulerState(Placement):
 
     # ----------------------------------------------------------------------------------------- clients
 
-    def update_graph(self, tasks: Iterable[NewTask], client: str, wanted: Iterable[Key] = (),
-                     now: float = 0.0) -> list:  # fmt: skip
+    def update_graph(
+        self, tasks: Iterable[NewTask], client: str, wanted: Iterable[Key] = (), now: float = 0.0
+    ) -> list:
         """New tasks from ``client``, which holds futures for ``wanted`` keys."""
         out: list = []
         new: list[TaskState] = []
@@ -155,11 +185,13 @@ class SchedulerState(Placement):
                 if dep is None:
                     self._set_erred(
                         ts,
-                        KeyError(f"Dependency {dep_key!r} of task {ts.key!r} is not known to the "
-                                 "scheduler (it was released or never submitted)"),
+                        KeyError(
+                            f"Dependency {dep_key!r} of task {ts.key!r} is not known to the "
+                            "scheduler (it was released or never submitted)"
+                        ),
                         None,
                         out,
-                    )  # fmt: skip
+                    )
                     break
                 dep.dependents.add(ts.key)
         for ts in new:
@@ -181,8 +213,10 @@ class SchedulerState(Placement):
         for dep_key in ts.dependencies:
             dep = self.tasks.get(dep_key)
             if dep is None:  # only on retry: an erred dependency nobody wanted was forgotten
-                error = KeyError(f"Cannot run {ts.key!r} again: its dependency {dep_key!r} was "
-                                 "released; submit it again")  # fmt: skip
+                error = KeyError(
+                    f"Cannot run {ts.key!r} again: its dependency {dep_key!r} was "
+                    "released; submit it again"
+                )
                 self._set_erred(ts, error, None, out)
                 return
             if dep.state == "erred":
@@ -245,8 +279,11 @@ class SchedulerState(Placement):
             if ts.key in chosen:
                 continue
             chosen[ts.key] = ts
-            stack.extend(d for k in ts.dependencies if (d := self.tasks.get(k)) is not None
-                         and d.state == "erred")  # fmt: skip
+            stack.extend(
+                d
+                for k in ts.dependencies
+                if (d := self.tasks.get(k)) is not None and d.state == "erred"
+            )
         for ts in chosen.values():
             self._leave_state(ts)
             ts.exception = ts.traceback = None
@@ -298,16 +335,28 @@ class SchedulerState(Placement):
 
     # ----------------------------------------------------------------------------------------- workers
 
-    def add_worker(self, address: str, nthreads: int, name: str = "", resources: Optional[dict] = None,
-                   now: float = 0.0) -> list:  # fmt: skip
+    def add_worker(
+        self,
+        address: str,
+        nthreads: int,
+        name: str = "",
+        resources: Optional[dict] = None,
+        now: float = 0.0,
+    ) -> list:
         self.workers[address] = WorkerState(address, name or address, nthreads, resources, now)
         self._idle_changed = True
         out: list = []
         self._fill_workers(out)
         return out
 
-    def remove_worker(self, address: str, reason: str = "", now: float = 0.0,
-                      expected: bool = False, running: Optional[Iterable[Key]] = None) -> list:  # fmt: skip
+    def remove_worker(
+        self,
+        address: str,
+        reason: str = "",
+        now: float = 0.0,
+        expected: bool = False,
+        running: Optional[Iterable[Key]] = None,
+    ) -> list:
         """A worker is gone. Its running tasks are retried elsewhere, or fail after too many deaths.
 
         ``expected`` is true for a clean retirement: its tasks are requeued without suspicion.
@@ -371,8 +420,9 @@ class SchedulerState(Placement):
             ws.seceded -= 1
         return []
 
-    def task_finished(self, key: Key, worker: str, nbytes: int = 0, start: float = 0.0,
-                      stop: float = 0.0) -> list:  # fmt: skip
+    def task_finished(
+        self, key: Key, worker: str, nbytes: int = 0, start: float = 0.0, stop: float = 0.0
+    ) -> list:
         out: list = []
         ws = self.workers.get(worker)
         ts = self._accept_report(key, ws, stop, out)
@@ -401,8 +451,15 @@ class SchedulerState(Placement):
         self._fill_workers(out)
         return out
 
-    def task_erred(self, key: Key, worker: str, exception: Any = None, traceback: Any = None,
-                   start: float = 0.0, stop: float = 0.0) -> list:  # fmt: skip
+    def task_erred(
+        self,
+        key: Key,
+        worker: str,
+        exception: Any = None,
+        traceback: Any = None,
+        start: float = 0.0,
+        stop: float = 0.0,
+    ) -> list:
         out: list = []
         ts = self._accept_report(key, self.workers.get(worker), stop, out)
         if ts is None:

@@ -123,9 +123,11 @@ class ProcessWorker:
         elif kind == "run":
             _, run_id, function_blob, args_payload = message
             threading.Thread(
-                target=self._run_function, args=(run_id, function_blob, args_payload), daemon=True,
+                target=self._run_function,
+                args=(run_id, function_blob, args_payload),
+                daemon=True,
                 name="minidist-run",
-            ).start()  # fmt: skip
+            ).start()
         elif kind == "client-reply":
             if self.client_link is not None:
                 self.client_link.receive(message[1])
@@ -165,7 +167,9 @@ class ProcessWorker:
         os._exit(0)
 
     def serve(self) -> None:
-        threading.Thread(target=self.watch_parent, name="minidist-parent-watch", daemon=True).start()
+        threading.Thread(
+            target=self.watch_parent, name="minidist-parent-watch", daemon=True
+        ).start()
         try:
             self.send([("hello", os.getpid())])
         except OSError:  # closed before we said hello (closed or retired at once): just go
@@ -173,9 +177,14 @@ class ProcessWorker:
                 self.die_orphaned()
             os._exit(0)
         limit = self.init.get("memory_limit")
-        logger.info("Start worker %s (name %s, pid %d, %d threads, memory limit %s)", self.runtime.address,
-                    self.runtime.name, os.getpid(), self.runtime.nthreads,
-                    format_bytes(limit) if limit else "none")  # fmt: skip
+        logger.info(
+            "Start worker %s (name %s, pid %d, %d threads, memory limit %s)",
+            self.runtime.address,
+            self.runtime.name,
+            os.getpid(),
+            self.runtime.nthreads,
+            format_bytes(limit) if limit else "none",
+        )
         conn = self.conn
         while not self.closing:
             try:

@@ -132,15 +132,18 @@ class WorkerRuntime:
         self._oldest_unsent = 0.0
         self._flush_wanted = threading.Event()
         self._closed = False
-        self.running_board = None  # process workers: where task threads note what they run (running.py)
+        self.running_board = (
+            None  # process workers: where task threads note what they run (running.py)
+        )
         self._free_slots = list(reversed(range(SLOTS)))
         self._threads: list[threading.Thread] = []
         self._active_threads = 0  # threads that count against nthreads (not seceded)
         self.paused = False
         for _ in range(nthreads):
             self._start_thread()
-        self._flusher = threading.Thread(target=self._flusher_loop, name=f"minidist-flush-{name}",
-                                         daemon=True)  # fmt: skip
+        self._flusher = threading.Thread(
+            target=self._flusher_loop, name=f"minidist-flush-{name}", daemon=True
+        )
         self._flusher.start()
 
     # ---------------------------------------------------------------------------------------- intake
@@ -173,7 +176,9 @@ class WorkerRuntime:
 
     def _start_thread(self) -> None:
         thread = threading.Thread(
-            target=self._thread_loop, name=f"minidist-task-{self.name}-{len(self._threads)}", daemon=True
+            target=self._thread_loop,
+            name=f"minidist-task-{self.name}-{len(self._threads)}",
+            daemon=True,
         )
         self._active_threads += 1
         self._threads.append(thread)
@@ -290,8 +295,10 @@ class WorkerRuntime:
                 if not urgent:
                     self._flush_wanted.set()  # arm the flusher's timer
                     return
-            elif not urgent and len(self._outbox) < _MAX_BATCH and (
-                time.monotonic() - self._oldest_unsent < REPORT_DELAY
+            elif (
+                not urgent
+                and len(self._outbox) < _MAX_BATCH
+                and (time.monotonic() - self._oldest_unsent < REPORT_DELAY)
             ):
                 return
         self._flush()
