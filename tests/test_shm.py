@@ -208,3 +208,31 @@ def test_rewriting_the_same_buffer_gives_independent_names_with_current_content(
     assert np.frombuffer(open_segment(third.name, third.nbytes))[123] == -1.0
     assert np.frombuffer(open_segment(second.name, second.nbytes))[123] == 123.0
     sweep_cluster(store.cluster_id)
+
+
+def test_a_symbolic_link_with_a_segment_name_is_refused_and_never_swept(tmp_path, cluster_ids):
+    target = tmp_path / "target"
+    target.write_bytes(b"secret bytes")
+    cluster_ids.append(new_cluster_id())
+    name = f"{SEGMENT_PREFIX}{cluster_ids[-1]}_1_0-00000000"
+    link = os.path.join("/dev/shm", name)
+    os.symlink(target, link)
+    try:
+        with pytest.raises(PermissionError, match="symbolic link"):
+            open_segment(name, 12)
+        assert list_segments(cluster_ids[-1]) == []
+        assert sweep_cluster(cluster_ids[-1]) == 0
+        assert os.path.islink(link) and target.read_bytes() == b"secret bytes"
+    finally:
+        os.unlink(link)
+
+
+def test_segment_names_parse_with_and_without_their_random_part():
+    assert parse_segment_name("minidist_c-1_12_3-0a1b2c3d") == (
+        "minidist_c-1_12_3-0a1b2c3d",
+        "c-1",
+        12,
+        3,
+    )
+    assert parse_segment_name("minidist_c-1_12_3") == ("minidist_c-1_12_3", "c-1", 12, 3)
+    assert parse_segment_name("minidist_c-1_12_3-xyz") is None

@@ -3,7 +3,7 @@
 Data flow::
 
     writer process                         /dev/shm                          reader process
-    SegmentStore.write(buffer) ──os.write──► minidist_<cluster>_<pid>_<n> ──mmap──► open_segment(...)
+    SegmentStore.write(buffer) ──os.write──► minidist_<cluster>_<pid>_<n>-<random> ──mmap──► open_segment
           │                                  (one file per buffer)             read-only memoryview,
           └─► SharedBuffer(name, nbytes) ── travels through pipes ──────────►  zero-copy
 
@@ -16,10 +16,18 @@ here the rules are explicit:
   :func:`sweep_orphans` cleans up after processes that were killed.
 - Unlinking only removes the name: a mapping that is still in use stays valid until its last view is
   garbage-collected, so readers never see data vanish under them.
-- Names encode the cluster and the writing process (``minidist_<cluster_id>_<pid>_<counter>``) so that a
-  sweep can find a cluster's segments and tell whether their writer is still alive. A cluster id made by
-  :func:`new_cluster_id` also names the process that owns the cluster, so an orphan sweep never removes
-  segments a live cluster still refers to.
+- Names encode the cluster and the writing process (``minidist_<cluster_id>_<pid>_<counter>-<random>``) so
+  that a sweep can find a cluster's segments and tell whether their writer is still alive. A cluster id
+  made by :func:`new_cluster_id` also names the process that owns the cluster, so an orphan sweep never
+  removes segments a live cluster still refers to. The random part keeps the next name unguessable from
+  the ``/dev/shm`` listing: nobody can create it first.
+
+/dev/shm is shared by every user of the machine, so nothing here trusts a name alone:
+
+- Sweeps only consider regular files owned by this user; another user's file is never touched and never
+  makes a sweep fail (even for root, who could remove it).
+- Segments are created ``O_EXCL | O_NOFOLLOW`` with mode 0600, and opened ``O_NOFOLLOW``; a reader checks
+  with ``fstat`` that the file is a regular file owned by this user before mapping it.
 
 Writes go through ``os.write`` rather than a writable mapping: on a full tmpfs a write fails with ENOSPC,
 where a store into a mapping would kill the process with SIGBUS.
@@ -35,6 +43,7 @@ import mmap
 import os
 import re
 import secrets
+import stat
 import sys
 import threading
 import zlib
@@ -48,6 +57,7 @@ _CLUSTER_ID = re.compile(r"[A-Za-z0-9_.-]{1,200}\Z")
 _OWNED_CLUSTER_ID = re.compile(
     r"(\d+)-[0-9a-f]+\Z"
 )  # what new_cluster_id() makes: "<owner pid>-<hex>"
+_RANDOM_HEX = 8  # hex digits of randomness in every segment name
 _WRITE_CHUNK = 1 << 30  # Linux writes at most ~2 GiB per call; stay well below
 _RECENT_WRITES = 64  # how many (address, length) -> segment entries a store remembers for re-use
 
@@ -107,7 +117,10 @@ class SegmentStore:
 
     def _new_name(self) -> str:
         # The pid is read each time so that names stay truthful if a store is used after a fork.
-        return f"{SEGMENT_PREFIX}{self.cluster_id}_{os.getpid()}_{next(self._counter)}"
+        random_part = secrets.token_hex(_RANDOM_HEX // 2)
+        return (
+            f"{SEGMENT_PREFIX}{self.cluster_id}_{os.getpid()}_{next(self._counter)}-{random_part}"
+        )
 
     def write(self, data) -> SharedBuffer:
         """Copy ``data`` (any contiguous buffer) into a new segment; raise OSError if /dev/shm cannot take it.
@@ -162,11 +175,11 @@ class SegmentStore:
         path = os.path.join(SHM_DIR, name)
         try:
             # Link first: the new name pins the data even if the scheduler unlinks ``previous`` right now.
-            os.link(os.path.join(SHM_DIR, previous), path)
+            os.link(os.path.join(SHM_DIR, previous), path, follow_symlinks=False)
         except OSError:
             return None  # already unlinked (its key was forgotten): write afresh
         try:
-            if os.stat(path).st_size == view.nbytes and _same_bytes(view, path):
+            if os.lstat(path).st_size == view.nbytes and _same_bytes(view, path):
                 return SharedBuffer(name, view.nbytes)
         except OSError:
             pass
@@ -180,7 +193,8 @@ def _write_new_file(path: str, view: memoryview) -> None:
     if stats.f_bavail * stats.f_frsize < nbytes:
         # Refuse early rather than fill /dev/shm to the brim and fail half-way.
         raise OSError(errno.ENOSPC, f"{SHM_DIR} has less than {nbytes} bytes free", SHM_DIR)
-    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+    flags = os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_WRONLY | os.O_CLOEXEC
+    fd = os.open(path, flags, 0o600)
     try:
         written = 0
         while written < nbytes:
@@ -226,7 +240,8 @@ def open_segment(name: str, nbytes: int, offset: int = 0) -> memoryview:
 
     The mapping is released when the last view or array built on it is garbage-collected; nothing here
     ever closes it explicitly, so no BufferError can arise. It stays valid after the name is unlinked.
-    Raises FileNotFoundError (naming the segment) if the segment is gone.
+    Raises FileNotFoundError (naming the segment) if the segment is gone, PermissionError if the name is
+    a symbolic link or a file that is not this user's (someone else put it there).
     """
     _check_name(name)
     if nbytes == 0:
@@ -234,7 +249,7 @@ def open_segment(name: str, nbytes: int, offset: int = 0) -> memoryview:
     start = offset - offset % mmap.ALLOCATIONGRANULARITY
     path = os.path.join(SHM_DIR, name)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except FileNotFoundError:
         raise FileNotFoundError(
             errno.ENOENT,
@@ -242,11 +257,29 @@ def open_segment(name: str, nbytes: int, offset: int = 0) -> memoryview:
             "it (its value was released, or its cluster closed)",
             path,
         ) from None
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise PermissionError(
+            errno.EPERM, f"refusing shared-memory segment {name!r}: it is a symbolic link", path
+        ) from None
     try:
+        _check_owner(fd, name, path)
         mapping = mmap.mmap(fd, offset - start + nbytes, prot=mmap.PROT_READ, offset=start)
     finally:
         os.close(fd)
     return memoryview(mapping)[offset - start : offset - start + nbytes]
+
+
+def _check_owner(fd: int, name: str, path: str) -> None:
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
+        raise PermissionError(
+            errno.EPERM,
+            f"refusing shared-memory segment {name!r}: it is not a regular file of this user "
+            f"(uid {info.st_uid}); another user may have created it",
+            path,
+        )
 
 
 def _check_name(name: str) -> None:
@@ -257,8 +290,8 @@ def _check_name(name: str) -> None:
 def _unlink_quietly(path: str) -> bool:
     try:
         os.unlink(path)
-    except FileNotFoundError:
-        return False
+    except (FileNotFoundError, PermissionError):
+        return False  # already gone, or (sticky /dev/shm) another user's: never ours to remove
     return True
 
 
@@ -269,26 +302,45 @@ def unlink_segments(names: Iterable[str]) -> None:
         _unlink_quietly(os.path.join(SHM_DIR, name))
 
 
+_LAST_PART = re.compile(
+    r"(\d+)(?:-[0-9a-f]+)?\Z"
+)  # "<counter>-<random>" (older names: "<counter>")
+
+
 def parse_segment_name(name: str) -> SegmentInfo | None:
-    """Split ``minidist_<cluster_id>_<pid>_<counter>``; None for names that are not ours."""
+    """Split ``minidist_<cluster_id>_<pid>_<counter>-<random>``; None for names that are not ours."""
     if not name.startswith(SEGMENT_PREFIX):
         return None
     parts = name[len(SEGMENT_PREFIX) :].rsplit("_", 2)
-    if len(parts) != 3 or not parts[0] or not parts[1].isdigit() or not parts[2].isdigit():
+    if len(parts) != 3 or not parts[0] or not parts[1].isdigit():
         return None
-    return SegmentInfo(name, parts[0], int(parts[1]), int(parts[2]))
+    last = _LAST_PART.match(parts[2])
+    if last is None:
+        return None
+    return SegmentInfo(name, parts[0], int(parts[1]), int(last.group(1)))
 
 
 def list_segments(cluster_id: str | None = None) -> list[SegmentInfo]:
-    """Every minidist segment in /dev/shm, or only those of ``cluster_id``."""
+    """This user's minidist segments in /dev/shm (all of them, or only those of ``cluster_id``).
+
+    Only regular files owned by this user count: another user's file (or a symbolic link) with a
+    minidist name is neither listed nor ever swept.
+    """
     try:
-        names = os.listdir(SHM_DIR)
+        entries = list(os.scandir(SHM_DIR))
     except FileNotFoundError:
         return []
+    me = os.geteuid()
     found = []
-    for name in names:
-        info = parse_segment_name(name)
-        if info is not None and (cluster_id is None or info.cluster_id == cluster_id):
+    for entry in entries:
+        info = parse_segment_name(entry.name)
+        if info is None or (cluster_id is not None and info.cluster_id != cluster_id):
+            continue
+        try:
+            status = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISREG(status.st_mode) and status.st_uid == me:
             found.append(info)
     return found
 

@@ -155,7 +155,11 @@ def inline_payload(payload: Payload) -> Payload:
 
 
 def machine_id() -> str:
-    """Who shares this machine's /dev/shm: same host, same boot, same /dev/shm mount."""
+    """Who shares this machine's /dev/shm: same host, same boot, same /dev/shm mount, same user.
+
+    Segments are 0600 and readers refuse other users' files (comm/shm.py), so a client of another user
+    on the same machine must get its values inline.
+    """
     try:
         with open("/proc/sys/kernel/random/boot_id") as f:
             boot = f.read().strip()
@@ -166,7 +170,7 @@ def machine_id() -> str:
         shm = f"{info.st_dev}:{info.st_ino}"
     except OSError:
         shm = "none"
-    return f"{socket.gethostname()}/{boot}/{shm}"
+    return f"{socket.gethostname()}/{boot}/{shm}/{os.geteuid()}"
 
 
 # ---------------------------------------------------------------------------------- message checks
