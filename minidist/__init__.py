@@ -36,6 +36,7 @@ _PUBLIC = {
     "CancelledError": "errors",
     "CommClosedError": "errors",
     "KilledWorker": "errors",
+    "SchedulerError": "errors",
     "TaskSerializationError": "errors",
 }
 

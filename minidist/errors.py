@@ -53,3 +53,9 @@ class ClientClosedError(RuntimeError):
 
 class TaskSerializationError(TypeError):
     """A task's function, argument or result could not be pickled."""
+
+
+class SchedulerError(RuntimeError):
+    """The scheduler thread stopped on an unexpected error (a bug in minidist): every future still
+    waiting errs with this, naming the cause; finished results stay readable. Close the client and the
+    cluster, and start new ones to go on."""

@@ -38,6 +38,7 @@ from typing import Any, Callable, Optional
 
 from ..comm.shm import sweep_process, unlink_segments
 from ..keys import key_split
+from .failure import fail, refuse_inbox
 from .state import (
     Execute,
     Forget,
@@ -125,6 +126,7 @@ class Scheduler:
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._wake_pending = False
         self._closing = False
+        self.failure: Optional[Exception] = None  # a SchedulerError once the loop died (failure.py)
         self._runs: dict[
             int, dict
         ] = {}  # client.run bookkeeping: id -> {"pending", "results", "future"}
@@ -146,6 +148,8 @@ class Scheduler:
         ``_IDLE_WAKE`` seconds), and in a loop of submit/result it saves a wake-up per task.
         """
         self.inbox.append(message)
+        if self.failure is not None:  # the loop is gone: answer now (see scheduler/failure.py)
+            return refuse_inbox(self)
         if not self._wake_pending and message[0] != "release-pending":
             self._wake_pending = True
             try:
@@ -156,6 +160,9 @@ class Scheduler:
     def call(self, function: Callable, *args) -> concurrent.futures.Future:
         """Run ``function(self, *args)`` on the scheduler thread; its result arrives in the future."""
         future: concurrent.futures.Future = concurrent.futures.Future()
+        if self.failure is not None:
+            future.set_exception(self.failure)
+            return future
         if self._closing:
             future.set_exception(RuntimeError("The scheduler is closed"))
             return future
@@ -173,6 +180,13 @@ class Scheduler:
     # ----------------------------------------------------------------------------------------- loop
 
     def _loop(self) -> None:
+        try:
+            self._serve()
+        except BaseException as exc:  # noqa: B036 - whatever ends the loop, every waiter hears why
+            fail(self, exc)
+        self._drain_calls()
+
+    def _serve(self) -> None:
         wake_r = self._wake_r
         select = self._selector.select
         while True:
@@ -207,7 +221,6 @@ class Scheduler:
             self._deliver(outgoing, reports)
             if self._closing:
                 break
-        self._drain_calls()
 
     def _read_worker(self, handle, outgoing: dict, reports: dict) -> None:
         if handle is None:

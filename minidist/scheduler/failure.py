@@ -1,0 +1,77 @@
+"""What happens when the scheduler thread's loop dies: nobody is left waiting.
+
+``Scheduler._loop`` hands any exception that escapes its loop to :func:`fail` (still on the scheduler
+thread, which then ends)::
+
+    exception ─► fail() ─► Scheduler log (CRITICAL, with the traceback)
+                        ─► scheduler.failure = SchedulerError naming the cause
+                        ─► every session: its waiting keys err with it; keys in memory are reported
+                           again (the failure may have cut off their report; values stay readable)
+                        ─► refuse_inbox(): messages posted meanwhile are answered
+
+After that ``Scheduler.post`` answers each message itself through :func:`refuse_inbox` (new tasks err at
+once, ``call`` futures get the error) and ``close()`` works as usual. The order that makes this race-free:
+``post`` appends to the inbox *before* looking at ``failure``, and ``fail`` sets ``failure`` *before*
+draining the inbox, so every message is answered by one side or the other.
+"""
+
+from __future__ import annotations
+
+from ..errors import SchedulerError
+
+
+def fail(scheduler, cause: BaseException) -> None:
+    """The loop died (a bug): log it, err every future still waiting, refuse further work."""
+    failure = SchedulerError(
+        f"The scheduler thread failed ({type(cause).__name__}: {cause}), a bug in minidist; "
+        "unfinished work is lost. The traceback is in the Scheduler log "
+        "(cluster.get_logs()['Scheduler']); close this client and its cluster, and start new ones."
+    )
+    failure.__cause__ = cause
+    scheduler.logger.critical(
+        "The scheduler thread failed; every waiting future errs", exc_info=cause
+    )
+    scheduler.failure = failure
+    reports: dict = {}
+    for ts in list(scheduler.state.tasks.values()):
+        if ts.state == "memory" and ts.key in scheduler.data:
+            item = (ts.key, "memory", None, None)
+        elif ts.state == "erred":
+            item = (ts.key, "erred", ts.exception, ts.traceback)
+        else:
+            item = (ts.key, "erred", failure, "")
+        for client_id in ts.who_wants:
+            reports.setdefault(client_id, []).append(item)
+    _report(scheduler, reports)
+    refuse_inbox(scheduler)
+
+
+def refuse_inbox(scheduler) -> None:
+    """After a failure: err what clients submit or call; drop everything else (releases, reports)."""
+    failure = scheduler.failure
+    reports: dict = {}
+    inbox = scheduler.inbox
+    while True:
+        try:
+            message = inbox.popleft()  # thread-safe: each message is taken by exactly one caller
+        except IndexError:
+            break
+        kind = message[0]
+        if kind == "call" and message[3].set_running_or_notify_cancel():
+            message[3].set_exception(failure)
+        elif kind == "update_graph":
+            _, client_id, tasks, wanted = message
+            keys = dict.fromkeys([spec.key for spec in tasks] + list(wanted))
+            reports.setdefault(client_id, []).extend((key, "erred", failure, "") for key in keys)
+    _report(scheduler, reports)
+
+
+def _report(scheduler, reports: dict) -> None:
+    for client_id, items in reports.items():
+        session = scheduler.sessions.get(client_id)
+        if session is None:
+            continue
+        try:
+            session.report(items)
+        except Exception:
+            scheduler.logger.exception("could not tell client %s about the failure", client_id)
