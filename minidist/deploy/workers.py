@@ -77,6 +77,7 @@ class ProcessWorkerHandle:
         self.functions_sent: set = set()
         self.log_sink = None  # callable(address, records), set by the cluster
         self.client_router = None  # callable(scheduler, handle, message), for clients inside tasks
+        self.client_session = None  # serves those clients (remote/server.py); ends with the worker
         self.running_board: Optional[RunningBoard] = None  # what its task threads run (running.py)
 
     def __repr__(self) -> str:
@@ -135,7 +136,14 @@ class ProcessWorkerHandle:
         return reason
 
     def close(self) -> None:
-        """Tell the worker to leave (a clean close, so it leaves shared memory alone) and hang up."""
+        """Tell the worker to leave (a clean close, so it leaves shared memory alone) and hang up.
+
+        The clients its tasks opened go with it: what they held (scattered data, futures) is released
+        now, whether the worker died, retired or was stopped.
+        """
+        session, self.client_session = self.client_session, None
+        if session is not None:
+            session.worker_gone()
         if self.conn.closed:
             return
         try:

@@ -413,6 +413,12 @@ class WorkerSession(Session):
         else:  # only the scheduler thread may write to a worker's pipe
             self.scheduler.call(lambda scheduler: self._deliver(message))
 
+    def worker_gone(self) -> None:
+        """The worker died, retired or was stopped (its handle closes): release what its clients held."""
+        if not self.closed:
+            self.closed = True
+            self.release_clients()
+
     def _deliver(self, message: tuple) -> None:
         if self.closed:
             return
