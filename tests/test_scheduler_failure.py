@@ -58,4 +58,3 @@ def test_a_failing_scheduler_loop_errs_every_waiting_future_and_closes_cleanly(
     client.close()
     cluster.close()
     assert cluster.status == "closed"
-
