@@ -23,7 +23,8 @@ import weakref
 from collections.abc import Iterator
 from typing import Optional
 
-from .asynchronous import AsyncClientMixin, Closing, in_event_loop
+from .asynchronous import Closing, in_event_loop
+from .client_async import AsyncClientMixin
 from .client_futures import FutureBook
 from .client_ops import ClientOperations
 from .comm.serialize import (
@@ -34,30 +35,15 @@ from .comm.serialize import (
     serialize_with_token,
 )
 from .comm.shm import unlink_segments
-from .context import _clients, current_client_for_task, default_client  # noqa: F401 (re-exported)
+from .default_clients import _clients, current_client_for_task, default_client  # noqa: F401
 from .errors import ClientClosedError, TaskSerializationError
-from .futures import Future, FutureState, as_completed  # noqa: F401
+from .futures import Future, FutureState, as_completed, futures_in, shaped_like  # noqa: F401
 from .keys import funcname, random_token, tokenize_call
 from .scheduler.server import new_task
 from .worker.runtime import DependencyRef, sizeof
+from .worker.task_client import register_client_maker
 
 _FUNCTION_CACHE_SIZE = 512
-
-
-def futures_in(obj) -> list:
-    """Every Future inside lists, tuples, dicts and sets (as dask looks for them)."""
-    found: list = []
-    stack = [obj]
-    while stack:
-        item = stack.pop()
-        typ = type(item)
-        if typ is Future:
-            found.append(item)
-        elif typ in (list, tuple, set, frozenset):
-            stack.extend(item)
-        elif typ is dict:
-            stack.extend(item.values())
-    return found
 
 
 def _replace_futures(obj, client, dependencies: set):
@@ -79,12 +65,6 @@ def _replace_futures(obj, client, dependencies: set):
     if typ is set or typ is frozenset:
         return typ(_replace_futures(item, client, dependencies) for item in obj)
     return obj
-
-
-def _rebuild_future(key):
-    from .context import get_client
-
-    return Future(key, get_client())
 
 
 class Client(FutureBook, ClientOperations, AsyncClientMixin):
@@ -533,14 +513,11 @@ class Client(FutureBook, ClientOperations, AsyncClientMixin):
     def dashboard_link(self):
         return self.cluster.dashboard_link
 
-
-def shaped_like(data, futures: list):
-    """What scatter returns: one future, or futures in ``data``'s container type (dict by key)."""
-    if isinstance(data, dict):
-        return dict(zip(data.keys(), futures))
-    if isinstance(data, (list, tuple, set, frozenset)):
-        return type(data)(futures) if not isinstance(data, (set, frozenset)) else futures
-    return futures[0]
+    @staticmethod
+    def unpickle_future(key) -> Future:
+        """A future unpickled here (e.g. inside a task's arguments) belongs to the current client:
+        the task's own client on a worker, else the default one. See ``Future.__reduce__``."""
+        return Future(key, current_client_for_task() or default_client())
 
 
 def _task_options(workers, resources, retries, priority, allow_other_workers) -> dict:
@@ -555,6 +532,14 @@ def _task_options(workers, resources, retries, priority, allow_other_workers) ->
     if workers is not None:
         options["workers"] = [str(w) if not isinstance(w, str) else w for w in workers]
     return options
+
+
+def _make_task_client(cluster) -> Client:
+    """How a worker's tasks get their client (worker/task_client.py): one more client of the cluster."""
+    return Client(cluster, set_as_default=False)
+
+
+register_client_maker(_make_task_client)
 
 
 @atexit.register

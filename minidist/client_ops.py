@@ -14,6 +14,7 @@ from typing import Optional
 
 from .comm.serialize import deserialize
 from .errors import FutureTimeoutError
+from .futures import futures_in
 from .scheduler.operations import pack_call
 
 
@@ -72,8 +73,6 @@ class ClientOperations:
 
     def who_has(self, futures=None) -> dict:
         """``{key: [worker addresses holding a copy]}`` (values also stay in the client process)."""
-        from .client import futures_in
-
         keys = None if futures is None else [f.key for f in futures_in(futures)]
         return self._invoke("who_has", keys)
 

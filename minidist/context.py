@@ -1,9 +1,10 @@
-"""Which client and worker are "current": the default-client stack and the task-side helpers.
+"""The task-side helpers: ``get_client``, ``worker_client``, ``get_worker``, ``secede``, ``rejoin``.
 
-Outside tasks, the newest ``Client`` created with ``set_as_default=True`` is the default; closing it
-brings back the previous one. Inside a task, ``get_client()`` returns a client connected to the same
-cluster (the worker's own), ``get_worker()`` the worker running the task, and ``secede()``/``rejoin()``
-let a task that waits on other tasks give its thread slot away meanwhile.
+Inside a task, ``get_client()`` returns a client connected to the same cluster (the worker's own, made
+from what its runtime hands over: ``worker/task_client.py``), ``get_worker()`` the worker running the
+task, and ``secede()``/``rejoin()`` let a task that waits on other tasks give its thread slot away
+meanwhile. Outside tasks ``get_client()`` returns the default client (``default_clients.py``). The top of
+the client API: it may import ``Client``, and nothing below imports it.
 """
 
 from __future__ import annotations
@@ -11,36 +12,26 @@ from __future__ import annotations
 import contextlib
 from typing import Optional
 
+from .default_clients import current_client_for_task, default_client
 from .worker.runtime import current_key, current_runtime
 
-_clients: list = []  # default-client stack, newest last
-
-
-def default_client(c=None):
-    """The current default client (``c`` itself if given); ValueError if there is none."""
-    if c is not None:
-        return c
-    for client in reversed(_clients):
-        if not client._closed:
-            return client
-    raise ValueError(
-        "No clients found. Start a client and point it to a scheduler: "
-        "from minidist import Client; client = Client()"
-    )
-
-
-def current_client_for_task():
-    runtime = current_runtime()
-    if runtime is None or current_key() is None:
-        return None
-    factory = getattr(runtime, "client_factory", None)
-    if factory is None:
-        return None
-    return factory()
+__all__ = [
+    "WorkerInfo",
+    "default_client",
+    "get_client",
+    "get_worker",
+    "rejoin",
+    "secede",
+    "worker_client",
+]
 
 
 def get_client(address=None, timeout=None, resolve_address: bool = True):
     """The client of the current task's worker, or else the default client."""
+    # imported here, not at the top: tasks that only call get_worker() or secede() should not load
+    # the client; importing it also registers how task clients are made (worker/task_client.py)
+    from .client import Client
+
     client = current_client_for_task()
     if client is not None:
         return client
@@ -48,8 +39,6 @@ def get_client(address=None, timeout=None, resolve_address: bool = True):
         return default_client()
     except ValueError:
         if address is not None:
-            from .client import Client
-
             return Client(address, timeout=timeout)
         raise
 

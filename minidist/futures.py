@@ -17,6 +17,8 @@ import threading
 import time
 from typing import Any, Iterable, Optional
 
+from .asynchronous import LoopWaker
+from .default_clients import default_client
 from .errors import CancelledError, FutureTimeoutError
 
 FINISHED_STATES = ("finished", "error", "cancelled", "lost")
@@ -43,8 +45,6 @@ class Future:
 
     def __init__(self, key, client=None, inform: bool = True, state: Optional[FutureState] = None):
         if client is None:
-            from .client import default_client
-
             client = default_client()
         self.key = key
         self.client = client
@@ -140,9 +140,9 @@ class Future:
         return self.client._await_future(self).__await__()
 
     def __reduce__(self):
-        from .client import _rebuild_future
-
-        return (_rebuild_future, (self.key,))
+        # the client's class says how to rebuild a future where it lands (Client.unpickle_future):
+        # a task's unpickled futures belong to its worker's client
+        return (self.client.unpickle_future, (self.key,))
 
     def __repr__(self) -> str:
         status = self._state.status
@@ -175,6 +175,31 @@ def _fresh_copy(exc):
     if isinstance(getattr(exc, "__notes__", None), list):
         clone.__notes__ = list(exc.__notes__)  # notes a caller adds stay on its copy
     return clone
+
+
+def futures_in(obj) -> list:
+    """Every Future inside lists, tuples, dicts and sets (as dask looks for them)."""
+    found: list = []
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        typ = type(item)
+        if typ is Future:
+            found.append(item)
+        elif typ in (list, tuple, set, frozenset):
+            stack.extend(item)
+        elif typ is dict:
+            stack.extend(item.values())
+    return found
+
+
+def shaped_like(data, futures: list):
+    """What scatter returns: one future, or futures in ``data``'s container type (dict by key)."""
+    if isinstance(data, dict):
+        return dict(zip(data.keys(), futures))
+    if isinstance(data, (list, tuple, set, frozenset)):
+        return type(data)(futures) if not isinstance(data, (set, frozenset)) else futures
+    return futures[0]
 
 
 DoneAndNotDoneFutures = collections.namedtuple("DoneAndNotDoneFutures", ["done", "not_done"])
@@ -313,8 +338,6 @@ class as_completed:
         """Wait, without a thread, until a future arrives in the queue (or the timeout passes)."""
         import asyncio
 
-        from .asynchronous import LoopWaker
-
         loop = asyncio.get_running_loop()
         waiter = loop.create_future()
         self._waker = LoopWaker(loop, waiter)
@@ -349,7 +372,5 @@ class as_completed:
 
 def fire_and_forget(obj) -> None:
     """Run the tasks behind ``obj`` (futures, nested in containers) even after their futures are gone."""
-    from .client import futures_in
-
     for future in futures_in(obj):
         future.client._fire_and_forget(future.key)

@@ -31,6 +31,7 @@ from ..asynchronous import AsyncContext, Closing, in_event_loop
 from ..comm.shm import SegmentStore, new_cluster_id, sweep_cluster, sweep_orphans
 from ..scheduler.operations import SchedulerOperations
 from ..scheduler.server import Scheduler
+from ..worker.task_client import TaskClientSlot
 from .memory import format_bytes
 from .options import ClusterOptions
 from .scaling import active_workers, observe, retire_workers
@@ -114,7 +115,8 @@ class LocalCluster(AsyncContext):
         self.memory_monitor: Optional[MemoryMonitor] = None
         self._worker_count = 0  # names handed out so far
         self._start_failures = 0
-        self._task_client = None
+        # the client tasks on thread workers get from get_client() (made by the client layer)
+        self.task_clients = TaskClientSlot(lambda: self)
         self.target_workers = options.n_workers
         self.segment_store = SegmentStore(self.cluster_id) if self.processes else None
         self.scheduler = Scheduler(
@@ -225,12 +227,12 @@ class LocalCluster(AsyncContext):
                     options.worker_class,
                     options.memory_limit,
                     logger=worker_log,
+                    task_clients=self.task_clients,
                 )
             except BaseException:
                 self.logger.exception("Worker %s (name %s) could not start", address, name)
                 self.logs.close_worker(address)
                 raise
-            handle.runtime.client_factory = self._client_for_tasks
             worker_log.info(
                 "Start worker %s (name %s, %d threads in the cluster's process)",
                 address,
@@ -247,15 +249,6 @@ class LocalCluster(AsyncContext):
         self.scheduler.post(("add-worker", handle))
         self.logger.info("Started worker %s (name %s)", handle.address, name)
         return handle
-
-    def _client_for_tasks(self):
-        """The client that tasks on thread workers get from ``get_client()``."""
-        with self._lock:
-            if self._task_client is None or self._task_client._closed:
-                from ..client import Client
-
-                self._task_client = Client(self, set_as_default=False)
-            return self._task_client
 
     def _on_worker_lost(self, handle, reason: str) -> None:
         """Scheduler thread: a worker died. Replace it so the cluster keeps its size."""
@@ -502,8 +495,7 @@ class LocalCluster(AsyncContext):
         self.status = "closing"
         if self.memory_monitor is not None:
             self.memory_monitor.stop()
-        if self._task_client is not None:
-            self._task_client.close()
+        self.task_clients.close()
         if getattr(self, "listener", None) is not None:
             self.listener.close()
         if getattr(self, "services", None) is not None:

@@ -124,9 +124,10 @@ class Worker(WorkerRuntime):
 
     @property
     def client(self):
-        from ..context import get_client
-
-        return get_client()
+        """The client this worker's tasks share (``get_client()`` inside a task returns it too)."""
+        if self.task_clients is None:
+            raise ValueError(f"Worker {self.address!r} belongs to no cluster, so it has no client")
+        return self.task_clients.get()
 
     def __repr__(self) -> str:
         return (

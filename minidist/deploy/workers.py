@@ -241,8 +241,10 @@ class ThreadWorkerHandle:
         runtime_class=None,
         memory_limit: Optional[int] = None,
         logger=None,
+        task_clients=None,
     ):
-        """``logger`` is handed to hooked worker classes (``deploy/worker_hooks.py``) as their log."""
+        """``logger`` is handed to hooked worker classes (``deploy/worker_hooks.py``) as their log;
+        ``task_clients`` is where its tasks' ``get_client()`` finds the cluster's client."""
         self.address = address
         self.name = name
         self.nthreads = nthreads
@@ -262,6 +264,7 @@ class ThreadWorkerHandle:
             nthreads,
             send=lambda batch: scheduler.post(("worker-batch", address, batch)),
             resources=resources,
+            task_clients=task_clients,
             **extra,
         )
 

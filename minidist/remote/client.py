@@ -404,21 +404,10 @@ def connect_cluster(
     return RemoteCluster(link, info, store_for(info))
 
 
-def worker_task_client(process_worker):
-    """The Client that ``get_client()`` returns inside a task on a process worker (made once)."""
-    from ..client import Client
-
-    with _worker_lock:
-        client = getattr(process_worker, "task_client", None)
-        if client is not None and not client._closed:
-            return client
-        link = WorkerLink(process_worker)
-        process_worker.client_link = link
-        info = link.start(_DEFAULT_TIMEOUT)
-        cluster = RemoteCluster(link, info, process_worker.store)
-        client = Client(cluster, set_as_default=False)
-        process_worker.task_client = client
-        return client
-
-
-_worker_lock = threading.Lock()
+def connect_worker(process_worker) -> RemoteCluster:
+    """A view of the cluster that owns this process worker, over the worker's own pipe (for the
+    client of its tasks; the worker's main thread hands replies to ``process_worker.client_link``)."""
+    link = WorkerLink(process_worker)
+    process_worker.client_link = link
+    info = link.start(_DEFAULT_TIMEOUT)
+    return RemoteCluster(link, info, process_worker.store)

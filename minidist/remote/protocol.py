@@ -33,6 +33,7 @@ import cloudpickle
 from ..comm.serialize import Payload, deserialize, loads_function, serialize
 from ..comm.shm import SharedBuffer, open_segment
 from ..scheduler.instructions import NewTask
+from ..tracebacks import encode_error
 
 POST_KINDS = ("update_graph", "release", "release-pending", "scatter", "cancel", "retry")
 
@@ -302,8 +303,6 @@ class ThreadModeCodec(ProcessModeCodec):
         if name == "run_on_scheduler":
             return serialize(result, None)
         if name == "run":
-            from ..worker.process import encode_error
-
             return {
                 address: (True, serialize(value, None)) if ok else (False, encode_error(*value))
                 for address, (ok, value) in result.items()

@@ -28,26 +28,13 @@ from multiprocessing.connection import Connection
 from ..comm.serialize import deserialize, loads_function, serialize
 from ..comm.shm import SegmentStore, sweep_cluster
 from ..logs import WorkerLogShipper
+from ..tracebacks import encode_error
 from ..utils import format_bytes
 from .running import RunningBoard
-from .runtime import WorkerRuntime, format_remote_traceback
+from .runtime import WorkerRuntime
+from .task_client import TaskClientSlot
 
 logger = logging.getLogger("minidist.worker")
-
-
-def encode_error(exc: BaseException, tb) -> tuple:
-    """Pickle the exception if possible; otherwise stand in a RuntimeError that keeps its text."""
-    text = format_remote_traceback(tb)
-    try:
-        blob = pickle.dumps(exc, protocol=5)
-        pickle.loads(blob)  # some exceptions pickle but cannot be rebuilt
-    except Exception:
-        substitute = RuntimeError(
-            f"{type(exc).__module__}.{type(exc).__qualname__}: {exc} "
-            "(the original exception could not be pickled)"
-        )
-        blob = pickle.dumps(substitute, protocol=5)
-    return blob, text
 
 
 class ProcessWorker:
@@ -75,12 +62,12 @@ class ProcessWorker:
             decode_value=deserialize,
             prepare=self.prepare,
             resources=init.get("resources"),
+            # get_client() in tasks: a client over this pipe, made by the client layer on first use
+            task_clients=TaskClientSlot(self.connect_to_scheduler),
         )
         self.runtime.process_worker = self  # type: ignore[attr-defined]
         if init.get("running_fd") is not None:
             self.runtime.running_board = RunningBoard(init["running_fd"])
-        self.runtime.client_factory = self.task_client_factory  # get_client() inside tasks
-        self.task_client = None  # made on first use by minidist.remote.client.worker_task_client
         self.closing = False
 
     def send(self, batch: list) -> None:
@@ -88,11 +75,11 @@ class ProcessWorker:
         with self._send_lock:
             self.conn.send_bytes(data)
 
-    def task_client_factory(self):
-        """The Client of tasks on this worker, talking to the scheduler through this pipe."""
-        from ..remote.client import worker_task_client
+    def connect_to_scheduler(self):
+        """A cluster view for the tasks' client, talking to the scheduler through this pipe."""
+        from ..remote.client import connect_worker
 
-        return worker_task_client(self)
+        return connect_worker(self)
 
     def encode_result(self, value) -> tuple:
         payload = serialize(value, self.store)

@@ -24,11 +24,11 @@ import logging
 import sys
 import threading
 import time
-import traceback as traceback_module
 from collections import deque
 from typing import Any, Callable, Optional
 
 from .running import SLOTS
+from .task_client import TaskClientSlot
 
 logger = logging.getLogger("minidist.worker")
 
@@ -106,8 +106,10 @@ class WorkerRuntime:
         decode_value: Callable[[Any], Any] = lambda value: value,
         prepare: Callable[[Any], tuple] = _unpack_run_spec,
         resources: Optional[dict] = None,
+        task_clients: Optional[TaskClientSlot] = None,
     ):
         self.address = address
+        self.task_clients = task_clients  # where get_client() in a task finds its client
         self.name = name
         self.nthreads = nthreads
         self.resources = dict(resources or {})
@@ -369,10 +371,6 @@ class WorkerRuntime:
                 thread.join(max(0.0, deadline - time.monotonic()))
         self.data.clear()
         self.encoded.clear()
-
-
-def format_remote_traceback(tb) -> str:
-    return "".join(traceback_module.format_tb(tb)) if tb is not None else ""
 
 
 def current_runtime() -> Optional[WorkerRuntime]:
