@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from typing import Optional
 
 from .asynchronous import Closing, in_event_loop
+from .client_admin import ClusterAdmin
 from .client_async import AsyncClientMixin
 from .client_futures import FutureBook
 from .client_ops import ClientOperations
@@ -67,7 +68,7 @@ def _replace_futures(obj, client, dependencies: set):
     return obj
 
 
-class Client(FutureBook, ClientOperations, AsyncClientMixin):
+class Client(FutureBook, ClientOperations, ClusterAdmin, AsyncClientMixin):
     """Connect to a cluster (or build a local one) and run work on it."""
 
     _instances: weakref.WeakSet[Client] = weakref.WeakSet()

@@ -21,6 +21,7 @@ that are not retiring (``deploy/scaling.py``), so they never start a worker twic
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import math
 import numbers
@@ -34,12 +35,13 @@ from ..scheduler.server import Scheduler
 from ..worker.task_client import TaskClientSlot
 from .memory import format_bytes
 from .options import ClusterOptions
-from .scaling import active_workers, observe, retire_workers
+from .scaling import active_workers, observe, restart_worker, retire_workers
 from .workers import ThreadWorkerHandle, start_process_worker
 
 if TYPE_CHECKING:
     from .supervision import MemoryMonitor
 
+_restarts = itertools.count(1)  # tells restarted thread workers' addresses apart
 _MAX_START_FAILURES = 5  # consecutive workers dying before saying hello: stop trying, tell the user
 
 
@@ -193,9 +195,11 @@ class LocalCluster(AsyncContext):
             self._worker_count += 1
             return name
 
-    def _start_worker(self):
+    def _start_worker(self, name=None, restarted: bool = False):
+        """Start one worker (``name``: reuse a name, for ``restart_workers``; a restarted thread
+        worker gets a new address so late reports of its predecessor are not taken for its own)."""
         options = self.options
-        name = self._next_name()
+        name = self._next_name() if name is None else name
         if self.processes:
             init = {"cluster_id": self.cluster_id, "shm_threshold": self.segment_store.threshold}
             handle = start_process_worker(
@@ -216,6 +220,8 @@ class LocalCluster(AsyncContext):
             )  # get_client() in tasks
         else:
             address = f"inproc://{self.cluster_id}/{name}"
+            if restarted:
+                address += f"-r{next(_restarts)}"
             worker_log = self.logs.worker_logger(address)
             try:
                 handle = ThreadWorkerHandle(
@@ -293,6 +299,10 @@ class LocalCluster(AsyncContext):
             daemon=True,
             name="minidist-replace-worker",
         ).start()
+
+    def _restart_worker(self, address: str, timeout=None) -> None:
+        """Replace one worker by a fresh one of the same name (``client.restart_workers``)."""
+        restart_worker(self, address, timeout)
 
     def _reap_and_replace(self, handle) -> None:
         handle.stop(timeout=2)

@@ -104,3 +104,30 @@ def observe(
         threads_per_worker=threads_per_worker,
         memory_per_worker=memory_per_worker,
     )
+
+
+def restart_worker(cluster, address: str, timeout=None) -> None:
+    """Replace one worker of ``cluster`` by a fresh one of the same name (``client.restart_workers``).
+
+    Its running tasks are requeued without suspicion (a restart is not a crash); results are kept, as
+    they live in the client process. Not on the scheduler thread.
+    """
+    with cluster._scale_lock:
+        with cluster._lock:
+            handle = cluster.handles.pop(address, None)
+        if handle is None or cluster._closing:
+            return
+
+        def remove(scheduler) -> None:
+            outgoing: dict = {}
+            reports: dict = {}
+            scheduler._remove_worker(
+                handle, "restarted by restart_workers", outgoing, reports, expected=True
+            )
+            scheduler._deliver(outgoing, reports)
+
+        cluster.scheduler.call(remove).result(30)
+        handle.stop(timeout=2 if timeout is None else float(timeout))
+        cluster.logs.close_worker(address)
+        cluster.logger.info("Restarted worker %s (name %s)", address, handle.name)
+        cluster._start_worker(name=handle.name, restarted=True)

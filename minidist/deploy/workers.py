@@ -27,6 +27,7 @@ import threading
 from multiprocessing.connection import Pipe
 from typing import Any, Optional
 
+from ..worker.admin import call_with_worker
 from ..worker.running import RunningBoard, key_token
 from ..worker.runtime import WorkerRuntime
 from .worker_hooks import Worker
@@ -285,7 +286,7 @@ class ThreadWorkerHandle:
     def start_run(self, scheduler, run_id, function, args) -> None:
         def run() -> None:
             try:
-                result = function(*args[0], **args[1])
+                result = call_with_worker(function, args[0], args[1], self.runtime)
                 reply = ("run-result", run_id, True, result)
             except BaseException as exc:  # noqa: B036
                 reply = ("run-result", run_id, False, (exc, exc.__traceback__))

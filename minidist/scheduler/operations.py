@@ -18,6 +18,7 @@ import inspect
 from typing import Optional
 
 from ..comm.serialize import deserialize, dumps_function, loads_function, serialize
+from .admin import ADMIN_HANDLER_NAMES, AdminOperations
 
 _CALL_TIMEOUT = 60.0
 
@@ -37,6 +38,7 @@ HANDLER_NAMES = {
     "task_stream": "get_task_stream",
     "workers_matching": "identity",
     "scale": "scale",
+    **ADMIN_HANDLER_NAMES,
 }
 
 
@@ -48,7 +50,7 @@ def accepts(function, name: str) -> bool:
     return name in parameters
 
 
-class SchedulerOperations:
+class SchedulerOperations(AdminOperations):
     """The operations of one cluster. ``cluster`` owns ``scheduler`` (``deploy/local.py``)."""
 
     def __init__(self, cluster):

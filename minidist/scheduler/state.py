@@ -333,6 +333,21 @@ class SchedulerState(Placement):
         self._fill_workers(out)
         return out
 
+    def cached(self, worker: str, keys: Iterable[Key]) -> list:
+        """``worker`` now holds copies of ``keys`` in its cache (``replicate``); keys not in memory are
+        skipped. Returns the keys recorded."""
+        ws = self.workers.get(worker)
+        recorded: list = []
+        if ws is None:
+            return recorded
+        for key in keys:
+            ts = self.tasks.get(key)
+            if ts is not None and ts.state == "memory":
+                ts.who_has.add(worker)
+                ws.has.add(key)
+                recorded.append(key)
+        return recorded
+
     # ----------------------------------------------------------------------------------------- workers
 
     def add_worker(

@@ -30,6 +30,7 @@ from ..comm.shm import SegmentStore, sweep_cluster
 from ..logs import WorkerLogShipper
 from ..tracebacks import encode_error
 from ..utils import format_bytes
+from .admin import call_with_worker
 from .running import RunningBoard
 from .runtime import WorkerRuntime
 from .task_client import TaskClientSlot
@@ -127,7 +128,7 @@ class ProcessWorker:
         try:
             function = loads_function(function_blob)
             args, kwargs = deserialize(args_payload)
-            result = function(*args, **kwargs)
+            result = call_with_worker(function, args, kwargs, self.runtime)
             reply = ("run-result", run_id, True, serialize(result, None))
         except BaseException as exc:  # noqa: B036
             blob, text = encode_error(exc, exc.__traceback__)
