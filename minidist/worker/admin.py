@@ -63,6 +63,8 @@ def task_stacks(keys=None, dask_worker=None) -> dict:
         key = local.get("key")
         if key is None or (wanted is not None and key not in wanted):
             continue
+        if dask_worker is not None and key not in dask_worker.executing:
+            continue  # its function has returned; the thread is reporting the result
         stacks[key] = [_frame_line(f) for f in reversed(chain)]
     return stacks
 
