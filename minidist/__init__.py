@@ -21,6 +21,7 @@ _PUBLIC = {
     "as_completed": "futures",
     "wait": "futures",
     "fire_and_forget": "futures",
+    "futures_of": "futures",
     "LocalCluster": "deploy.local",
     "SubprocessCluster": "deploy.subprocess",
     "Adaptive": "deploy.adaptive",

@@ -38,7 +38,14 @@ from .comm.serialize import (
 from .comm.shm import unlink_segments
 from .default_clients import _clients, current_client_for_task, default_client  # noqa: F401
 from .errors import ClientClosedError, TaskSerializationError
-from .futures import Future, FutureState, as_completed, futures_in, shaped_like  # noqa: F401
+from .futures import (  # noqa: F401
+    Future,
+    FutureState,
+    as_completed,
+    futures_in,
+    futures_of,
+    shaped_like,
+)
 from .keys import funcname, random_token, tokenize_call
 from .scheduler.server import new_task
 from .worker.runtime import DependencyRef, sizeof
@@ -136,6 +143,9 @@ class Client(FutureBook, ClientOperations, ClusterAdmin, AsyncClientMixin):
         self._set_as_default = set_as_default
         if set_as_default:
             _clients.append(self)
+            from .integrations.dask_collections import become_default
+
+            become_default(self)  # dask's x.compute() now runs here
         Client._instances.add(self)
         self.status = "running"
 
@@ -312,6 +322,10 @@ class Client(FutureBook, ClientOperations, ClusterAdmin, AsyncClientMixin):
             return self._gather_async(futures, errors)
         if isinstance(futures, Iterator):
             return (self.gather(f, errors=errors) for f in futures)
+        if hasattr(futures, "__dask_graph__") and type(futures) is not Future:
+            from .integrations.dask_collections import gather_collection
+
+            return gather_collection(self, futures)  # e.g. what persist returned
         for future in futures_in(futures):
             future._wait(None)
         return self._fill_results(futures, errors, self._prefetch(futures))
@@ -419,38 +433,79 @@ class Client(FutureBook, ClientOperations, ClusterAdmin, AsyncClientMixin):
         collections,
         sync: bool = False,
         optimize_graph: bool = True,
+        workers=None,
+        allow_other_workers: bool = False,
+        resources=None,
+        retries=None,
         priority: int = 0,
+        fifo_timeout="60s",
+        actors=None,
+        traverse: bool = True,
         **kwargs,
     ):
         """Run dask collections on this cluster: a Future per collection (results with ``sync=True``)."""
-        from .integrations.dask import compute
+        from .integrations.dask_collections import compute
 
         self._check_open()
         return compute(
-            self, collections, optimize_graph=optimize_graph, priority=priority, sync=sync
+            self,
+            collections,
+            sync=sync,
+            optimize_graph=optimize_graph,
+            traverse=traverse,
+            **_task_options(workers, resources, retries, priority, allow_other_workers),
         )
 
-    def get(self, dsk, keys, **kwargs):
-        """The dask scheduler interface: ``x.compute(scheduler=client.get)``."""
-        from .integrations.dask import get
+    def persist(
+        self,
+        collections,
+        optimize_graph: bool = True,
+        workers=None,
+        allow_other_workers: bool = False,
+        resources=None,
+        retries=None,
+        priority: int = 0,
+        fifo_timeout="60s",
+        actors=None,
+        **kwargs,
+    ):
+        """Start computing dask collections; return them rebuilt on futures (at once, not waiting)."""
+        from .integrations.dask_collections import persist
 
         self._check_open()
-        return get(self, dsk, keys, **kwargs)
+        return persist(
+            self,
+            collections,
+            optimize_graph=optimize_graph,
+            **_task_options(workers, resources, retries, priority, allow_other_workers),
+        )
 
-    def _graph_task(self, function, key, args: tuple, dependencies, priority: int = 0):
+    def get(self, dsk, keys, sync: bool = True, **kwargs):
+        """The dask scheduler interface: ``x.compute(scheduler=client)``; futures with ``sync=False``."""
+        from .integrations.dask_collections import get
+
+        self._check_open()
+        return get(self, dsk, keys, sync=sync, **kwargs)
+
+    def _graph_task(self, function, key, args: tuple, dependencies, **options):
         """A task with an explicit key whose arguments already hold DependencyRefs (dask graphs)."""
         function_id, blob = self._function_ref(function)
         if self.processes:
-            run_spec = (function_id, blob, serialize((args, {}), self._store))
+            run_spec = (function_id, blob, self._serialize_arguments(args, {}, key, None)[0])
         else:
             run_spec = (function, args, {})
-        return new_task(key, dependencies, run_spec, priority=priority)
+        return new_task(key, dependencies, run_spec, **options)
 
     def _post_graph(self, tasks: list, wanted: list) -> None:
         self.scheduler.post(("update_graph", self.id, tuple(tasks), tuple(wanted)))
 
+    def _holds(self, key) -> bool:
+        """Whether a future of this client holds ``key`` (so the cluster keeps its value)."""
+        return key in self._states
+
     def futures_of(self, obj) -> list:
-        return futures_in(obj)
+        """Every Future in ``obj``, including the graphs of dask collections (see ``futures_of``)."""
+        return futures_of(obj)
 
     # ------------------------------------------------------------------------------ lifecycle
 
@@ -478,6 +533,10 @@ class Client(FutureBook, ClientOperations, ClusterAdmin, AsyncClientMixin):
             self._callbacks.put(None)
         if self in _clients:
             _clients.remove(self)
+        if self._set_as_default:
+            from .integrations.dask_collections import stop_being_default
+
+            stop_being_default(self)
         if self._owns_cluster:
             self.cluster.close()
 

@@ -42,6 +42,9 @@ class Future:
     """A remotely running computation (dask.distributed's ``Future``)."""
 
     __slots__ = ("key", "client", "_state", "_released", "__weakref__")
+    # dask treats objects with this flag as references to their ``key`` inside graphs and delayed
+    # arguments, so a graph built on futures (e.g. a persisted collection) depends on their keys
+    __dask_future__ = True
 
     def __init__(self, key, client=None, inform: bool = True, state: Optional[FutureState] = None):
         if client is None:
@@ -81,6 +84,11 @@ class Future:
             # otherwise collect each caller's frames in its traceback, keeping those frames (and the
             # futures and data they hold) alive as long as the key is.
             error = _fresh_copy(self._state.exception)
+            tb = self._state.traceback
+            if tb is not None and not isinstance(tb, str):
+                error = error.with_traceback(
+                    tb
+                )  # thread workers: the task's own frames, shared read-only
             try:
                 raise error
             finally:
@@ -156,6 +164,9 @@ class Future:
     def __hash__(self):
         return hash(self.key)
 
+    def __dask_tokenize__(self):
+        return ("minidist.Future", self.key, self.client.id)
+
     def __eq__(self, other):
         return isinstance(other, Future) and other.key == self.key and other.client is self.client
 
@@ -209,6 +220,8 @@ def wait(fs, timeout: Optional[float] = None, return_when: str = "ALL_COMPLETED"
     """Wait until ``fs`` are done (``ALL_COMPLETED``), or any is (``FIRST_COMPLETED``/``FIRST_EXCEPTION``)."""
     if isinstance(fs, Future):
         fs = [fs]
+    elif isinstance(fs, (list, tuple, set, frozenset, dict)) or hasattr(fs, "__dask_graph__"):
+        fs = futures_of(fs)  # also the futures behind dask collections (what persist returns)
     fs = list(fs)
     if return_when not in ("ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION"):
         raise ValueError(
@@ -236,6 +249,28 @@ def wait(fs, timeout: Optional[float] = None, return_when: str = "ALL_COMPLETED"
                 break
     done = {f for f in fs if f.done()}
     return DoneAndNotDoneFutures(done, {f for f in fs if not f.done()})
+
+
+def futures_of(obj) -> list:
+    """Every Future in ``obj``, each once, in order: inside lists, tuples, sets and dict values, and in
+    the graphs of dask collections (a persisted collection holds a future per output key)."""
+    found: dict = {}
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        typ = type(item)
+        if typ is Future:
+            found.setdefault((item.key, id(item.client)), item)
+        elif typ in (list, tuple, set, frozenset):
+            stack.extend(reversed(list(item)))
+        elif typ is dict:
+            stack.extend(reversed(list(item.values())))
+        elif hasattr(item, "__dask_graph__") and not isinstance(item, type):
+            graph = item.__dask_graph__()
+            if graph:
+                values = [getattr(v, "value", v) for v in graph.values()]  # dask DataNodes
+                stack.extend(reversed(values))
+    return list(found.values())
 
 
 class as_completed:

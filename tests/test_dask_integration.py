@@ -1,14 +1,18 @@
-"""dask collections and graphs on minidist: client.compute, scheduler=client.get."""
+"""dask collections and graphs on minidist: client.compute, client.get, persist, and the Client as
+dask's default scheduler (x.compute(), dask.compute, dask.persist), on both worker kinds."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 
 da = pytest.importorskip("dask.array", reason="dask is a test extra: pip install -e '.[test]'")
 np = pytest.importorskip("numpy")
 import dask  # noqa: E402
+import dask.bag as db  # noqa: E402
 
-from minidist import Client, Future  # noqa: E402
+from minidist import Client, Future, futures_of, wait  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -19,6 +23,23 @@ def client(request):
         processes=request.param, n_workers=2, threads_per_worker=1, dashboard_address=None
     ) as c:
         yield c
+
+
+def count_call(path, value):
+    """Append a line to ``path`` (works from worker processes too) and return ``value``."""
+    with open(path, "a") as f:
+        f.write("x\n")
+    return value
+
+
+def calls(path) -> int:
+    if not os.path.exists(path):
+        return 0
+    with open(path) as f:
+        return len(f.readlines())
+
+
+# ----------------------------------------------------------------------------------- client.compute
 
 
 def test_compute_an_array_reduction(client):
@@ -36,6 +57,11 @@ def test_compute_several_collections_synchronously(client):
     assert total == pytest.approx(expected.sum())
 
 
+def test_compute_passes_other_values_through_and_traverses_containers(client):
+    x = da.arange(10, chunks=5)
+    assert client.compute([x.sum(), 7, [x.max(), 1]], sync=True) == [45, 7, [9, 1]]
+
+
 def test_compute_an_array_returns_the_whole_array(client):
     x = da.ones((30, 40), chunks=(10, 20))
     result = client.compute(x + 1).result()
@@ -43,12 +69,109 @@ def test_compute_an_array_returns_the_whole_array(client):
     assert result.shape == (30, 40) and (result == 2).all()
 
 
+# ------------------------------------------------------------------------------- default scheduler
+
+
+def test_collections_compute_on_the_default_client(client):
+    # each collection type through its own .compute(), dask choosing the scheduler
+    assert client is not None and dask.config.get("scheduler") is not None
+    x = da.random.default_rng(1).random((300, 300), chunks=100)
+    expected = x.compute(scheduler="sync")
+    assert (x + x.T).mean().compute() == pytest.approx((expected + expected.T).mean())
+    assert db.from_sequence(range(100), npartitions=7).map(abs).sum().compute() == 4950
+    total, biggest = dask.compute(x.sum(), x.max())
+    assert total == pytest.approx(expected.sum()) and biggest == expected.max()
+    assert dask.delayed(sum)([dask.delayed(abs)(-i) for i in range(10)]).compute() == 45
+    assert (x + 1).sum().compute(scheduler=client) == pytest.approx((expected + 1).sum())
+
+
+def test_default_scheduler_runs_on_the_client(client, tmp_path):
+    # the tasks really run on this cluster's workers: the function sees a minidist worker
+    def where(_):
+        from minidist import get_worker
+
+        return get_worker().address
+
+    addresses = db.from_sequence(range(4), npartitions=4).map(where).compute()
+    assert set(addresses) <= set(client.scheduler_info()["workers"])
+
+
+def test_dataframe_groupby_on_the_default_client(client):
+    pd = pytest.importorskip("pandas")
+    dd = pytest.importorskip("dask.dataframe")
+    frame = pd.DataFrame({"k": [i % 3 for i in range(60)], "v": range(60)})
+    ddf = dd.from_pandas(frame, npartitions=4)
+    result = ddf.groupby("k").v.sum().compute()
+    assert result.sort_index().tolist() == frame.groupby("k").v.sum().sort_index().tolist()
+    assert len(ddf[ddf.v > 10].persist()) == 49
+
+
+# ------------------------------------------------------------------------------------------ persist
+
+
+def test_persist_returns_collections_backed_by_futures(client):
+    x = da.arange(100, chunks=10)
+    y = (x * 3).persist()
+    futures = futures_of(y)
+    assert len(futures) == 10 and all(isinstance(f, Future) for f in futures)
+    wait(y)
+    assert all(f.status == "finished" for f in futures)
+    assert (client.gather(y) == np.arange(100) * 3).all()
+    assert y.sum().compute() == 3 * 4950
+
+
+def test_persisted_results_are_reused_not_recomputed(client, tmp_path):
+    log = str(tmp_path / "calls")
+    parts = [dask.delayed(count_call)(log, i, dask_key_name=f"part-{i}") for i in range(4)]
+    persisted = dask.persist(*parts)
+    wait(list(persisted))
+    ran = calls(log)
+    assert ran >= 4  # (a stolen task may have started twice)
+    total = dask.delayed(sum)(list(persisted))
+    assert total.compute() == 6
+    assert client.compute(total, sync=True) == 6
+    assert calls(log) == ran  # the parts ran at persist, not again
+
+
+def test_client_persist_of_several_collections(client):
+    x = da.arange(20, chunks=5)
+    a, b = client.persist([x + 1, x * 2])
+    assert isinstance(a, type(x)) and len(futures_of(a)) == 4
+    assert a.sum().compute() == 210 and b.sum().compute() == 380
+
+
+# ---------------------------------------------------------------------------------------------- get
+
+
+def test_client_get_of_a_plain_graph(client):
+    graph = {"a": 1, "b": (abs, -2), "c": (sum, ["a", "b"]), "unused": (abs, "missing-input")}
+    assert client.get(graph, "c") == 3
+    assert client.get(graph, ["c", ["a", "b"]]) == [3, [1, 2]]
+    futures = client.get(graph, ["b", "c"], sync=False)
+    assert [f.result() for f in futures] == [2, 3]
+
+
 def test_client_get_as_a_dask_scheduler(client):
     x = da.arange(100, chunks=10)
     assert (x**2).sum().compute(scheduler=client.get) == sum(i * i for i in range(100))
 
 
-def test_delayed_graph_with_an_error_reports_it(client):
+def test_bad_graphs_give_clear_errors_and_leave_the_client_usable(client):
+    with pytest.raises(KeyError, match="not in the graph"):
+        client.get({"a": 1}, "b")
+    with pytest.raises(RuntimeError, match="Cycle"):
+        client.get({"a": (abs, "b"), "b": (abs, "a")}, "a")
+    with pytest.raises(TypeError, match="mapping"):
+        client.get([("a", 1)], "a")
+    with pytest.raises(TypeError, match="key type"):
+        client.get({1.5j: 1}, [1.5j])
+    assert client.get({"a": (abs, -5)}, "a") == 5
+
+
+# ------------------------------------------------------------------------------------------- errors
+
+
+def test_a_failing_task_inside_a_graph_raises_its_own_error(client):
     @dask.delayed
     def boom(v):
         raise ZeroDivisionError(f"no {v}")
@@ -59,5 +182,44 @@ def test_delayed_graph_with_an_error_reports_it(client):
 
     good = plus(1, 2)
     assert client.compute(good).result() == 3
-    with pytest.raises(ZeroDivisionError, match="no 3"):
-        client.compute(plus(boom(3), good)).result()
+    with pytest.raises(ZeroDivisionError, match="no 3") as info:
+        plus(boom(3), good).compute()
+    text = "".join(getattr(info.value, "__notes__", [])) + "".join(
+        str(entry.name) for entry in info.traceback
+    )
+    assert "boom" in text  # the worker's frame of the failing function is in the report
+    assert plus(good, 1).compute() == 4
+
+
+# -------------------------------------------------------------------------------------- annotations
+
+
+def test_annotations_and_keywords_reach_the_tasks(client):
+    workers = sorted(client.scheduler_info()["workers"])
+    with dask.annotate(workers=[workers[0]]):
+        parts = [
+            dask.delayed(lambda i: __import__("minidist").get_worker().address)(i) for i in range(4)
+        ]
+    assert set(dask.compute(*parts, optimize_graph=False)) == {workers[0]}
+    later = [
+        dask.delayed(lambda i: __import__("minidist").get_worker().address)(i) for i in range(4)
+    ]
+    futures = client.compute(later, workers=[workers[1]])
+    assert {f.result() for f in futures} == {workers[1]}
+
+
+def flaky(log):
+    """Fails the first two times it runs (per ``log`` file)."""
+    count_call(log, None)
+    if calls(log) < 3:
+        raise OSError("not yet")
+    return "ok"
+
+
+def test_retries_annotation_reruns_a_flaky_task(client, tmp_path):
+    with dask.annotate(retries=2):
+        value = dask.delayed(flaky)(str(tmp_path / "a"))
+    assert value.compute() == "ok" and calls(str(tmp_path / "a")) == 3
+    assert client.compute(dask.delayed(flaky)(str(tmp_path / "b")), retries=2).result() == "ok"
+    with pytest.raises(OSError, match="not yet"):
+        dask.delayed(flaky)(str(tmp_path / "c")).compute()

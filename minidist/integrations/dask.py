@@ -1,30 +1,46 @@
-"""Running dask collections and graphs on minidist: ``client.compute(x)`` and ``client.get(dsk, keys)``.
+"""dask graphs as minidist tasks: what ``client.compute``, ``client.persist`` and ``client.get`` submit.
 
-A dask graph maps keys to task nodes (``dask._task_spec``: ``Task``, ``Alias``, ``DataNode``), each knowing
-its dependencies and callable with a dict of their values. Every node becomes one minidist task whose
-function is ``run_node(node, {dependency: DependencyRef})``; the worker swaps the references for the
-dependencies' values, so dask's graph runs under minidist's scheduler with the same placement,
-failure handling and data plane as any other task. The whole graph is sent in one ``update_graph``.
+A dask graph maps keys to nodes (``dask._task_spec``: ``Task``, ``Alias``, ``DataNode``), each knowing its
+dependencies and callable with a dict of their values. ``submit_graph`` turns the part of a graph the
+wanted keys need into minidist tasks and posts them in one ``update_graph``::
 
-``compute`` then submits the collection's ``finalize`` step over the output keys and returns one future;
-``get`` is the dask scheduler interface (``x.compute(scheduler=client.get)``) and returns results.
-dask is an optional extra: ``pip install minidist[dask]``.
+    graph (dict or expression) ──► nodes (convert_legacy_graph) ──► culled to the wanted keys
+        ──► checked (unknown dependencies, cycles) ──► dask.order ──► options from annotations
+        ──► one task per node: run_node(node, {dependency: DependencyRef}) ──► update_graph
+
+Each node runs on a worker as ``run_node``; the worker swaps the references for the dependencies'
+values, so a dask graph gets minidist's placement, failure handling and data plane like any task.
+
+Priorities follow dask's static ordering: tasks are posted in ``dask.order`` order and the scheduler
+breaks ties between equal user priorities by submission order, so the graph runs depth first, as dask's
+own schedulers run it, and intermediate results are freed early. Annotations (``dask.annotate``) and the
+call's keywords give each task its ``priority``, ``retries``, ``workers``, ``resources`` and
+``allow_other_workers``: per-layer annotations win over the call's keywords, which win over annotations
+active at submission (as in dask.distributed).
+
+Keys held by futures of this client (a persisted collection's graph is ``{key: Future}``) are
+dependencies, not tasks: later graphs reuse them without recomputing. dask is an optional extra
+(``pip install minidist[dask]``); this module imports it only when called.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from ..worker.runtime import DependencyRef
 
+TASK_OPTIONS = ("priority", "retries", "workers", "resources", "allow_other_workers")
 
-def _require_dask():
+
+def require_dask():
+    """Import dask or say how to get it."""
     try:
-        import dask  # noqa: F401
-        from dask._task_spec import convert_legacy_graph
+        import dask
     except ImportError as exc:  # pragma: no cover - exercised only without the extra
         raise ImportError(
             "Running dask collections needs dask: pip install 'minidist[dask]'"
         ) from exc
-    return convert_legacy_graph
+    return dask
 
 
 def run_node(node, dependencies: dict):
@@ -32,7 +48,8 @@ def run_node(node, dependencies: dict):
     return node(dependencies)
 
 
-def _flatten(keys) -> list:
+def flatten_keys(keys) -> list:
+    """The keys of a (possibly nested) list of keys, in order, without repeats."""
     out: list = []
     stack = [keys]
     while stack:
@@ -41,64 +58,166 @@ def _flatten(keys) -> list:
             stack.extend(reversed(item))
         else:
             out.append(item)
-    return out
+    return list(dict.fromkeys(out))
 
 
-def _nest(structure, values: dict):
+def nest_like(structure, values: dict):
+    """``structure`` (nested lists of keys) with each key replaced by ``values[key]``."""
     if isinstance(structure, list):
-        return [_nest(item, values) for item in structure]
+        return [nest_like(item, values) for item in structure]
     return values[structure]
 
 
-def submit_graph(client, dsk, output_keys, priority: int = 0) -> dict:
-    """Submit every node of ``dsk``; returns ``{output key: Future}``."""
-    convert_legacy_graph = _require_dask()
-    if hasattr(dsk, "__dask_graph__"):  # newer dask hands schedulers an expression
-        dsk = dsk.__dask_graph__()
-    nodes = convert_legacy_graph(dict(dsk))
-    wanted = list(dict.fromkeys(_flatten(output_keys)))
-    missing = [k for k in wanted if k not in nodes]
-    if missing:
-        raise KeyError(f"Keys {missing[:5]} are not in the graph")
+# ------------------------------------------------------------------------------------------- graphs
+
+
+def graph_nodes(graph) -> tuple[dict, dict]:
+    """(nodes, held): the graph's task nodes by key, and ``{key: Future}`` for keys it takes from
+    futures (persisted results) rather than computing them."""
+    require_dask()
+    from dask._task_spec import Alias, DataNode, GraphNode, convert_legacy_graph
+
+    if hasattr(graph, "__dask_graph__"):  # dask hands schedulers an expression
+        graph = graph.__dask_graph__()
+    if not isinstance(graph, Mapping):
+        raise TypeError(
+            f"A dask graph must be a mapping of keys to tasks, not {type(graph).__name__}"
+        )
+    graph = dict(graph)
+    held: dict = {}
+    for key, value in graph.items():
+        _check_key(key)
+        if _is_future(value):
+            held[value.key] = value
+    try:
+        nodes = convert_legacy_graph(graph)
+    except Exception as exc:
+        raise ValueError(f"Malformed dask graph: {type(exc).__name__}: {exc}") from exc
+    for key, node in list(nodes.items()):
+        if not isinstance(node, GraphNode):
+            raise ValueError(f"Malformed dask graph: node {key!r} is a {type(node).__name__}")
+        if isinstance(node, DataNode) and _is_future(node.value):
+            future = node.value  # dask without duck-typed futures keeps them as data
+            held[future.key] = future
+            if future.key == key:
+                del nodes[key]
+            else:
+                nodes[key] = Alias(key, target=future.key)
+    return nodes, held
+
+
+def _is_future(value) -> bool:
+    """A minidist Future (or any future dask recognises by its ``__dask_future__`` flag)."""
+    return getattr(type(value), "__dask_future__", False) is True and hasattr(value, "key")
+
+
+def _check_key(key) -> None:
+    typ = type(key)
+    if typ is tuple:
+        for part in key:
+            _check_key(part)
+    elif typ not in (str, bytes, int, float):
+        raise TypeError(
+            f"Unexpected key type {typ.__name__} (value: {key!r}): dask keys are str, bytes, int, "
+            "float or tuples of those"
+        )
+
+
+def needed_nodes(nodes: dict, wanted: list, is_held) -> dict:
+    """The nodes the wanted keys need (the rest of the graph is not run); clear errors for keys that
+    are neither in the graph nor held by the client."""
+    for key in wanted:
+        if key not in nodes and not is_held(key):
+            raise KeyError(
+                f"Key {key!r} is not in the graph (and no future of this client holds it)"
+            )
+    needed: dict = {}
+    stack = [k for k in wanted if k in nodes]
+    while stack:
+        key = stack.pop()
+        if key in needed:
+            continue
+        node = nodes[key]
+        needed[key] = node
+        for dep in node.dependencies:
+            if dep in nodes:
+                stack.append(dep)
+            elif not is_held(dep):
+                raise KeyError(
+                    f"Task {key!r} depends on {dep!r}, which is neither in the graph nor held by a "
+                    "future of this client (was it released?)"
+                )
+    return needed
+
+
+def static_order(nodes: dict) -> list:
+    """The graph's keys in dask's static order (dependencies first); a clear error on a cycle."""
+    from dask.order import order
+
+    dependencies = {
+        key: {dep for dep in node.dependencies if dep in nodes} for key, node in nodes.items()
+    }
+    if len(nodes) == 1:
+        return list(nodes)
+    priorities = order(nodes, dependencies=dependencies)  # raises RuntimeError on a cycle
+    return sorted(nodes, key=priorities.__getitem__)
+
+
+def task_options(keys: list, call_options: dict, layer_annotations: dict) -> dict:
+    """``{key: options}`` for keys whose options differ from the defaults."""
+    import dask
+
+    base = dict(dask.get_annotations())
+    base.update({k: v for k, v in call_options.items() if v})  # as dask.distributed: unset if falsy
+    per_key: dict = {}
+    if base:
+        for name, value in base.items():
+            if name not in TASK_OPTIONS:
+                continue
+            for key in keys:
+                per_key.setdefault(key, {})[name] = value(key) if callable(value) else value
+    for name, values in (layer_annotations or {}).items():
+        if name not in TASK_OPTIONS:
+            continue
+        for key, value in values.items():
+            per_key.setdefault(key, {})[name] = value
+    for options in per_key.values():
+        workers = options.get("workers")
+        if isinstance(workers, (str, int)):
+            options["workers"] = [workers]
+        if options.get("workers") is not None:
+            options["workers"] = [str(w) for w in options["workers"]]
+    return per_key
+
+
+def submit_graph(client, graph, wanted, call_options=None) -> dict:
+    """Submit what ``wanted`` keys of ``graph`` need; ``{wanted key: Future}``.
+
+    Everything is checked before anything is posted, so a bad graph leaves the client as it was.
+    """
+    call_options = call_options or {}
+    wanted = flatten_keys(wanted)
+    nodes, held = graph_nodes(graph)
+
+    def is_held(key) -> bool:
+        return key in held or client._holds(key)
+
+    needed = needed_nodes(nodes, wanted, is_held)
+    ordered = static_order(needed)
+    annotations = {}
+    if hasattr(graph, "__dask_annotations__"):
+        annotations = graph.__dask_annotations__()
+    options = task_options(ordered, call_options, annotations)
     tasks = []
-    for key, node in nodes.items():
+    no_options: dict = {}
+    for key in ordered:
+        node = needed[key]
         dependencies = {dep: DependencyRef(dep) for dep in node.dependencies}
         tasks.append(
-            client._graph_task(run_node, key, (node, dependencies), dependencies, priority)
+            client._graph_task(
+                run_node, key, (node, dependencies), dependencies, **options.get(key, no_options)
+            )
         )
     futures = {key: client._new_future(key) for key in wanted}
     client._post_graph(tasks, wanted)
     return futures
-
-
-def compute(
-    client, collections, optimize_graph: bool = True, priority: int = 0, sync: bool = False
-):
-    """dask's ``Client.compute``: one future (or result with ``sync=True``) per collection."""
-    import dask
-
-    single = not isinstance(collections, (list, tuple))
-    items = [collections] if single else list(collections)
-    results = []
-    for item in items:
-        if not dask.is_dask_collection(item):
-            results.append(item)
-            continue
-        if optimize_graph:
-            (item,) = dask.optimize(item)
-        keys = item.__dask_keys__()
-        futures = submit_graph(client, item.__dask_graph__(), keys, priority)
-        finalize, extra = item.__dask_postcompute__()
-        results.append(
-            client.submit(finalize, _nest(keys, futures), *extra, priority=priority, pure=False)
-        )
-        del futures  # the finalize task now holds the outputs; our handles may go
-    if sync:
-        results = client.gather(results)
-    return results[0] if single else results
-
-
-def get(client, dsk, keys, **kwargs):
-    """The dask scheduler interface: compute ``keys`` of graph ``dsk`` and return nested results."""
-    futures = submit_graph(client, dsk, keys)
-    return client.gather(_nest(keys, futures) if isinstance(keys, list) else futures[keys])
