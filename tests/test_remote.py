@@ -281,6 +281,19 @@ def test_garbage_bytes_leave_the_scheduler_serving(cluster):
         assert c.submit(inc, 41).result(timeout=10) == 42
 
 
+def test_silent_connections_do_not_lock_out_a_real_client(cluster):
+    _, _, port = cluster.scheduler_address.rpartition(":")
+    silent = [socket.create_connection(("127.0.0.1", int(port)), timeout=5) for _ in range(3)]
+    try:
+        started = time.monotonic()
+        with Client(cluster.scheduler_address, timeout=10) as c:
+            assert c.submit(inc, 1).result(timeout=10) == 2
+        assert time.monotonic() - started < 4  # one silent peer alone held everyone for 3-5 s
+    finally:
+        for sock in silent:
+            sock.close()
+
+
 def test_malformed_messages_from_an_authenticated_peer_are_dropped(cluster):
     conn = connect(cluster.scheduler_address)
     try:

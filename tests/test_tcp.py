@@ -20,6 +20,7 @@ import time
 import psutil
 import pytest
 
+from conftest import wait_until
 from minidist.comm import tcp
 from minidist.comm.addressing import free_port, parse_address
 from minidist.comm.tcp import (
@@ -243,13 +244,70 @@ def test_bad_peers_are_rejected_and_the_listener_keeps_accepting(closing):
     closing.append(conn)
     good.send_bytes(b"still serving")
     assert conn.recv_bytes() == b"still serving"
-    reasons = [reason for _, reason in rejected]
-    assert len(reasons) == 4, reasons
-    assert "looks like an HTTP request" in reasons[0]
-    assert "closed the connection" in reasons[1]
-    assert "within 0.5s" in reasons[2]
-    assert "middle of a frame" in reasons[3]
+    # handshakes run concurrently: the rejections arrive in any order, the silent one last
+    assert wait_until(lambda: len(rejected) == 4), rejected
+    reasons = " | ".join(reason for _, reason in rejected)
+    assert "looks like an HTTP request" in reasons
+    assert "closed the connection" in reasons
+    assert "within 0.5s" in reasons
+    assert "middle of a frame" in reasons
     silent.close()
+
+
+def test_silent_peers_delay_nobody(closing):
+    """Three connections that never speak used to hold accept() for 5 s each: a real client failed."""
+    secret = new_secret()
+    listener, rejected = make_listener(closing, secret=secret, handshake_timeout=5)
+    acceptor = Acceptor(listener)
+    silent = [raw_socket(listener.address, closing) for _ in range(3)]
+    started = time.monotonic()
+    good = connect(listener.address, secret=secret, timeout=4)
+    closing.append(good)
+    closing.append(acceptor.result())
+    assert time.monotonic() - started < 4  # one at a time, it took 15 s
+    assert rejected == []  # the silent ones are still within their deadline
+    for sock in silent:
+        sock.close()
+
+
+def test_a_flood_of_connections_is_refused_not_queued(closing):
+    secret = new_secret()
+    listener, rejected = make_listener(
+        closing, secret=secret, handshake_timeout=0.5, max_pending_handshakes=4
+    )
+    acceptor = Acceptor(listener)
+    flood = [raw_socket(listener.address, closing) for _ in range(12)]
+    for sock in flood:
+        sock.settimeout(5)
+    greeted = refused = 0
+    for sock in flood:
+        first = sock.recv(100)  # a greeting from a handshake slot, or at once an end of stream
+        if first:
+            greeted += 1
+        else:
+            refused += 1
+    assert greeted == 4 and refused == 8
+    assert wait_until(lambda: len(rejected) == 12)  # 8 refused at once, 4 timed out after 0.5 s
+    reasons = [reason for _, reason in rejected]
+    assert sum("already authenticating" in r for r in reasons) == 8
+    assert sum("within 0.5s" in r for r in reasons) == 4
+    good = connect(listener.address, secret=secret, timeout=5)  # once the flood is over: served
+    closing.append(good)
+    closing.append(acceptor.result())
+
+
+def test_closing_the_listener_ends_handshakes_in_flight(closing):
+    listener, rejected = make_listener(closing, handshake_timeout=30)
+    acceptor = Acceptor(listener)
+    silent = raw_socket(listener.address, closing)
+    silent.settimeout(5)
+    assert silent.recv(100)  # its handshake thread has started and waits for the reply
+    started = time.monotonic()
+    listener.close()
+    assert time.monotonic() - started < 5
+    with pytest.raises(CommClosedError):
+        acceptor.result()
+    assert not [t for t in threading.enumerate() if t.name.startswith("minidist-handshake")]
 
 
 def test_a_frame_over_the_size_limit_is_refused_without_reading_it(closing):
@@ -458,7 +516,7 @@ def test_no_socket_or_descriptor_outlives_its_connection(protocol, tls_security,
             connect(listener.address, secret=listener._secret, security=security, timeout=10)
         )
         local.append(acceptor.result())
-        assert len(rejected) == 3
+        assert wait_until(lambda rejected=rejected: len(rejected) == 3)
         for thing in reversed(local):
             thing.close()
     assert _open_state() == before

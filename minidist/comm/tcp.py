@@ -10,17 +10,24 @@
 
 Frames and the ``Connection`` class live in ``comm/streams.py``.
 
-Listener.accept() waits for a peer, then runs the TLS handshake and the HMAC exchange under a short
-deadline. A peer that fails in any way (wrong secret, garbage, too slow, hangs up) is closed, reported
-through ``on_reject(peer, reason)`` (or a warning on the ``minidist.comm.tcp`` logger when no callback
-is given), and accept() goes back to waiting: a bad peer never makes it raise. Before a peer has
+Handshakes run concurrently, one short-lived ``minidist-handshake`` thread per peer, each under a short
+deadline (``handshake_timeout``), so a silent or slow peer delays nobody else::
+
+    accept() ──poll──► listening socket ──accept──► handshake thread ──authenticated──► ready queue
+       ▲                                  (at most max_pending_handshakes;                 │
+       └────────────── wake-up pipe ◄──── the rest are closed at once) ◄───────────────────┘
+
+accept() returns the next authenticated Connection from the ready queue. A peer that fails in any way
+(wrong secret, garbage, too slow, hangs up) is closed and reported through ``on_reject(peer, reason)``
+(or a warning on the ``minidist.comm.tcp`` logger when no callback is given); a bad peer never makes
+accept() raise. A flood of connections is refused, not queued: while ``max_pending_handshakes`` peers
+are authenticating, every further connection is closed at once and reported. Before a peer has
 authenticated, frames are limited to a few hundred bytes, so nothing is allocated for a stranger.
-Handshakes run one at a time inside accept(): a silent peer delays the next one by at most
-``handshake_timeout`` (the kernel's backlog holds the waiting connections meanwhile).
 """
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import hmac
 import logging
@@ -28,6 +35,7 @@ import os
 import select
 import socket
 import ssl
+import threading
 import time
 from typing import Callable
 
@@ -71,7 +79,8 @@ class AuthenticationError(PermissionError):
     """The peer could not be authenticated: wrong or missing secret, or rejected TLS credentials."""
 
 
-HANDSHAKE_TIMEOUT = 5.0  # seconds a peer has to complete TLS + authentication
+HANDSHAKE_TIMEOUT = 3.0  # seconds a peer has to complete TLS + authentication
+MAX_PENDING_HANDSHAKES = 16  # peers authenticating at once; further connections are refused
 _MAGIC = b"minidist-auth-1:"
 _NONCE_SIZE = 32
 _AUTH_FRAME_LIMIT = 512  # no handshake message is longer; a stranger cannot make us allocate more
@@ -106,6 +115,7 @@ class Listener(_Closable):
         on_reject: Callable[[str, str], None] | None = None,
         *,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        max_pending_handshakes: int = MAX_PENDING_HANDSHAKES,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         publish_secret: bool = False,
         role: str = "scheduler",
@@ -116,13 +126,21 @@ class Listener(_Closable):
         ``publish_secret=True`` writes the secret file for the bound address (so local clients of the
         same user find it) and removes it on close().
         """
+        if max_pending_handshakes < 1:
+            raise ValueError(f"max_pending_handshakes must be >= 1, not {max_pending_handshakes}")
         protocol, host, port = parse_address(address)
         self._secret = check_secret(secret)
         self._context = tls_context(protocol, security, True, role, address)
         self._protocol = protocol
         self._on_reject = on_reject
         self.handshake_timeout = handshake_timeout
+        self.max_pending_handshakes = max_pending_handshakes
         self.max_frame_size = max_frame_size
+        # handshakes in flight: thread -> a duplicate of its socket, to wake it when the listener closes
+        self._pending: dict[threading.Thread, socket.socket] = {}
+        self._ready: collections.deque[Connection] = collections.deque()
+        self._lock = threading.Lock()
+        self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._sock = socket.create_server((host, port), family=family, backlog=backlog)
         self._sock.setblocking(False)
@@ -136,6 +154,8 @@ class Listener(_Closable):
                 self._publish()
             except BaseException:
                 self._sock.close()
+                os.close(self._wake_read)
+                os.close(self._wake_write)
                 raise
 
     def _publish(self) -> None:
@@ -160,47 +180,111 @@ class Listener(_Closable):
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            sock, peer = self._next_socket(deadline)
-            try:
-                return self._authenticate(sock, peer)
-            except _Rejected as rejection:
-                self._reject(peer, rejection.reason)
-            except Exception as exc:  # never let one bad peer take the listener down
-                _shutdown_and_close(sock)
-                self._reject(peer, f"unexpected error during the handshake: {exc!r}")
+            with self._lock:
+                if self._closed:
+                    raise CommClosedError(f"Listener {self.address} is closed")
+                if self._ready:
+                    return self._ready.popleft()
+            self._start_handshakes()
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise TimeoutError(f"No client connected to {self.address} in time")
+            poller = select.poll()
+            poller.register(self._fd, select.POLLIN)
+            poller.register(self._wake_read, select.POLLIN)
+            poller.poll(1000 * (_POLL_INTERVAL if left is None else min(left, _POLL_INTERVAL)))
+            with (
+                self._lock
+            ):  # close() closes the pipe under this lock: never read a reused descriptor
+                if not self._closed:
+                    _drain(self._wake_read)
 
     def close(self) -> None:
-        """Stop listening and remove the published secret file. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
+        """Stop listening, end pending handshakes, remove the published secret file. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            pending = list(self._pending.items())
+            ready = list(self._ready)
+            self._ready.clear()
+            for _, waker in pending:  # wakes a handshake blocked on its socket (plain or TLS)
+                try:
+                    waker.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
         _shutdown_and_close(self._sock)
+        for conn in ready:
+            conn.close()
+        for thread, _ in pending:
+            if thread is not threading.current_thread():
+                thread.join(self.handshake_timeout + 1)
+        with self._lock:
+            os.write(self._wake_write, b"x")  # an accept() in another thread notices at once
+            os.close(self._wake_write)
+            os.close(self._wake_read)
         for address in self._published:
             remove_secret(address, self._secret)
         self._published.clear()
 
-    def _next_socket(self, deadline: float | None):
+    def _start_handshakes(self) -> None:
+        """Accept every waiting peer and start its handshake (or refuse it when too many are pending)."""
         while True:
-            if self._closed:
-                raise CommClosedError(f"Listener {self.address} is closed")
             try:
                 sock, addr = self._sock.accept()
             except BlockingIOError:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    raise TimeoutError(f"No client connected to {self.address} in time") from None
-                poller = select.poll()
-                poller.register(self._fd, select.POLLIN)
-                poller.poll(1000 * (_POLL_INTERVAL if left is None else min(left, _POLL_INTERVAL)))
-                continue
+                return
             except OSError as exc:
                 if self._closed:
-                    raise CommClosedError(f"Listener {self.address} is closed") from None
+                    return
                 # Out of file descriptors or an aborted connection: log, back off briefly, go on.
                 logger.warning("accept() on %s failed: %s", self.address, exc)
                 time.sleep(0.05)
-                continue
-            return sock, format_address(self._protocol, addr[0], addr[1])
+                return
+            peer = format_address(self._protocol, addr[0], addr[1])
+            with self._lock:
+                crowded = len(self._pending) >= self.max_pending_handshakes
+                if not crowded and not self._closed:
+                    try:
+                        waker = sock.dup()
+                    except OSError:
+                        crowded = True
+                    else:
+                        thread = threading.Thread(
+                            target=self._handshake,
+                            args=(sock, peer),
+                            name=f"minidist-handshake-{peer}",
+                            daemon=True,
+                        )
+                        self._pending[thread] = waker
+                        thread.start()
+                        continue
+            _shutdown_and_close(sock)
+            self._reject(
+                peer,
+                f"refused: {self.max_pending_handshakes} connections are already authenticating "
+                "(a flood of connections is refused, not queued)",
+            )
+
+    def _handshake(self, sock: socket.socket, peer: str) -> None:
+        conn = None
+        try:
+            conn = self._authenticate(sock, peer)
+        except _Rejected as rejection:
+            self._reject(peer, rejection.reason)
+        except Exception as exc:  # never let one bad peer take the listener down
+            _shutdown_and_close(sock)
+            self._reject(peer, f"unexpected error during the handshake: {exc!r}")
+        with self._lock:
+            waker = self._pending.pop(threading.current_thread())
+            waker.close()
+            if conn is None:
+                return
+            if not self._closed:
+                self._ready.append(conn)
+                os.write(self._wake_write, b"x")
+                return
+        conn.close()  # the listener closed while this peer was authenticating
 
     def _authenticate(self, sock: socket.socket, peer: str) -> Connection:
         deadline = time.monotonic() + self.handshake_timeout
@@ -256,6 +340,14 @@ class Listener(_Closable):
             self._on_reject(peer, reason)
         except Exception:
             logger.exception("on_reject callback failed for %s (%s)", peer, reason)
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
 
 
 class _Rejected(Exception):
