@@ -162,10 +162,15 @@ def test_sweep_orphans_removes_segments_of_dead_writers_unless_their_owner_lives
     protected = _write_segment_in_a_subprocess(owned_by_me)
     abandoned = _write_segment_in_a_subprocess(owned_by_dead)
     mine = SegmentStore(plain).write(b"live writer").name
-    assert {orphan, protected, abandoned, mine} <= names_in_shm()
+    # Other test runs on this machine (same user) sweep orphans whenever they start a cluster, so the two
+    # orphans may vanish before our own sweep: each is counted by whichever sweep removes it first.
+    existed = names_in_shm()
+    assert {protected, mine} <= existed
 
     # scoped to our clusters so as not to touch other test runs sharing this machine
-    assert [sweep_orphans(cid) for cid in cluster_ids] == [1, 0, 1]
+    counts = [sweep_orphans(cid) for cid in cluster_ids]
+    assert counts[1] == 0  # the owner lives: nothing of that cluster is an orphan
+    assert counts[0] <= int(orphan in existed) and counts[2] <= int(abandoned in existed)
     present = names_in_shm()
     assert orphan not in present and abandoned not in present
     assert protected in present and mine in present
