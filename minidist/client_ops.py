@@ -83,12 +83,13 @@ class ClientOperations:
         return self._invoke("processing", workers)
 
     def wait_for_workers(self, n_workers: int = 0, timeout: Optional[float] = None) -> None:
-        """Block until at least ``n_workers`` workers are connected."""
+        """Block until at least ``n_workers`` workers can run tasks (a started process worker counts
+        once it has said hello, not when its process exists)."""
         if not isinstance(n_workers, int) or n_workers < 0:
             raise ValueError(f"n_workers must be a non-negative int, not {n_workers!r}")
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            count = len(self._invoke("nthreads"))
+            count = self._invoke("ready_workers")
             if count >= n_workers:
                 return
             if deadline is not None and time.monotonic() > deadline:

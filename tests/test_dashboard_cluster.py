@@ -231,7 +231,9 @@ def test_worker_pages_on_process_workers_show_pid_memory_and_own_tasks():
         snap = fetch_json(f"{root}/json/status.json")
         assert len(snap["workers"]) == 2
         for worker in snap["workers"]:
-            assert worker["pid"] in {c.pid for c in __import__("psutil").Process().children()}
+            assert worker["pid"] in {
+                c.pid for c in __import__("psutil").Process().children(recursive=True)
+            }
             assert 0 < worker["memory"] < worker["memory_limit"] == 2**30
             assert worker["cpu"] >= 0
         worker = snap["workers"][0]

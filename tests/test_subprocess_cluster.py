@@ -61,7 +61,9 @@ def test_scheduler_and_every_worker_have_their_own_process():
         me = os.getpid()
         assert len(worker_pids) == 2 and scheduler_pid not in worker_pids and me not in worker_pids
         assert scheduler_pid != me
-        assert {p.pid for p in psutil.Process(scheduler_pid).children()} >= worker_pids
+        assert {
+            p.pid for p in psutil.Process(scheduler_pid).children(recursive=True)
+        } >= worker_pids
         assert psutil.Process(scheduler_pid).ppid() == me
     assert gone([scheduler_pid, *worker_pids])
 

@@ -33,6 +33,7 @@ from ..comm.shm import SegmentStore, new_cluster_id, sweep_cluster, sweep_orphan
 from ..scheduler.operations import SchedulerOperations
 from ..scheduler.server import Scheduler
 from ..worker.task_client import TaskClientSlot
+from .launcher import WorkerLauncher
 from .memory import format_bytes
 from .options import ClusterOptions
 from .scaling import active_workers, observe, restart_worker, retire_workers
@@ -119,8 +120,11 @@ class LocalCluster(AsyncContext):
         self._start_failures = 0
         # the client tasks on thread workers get from get_client() (made by the client layer)
         self.task_clients = TaskClientSlot(lambda: self)
+        self._said_template_off = False
         self.target_workers = options.n_workers
         self.segment_store = SegmentStore(self.cluster_id) if self.processes else None
+        # process workers are forked by a template process started once (deploy/launcher.py)
+        self.launcher = WorkerLauncher() if self.processes else None
         self.scheduler = Scheduler(
             self.cluster_id,
             self.processes,
@@ -210,7 +214,9 @@ class LocalCluster(AsyncContext):
                 options.resources,
                 options.worker_env,
                 options.worker_class,
+                self.launcher,
             )
+            self._say_if_template_is_off()
             handle.log_sink = (
                 self.logs.add_remote_records
             )  # its shipped records (worker/process.py)
@@ -255,6 +261,15 @@ class LocalCluster(AsyncContext):
         self.scheduler.post(("add-worker", handle))
         self.logger.info("Started worker %s (name %s)", handle.address, name)
         return handle
+
+    def _say_if_template_is_off(self) -> None:
+        """Log once that workers now start as fresh interpreters (slower, still correct), and why."""
+        reason = self.launcher.unavailable_reason if self.launcher is not None else None
+        if reason is not None and not self._closing and not self._said_template_off:
+            self._said_template_off = True
+            self.logger.warning(
+                "Worker processes start as fresh interpreters from now on (slower): %s", reason
+            )
 
     def _on_worker_lost(self, handle, reason: str) -> None:
         """Scheduler thread: a worker died. Replace it so the cluster keeps its size."""
@@ -486,8 +501,11 @@ class LocalCluster(AsyncContext):
             handle.stop(timeout=2)
             self.logs.close_worker(handle.address)
         self.logger.info("Restarting cluster: stopped %d workers, starting %d", len(old), count)
-        for _ in range(count):
-            self._start_worker()
+        new = [self._start_worker() for _ in range(count)]
+        # as dask's restart(wait_for_workers=True): return once the new workers can run tasks
+        for handle in new:
+            if handle is not None:
+                handle.wait_ready(timeout=30)
 
     # -------------------------------------------------------------------------------------- close
 
@@ -515,6 +533,8 @@ class LocalCluster(AsyncContext):
             handle.close()
         for handle in handles:
             handle.stop(timeout=3)
+        if self.launcher is not None:
+            self.launcher.close()
         sweep_cluster(self.cluster_id)
         self.logger.info("Cluster %s closed", self.name)
         self.logs.close()

@@ -4,8 +4,10 @@ A handle is what ``scheduler/server.py`` keeps per worker. Both kinds offer the 
 ``execute_message`` (shape a task for this worker), ``send_messages`` (deliver a batch), ``start_run``
 (client.run), ``death_reason`` and ``close``.
 
-``ProcessWorkerHandle`` owns a child started with ``subprocess`` (fork+exec of a fresh interpreter: the
-threaded parent is never forked into a running copy of itself) and the parent end of a socket pair.
+``ProcessWorkerHandle`` owns a worker process and the parent end of a socket pair. The process is forked
+by the cluster's single-threaded template process (``deploy/launcher.py``, ready in milliseconds) or,
+where that cannot be used, started as a fresh interpreter with ``subprocess``; the threaded parent is
+never forked either way.
 Functions cross the pipe once per worker: the handle remembers which function ids it already sent.
 
 ``ThreadWorkerHandle`` owns a ``WorkerRuntime`` in this process; messages become direct calls and
@@ -24,12 +26,14 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from multiprocessing.connection import Pipe
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from ..worker.admin import call_with_worker
 from ..worker.running import RunningBoard, key_token
 from ..worker.runtime import WorkerRuntime
+from .launcher import ForkedProcess, WorkerLauncher
 from .worker_hooks import Worker
 
 _THREAD_LIMIT_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -57,17 +61,17 @@ class ProcessWorkerHandle:
 
     def __init__(
         self,
-        popen: subprocess.Popen,
+        process: Union[subprocess.Popen, ForkedProcess],
         conn,
         name: Any,
         nthreads: int,
         memory_limit: Optional[int],
         resources: Optional[dict],
     ):
-        self.popen = popen
-        self.pid = popen.pid
+        self.process = process
+        self.pid = process.pid
         self.conn = conn
-        self.address = f"ipc://{popen.pid}"
+        self.address = f"ipc://{process.pid}"
         self.name = name
         self.nthreads = nthreads
         self.memory_limit = memory_limit
@@ -80,6 +84,7 @@ class ProcessWorkerHandle:
         self.client_router = None  # callable(scheduler, handle, message), for clients inside tasks
         self.client_session = None  # serves those clients (remote/server.py); ends with the worker
         self.running_board: Optional[RunningBoard] = None  # what its task threads run (running.py)
+        self.ready = threading.Event()  # set when it said hello: it can run tasks from then on
 
     def __repr__(self) -> str:
         return f"<ProcessWorker {self.address} name={self.name}>"
@@ -116,7 +121,15 @@ class ProcessWorkerHandle:
             scheduler._run_result(run_id, self.address, False, (RuntimeError(str(exc)), ""))
 
     def on_hello(self, message) -> None:
-        pass
+        self.ready.set()
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait until the worker can run tasks; False if it died first or ``timeout`` passed."""
+        deadline = time.monotonic() + timeout
+        while not self.ready.wait(0.05):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                return False
+        return True
 
     def on_logs(self, records) -> None:
         if self.log_sink is not None:
@@ -128,7 +141,7 @@ class ProcessWorkerHandle:
 
     def death_reason(self) -> str:
         try:
-            returncode = self.popen.wait(timeout=2)
+            returncode = self.process.wait(timeout=2)
         except subprocess.TimeoutExpired:
             returncode = None
         reason = describe_exit(returncode, self.memory_killed, self.memory_kill_detail)
@@ -160,16 +173,16 @@ class ProcessWorkerHandle:
         """Ask the worker to leave, close the pipe, then make sure the process is gone."""
         self.close()
         try:
-            self.popen.wait(timeout)
+            self.process.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.popen.kill()
-            self.popen.wait(timeout)
+            self.process.kill()
+            self.process.wait(timeout)
         if self.running_board is not None:
             self.running_board.close()
 
     def kill(self) -> None:
         try:
-            self.popen.kill()
+            self.process.kill()
         except ProcessLookupError:
             pass
 
@@ -182,8 +195,10 @@ def start_process_worker(
     resources: Optional[dict],
     env: Optional[dict] = None,
     worker_class=None,
+    launcher: Optional[WorkerLauncher] = None,
 ) -> ProcessWorkerHandle:
-    """Start a worker interpreter and hand it its settings; returns without waiting for it."""
+    """Start a worker process (forked by ``launcher``'s template if it can, else a fresh interpreter)
+    and hand it its settings; returns without waiting for the worker to be ready."""
     if worker_class is not None:
         from ..comm.serialize import dumps_function
 
@@ -198,18 +213,23 @@ def start_process_worker(
     if env:
         child_env.update({k: str(v) for k, v in env.items()})
     board, board_fd = RunningBoard.create()  # what its task threads run, readable after a crash
-    popen = subprocess.Popen(
-        [sys.executable, "-c", f"from minidist.worker.process import main; main({fd})"],
-        pass_fds=(fd,) if board_fd is None else (fd, board_fd),
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,  # the terminal's Ctrl-C goes to the user's program, not its workers
-        env=child_env,
-        close_fds=True,
-    )
+    fds = (fd,) if board_fd is None else (fd, board_fd)
+    process = None
+    if launcher is not None:  # forked from the cluster's template process: ready in milliseconds
+        process = launcher.launch(child_env, fds, running_board=board_fd is not None)
+    if process is None:
+        process = subprocess.Popen(
+            [sys.executable, "-c", f"from minidist.worker.process import main; main({fd})"],
+            pass_fds=fds,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # the terminal's Ctrl-C goes to the user's program, not its workers
+            env=child_env,
+            close_fds=True,
+        )
     child_conn.close()
     if board_fd is not None:
         os.close(board_fd)  # the mapping stays; the child has its own copy of the descriptor
-    handle = ProcessWorkerHandle(popen, parent_conn, name, nthreads, memory_limit, resources)
+    handle = ProcessWorkerHandle(process, parent_conn, name, nthreads, memory_limit, resources)
     handle.running_board = board
     settings = dict(
         init,
@@ -296,6 +316,9 @@ class ThreadWorkerHandle:
 
     def on_hello(self, message) -> None:
         pass
+
+    def wait_ready(self, timeout: float) -> bool:
+        return True  # a thread worker can run tasks as soon as it exists
 
     def on_logs(self, records) -> None:
         pass

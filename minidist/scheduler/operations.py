@@ -31,6 +31,7 @@ HANDLER_NAMES = {
     "has_what": "has_what",
     "processing": "processing",
     "nthreads": "ncores",
+    "ready_workers": "identity",
     "scheduler_info": "identity",
     "get_logs": "get_logs",
     "scheduler_logs": "get_logs",
@@ -78,6 +79,10 @@ class SchedulerOperations(AdminOperations):
             workers = [workers]
         wanted = {str(w) for w in workers}
         return [h.address for h in handles if h.address in wanted or str(h.name) in wanted]
+
+    def ready_workers(self) -> int:
+        """How many workers can run tasks now (a process worker counts once it said hello)."""
+        return sum(1 for handle in list(self.scheduler.workers.values()) if handle.started)
 
     def nthreads(self, workers=None) -> dict:
         addresses = set(self.workers_matching(workers))

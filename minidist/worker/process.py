@@ -20,10 +20,12 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import select
 import sys
 import threading
 import time
 from multiprocessing.connection import Connection
+from typing import Optional
 
 from ..comm.serialize import deserialize, loads_function, serialize
 from ..comm.shm import SegmentStore, sweep_cluster
@@ -45,7 +47,7 @@ class ProcessWorker:
         self.conn = conn
         self.init = init
         self.cluster_id = init["cluster_id"]
-        self.parent_pid = init["parent_pid"]
+        self.parent = ParentWatch(init["parent_pid"])
         self.store = SegmentStore(self.cluster_id, threshold=init.get("shm_threshold", 64 * 1024))
         self.functions: dict = {}  # function id -> callable, so each function crosses the pipe once
         self._send_lock = threading.Lock()
@@ -138,19 +140,19 @@ class ProcessWorker:
     def watch_parent(self) -> None:
         """Leave if the parent disappears, even if the pipe stays open (e.g. an inherited copy)."""
         while not self.closing:
-            if os.getppid() != self.parent_pid:
+            if not self.parent.alive():
                 self.die_orphaned()
             time.sleep(0.5)
 
     def die_orphaned(self) -> None:
         """Leave; sweep the cluster's shared memory only if the parent really is gone.
 
-        The pipe can reach EOF a moment before the kernel re-parents us, so give getppid() a second.
+        The pipe can reach EOF a moment before the kernel marks the parent as exited: give it a second.
         """
         deadline = time.monotonic() + 1.0
-        while os.getppid() == self.parent_pid and time.monotonic() < deadline:
+        while self.parent.alive() and time.monotonic() < deadline:
             time.sleep(0.02)
-        if os.getppid() != self.parent_pid:
+        if not self.parent.alive():
             sweep_cluster(self.cluster_id)
         os._exit(0)
 
@@ -161,7 +163,7 @@ class ProcessWorker:
         try:
             self.send([("hello", os.getpid())])
         except OSError:  # closed before we said hello (closed or retired at once): just go
-            if os.getppid() != self.parent_pid:
+            if not self.parent.alive():
                 self.die_orphaned()
             os._exit(0)
         limit = self.init.get("memory_limit")
@@ -184,6 +186,33 @@ class ProcessWorker:
         self.runtime.close(timeout=1.0)
 
 
+class ParentWatch:
+    """Whether the cluster's process still lives. It need not be our parent (a worker forked by the
+    template has the template as its parent), so it is watched through a pidfd, which names that one
+    process for good; without pidfd support, through our parent pid."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.pidfd: Optional[int] = None
+        self.dead = False
+        try:
+            self.pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            self.dead = True  # gone before we looked
+        except (AttributeError, OSError):
+            pass
+
+    def alive(self) -> bool:
+        if self.dead:
+            return False
+        if self.pidfd is not None:
+            readable, _, _ = select.select([self.pidfd], [], [], 0)  # readable once it has exited
+            self.dead = bool(readable)
+        else:
+            self.dead = os.getppid() != self.pid
+        return not self.dead
+
+
 class _LazyFunction:
     """A function blob decoded on first use (on a task thread, so import errors err the task)."""
 
@@ -193,9 +222,13 @@ class _LazyFunction:
         self.blob = blob
 
 
-def main(fd: int) -> None:
+def main(fd: int, running_fd: Optional[int] = None) -> None:
+    """Run a worker on the pipe ``fd``. ``running_fd``: its running board's descriptor when it differs
+    from the number in the settings (a worker forked by the template received it under another)."""
     conn = Connection(fd)
     init = pickle.loads(conn.recv_bytes())
+    if running_fd is not None:
+        init["running_fd"] = running_fd
     # see the same modules as the parent: scripts' folders, test folders, editable installs
     for entry in reversed(init.get("sys_path", [])):
         if entry not in sys.path:
