@@ -1,0 +1,359 @@
+"""Against the floors: minidist's per-task, round-trip, large-value and worker-start costs beside
+``multiprocessing.Pool``, ``ProcessPoolExecutor``, loky, dask.distributed and Ray, measured in one run.
+
+    python benchmarks/bench_floor.py [--repeat 3] [--mb 200] [--big 100000] [--skip-dask] [--skip-ray]
+
+Every engine gets 2 workers x 1 thread. Each figure is the best of ``--repeat`` runs. Engines that are not
+installed are left out (loky comes with joblib; Ray is never a dependency). Printed: one table of seconds
+with each engine's ratio to minidist's processes (above 1: minidist is faster), then minidist's own
+figures that have no counterpart elsewhere (worker starts, the 100,000-task run with its memory and a
+per-stage profile of where the client and scheduler spend their time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import gc
+import multiprocessing
+import os
+import subprocess
+import sys
+import time
+
+N_TASKS = 5000
+CHAIN = 300
+
+
+def noop(x):
+    return x
+
+
+def total(array, i):
+    return float(array.sum()) + i
+
+
+def best(fn, repeat: int) -> float:
+    return min(fn() for _ in range(repeat))
+
+
+def timed_script(code: str) -> float:
+    out = subprocess.check_output(
+        [sys.executable, "-c", code], text=True, stderr=subprocess.DEVNULL
+    )
+    return float(out.split()[-1])
+
+
+STARTUP = {
+    "minidist": "from minidist import Client\n"
+    "c = Client(n_workers=2, threads_per_worker=1, dashboard_address=None)\n"
+    "assert c.submit(abs, -1).result() == 1\nc.close()\n",
+    "minidist threads": "from minidist import Client\n"
+    "c = Client(processes=False, n_workers=2, threads_per_worker=1, dashboard_address=None)\n"
+    "assert c.submit(abs, -1).result() == 1\nc.close()\n",
+    "ProcessPool": "import concurrent.futures as cf\n"
+    "with cf.ProcessPoolExecutor(2) as p:\n    assert p.submit(abs, -1).result() == 1\n",
+    "mp.Pool": "import multiprocessing as mp\n"
+    "with mp.Pool(2) as p:\n    assert p.apply(abs, (-1,)) == 1\n",
+    "loky": "from joblib.externals.loky import get_reusable_executor\n"
+    "e = get_reusable_executor(2)\nassert e.submit(abs, -1).result() == 1\ne.shutdown()\n",
+    "dask": "from dask.distributed import Client\n"
+    "c = Client(n_workers=2, threads_per_worker=1, dashboard_address=None)\n"
+    "assert c.submit(abs, -1).result() == 1\nc.close()\n",
+    "ray": "import ray\nray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)\n"
+    "assert ray.get(ray.remote(abs).remote(-1)) == 1\nray.shutdown()\n",
+}
+
+
+def startup(engine: str) -> float:
+    body = STARTUP[engine].replace("\n", "\n    ")
+    code = (
+        "import time\nt = time.perf_counter()\nif __name__ == '__main__':\n    "
+        + body
+        + "print(time.perf_counter() - t)\n"
+    )
+    return timed_script(code)
+
+
+# ------------------------------------------------------------------------------------ one engine each
+
+
+def run_futures(submit, result, repeat: int, array) -> dict:
+    """The three workloads for an engine with submit/result futures."""
+    result(submit(noop, 0))
+
+    def many() -> float:
+        t = time.perf_counter()
+        futures = [submit(noop, i) for i in range(N_TASKS)]
+        for future in futures:
+            result(future)
+        return time.perf_counter() - t
+
+    def chain() -> float:
+        t = time.perf_counter()
+        x = 0
+        for _ in range(CHAIN):
+            x = result(submit(noop, x))
+        return time.perf_counter() - t
+
+    def large() -> float:
+        t = time.perf_counter()
+        futures = [submit(total, array, i) for i in range(3)]
+        [result(f) for f in futures]
+        return time.perf_counter() - t
+
+    return {"many": best(many, repeat), "chain": best(chain, repeat), "large": best(large, repeat)}
+
+
+def run_minidist(processes: bool, repeat: int, array) -> dict:
+    from minidist import Client
+
+    with Client(
+        processes=processes, n_workers=2, threads_per_worker=1, dashboard_address=None
+    ) as client:
+        figures = run_futures(
+            lambda f, *a: client.submit(f, *a, pure=False), lambda f: f.result(), repeat, array
+        )
+
+        def many_map() -> float:
+            t = time.perf_counter()
+            client.gather(client.map(noop, range(N_TASKS), pure=False))
+            return time.perf_counter() - t
+
+        figures["many"] = min(figures["many"], best(many_map, repeat))
+        return figures
+
+
+def run_mp_pool(repeat: int, array) -> dict:
+    with multiprocessing.get_context("forkserver").Pool(2) as pool:
+        figures = run_futures(
+            lambda f, *a: pool.apply_async(f, a), lambda r: r.get(), repeat, array
+        )
+
+        def many_map() -> float:
+            t = time.perf_counter()
+            pool.map(noop, range(N_TASKS), chunksize=1)
+            return time.perf_counter() - t
+
+        figures["many"] = min(figures["many"], best(many_map, repeat))
+        return figures
+
+
+def run_executor(executor, repeat: int, array) -> dict:
+    with executor:
+        return run_futures(executor.submit, lambda f: f.result(), repeat, array)
+
+
+def run_dask(repeat: int, array) -> dict:
+    import distributed
+
+    with distributed.Client(n_workers=2, threads_per_worker=1, dashboard_address=None) as client:
+        return run_futures(
+            lambda f, *a: client.submit(f, *a, pure=False), lambda f: f.result(), repeat, array
+        )
+
+
+def run_ray(repeat: int, array) -> dict:
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        remote = {}
+
+        def submit(function, *args):
+            if function not in remote:
+                remote[function] = ray.remote(function)
+            return remote[function].remote(*args)
+
+        return run_futures(submit, ray.get, repeat, array)
+    finally:
+        ray.shutdown()
+
+
+# ------------------------------------------------------------------------------ minidist's own rows
+
+
+def worker_starts(repeat: int) -> dict:
+    """Seconds until new workers can run tasks: scale 2 -> 4, and client.restart() of 2 workers."""
+    from minidist import Client
+
+    with Client(n_workers=2, threads_per_worker=1, dashboard_address=None) as client:
+        client.submit(noop, 0).result()
+
+        def scale_up() -> float:
+            client.cluster.scale(2)
+            client.wait_for_workers(2)
+            t = time.perf_counter()
+            client.cluster.scale(4)
+            client.wait_for_workers(4)
+            elapsed = time.perf_counter() - t
+            client.cluster.scale(2)
+            return elapsed / 2  # per new worker
+
+        def restart() -> float:
+            t = time.perf_counter()
+            client.restart()
+            client.submit(noop, 0, pure=False).result()
+            return time.perf_counter() - t
+
+        return {"scale": best(scale_up, repeat), "restart": best(restart, repeat)}
+
+
+def big_run(n: int) -> dict:
+    """``n`` no-op tasks through map + gather: client+scheduler CPU per task, client memory, stages."""
+    import psutil
+
+    from minidist import Client
+
+    me = psutil.Process()
+    with Client(n_workers=2, threads_per_worker=1, dashboard_address=None) as client:
+        client.submit(noop, 0).result()
+        gc.collect()
+        rss_start = me.memory_info().rss
+        cpu_start = (
+            time.process_time()
+        )  # every thread of this process: user code, client, scheduler
+        t0 = time.perf_counter()
+        futures = client.map(noop, range(n), pure=False)
+        t1 = time.perf_counter()
+        rss_pending = me.memory_info().rss
+        results = client.gather(futures)
+        t2 = time.perf_counter()
+        cpu = time.process_time() - cpu_start
+        assert len(results) == n
+        del futures, results
+        gc.collect()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and client.cluster.scheduler.state.tasks:
+            time.sleep(0.05)  # releases reach the scheduler asynchronously
+        rss_after = me.memory_info().rss
+    return {
+        "n": n,
+        "submit": t1 - t0,
+        "run+gather": t2 - t1,
+        "cpu_per_task_us": cpu / n * 1e6,
+        "pending_bytes_per_task": (rss_pending - rss_start) / n,
+        "rss_growth_after_release": (rss_after - rss_start) / rss_start,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--mb", type=int, default=200)
+    parser.add_argument("--big", type=int, default=100_000)
+    parser.add_argument("--skip-dask", action="store_true")
+    parser.add_argument("--skip-ray", action="store_true")
+    args = parser.parse_args()
+    import numpy as np
+
+    array = np.random.default_rng(0).random(args.mb * 2**20 // 8)
+    engines = {
+        "minidist": lambda: run_minidist(True, args.repeat, array),
+        "minidist threads": lambda: run_minidist(False, args.repeat, array),
+        "ProcessPool": lambda: run_executor(
+            concurrent.futures.ProcessPoolExecutor(
+                2, mp_context=multiprocessing.get_context("forkserver")
+            ),
+            args.repeat,
+            array,
+        ),
+        "mp.Pool": lambda: run_mp_pool(args.repeat, array),
+    }
+    try:
+        from joblib.externals.loky import get_reusable_executor
+
+        engines["loky"] = lambda: run_executor(get_reusable_executor(2), args.repeat, array)
+    except ImportError:
+        pass
+    if not args.skip_dask:
+        try:
+            import distributed  # noqa: F401
+
+            engines["dask"] = lambda: run_dask(args.repeat, array)
+        except ImportError:
+            pass
+    if not args.skip_ray:
+        try:
+            import ray  # noqa: F401
+
+            engines["ray"] = lambda: run_ray(args.repeat, array)
+        except ImportError:
+            pass
+
+    results = {}
+    for name, run in engines.items():
+        results[name] = {"startup": best(lambda name=name: startup(name), args.repeat), **run()}
+
+    print(
+        f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}; best of {args.repeat}"
+    )
+    rows = [
+        ("startup", "start -> first result -> close (s)"),
+        ("many", f"{N_TASKS:,} no-op tasks (s)"),
+        ("chain", f"{CHAIN} chained submit -> result (s)"),
+        ("large", f"{args.mb} MB array argument x 3 tasks (s)"),
+    ]
+    names = list(results)
+    print(f"{'measure':40} " + " ".join(f"{n:>16}" for n in names))
+    for key, label in rows:
+        print(f"{label:40} " + " ".join(f"{results[n][key]:16.3f}" for n in names))
+    print(f"{'ratio to minidist processes':40}")
+    for key, label in rows:
+        base = results["minidist"][key]
+        print(f"{label:40} " + " ".join(f"{results[n][key] / base:16.2f}" for n in names))
+
+    starts = worker_starts(args.repeat)
+    print(
+        f"\nnew worker ready after scale-up: {starts['scale'] * 1000:.1f} ms each; "
+        f"client.restart() with 2 workers until a task ran: {starts['restart'] * 1000:.1f} ms"
+    )
+    big = big_run(args.big)
+    print(
+        f"{big['n']:,} tasks: map {big['submit']:.2f} s, run + gather {big['run+gather']:.2f} s; "
+        f"client+scheduler CPU {big['cpu_per_task_us']:.1f} us a task; "
+        f"client memory while pending {big['pending_bytes_per_task']:.0f} B a task; "
+        f"RSS after release {big['rss_growth_after_release'] * 100:+.1f}% of the start"
+    )
+    profile_stages(min(args.big, 20_000))
+
+
+def profile_stages(n: int) -> None:
+    """Where the client process's time goes for ``n`` tasks, by stage (cProfile on every thread)."""
+    import cProfile
+    import pstats
+
+    from minidist import Client
+
+    with Client(n_workers=2, threads_per_worker=1, dashboard_address=None) as client:
+        client.submit(noop, 0).result()
+        # the scheduler thread already runs: profile it from its next message through a posted call
+        scheduler_profile = cProfile.Profile()
+        client.cluster.scheduler.call(lambda scheduler: scheduler_profile.enable()).result(10)
+        client_profile = cProfile.Profile()
+        client_profile.enable()
+        client.gather(client.map(noop, range(n), pure=False))
+        client_profile.disable()
+        client.cluster.scheduler.call(lambda scheduler: scheduler_profile.disable()).result(10)
+    waiting = ("acquire", "poll", "select", "wait", "sleep")  # idle time, not cost
+    for label, profile in (
+        ("client thread", client_profile),
+        ("scheduler thread", scheduler_profile),
+    ):
+        stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
+        busy = {
+            where: row for where, row in stats.items() if not any(w in where[2] for w in waiting)
+        }
+        busy_time = sum(row[2] for row in busy.values())
+        print(
+            f"\n{label}: {busy_time / n * 1e6:.1f} us a task busy (profiled), top functions by own time:"
+        )
+        for (filename, line, function), (_, calls, own, _, _) in sorted(
+            busy.items(), key=lambda item: -item[1][2]
+        )[:8]:
+            where = f"{os.path.basename(filename)}:{line} {function}"
+            print(f"  {own / n * 1e6:7.2f} us  {calls:>8} calls  {where}")
+
+
+if __name__ == "__main__":
+    main()
