@@ -3,7 +3,7 @@
 ``Client()`` builds and owns a ``LocalCluster``; ``Client(cluster)`` uses one. Data flow::
 
     submit/map ──► key + run_spec (function pickled once, arguments pickled now so errors surface here)
-               ──► scheduler.post(("update_graph", ...)) ──► scheduler thread
+               ──► scheduler.post(UpdateGraph(...)) ──► scheduler thread
     scheduler thread ──► Client._report(batch) ──► FutureState.status, condition.notify_all()
     Future.result() ──► waits on the condition ──► value read straight from scheduler.data
 
@@ -47,8 +47,17 @@ from .futures import (  # noqa: F401
     shaped_like,
 )
 from .keys import funcname, random_token, tokenize_call
-from .scheduler.server import new_task
-from .worker.runtime import DependencyRef, sizeof
+from .messages import (
+    Cancel,
+    DependencyRef,
+    Release,
+    Retry,
+    RunSpec,
+    Scatter,
+    UpdateGraph,
+    new_task,
+)
+from .worker.runtime import sizeof
 from .worker.task_client import register_client_maker
 
 _FUNCTION_CACHE_SIZE = 512
@@ -198,9 +207,9 @@ class Client(FutureBook, ClientOperations, ClusterAdmin, AsyncClientMixin):
         if self.processes:
             if args_payload is None:
                 args_payload, _ = self._serialize_arguments(args, kwargs, key, None)
-            run_spec = (function_id, blob, args_payload)
+            run_spec = RunSpec(function_id, blob, args_payload)
         else:
-            run_spec = (func, args, kwargs)
+            run_spec = RunSpec(function_id, func, (args, kwargs))
         return key, new_task(key, dependencies, run_spec, **options)
 
     def _serialize_arguments(self, args, kwargs, key, token_salt) -> tuple:
@@ -251,7 +260,7 @@ class Client(FutureBook, ClientOperations, ClusterAdmin, AsyncClientMixin):
         )
         future = self._new_future(key)
         if task is not None:
-            self.scheduler.post(("update_graph", self.id, (task,), (key,)))
+            self.scheduler.post(UpdateGraph(self.id, (task,), (key,)))
         return future
 
     def map(
@@ -300,9 +309,7 @@ class Client(FutureBook, ClientOperations, ClusterAdmin, AsyncClientMixin):
             if task is not None:
                 tasks.append(task)
         if tasks:
-            self.scheduler.post(
-                ("update_graph", self.id, tuple(tasks), tuple(t.key for t in tasks))
-            )
+            self.scheduler.post(UpdateGraph(self.id, tuple(tasks), tuple(t.key for t in tasks)))
         return futures
 
     # ------------------------------------------------------------------------------------ results
@@ -399,7 +406,7 @@ class Client(FutureBook, ClientOperations, ClusterAdmin, AsyncClientMixin):
             else:
                 values[key], nbytes[key] = value, sizeof(value)
         futures = [self._new_future(key) for key in keys]
-        self.scheduler.post(("scatter", self.id, values, nbytes))
+        self.scheduler.post(Scatter(self.id, values, nbytes))
         if self._async_call(asynchronous):
             return self._scatter_wait_async(futures, timeout, data)
         for future in futures:
@@ -412,7 +419,7 @@ class Client(FutureBook, ClientOperations, ClusterAdmin, AsyncClientMixin):
         """Stop ``futures`` (and tasks that depend on them); their results are dropped."""
         futures = futures_in(futures)
         if futures:
-            self.scheduler.post(("cancel", [f.key for f in futures]))
+            self.scheduler.post(Cancel(tuple(f.key for f in futures)))
             # the scheduler reports every cancelled key back; wait for that so status is settled
             self._wait_until(
                 lambda: all(f._state.status == "cancelled" or f._released for f in futures),
@@ -427,7 +434,7 @@ class Client(FutureBook, ClientOperations, ClusterAdmin, AsyncClientMixin):
                 future._state.status = "pending"
                 future._state.exception = future._state.traceback = None
         if futures:
-            self.scheduler.post(("retry", tuple(f.key for f in futures)))
+            self.scheduler.post(Retry(tuple(f.key for f in futures)))
 
     # ------------------------------------------------------------------------------ dask graphs
 
@@ -494,13 +501,13 @@ class Client(FutureBook, ClientOperations, ClusterAdmin, AsyncClientMixin):
         """A task with an explicit key whose arguments already hold DependencyRefs (dask graphs)."""
         function_id, blob = self._function_ref(function)
         if self.processes:
-            run_spec = (function_id, blob, self._serialize_arguments(args, {}, key, None)[0])
+            run_spec = RunSpec(function_id, blob, self._serialize_arguments(args, {}, key, None)[0])
         else:
-            run_spec = (function, args, {})
+            run_spec = RunSpec(function_id, function, (args, {}))
         return new_task(key, dependencies, run_spec, **options)
 
     def _post_graph(self, tasks: list, wanted: list) -> None:
-        self.scheduler.post(("update_graph", self.id, tuple(tasks), tuple(wanted)))
+        self.scheduler.post(UpdateGraph(self.id, tuple(tasks), tuple(wanted)))
 
     def _holds(self, key) -> bool:
         """Whether a future of this client holds ``key`` (so the cluster keeps its value)."""
@@ -528,7 +535,7 @@ class Client(FutureBook, ClientOperations, ClusterAdmin, AsyncClientMixin):
         self._refcounts.clear()
         try:
             if keys:
-                self.scheduler.post(("release", self.id, tuple(keys)))
+                self.scheduler.post(Release(self.id, tuple(keys)))
             self.scheduler.sessions.pop(self.id, None)
         except Exception:
             pass

@@ -3,7 +3,7 @@
 Mixed into ``Client``. Every ``Future`` of one key shares a ``FutureState`` here and counts one
 reference. The scheduler thread resolves states in batches through ``report`` (one lock, one
 ``notify_all`` per batch); waiters sleep on the client's condition variable. When a key's last future
-goes, the key joins the open batch of releases and one ``release-pending`` message tells the scheduler
+goes, the key joins the open batch of releases and one ``ReleasePending`` message tells the scheduler
 to collect the batch with ``take_releases``. Done-callbacks run on one lazily started thread per client;
 an exception in one is logged and the thread carries on.
 """
@@ -17,7 +17,7 @@ from typing import Optional
 
 from .asynchronous import LoopWaker
 from .futures import Future, FutureState
-from .scheduler.server import FIRE_AND_FORGET
+from .messages import FIRE_AND_FORGET, ReleasePending, UpdateGraph
 
 logger = logging.getLogger("minidist.client")
 
@@ -29,7 +29,7 @@ class FutureBook:
     # ------------------------------------------------------------------------------------ reporting
 
     def _report(self, items: list) -> None:
-        """Called on the scheduler thread with (key, status, exception, traceback) tuples."""
+        """Called on the scheduler thread with ``TaskStatus`` items (key, status, exception, traceback)."""
         fire = []
         with self._condition:
             states = self._states
@@ -94,7 +94,7 @@ class FutureBook:
                 self._refcounts[key] += 1
                 first = False
         if first and not self._closed:
-            self.scheduler.post(("update_graph", self.id, (), (key,)))
+            self.scheduler.post(UpdateGraph(self.id, (), (key,)))
         return state
 
     def _new_future(self, key) -> Future:
@@ -132,10 +132,10 @@ class FutureBook:
         if first and not self._closed:
             # one message for a whole burst of releases (e.g. a list of 10,000 futures dropped at once):
             # the scheduler collects them with take_releases() when it gets to this message
-            self.scheduler.post(("release-pending", self.id))
+            self.scheduler.post(ReleasePending(self.id))
 
     def take_releases(self) -> list:
-        """Called once per "release-pending" message: the oldest batch of released keys."""
+        """Called once per ``ReleasePending`` message: the oldest batch of released keys."""
         with self._lock:
             if not self._releases:
                 return []
@@ -148,7 +148,7 @@ class FutureBook:
         # a pseudo-client wants the key until it is done (see scheduler.server.FireAndForget)
         with self._lock:
             self._cut_releases()
-        self.scheduler.post(("update_graph", FIRE_AND_FORGET, (), (key,)))
+        self.scheduler.post(UpdateGraph(FIRE_AND_FORGET, (), (key,)))
 
     # ------------------------------------------------------------------------------ callbacks
 

@@ -4,7 +4,7 @@
     logs.cluster_logger.info(...)        logging.getLogger("minidist.worker").info(...)
     logs.scheduler_logger.warning(...)       │ WorkerLogShipper (a handler) keeps (created, levelno,
     logs.worker_logger(addr).info(...)       │ name, message) tuples; the worker sends drain() to the
-          │                                  ▼ parent as ("logs", records), every SHIP_INTERVAL
+          │                                  ▼ parent as WorkerLogs(records), every SHIP_INTERVAL
           │                      logs.add_remote_records(addr, tuples)
           ▼                                  │
     per-cluster loggers "minidist.<component>.<label>[.<worker address>]"
@@ -432,7 +432,7 @@ class WorkerLogShipper(logging.Handler):
             self._installed_on = None
 
     def ship_every(self, send: Callable[[list], None], interval: float = SHIP_INTERVAL) -> None:
-        """Send ``[("logs", records)]`` through ``send`` every ``interval`` seconds while records wait.
+        """Hand the pending records to ``send`` every ``interval`` seconds while records wait.
 
         Runs in a daemon thread ("minidist-log-shipper") until ``stop_shipping()``; a failing ``send``
         (the parent hung up) ends it quietly.
@@ -457,7 +457,7 @@ class WorkerLogShipper(logging.Handler):
         if not records:
             return True
         try:
-            send([("logs", records)])
+            send(records)
         except Exception:
             return False
         return True

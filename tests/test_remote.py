@@ -25,6 +25,7 @@ from minidist import CancelledError, Client, CommClosedError, LocalCluster, work
 from minidist.comm.serialize import deserialize, serialize
 from minidist.comm.shm import SegmentStore, new_cluster_id, unlink_segments
 from minidist.comm.tcp import AuthenticationError, connect
+from minidist.messages import Call, Cancel, ClientHello, UpdateGraph, Welcome
 from minidist.remote.protocol import inline_payload
 from minidist.security import secret_path
 
@@ -299,18 +300,19 @@ def test_malformed_messages_from_an_authenticated_peer_are_dropped(cluster):
     try:
         conn.send_bytes(os.urandom(100))  # not a pickle
         conn.send_bytes(pickle.dumps({"not": "a list"}))
-        conn.send_bytes(
-            pickle.dumps([("post", ("call", print, (), None))])
-        )  # never run code this way
-        conn.send_bytes(pickle.dumps([("post", ("update_graph", "Client-nobody", (), ()))]))
-        conn.send_bytes(pickle.dumps([("fly",), 7]))
-        conn.send_bytes(pickle.dumps([("hello", "elsewhere", None)]))
+        conn.send_bytes(pickle.dumps([Call(print, (), None)]))  # never run code this way
+        conn.send_bytes(pickle.dumps([UpdateGraph("Client-nobody", (), ())]))  # not registered
+        conn.send_bytes(pickle.dumps([Cancel("abc")]))  # keys must be a tuple
+        conn.send_bytes(pickle.dumps([("update_graph", "Client-nobody", (), ()), 7]))
+        conn.send_bytes(pickle.dumps([ClientHello("elsewhere", None)]))
         reply = pickle.loads(conn.recv_bytes())  # the same connection still answers
-        assert reply[0][0] == "welcome"
+        assert type(reply[0]) is Welcome
     finally:
         conn.close()
     log = scheduler_log(cluster)
-    assert log.count("Dropped a malformed message") >= 6, log
+    assert log.count("Dropped a malformed message") >= 7, log
+    assert "Call is not a message a remote client may send" in log
+    assert "Cancel.keys must be tuple, not str" in log
     with Client(cluster.scheduler_address) as c:
         assert c.submit(inc, 1).result(timeout=10) == 2
 

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from ..asynchronous import AsyncContext, Closing, in_event_loop
 from ..comm.shm import SegmentStore, new_cluster_id, sweep_cluster, sweep_orphans
+from ..messages import AddWorker
 from ..scheduler.operations import SchedulerOperations
 from ..scheduler.server import Scheduler
 from ..worker.task_client import TaskClientSlot
@@ -258,7 +259,7 @@ class LocalCluster(AsyncContext):
         if closing:  # close() ran meanwhile and will not see this one
             handle.stop(timeout=2)
             return None
-        self.scheduler.post(("add-worker", handle))
+        self.scheduler.post(AddWorker(handle))
         self.logger.info("Started worker %s (name %s)", handle.address, name)
         return handle
 

@@ -38,11 +38,7 @@ import logging
 import threading
 from typing import Any, Callable, Optional
 
-from ..worker.runtime import WorkerRuntime, current_key
-
-
-def _run_spec_as_is(run_spec):
-    return run_spec  # thread workers receive (function, args, kwargs) as objects
+from ..worker.runtime import WorkerRuntime, current_key, unpack_run_spec
 
 
 class Worker(WorkerRuntime):
@@ -60,7 +56,7 @@ class Worker(WorkerRuntime):
         self.logger = logger or logging.getLogger("minidist.worker")
         self._torn_down = False
         self._teardown_lock = threading.Lock()  # close() may be called from two threads at once
-        super().__init__(*args, prepare=self._with_hooks(prepare or _run_spec_as_is), **kwargs)
+        super().__init__(*args, prepare=self._with_hooks(prepare or unpack_run_spec), **kwargs)
         self.worker_object = self  # what get_worker() returns inside tasks
         try:
             self.setup()

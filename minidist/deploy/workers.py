@@ -30,6 +30,15 @@ import time
 from multiprocessing.connection import Pipe
 from typing import Any, Optional, Union
 
+from ..messages import (
+    CloseWorker,
+    ComputeTask,
+    FreeKeys,
+    RunFunction,
+    RunResult,
+    RunSpec,
+    WorkerReports,
+)
 from ..worker.admin import call_with_worker
 from ..worker.running import RunningBoard, key_token
 from ..worker.runtime import WorkerRuntime
@@ -97,26 +106,20 @@ class ProcessWorkerHandle:
         tokens = self.running_board.tokens()
         return [key for key in candidates if key_token(key) in tokens]
 
-    def execute_message(self, key, run_spec, dependencies, dep_values) -> tuple:
-        function_id, function_blob, args_payload = run_spec
+    def execute_message(self, key, run_spec: RunSpec, dependencies, dep_values) -> ComputeTask:
+        function_id = run_spec.function_id
         if function_id in self.functions_sent:
-            function_blob = None
+            run_spec = RunSpec(function_id, None, run_spec.arguments)  # it has the function already
         else:
             self.functions_sent.add(function_id)
-        return (
-            "execute",
-            key,
-            (function_id, function_blob, args_payload),
-            dependencies,
-            dep_values,
-        )
+        return ComputeTask(key, run_spec, dependencies, dep_values)
 
     def send_messages(self, batch: list) -> None:
         self.conn.send_bytes(pickle.dumps(batch, protocol=5))
 
     def start_run(self, scheduler, run_id, function_blob, args_payload) -> None:
         try:
-            self.send_messages([("run", run_id, function_blob, args_payload)])
+            self.send_messages([RunFunction(run_id, function_blob, args_payload)])
         except OSError as exc:
             scheduler._run_result(run_id, self.address, False, (RuntimeError(str(exc)), ""))
 
@@ -161,7 +164,7 @@ class ProcessWorkerHandle:
         if self.conn.closed:
             return
         try:
-            self.send_messages([("close",)])
+            self.send_messages([CloseWorker()])
         except (OSError, ValueError):
             pass
         try:
@@ -283,7 +286,7 @@ class ThreadWorkerHandle:
             address,
             name,
             nthreads,
-            send=lambda batch: scheduler.post(("worker-batch", address, batch)),
+            send=lambda batch: scheduler.post(WorkerReports(address, batch)),
             resources=resources,
             task_clients=task_clients,
             **extra,
@@ -292,24 +295,28 @@ class ThreadWorkerHandle:
     def __repr__(self) -> str:
         return f"<ThreadWorker {self.address} name={self.name}>"
 
-    def execute_message(self, key, run_spec, dependencies, dep_values) -> tuple:
-        return ("execute", key, run_spec, dependencies, dep_values)
+    def execute_message(self, key, run_spec: RunSpec, dependencies, dep_values) -> ComputeTask:
+        return ComputeTask(key, run_spec, dependencies, dep_values)
 
     def send_messages(self, batch: list) -> None:
+        """Deliver a batch as direct calls (on the scheduler thread; the runtime only files them)."""
         runtime = self.runtime
         for message in batch:
-            if message[0] == "execute":
-                runtime.submit(message[1], message[2], message[3], message[4])
-            elif message[0] == "free":
-                runtime.free(message[1])
+            kind = type(message)
+            if kind is ComputeTask:
+                runtime.submit(
+                    message.key, message.run_spec, message.dependencies, message.dep_values
+                )
+            elif kind is FreeKeys:
+                runtime.free(message.keys)
 
     def start_run(self, scheduler, run_id, function, args) -> None:
         def run() -> None:
             try:
                 result = call_with_worker(function, args[0], args[1], self.runtime)
-                reply = ("run-result", run_id, True, result)
+                reply = RunResult(run_id, True, result)
             except BaseException as exc:  # noqa: B036
-                reply = ("run-result", run_id, False, (exc, exc.__traceback__))
+                reply = RunResult(run_id, False, (exc, exc.__traceback__))
             self.runtime.report(reply)
 
         threading.Thread(target=run, name="minidist-run", daemon=True).start()

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from ..worker.runtime import DependencyRef
+from ..messages import DependencyRef
 
 TASK_OPTIONS = ("priority", "retries", "workers", "resources", "allow_other_workers")
 

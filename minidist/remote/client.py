@@ -5,13 +5,13 @@ a LocalCluster's to ``Client``, but forward over one connection::
 
     Client ──post(msg)──► RemoteScheduler ──► outbox ──► sender thread ──encode──► transport
     Client ◄─report(items)── sessions[client_id] ◄── dispatch ◄── reader (thread or worker pipe)
-    fetch / invoke ──► request id + concurrent Future ──► ... ──► ("reply", id, ok, value) sets it
+    fetch / invoke ──► request id + concurrent Future ──► ... ──► Reply(id, ok, value) sets it
 
 Two transports share everything else (``ClientLink``):
 
 - ``TCPLink``: a ``Connection`` to a scheduler's listener, with a reader thread of its own.
 - ``WorkerLink``: inside a process worker, for ``get_client()`` in tasks. Frames travel in the worker's
-  own messages (``("client", frame)`` up, ``("client-reply", frame)`` down) and the worker's main
+  own messages (``ClientFrame(frame)`` up, ``ClientReply(frame)`` down) and the worker's main
   thread hands replies to ``receive``.
 
 ``post`` only appends to a queue (safe even from ``Future.__del__``); the sender thread drains it, so a
@@ -31,6 +31,20 @@ from typing import Optional
 from ..comm.serialize import Payload
 from ..comm.shm import SegmentStore
 from ..errors import CommClosedError
+from ..messages import (
+    ClientFrame,
+    ClientHello,
+    Fetch,
+    Invoke,
+    Register,
+    Release,
+    ReleasePending,
+    Reply,
+    Reports,
+    TaskStatus,
+    Unregister,
+    Welcome,
+)
 from .protocol import decode, encode, machine_id, next_batch
 
 logger = logging.getLogger("minidist.client")
@@ -48,12 +62,12 @@ class _Sessions(dict):
 
     def __setitem__(self, client_id, client) -> None:
         super().__setitem__(client_id, client)
-        self._link.enqueue(("register", client_id))
+        self._link.enqueue(Register(client_id))
 
     def pop(self, client_id, *default):
         found = super().pop(client_id, *default)
         try:
-            self._link.enqueue(("unregister", client_id))
+            self._link.enqueue(Unregister(client_id))
         except CommClosedError:
             pass
         return found
@@ -82,7 +96,7 @@ class ClientLink:
     def start(self, timeout: float) -> dict:
         """Start the sender, say hello, wait for the scheduler's welcome; returns its info."""
         self._sender.start()
-        self.enqueue(("hello", machine_id(), None))
+        self.enqueue(ClientHello(machine_id(), None))
         if not self._welcome.wait(timeout):
             self.close()
             raise TimeoutError(f"The scheduler at {self.peer} did not answer within {timeout:g}s")
@@ -90,23 +104,24 @@ class ClientLink:
             raise CommClosedError(self.lost_reason)
         return self.info
 
-    def enqueue(self, message: tuple) -> None:
+    def enqueue(self, message) -> None:
         if self.closed:
             raise CommClosedError(self.lost_reason or f"The connection to {self.peer} is closed")
         self._outbox.put(message)
 
-    def post(self, message: tuple) -> None:
-        if message[0] == "release-pending":
+    def post(self, message) -> None:
+        if type(message) is ReleasePending:
             # take the keys now: each was released after its submission was queued, so the release
             # goes out after it (batching happens in the sender, which packs the queue into one frame)
-            session = self.sessions.get(message[1])
+            session = self.sessions.get(message.client)
             keys = session.take_releases() if session is not None else ()
             if not keys:
                 return
-            message = ("release", message[1], tuple(keys))
-        self.enqueue(("post", message))
+            message = Release(message.client, tuple(keys))
+        self.enqueue(message)
 
-    def request(self, *message) -> concurrent.futures.Future:
+    def request(self, kind, *fields) -> concurrent.futures.Future:
+        """Send ``kind(request_id, *fields)`` (a Fetch or an Invoke); its Reply sets the future."""
         future: concurrent.futures.Future = concurrent.futures.Future()
         request_id = next(self._request_ids)
         with self._lock:
@@ -116,7 +131,7 @@ class ClientLink:
                 )
                 return future
             self._pending[request_id] = future
-        self._outbox.put((message[0], request_id, *message[1:]))
+        self._outbox.put(kind(request_id, *fields))
         return future
 
     def _send_loop(self) -> None:
@@ -139,23 +154,22 @@ class ClientLink:
     def receive(self, frame: bytes) -> None:
         """A frame from the scheduler (reader thread, or a worker's main thread): never blocks."""
         for message in decode(frame):
-            kind = message[0]
-            if kind == "report":
-                client = self.sessions.get(message[1])
+            kind = type(message)
+            if kind is Reports:
+                client = self.sessions.get(message.client)
                 if client is not None:
-                    client.report(message[2])
-            elif kind == "reply":
-                _, request_id, ok, value = message
+                    client.report(message.items)
+            elif kind is Reply:
                 with self._lock:
-                    future = self._pending.pop(request_id, None)
+                    future = self._pending.pop(message.request_id, None)
                 if future is None:
                     continue
-                if ok:
-                    future.set_result(value)
+                if message.ok:
+                    future.set_result(message.value)
                 else:
-                    future.set_exception(value)
-            elif kind == "welcome":
-                self.info = message[1]
+                    future.set_exception(message.value)
+            elif kind is Welcome:
+                self.info = message.info
                 self._welcome.set()
 
     def lost(self, reason: str) -> None:
@@ -178,7 +192,10 @@ class ClientLink:
             keys = [key for key, state in list(states.items()) if state.status == "pending"]
             if keys:
                 client.report(
-                    [(key, "erred", CommClosedError(self.lost_reason), "") for key in keys]
+                    [
+                        TaskStatus(key, "erred", CommClosedError(self.lost_reason), "")
+                        for key in keys
+                    ]
                 )
 
     def close(self, timeout: float = 2.0) -> None:
@@ -244,7 +261,7 @@ class WorkerLink(ClientLink):
         self.process_worker = process_worker
 
     def transmit(self, frame: bytes) -> None:
-        self.process_worker.runtime.report(("client", frame))
+        self.process_worker.runtime.report(ClientFrame(frame))
 
     def receive(self, frame: bytes) -> None:
         try:
@@ -266,12 +283,12 @@ class RemoteScheduler:
         self.sessions = link.sessions
         self.cluster_id = info.get("cluster_id")
 
-    def post(self, message: tuple) -> None:
+    def post(self, message) -> None:
         self.link.post(message)
 
     def fetch_async(self, key) -> concurrent.futures.Future:
         """The stored value of ``key`` as a concurrent Future (KeyError if it is gone)."""
-        return self.link.request("fetch", key)
+        return self.link.request(Fetch, key)
 
     def fetch(self, key) -> Payload:
         return self.fetch_async(key).result()
@@ -284,10 +301,10 @@ class RemoteOperations:
         self.link = link
 
     def invoke(self, name: str, *args, **kwargs):
-        return self.link.request("invoke", name, args, kwargs).result()
+        return self.link.request(Invoke, name, args, kwargs).result()
 
     def invoke_async(self, name: str, *args, **kwargs) -> concurrent.futures.Future:
-        return self.link.request("invoke", name, args, kwargs)
+        return self.link.request(Invoke, name, args, kwargs)
 
 
 class RemoteCluster:

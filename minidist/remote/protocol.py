@@ -1,16 +1,18 @@
-"""The remote protocol: message shapes, their encoding, and the conversions at the session boundary.
+"""The remote protocol: which messages a link carries, their encoding, and the checks at the boundary.
 
 Both transports (a TCP/TLS ``Connection``, and a worker's pipe for clients inside tasks) carry the same
-frames: a pickled *list* of messages, so bursts cost one frame::
+frames: a pickled *list* of messages (the named types of ``minidist/messages.py``), so bursts cost one
+frame::
 
     client ──► scheduler                           scheduler ──► client
-    ("hello", machine_id, pid)                     ("welcome", info dict)        answer to hello
-    ("register", client_id)                        ("report", client_id, items)  futures resolve
-    ("unregister", client_id)                      ("reply", request_id, ok, value or exception)
-    ("post", message)     what a local client posts: update_graph, release, scatter, cancel
-    ("fetch", request_id, key)                     -> reply: the stored value (a Payload)
-    ("invoke", request_id, name, args, kwargs)     -> reply: SchedulerOperations.invoke's result
+    ClientHello(machine, pid)                      Welcome(info)                 answer to hello
+    Register(client) / Unregister(client)          Reports(client, items)        futures resolve
+    UpdateGraph Release Scatter Cancel Retry       (what a local client posts, checked: check_request)
+    Fetch(request_id, key)                         Reply(request_id, ok, stored value or exception)
+    Invoke(request_id, name, args, kwargs)         Reply(request_id, ok, SchedulerOperations.invoke's result)
 
+A peer's message is checked against the field annotations of its type (``messages.check_fields``), plus
+the few rules a type cannot say (remote tasks come pickled; a client posts only for ids it registered).
 Pickle is safe here only because every peer has authenticated with the cluster secret (or is a worker
 process the cluster started itself). Exceptions that cannot be pickled are replaced by a RuntimeError
 carrying their text, so a strange exception never breaks a connection.
@@ -32,15 +34,20 @@ import cloudpickle
 
 from ..comm.serialize import Payload, deserialize, loads_function, serialize
 from ..comm.shm import SharedBuffer, open_segment
-from ..scheduler.instructions import NewTask
+from ..messages import (
+    CLIENT_MESSAGES,
+    REMOTE_REQUESTS,
+    MalformedMessage,
+    NewTask,
+    Reply,
+    Reports,
+    RunSpec,
+    Scatter,
+    TaskStatus,
+    UpdateGraph,
+    check_fields,
+)
 from ..tracebacks import encode_error
-
-POST_KINDS = ("update_graph", "release", "release-pending", "scatter", "cancel", "retry")
-
-
-class MalformedMessage(ValueError):
-    """A message from a peer does not have the shape the protocol expects (it is dropped)."""
-
 
 # ------------------------------------------------------------------------------------------- encoding
 
@@ -92,25 +99,22 @@ def decode(data: bytes) -> list:
 
 
 def _portable_message(message):
-    kind = message[0] if isinstance(message, tuple) and message else None
-    if kind == "reply":
-        _, request_id, ok, value = message
-        if ok:
+    kind = type(message)
+    if kind is Reply:
+        if message.ok:
             try:
-                value = serialize(value, None)  # cloudpickle may manage what pickle could not
+                value = serialize(
+                    message.value, None
+                )  # cloudpickle may manage what pickle could not
                 pickle.dumps(value, protocol=5)
             except Exception as exc:
-                return (
-                    "reply",
-                    request_id,
-                    False,
-                    RuntimeError(f"the result could not be sent: {exc}"),
-                )
-            return ("reply", request_id, True, value)
-        return ("reply", request_id, False, portable_exception(value))
-    if kind == "report":
-        return ("report", message[1], portable_items(message[2]))
-    raise MalformedMessage(f"cannot encode a {kind!r} message")
+                error = RuntimeError(f"the result could not be sent: {exc}")
+                return Reply(message.request_id, False, error)
+            return Reply(message.request_id, True, value)
+        return Reply(message.request_id, False, portable_exception(message.value))
+    if kind is Reports:
+        return Reports(message.client, portable_items(message.items))
+    raise MalformedMessage(f"cannot encode a {kind.__name__} message")
 
 
 def portable_exception(exc: BaseException) -> BaseException:
@@ -139,7 +143,7 @@ def portable_items(items: list) -> list:
                 tb = "".join(traceback_module.format_tb(tb))
             if isinstance(exception, BaseException):
                 exception = portable_exception(exception)
-            item = (key, status, exception, tb)
+            item = TaskStatus(key, status, exception, tb)
         out.append(item)
     return out
 
@@ -177,55 +181,46 @@ def machine_id() -> str:
 # ---------------------------------------------------------------------------------- message checks
 
 
-def check_post(message, client_ids, processes: bool) -> None:
-    """Raise MalformedMessage unless ``message`` is a client message the scheduler can take.
+def check_request(message, client_ids) -> None:
+    """Raise MalformedMessage unless ``message`` is one a remote peer may send, with well-typed fields.
 
-    Only client messages pass (never "call", which would run code on the scheduler thread and dodge
-    blocked_handlers), only for client ids this connection registered, with the shapes the scheduler
-    thread relies on.
+    Only the types in ``messages.REMOTE_REQUESTS`` pass (never ``Call``, which would run code on the
+    scheduler thread and dodge blocked_handlers); client messages only for client ids this connection
+    registered; tasks only in the pickled form (a ``RunSpec`` of bytes and a ``Payload``).
     """
-    if not isinstance(message, tuple) or not message or message[0] not in POST_KINDS:
-        kind = message[0] if isinstance(message, tuple) and message else type(message).__name__
-        raise MalformedMessage(f"{kind!r} is not a message a client may post")
-    kind = message[0]
-    shapes = {
-        "update_graph": 4,
-        "release": 3,
-        "release-pending": 2,
-        "scatter": 4,
-        "cancel": 2,
-        "retry": 2,
-    }
-    if len(message) != shapes[kind]:
-        raise MalformedMessage(f"a {kind!r} message has {shapes[kind]} fields, not {len(message)}")
-    if kind not in ("cancel", "retry") and message[1] not in client_ids:
-        raise MalformedMessage(f"{kind!r} for client {message[1]!r}, which did not register here")
-    if kind == "update_graph":
-        tasks = message[2]
-        if not isinstance(tasks, (tuple, list)) or not isinstance(message[3], (tuple, list)):
-            raise MalformedMessage("update_graph needs a sequence of tasks and of wanted keys")
-        for spec in tasks:
-            if type(spec) is not NewTask or not _valid_run_spec(spec.run_spec):
-                raise MalformedMessage(f"malformed task in update_graph: {spec!r:.200}")
-    elif kind == "scatter":
-        values, nbytes = message[2], message[3]
-        if type(values) is not dict or type(nbytes) is not dict or set(values) != set(nbytes):
-            raise MalformedMessage("scatter needs matching dicts of values and sizes")
-        if any(type(v) is not Payload for v in values.values()):
+    kind = type(message)
+    if kind not in REMOTE_REQUESTS:
+        raise MalformedMessage(f"{kind.__name__} is not a message a remote client may send")
+    check_fields(message)
+    if kind in CLIENT_MESSAGES:
+        client = getattr(message, "client", None)
+        if client is not None and client not in client_ids:
+            raise MalformedMessage(
+                f"{kind.__name__} for client {client!r}, which did not register here"
+            )
+    if kind is UpdateGraph:
+        for spec in message.tasks:
+            if type(spec) is not NewTask:
+                raise MalformedMessage(f"malformed task in UpdateGraph: {spec!r:.200}")
+            check_fields(spec)
+            _check_pickled_run_spec(spec.run_spec)
+    elif kind is Scatter:
+        if set(message.values) != set(message.nbytes):
+            raise MalformedMessage("Scatter needs matching dicts of values and sizes")
+        if any(type(v) is not Payload for v in message.values.values()):
             raise MalformedMessage("scattered values must be Payloads")
-    elif kind in ("release", "cancel", "retry"):
-        if not isinstance(message[-1], (tuple, list)):
-            raise MalformedMessage(f"{kind!r} needs a sequence of keys")
 
 
-def _valid_run_spec(run_spec) -> bool:
-    return (
-        type(run_spec) is tuple
-        and len(run_spec) == 3
-        and isinstance(run_spec[0], bytes)
-        and (run_spec[1] is None or isinstance(run_spec[1], bytes))
-        and type(run_spec[2]) is Payload
-    )
+def _check_pickled_run_spec(run_spec) -> None:
+    if type(run_spec) is not RunSpec:
+        raise MalformedMessage(
+            f"a task's run_spec must be a RunSpec, not {type(run_spec).__name__}"
+        )
+    check_fields(run_spec)
+    if not (run_spec.function is None or isinstance(run_spec.function, bytes)):
+        raise MalformedMessage("a remote task's function must be a pickle (bytes) or None")
+    if type(run_spec.arguments) is not Payload:
+        raise MalformedMessage("a remote task's arguments must be a Payload")
 
 
 # ------------------------------------------------------------------------------------------- codecs
@@ -234,7 +229,7 @@ def _valid_run_spec(run_spec) -> bool:
 class ProcessModeCodec:
     """The cluster stores Payloads and runs pickled functions: messages pass through unchanged."""
 
-    def incoming(self, message: tuple) -> tuple:
+    def incoming(self, message):
         return message
 
     def stored_value(self, value) -> Any:
@@ -250,8 +245,8 @@ class ProcessModeCodec:
 class ThreadModeCodec(ProcessModeCodec):
     """The cluster holds plain objects and calls functions directly (processes=False with a port).
 
-    Incoming run_specs become ``(function, args, kwargs)``, scattered Payloads become objects; values,
-    ``run`` results and ``run_on_scheduler`` results are serialised on the way out.
+    Incoming run_specs get their function and ``(args, kwargs)`` as objects, scattered Payloads become
+    objects; values, ``run`` results and ``run_on_scheduler`` results are serialised on the way out.
     """
 
     def __init__(self):
@@ -271,23 +266,22 @@ class ThreadModeCodec(ProcessModeCodec):
             self._functions[function_id] = function
         return function
 
-    def incoming(self, message: tuple) -> tuple:
-        kind = message[0]
-        if kind == "update_graph":
-            _, client_id, tasks, wanted = message
+    def incoming(self, message):
+        kind = type(message)
+        if kind is UpdateGraph:
             converted = []
-            for spec in tasks:
+            for spec in message.tasks:
                 function_id, blob, args_payload = spec.run_spec
                 function = self._function(function_id, blob)
                 try:
-                    args, kwargs = deserialize(args_payload)
+                    arguments = deserialize(args_payload)
                 except Exception as exc:
-                    function, args, kwargs = _raiser(exc), (), {}
-                converted.append(spec._replace(run_spec=(function, args, kwargs)))
-            return ("update_graph", client_id, tuple(converted), wanted)
-        if kind == "scatter":
-            _, client_id, values, nbytes = message
-            return ("scatter", client_id, {k: deserialize(v) for k, v in values.items()}, nbytes)
+                    function, arguments = _raiser(exc), ((), {})
+                converted.append(spec._replace(run_spec=RunSpec(function_id, function, arguments)))
+            return message._replace(tasks=tuple(converted))
+        if kind is Scatter:
+            values = {k: deserialize(v) for k, v in message.values.items()}
+            return message._replace(values=values)
         return message
 
     def stored_value(self, value) -> Payload:

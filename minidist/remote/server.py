@@ -7,16 +7,16 @@
                     (bad secrets and garbage are logged on the scheduler logger and dropped there)
 
     TCPSession   reader thread: frame ──decode──► Session.handle(message)
-                                 post   ──► scheduler.post(...)      (checked, converted by the codec)
-                                 fetch  ──► scheduler.fetch(key) ──► reply
-                                 invoke ──► a short-lived thread ──► cluster.operations.invoke ──► reply
+                                 UpdateGraph... ──► scheduler.post(...)  (checked, converted by the codec)
+                                 Fetch  ──► scheduler.fetch(key) ──► Reply
+                                 Invoke ──► a short-lived thread ──► cluster.operations.invoke ──► Reply
                  writer thread: outbox ──► encode ──► Connection.send_bytes
                  scheduler.sessions[client_id] = _ClientSlot ──report(items)──► outbox
 
 The scheduler thread only appends to an outbox, so a slow or stopped remote client never stalls the
 cluster. Clients inside process workers use the same ``Session`` logic over the worker's pipe
 (``route_worker_client``, installed as ``handle.client_router``); there the scheduler thread itself
-reads the requests, and replies go back as ``("client-reply", frame)`` worker messages.
+reads the requests, and replies go back as ``ClientReply(frame)`` worker messages.
 
 When a connection ends, whatever its clients still wanted is released. ``close()`` stops accepting,
 closes every connection (remote clients then see CommClosedError) and removes the secret file.
@@ -32,13 +32,26 @@ from typing import Optional
 
 from ..comm.addressing import format_address, parse_address, resolve_interface
 from ..errors import CommClosedError
-from ..scheduler.server import FIRE_AND_FORGET
+from ..messages import (
+    CLIENT_MESSAGES,
+    FIRE_AND_FORGET,
+    ClientHello,
+    ClientReply,
+    Fetch,
+    Invoke,
+    Register,
+    ReleasePending,
+    Reply,
+    Reports,
+    Unregister,
+    Welcome,
+)
 from ..security import Security, new_secret
 from .protocol import (
     MalformedMessage,
     ProcessModeCodec,
     ThreadModeCodec,
-    check_post,
+    check_request,
     decode,
     encode,
     inline_payload,
@@ -181,7 +194,7 @@ class _ClientSlot:
         self.client_id = client_id
 
     def report(self, items: list) -> None:
-        self.session.send(("report", self.client_id, items))
+        self.session.send(Reports(self.client_id, items))
 
     def take_releases(self) -> list:
         return []  # remote clients send their releases themselves (see remote/client.py)
@@ -199,8 +212,17 @@ class Session:
         self.client_ids: set = set()
         self.same_machine = False
         self.closed = False
+        self._handlers = {
+            ClientHello: self._on_hello,
+            Register: self._on_register,
+            Unregister: self._on_unregister,
+            Fetch: self._on_fetch,
+            Invoke: self._on_invoke,
+        }
+        for kind in CLIENT_MESSAGES:
+            self._handlers[kind] = self._on_client_message
 
-    def send(self, message: tuple) -> None:
+    def send(self, message) -> None:
         raise NotImplementedError
 
     def welcome(self) -> dict:
@@ -234,62 +256,57 @@ class Session:
                 )
 
     def handle(self, message) -> None:
-        if not isinstance(message, tuple) or not message:
-            raise MalformedMessage(
-                f"a message must be a non-empty tuple, not {type(message).__name__}"
-            )
-        kind = message[0]
-        if kind == "post" and len(message) == 2:
-            check_post(message[1], self.client_ids, self.scheduler.processes)
-            if message[1][0] != "release-pending":  # remote clients send their releases explicitly
-                self.scheduler.post(self.codec.incoming(message[1]))
-        elif kind == "fetch" and len(message) == 3:
-            self._fetch(message[1], message[2])
-        elif kind == "invoke" and len(message) == 5 and isinstance(message[2], str):
-            _, request_id, name, args, kwargs = message
-            if not isinstance(args, tuple) or not isinstance(kwargs, dict):
-                raise MalformedMessage("invoke needs a tuple of arguments and a dict of keywords")
-            threading.Thread(
-                target=self._invoke,
-                args=(request_id, name, args, kwargs),
-                name="minidist-remote-op",
-                daemon=True,
-            ).start()
-        elif kind == "register" and len(message) == 2 and isinstance(message[1], str):
-            if message[1] == FIRE_AND_FORGET or message[1] in self.scheduler.sessions:
-                raise MalformedMessage(f"client id {message[1]!r} is taken")
-            self.client_ids.add(message[1])
-            self.scheduler.sessions[message[1]] = _ClientSlot(self, message[1])
-        elif kind == "unregister" and len(message) == 2:
-            if message[1] in self.client_ids:
-                self.client_ids.discard(message[1])
-                self.scheduler.sessions.pop(message[1], None)
-        elif kind == "hello" and len(message) == 3:
-            self.same_machine = message[1] == machine_id()
-            self.client_ids.add(FIRE_AND_FORGET)  # fire_and_forget posts under this pseudo-client
-            self.send(("welcome", self.welcome()))
-        else:
-            raise MalformedMessage(f"unknown message {kind!r} with {len(message)} fields")
+        check_request(message, self.client_ids)
+        self._handlers[type(message)](message)
 
-    def _fetch(self, request_id, key) -> None:
+    def _on_client_message(self, message) -> None:
+        if type(message) is not ReleasePending:  # remote clients send their releases explicitly
+            self.scheduler.post(self.codec.incoming(message))
+
+    def _on_invoke(self, message: Invoke) -> None:
+        threading.Thread(
+            target=self._invoke,
+            args=(message.request_id, message.name, message.args, message.kwargs),
+            name="minidist-remote-op",
+            daemon=True,
+        ).start()
+
+    def _on_register(self, message: Register) -> None:
+        if message.client == FIRE_AND_FORGET or message.client in self.scheduler.sessions:
+            raise MalformedMessage(f"client id {message.client!r} is taken")
+        self.client_ids.add(message.client)
+        self.scheduler.sessions[message.client] = _ClientSlot(self, message.client)
+
+    def _on_unregister(self, message: Unregister) -> None:
+        if message.client in self.client_ids:
+            self.client_ids.discard(message.client)
+            self.scheduler.sessions.pop(message.client, None)
+
+    def _on_hello(self, message: ClientHello) -> None:
+        self.same_machine = message.machine == machine_id()
+        self.client_ids.add(FIRE_AND_FORGET)  # fire_and_forget posts under this pseudo-client
+        self.send(Welcome(self.welcome()))
+
+    def _on_fetch(self, message: Fetch) -> None:
+        request_id = message.request_id
         try:
-            value = self.codec.stored_value(self.scheduler.fetch(key))
+            value = self.codec.stored_value(self.scheduler.fetch(message.key))
             if not self.same_machine:
                 value = inline_payload(value)
         except KeyError:
-            self.send(("reply", request_id, False, KeyError(key)))
+            self.send(Reply(request_id, False, KeyError(message.key)))
         except Exception as exc:
-            self.send(("reply", request_id, False, portable_exception(exc)))
+            self.send(Reply(request_id, False, portable_exception(exc)))
         else:
-            self.send(("reply", request_id, True, value))
+            self.send(Reply(request_id, True, value))
 
     def _invoke(self, request_id, name: str, args: tuple, kwargs: dict) -> None:
         try:
             args = self.codec.invoke_args(name, args)
             result = self.cluster.operations.invoke(name, *args, **kwargs)
-            reply = ("reply", request_id, True, self.codec.invoke_result(name, result))
+            reply = Reply(request_id, True, self.codec.invoke_result(name, result))
         except BaseException as exc:  # noqa: B036 - every failure goes back to the caller
-            reply = ("reply", request_id, False, portable_exception(exc))
+            reply = Reply(request_id, False, portable_exception(exc))
         try:
             self.send(reply)
         except Exception:
@@ -335,9 +352,9 @@ class TCPSession(Session):
         self._writer.start()
         self._reader.start()
 
-    def send(self, message: tuple) -> None:
-        if message[0] == "report":
-            message = ("report", message[1], portable_items(message[2]))
+    def send(self, message) -> None:
+        if type(message) is Reports:
+            message = Reports(message.client, portable_items(message.items))
         self._outbox.put(message)
 
     def _read_loop(self) -> None:
@@ -405,9 +422,9 @@ class WorkerSession(Session):
         self.same_machine = True
         self._thread_id = thread_id  # the scheduler thread, which owns the handle's pipe
 
-    def send(self, message: tuple) -> None:
-        if message[0] == "report":
-            message = ("report", message[1], portable_items(message[2]))
+    def send(self, message) -> None:
+        if type(message) is Reports:
+            message = Reports(message.client, portable_items(message.items))
         if threading.get_ident() == self._thread_id:
             self._deliver(message)
         else:  # only the scheduler thread may write to a worker's pipe
@@ -419,7 +436,7 @@ class WorkerSession(Session):
             self.closed = True
             self.release_clients()
 
-    def _deliver(self, message: tuple) -> None:
+    def _deliver(self, message) -> None:
         if self.closed:
             return
         if self.worker.address not in self.scheduler.workers:
@@ -427,7 +444,7 @@ class WorkerSession(Session):
             self.release_clients()  # the worker is gone, and so are its clients
             return
         try:
-            self.worker.send_messages([("client-reply", encode([message]))])
+            self.worker.send_messages([ClientReply(encode([message]))])
         except (OSError, ValueError):
             self.logger.debug("could not answer a client in %s", self.worker.address)
 

@@ -18,6 +18,7 @@ draining the inbox, so every message is answered by one side or the other.
 from __future__ import annotations
 
 from ..errors import SchedulerError
+from ..messages import Call, TaskStatus, UpdateGraph
 
 
 def fail(scheduler, cause: BaseException) -> None:
@@ -35,11 +36,11 @@ def fail(scheduler, cause: BaseException) -> None:
     reports: dict = {}
     for ts in list(scheduler.state.tasks.values()):
         if ts.state == "memory" and ts.key in scheduler.data:
-            item = (ts.key, "memory", None, None)
+            item = TaskStatus(ts.key, "memory")
         elif ts.state == "erred":
-            item = (ts.key, "erred", ts.exception, ts.traceback)
+            item = TaskStatus(ts.key, "erred", ts.exception, ts.traceback)
         else:
-            item = (ts.key, "erred", failure, "")
+            item = TaskStatus(ts.key, "erred", failure, "")
         for client_id in ts.who_wants:
             reports.setdefault(client_id, []).append(item)
     _report(scheduler, reports)
@@ -56,13 +57,13 @@ def refuse_inbox(scheduler) -> None:
             message = inbox.popleft()  # thread-safe: each message is taken by exactly one caller
         except IndexError:
             break
-        kind = message[0]
-        if kind == "call" and message[3].set_running_or_notify_cancel():
-            message[3].set_exception(failure)
-        elif kind == "update_graph":
-            _, client_id, tasks, wanted = message
-            keys = dict.fromkeys([spec.key for spec in tasks] + list(wanted))
-            reports.setdefault(client_id, []).extend((key, "erred", failure, "") for key in keys)
+        kind = type(message)
+        if kind is Call and message.future.set_running_or_notify_cancel():
+            message.future.set_exception(failure)
+        elif kind is UpdateGraph:
+            keys = dict.fromkeys([spec.key for spec in message.tasks] + list(message.wanted))
+            items = [TaskStatus(key, "erred", failure, "") for key in keys]
+            reports.setdefault(message.client, []).extend(items)
     _report(scheduler, reports)
 
 

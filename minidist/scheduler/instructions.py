@@ -1,29 +1,14 @@
-"""The scheduler's vocabulary: the event payload ``NewTask`` and the instructions ``SchedulerState``
-returns for the shell (``scheduler/server.py``) to carry out. Plain named tuples: cheap to build on the
-hot path and easy to assert on in tests."""
+"""The scheduler's instructions: what ``SchedulerState`` returns for the shell (``scheduler/server.py``) to
+carry out. Plain named tuples: cheap to build on the hot path and easy to assert on in tests. The events'
+payloads (``NewTask``, ``RunSpec``) and the messages between processes live in ``minidist/messages.py``."""
 
 from __future__ import annotations
 
-from typing import Any, Hashable, NamedTuple, Optional
+from typing import Any, Hashable, NamedTuple
+
+from ..messages import NewTask  # noqa: F401 (re-exported: the state's input)
 
 Key = Hashable
-
-# ---------------------------------------------------------------------------------------------- inputs
-
-
-class NewTask(NamedTuple):
-    """One task of an ``update_graph`` event."""
-
-    key: Key
-    dependencies: tuple = ()
-    run_spec: Any = None  # opaque to the state: the shell's description of what to call
-    priority: int = 0  # user priority: higher runs first
-    retries: int = 0
-    workers: Optional[frozenset] = None  # addresses or names this task may run on
-    allow_other_workers: bool = False
-    resources: Optional[dict] = None  # abstract resources needed, e.g. {"GPU": 1}
-    prefix: str = ""
-
 
 # ---------------------------------------------------------------------------------------- instructions
 

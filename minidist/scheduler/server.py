@@ -38,12 +38,35 @@ from typing import Any, Callable, Optional
 
 from ..comm.shm import sweep_process, unlink_segments
 from ..keys import key_split
+from ..messages import (
+    FIRE_AND_FORGET,
+    AddWorker,
+    Call,
+    Cancel,
+    ClientFrame,
+    FreeKeys,
+    Rejoin,
+    Release,
+    ReleasePending,
+    Retry,
+    RunResult,
+    Scatter,
+    Secede,
+    TaskDone,
+    TaskErred,
+    TaskStatus,
+    UpdateGraph,
+    Wake,
+    WorkerHello,
+    WorkerLogs,
+    WorkerReports,
+    new_task,  # noqa: F401 (re-exported)
+)
 from .failure import fail, refuse_inbox
 from .state import (
     Execute,
     Forget,
     FreeOnWorker,
-    NewTask,
     ReleaseArguments,
     Report,
     RetireWorker,
@@ -53,7 +76,6 @@ from .state import (
 logger = logging.getLogger("minidist.scheduler")
 
 
-FIRE_AND_FORGET = "fire-and-forget"
 _IDLE_WAKE = 0.25  # the loop looks at its inbox at least this often, even with nothing to wake it
 
 
@@ -64,7 +86,7 @@ class FireAndForget:
         self.scheduler = scheduler
 
     def report(self, items: list) -> None:
-        self.scheduler.post(("release", FIRE_AND_FORGET, tuple(item[0] for item in items)))
+        self.scheduler.post(Release(FIRE_AND_FORGET, tuple(item.key for item in items)))
 
 
 class SegmentLedger:
@@ -136,12 +158,36 @@ class Scheduler:
         self.on_worker_retired: Optional[Callable[[Any], None]] = None
         self.started = time.time()
         self.tasks_done = 0
+        # dispatch by message type (minidist/messages.py): what clients and the cluster post ...
+        self._handlers: dict[type, Callable] = {
+            UpdateGraph: self._on_update_graph,
+            Release: self._on_release,
+            ReleasePending: self._on_release_pending,
+            Cancel: self._on_cancel,
+            Retry: self._on_retry,
+            Scatter: self._on_scatter,
+            WorkerReports: self._on_worker_reports,
+            Call: self._on_call,
+            AddWorker: self._on_add_worker,
+            Wake: self._on_wake,
+        }
+        # ... and what workers send
+        self._worker_handlers: dict[type, Callable] = {
+            TaskDone: self._on_task_done,
+            TaskErred: self._on_task_erred,
+            RunResult: self._on_run_result,
+            Secede: self._on_secede,
+            Rejoin: self._on_rejoin,
+            WorkerHello: self._on_worker_hello,
+            WorkerLogs: self._on_worker_logs,
+            ClientFrame: self._on_client_frame,
+        }
         self._thread = threading.Thread(target=self._loop, name="minidist-scheduler", daemon=True)
         self._thread.start()
 
     # ------------------------------------------------------------------------------- thread-safe entry
 
-    def post(self, message: tuple) -> None:
+    def post(self, message) -> None:
         """Hand a message to the scheduler thread (from any thread).
 
         Releases do not wake the thread: freeing memory can wait for the next wake-up (at most
@@ -150,7 +196,7 @@ class Scheduler:
         self.inbox.append(message)
         if self.failure is not None:  # the loop is gone: answer now (see scheduler/failure.py)
             return refuse_inbox(self)
-        if not self._wake_pending and message[0] != "release-pending":
+        if not self._wake_pending and type(message) is not ReleasePending:
             self._wake_pending = True
             try:
                 os.write(self._wake_w, b"x")
@@ -166,7 +212,7 @@ class Scheduler:
         if self._closing:
             future.set_exception(RuntimeError("The scheduler is closed"))
             return future
-        self.post(("call", function, args, future))
+        self.post(Call(function, args, future))
         return future
 
     def fetch(self, key):
@@ -217,7 +263,7 @@ class Scheduler:
                 try:
                     self._handle(message, outgoing, reports)
                 except Exception:
-                    self.logger.exception("scheduler failed to handle %r", message[0])
+                    self.logger.exception("scheduler failed to handle %s", type(message).__name__)
             self._deliver(outgoing, reports)
             if self._closing:
                 break
@@ -273,22 +319,21 @@ class Scheduler:
                     handle.execute_message(inst.key, inst.run_spec, inst.dependencies, deps)
                 )
             elif kind is Report:
-                item = (inst.key, inst.status, inst.exception, inst.traceback)
+                item = TaskStatus(inst.key, inst.status, inst.exception, inst.traceback)
                 for client_id in inst.clients:
                     reports.setdefault(client_id, []).append(item)
             elif kind is Forget:
                 value = data.pop(inst.key, None)
                 if value is not None:
                     self.ledger.release(value)
-                if inst.run_spec is not None and self.processes:
-                    self.ledger.release(inst.run_spec[2])
+                if inst.run_spec is not None:
+                    self.ledger.release(inst.run_spec.arguments)
             elif kind is ReleaseArguments:
-                if self.processes:
-                    self.ledger.release(inst.run_spec[2])
+                self.ledger.release(inst.run_spec.arguments)
             elif kind is FreeOnWorker:
                 handle = workers.get(inst.worker)
                 if handle is not None:
-                    outgoing.setdefault(handle, []).append(("free", inst.keys))
+                    outgoing.setdefault(handle, []).append(FreeKeys(inst.keys))
             elif kind is RetireWorker:
                 handle = workers.get(inst.worker)
                 if handle is not None:
@@ -305,71 +350,78 @@ class Scheduler:
 
     # ---------------------------------------------------------------------------------- client events
 
-    def _handle(self, message: tuple, outgoing: dict, reports: dict) -> None:
-        kind = message[0]
-        state = self.state
-        if kind == "update_graph":
-            _, client_id, tasks, wanted = message
-            if self.processes:
-                known = state.tasks
-                fresh: set = set()
-                for spec in tasks:
-                    if spec.key in known or spec.key in fresh:
-                        # an equal task exists (e.g. another client's): the state machine keeps its
-                        # run_spec and drops this one, so this copy's segments belong to no one
-                        self.ledger.retain(spec.run_spec[2])
-                        self.ledger.release(spec.run_spec[2])
-                    else:
-                        fresh.add(spec.key)
-                        self.ledger.retain(spec.run_spec[2])
-            self._apply(
-                state.update_graph(tasks, client_id, wanted, time.time()), outgoing, reports
-            )
-        elif kind == "release":
-            self._apply(state.client_releases(message[1], message[2]), outgoing, reports)
-        elif kind == "release-pending":
-            session = self.sessions.get(message[1])
-            if session is not None:
-                self._apply(
-                    state.client_releases(message[1], session.take_releases()), outgoing, reports
-                )
-        elif kind == "cancel":
-            self._apply(state.cancel(message[1]), outgoing, reports)
-        elif kind == "retry":
-            self._apply(state.retry(message[1]), outgoing, reports)
-        elif kind == "scatter":
-            _, client_id, values, nbytes = message
-            for key, value in values.items():
-                if key in self.data:
-                    self.ledger.release(value)  # same content already stored under this key
-                    continue
-                self.data[key] = value
-                self.ledger.retain(value)
-            self._apply(state.scattered(client_id, nbytes), outgoing, reports)
-        elif kind == "worker-batch":  # from a thread worker
-            handle = self.workers.get(message[1])
-            if handle is not None:
-                self._worker_batch(handle, message[2], outgoing, reports)
-        elif kind == "call":
-            _, function, args, future = message
-            if not future.set_running_or_notify_cancel():
-                return
-            try:
-                result = function(self, *args)
-            except BaseException as exc:  # noqa: B036 - hand every failure to the caller
-                future.set_exception(exc)
+    def _handle(self, message, outgoing: dict, reports: dict) -> None:
+        handler = self._handlers.get(type(message))
+        if handler is None:
+            self.logger.warning("unknown scheduler message %r", type(message).__name__)
+        else:
+            handler(message, outgoing, reports)
+
+    def _on_update_graph(self, message: UpdateGraph, outgoing: dict, reports: dict) -> None:
+        known = self.state.tasks
+        fresh: set = set()
+        ledger = self.ledger
+        for spec in message.tasks:
+            arguments = spec.run_spec.arguments
+            if spec.key in known or spec.key in fresh:
+                # an equal task exists (e.g. another client's): the state machine keeps its
+                # run_spec and drops this one, so this copy's segments belong to no one
+                ledger.retain(arguments)
+                ledger.release(arguments)
             else:
-                future.set_result(result)
-        elif kind == "add-worker":
-            self._add_worker(message[1], outgoing, reports)
-        elif kind == "remove-worker":
-            handle = self.workers.get(message[1])
-            if handle is not None:
-                self._remove_worker(handle, message[2], outgoing, reports, expected=message[3])
-        elif kind == "worker-status":
-            self._apply(state.set_worker_status(message[1], message[2]), outgoing, reports)
-        elif kind != "noop":  # noop only wakes the loop (close)
-            self.logger.warning("unknown scheduler message %r", kind)
+                fresh.add(spec.key)
+                ledger.retain(arguments)
+        self._apply(
+            self.state.update_graph(message.tasks, message.client, message.wanted, time.time()),
+            outgoing,
+            reports,
+        )
+
+    def _on_release(self, message: Release, outgoing: dict, reports: dict) -> None:
+        self._apply(self.state.client_releases(message.client, message.keys), outgoing, reports)
+
+    def _on_release_pending(self, message: ReleasePending, outgoing: dict, reports: dict) -> None:
+        session = self.sessions.get(message.client)
+        if session is not None:
+            keys = session.take_releases()
+            self._apply(self.state.client_releases(message.client, keys), outgoing, reports)
+
+    def _on_cancel(self, message: Cancel, outgoing: dict, reports: dict) -> None:
+        self._apply(self.state.cancel(message.keys), outgoing, reports)
+
+    def _on_retry(self, message: Retry, outgoing: dict, reports: dict) -> None:
+        self._apply(self.state.retry(message.keys), outgoing, reports)
+
+    def _on_scatter(self, message: Scatter, outgoing: dict, reports: dict) -> None:
+        for key, value in message.values.items():
+            if key in self.data:
+                self.ledger.release(value)  # same content already stored under this key
+                continue
+            self.data[key] = value
+            self.ledger.retain(value)
+        self._apply(self.state.scattered(message.client, message.nbytes), outgoing, reports)
+
+    def _on_worker_reports(self, message: WorkerReports, outgoing: dict, reports: dict) -> None:
+        handle = self.workers.get(message.address)  # a thread worker's batch
+        if handle is not None:
+            self._worker_batch(handle, message.batch, outgoing, reports)
+
+    def _on_call(self, message: Call, outgoing: dict, reports: dict) -> None:
+        future = message.future
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            result = message.function(self, *message.args)
+        except BaseException as exc:  # noqa: B036 - hand every failure to the caller
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
+
+    def _on_add_worker(self, message: AddWorker, outgoing: dict, reports: dict) -> None:
+        self._add_worker(message.handle, outgoing, reports)
+
+    def _on_wake(self, message: Wake, outgoing: dict, reports: dict) -> None:
+        pass  # only wakes the loop (close)
 
     # ---------------------------------------------------------------------------------- worker events
 
@@ -389,48 +441,67 @@ class Scheduler:
         )
 
     def _worker_batch(self, handle, batch: list, outgoing: dict, reports: dict) -> None:
-        state = self.state
-        address = handle.address
+        handlers = self._worker_handlers
         for message in batch:
-            kind = message[0]
-            if kind == "done":
-                _, key, value, nbytes, start, stop, thread = message
-                if state.expects_result(key, address):
-                    old = self.data.get(key)
-                    if old is not None:
-                        self.ledger.release(old)
-                    self.data[key] = value
-                    self.ledger.retain(value)
-                    self.tasks_done += 1
-                    self.task_stream.append((key, address, thread, start, stop, "ok"))
-                else:
-                    self.ledger.retain(value)
-                    self.ledger.release(value)  # a stale copy: free its shared memory
-                self._apply(
-                    state.task_finished(key, address, nbytes, start, stop), outgoing, reports
+            handler = handlers.get(type(message))
+            if handler is None:
+                self.logger.warning(
+                    "unknown message %r from worker %s", type(message).__name__, handle.address
                 )
-            elif kind == "erred":
-                _, key, exc, tb, start, stop, thread = message
-                if state.expects_result(key, address):
-                    self.task_stream.append((key, address, thread, start, stop, "error"))
-                if self.processes:
-                    exc = _load_exception(exc)
-                self._apply(state.task_erred(key, address, exc, tb, start, stop), outgoing, reports)
-            elif kind == "run-result":
-                self._run_result(message[1], address, message[2], message[3])
-            elif kind == "secede":
-                self._apply(state.secede(address, message[1]), outgoing, reports)
-            elif kind == "rejoin":
-                self._apply(state.rejoin(address, message[1]), outgoing, reports)
-            elif kind == "hello":
-                handle.started = True
-                handle.on_hello(message)
-            elif kind == "logs":
-                handle.on_logs(message[1])
-            elif kind == "client":
-                handle.on_client_message(self, message[1])
             else:
-                self.logger.warning("unknown message %r from worker %s", kind, address)
+                handler(handle, message, outgoing, reports)
+
+    def _on_task_done(self, handle, message: TaskDone, outgoing: dict, reports: dict) -> None:
+        key, value = message.key, message.value
+        address = handle.address
+        if self.state.expects_result(key, address):
+            old = self.data.get(key)
+            if old is not None:
+                self.ledger.release(old)
+            self.data[key] = value
+            self.ledger.retain(value)
+            self.tasks_done += 1
+            self.task_stream.append(
+                (key, address, message.thread, message.start, message.stop, "ok")
+            )
+        else:
+            self.ledger.retain(value)
+            self.ledger.release(value)  # a stale copy: free its shared memory
+        instructions = self.state.task_finished(
+            key, address, message.nbytes, message.start, message.stop
+        )
+        self._apply(instructions, outgoing, reports)
+
+    def _on_task_erred(self, handle, message: TaskErred, outgoing: dict, reports: dict) -> None:
+        key, address = message.key, handle.address
+        if self.state.expects_result(key, address):
+            self.task_stream.append(
+                (key, address, message.thread, message.start, message.stop, "error")
+            )
+        exception = _load_exception(message.exception)
+        instructions = self.state.task_erred(
+            key, address, exception, message.traceback, message.start, message.stop
+        )
+        self._apply(instructions, outgoing, reports)
+
+    def _on_run_result(self, handle, message: RunResult, outgoing: dict, reports: dict) -> None:
+        self._run_result(message.run_id, handle.address, message.ok, message.value)
+
+    def _on_secede(self, handle, message: Secede, outgoing: dict, reports: dict) -> None:
+        self._apply(self.state.secede(handle.address, message.key), outgoing, reports)
+
+    def _on_rejoin(self, handle, message: Rejoin, outgoing: dict, reports: dict) -> None:
+        self._apply(self.state.rejoin(handle.address, message.key), outgoing, reports)
+
+    def _on_worker_hello(self, handle, message: WorkerHello, outgoing: dict, reports: dict) -> None:
+        handle.started = True
+        handle.on_hello(message)
+
+    def _on_worker_logs(self, handle, message: WorkerLogs, outgoing: dict, reports: dict) -> None:
+        handle.on_logs(message.records)
+
+    def _on_client_frame(self, handle, message: ClientFrame, outgoing: dict, reports: dict) -> None:
+        handle.on_client_message(self, message.frame)
 
     def _worker_died(self, handle, outgoing: dict, reports: dict) -> None:
         reason = handle.death_reason()
@@ -506,8 +577,8 @@ class Scheduler:
     def _drain_calls(self) -> None:
         while self.inbox:
             message = self.inbox.popleft()
-            if message[0] == "call" and not message[3].done():
-                message[3].set_exception(RuntimeError("The scheduler is closed"))
+            if type(message) is Call and not message.future.done():
+                message.future.set_exception(RuntimeError("The scheduler is closed"))
         for run_id in list(self._runs):
             future = self._runs.pop(run_id)["future"]
             if not future.done():
@@ -520,7 +591,7 @@ class Scheduler:
         if self._closing:
             return
         self._closing = True
-        self.post(("noop",))
+        self.post(Wake())
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
         self._selector.close()
@@ -574,27 +645,3 @@ def _load_exception(blob):
         return pickle.loads(blob)
     except Exception as exc:
         return RuntimeError(f"The task's exception could not be unpickled here: {exc!r}")
-
-
-def new_task(
-    key,
-    dependencies,
-    run_spec,
-    priority=0,
-    retries=0,
-    workers=None,
-    allow_other_workers=False,
-    resources=None,
-    prefix=None,
-) -> NewTask:
-    return NewTask(
-        key,
-        tuple(dependencies),
-        run_spec,
-        priority or 0,
-        retries or 0,
-        frozenset(workers) if workers else None,
-        allow_other_workers,
-        resources or None,
-        prefix if prefix is not None else key_split(key),
-    )

@@ -6,7 +6,7 @@ socket pair as file descriptor FD (no fork of the threaded parent, no re-import 
 
     parent ──init dict──► main()
     parent ──batches────► main thread: recv, unpickle, dispatch ──► WorkerRuntime (task threads)
-    parent ◄──batches──── task threads (results, errors), log shipper thread (("logs", records))
+    parent ◄──batches──── task threads (TaskDone, TaskErred...), log shipper thread (WorkerLogs)
 
 The main thread only receives and files work; it never sends, so the parent can never deadlock against
 it. Values travel as ``comm.serialize.Payload``: large buffers sit in shared memory and are mapped, not
@@ -30,6 +30,17 @@ from typing import Optional
 from ..comm.serialize import deserialize, loads_function, serialize
 from ..comm.shm import SegmentStore, sweep_cluster
 from ..logs import WorkerLogShipper
+from ..messages import (
+    ClientReply,
+    CloseWorker,
+    ComputeTask,
+    FreeKeys,
+    RunFunction,
+    RunResult,
+    RunSpec,
+    WorkerHello,
+    WorkerLogs,
+)
 from ..tracebacks import encode_error
 from ..utils import format_bytes
 from .admin import call_with_worker
@@ -72,6 +83,13 @@ class ProcessWorker:
         if init.get("running_fd") is not None:
             self.runtime.running_board = RunningBoard(init["running_fd"])
         self.closing = False
+        self._handlers = {
+            ComputeTask: self._on_compute_task,
+            FreeKeys: self._on_free_keys,
+            RunFunction: self._on_run_function,
+            ClientReply: self._on_client_reply,
+            CloseWorker: self._on_close,
+        }
 
     def send(self, batch: list) -> None:
         data = pickle.dumps(batch, protocol=5)
@@ -88,53 +106,60 @@ class ProcessWorker:
         payload = serialize(value, self.store)
         return payload, payload.nbytes
 
-    def prepare(self, run_spec) -> tuple:
-        function_id, _, args_payload = run_spec
+    def prepare(self, run_spec: RunSpec) -> tuple:
+        function_id = run_spec.function_id
         with self.runtime.decode_lock:
             function = self.functions[function_id]
             if type(function) is _LazyFunction:
                 function = self.functions[function_id] = loads_function(function.blob)
-            args, kwargs = deserialize(args_payload)
+            args, kwargs = deserialize(run_spec.arguments)
         return function, args, kwargs
 
     # -------------------------------------------------------------------------------------- dispatch
 
-    def dispatch(self, message: tuple) -> None:
-        kind = message[0]
-        if kind == "execute":
-            _, key, run_spec, dependencies, dep_values = message
-            function_id, function_blob, _ = run_spec
-            if function_blob is not None and function_id not in self.functions:
-                # keep the blob until first use: decoding happens on a task thread
-                self.functions[function_id] = _LazyFunction(function_blob)
-            self.runtime.submit(key, run_spec, dependencies, dep_values)
-        elif kind == "free":
-            self.runtime.free(message[1])
-        elif kind == "run":
-            _, run_id, function_blob, args_payload = message
-            threading.Thread(
-                target=self._run_function,
-                args=(run_id, function_blob, args_payload),
-                daemon=True,
-                name="minidist-run",
-            ).start()
-        elif kind == "client-reply":
-            if self.client_link is not None:
-                self.client_link.receive(message[1])
-        elif kind == "close":
-            self.closing = True
+    def dispatch(self, message) -> None:
+        handler = self._handlers.get(type(message))
+        if handler is None:
+            logger.warning(
+                "worker %s: unknown message %r", self.runtime.address, type(message).__name__
+            )
         else:
-            logger.warning("worker %s: unknown message %r", self.runtime.address, kind)
+            handler(message)
+
+    def _on_compute_task(self, message: ComputeTask) -> None:
+        run_spec = message.run_spec
+        if run_spec.function is not None and run_spec.function_id not in self.functions:
+            # keep the blob until first use: decoding happens on a task thread
+            self.functions[run_spec.function_id] = _LazyFunction(run_spec.function)
+        self.runtime.submit(message.key, run_spec, message.dependencies, message.dep_values)
+
+    def _on_free_keys(self, message: FreeKeys) -> None:
+        self.runtime.free(message.keys)
+
+    def _on_run_function(self, message: RunFunction) -> None:
+        threading.Thread(
+            target=self._run_function,
+            args=(message.run_id, message.function, message.arguments),
+            daemon=True,
+            name="minidist-run",
+        ).start()
+
+    def _on_client_reply(self, message: ClientReply) -> None:
+        if self.client_link is not None:
+            self.client_link.receive(message.frame)
+
+    def _on_close(self, message: CloseWorker) -> None:
+        self.closing = True
 
     def _run_function(self, run_id, function_blob, args_payload) -> None:
         try:
             function = loads_function(function_blob)
             args, kwargs = deserialize(args_payload)
             result = call_with_worker(function, args, kwargs, self.runtime)
-            reply = ("run-result", run_id, True, serialize(result, None))
+            reply = RunResult(run_id, True, serialize(result, None))
         except BaseException as exc:  # noqa: B036
             blob, text = encode_error(exc, exc.__traceback__)
-            reply = ("run-result", run_id, False, (blob, text))
+            reply = RunResult(run_id, False, (blob, text))
         self.runtime.report(reply)
 
     def watch_parent(self) -> None:
@@ -161,7 +186,7 @@ class ProcessWorker:
             target=self.watch_parent, name="minidist-parent-watch", daemon=True
         ).start()
         try:
-            self.send([("hello", os.getpid())])
+            self.send([WorkerHello(os.getpid())])
         except OSError:  # closed before we said hello (closed or retired at once): just go
             if not self.parent.alive():
                 self.die_orphaned()
@@ -240,8 +265,10 @@ def main(fd: int, running_fd: Optional[int] = None) -> None:
         worker = ProcessWorker(conn, init)
     except BaseException:  # noqa: B036 - e.g. worker_class.setup() raised: say why before leaving
         logger.exception("Worker %s could not start", init.get("address"))
-        shipper.ship(lambda batch: conn.send_bytes(pickle.dumps(batch, protocol=5)))
+        shipper.ship(
+            lambda records: conn.send_bytes(pickle.dumps([WorkerLogs(records)], protocol=5))
+        )
         os._exit(1)
-    shipper.ship_every(worker.send)
+    shipper.ship_every(lambda records: worker.send([WorkerLogs(records)]))
     worker.serve()
     os._exit(0)

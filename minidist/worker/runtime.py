@@ -2,16 +2,16 @@
 
 Data flow::
 
-    scheduler ──batch of messages──► handle()  ──► pending deque ──► task threads (nthreads)
-                                                                        │ run function
-    scheduler ◄──────── report(msg) ◄── outbox (batched by whoever sends) ◄┘
+    scheduler ──ComputeTask/FreeKeys──► submit()/free() ──► pending deque ──► task threads (nthreads)
+                                                                                 │ run function
+    scheduler ◄──────── report(message) ◄── outbox (batched by whoever sends) ◄──┘
 
-``handle`` runs on the thread that receives from the scheduler (a process worker's main thread, or the
-scheduler thread itself for thread workers) and must never block: it only files messages. Task threads
-take the oldest pending task, resolve its dependencies from the local cache, call the function, and
-report ``("done", key, value, nbytes, start, stop, thread)`` or ``("erred", key, exception, traceback,
-start, stop, thread)``. Reports are batched: a thread that finds the outbox empty becomes the sender
-and flushes everything that piled up meanwhile, so bursts of tiny tasks cost one message, not one each.
+``submit`` and ``free`` run on the thread that receives from the scheduler (a process worker's main
+thread, or the scheduler thread itself for thread workers) and must never block: they only file work.
+Task threads take the oldest pending task, resolve its dependencies from the local cache, call the
+function, and report ``TaskDone`` or ``TaskErred`` (``minidist/messages.py``). Reports are batched: a
+thread that finds the outbox empty becomes the sender and flushes everything that piled up meanwhile, so
+bursts of tiny tasks cost one message, not one each.
 
 The transport differs by mode and is injected: ``encode_result``/``decode_value`` serialise values
 (process workers) or pass objects through untouched (thread workers); ``send`` writes a list of
@@ -27,6 +27,7 @@ import time
 from collections import deque
 from typing import Any, Callable, Optional
 
+from ..messages import DependencyRef, Rejoin, RunSpec, Secede, TaskDone, TaskErred
 from .running import SLOTS
 from .task_client import TaskClientSlot
 
@@ -36,21 +37,6 @@ REPORT_DELAY = 0.002  # longest a finished result waits to share a message with 
 _MAX_BATCH = 256
 
 _task_context = threading.local()  # .runtime, .key, .seceded for get_worker()/secede()/get_client()
-
-
-class DependencyRef:
-    """Stands in for a Future inside task arguments; the worker swaps in the dependency's value."""
-
-    __slots__ = ("key",)
-
-    def __init__(self, key):
-        self.key = key
-
-    def __reduce__(self):
-        return (DependencyRef, (self.key,))
-
-    def __repr__(self) -> str:
-        return f"DependencyRef({self.key!r})"
 
 
 def substitute(obj: Any, values: dict) -> Any:
@@ -88,8 +74,13 @@ class PendingTask:
         self.cancelled = False
 
 
-def _unpack_run_spec(run_spec):
-    return run_spec  # thread workers receive (function, args, kwargs) as objects
+def unpack_run_spec(run_spec: RunSpec) -> tuple:
+    """``(function, args, kwargs)`` of a thread worker's task: its run_spec holds them as objects."""
+    args, kwargs = run_spec.arguments
+    return run_spec.function, args, kwargs
+
+
+_RESULTS = (TaskDone, TaskErred)
 
 
 class WorkerRuntime:
@@ -104,7 +95,7 @@ class WorkerRuntime:
         encode_result: Callable[[Any], tuple] = lambda value: (value, sizeof(value)),
         encode_error: Callable[[BaseException], tuple] = None,  # type: ignore[assignment]
         decode_value: Callable[[Any], Any] = lambda value: value,
-        prepare: Callable[[Any], tuple] = _unpack_run_spec,
+        prepare: Callable[[Any], tuple] = unpack_run_spec,
         resources: Optional[dict] = None,
         task_clients: Optional[TaskClientSlot] = None,
     ):
@@ -258,7 +249,7 @@ class WorkerRuntime:
                 return
             logger.debug("task %r erred: %r", key, exc)
             exc_value, tb = self._encode_error(exc, exc.__traceback__)
-            self.report(("erred", key, exc_value, tb, start, stop, thread_id))
+            self.report(TaskErred(key, exc_value, tb, start, stop, thread_id))
             return
         finally:
             _task_context.key = None
@@ -272,24 +263,24 @@ class WorkerRuntime:
             encoded, nbytes = self._encode_result(result)
         except BaseException as exc:  # noqa: B036
             exc_value, tb = self._encode_error(exc, exc.__traceback__)
-            self.report(("erred", key, exc_value, tb, start, stop, thread_id))
+            self.report(TaskErred(key, exc_value, tb, start, stop, thread_id))
             return
         # Cache what was sent, not the original: a large result then lives once, in shared memory (not
         # again in this process's private memory), and dependents here see the same read-only value as
         # dependents on other workers. It is decoded on first use (_value_of).
         self.encoded[key] = encoded
-        self.report(("done", key, encoded, nbytes, start, stop, thread_id))
+        self.report(TaskDone(key, encoded, nbytes, start, stop, thread_id))
 
     # ---------------------------------------------------------------------------------------- outbox
 
-    def report(self, message: tuple) -> None:
+    def report(self, message) -> None:
         """Queue a message for the scheduler.
 
         Results are held back briefly while more queued tasks are about to finish, so a burst of tiny
         tasks costs one message per ``REPORT_DELAY`` instead of one each; the flusher thread bounds
         that delay. Anything else, or a result with nothing queued behind it, goes out at once.
         """
-        urgent = message[0] not in ("done", "erred") or not self._pending
+        urgent = type(message) not in _RESULTS or not self._pending
         with self._outbox_lock:
             self._outbox.append(message)
             if len(self._outbox) == 1:
@@ -344,7 +335,7 @@ class WorkerRuntime:
         with self._condition:
             self._active_threads -= 1
             self._start_thread()
-        self.report(("secede", key))
+        self.report(Secede(key))
 
     def rejoin_current(self) -> None:
         if not getattr(_task_context, "seceded", False):
@@ -352,7 +343,7 @@ class WorkerRuntime:
         _task_context.seceded = False
         with self._condition:
             self._active_threads += 1
-        self.report(("rejoin", _task_context.key))
+        self.report(Rejoin(_task_context.key))
 
     # ----------------------------------------------------------------------------------------- close
 

@@ -1,0 +1,441 @@
+"""The message vocabulary: every message between clients, the scheduler thread, workers and remote peers.
+
+Each message is a small named tuple; its type *is* its kind, so every receiver dispatches with a dict from
+type to handler and nobody spells a kind twice. Who sends what::
+
+    client ──► scheduler      UpdateGraph  Release  ReleasePending  Scatter  Cancel  Retry
+    cluster ──► scheduler     AddWorker  Call  Wake  WorkerReports (a thread worker's batch)
+    scheduler ──► worker      ComputeTask  FreeKeys  RunFunction  ClientReply  CloseWorker
+    worker ──► scheduler      TaskDone  TaskErred  RunResult  Secede  Rejoin  WorkerHello  WorkerLogs
+                              ClientFrame (a frame from a client inside a task)
+    scheduler ──► client      sessions' report(items): a list of TaskStatus
+    remote client ──► server  ClientHello  Register  Unregister  Fetch  Invoke  + the client messages
+    server ──► remote client  Welcome  Reply  Reports
+
+Payloads inside them: ``NewTask`` (one task of an ``UpdateGraph``), ``RunSpec`` (what to call for a task,
+packed by the cluster's data plane) and ``DependencyRef`` (a future inside task arguments).
+
+Messages that cross a pipe or a socket pickle as ``(class, fields)`` (registered below): a few bytes and a
+fraction of a microsecond more than a bare tuple. Messages from remote peers are checked against the field
+annotations here (``check_fields``), so the remote protocol never restates a shape. To add a message: see
+"How to add a message" in ``docs/architecture.md``.
+"""
+
+import copyreg
+import typing
+from typing import Any, Hashable, NamedTuple, Optional, Union
+
+from .keys import key_split
+
+Key = Hashable
+
+FIRE_AND_FORGET = (
+    "fire-and-forget"  # the pseudo-client that wants fire_and_forget's keys until done
+)
+
+
+class MalformedMessage(ValueError):
+    """A message from a peer does not have the shape the protocol expects (it is dropped)."""
+
+
+def _wire(cls):
+    """Pickle ``cls`` as its class and field tuple (the default reduction of a named tuple is slower)."""
+    copyreg.pickle(cls, _reduce_fields)
+    return cls
+
+
+def _reduce_fields(message):
+    return type(message), tuple(message)
+
+
+# -------------------------------------------------------------------------------------------- payloads
+
+
+class DependencyRef:
+    """Stands in for a Future inside task arguments; the worker swaps in the dependency's value."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key):
+        self.key = key
+
+    def __reduce__(self):
+        return (DependencyRef, (self.key,))
+
+    def __repr__(self) -> str:
+        return f"DependencyRef({self.key!r})"
+
+
+@_wire
+class RunSpec(NamedTuple):
+    """What to call for a task. ``function_id`` names the function (a hash of its pickle); the data plane
+    (``comm/data_plane.py``) decides the other two fields: for process workers ``function`` is the
+    cloudpickled blob (None once that worker has it) and ``arguments`` a ``Payload`` of ``(args, kwargs)``;
+    for thread workers ``function`` is the callable and ``arguments`` the ``(args, kwargs)`` pair itself."""
+
+    function_id: bytes
+    function: Any
+    arguments: Any
+
+
+@_wire
+class NewTask(NamedTuple):
+    """One task of an ``UpdateGraph``."""
+
+    key: Key
+    dependencies: tuple = ()
+    run_spec: Any = None  # a RunSpec; opaque to the scheduler's state
+    priority: int = 0  # user priority: higher runs first
+    retries: int = 0
+    workers: Optional[frozenset] = None  # addresses or names this task may run on
+    allow_other_workers: bool = False
+    resources: Optional[dict] = None  # abstract resources needed, e.g. {"GPU": 1}
+    prefix: str = ""
+
+
+def new_task(
+    key,
+    dependencies,
+    run_spec,
+    priority=0,
+    retries=0,
+    workers=None,
+    allow_other_workers=False,
+    resources=None,
+    prefix=None,
+) -> NewTask:
+    """A ``NewTask`` from the loose forms the client API accepts (lists, None for defaults)."""
+    return NewTask(
+        key,
+        tuple(dependencies),
+        run_spec,
+        priority or 0,
+        retries or 0,
+        frozenset(workers) if workers else None,
+        allow_other_workers,
+        resources or None,
+        prefix if prefix is not None else key_split(key),
+    )
+
+
+@_wire
+class TaskStatus(NamedTuple):
+    """What a client hears about one of its keys: ``memory``, ``erred`` (with the exception and a
+    traceback) or ``cancelled``. Sessions receive lists of them in ``report(items)``."""
+
+    key: Key
+    status: str
+    exception: Any = None
+    traceback: Any = None
+
+
+# ----------------------------------------------------------------------------- client ──► scheduler
+
+
+@_wire
+class UpdateGraph(NamedTuple):
+    """New tasks from ``client``, which now wants the ``wanted`` keys (tasks may be empty: only wants)."""
+
+    client: str
+    tasks: tuple
+    wanted: tuple
+
+
+@_wire
+class Release(NamedTuple):
+    """``client`` holds no more futures for ``keys``."""
+
+    client: str
+    keys: tuple
+
+
+@_wire
+class ReleasePending(NamedTuple):
+    """``client`` has a batch of released keys; the scheduler collects it with ``take_releases()``.
+    Only posted in-process (a remote link turns it into a ``Release``); it does not wake the scheduler."""
+
+    client: str
+
+
+@_wire
+class Scatter(NamedTuple):
+    """Values ``client`` put straight into memory: ``values`` and ``nbytes`` are dicts by key."""
+
+    client: str
+    values: dict
+    nbytes: dict
+
+
+@_wire
+class Cancel(NamedTuple):
+    """Cancel ``keys`` and everything that depends on them, for every client."""
+
+    keys: tuple
+
+
+@_wire
+class Retry(NamedTuple):
+    """Run the erred tasks ``keys`` (and the erred tasks they depend on) again."""
+
+    keys: tuple
+
+
+# ---------------------------------------------------------------------- cluster ──► scheduler thread
+
+
+class AddWorker(NamedTuple):
+    """A worker handle (``deploy/workers.py``) joins the cluster."""
+
+    handle: Any
+
+
+class Call(NamedTuple):
+    """Run ``function(scheduler, *args)`` on the scheduler thread; its result goes to ``future``."""
+
+    function: Any
+    args: tuple
+    future: Any
+
+
+class Wake(NamedTuple):
+    """Only wakes the scheduler loop (on close)."""
+
+
+class WorkerReports(NamedTuple):
+    """A batch of worker messages from a thread worker (process workers send theirs down a pipe)."""
+
+    address: str
+    batch: list
+
+
+# ------------------------------------------------------------------------------ scheduler ──► worker
+
+
+@_wire
+class ComputeTask(NamedTuple):
+    """Run ``key``. ``dep_values`` are the encoded values of ``dependencies`` this worker lacks."""
+
+    key: Key
+    run_spec: RunSpec
+    dependencies: tuple
+    dep_values: dict
+
+
+@_wire
+class FreeKeys(NamedTuple):
+    """Drop cached values and cancel queued or running copies of ``keys``."""
+
+    keys: tuple
+
+
+@_wire
+class RunFunction(NamedTuple):
+    """``client.run``: call a function outside the task system and answer with a ``RunResult``."""
+
+    run_id: int
+    function: Any  # packed by the data plane, as RunSpec.function
+    arguments: Any  # packed by the data plane, as RunSpec.arguments
+
+
+@_wire
+class ClientReply(NamedTuple):
+    """A frame of remote-protocol messages for the clients of tasks on this worker."""
+
+    frame: bytes
+
+
+@_wire
+class CloseWorker(NamedTuple):
+    """Leave cleanly (and leave shared memory alone)."""
+
+
+# ------------------------------------------------------------------------------ worker ──► scheduler
+
+
+@_wire
+class TaskDone(NamedTuple):
+    """``key`` finished on the thread ``thread`` between ``start`` and ``stop`` (epoch seconds)."""
+
+    key: Key
+    value: Any  # encoded by the data plane
+    nbytes: int
+    start: float
+    stop: float
+    thread: int
+
+
+@_wire
+class TaskErred(NamedTuple):
+    """``key`` raised; process workers send the exception pickled and the traceback as text."""
+
+    key: Key
+    exception: Any
+    traceback: Any
+    start: float
+    stop: float
+    thread: int
+
+
+@_wire
+class RunResult(NamedTuple):
+    """The answer to ``RunFunction``: ``value`` is the result, or ``(exception, traceback)``."""
+
+    run_id: int
+    ok: bool
+    value: Any
+
+
+@_wire
+class Secede(NamedTuple):
+    """The task ``key`` left its thread slot (it waits on other tasks)."""
+
+    key: Key
+
+
+@_wire
+class Rejoin(NamedTuple):
+    """The task ``key`` takes a thread slot again."""
+
+    key: Key
+
+
+@_wire
+class WorkerHello(NamedTuple):
+    """A process worker is up (its first message)."""
+
+    pid: int
+
+
+@_wire
+class WorkerLogs(NamedTuple):
+    """Log records shipped from a process worker: ``(created, level, logger name, text)`` tuples."""
+
+    records: list
+
+
+@_wire
+class ClientFrame(NamedTuple):
+    """A frame of remote-protocol messages from a client inside a task on this worker."""
+
+    frame: bytes
+
+
+# -------------------------------------------------------------------------- remote client ◄─► server
+
+
+@_wire
+class ClientHello(NamedTuple):
+    """The first message of a remote link; ``machine`` tells whether shared memory is shared."""
+
+    machine: str
+    pid: Optional[int]
+
+
+@_wire
+class Welcome(NamedTuple):
+    """The answer to ``ClientHello``: the cluster's description."""
+
+    info: dict
+
+
+@_wire
+class Register(NamedTuple):
+    """A client on this link wants reports under ``client``."""
+
+    client: str
+
+
+@_wire
+class Unregister(NamedTuple):
+    """The client ``client`` on this link closed."""
+
+    client: str
+
+
+@_wire
+class Fetch(NamedTuple):
+    """Ask for the stored value of ``key``; answered by a ``Reply``."""
+
+    request_id: int
+    key: Key
+
+
+@_wire
+class Invoke(NamedTuple):
+    """Call the named scheduler operation (``scheduler/operations.py``); answered by a ``Reply``."""
+
+    request_id: int
+    name: str
+    args: tuple
+    kwargs: dict
+
+
+@_wire
+class Reply(NamedTuple):
+    """The answer to a ``Fetch`` or ``Invoke``: a value when ``ok``, else the exception."""
+
+    request_id: int
+    ok: bool
+    value: Any
+
+
+@_wire
+class Reports(NamedTuple):
+    """``TaskStatus`` items for the client ``client`` on this link."""
+
+    client: str
+    items: list
+
+
+CLIENT_MESSAGES = (UpdateGraph, Release, ReleasePending, Scatter, Cancel, Retry)
+REMOTE_REQUESTS = (ClientHello, Register, Unregister, Fetch, Invoke, *CLIENT_MESSAGES)
+
+
+# ---------------------------------------------------------------------------------------- checking
+
+
+def _runtime_types(annotation) -> Optional[tuple]:
+    """The classes ``isinstance`` needs for an annotation, or None for "anything"."""
+    if annotation is Any:
+        return None
+    if typing.get_origin(annotation) is Union:
+        members: tuple = ()
+        for arg in typing.get_args(annotation):
+            found = _runtime_types(arg)
+            if found is None:
+                return None
+            members += found
+        return members
+    origin = typing.get_origin(annotation) or annotation
+    return (origin,) if isinstance(origin, type) else None
+
+
+_FIELD_TYPES: dict = {}
+
+
+def field_types(cls) -> dict:
+    """``{field: classes}`` for the fields of a message type that have a checkable annotation."""
+    found = _FIELD_TYPES.get(cls)
+    if found is None:
+        hints = typing.get_type_hints(cls)
+        found = {}
+        for name in cls._fields:
+            types = _runtime_types(hints.get(name, Any))
+            if types is not None:
+                found[name] = types
+        _FIELD_TYPES[cls] = found
+    return found
+
+
+def check_fields(message) -> None:
+    """Raise MalformedMessage unless every field of ``message`` has its annotated type.
+
+    The number of fields needs no check: a named tuple cannot be built with the wrong count.
+    """
+    for name, types in field_types(type(message)).items():
+        value = getattr(message, name)
+        if not isinstance(value, types):
+            expected = " or ".join(t.__name__ for t in types)
+            raise MalformedMessage(
+                f"{type(message).__name__}.{name} must be {expected}, not {type(value).__name__}"
+            )
