@@ -108,9 +108,12 @@ def recv_frame(sock: socket.socket) -> bytes:
 
 def authenticate_by_hand(sock: socket.socket, secret: bytes) -> None:
     """The client half of the handshake, spelled out, so a test can misbehave after it."""
-    server_nonce = recv_frame(sock)[-32:]
+    greeting = recv_frame(sock)
+    server_nonce, mode = greeting[-33:-1], greeting[-1:]
     client_nonce = os.urandom(32)
-    proof = hmac.new(secret, b"client" + server_nonce + client_nonce, hashlib.sha256).digest()
+    proof = hmac.new(
+        secret, b"client" + server_nonce + client_nonce + mode, hashlib.sha256
+    ).digest()
     payload = client_nonce + proof
     sock.sendall(struct.pack("!Q", len(payload)) + payload)
     assert recv_frame(sock).startswith(b"OK")
@@ -211,7 +214,7 @@ def test_a_client_refuses_a_server_that_does_not_know_the_secret(closing):
     def play_impostor():
         sock, _ = impostor.accept()
         with sock:
-            greeting = tcp._MAGIC + os.urandom(32)
+            greeting = tcp._MAGIC + os.urandom(32) + b"-"
             sock.sendall(struct.pack("!Q", len(greeting)) + greeting)
             recv_frame(sock)
             answer = b"OK" + os.urandom(32)

@@ -3,12 +3,20 @@
     client process                                        scheduler process
     connect(address) ──TCP──► Listener.accept()
       [TLS handshake, tls:// only; both sides present certificates]
-      ◄── frame: MAGIC + server nonce
-      ──► frame: client nonce + HMAC(secret, "client" + server nonce + client nonce)
-      ◄── frame: "OK" + HMAC(secret, "server" + client nonce + server nonce)   or "FAIL <reason>"
+      ◄── frame: MAGIC + server nonce + mode
+      ──► frame: client nonce + HMAC(secret, "client" + server nonce + client nonce + mode)
+      ◄── frame: "OK" + HMAC(secret, "server" + client nonce + server nonce + mode)   or "FAIL <reason>"
     Connection  ◄──── length-prefixed frames, both ways ────►  Connection
 
 Frames and the ``Connection`` class live in ``comm/streams.py``.
+
+The mode byte says whether the frames that follow carry an HMAC tag. Plain tcp:// traffic between two
+hosts can be altered on the way: there (the peer's address is not loopback) every frame is tagged under
+per-direction keys derived from the secret and both nonces (``streams.FrameKeys``), so nobody without the
+secret can inject, alter, replay or reorder a frame (which, frames being pickles, would run code). Loopback
+traffic never leaves the machine and tls:// has its own integrity: those keep untagged frames, at full
+speed. Both proofs cover the mode byte, so it cannot be downgraded on the way. Integrity is not secrecy:
+use tls:// to encrypt.
 
 Handshakes run concurrently, one short-lived ``minidist-handshake`` thread per peer, each under a short
 deadline (``handshake_timeout``), so a silent or slow peer delays nobody else::
@@ -30,6 +38,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import hmac
+import ipaddress
 import logging
 import os
 import select
@@ -45,6 +54,7 @@ from minidist.comm.streams import (
     _TIMEOUTS,
     DEFAULT_MAX_FRAME_SIZE,
     Connection,
+    FrameKeys,
     ProtocolError,
     _Closable,
     _PlainStream,
@@ -81,13 +91,31 @@ class AuthenticationError(PermissionError):
 
 HANDSHAKE_TIMEOUT = 3.0  # seconds a peer has to complete TLS + authentication
 MAX_PENDING_HANDSHAKES = 16  # peers authenticating at once; further connections are refused
-_MAGIC = b"minidist-auth-1:"
+_MAGIC = b"minidist-auth-2:"
 _NONCE_SIZE = 32
+_TAGGED_FRAMES = b"H"  # mode byte: every frame after the handshake carries an HMAC tag
+_PLAIN_FRAMES = b"-"  # mode byte: loopback or TLS, frames as they are
 _AUTH_FRAME_LIMIT = 512  # no handshake message is longer; a stranger cannot make us allocate more
 
 
 def _hmac(secret: bytes, label: bytes, first: bytes, second: bytes) -> bytes:
     return hmac.new(secret, label + first + second, hashlib.sha256).digest()
+
+
+def _session_keys(
+    secret: bytes, server_nonce: bytes, client_nonce: bytes, mode: bytes, server: bool
+) -> FrameKeys:
+    return FrameKeys(_hmac(secret, b"session", server_nonce, client_nonce + mode), server)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an IP address as sockets report it) is this machine's loopback."""
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host == "localhost"
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
 def _looks_like(frame_header: bytes) -> str:
@@ -147,6 +175,7 @@ class Listener(_Closable):
         self._fd = self._sock.fileno()
         bound_host, bound_port = self._sock.getsockname()[:2]
         self.address = format_address(protocol, bound_host, bound_port)
+        self.frame_integrity = _describe_frame_integrity(protocol, bound_host)
         self._closed = False
         self._published: list[str] = []
         if publish_secret:
@@ -300,22 +329,27 @@ class Listener(_Closable):
             _shutdown_and_close(sock)
             raise _Rejected(_describe_handshake_error(exc, self.handshake_timeout)) from None
         conn = Connection(stream, peer, local, self.max_frame_size)
+        mode = self._frame_mode(peer)
         try:
             server_nonce = os.urandom(_NONCE_SIZE)
-            conn._send(_MAGIC + server_nonce, deadline, _AUTH_FRAME_LIMIT)
+            conn._send(_MAGIC + server_nonce + mode, deadline, _AUTH_FRAME_LIMIT)
             reply = conn._recv(deadline, _AUTH_FRAME_LIMIT)
             if len(reply) != 2 * _NONCE_SIZE:
                 raise _Rejected(f"malformed authentication reply ({len(reply)} bytes)")
             client_nonce, proof = reply[:_NONCE_SIZE], reply[_NONCE_SIZE:]
-            expected = _hmac(self._secret, b"client", server_nonce, client_nonce)
+            expected = _hmac(self._secret, b"client", server_nonce, client_nonce + mode)
             if not hmac.compare_digest(proof, expected):
                 try:  # tell the peer why, if it is still listening
                     conn._send(b"FAIL wrong secret", deadline, _AUTH_FRAME_LIMIT)
                 except OSError:
                     pass
                 raise _Rejected("wrong secret")
-            answer = b"OK" + _hmac(self._secret, b"server", client_nonce, server_nonce)
+            answer = b"OK" + _hmac(self._secret, b"server", client_nonce, server_nonce + mode)
             conn._send(answer, deadline, _AUTH_FRAME_LIMIT)
+            if mode == _TAGGED_FRAMES:
+                conn._authenticate_frames(
+                    _session_keys(self._secret, server_nonce, client_nonce, mode, server=True)
+                )
         except _Rejected:
             conn.close()
             raise
@@ -331,6 +365,11 @@ class Listener(_Closable):
             raise
         stream.handshake_done()
         return conn
+
+    def _frame_mode(self, peer: str) -> bytes:
+        if self._protocol == "tcp" and not is_loopback(parse_address(peer)[1]):
+            return _TAGGED_FRAMES
+        return _PLAIN_FRAMES
 
     def _reject(self, peer: str, reason: str) -> None:
         if self._on_reject is None:
@@ -354,6 +393,18 @@ class _Rejected(Exception):
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
+
+
+def _describe_frame_integrity(protocol: str, host: str) -> str:
+    """What a listener on ``host`` does for the integrity of frames after the handshake (for logs)."""
+    if protocol == "tls":
+        return "TLS encrypts and authenticates every frame"
+    if is_loopback(host):
+        return "loopback only: frames never leave this machine"
+    return (
+        "plain tcp:// reachable from other hosts: every frame from another host carries an HMAC "
+        "(integrity, not secrecy; use tls:// to encrypt)"
+    )
 
 
 def _describe_handshake_error(exc: BaseException, timeout: float) -> str:
@@ -448,11 +499,18 @@ def _client_handshake(
 ):
     try:
         greeting = conn._recv(deadline, _AUTH_FRAME_LIMIT)
-        if not greeting.startswith(_MAGIC) or len(greeting) != len(_MAGIC) + _NONCE_SIZE:
-            raise ProtocolError(f"{address} is not a minidist scheduler (unexpected greeting)")
-        server_nonce = greeting[len(_MAGIC) :]
+        mode = greeting[-1:]
+        if (
+            not greeting.startswith(_MAGIC)
+            or len(greeting) != len(_MAGIC) + _NONCE_SIZE + 1
+            or mode not in (_TAGGED_FRAMES, _PLAIN_FRAMES)
+        ):
+            raise ProtocolError(
+                f"{address} is not a minidist scheduler of this version (unexpected greeting)"
+            )
+        server_nonce = greeting[len(_MAGIC) : -1]
         client_nonce = os.urandom(_NONCE_SIZE)
-        proof = _hmac(secret, b"client", server_nonce, client_nonce)
+        proof = _hmac(secret, b"client", server_nonce, client_nonce + mode)
         conn._send(client_nonce + proof, deadline, _AUTH_FRAME_LIMIT)
         answer = conn._recv(deadline, _AUTH_FRAME_LIMIT)
     except _TIMEOUTS:
@@ -473,8 +531,12 @@ def _client_handshake(
             f"The scheduler at {address} refused the connection: {reason}; {where}. Use the secret of "
             "the cluster you mean to reach (cluster.security / the secret file of its user)"
         )
-    expected = _hmac(secret, b"server", client_nonce, server_nonce)
+    expected = _hmac(secret, b"server", client_nonce, server_nonce + mode)
     if not (answer.startswith(b"OK") and hmac.compare_digest(answer[2:], expected)):
         raise AuthenticationError(
             f"The server at {address} did not prove it knows the cluster secret; refusing to talk to it"
+        )
+    if mode == _TAGGED_FRAMES:
+        conn._authenticate_frames(
+            _session_keys(secret, server_nonce, client_nonce, mode, server=False)
         )

@@ -136,7 +136,11 @@ class RemoteServer:
             target=self._accept_loop, name="minidist-remote-accept", daemon=True
         )
         self._thread.start()
-        self.logger.info("Scheduler listening for clients at %s", self.address)
+        self.logger.info(
+            "Scheduler listening for clients at %s (%s)",
+            self.address,
+            self._listener.frame_integrity,
+        )
 
     def __repr__(self) -> str:
         return f"<RemoteServer {self.address} sessions={len(self.sessions)}>"
