@@ -115,7 +115,17 @@ class Client(FutureBook, ClientOperations, ClusterAdmin, AsyncClientMixin):
         self._owns_cluster = False
         self._closed = False
         self.status = "connecting"
-        if address is None:
+        if scheduler_file is not None:
+            if address is not None:
+                raise ValueError("Give Client an address or a scheduler_file, not both")
+            from .deploy.scheduler_file import connect_scheduler_file
+
+            # the cluster a scheduler file names (minidist serve); a clear error if it has stopped
+            self.cluster = connect_scheduler_file(
+                scheduler_file, security=security, timeout=timeout, **kwargs
+            )
+            self._owns_cluster = True
+        elif address is None:
             self.cluster = LocalCluster(**kwargs)
             self._owns_cluster = True
         elif hasattr(address, "scheduler") and hasattr(address, "scheduler_address"):
