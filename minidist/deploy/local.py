@@ -146,12 +146,12 @@ class LocalCluster(AsyncContext):
             "processes" if self.processes else "threads",
         )
         try:
-            for _ in range(options.n_workers):
-                self._start_worker()
-            # imported only now, while the worker processes boot on the other cores
+            # imported only now, while the template process (which forks the workers) boots
             from ..remote.server import serve_remote_clients
             from .services import ClusterServices
 
+            for _ in range(options.n_workers):
+                self._start_worker()
             self.scheduler.call(lambda scheduler: None).result(
                 30
             )  # every worker registered (FIFO inbox)
