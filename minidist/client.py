@@ -14,30 +14,27 @@ scheduler is told, so results are freed as soon as nobody can ask for them.
 from __future__ import annotations
 
 import atexit
-import collections
-import hashlib
-import threading
+import functools
 import time
 import uuid
 import weakref
 from collections.abc import Iterator
-from typing import Optional
+from typing import Any, Callable, Optional
 
-from .asynchronous import Closing, in_event_loop
+from .asynchronous import AsyncContext, Closing, in_event_loop
 from .client_admin import ClusterAdmin
-from .client_async import AsyncClientMixin
-from .client_futures import FutureBook
-from .client_ops import ClientOperations
-from .comm.serialize import (
-    SerializationError,
-    deserialize,
-    dumps_function,
-    serialize,
-    serialize_with_token,
+from .client_async import (
+    await_future,
+    gather_async,
+    scatter_wait_async,
+    wants_awaitable,
 )
-from .comm.shm import unlink_segments
+from .client_futures import FutureBook
+from .client_ops import ClusterCalls
+from .client_results import ResultReader
+from .client_tasks import TaskPacker, task_options
 from .default_clients import _clients, current_client_for_task, default_client  # noqa: F401
-from .errors import ClientClosedError, TaskSerializationError
+from .errors import ClientClosedError
 from .futures import (  # noqa: F401
     Future,
     FutureState,
@@ -47,45 +44,29 @@ from .futures import (  # noqa: F401
     shaped_like,
 )
 from .keys import funcname, random_token, tokenize_call
-from .messages import (
-    Cancel,
-    DependencyRef,
-    Release,
-    Retry,
-    RunSpec,
-    Scatter,
-    UpdateGraph,
-    new_task,
-)
-from .worker.runtime import sizeof
+from .messages import Cancel, Release, Retry, Scatter, UpdateGraph
 from .worker.task_client import register_client_maker
 
-_FUNCTION_CACHE_SIZE = 512
+
+def _forward(part: str, method: Callable) -> Callable:
+    """A Client method that calls ``method`` on the part held in attribute ``part``, with the same
+    name, signature and docstring (composition without writing each signature twice)."""
+
+    @functools.wraps(method)
+    def forwarded(self, *args, **kwargs):
+        return method(getattr(self, part), *args, **kwargs)
+
+    return forwarded
 
 
-def _replace_futures(obj, client, dependencies: set):
-    """Copy of ``obj`` with each Future swapped for a DependencyRef (and its key recorded)."""
-    typ = type(obj)
-    if typ is Future:
-        if obj.client is not client and obj.client.scheduler is not client.scheduler:
-            raise ValueError(f"Future {obj.key!r} belongs to a different cluster; gather it first")
-        dependencies.add(obj.key)
-        return DependencyRef(obj.key)
-    if typ is tuple or typ is list:
-        if not obj:
-            return obj
-        return typ(_replace_futures(item, client, dependencies) for item in obj)
-    if typ is dict:
-        if not obj:
-            return obj
-        return {k: _replace_futures(v, client, dependencies) for k, v in obj.items()}
-    if typ is set or typ is frozenset:
-        return typ(_replace_futures(item, client, dependencies) for item in obj)
-    return obj
+class Client(AsyncContext):
+    """Connect to a cluster (or build a local one) and run work on it.
 
-
-class Client(FutureBook, ClientOperations, ClusterAdmin, AsyncClientMixin):
-    """Connect to a cluster (or build a local one) and run work on it."""
+    Made of parts, each built here and owning its state: ``FutureBook`` (futures, references,
+    releases, waiting), ``TaskPacker`` (keys, pickling), ``ResultReader`` (values), ``ClusterCalls``
+    and ``ClusterAdmin`` (named operations). The methods below are the public API; they call those
+    parts.
+    """
 
     _instances: weakref.WeakSet[Client] = weakref.WeakSet()
 
@@ -147,18 +128,13 @@ class Client(FutureBook, ClientOperations, ClusterAdmin, AsyncClientMixin):
         )  # post(), fetch(), sessions: local or a remote proxy
         self.operations = self.cluster.operations  # named operations (scheduler/operations.py)
         self.processes = self.scheduler.processes
-        self._states: dict = {}  # key -> FutureState
-        self._refcounts: dict = {}  # key -> number of live Future objects in this client
-        # keys whose last Future went, not yet told to the scheduler: batches, oldest first, one
-        # "release-pending" message each; a submission closes the open batch (see _cut_releases)
-        self._releases: collections.deque = collections.deque()
-        self._open_releases: Optional[list] = None
-        self._lock = threading.Lock()
-        self._condition = threading.Condition(self._lock)
-        self._functions: dict = {}  # id(func) -> (func, function_id, blob)
-        self._callbacks = None  # lazily started callback thread
+        self._book = FutureBook(self.id, self.scheduler.post)
         self._store = getattr(self.cluster, "segment_store", None)
-        self.scheduler.sessions[self.id] = self
+        self._packer = TaskPacker(self.scheduler, self._store, self._book)
+        self._results = ResultReader(self.scheduler)
+        self._calls = ClusterCalls(self.operations, self.processes)
+        self._admin = ClusterAdmin(self._calls)
+        self.scheduler.sessions[self.id] = self  # it calls report() and take_releases()
         self._set_as_default = set_as_default
         if set_as_default:
             _clients.append(self)
@@ -166,73 +142,9 @@ class Client(FutureBook, ClientOperations, ClusterAdmin, AsyncClientMixin):
 
             become_default(self)  # dask's x.compute() now runs here
         Client._instances.add(self)
-        from .integrations.autoregister import offer_joblib_backend
-
-        offer_joblib_backend()  # joblib.parallel_config(backend="minidist") works from now on
         self.status = "running"
 
     # ---------------------------------------------------------------------------------- submissions
-
-    def _function_ref(self, func) -> tuple:
-        """(function_id, blob) for a callable, pickled once per client and cached."""
-        cached = self._functions.get(id(func))
-        if cached is not None and cached[0] is func:
-            return cached[1], cached[2]
-        try:
-            blob = dumps_function(func)
-        except Exception as exc:
-            if self.processes:
-                raise TaskSerializationError(
-                    f"Could not pickle the function {func!r} of type {type(func).__name__} to send it to "
-                    f"worker processes: {exc}. Define it at module level or use Client(processes=False)."
-                ) from exc
-            blob = None
-        function_id = hashlib.blake2b(blob, digest_size=16).digest() if blob else uuid.uuid4().bytes
-        if len(self._functions) >= _FUNCTION_CACHE_SIZE:
-            self._functions.pop(next(iter(self._functions)))
-        self._functions[id(func)] = (func, function_id, blob)
-        return function_id, blob
-
-    def _prepare_task(self, func, function_ref, args, kwargs, key, pure, options) -> tuple:
-        dependencies: set = set()
-        if args:
-            args = _replace_futures(args, self, dependencies)
-        if kwargs:
-            kwargs = _replace_futures(kwargs, self, dependencies)
-        function_id, blob = function_ref
-        args_payload = None
-        if key is None and pure and self.processes and self._store is not None:
-            # one pass makes both the payload and its content token, so a large array is read once
-            args_payload, token = self._serialize_arguments(args, kwargs, None, function_id)
-            key = f"{options['prefix']}-{token}"
-        elif key is None:
-            token = tokenize_call(function_id, args, kwargs) if pure else random_token()
-            key = f"{options['prefix']}-{token}"
-        if key in self._states and key not in options.get("_force", ()):
-            if args_payload is not None:
-                unlink_segments(
-                    args_payload.segments()
-                )  # the shared task already has its arguments
-            return key, None  # already submitted by this client: share it
-        if self.processes:
-            if args_payload is None:
-                args_payload, _ = self._serialize_arguments(args, kwargs, key, None)
-            run_spec = RunSpec(function_id, blob, args_payload)
-        else:
-            run_spec = RunSpec(function_id, func, (args, kwargs))
-        return key, new_task(key, dependencies, run_spec, **options)
-
-    def _serialize_arguments(self, args, kwargs, key, token_salt) -> tuple:
-        """(payload, token or None) for a task's arguments; a clear error if they cannot be pickled."""
-        try:
-            if token_salt is not None:
-                return serialize_with_token((args, kwargs), self._store, token_salt)
-            return serialize((args, kwargs), self._store), None
-        except SerializationError as exc:
-            where = f"task {key!r}" if key is not None else "a task"
-            raise TaskSerializationError(
-                f"Could not send an argument of {where} to the workers: {exc}"
-            ) from exc
 
     def _check_open(self) -> None:
         if self._closed:
@@ -263,10 +175,10 @@ class Client(FutureBook, ClientOperations, ClusterAdmin, AsyncClientMixin):
             raise NotImplementedError(
                 "minidist does not support actors; use dask.distributed for them"
             )
-        options = _task_options(workers, resources, retries, priority, allow_other_workers)
+        options = task_options(workers, resources, retries, priority, allow_other_workers)
         options["prefix"] = funcname(func) if key is None else None
-        key, task = self._prepare_task(
-            func, self._function_ref(func), args, kwargs, key, pure, options
+        key, task = self._packer.prepare(
+            func, self._packer.function_ref(func), args, kwargs, key, pure, options
         )
         future = self._new_future(key)
         if task is not None:
@@ -296,7 +208,7 @@ class Client(FutureBook, ClientOperations, ClusterAdmin, AsyncClientMixin):
             raise TypeError("First input to map must be a callable function")
         if not iterables:
             return []
-        options = _task_options(workers, resources, retries, priority, allow_other_workers)
+        options = task_options(workers, resources, retries, priority, allow_other_workers)
         options["prefix"] = key if isinstance(key, str) else funcname(func)
         if isinstance(key, (list, tuple)):
             options["prefix"] = None  # explicit keys: each task's prefix comes from its own key
@@ -304,7 +216,7 @@ class Client(FutureBook, ClientOperations, ClusterAdmin, AsyncClientMixin):
         if isinstance(key, (list, tuple)):
             keys = list(key)
         prefix = key if isinstance(key, str) else None
-        function_ref = self._function_ref(func)
+        function_ref = self._packer.function_ref(func)
         futures = []
         tasks = []
         for i, args in enumerate(zip(*iterables)):
@@ -312,7 +224,7 @@ class Client(FutureBook, ClientOperations, ClusterAdmin, AsyncClientMixin):
             if task_key is None and prefix is not None:
                 token = tokenize_call(function_ref[0], args, kwargs) if pure else random_token()
                 task_key = f"{prefix}-{token}"
-            task_key, task = self._prepare_task(
+            task_key, task = self._packer.prepare(
                 func, function_ref, args, kwargs, task_key, pure, options
             )
             futures.append(self._new_future(task_key))
@@ -324,22 +236,12 @@ class Client(FutureBook, ClientOperations, ClusterAdmin, AsyncClientMixin):
 
     # ------------------------------------------------------------------------------------ results
 
-    def _get_value(self, key, fetching=None):
-        """The value of ``key``; ``fetching`` is a concurrent Future already asked for it (remote)."""
-        try:
-            value = self.scheduler.fetch(key) if fetching is None else fetching.result()
-        except KeyError:
-            from .errors import CancelledError
-
-            raise CancelledError(f"The value of {key!r} is no longer held by the cluster") from None
-        return deserialize(value) if self.processes else value
-
     def gather(self, futures, errors: str = "raise", direct=None, asynchronous=None):
         """Wait for and return the results of ``futures`` (nested in lists, tuples, dicts, sets)."""
         if errors not in ("raise", "skip"):
             raise ValueError(f"errors must be 'raise' or 'skip', not {errors!r}")
-        if self._async_call(asynchronous):
-            return self._gather_async(futures, errors)
+        if wants_awaitable(self.asynchronous, asynchronous):
+            return gather_async(self._book, self._results, futures, errors)
         if isinstance(futures, Iterator):
             return (self.gather(f, errors=errors) for f in futures)
         if hasattr(futures, "__dask_graph__") and type(futures) is not Future:
@@ -348,36 +250,7 @@ class Client(FutureBook, ClientOperations, ClusterAdmin, AsyncClientMixin):
             return gather_collection(self, futures)  # e.g. what persist returned
         for future in futures_in(futures):
             future._wait(None)
-        return self._fill_results(futures, errors, self._prefetch(futures))
-
-    def _prefetch(self, futures) -> Optional[dict]:
-        """Remote clusters: ask for every finished value at once, one round trip rather than one each."""
-        fetch_async = getattr(self.scheduler, "fetch_async", None)
-        if fetch_async is None:
-            return None
-        return {f.key: fetch_async(f.key) for f in futures_in(futures) if f.status == "finished"}
-
-    _SKIP = object()
-
-    def _fill_results(self, obj, errors, prefetched=None):
-        typ = type(obj)
-        if typ is Future:
-            if obj.status == "error" and errors == "skip":
-                return Client._SKIP
-            if prefetched and obj.status == "finished" and obj.key in prefetched:
-                return self._get_value(obj.key, prefetched[obj.key])
-            return obj.result()
-        if typ in (list, tuple, set, frozenset):
-            values = (self._fill_results(item, errors, prefetched) for item in obj)
-            return typ(v for v in values if v is not Client._SKIP)
-        if typ is dict:
-            out = {}
-            for k, v in obj.items():
-                value = self._fill_results(v, errors, prefetched)
-                if value is not Client._SKIP:
-                    out[k] = value
-            return out
-        return obj
+        return self._results.fill(futures, errors, self._results.prefetch(futures))
 
     def scatter(
         self,
@@ -391,34 +264,11 @@ class Client(FutureBook, ClientOperations, ClusterAdmin, AsyncClientMixin):
     ):
         """Put local data into the cluster; returns Futures shaped like ``data`` (one, list or dict)."""
         self._check_open()
-        if isinstance(data, dict):
-            items = list(data.items())
-        elif isinstance(data, (list, tuple, set, frozenset)):
-            items = [(None, value) for value in data]
-        else:
-            items = [(None, data)]
-        values, nbytes, keys = {}, {}, []
-        for key, value in items:
-            if key is None:
-                token = tokenize_call(b"scatter", (value,), {}) if hash else random_token()
-                key = f"{type(value).__name__}-{token}"
-            keys.append(key)
-            if key in values:
-                continue
-            if self.processes:
-                try:
-                    payload = serialize(value, self._store)
-                except SerializationError as exc:
-                    raise TaskSerializationError(
-                        f"Could not scatter {type(value).__name__}: {exc}"
-                    ) from exc
-                values[key], nbytes[key] = payload, payload.nbytes
-            else:
-                values[key], nbytes[key] = value, sizeof(value)
+        keys, values, nbytes = self._packer.pack_scatter(data, hash)
         futures = [self._new_future(key) for key in keys]
         self.scheduler.post(Scatter(self.id, values, nbytes))
-        if self._async_call(asynchronous):
-            return self._scatter_wait_async(futures, timeout, data)
+        if wants_awaitable(self.asynchronous, asynchronous):
+            return scatter_wait_async(self._book, futures, timeout, data)
         for future in futures:
             future._wait(timeout)
         return shaped_like(data, futures)
@@ -431,7 +281,7 @@ class Client(FutureBook, ClientOperations, ClusterAdmin, AsyncClientMixin):
         if futures:
             self.scheduler.post(Cancel(tuple(f.key for f in futures)))
             # the scheduler reports every cancelled key back; wait for that so status is settled
-            self._wait_until(
+            self._book.wait_until(
                 lambda: all(f._state.status == "cancelled" or f._released for f in futures),
                 time.monotonic() + 10,
             )
@@ -439,7 +289,7 @@ class Client(FutureBook, ClientOperations, ClusterAdmin, AsyncClientMixin):
     def retry(self, futures, asynchronous=None) -> None:
         """Run erred futures' tasks again (and the erred tasks they depend on), under the same keys."""
         futures = [f for f in futures_in(futures) if f.status == "error"]
-        with self._lock:
+        with self._book.lock:
             for future in futures:
                 future._state.status = "pending"
                 future._state.exception = future._state.traceback = None
@@ -473,7 +323,7 @@ class Client(FutureBook, ClientOperations, ClusterAdmin, AsyncClientMixin):
             sync=sync,
             optimize_graph=optimize_graph,
             traverse=traverse,
-            **_task_options(workers, resources, retries, priority, allow_other_workers),
+            **task_options(workers, resources, retries, priority, allow_other_workers),
         )
 
     def persist(
@@ -497,7 +347,7 @@ class Client(FutureBook, ClientOperations, ClusterAdmin, AsyncClientMixin):
             self,
             collections,
             optimize_graph=optimize_graph,
-            **_task_options(workers, resources, retries, priority, allow_other_workers),
+            **task_options(workers, resources, retries, priority, allow_other_workers),
         )
 
     def get(self, dsk, keys, sync: bool = True, **kwargs):
@@ -509,23 +359,90 @@ class Client(FutureBook, ClientOperations, ClusterAdmin, AsyncClientMixin):
 
     def _graph_task(self, function, key, args: tuple, dependencies, **options):
         """A task with an explicit key whose arguments already hold DependencyRefs (dask graphs)."""
-        function_id, blob = self._function_ref(function)
-        if self.processes:
-            run_spec = RunSpec(function_id, blob, self._serialize_arguments(args, {}, key, None)[0])
-        else:
-            run_spec = RunSpec(function_id, function, (args, {}))
-        return new_task(key, dependencies, run_spec, **options)
+        return self._packer.graph_task(function, key, args, dependencies, **options)
 
     def _post_graph(self, tasks: list, wanted: list) -> None:
         self.scheduler.post(UpdateGraph(self.id, tuple(tasks), tuple(wanted)))
 
     def _holds(self, key) -> bool:
         """Whether a future of this client holds ``key`` (so the cluster keeps its value)."""
-        return key in self._states
+        return key in self._book.states
 
     def futures_of(self, obj) -> list:
         """Every Future in ``obj``, including the graphs of dask collections (see ``futures_of``)."""
         return futures_of(obj)
+
+    # --------------------------------------------------------------------------- cluster operations
+    # Done by the parts (client_ops.py, client_admin.py); each forwarder keeps the part's signature
+    # and docstring, so help(client.run) shows the real thing.
+
+    run = _forward("_calls", ClusterCalls.run)
+    run_on_scheduler = _forward("_calls", ClusterCalls.run_on_scheduler)
+    nthreads = ncores = _forward("_calls", ClusterCalls.nthreads)
+    scheduler_info = _forward("_calls", ClusterCalls.scheduler_info)
+    who_has = _forward("_calls", ClusterCalls.who_has)
+    has_what = _forward("_calls", ClusterCalls.has_what)
+    processing = _forward("_calls", ClusterCalls.processing)
+    wait_for_workers = _forward("_calls", ClusterCalls.wait_for_workers)
+    get_scheduler_logs = _forward("_calls", ClusterCalls.get_scheduler_logs)
+    get_worker_logs = _forward("_calls", ClusterCalls.get_worker_logs)
+    get_task_stream = _forward("_calls", ClusterCalls.get_task_stream)
+    retire_workers = _forward("_admin", ClusterAdmin.retire_workers)
+    restart_workers = _forward("_admin", ClusterAdmin.restart_workers)
+    replicate = _forward("_admin", ClusterAdmin.replicate)
+    rebalance = _forward("_admin", ClusterAdmin.rebalance)
+    nbytes = _forward("_admin", ClusterAdmin.nbytes)
+    call_stack = _forward("_admin", ClusterAdmin.call_stack)
+    get_versions = _forward("_admin", ClusterAdmin.get_versions)
+    set_metadata = _forward("_admin", ClusterAdmin.set_metadata)
+    get_metadata = _forward("_admin", ClusterAdmin.get_metadata)
+
+    def restart(self, timeout=None, wait_for_workers: bool = True) -> Client:
+        """Replace every worker and forget all tasks; this client's futures become cancelled."""
+        self._calls.invoke("restart")
+        return self
+
+    # ------------------------------------------------------------- what Future and the scheduler call
+
+    def report(self, items: list) -> None:
+        """The scheduler thread (or a remote link's reader) resolves futures: (key, status, exc, tb)."""
+        self._book.report(items)
+
+    def take_releases(self) -> list:
+        """The scheduler collects the oldest batch of released keys (one ``ReleasePending`` each)."""
+        return self._book.take_releases()
+
+    def pending_keys(self) -> list:
+        """Keys of this client's futures still waiting (a lost connection errs them)."""
+        return self._book.pending_keys()
+
+    def _new_future(self, key) -> Future:
+        """A Future for a key this call is about to submit (no separate 'wants' message needed)."""
+        return Future(key, self, state=self._book.share(key))
+
+    def _acquire(self, key) -> FutureState:
+        return self._book.acquire(key)
+
+    def _release_key(self, key) -> None:
+        self._book.release_key(key)
+
+    def _wait_for(self, state: FutureState, timeout: Optional[float]) -> bool:
+        return self._book.wait_for(state, timeout)
+
+    def _wait_until(self, predicate, deadline: Optional[float]) -> bool:
+        return self._book.wait_until(predicate, deadline)
+
+    def _add_callback(self, future: Future, fn) -> None:
+        self._book.add_callback(future, fn)
+
+    def _fire_and_forget(self, key) -> None:
+        self._book.fire_and_forget(key)
+
+    def _get_value(self, key) -> Any:
+        return self._results.value(key)
+
+    def _await_future(self, future: Future):
+        return await_future(self._book, self._results, future)
 
     # ------------------------------------------------------------------------------ lifecycle
 
@@ -537,20 +454,13 @@ class Client(FutureBook, ClientOperations, ClusterAdmin, AsyncClientMixin):
             return
         self._closed = True
         self.status = "closed"
-        with self._condition:
-            self._condition.notify_all()
-        self._wake_async_waiters()
-        keys = list(self._states)
-        self._states.clear()
-        self._refcounts.clear()
+        keys = self._book.close()  # wakes every waiter; stops the callback thread
         try:
             if keys:
                 self.scheduler.post(Release(self.id, tuple(keys)))
             self.scheduler.sessions.pop(self.id, None)
         except Exception:
             pass
-        if self._callbacks is not None:
-            self._callbacks.put(None)
         if self in _clients:
             _clients.remove(self)
         if self._set_as_default:
@@ -598,20 +508,6 @@ class Client(FutureBook, ClientOperations, ClusterAdmin, AsyncClientMixin):
         """A future unpickled here (e.g. inside a task's arguments) belongs to the current client:
         the task's own client on a worker, else the default one. See ``Future.__reduce__``."""
         return Future(key, current_client_for_task() or default_client())
-
-
-def _task_options(workers, resources, retries, priority, allow_other_workers) -> dict:
-    if isinstance(workers, (str, int)):
-        workers = [workers]
-    options = {
-        "priority": priority,
-        "retries": retries,
-        "resources": resources,
-        "allow_other_workers": allow_other_workers,
-    }
-    if workers is not None:
-        options["workers"] = [str(w) if not isinstance(w, str) else w for w in workers]
-    return options
 
 
 def _make_task_client(cluster) -> Client:

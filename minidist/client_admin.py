@@ -1,9 +1,10 @@
 """Client calls that administer the cluster: retire or restart workers, copy data to workers, sizes,
 call stacks, versions and metadata (dask.distributed's names and shapes).
 
-Each is a thin wrapper over an operation of ``scheduler/admin.py`` reached through ``self.operations``,
-so it works the same for local clients, remote ones (``Client("tcp://...")``) and clients in tasks.
-Mixed into ``Client``. What ``replicate``/``rebalance``/``retire_workers`` mean when every result lives
+Each is a thin wrapper over an operation of ``scheduler/admin.py`` reached through the client's
+``ClusterCalls``, so it works the same for local clients, remote ones (``Client("tcp://...")``) and
+clients in tasks. One ``ClusterAdmin`` per ``Client`` (built by its constructor); ``Client`` forwards the
+public methods of the same names to it. What ``replicate``/``rebalance``/``retire_workers`` mean when every result lives
 in the client process is in docs/moving.md.
 """
 
@@ -11,14 +12,20 @@ from __future__ import annotations
 
 from typing import Optional
 
+from .client_ops import ClusterCalls
+from .futures import futures_of
+
 _NO_DEFAULT = ("minidist", "no default")  # the marker scheduler/admin.py knows (plain data)
 
 
 class ClusterAdmin:
-    """Mixin for ``Client``; expects ``self.operations``/``_invoke`` and ``futures_of``."""
+    """The administrative operations of one cluster (see the module docstring)."""
+
+    def __init__(self, calls: ClusterCalls):
+        self._invoke = calls.invoke
 
     def _keys_of(self, futures) -> list:
-        found = self.futures_of(futures)
+        found = futures_of(futures)
         for future in found:
             future._wait(None)
         return list(dict.fromkeys(f.key for f in found))
@@ -71,7 +78,7 @@ class ClusterAdmin:
         """``{worker: {key: [frame lines]}}`` of the tasks running now (of ``futures``/``keys`` only)."""
         wanted = list(keys or [])
         if futures is not None:
-            wanted += [f.key for f in self.futures_of(futures)]
+            wanted += [f.key for f in futures_of(futures)]
         return self._invoke("call_stack", wanted or None)
 
     # ------------------------------------------------------------------------------------- facts

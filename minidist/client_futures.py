@@ -1,6 +1,7 @@
 """The client's book of futures: states, reference counts, batched releases, waiting, callbacks.
 
-Mixed into ``Client``. Every ``Future`` of one key shares a ``FutureState`` here and counts one
+One ``FutureBook`` per ``Client`` (built by its constructor with the client's id and the scheduler's
+``post``). Every ``Future`` of one key shares a ``FutureState`` here and counts one
 reference. The scheduler thread resolves states in batches through ``report`` (one lock, one
 ``notify_all`` per batch); waiters sleep on the client's condition variable. When a key's last future
 goes, the key joins the open batch of releases and one ``ReleasePending`` message tells the scheduler
@@ -10,10 +11,12 @@ an exception in one is logged and the thread carries on.
 
 from __future__ import annotations
 
+import collections
 import logging
+import queue
 import threading
 import time
-from typing import Optional
+from typing import Any, Callable, Optional
 
 from .asynchronous import LoopWaker
 from .futures import Future, FutureState
@@ -23,16 +26,30 @@ logger = logging.getLogger("minidist.client")
 
 
 class FutureBook:
-    """Expects ``self.scheduler``, ``self.id``, ``self._closed``, ``self._lock``/``self._condition``,
-    ``self._states``, ``self._refcounts``, ``self._releases``, ``self._open_releases``, ``self._callbacks``."""
+    """The futures of one client: what the scheduler reports resolves them, waiters sleep on
+    ``condition``, dropped keys are batched for the scheduler (see the module docstring)."""
+
+    def __init__(self, client_id: str, post: Callable[[Any], None]):
+        self.client_id = client_id
+        self._post = post  # the scheduler's inbox (local, or a remote link's)
+        self.states: dict[Any, FutureState] = {}  # key -> the state its futures share
+        self._refcounts: dict[Any, int] = {}  # key -> number of live Future objects
+        # keys whose last Future went, not yet told to the scheduler: batches, oldest first, one
+        # ``ReleasePending`` message each; a submission closes the open batch (see cut_releases)
+        self._releases: collections.deque[list] = collections.deque()
+        self._open_releases: Optional[list] = None
+        self.lock = threading.Lock()
+        self.condition = threading.Condition(self.lock)
+        self._callbacks: Optional[queue.SimpleQueue] = None  # lazily started callback thread
+        self.closed = False
 
     # ------------------------------------------------------------------------------------ reporting
 
-    def _report(self, items: list) -> None:
+    def report(self, items: list) -> None:
         """Called on the scheduler thread with ``TaskStatus`` items (key, status, exception, traceback)."""
         fire = []
-        with self._condition:
-            states = self._states
+        with self.condition:
+            states = self.states
             for key, status, exception, tb in items:
                 state = states.get(key)
                 if state is None:
@@ -56,7 +73,7 @@ class FutureBook:
                 if state.callbacks:
                     fire.append((key, state.callbacks))
                     state.callbacks = None
-            self._condition.notify_all()
+            self.condition.notify_all()
         if fire:
             for _key, callbacks in fire:
                 for fn in callbacks:
@@ -65,78 +82,77 @@ class FutureBook:
                     else:
                         self._callback_queue().put(fn)
 
-    report = _report  # the scheduler calls sessions' .report
-
-    def _wait_for(self, state: FutureState, timeout: Optional[float]) -> bool:
-        with self._condition:
+    def wait_for(self, state: FutureState, timeout: Optional[float]) -> bool:
+        with self.condition:
             return (
-                self._condition.wait_for(lambda: state.status != "pending" or self._closed, timeout)
+                self.condition.wait_for(lambda: state.status != "pending" or self.closed, timeout)
                 and state.status != "pending"
             )
 
-    def _wait_until(self, predicate, deadline: Optional[float]) -> bool:
-        with self._condition:
+    def wait_until(self, predicate, deadline: Optional[float]) -> bool:
+        with self.condition:
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-            return self._condition.wait_for(lambda: predicate() or self._closed, timeout)
+            return self.condition.wait_for(lambda: predicate() or self.closed, timeout)
 
     # ------------------------------------------------------------------------------------ references
 
-    def _acquire(self, key) -> FutureState:
+    def acquire(self, key) -> FutureState:
         """A new Future for ``key`` exists: count it, tell the scheduler if it is the first one."""
-        with self._lock:
-            state = self._states.get(key)
+        with self.lock:
+            state = self.states.get(key)
             if state is None:
-                state = self._states[key] = FutureState()
+                state = self.states[key] = FutureState()
                 self._refcounts[key] = 1
                 first = True
-                self._cut_releases()
+                self.cut_releases()
             else:
                 self._refcounts[key] += 1
                 first = False
-        if first and not self._closed:
-            self.scheduler.post(UpdateGraph(self.id, (), (key,)))
+        if first and not self.closed:
+            self._post(UpdateGraph(self.client_id, (), (key,)))
         return state
 
-    def _new_future(self, key) -> Future:
-        """A Future for a key this call is about to submit (no separate 'wants' message needed)."""
-        with self._lock:
-            state = self._states.get(key)
+    def share(self, key) -> FutureState:
+        """The state for a new Future of a key this call is about to submit (no separate 'wants'
+        message needed)."""
+        with self.lock:
+            state = self.states.get(key)
             if state is None:
-                state = self._states[key] = FutureState()
+                state = self.states[key] = FutureState()
                 self._refcounts[key] = 1
             else:
                 self._refcounts[key] += 1
-            self._cut_releases()
-        return Future(key, self, state=state)
+            self.cut_releases()
+        return state
 
-    def _cut_releases(self) -> None:
+    def cut_releases(self) -> None:
         """(Lock held.) A message that makes the scheduler want keys is about to be posted: releases
         from now on go in a new batch, whose message follows it. Otherwise a release could join a batch
         whose message was posted earlier and reach the scheduler before the task it releases."""
         self._open_releases = None
 
-    def _release_key(self, key) -> None:
-        with self._lock:
+    def release_key(self, key) -> None:
+        with self.lock:
             count = self._refcounts.get(key, 0) - 1
             if count > 0:
                 self._refcounts[key] = count
                 return
             self._refcounts.pop(key, None)
-            self._states.pop(key, None)
+            self.states.pop(key, None)
             batch = self._open_releases
             if batch is None:
                 batch = self._open_releases = []
                 self._releases.append(batch)
             batch.append(key)
             first = len(batch) == 1
-        if first and not self._closed:
+        if first and not self.closed:
             # one message for a whole burst of releases (e.g. a list of 10,000 futures dropped at once):
             # the scheduler collects them with take_releases() when it gets to this message
-            self.scheduler.post(ReleasePending(self.id))
+            self._post(ReleasePending(self.client_id))
 
     def take_releases(self) -> list:
         """Called once per ``ReleasePending`` message: the oldest batch of released keys."""
-        with self._lock:
+        with self.lock:
             if not self._releases:
                 return []
             keys = self._releases.popleft()
@@ -144,19 +160,17 @@ class FutureBook:
                 self._open_releases = None
         return keys
 
-    def _fire_and_forget(self, key) -> None:
+    def fire_and_forget(self, key) -> None:
         # a pseudo-client wants the key until it is done (see scheduler.server.FireAndForget)
-        with self._lock:
-            self._cut_releases()
-        self.scheduler.post(UpdateGraph(FIRE_AND_FORGET, (), (key,)))
+        with self.lock:
+            self.cut_releases()
+        self._post(UpdateGraph(FIRE_AND_FORGET, (), (key,)))
 
     # ------------------------------------------------------------------------------ callbacks
 
-    def _callback_queue(self):
+    def _callback_queue(self) -> queue.SimpleQueue:
         if self._callbacks is None:
-            import queue
-
-            with self._lock:
+            with self.lock:
                 if self._callbacks is None:
                     self._callbacks = queue.SimpleQueue()
                     threading.Thread(
@@ -167,7 +181,7 @@ class FutureBook:
                     ).start()
         return self._callbacks
 
-    def _callback_loop(self, callbacks) -> None:
+    def _callback_loop(self, callbacks: queue.SimpleQueue) -> None:
         while True:
             fn = callbacks.get()
             if fn is None:
@@ -176,14 +190,12 @@ class FutureBook:
                 fn()
             except Exception:
                 logger.exception("a done-callback raised; the client carries on")
-            # the closure holds its future: waiting for the next callback must not keep it alive
-            del fn
 
-    def _add_callback(self, future: Future, fn) -> None:
+    def add_callback(self, future: Future, fn) -> None:
         def call() -> None:
             fn(future)
 
-        with self._lock:
+        with self.lock:
             state = future._state
             if state.status == "pending":
                 if state.callbacks is None:
@@ -191,3 +203,28 @@ class FutureBook:
                 state.callbacks.append(call)
                 return
         self._callback_queue().put(call)
+
+    # ------------------------------------------------------------------------------------- closing
+
+    def pending_keys(self) -> list:
+        """Keys whose futures are still waiting (a lost connection errs them)."""
+        with self.lock:
+            return [key for key, state in self.states.items() if state.status == "pending"]
+
+    def close(self) -> list:
+        """The client is closing: wake every waiter (threads and coroutines), forget every key and
+        stop the callback thread. Returns the keys the scheduler should release."""
+        with self.condition:
+            self.closed = True
+            self.condition.notify_all()
+            states = list(self.states.values())
+            keys = list(self.states)
+            self.states.clear()
+            self._refcounts.clear()
+        for state in states:
+            for callback in state.callbacks or ():
+                if type(callback) is LoopWaker:
+                    callback()  # a coroutine awaiting this key (asynchronous.py)
+        if self._callbacks is not None:
+            self._callbacks.put(None)
+        return keys

@@ -1,16 +1,17 @@
-"""Client operations that inspect or steer the cluster rather than submit work.
+"""Client calls that inspect or steer the cluster rather than submit work.
 
-``run``, ``run_on_scheduler``, ``scheduler_info``, ``who_has``, ``restart``, logs... Each is a thin
-wrapper over ``scheduler/operations.py`` (``self.operations``), which a local cluster serves in this
-process and a remote one over its connection; ``blocked_handlers`` are honoured there. Mixed into
-``Client``.
+``run``, ``run_on_scheduler``, ``scheduler_info``, ``who_has``, ``restart``, logs... Each is a named
+operation of ``scheduler/operations.py`` (the cluster's ``operations``), which a local cluster serves in
+this process and a remote one over its connection; ``blocked_handlers`` are honoured there. One
+``ClusterCalls`` per ``Client`` (built by its constructor); ``Client`` forwards the public methods of the
+same names to it (``client.run`` is ``ClusterCalls.run``, with its signature and docstring).
 """
 
 from __future__ import annotations
 
 import pickle
 import time
-from typing import Optional
+from typing import Any, Optional
 
 from .comm.serialize import deserialize
 from .errors import FutureTimeoutError
@@ -18,10 +19,14 @@ from .futures import futures_in
 from .scheduler.operations import pack_call
 
 
-class ClientOperations:
-    """Mixin for ``Client``; expects ``self.operations`` and ``self.processes``."""
+class ClusterCalls:
+    """The named operations of one cluster, with their arguments packed and results unpacked."""
 
-    def _invoke(self, name: str, *args, **kwargs):
+    def __init__(self, operations: Any, processes: bool):
+        self.operations = operations  # SchedulerOperations, or a remote link's RemoteOperations
+        self.processes = processes  # functions and values travel pickled
+
+    def invoke(self, name: str, *args, **kwargs) -> Any:
         return self.operations.invoke(name, *args, **kwargs)
 
     def run(
@@ -33,15 +38,15 @@ class ClientOperations:
         nanny: bool = False,
         on_error: str = "raise",
         **kwargs,
-    ) -> dict:
+    ) -> Any:
         """Run ``function(*args, **kwargs)`` once on every worker (or on ``workers``), outside the task
-        system; returns ``{worker address: result}``."""
+        system; returns ``{worker address: result}`` (None with ``wait=False``)."""
         if on_error not in ("raise", "return", "ignore"):
             raise ValueError(f"on_error must be 'raise', 'return' or 'ignore', not {on_error!r}")
         blob, args_payload = pack_call(self.processes, function, args, kwargs)
-        raw = self._invoke("run", blob, args_payload, workers)
+        raw = self.invoke("run", blob, args_payload, workers)
         if not wait:
-            return None  # type: ignore[return-value]
+            return None
         results = {}
         for address, (ok, value) in raw.items():
             if ok:
@@ -56,31 +61,29 @@ class ClientOperations:
                 results[address] = exc
         return results
 
-    def run_on_scheduler(self, function, *args, **kwargs):
+    def run_on_scheduler(self, function, *args, **kwargs) -> Any:
         """Run ``function`` on the scheduler (it may take a ``dask_scheduler`` argument)."""
         blob, args_payload = pack_call(self.processes, function, args, kwargs)
-        result = self._invoke("run_on_scheduler", blob, args_payload)
+        result = self.invoke("run_on_scheduler", blob, args_payload)
         return deserialize(result) if self.processes else result
 
     def nthreads(self, workers=None) -> dict:
-        return self._invoke("nthreads", workers)
-
-    ncores = nthreads
+        return self.invoke("nthreads", workers)
 
     def scheduler_info(self, **kwargs) -> dict:
         """dask's shape: ``{"type", "id", "address", "services", "started", "workers": {...}}``."""
-        return self._invoke("scheduler_info")
+        return self.invoke("scheduler_info")
 
     def who_has(self, futures=None) -> dict:
         """``{key: [worker addresses holding a copy]}`` (values also stay in the client process)."""
         keys = None if futures is None else [f.key for f in futures_in(futures)]
-        return self._invoke("who_has", keys)
+        return self.invoke("who_has", keys)
 
     def has_what(self, workers=None) -> dict:
-        return self._invoke("has_what", workers)
+        return self.invoke("has_what", workers)
 
     def processing(self, workers=None) -> dict:
-        return self._invoke("processing", workers)
+        return self.invoke("processing", workers)
 
     def wait_for_workers(self, n_workers: int = 0, timeout: Optional[float] = None) -> None:
         """Block until at least ``n_workers`` workers can run tasks (a started process worker counts
@@ -89,7 +92,7 @@ class ClientOperations:
             raise ValueError(f"n_workers must be a non-negative int, not {n_workers!r}")
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            count = self._invoke("ready_workers")
+            count = self.invoke("ready_workers")
             if count >= n_workers:
                 return
             if deadline is not None and time.monotonic() > deadline:
@@ -98,16 +101,11 @@ class ClientOperations:
                 )
             time.sleep(0.01)
 
-    def restart(self, timeout=None, wait_for_workers: bool = True):
-        """Replace every worker and forget all tasks; this client's futures become cancelled."""
-        self._invoke("restart")
-        return self
-
     def get_scheduler_logs(self, n: Optional[int] = None) -> list:
-        return self._invoke("scheduler_logs", n)
+        return self.invoke("scheduler_logs", n)
 
     def get_worker_logs(self, n: Optional[int] = None, workers=None, nanny: bool = False) -> dict:
-        return self._invoke("worker_logs", n, workers)
+        return self.invoke("worker_logs", n, workers)
 
     def get_task_stream(self, start=None, stop=None, count=None) -> list:
-        return self._invoke("task_stream")
+        return self.invoke("task_stream")

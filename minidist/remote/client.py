@@ -188,8 +188,7 @@ class ClientLink:
         if was_closed:
             return
         for client in list(dict.values(self.sessions)):
-            states = getattr(client, "_states", {})
-            keys = [key for key, state in list(states.items()) if state.status == "pending"]
+            keys = client.pending_keys()  # a session: report(), take_releases(), pending_keys()
             if keys:
                 client.report(
                     [
