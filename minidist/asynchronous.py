@@ -98,3 +98,6 @@ class AsyncContext:
 
     async def __aexit__(self, *exc_info):
         await _asyncio().get_running_loop().run_in_executor(None, self.close)
+
+    def close(self, timeout=None):
+        raise NotImplementedError

@@ -96,6 +96,7 @@ class Client(AsyncContext):
         self._owns_cluster = False
         self._closed = False
         self.status = "connecting"
+        self.cluster: Any  # a LocalCluster, a cluster object given, or a view of a remote one
         if scheduler_file is not None:
             if address is not None:
                 raise ValueError("Give Client an address or a scheduler_file, not both")
@@ -446,12 +447,13 @@ class Client(AsyncContext):
 
     # ------------------------------------------------------------------------------ lifecycle
 
-    def close(self, timeout=None) -> None:
-        """Release every future, stop owning the default slot, and close an owned cluster."""
+    def close(self, timeout=None) -> Optional[Closing]:
+        """Release every future, stop owning the default slot, and close an owned cluster (inside a
+        running event loop with ``asynchronous=True``: an awaitable that does it)."""
         if self.asynchronous and in_event_loop():
             return Closing(lambda: self.close(timeout))  # awaitable: closes in a worker thread
         if self._closed:
-            return
+            return None
         self._closed = True
         self.status = "closed"
         keys = self._book.close()  # wakes every waiter; stops the callback thread
@@ -469,6 +471,7 @@ class Client(AsyncContext):
             stop_being_default(self)
         if self._owns_cluster:
             self.cluster.close()
+        return None
 
     shutdown = close
 

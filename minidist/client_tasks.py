@@ -95,6 +95,7 @@ class TaskPacker:
                 # the shared task already has its arguments
                 unlink_segments(args_payload.segments())
             return key, None  # already submitted by this client: share it
+        run_spec: tuple
         if self.processes:
             if args_payload is None:
                 args_payload, _ = self._serialize_arguments(args, kwargs, key, None)
@@ -106,6 +107,7 @@ class TaskPacker:
     def graph_task(self, function, key, args: tuple, dependencies, **options):
         """A task with an explicit key whose arguments already hold DependencyRefs (dask graphs)."""
         function_id, blob = self.function_ref(function)
+        run_spec: tuple
         if self.processes:
             run_spec = RunSpec(function_id, blob, self._serialize_arguments(args, {}, key, None)[0])
         else:

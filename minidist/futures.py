@@ -92,7 +92,7 @@ class Future:
             try:
                 raise error
             finally:
-                self = error = None
+                del self, error  # this frame must not keep the future or the error alive
         raise CancelledError(f"Future {self.key!r} was {status}")
 
     def exception(self, timeout: Optional[float] = None):
@@ -183,8 +183,10 @@ def _fresh_copy(exc):
         return exc.with_traceback(None)
     clone.__traceback__ = None
     clone.__cause__, clone.__context__ = exc.__cause__, exc.__context__
-    if isinstance(getattr(exc, "__notes__", None), list):
-        clone.__notes__ = list(exc.__notes__)  # notes a caller adds stay on its copy
+    notes = getattr(exc, "__notes__", None)  # Python 3.11+
+    if isinstance(notes, list):
+        # notes a caller adds stay on its copy (__notes__ is 3.11+, unknown to 3.10's stubs)
+        clone.__notes__ = list(notes)  # type: ignore[attr-defined]
     return clone
 
 
@@ -295,7 +297,8 @@ class as_completed:
         self.with_results = with_results
         self.raise_errors = raise_errors
         self._deadline = None if timeout is None else time.monotonic() + timeout
-        self._waker = None  # set while a coroutine waits in __anext__ (asynchronous.LoopWaker)
+        # set while a coroutine waits in __anext__ (asynchronous.LoopWaker)
+        self._waker: Optional[LoopWaker] = None
         self.update(futures)
 
     def add(self, future: Future) -> None:

@@ -165,7 +165,7 @@ def _load_cert_chain(context: ssl.SSLContext, cert: str, key: str | None) -> Non
     """load_cert_chain only reads files: PEM text goes through a private temporary file, removed at once."""
     temporary = []
     try:
-        paths = []
+        paths: list = []  # the certificate's file, then the key's (None: the key is in that file)
         for value in (cert, key):
             if value is not None and _is_pem(value):
                 fd, path = tempfile.mkstemp(prefix="minidist-tls-", suffix=".pem")  # mode 0600
@@ -227,7 +227,7 @@ def _make_temporary_credentials() -> tuple[str, str, str]:
         .sign(ca_key, hashes.SHA256())
     )
     key = ec.generate_private_key(ec.SECP256R1())
-    names = [x509.DNSName("localhost"), x509.DNSName(socket.gethostname())]
+    names: list[x509.GeneralName] = [x509.DNSName("localhost"), x509.DNSName(socket.gethostname())]
     names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ("127.0.0.1", "::1")]
     cert = (
         x509.CertificateBuilder()
@@ -366,7 +366,7 @@ def _candidate_paths(address: str) -> list[pathlib.Path]:
     except OSError:
         infos = []
     for info in infos:
-        path = directory / _file_name(info[4][0], port)
+        path = directory / _file_name(str(info[4][0]), port)
         if path not in paths:
             paths.append(path)
     return paths

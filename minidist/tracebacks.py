@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import pickle
 import re
-import sys
 import traceback as traceback_module
 import types
 from typing import Optional
@@ -56,11 +55,11 @@ def _stub_frame(filename: str, lineno: int, name: str):
         return None
     try:
         exec(code, {"_StubRaise": _StubRaise, "__name__": "minidist.remote_frame"})
-    except _StubRaise:
-        tb = sys.exc_info()[2]
-        while tb.tb_next is not None:
+    except _StubRaise as exc:
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
             tb = tb.tb_next  # the stub's own frame is the innermost one
-        return tb.tb_frame
+        return tb.tb_frame if tb is not None else None
     return None
 
 

@@ -174,7 +174,8 @@ def _load_memoryview(buffer, fmt: str, shape: tuple, readonly: bool) -> memoryvi
     flat = view.cast("B") if (view.format != "B" or view.ndim != 1) else view
     if fmt == "B" and len(shape) == 1:
         return flat
-    return flat.cast(fmt, shape)
+    # typeshed lists only literal formats; the format string comes from the writer's own memoryview
+    return flat.cast(fmt, shape)  # type: ignore[call-overload]
 
 
 class _LargeBytes:
@@ -223,11 +224,11 @@ def _expose_large_bytes(obj, threshold: int):
         if kind not in (tuple, list, dict) or depth == 0 or len(value) > _SHALLOW_LIMIT:
             return value
         if kind is dict:
-            items = {k: visit(v, depth - 1) for k, v in value.items()}
-            changed = any(items[k] is not v for k, v in value.items())
-        else:
-            items = [visit(v, depth - 1) for v in value]
-            changed = any(a is not b for a, b in zip(items, value))
+            entries = {k: visit(v, depth - 1) for k, v in value.items()}
+            changed = any(entries[k] is not v for k, v in value.items())
+            return entries if changed else value
+        items = [visit(v, depth - 1) for v in value]
+        changed = any(a is not b for a, b in zip(items, value))
         return kind(items) if changed else value
 
     return visit(obj, 2)

@@ -47,6 +47,9 @@ _SEQUENCE = struct.Struct("!Q")
 class ProtocolError(ValueError):
     """The peer sent bytes that are not a valid frame (too large, truncated) or handshake message."""
 
+    # the refused frame's header, if any: lets a listener guess what the peer speaks
+    header: bytes = b""
+
 
 # --- byte streams: the one place that differs between plain TCP and TLS ------------------------------
 
@@ -177,6 +180,9 @@ class _Closable:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def close(self) -> None:
+        raise NotImplementedError
 
     @property
     def closed(self) -> bool:

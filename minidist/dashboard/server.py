@@ -186,7 +186,7 @@ class DashboardServer:
     def __init__(
         self,
         address: str | None,
-        snapshot: Callable[[], dict],
+        snapshot: Callable[..., dict],  # may take since= (see _snapshot_takes_since)
         logs: Callable[[], dict[str, str]],
         prefix: str = "",
         worker_snapshot: Callable[[str], dict | None] | None = None,
@@ -218,7 +218,7 @@ class DashboardServer:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._closed = False
-        self._assets = self._load_assets()
+        self._assets, self._templates = self._load_assets()
 
     # ---- life cycle -------------------------------------------------------------------------------
 
@@ -304,18 +304,20 @@ class DashboardServer:
 
     # ---- content ----------------------------------------------------------------------------------
 
-    def _load_assets(self) -> dict[str, tuple[bytes, str]]:
-        """Read the static files once; HTML templates get this server's prefix and title baked in."""
+    def _load_assets(self) -> tuple[dict[str, tuple[bytes, str]], dict[str, str]]:
+        """Read the static files and the page templates once: ({path: (body, content type)},
+        {page: template}); templates get this server's prefix and title when a page is made."""
         static = resources.files("minidist.dashboard") / "static"
         assets = {f"static/{n}": ((static / n).read_bytes(), ct) for n, ct in _STATIC_FILES.items()}
-        for page in ("status", "worker"):
-            template = (static / f"{page}.html").read_text(encoding="utf-8")
-            assets[page] = (template, "text/html; charset=utf-8")
-        return assets
+        templates = {
+            page: (static / f"{page}.html").read_text(encoding="utf-8")
+            for page in ("status", "worker")
+        }
+        return assets, templates
 
     def html_page(self, page: str, config: dict) -> bytes:
         """A templated page (``status``/``worker``) with its JSON config embedded."""
-        template = self._assets[page][0]
+        template = self._templates[page]
         config = dict(
             config, prefix=self.prefix, name=self.name, own_server=self.worker is not None
         )

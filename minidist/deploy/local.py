@@ -205,7 +205,9 @@ class LocalCluster(AsyncContext):
         worker gets a new address so late reports of its predecessor are not taken for its own)."""
         options = self.options
         name = self._next_name() if name is None else name
+        handle: Any  # a ProcessWorkerHandle or a ThreadWorkerHandle (deploy/workers.py)
         if self.processes:
+            assert self.segment_store is not None  # process clusters always have one
             init = {"cluster_id": self.cluster_id, "shm_threshold": self.segment_store.threshold}
             handle = start_process_worker(
                 init,
@@ -510,14 +512,15 @@ class LocalCluster(AsyncContext):
 
     # -------------------------------------------------------------------------------------- close
 
-    def close(self, timeout=None) -> None:
-        """Stop workers and the scheduler, free shared memory. Idempotent."""
+    def close(self, timeout=None) -> Optional[Closing]:
+        """Stop workers and the scheduler, free shared memory. Idempotent. (Inside a running event loop
+        with ``asynchronous=True``: an awaitable that does it.)"""
         if self.asynchronous and in_event_loop():
             return Closing(lambda: self.close(timeout))  # awaitable: closes in a worker thread
         self._stop_adaptive("the cluster is closing")
         with self._lock:
             if self._closing:
-                return
+                return None
             self._closing = True
             handles = list(self.handles.values())
             self.handles.clear()
@@ -525,10 +528,10 @@ class LocalCluster(AsyncContext):
         if self.memory_monitor is not None:
             self.memory_monitor.stop()
         self.task_clients.close()
-        if getattr(self, "listener", None) is not None:
-            self.listener.close()
-        if getattr(self, "services", None) is not None:
-            self.services.close()
+        # either may be missing: close() also cleans up after a constructor that failed half-way
+        for service in (getattr(self, "listener", None), getattr(self, "services", None)):
+            if service is not None:
+                service.close()
         self.scheduler.close()
         for handle in handles:
             handle.close()
@@ -540,6 +543,7 @@ class LocalCluster(AsyncContext):
         self.logger.info("Cluster %s closed", self.name)
         self.logs.close()
         self.status = "closed"
+        return None
 
     def __enter__(self):
         return self

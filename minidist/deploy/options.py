@@ -208,7 +208,7 @@ def default_sizes(n_workers, threads_per_worker, processes: bool) -> tuple[int, 
 
 def memory_fractions(worker_kwargs: dict) -> dict:
     """``{"pause": f, "terminate": f}`` from memory_pause_fraction/memory_terminate_fraction; None is off."""
-    fractions = {}
+    fractions: dict[str, Optional[float]] = {}
     for what, default in (
         ("pause", DEFAULT_PAUSE_FRACTION),
         ("terminate", DEFAULT_TERMINATE_FRACTION),
@@ -217,7 +217,11 @@ def memory_fractions(worker_kwargs: dict) -> dict:
         value = worker_kwargs.get(keyword, default)
         if value is None or value is False:
             fractions[what] = None
-        elif isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value <= 1:
+        elif (
+            isinstance(value, bool)
+            or not isinstance(value, numbers.Real)
+            or not 0 < float(value) <= 1
+        ):
             raise ValueError(
                 f"{keyword} must be a fraction in (0, 1], or False to turn it off; got {value!r}"
             )

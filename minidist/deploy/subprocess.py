@@ -143,17 +143,18 @@ class SubprocessCluster(AsyncContext):
 
     # ----------------------------------------------------------------------------------------- close
 
-    def close(self, timeout: float = 10.0) -> None:
+    def close(self, timeout: float = 10.0) -> Optional[Closing]:
         """Disconnect, ask the scheduler process to close its cluster, and make sure it is gone."""
         if self.asynchronous and in_event_loop():
             return Closing(lambda: self.close(timeout))  # awaitable: closes in a worker thread
         if self._closed:
-            return
+            return None
         self._closed = True
         self.status = "closing"
         self._remote.close()
         self._stop_process(timeout)
         self.status = "closed"
+        return None
 
     def _stop_process(self, timeout: float) -> None:
         try:

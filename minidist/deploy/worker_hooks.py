@@ -56,7 +56,8 @@ class Worker(WorkerRuntime):
         self.logger = logger or logging.getLogger("minidist.worker")
         self._torn_down = False
         self._teardown_lock = threading.Lock()  # close() may be called from two threads at once
-        super().__init__(*args, prepare=self._with_hooks(prepare or unpack_run_spec), **kwargs)
+        kwargs["prepare"] = self._with_hooks(prepare or unpack_run_spec)
+        super().__init__(*args, **kwargs)
         self.worker_object = self  # what get_worker() returns inside tasks
         try:
             self.setup()

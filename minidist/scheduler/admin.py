@@ -1,6 +1,7 @@
 """Cluster operations beyond ``run``/``who_has``: retire, restart or copy to workers, sizes, stacks,
-versions, metadata. Mixed into ``SchedulerOperations`` (``scheduler/operations.py``), so local and remote
-clients reach them by the same names and ``blocked_handlers`` apply::
+versions, metadata. Part of ``SchedulerOperations`` (``scheduler/operations.py``, which builds one and
+dispatches these names to it), so local and remote clients reach them by the same names and
+``blocked_handlers`` apply::
 
     client.retire_workers(...) ─► operations.invoke("retire_workers") ─► cluster._scale_to(retire=...)
     client.replicate(...)      ─► run(cache_values) on chosen workers ─► SchedulerState.cached()
@@ -16,12 +17,15 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from ..comm.serialize import deserialize, dumps_function, serialize
 from ..keys import key_split
 from ..versions import package_versions
 from ..worker.admin import cache_values, task_stacks
+
+if TYPE_CHECKING:
+    from .operations import SchedulerOperations
 
 ADMIN_HANDLER_NAMES = {
     "retire_workers": "retire_workers",
@@ -39,8 +43,10 @@ _NO_DEFAULT = ("minidist", "no default")  # plain data, so it crosses a connecti
 
 
 class AdminOperations:
-    """Mixin for ``SchedulerOperations``: expects ``self.cluster``, ``self.scheduler``, ``self.run``,
-    ``self.workers_matching`` and ``self._on_scheduler``."""
+    """The administrative operations of one cluster, built on its ``SchedulerOperations``."""
+
+    def __init__(self, operations: SchedulerOperations):
+        self._ops = operations
 
     _metadata_lock = threading.Lock()
 
@@ -48,13 +54,15 @@ class AdminOperations:
 
     def _run_everywhere(self, function, *args, workers=None) -> dict:
         """``{address: result}`` of ``function(*args, dask_worker=...)`` on workers; raises the first error."""
-        processes = self.scheduler.processes
+        processes = self._ops.scheduler.processes
+        blob: Any
+        args_payload: Any  # a pickled Payload for process workers, the objects for thread workers
         if processes:
             blob, args_payload = dumps_function(function), serialize((args, {}), None)
         else:
             blob, args_payload = function, (args, {})
         results = {}
-        for address, (ok, value) in self.run(blob, args_payload, workers).items():
+        for address, (ok, value) in self._ops.run(blob, args_payload, workers).items():
             if not ok:
                 exc = value[0]
                 if isinstance(exc, (bytes, bytearray)):
@@ -75,7 +83,7 @@ class AdminOperations:
             chosen = tasks.keys() if keys is None else [k for k in keys if k in tasks]
             return {k: tasks[k].nbytes for k in chosen if tasks[k].state == "memory"}
 
-        sizes = self._on_scheduler(collect)
+        sizes = self._ops.on_scheduler(collect)
         if not summary:
             return sizes
         by_prefix: dict = {}
@@ -128,9 +136,9 @@ class AdminOperations:
             return node
 
     def _metadata_root(self) -> dict:
-        root = getattr(self.cluster, "metadata", None)
+        root = getattr(self._ops.cluster, "metadata", None)
         if root is None:
-            root = self.cluster.metadata = {}
+            root = self._ops.cluster.metadata = {}
         return root
 
     # ----------------------------------------------------------------------------------- workers
@@ -145,27 +153,27 @@ class AdminOperations:
         """
         if workers is not None and names is not None:
             raise TypeError("retire_workers takes workers= or names=, not both")
-        info = self.cluster.scheduler_info()["workers"]
+        info = self._ops.cluster.scheduler_info()["workers"]
         if workers is None and names is None:
-            chosen = self._on_scheduler(_idle_workers)
+            chosen = self._ops.on_scheduler(_idle_workers)
         else:
-            chosen = self.workers_matching(workers if workers is not None else names)
+            chosen = self._ops.workers_matching(workers if workers is not None else names)
         if not chosen:
             return {}
         retired = {address: info[address] for address in chosen if address in info}
-        active = self._on_scheduler(
+        active = self._ops.on_scheduler(
             lambda s: [a for a, ws in s.state.workers.items() if ws.status != "retiring"]
         )
         still = [a for a in active if a not in retired]
-        self.cluster._scale_to(len(still), retire=list(retired), why="retire_workers")
+        self._ops.cluster._scale_to(len(still), retire=list(retired), why="retire_workers")
         if close_workers:
             self._wait_gone(list(retired))
         return retired
 
     def _wait_gone(self, addresses: list, timeout: Optional[float] = None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
-        while any(a in self.scheduler.workers for a in addresses):
-            if self.scheduler._closing:
+        while any(a in self._ops.scheduler.workers for a in addresses):
+            if self._ops.scheduler._closing:
                 return
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"workers {addresses} did not leave within {timeout} s")
@@ -184,11 +192,11 @@ class AdminOperations:
             raise TypeError("restart_workers needs a list of worker addresses or names")
         outcome = {}
         for given in workers:
-            found = self.workers_matching([given])
+            found = self._ops.workers_matching([given])
             if not found:
                 outcome[given] = "removed"
                 continue
-            self.cluster._restart_worker(found[0], timeout=timeout)
+            self._ops.cluster._restart_worker(found[0], timeout=timeout)
             outcome[given] = "OK"
         return outcome
 
@@ -199,27 +207,27 @@ class AdminOperations:
 
         Returns ``{key: number of workers holding it}``. Keys not in memory raise KeyError.
         """
-        targets = self.workers_matching(workers)
+        targets = self._ops.workers_matching(workers)
         if n is not None:
             if isinstance(n, bool) or not isinstance(n, int) or n < 1:
                 raise ValueError(f"replicate needs n >= 1, not {n!r}")
-        holders = self._on_scheduler(lambda s: _holders(s, keys))
+        holders = self._ops.on_scheduler(lambda s: _holders(s, keys))
         plan: dict = {}  # address -> {key: stored value}
         for key, held_by in holders.items():
             want = len(targets) if n is None else min(n, len(targets))
             extra = [a for a in targets if a not in held_by][: max(0, want - len(held_by))]
             for address in extra:
-                plan.setdefault(address, {})[key] = self.scheduler.data[key]
+                plan.setdefault(address, {})[key] = self._ops.scheduler.data[key]
         for address, values in plan.items():
             self._run_everywhere(cache_values, values, workers=[address])
-            self._on_scheduler(lambda s, a=address, k=list(values): s.state.cached(a, k))
-        return self._on_scheduler(lambda s: {k: len(v) for k, v in _holders(s, keys).items()})
+            self._ops.on_scheduler(lambda s, a=address, k=list(values): s.state.cached(a, k))
+        return self._ops.on_scheduler(lambda s: {k: len(v) for k, v in _holders(s, keys).items()})
 
     def rebalance(self, keys=None, workers=None) -> None:
         """Nothing to move: worker memory holds only caches of values kept in the client process.
         Checks that ``keys`` are in memory, as dask does."""
         if keys:
-            self._on_scheduler(lambda s: _holders(s, keys))
+            self._ops.on_scheduler(lambda s: _holders(s, keys))
 
 
 def _key_path(keys) -> tuple:

@@ -35,6 +35,7 @@ def fail(scheduler, cause: BaseException) -> None:
     scheduler.failure = failure
     reports: dict = {}
     for ts in list(scheduler.state.tasks.values()):
+        item: tuple  # (key, status, exception, traceback), as Client.report takes them
         if ts.state == "memory" and ts.key in scheduler.data:
             item = TaskStatus(ts.key, "memory")
         elif ts.state == "erred":

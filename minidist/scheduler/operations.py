@@ -51,21 +51,23 @@ def accepts(function, name: str) -> bool:
     return name in parameters
 
 
-class SchedulerOperations(AdminOperations):
+class SchedulerOperations:
     """The operations of one cluster. ``cluster`` owns ``scheduler`` (``deploy/local.py``)."""
 
     def __init__(self, cluster):
         self.cluster = cluster
         self.scheduler = cluster.scheduler
+        self.admin = AdminOperations(self)  # retire, replicate, versions... (scheduler/admin.py)
 
     def invoke(self, name: str, *args, **kwargs):
         """Call an operation by name, as a remote client does; refuses blocked and unknown names."""
         if name not in HANDLER_NAMES or name.startswith("_"):
             raise ValueError(f"Unknown scheduler operation {name!r}")
         self.scheduler.check_handler(HANDLER_NAMES[name])
-        return getattr(self, name)(*args, **kwargs)
+        target = self.admin if name in ADMIN_HANDLER_NAMES else self
+        return getattr(target, name)(*args, **kwargs)
 
-    def _on_scheduler(self, function, *args):
+    def on_scheduler(self, function, *args):
         return self.scheduler.call(function, *args).result(_CALL_TIMEOUT)
 
     # ------------------------------------------------------------------------------------- workers
@@ -97,11 +99,11 @@ class SchedulerOperations(AdminOperations):
             chosen = tasks.keys() if keys is None else [k for k in keys if k in tasks]
             return {k: sorted(tasks[k].who_has) for k in chosen}
 
-        return self._on_scheduler(collect)
+        return self.on_scheduler(collect)
 
     def has_what(self, workers=None) -> dict:
         addresses = set(self.workers_matching(workers))
-        return self._on_scheduler(
+        return self.on_scheduler(
             lambda s: {
                 a: sorted(map(str, w.has)) for a, w in s.state.workers.items() if a in addresses
             }
@@ -109,12 +111,12 @@ class SchedulerOperations(AdminOperations):
 
     def processing(self, workers=None) -> dict:
         addresses = set(self.workers_matching(workers))
-        return self._on_scheduler(
+        return self.on_scheduler(
             lambda s: {a: list(w.processing) for a, w in s.state.workers.items() if a in addresses}
         )
 
     def task_stream(self) -> list:
-        return self._on_scheduler(lambda s: s.stream_records())
+        return self.on_scheduler(lambda s: s.stream_records())
 
     # ----------------------------------------------------------------------------------------- run
 
@@ -136,7 +138,7 @@ class SchedulerOperations(AdminOperations):
         args, kwargs = deserialize(args_payload) if processes else args_payload
         if accepts(function, "dask_scheduler"):
             kwargs["dask_scheduler"] = self.scheduler
-        result = self._on_scheduler(lambda s: function(*args, **kwargs))
+        result = self.on_scheduler(lambda s: function(*args, **kwargs))
         return serialize(result, None) if processes else result
 
     # ------------------------------------------------------------------------------ cluster-wide

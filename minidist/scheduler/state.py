@@ -176,9 +176,9 @@ class SchedulerState(Placement):
             new.append(ts)
         wanted = list(wanted)
         for key in wanted:
-            ts = self.tasks.get(key)
-            if ts is not None:
-                ts.who_wants.add(client)
+            held = self.tasks.get(key)
+            if held is not None:
+                held.who_wants.add(client)
         for ts in new:  # link after all are created so tasks of one graph may refer to each other
             for dep_key in ts.dependencies:
                 dep = self.tasks.get(dep_key)
@@ -199,13 +199,13 @@ class SchedulerState(Placement):
                 continue
             self._initial_transition(ts, out)
         for key in wanted:
-            ts = self.tasks.get(key)
-            if ts is None:
+            held = self.tasks.get(key)
+            if held is None:
                 out.append(Report(key, (client,), "cancelled"))
-            elif ts.state == "memory":
+            elif held.state == "memory":
                 out.append(Report(key, (client,), "memory"))
-            elif ts.state == "erred":
-                out.append(Report(key, (client,), "erred", ts.exception, ts.traceback))
+            elif held.state == "erred":
+                out.append(Report(key, (client,), "erred", held.exception, held.traceback))
         self._fill_workers(out)
         return out
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 import linecache
 import sys
 import threading
+from types import FrameType
+from typing import Optional
 
 from .runtime import WorkerRuntime
 
@@ -48,10 +50,11 @@ def task_stacks(keys=None, dask_worker=None) -> dict:
     wanted = None if keys is None else set(keys)
     stacks: dict = {}
     me = threading.get_ident()
-    for thread_id, frame in sys._current_frames().items():
+    for thread_id, top in sys._current_frames().items():
         if thread_id == me:
             continue
         chain = []
+        frame: Optional[FrameType] = top
         while frame is not None and frame.f_code is not _EXECUTE_CODE:
             chain.append(frame)
             frame = frame.f_back

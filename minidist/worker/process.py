@@ -79,7 +79,6 @@ class ProcessWorker:
             # get_client() in tasks: a client over this pipe, made by the client layer on first use
             task_clients=TaskClientSlot(self.connect_to_scheduler),
         )
-        self.runtime.process_worker = self  # type: ignore[attr-defined]
         if init.get("running_fd") is not None:
             self.runtime.running_board = RunningBoard(init["running_fd"])
         self.closing = False

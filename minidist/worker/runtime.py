@@ -93,7 +93,7 @@ class WorkerRuntime:
         nthreads: int,
         send: Callable[[list], None],
         encode_result: Callable[[Any], tuple] = lambda value: (value, sizeof(value)),
-        encode_error: Callable[[BaseException], tuple] = None,  # type: ignore[assignment]
+        encode_error: Optional[Callable[[BaseException, Any], tuple]] = None,
         decode_value: Callable[[Any], Any] = lambda value: value,
         prepare: Callable[[Any], tuple] = unpack_run_spec,
         resources: Optional[dict] = None,
