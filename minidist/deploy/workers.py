@@ -217,7 +217,7 @@ def start_process_worker(
         child_env.update({k: str(v) for k, v in env.items()})
     board, board_fd = RunningBoard.create()  # what its task threads run, readable after a crash
     fds = (fd,) if board_fd is None else (fd, board_fd)
-    process = None
+    process: Union[subprocess.Popen, ForkedProcess, None] = None
     if launcher is not None:  # forked from the cluster's template process: ready in milliseconds
         process = launcher.launch(child_env, fds, running_board=board_fd is not None)
     if process is None:
