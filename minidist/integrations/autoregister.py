@@ -76,7 +76,7 @@ class _AfterJoblibImport(importlib.abc.MetaPathFinder):
         spec = importlib.util.find_spec("joblib")  # the real one, from the finders after this one
         loader = getattr(spec, "loader", None)
         exec_module = getattr(loader, "exec_module", None)
-        if exec_module is None:
+        if loader is None or exec_module is None:
             return spec
 
         def exec_then_offer(module):

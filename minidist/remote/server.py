@@ -28,7 +28,7 @@ import itertools
 import logging
 import queue
 import threading
-from typing import Optional
+from typing import Any, Callable, Optional
 
 from ..comm.addressing import format_address, parse_address, resolve_interface
 from ..errors import CommClosedError
@@ -216,7 +216,7 @@ class Session:
         self.client_ids: set = set()
         self.same_machine = False
         self.closed = False
-        self._handlers = {
+        self._handlers: dict[type, Callable[[Any], None]] = {
             ClientHello: self._on_hello,
             Register: self._on_register,
             Unregister: self._on_unregister,

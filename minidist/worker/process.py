@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 from multiprocessing.connection import Connection
-from typing import Optional
+from typing import Any, Callable, Optional
 
 from ..comm.serialize import deserialize, loads_function, serialize
 from ..comm.shm import SegmentStore, sweep_cluster
@@ -82,7 +82,7 @@ class ProcessWorker:
         if init.get("running_fd") is not None:
             self.runtime.running_board = RunningBoard(init["running_fd"])
         self.closing = False
-        self._handlers = {
+        self._handlers: dict[type, Callable[[Any], None]] = {
             ComputeTask: self._on_compute_task,
             FreeKeys: self._on_free_keys,
             RunFunction: self._on_run_function,
