@@ -143,6 +143,9 @@ class Client(AsyncContext):
 
             become_default(self)  # dask's x.compute() now runs here
         Client._instances.add(self)
+        from .integrations.autoregister import offer_joblib_backend
+
+        offer_joblib_backend()  # joblib.parallel_config(backend="minidist") works from now on
         self.status = "running"
 
     # ---------------------------------------------------------------------------------- submissions

@@ -190,6 +190,8 @@ class FutureBook:
                 fn()
             except Exception:
                 logger.exception("a done-callback raised; the client carries on")
+            # the closure holds its future: waiting for the next callback must not keep it alive
+            del fn
 
     def add_callback(self, future: Future, fn) -> None:
         def call() -> None:
