@@ -29,6 +29,7 @@ import ssl
 import struct
 import threading
 import time
+from typing import overload
 
 from minidist.errors import CommClosedError
 
@@ -54,6 +55,10 @@ class ProtocolError(ValueError):
 # --- byte streams: the one place that differs between plain TCP and TLS ------------------------------
 
 
+@overload
+def _remaining(deadline: float) -> float: ...
+@overload
+def _remaining(deadline: None) -> None: ...
 def _remaining(deadline: float | None) -> float | None:
     if deadline is None:
         return None
