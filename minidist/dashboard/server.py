@@ -9,6 +9,10 @@
                           ├── /json/...  ──► snapshot() / logs() / worker_snapshot(w) ──► JSON
                           └── /info, /logs/<c> ──► pages.py renders HTML from snapshot() / logs()
 
+Connections, the ``Host`` check and the optional token live in ``dashboard/access.py``: a silent
+connection holds no thread, requests time out, and a request for an unexpected Host (DNS rebinding) or
+without the dashboard's token is refused with 403.
+
 The engine hands over three callables and never hears from the server again: ``snapshot()`` (called at most
 once per request, from a request thread, so it must be thread-safe and cheap; if it takes a ``since``
 keyword, ``/json/status.json?since=T`` passes T on so old task-stream entries are never even formatted),
@@ -58,12 +62,19 @@ import socket
 import threading
 import warnings
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from importlib import resources
-from typing import Callable
+from typing import Callable, Iterable
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from minidist.dashboard import pages
+from minidist.dashboard.access import (
+    REQUEST_TIMEOUT,
+    DashboardHTTPServer,
+    HostCheck,
+    check_request,
+    make_token,
+)
 
 DEFAULT_PORT = 8787
 DEFAULT_HOST = "127.0.0.1"
@@ -165,13 +176,8 @@ class _NotFound(Exception):
     """A request for something that does not exist (404)."""
 
 
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
+class _HTTPServer(DashboardHTTPServer):
     dashboard: DashboardServer
-
-    def handle_error(self, request, client_address):
-        # a client that hangs up mid-answer is not worth a traceback on the user's stderr
-        pass
 
 
 class DashboardServer:
@@ -181,6 +187,10 @@ class DashboardServer:
     address is disabled should not create a server at all. ``prefix`` (``service_kwargs={"dashboard":
     {"prefix": "/foo"}}``) moves every page under ``/foo``. After ``start()``, ``host``, ``port`` and
     ``link`` name the real socket, which differs from the request when the port was taken.
+
+    ``token`` (a string, or True for a random one) makes every request present it (see
+    ``dashboard/access.py``); ``link`` then carries it. ``allowed_hosts`` adds names the ``Host`` header
+    may use (for a dashboard reached under a DNS name, e.g. behind a reverse proxy).
     """
 
     def __init__(
@@ -194,6 +204,8 @@ class DashboardServer:
         worker: str | None = None,
         home: str | None = None,
         warn_on_fallback: bool = True,
+        token: str | bool | None = None,
+        allowed_hosts: Iterable[str] = (),
     ):
         parsed = parse_dashboard_address(address)
         if parsed is None:
@@ -210,6 +222,8 @@ class DashboardServer:
         self.worker = worker  # set: this is that worker's own dashboard
         self.home = home  # the cluster dashboard's URL, linked from a worker's own pages
         self.warn_on_fallback = warn_on_fallback
+        self.token = make_token(token)
+        self.host_check = HostCheck(self.host, allowed_hosts)
         try:
             self._snapshot_takes_since = "since" in inspect.signature(snapshot).parameters
         except (TypeError, ValueError):  # builtins without a signature
@@ -247,10 +261,8 @@ class DashboardServer:
             self.port = server.server_address[1]
             server.dashboard = self
             self._server = server
-            # serve_forever notices shutdown() only between polls: 50 ms keeps close() quick
             self._thread = threading.Thread(
-                target=server.serve_forever,
-                kwargs={"poll_interval": 0.05},
+                target=server.serve,
                 name="minidist-dashboard",
                 daemon=True,
             )
@@ -272,10 +284,11 @@ class DashboardServer:
             server, thread = self._server, self._thread
             self._server = self._thread = None
         if server is not None:
-            server.shutdown()
-            server.server_close()
+            server.stop()
         if thread is not None:
             thread.join()
+        if server is not None:
+            server.server_close()
 
     def __enter__(self):
         self.start()
@@ -296,7 +309,12 @@ class DashboardServer:
             host = "[::1]" if host == "::" else DEFAULT_HOST
         elif ":" in host:
             host = f"[{host}]"
-        return f"http://{host}:{self.port}{self.prefix}/status"
+        token = f"?token={self.token}" if self.token is not None else ""
+        return f"http://{host}:{self.port}{self.prefix}/status{token}"
+
+    @property
+    def cookie_name(self) -> str:
+        return f"minidist-dashboard-{self.port}"  # cookies ignore ports: one name per server
 
     def __repr__(self):
         state = "running" if self.running else "not running"
@@ -395,8 +413,24 @@ class _Handler(BaseHTTPRequestHandler):
     server: _HTTPServer
     server_version = "minidist-dashboard"
 
+    timeout = REQUEST_TIMEOUT  # per read of the request and write of the answer
+    _cookie: str | None = None
+
+    def setup(self):
+        self.timeout = (
+            self.server.request_timeout
+        )  # one setting per server, for its waiting room too
+        super().setup()
+
     def log_message(self, format, *args):  # no access log on the user's stderr
         pass
+
+    def _check_access(self, dash: DashboardServer) -> tuple | None:
+        """None when the request may be answered (``self.path`` then has no token), else a 403 answer."""
+        refusal, self.path, self._cookie = check_request(
+            self.path, self.headers, dash.host_check, dash.token, dash.prefix, dash.cookie_name
+        )
+        return None if refusal is None else self._error(dash, HTTPStatus.FORBIDDEN, refusal)
 
     def do_HEAD(self):
         self._serve(head=True)
@@ -407,7 +441,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self, head: bool):
         dash = self.server.dashboard
         try:
-            status, body, ctype, extra = self._route(dash)
+            denied = self._check_access(dash)
+            status, body, ctype, extra = denied if denied else self._route(dash)
         except _BadRequest as error:
             status, body, ctype, extra = self._error(dash, HTTPStatus.BAD_REQUEST, str(error))
         except _NotFound as error:
@@ -424,6 +459,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Cache-Control", "no-store")
             for key, value in extra.items():
                 self.send_header(key, value)
+            if self._cookie is not None and status < 400:
+                self.send_header("Set-Cookie", self._cookie)
             self.end_headers()
             if not head:
                 self.wfile.write(body)

@@ -21,6 +21,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from ..dashboard.access import make_token
 from .memory import parse_memory_limit
 
 # Worker keywords that minidist's workers understand. dask's Worker takes many more; those that would
@@ -88,6 +89,9 @@ class ClusterOptions:
     memory_fractions: dict = field(
         default_factory=dict
     )  # "pause"/"terminate" -> fraction or None (off)
+    dashboard_token: Optional[str] = (
+        None  # every dashboard request must present it (None: no token)
+    )
 
     @classmethod
     def from_arguments(
@@ -105,6 +109,7 @@ class ClusterOptions:
         worker_dashboard_address,
         diagnostics_port,
         service_kwargs,
+        dashboard_token=None,
         security,
         protocol,
         blocked_handlers,
@@ -190,6 +195,7 @@ class ClusterOptions:
             scheduler_kwargs=scheduler_kwargs,
             worker_env=worker_kwargs.get("env"),
             memory_fractions=memory_fractions(worker_kwargs),
+            dashboard_token=make_token(dashboard_token),
         )
 
 

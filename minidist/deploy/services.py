@@ -12,7 +12,8 @@
                               ":0" = a free port each), started for new workers, closed for gone ones
 
 ``ClusterServices(cluster)`` starts what ``dashboard_address`` / ``worker_dashboard_address`` /
-``service_kwargs={"dashboard": {"prefix": ...}}`` ask for and nothing else; ``close()`` stops every server.
+``service_kwargs={"dashboard": {"prefix": ..., "allowed_hosts": [...]}}`` and ``dashboard_token`` ask for
+and nothing else (every worker server shares the cluster's token and allowed hosts); ``close()`` stops every server.
 Workers come and go (scale, restart, crash): the set of worker servers follows the scheduler's workers at
 start, at every status snapshot (the status page polls twice a second) and at every ``refresh()``; a
 worker server whose worker has gone closes itself on its next request. Each worker row of a snapshot
@@ -40,7 +41,12 @@ class ClusterServices:
     def __init__(self, cluster):
         options = cluster.options
         self.cluster = cluster
-        self.prefix = (options.service_kwargs.get("dashboard") or {}).get("prefix", "")
+        dashboard_kwargs = options.service_kwargs.get("dashboard") or {}
+        self.prefix = dashboard_kwargs.get("prefix", "")
+        self.access = {
+            "token": options.dashboard_token,
+            "allowed_hosts": tuple(dashboard_kwargs.get("allowed_hosts", ())),
+        }
         self.worker_address = options.worker_dashboard_address
         per_worker = parse_dashboard_address(self.worker_address) is not None
         self.snapshots = ClusterSnapshots(cluster, on_workers=self._on_workers)
@@ -59,6 +65,7 @@ class ClusterServices:
                     prefix=self.prefix,
                     worker_snapshot=self.snapshots.worker,
                     name=type(cluster).__name__,
+                    **self.access,
                 )
                 self.dashboard.start()
             if per_worker:
@@ -120,6 +127,7 @@ class ClusterServices:
             worker=address,
             home=self.dashboard_link,
             warn_on_fallback=False,
+            **self.access,
         )
         try:
             server.start()
