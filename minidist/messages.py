@@ -4,7 +4,9 @@ Each message is a small named tuple; its type *is* its kind, so every receiver d
 type to handler and nobody spells a kind twice. Who sends what::
 
     client ──► scheduler      UpdateGraph  Release  ReleasePending  Scatter  Cancel  Retry
-    cluster ──► scheduler     AddWorker  Call  Wake  WorkerReports (a thread worker's batch)
+    cluster ──► scheduler     AddWorker  RemoveWorkers  RetireWorkers  PauseWorker  Restart  FailPending
+                              ForgetClients  RunOnWorkers  WorkerReports (a thread worker's batch)
+                              Call (the escape hatch)  Wake
     scheduler ──► worker      ComputeTask  FreeKeys  RunFunction  ClientReply  CloseWorker
     worker ──► scheduler      TaskDone  TaskErred  RunResult  Secede  Rejoin  WorkerHello  WorkerLogs
                               ClientFrame (a frame from a client inside a task)
@@ -190,15 +192,70 @@ class AddWorker(NamedTuple):
 
 
 class Call(NamedTuple):
-    """Run ``function(scheduler, *args)`` on the scheduler thread; its result goes to ``future``."""
+    """Run ``function(scheduler, *args)`` on the scheduler thread; its result goes to ``reply``. The
+    escape hatch behind ``Scheduler.call`` and ``run_on_scheduler``: anything else is a named message."""
 
     function: Any
     args: tuple
-    future: Any
+    reply: Any  # a concurrent.futures.Future
 
 
 class Wake(NamedTuple):
     """Only wakes the scheduler loop (on close)."""
+
+
+class RunOnWorkers(NamedTuple):
+    """``client.run``: send a function to ``workers``; ``reply`` gets ``{address: (ok, value)}``."""
+
+    function: Any  # packed by the data plane, as RunSpec.function
+    arguments: Any
+    workers: tuple
+    reply: Any
+
+
+class RetireWorkers(NamedTuple):
+    """Retire ``addresses`` (when given) or the ``count`` least busy workers; ``reply`` gets the
+    addresses chosen. They take no new tasks and leave once empty."""
+
+    count: int
+    addresses: Optional[tuple]
+    reply: Any
+
+
+class PauseWorker(NamedTuple):
+    """The memory monitor pauses (``paused``) or resumes a worker; retiring workers are left alone."""
+
+    address: str
+    paused: bool
+
+
+class RemoveWorkers(NamedTuple):
+    """The cluster stops these worker handles on purpose (their running tasks are requeued without
+    suspicion); ``reply`` is set once they are out of the scheduler's books."""
+
+    handles: tuple
+    reason: str
+    reply: Any
+
+
+class Restart(NamedTuple):
+    """Forget every task (clients see their futures cancelled) and remove the worker ``handles``
+    without sending them anything more; ``reply`` is set when done."""
+
+    handles: tuple
+    reply: Any
+
+
+class FailPending(NamedTuple):
+    """Err every unfinished task with ``exception`` (e.g. worker processes cannot start)."""
+
+    exception: Any
+
+
+class ForgetClients(NamedTuple):
+    """These clients are gone (their connection closed): release everything they wanted."""
+
+    clients: tuple
 
 
 class WorkerReports(NamedTuple):

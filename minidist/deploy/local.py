@@ -30,14 +30,15 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from ..asynchronous import AsyncContext, Closing, in_event_loop
 from ..comm.shm import SegmentStore, new_cluster_id, sweep_cluster, sweep_orphans
-from ..messages import AddWorker
+from ..messages import AddWorker, FailPending, Restart
 from ..scheduler.operations import SchedulerOperations
+from ..scheduler.queries import active_workers
 from ..scheduler.server import Scheduler
 from ..worker.task_client import TaskClientSlot
 from .launcher import WorkerLauncher
 from .memory import format_bytes
 from .options import ClusterOptions
-from .scaling import active_workers, observe, restart_worker, retire_workers
+from .scaling import observe, restart_worker, retire_workers
 from .workers import ThreadWorkerHandle, start_process_worker
 
 if TYPE_CHECKING:
@@ -133,11 +134,11 @@ class LocalCluster(AsyncContext):
             self.processes,
             logger_=self.logs.scheduler_logger,
             blocked_handlers=options.blocked_handlers,
+            on_worker_lost=self._on_worker_lost,
+            on_worker_retired=self._on_worker_retired,
             **options.scheduler_kwargs,
         )
         self.operations = SchedulerOperations(self)
-        self.scheduler.on_worker_lost = self._on_worker_lost
-        self.scheduler.on_worker_retired = self._on_worker_retired
         self.scheduler_address = f"inproc://{self.cluster_id}"
         self.handles: dict[str, Any] = {}  # every worker we started and have not reaped
         self.logger.info(
@@ -296,7 +297,7 @@ class LocalCluster(AsyncContext):
                 )
                 self._fail_pending_for_lack_of_workers(reason)
                 return
-            active = len(active_workers(self.scheduler))  # we are on the scheduler thread
+            active = len(active_workers(self.scheduler.state))  # we are on the scheduler thread
             if active >= self.target_workers:
                 self.logger.info(
                     "Worker %s (name %s) died: %s. Not replaced: %d of %d workers remain.",
@@ -334,7 +335,7 @@ class LocalCluster(AsyncContext):
             if self._closing:
                 return []
             try:
-                active = self.scheduler.call(active_workers).result(30)
+                active = self.scheduler.query(active_workers).result(30)
             except RuntimeError:  # the scheduler closed: the cluster is going away
                 return []
             return [self._start_worker() for _ in range(self.target_workers - len(active))]
@@ -343,17 +344,7 @@ class LocalCluster(AsyncContext):
         from ..errors import WorkerStartError
 
         error = WorkerStartError(f"minidist could not start worker processes ({reason}).")
-        state = self.scheduler.state
-        keys = [
-            k for k, ts in state.tasks.items() if ts.state in ("waiting", "queued", "processing")
-        ]
-        for key in keys:
-            ts = state.tasks.get(key)
-            if ts is not None and ts.state != "erred":
-                out: list = []
-                state._leave_state(ts)
-                state._set_erred(ts, error, "", out)
-                self.scheduler.apply_now(out)
+        self.scheduler.post(FailPending(error))
 
     def _on_worker_retired(self, handle) -> None:
         """Scheduler thread: a retiring worker finished its tasks; stop it."""
@@ -384,15 +375,15 @@ class LocalCluster(AsyncContext):
         with self._scale_lock:
             if self._closing:
                 return
-            active = self.scheduler.call(active_workers).result(30)
+            active = self.scheduler.query(active_workers).result(30)
             self.target_workers = n
             retire = [a for a in retire or () if a in active]
             if n != len(active) or retire:
                 self.logger.info("%s from %d to %d workers", why, len(active), n)
             if retire:
-                retiring = self.scheduler.call(retire_workers, 0, retire).result(30)
+                retiring = retire_workers(self.scheduler, 0, retire)
             elif n < len(active):
-                retiring = self.scheduler.call(retire_workers, len(active) - n).result(30)
+                retiring = retire_workers(self.scheduler, len(active) - n)
             else:
                 retiring = []
             for _ in range(n - len(active) + len(retiring)):
@@ -493,15 +484,8 @@ class LocalCluster(AsyncContext):
             self.handles.clear()
             count = self.target_workers
 
-        def forget_everything(scheduler):
-            outgoing: dict = {}
-            reports: dict = {}
-            scheduler._apply(scheduler.state.restart(), outgoing, reports)
-            for handle in old:
-                scheduler._remove_worker(handle, "restart", outgoing, reports, expected=True)
-            scheduler._deliver({}, reports)  # the old workers are going: send them nothing
-
-        self.scheduler.call(forget_everything).result(30)
+        # every task is forgotten and the old workers leave the books, without being sent anything more
+        self.scheduler.ask(Restart, tuple(old)).result(30)
         for handle in old:
             handle.stop(timeout=2)
             self.logs.close_worker(handle.address)

@@ -1,9 +1,10 @@
 """Scaling helpers that run on the scheduler thread: who counts as a worker, who retires, what adapt sees.
 
-``LocalCluster.scale``/``adapt`` and supervision (``deploy/local.py``) call these through
-``scheduler.call(function, ...)``, so each reads and changes ``SchedulerState`` in one consistent step::
+``LocalCluster.scale``/``adapt`` and supervision (``deploy/local.py``) use these. Reads run on the
+scheduler thread (``scheduler.query``, ``scheduler.call``); changes are messages the scheduler answers
+(``RetireWorkers``, ``RemoveWorkers``), so each sees and changes ``SchedulerState`` in one step::
 
-    scale(n) / replacement ─► active_workers()   ─► start the missing workers (cluster thread)
+    scale(n) / replacement ─► query(active_workers)  ─► start the missing workers (cluster thread)
     scale(n) down          ─► retire_workers(count=k)         idle and data-poor first
     adapt timer            ─► observe()  ─► Adaptive.recommend() ─► retire_workers(addresses=...)
 
@@ -17,37 +18,15 @@ from __future__ import annotations
 import time
 from typing import Iterable, Optional
 
+from ..messages import RemoveWorkers, RetireWorkers
 from .adaptive import ClusterObservation, WorkerObservation
 
 
-def active_workers(scheduler) -> list[str]:
-    """Addresses of the workers that count towards the cluster's size (every one not retiring)."""
-    return [a for a, ws in scheduler.state.workers.items() if ws.status != "retiring"]
-
-
-def retire_workers(
-    scheduler, count: int = 0, addresses: Optional[Iterable[str]] = None
-) -> list[str]:
-    """Mark ``addresses`` (or the ``count`` least busy workers) as retiring; returns those marked."""
-    state = scheduler.state
-    candidates = [ws for ws in state.workers.values() if ws.status != "retiring"]
-    if addresses is not None:
-        wanted = set(addresses)
-        chosen = [ws.address for ws in candidates if ws.address in wanted]
-    else:
-        # idle before busy, then the smallest cache, then the youngest (the highest name)
-        candidates.sort(key=lambda ws: (len(ws.processing), len(ws.has), -_order(ws.name)))
-        chosen = [ws.address for ws in candidates[:count]]
-    for address in chosen:
-        scheduler.apply_now(state.set_worker_status(address, "retiring"))
-    return chosen
-
-
-def _order(name) -> int:
-    try:
-        return int(name)
-    except (TypeError, ValueError):
-        return 0
+def retire_workers(scheduler, count: int = 0, addresses: Optional[Iterable[str]] = None) -> list:
+    """Retire ``addresses`` (or the ``count`` least busy workers); returns those chosen. Not on the
+    scheduler thread (it waits for the answer)."""
+    chosen = tuple(addresses) if addresses is not None else None
+    return scheduler.ask(RetireWorkers, count, chosen).result(30)
 
 
 def observe(
@@ -118,15 +97,8 @@ def restart_worker(cluster, address: str, timeout=None) -> None:
         if handle is None or cluster._closing:
             return
 
-        def remove(scheduler) -> None:
-            outgoing: dict = {}
-            reports: dict = {}
-            scheduler._remove_worker(
-                handle, "restarted by restart_workers", outgoing, reports, expected=True
-            )
-            scheduler._deliver(outgoing, reports)
-
-        cluster.scheduler.call(remove).result(30)
+        reason = "restarted by restart_workers"
+        cluster.scheduler.ask(RemoveWorkers, (handle,), reason).result(30)
         handle.stop(timeout=2 if timeout is None else float(timeout))
         cluster.logs.close_worker(address)
         cluster.logger.info("Restarted worker %s (name %s)", address, handle.name)

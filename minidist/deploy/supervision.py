@@ -8,7 +8,7 @@
         TERMINATE      ─► handle.memory_killed = True; SIGKILL ◄──────┘
                               │ the worker's pipe reaches EOF
                               ▼
-        scheduler._worker_died ─► its tasks requeued (KilledWorker after allowed_failures deaths)
+        the scheduler removes it ─► its tasks requeued (KilledWorker after allowed_failures deaths)
                                ─► cluster._on_worker_lost ─► a replacement worker
 
 Measuring from outside is what makes this dependable: a worker stuck in a C call or swapping still gets
@@ -29,6 +29,7 @@ from typing import Callable, Optional
 
 import psutil
 
+from ..messages import PauseWorker
 from .memory import MemoryAction, format_bytes, memory_action, memory_kill_reason, process_memory
 
 MONITOR_INTERVAL = 0.1  # seconds between two measurements of every worker (dask's monitor-interval)
@@ -114,7 +115,7 @@ class MemoryMonitor:
         args = (address, format_bytes(used), 100 * used / limit, format_bytes(limit))
         self.logger.warning(message, *args)
         self.worker_logger(address).warning(message, *args)
-        self.scheduler.call(_set_memory_status, address, "paused" if paused else "running")
+        self.scheduler.post(PauseWorker(address, paused))
 
     def _terminate(self, handle, used: int, limit: int) -> None:
         fraction = self.terminate_fraction or 1.0
@@ -127,11 +128,3 @@ class MemoryMonitor:
         self.logger.warning(message, handle.address, detail)
         self.worker_logger(handle.address).warning(message, handle.address, detail)
         handle.kill()
-
-
-def _set_memory_status(scheduler, address: str, status: str) -> None:
-    """Scheduler thread: pause or resume a worker, unless it is retiring or gone."""
-    ws = scheduler.state.workers.get(address)
-    if ws is None or ws.status == "retiring" or ws.status == status:
-        return
-    scheduler.apply_now(scheduler.state.set_worker_status(address, status))

@@ -117,11 +117,9 @@ class ProcessWorkerHandle:
     def send_messages(self, batch: list) -> None:
         self.conn.send_bytes(pickle.dumps(batch, protocol=5))
 
-    def start_run(self, scheduler, run_id, function_blob, args_payload) -> None:
-        try:
-            self.send_messages([RunFunction(run_id, function_blob, args_payload)])
-        except OSError as exc:
-            scheduler._run_result(run_id, self.address, False, (RuntimeError(str(exc)), ""))
+    def start_run(self, run_id, function_blob, args_payload) -> None:
+        """``client.run`` on this worker: it answers with a RunResult (OSError if its pipe is gone)."""
+        self.send_messages([RunFunction(run_id, function_blob, args_payload)])
 
     def on_hello(self, message) -> None:
         self.ready.set()
@@ -310,7 +308,7 @@ class ThreadWorkerHandle:
             elif kind is FreeKeys:
                 runtime.free(message.keys)
 
-    def start_run(self, scheduler, run_id, function, args) -> None:
+    def start_run(self, run_id, function, args) -> None:
         def run() -> None:
             try:
                 result = call_with_worker(function, args[0], args[1], self.runtime)

@@ -38,6 +38,7 @@ from ..messages import (
     ClientHello,
     ClientReply,
     Fetch,
+    ForgetClients,
     Invoke,
     Register,
     ReleasePending,
@@ -322,17 +323,8 @@ class Session:
         self.client_ids.clear()
         for client_id in client_ids:
             self.scheduler.sessions.pop(client_id, None)
-        if client_ids and not self.scheduler._closing:
-            self.scheduler.call(_release_everything, client_ids)
-
-
-def _release_everything(scheduler, client_ids: list) -> None:
-    """Scheduler thread: forget every want of ``client_ids`` (their connection closed)."""
-    state = scheduler.state
-    for client_id in client_ids:
-        keys = [key for key, ts in state.tasks.items() if client_id in ts.who_wants]
-        if keys:
-            scheduler.apply_now(state.client_releases(client_id, keys))
+        if client_ids and not self.scheduler.closing:
+            self.scheduler.post(ForgetClients(tuple(client_ids)))
 
 
 class TCPSession(Session):

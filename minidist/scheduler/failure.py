@@ -10,7 +10,7 @@ thread, which then ends)::
                         ─► refuse_inbox(): messages posted meanwhile are answered
 
 After that ``Scheduler.post`` answers each message itself through :func:`refuse_inbox` (new tasks err at
-once, ``call`` futures get the error) and ``close()`` works as usual. The order that makes this race-free:
+once, futures waiting on a reply get the error) and ``close()`` works as usual. The order that makes this race-free:
 ``post`` appends to the inbox *before* looking at ``failure``, and ``fail`` sets ``failure`` *before*
 draining the inbox, so every message is answered by one side or the other.
 """
@@ -18,7 +18,7 @@ draining the inbox, so every message is answered by one side or the other.
 from __future__ import annotations
 
 from ..errors import SchedulerError
-from ..messages import Call, TaskStatus, UpdateGraph
+from ..messages import TaskStatus, UpdateGraph
 
 
 def fail(scheduler, cause: BaseException) -> None:
@@ -59,8 +59,9 @@ def refuse_inbox(scheduler) -> None:
         except IndexError:
             break
         kind = type(message)
-        if kind is Call and message.future.set_running_or_notify_cancel():
-            message.future.set_exception(failure)
+        reply = getattr(message, "reply", None)  # Call, RetireWorkers...: a future someone waits on
+        if reply is not None and reply.set_running_or_notify_cancel():
+            reply.set_exception(failure)
         elif kind is UpdateGraph:
             keys = dict.fromkeys([spec.key for spec in message.tasks] + list(message.wanted))
             items = [TaskStatus(key, "erred", failure, "") for key in keys]

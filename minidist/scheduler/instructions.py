@@ -54,7 +54,8 @@ class RetireWorker(NamedTuple):
 
 
 class ReleaseArguments(NamedTuple):
-    """A task finished: its arguments will never be needed again (results are never recomputed), so
-    the shell may free them (and the shared memory behind them) now rather than when the key goes."""
+    """These arguments will never be needed again: their task finished (results are never recomputed),
+    or was dropped because an equal task exists. The shell frees them (and the shared memory behind
+    them) now rather than when the key goes."""
 
     run_spec: Any

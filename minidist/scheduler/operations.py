@@ -13,11 +13,12 @@ Arguments and results are plain data (or ``Payload`` objects in process mode), s
 
 from __future__ import annotations
 
-import concurrent.futures
 import inspect
 from typing import Optional
 
 from ..comm.serialize import deserialize, dumps_function, loads_function, serialize
+from ..messages import RunOnWorkers
+from . import queries
 from .admin import ADMIN_HANDLER_NAMES, AdminOperations
 
 _CALL_TIMEOUT = 60.0
@@ -70,6 +71,9 @@ class SchedulerOperations:
     def on_scheduler(self, function, *args):
         return self.scheduler.call(function, *args).result(_CALL_TIMEOUT)
 
+    def query(self, view, *args):
+        return self.scheduler.query(view, *args).result(_CALL_TIMEOUT)
+
     # ------------------------------------------------------------------------------------- workers
 
     def workers_matching(self, workers=None) -> list:
@@ -94,26 +98,13 @@ class SchedulerOperations:
         return self.cluster.scheduler_info()
 
     def who_has(self, keys=None) -> dict:
-        def collect(scheduler):
-            tasks = scheduler.state.tasks
-            chosen = tasks.keys() if keys is None else [k for k in keys if k in tasks]
-            return {k: sorted(tasks[k].who_has) for k in chosen}
-
-        return self.on_scheduler(collect)
+        return self.query(queries.who_has, keys)
 
     def has_what(self, workers=None) -> dict:
-        addresses = set(self.workers_matching(workers))
-        return self.on_scheduler(
-            lambda s: {
-                a: sorted(map(str, w.has)) for a, w in s.state.workers.items() if a in addresses
-            }
-        )
+        return self.query(queries.has_what, self.workers_matching(workers))
 
     def processing(self, workers=None) -> dict:
-        addresses = set(self.workers_matching(workers))
-        return self.on_scheduler(
-            lambda s: {a: list(w.processing) for a, w in s.state.workers.items() if a in addresses}
-        )
+        return self.query(queries.processing, self.workers_matching(workers))
 
     def task_stream(self) -> list:
         return self.on_scheduler(lambda s: s.stream_records())
@@ -126,9 +117,8 @@ class SchedulerOperations:
         ``function_blob``/``args_payload`` are what ``pack_call`` made. Returns ``{address: (ok, value)}``
         where value is the encoded result, or ``(exception, traceback)`` when ``ok`` is false.
         """
-        targets = self.workers_matching(workers)
-        answer: concurrent.futures.Future = concurrent.futures.Future()
-        self.scheduler.call(lambda s: s.start_run(function_blob, args_payload, targets, answer))
+        targets = tuple(self.workers_matching(workers))
+        answer = self.scheduler.ask(RunOnWorkers, function_blob, args_payload, targets)
         return answer.result(_CALL_TIMEOUT)
 
     def run_on_scheduler(self, function_blob, args_payload):

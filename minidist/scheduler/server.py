@@ -37,32 +37,20 @@ import time
 from typing import Any, Callable, Optional
 
 from ..comm.shm import sweep_process, unlink_segments
-from ..keys import key_split
 from ..messages import (
     FIRE_AND_FORGET,
-    AddWorker,
     Call,
-    Cancel,
-    ClientFrame,
     FreeKeys,
-    Rejoin,
     Release,
     ReleasePending,
-    Retry,
-    RunResult,
-    Scatter,
-    Secede,
-    TaskDone,
-    TaskErred,
     TaskStatus,
-    UpdateGraph,
     Wake,
-    WorkerHello,
-    WorkerLogs,
-    WorkerReports,
     new_task,  # noqa: F401 (re-exported)
 )
+from . import queries
 from .failure import fail, refuse_inbox
+from .handlers import HANDLERS, WORKER_HANDLERS
+from .runs import RunBook
 from .state import (
     Execute,
     Forget,
@@ -127,7 +115,11 @@ class Scheduler:
         allowed_failures: int = 3,
         logger_: Optional[logging.Logger] = None,
         blocked_handlers=(),
+        on_worker_lost: Optional[Callable[[Any, str], None]] = None,
+        on_worker_retired: Optional[Callable[[Any], None]] = None,
     ):
+        """``on_worker_lost(handle, reason)`` and ``on_worker_retired(handle)`` are the cluster's, called
+        on this thread when a worker died or finished retiring."""
         self.cluster_id = cluster_id
         self.processes = processes
         self.state = SchedulerState(allowed_failures=allowed_failures)
@@ -149,39 +141,12 @@ class Scheduler:
         self._wake_pending = False
         self._closing = False
         self.failure: Optional[Exception] = None  # a SchedulerError once the loop died (failure.py)
-        self._runs: dict[
-            int, dict
-        ] = {}  # client.run bookkeeping: id -> {"pending", "results", "future"}
-        self._run_ids = iter(range(1, 1 << 62))
+        self.runs = RunBook()  # client.run answers still owed by workers
         self.task_stream: collections.deque = collections.deque(maxlen=2000)
-        self.on_worker_lost: Optional[Callable[[Any, str], None]] = None
-        self.on_worker_retired: Optional[Callable[[Any], None]] = None
+        self.on_worker_lost = on_worker_lost
+        self.on_worker_retired = on_worker_retired
         self.started = time.time()
         self.tasks_done = 0
-        # dispatch by message type (minidist/messages.py): what clients and the cluster post ...
-        self._handlers: dict[type, Callable] = {
-            UpdateGraph: self._on_update_graph,
-            Release: self._on_release,
-            ReleasePending: self._on_release_pending,
-            Cancel: self._on_cancel,
-            Retry: self._on_retry,
-            Scatter: self._on_scatter,
-            WorkerReports: self._on_worker_reports,
-            Call: self._on_call,
-            AddWorker: self._on_add_worker,
-            Wake: self._on_wake,
-        }
-        # ... and what workers send
-        self._worker_handlers: dict[type, Callable] = {
-            TaskDone: self._on_task_done,
-            TaskErred: self._on_task_erred,
-            RunResult: self._on_run_result,
-            Secede: self._on_secede,
-            Rejoin: self._on_rejoin,
-            WorkerHello: self._on_worker_hello,
-            WorkerLogs: self._on_worker_logs,
-            ClientFrame: self._on_client_frame,
-        }
         self._thread = threading.Thread(target=self._loop, name="minidist-scheduler", daemon=True)
         self._thread.start()
 
@@ -204,16 +169,33 @@ class Scheduler:
                 pass  # closed: the scheduler is gone
 
     def call(self, function: Callable, *args) -> concurrent.futures.Future:
-        """Run ``function(self, *args)`` on the scheduler thread; its result arrives in the future."""
-        future: concurrent.futures.Future = concurrent.futures.Future()
+        """Run ``function(self, *args)`` on the scheduler thread; its result arrives in the future.
+
+        The escape hatch (``run_on_scheduler`` is built on it) and the way to read several things at
+        once; code that changes the scheduler's books posts a named message instead.
+        """
+        return self.ask(Call, function, args)
+
+    def ask(self, kind, *fields) -> concurrent.futures.Future:
+        """Post ``kind(*fields, reply)`` (a message whose last field is ``reply``, e.g. ``RetireWorkers``)
+        and return that reply future."""
+        reply: concurrent.futures.Future = concurrent.futures.Future()
         if self.failure is not None:
-            future.set_exception(self.failure)
-            return future
-        if self._closing:
-            future.set_exception(RuntimeError("The scheduler is closed"))
-            return future
-        self.post(Call(function, args, future))
-        return future
+            reply.set_exception(self.failure)
+        elif self._closing:
+            reply.set_exception(RuntimeError("The scheduler is closed"))
+        else:
+            self.post(kind(*fields, reply))
+        return reply
+
+    def query(self, view: Callable, *args) -> concurrent.futures.Future:
+        """Run the read-only ``view(state, *args)`` (``scheduler/queries.py``) on the scheduler thread."""
+        return self.call(lambda scheduler: view(scheduler.state, *args))
+
+    @property
+    def closing(self) -> bool:
+        """True once ``close()`` began: nothing more is handled."""
+        return self._closing
 
     def fetch(self, key):
         """The stored value of ``key`` (a Payload in process mode); KeyError if it is gone."""
@@ -341,87 +323,16 @@ class Scheduler:
                     if self.on_worker_retired is not None:
                         self.on_worker_retired(handle)
 
-    def apply_now(self, instructions: list) -> None:
-        """Carry out instructions at once (only on the scheduler thread, e.g. inside ``call``)."""
-        outgoing: dict = {}
-        reports: dict = {}
-        self._apply(instructions, outgoing, reports)
-        self._deliver(outgoing, reports)
-
     # ---------------------------------------------------------------------------------- client events
 
     def _handle(self, message, outgoing: dict, reports: dict) -> None:
-        handler = self._handlers.get(type(message))
+        handler = HANDLERS.get(
+            type(message)
+        )  # scheduler/handlers.py: one function per message type
         if handler is None:
             self.logger.warning("unknown scheduler message %r", type(message).__name__)
         else:
-            handler(message, outgoing, reports)
-
-    def _on_update_graph(self, message: UpdateGraph, outgoing: dict, reports: dict) -> None:
-        known = self.state.tasks
-        fresh: set = set()
-        ledger = self.ledger
-        for spec in message.tasks:
-            arguments = spec.run_spec.arguments
-            if spec.key in known or spec.key in fresh:
-                # an equal task exists (e.g. another client's): the state machine keeps its
-                # run_spec and drops this one, so this copy's segments belong to no one
-                ledger.retain(arguments)
-                ledger.release(arguments)
-            else:
-                fresh.add(spec.key)
-                ledger.retain(arguments)
-        self._apply(
-            self.state.update_graph(message.tasks, message.client, message.wanted, time.time()),
-            outgoing,
-            reports,
-        )
-
-    def _on_release(self, message: Release, outgoing: dict, reports: dict) -> None:
-        self._apply(self.state.client_releases(message.client, message.keys), outgoing, reports)
-
-    def _on_release_pending(self, message: ReleasePending, outgoing: dict, reports: dict) -> None:
-        session = self.sessions.get(message.client)
-        if session is not None:
-            keys = session.take_releases()
-            self._apply(self.state.client_releases(message.client, keys), outgoing, reports)
-
-    def _on_cancel(self, message: Cancel, outgoing: dict, reports: dict) -> None:
-        self._apply(self.state.cancel(message.keys), outgoing, reports)
-
-    def _on_retry(self, message: Retry, outgoing: dict, reports: dict) -> None:
-        self._apply(self.state.retry(message.keys), outgoing, reports)
-
-    def _on_scatter(self, message: Scatter, outgoing: dict, reports: dict) -> None:
-        for key, value in message.values.items():
-            if key in self.data:
-                self.ledger.release(value)  # same content already stored under this key
-                continue
-            self.data[key] = value
-            self.ledger.retain(value)
-        self._apply(self.state.scattered(message.client, message.nbytes), outgoing, reports)
-
-    def _on_worker_reports(self, message: WorkerReports, outgoing: dict, reports: dict) -> None:
-        handle = self.workers.get(message.address)  # a thread worker's batch
-        if handle is not None:
-            self._worker_batch(handle, message.batch, outgoing, reports)
-
-    def _on_call(self, message: Call, outgoing: dict, reports: dict) -> None:
-        future = message.future
-        if not future.set_running_or_notify_cancel():
-            return
-        try:
-            result = message.function(self, *message.args)
-        except BaseException as exc:  # noqa: B036 - hand every failure to the caller
-            future.set_exception(exc)
-        else:
-            future.set_result(result)
-
-    def _on_add_worker(self, message: AddWorker, outgoing: dict, reports: dict) -> None:
-        self._add_worker(message.handle, outgoing, reports)
-
-    def _on_wake(self, message: Wake, outgoing: dict, reports: dict) -> None:
-        pass  # only wakes the loop (close)
+            handler(self, message, outgoing, reports)
 
     # ---------------------------------------------------------------------------------- worker events
 
@@ -441,67 +352,14 @@ class Scheduler:
         )
 
     def _worker_batch(self, handle, batch: list, outgoing: dict, reports: dict) -> None:
-        handlers = self._worker_handlers
         for message in batch:
-            handler = handlers.get(type(message))
+            handler = WORKER_HANDLERS.get(type(message))
             if handler is None:
                 self.logger.warning(
                     "unknown message %r from worker %s", type(message).__name__, handle.address
                 )
             else:
-                handler(handle, message, outgoing, reports)
-
-    def _on_task_done(self, handle, message: TaskDone, outgoing: dict, reports: dict) -> None:
-        key, value = message.key, message.value
-        address = handle.address
-        if self.state.expects_result(key, address):
-            old = self.data.get(key)
-            if old is not None:
-                self.ledger.release(old)
-            self.data[key] = value
-            self.ledger.retain(value)
-            self.tasks_done += 1
-            self.task_stream.append(
-                (key, address, message.thread, message.start, message.stop, "ok")
-            )
-        else:
-            self.ledger.retain(value)
-            self.ledger.release(value)  # a stale copy: free its shared memory
-        instructions = self.state.task_finished(
-            key, address, message.nbytes, message.start, message.stop
-        )
-        self._apply(instructions, outgoing, reports)
-
-    def _on_task_erred(self, handle, message: TaskErred, outgoing: dict, reports: dict) -> None:
-        key, address = message.key, handle.address
-        if self.state.expects_result(key, address):
-            self.task_stream.append(
-                (key, address, message.thread, message.start, message.stop, "error")
-            )
-        exception = _load_exception(message.exception)
-        instructions = self.state.task_erred(
-            key, address, exception, message.traceback, message.start, message.stop
-        )
-        self._apply(instructions, outgoing, reports)
-
-    def _on_run_result(self, handle, message: RunResult, outgoing: dict, reports: dict) -> None:
-        self._run_result(message.run_id, handle.address, message.ok, message.value)
-
-    def _on_secede(self, handle, message: Secede, outgoing: dict, reports: dict) -> None:
-        self._apply(self.state.secede(handle.address, message.key), outgoing, reports)
-
-    def _on_rejoin(self, handle, message: Rejoin, outgoing: dict, reports: dict) -> None:
-        self._apply(self.state.rejoin(handle.address, message.key), outgoing, reports)
-
-    def _on_worker_hello(self, handle, message: WorkerHello, outgoing: dict, reports: dict) -> None:
-        handle.started = True
-        handle.on_hello(message)
-
-    def _on_worker_logs(self, handle, message: WorkerLogs, outgoing: dict, reports: dict) -> None:
-        handle.on_logs(message.records)
-
-    def _on_client_frame(self, handle, message: ClientFrame, outgoing: dict, reports: dict) -> None:
-        handle.on_client_message(self, message.frame)
+                handler(self, handle, message, outgoing, reports)
 
     def _worker_died(self, handle, outgoing: dict, reports: dict) -> None:
         reason = handle.death_reason()
@@ -533,10 +391,7 @@ class Scheduler:
             except (KeyError, ValueError, OSError):
                 pass
         outgoing.pop(handle, None)
-        for run_id in list(self._runs):
-            self._run_result(
-                run_id, handle.address, False, (RuntimeError(f"worker died: {reason}"), "")
-            )
+        self.runs.worker_gone(handle.address, reason)
         self._apply(
             self.state.remove_worker(handle.address, reason, time.time(), expected, running),
             outgoing,
@@ -544,47 +399,15 @@ class Scheduler:
         )
         handle.close()
 
-    # ---------------------------------------------------------------------------------------- client.run
-
-    def start_run(self, function_blob, args_payload, workers, future) -> None:
-        """Called on the scheduler thread: send a function to ``workers`` and collect their answers."""
-        targets = [self.workers[w] for w in workers if w in self.workers]
-        run_id = next(self._run_ids)
-        entry = {"pending": {h.address for h in targets}, "results": {}, "future": future}
-        self._runs[run_id] = entry
-        for handle in targets:
-            handle.start_run(self, run_id, function_blob, args_payload)
-        if not targets:
-            self._finish_run(run_id)
-
-    def _run_result(self, run_id: int, address: str, ok: bool, value) -> None:
-        entry = self._runs.get(run_id)
-        if entry is None or address not in entry["pending"]:
-            return
-        entry["pending"].discard(address)
-        entry["results"][address] = (ok, value)
-        if not entry["pending"]:
-            self._finish_run(run_id)
-
-    def _finish_run(self, run_id: int) -> None:
-        entry = self._runs.pop(run_id)
-        future = entry["future"]
-        if not future.done():
-            future.set_result(entry["results"])
-
     # ------------------------------------------------------------------------------------------ close
 
     def _drain_calls(self) -> None:
         while self.inbox:
             message = self.inbox.popleft()
-            if type(message) is Call and not message.future.done():
-                message.future.set_exception(RuntimeError("The scheduler is closed"))
-        for run_id in list(self._runs):
-            future = self._runs.pop(run_id)["future"]
-            if not future.done():
-                future.set_exception(
-                    RuntimeError("The scheduler closed before the workers answered")
-                )
+            reply = getattr(message, "reply", None)
+            if reply is not None and reply.set_running_or_notify_cancel():
+                reply.set_exception(RuntimeError("The scheduler is closed"))
+        self.runs.close()
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the loop thread (workers are the cluster's to stop); idempotent."""
@@ -607,41 +430,7 @@ class Scheduler:
     # --------------------------------------------------------------------------------------- snapshot
 
     def prefix_counts(self) -> dict:
-        by_prefix: dict = {}
-        for ts in self.state.tasks.values():
-            counts = by_prefix.get(ts.prefix)
-            if counts is None:
-                counts = by_prefix[ts.prefix] = {
-                    "waiting": 0,
-                    "queued": 0,
-                    "processing": 0,
-                    "memory": 0,
-                    "erred": 0,
-                    "released": 0,
-                }
-            if ts.state in counts:
-                counts[ts.state] += 1
-        return by_prefix
+        return queries.prefix_counts(self.state)
 
     def stream_records(self) -> list:
-        return [
-            {
-                "key": str(key),
-                "prefix": key_split(key),
-                "worker": worker,
-                "thread": thread,
-                "start": start,
-                "stop": stop,
-                "status": status,
-            }
-            for key, worker, thread, start, stop, status in list(self.task_stream)
-        ]
-
-
-def _load_exception(blob):
-    if not isinstance(blob, (bytes, bytearray)):
-        return blob
-    try:
-        return pickle.loads(blob)
-    except Exception as exc:
-        return RuntimeError(f"The task's exception could not be unpickled here: {exc!r}")
+        return queries.stream_records(self.task_stream)

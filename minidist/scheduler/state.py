@@ -39,96 +39,9 @@ from .instructions import (  # noqa: F401
     RetireWorker,
 )
 from .placement import Placement
+from .records import TaskState, WorkerState
 
 Key = Hashable
-
-
-# ------------------------------------------------------------------------------------------------ state
-
-
-class TaskState:
-    __slots__ = (
-        "key",
-        "prefix",
-        "state",
-        "dependencies",
-        "dependents",
-        "waiting_on",
-        "waiters",
-        "who_wants",
-        "priority",
-        "run_spec",
-        "retries",
-        "restrictions",
-        "loose",
-        "resources",
-        "processing_on",
-        "who_has",
-        "suspicious",
-        "exception",
-        "traceback",
-        "nbytes",
-        "last_worker_death",
-    )
-
-    def __init__(self, key: Key, prefix: str):
-        self.key = key
-        self.prefix = prefix
-        self.state = "released"
-        self.dependencies: set[Key] = set()
-        self.dependents: set[Key] = set()
-        self.waiting_on: set[Key] = set()  # dependencies not yet in memory
-        self.waiters: set[Key] = set()  # dependents not yet finished that need this value
-        self.who_wants: set[str] = set()
-        self.priority: tuple = (0, 0)
-        self.run_spec: Any = None
-        self.retries = 0
-        self.restrictions: Optional[frozenset] = None
-        self.loose = False
-        self.resources: Optional[dict] = None
-        self.processing_on: Optional[str] = None
-        self.who_has: set[str] = set()
-        self.suspicious = 0
-        self.exception: Any = None
-        self.traceback: Any = None
-        self.nbytes = 0
-        self.last_worker_death = ("", "")
-
-    def __repr__(self) -> str:
-        return f"<TaskState {self.key!r} {self.state}>"
-
-
-class WorkerState:
-    __slots__ = (
-        "address",
-        "name",
-        "nthreads",
-        "resources",
-        "available",
-        "processing",
-        "has",
-        "status",
-        "seceded",
-        "executing_since",
-        "idle_since",
-    )
-
-    def __init__(
-        self, address: str, name: str, nthreads: int, resources: Optional[dict], now: float
-    ):
-        self.address = address
-        self.name = name
-        self.nthreads = nthreads
-        self.resources = dict(resources or {})
-        self.available = dict(self.resources)
-        self.processing: dict[Key, None] = {}  # insertion-ordered set
-        self.has: set[Key] = set()
-        self.status = "running"  # running | paused | retiring
-        self.seceded = 0  # tasks that left their thread slot (secede) and no longer count
-        self.idle_since: Optional[float] = now
-
-    def __repr__(self) -> str:
-        return f"<WorkerState {self.address} {self.status} processing={len(self.processing)}>"
 
 
 class SchedulerState(Placement):
@@ -163,7 +76,10 @@ class SchedulerState(Placement):
         new: list[TaskState] = []
         for spec in tasks:
             if spec.key in self.tasks:
-                continue  # an equal task exists already (pure keys): share it
+                # an equal task exists already (pure keys): share it; this copy's arguments are unused
+                if spec.run_spec is not None:
+                    out.append(ReleaseArguments(spec.run_spec))
+                continue
             ts = TaskState(spec.key, spec.prefix)
             ts.run_spec = spec.run_spec
             ts.priority = (-spec.priority, next(self._sequence))
@@ -241,6 +157,20 @@ class SchedulerState(Placement):
             ts.who_wants.discard(client)
             self._maybe_forget(ts, out)
         self._fill_workers(out)
+        return out
+
+    def forget_client(self, client: str) -> list:
+        """``client`` is gone (its connection closed): it wants nothing any more."""
+        return self.client_releases(
+            client, [k for k, ts in self.tasks.items() if client in ts.who_wants]
+        )
+
+    def fail_pending(self, exception: Any, traceback: Any = "") -> list:
+        """Err every unfinished task with ``exception`` (e.g. no worker can start to run them)."""
+        out: list = []
+        for ts in list(self.tasks.values()):
+            if ts.state in ("waiting", "queued", "processing") and self.tasks.get(ts.key) is ts:
+                self._set_erred(ts, exception, traceback, out)
         return out
 
     def cancel(self, keys: Iterable[Key]) -> list:
@@ -418,6 +348,22 @@ class SchedulerState(Placement):
         if status == "retiring" and not ws.processing:
             out.append(RetireWorker(address))
         self._fill_workers(out)
+        return out
+
+    def set_memory_paused(self, address: str, paused: bool) -> list:
+        """The memory monitor pauses a worker (no new tasks) or resumes it; a retiring worker is left
+        alone (it is leaving anyway)."""
+        ws = self.workers.get(address)
+        status = "paused" if paused else "running"
+        if ws is None or ws.status in ("retiring", status):
+            return []
+        return self.set_worker_status(address, status)
+
+    def retire_workers(self, addresses: Iterable[str]) -> list:
+        """Retire workers: they take no new tasks, and each is let go (``RetireWorker``) once empty."""
+        out: list = []
+        for address in addresses:
+            out.extend(self.set_worker_status(address, "retiring"))
         return out
 
     def secede(self, address: str, key: Key) -> list:

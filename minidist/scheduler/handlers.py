@@ -1,0 +1,270 @@
+"""What the scheduler thread does with each message: one function per message type, found by type.
+
+``Scheduler`` (``scheduler/server.py``) looks a message's type up in ``HANDLERS`` (posted by clients and
+the cluster) or ``WORKER_HANDLERS`` (sent by workers) and calls the function found::
+
+    message ─► handler(scheduler, [handle,] message, outgoing, reports)
+                   │ a public event of SchedulerState (update_graph, task_finished, retire_workers...)
+                   ▼
+               instructions ─► scheduler._apply ─► outgoing (per worker) / reports (per client)
+
+Handlers run on the scheduler thread only. They touch stored values (``scheduler.data``) and shared
+memory (``scheduler.ledger``) where a message brings or drops them; every change to the task and worker
+books goes through an event of ``SchedulerState``. To add a message, see docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import pickle
+import time
+
+from ..messages import (
+    AddWorker,
+    Call,
+    Cancel,
+    ClientFrame,
+    FailPending,
+    ForgetClients,
+    PauseWorker,
+    Rejoin,
+    Release,
+    ReleasePending,
+    RemoveWorkers,
+    Restart,
+    RetireWorkers,
+    Retry,
+    RunOnWorkers,
+    RunResult,
+    Scatter,
+    Secede,
+    TaskDone,
+    TaskErred,
+    UpdateGraph,
+    Wake,
+    WorkerHello,
+    WorkerLogs,
+    WorkerReports,
+)
+from .queries import retirement_candidates
+
+# ----------------------------------------------------------------------------------------- clients
+
+
+def on_update_graph(scheduler, message: UpdateGraph, outgoing: dict, reports: dict) -> None:
+    ledger = scheduler.ledger
+    for spec in message.tasks:
+        # held until the state lets go of them (ReleaseArguments, or Forget); at once for a task the
+        # state drops because an equal one exists
+        ledger.retain(spec.run_spec.arguments)
+    instructions = scheduler.state.update_graph(
+        message.tasks, message.client, message.wanted, time.time()
+    )
+    scheduler._apply(instructions, outgoing, reports)
+
+
+def on_release(scheduler, message: Release, outgoing: dict, reports: dict) -> None:
+    scheduler._apply(
+        scheduler.state.client_releases(message.client, message.keys), outgoing, reports
+    )
+
+
+def on_release_pending(scheduler, message: ReleasePending, outgoing: dict, reports: dict) -> None:
+    session = scheduler.sessions.get(message.client)
+    if session is not None:
+        keys = session.take_releases()
+        scheduler._apply(scheduler.state.client_releases(message.client, keys), outgoing, reports)
+
+
+def on_cancel(scheduler, message: Cancel, outgoing: dict, reports: dict) -> None:
+    scheduler._apply(scheduler.state.cancel(message.keys), outgoing, reports)
+
+
+def on_retry(scheduler, message: Retry, outgoing: dict, reports: dict) -> None:
+    scheduler._apply(scheduler.state.retry(message.keys), outgoing, reports)
+
+
+def on_scatter(scheduler, message: Scatter, outgoing: dict, reports: dict) -> None:
+    data, ledger = scheduler.data, scheduler.ledger
+    for key, value in message.values.items():
+        if key in data:
+            ledger.release(value)  # same content already stored under this key
+            continue
+        data[key] = value
+        ledger.retain(value)
+    scheduler._apply(scheduler.state.scattered(message.client, message.nbytes), outgoing, reports)
+
+
+def on_forget_clients(scheduler, message: ForgetClients, outgoing: dict, reports: dict) -> None:
+    for client in message.clients:
+        scheduler._apply(scheduler.state.forget_client(client), outgoing, reports)
+
+
+# ----------------------------------------------------------------------------------------- cluster
+
+
+def on_add_worker(scheduler, message: AddWorker, outgoing: dict, reports: dict) -> None:
+    scheduler._add_worker(message.handle, outgoing, reports)
+
+
+def on_remove_workers(scheduler, message: RemoveWorkers, outgoing: dict, reports: dict) -> None:
+    for handle in message.handles:
+        scheduler._remove_worker(handle, message.reason, outgoing, reports, expected=True)
+    _answer(message.reply, None)
+
+
+def on_retire_workers(scheduler, message: RetireWorkers, outgoing: dict, reports: dict) -> None:
+    state = scheduler.state
+    chosen = retirement_candidates(state, message.count, message.addresses)
+    scheduler._apply(state.retire_workers(chosen), outgoing, reports)
+    _answer(message.reply, chosen)
+
+
+def on_pause_worker(scheduler, message: PauseWorker, outgoing: dict, reports: dict) -> None:
+    instructions = scheduler.state.set_memory_paused(message.address, message.paused)
+    scheduler._apply(instructions, outgoing, reports)
+
+
+def on_restart(scheduler, message: Restart, outgoing: dict, reports: dict) -> None:
+    to_old_workers: dict = {}  # the old workers are going: send them nothing more
+    scheduler._apply(scheduler.state.restart(), to_old_workers, reports)
+    for handle in message.handles:
+        scheduler._remove_worker(handle, "restart", to_old_workers, reports, expected=True)
+    _answer(message.reply, None)
+
+
+def on_fail_pending(scheduler, message: FailPending, outgoing: dict, reports: dict) -> None:
+    scheduler._apply(scheduler.state.fail_pending(message.exception, ""), outgoing, reports)
+
+
+def on_run_on_workers(scheduler, message: RunOnWorkers, outgoing: dict, reports: dict) -> None:
+    handles = [scheduler.workers[w] for w in message.workers if w in scheduler.workers]
+    scheduler.runs.start(handles, message.function, message.arguments, message.reply)
+
+
+def on_worker_reports(scheduler, message: WorkerReports, outgoing: dict, reports: dict) -> None:
+    handle = scheduler.workers.get(message.address)  # a thread worker's batch
+    if handle is not None:
+        scheduler._worker_batch(handle, message.batch, outgoing, reports)
+
+
+def on_call(scheduler, message: Call, outgoing: dict, reports: dict) -> None:
+    reply = message.reply
+    if not reply.set_running_or_notify_cancel():
+        return
+    try:
+        result = message.function(scheduler, *message.args)
+    except BaseException as exc:  # noqa: B036 - hand every failure to the caller
+        reply.set_exception(exc)
+    else:
+        reply.set_result(result)
+
+
+def on_wake(scheduler, message: Wake, outgoing: dict, reports: dict) -> None:
+    pass  # only wakes the loop (close)
+
+
+def _answer(reply, value) -> None:
+    if reply is not None and reply.set_running_or_notify_cancel():
+        reply.set_result(value)
+
+
+HANDLERS = {
+    UpdateGraph: on_update_graph,
+    Release: on_release,
+    ReleasePending: on_release_pending,
+    Cancel: on_cancel,
+    Retry: on_retry,
+    Scatter: on_scatter,
+    ForgetClients: on_forget_clients,
+    AddWorker: on_add_worker,
+    RemoveWorkers: on_remove_workers,
+    RetireWorkers: on_retire_workers,
+    PauseWorker: on_pause_worker,
+    Restart: on_restart,
+    FailPending: on_fail_pending,
+    RunOnWorkers: on_run_on_workers,
+    WorkerReports: on_worker_reports,
+    Call: on_call,
+    Wake: on_wake,
+}
+
+
+# ----------------------------------------------------------------------------------------- workers
+
+
+def on_task_done(scheduler, handle, message: TaskDone, outgoing: dict, reports: dict) -> None:
+    key, value, address = message.key, message.value, handle.address
+    state, data, ledger = scheduler.state, scheduler.data, scheduler.ledger
+    if state.expects_result(key, address):
+        old = data.get(key)
+        if old is not None:
+            ledger.release(old)
+        data[key] = value
+        ledger.retain(value)
+        scheduler.tasks_done += 1
+        scheduler.task_stream.append(
+            (key, address, message.thread, message.start, message.stop, "ok")
+        )
+    else:
+        ledger.retain(value)
+        ledger.release(value)  # a stale copy: free its shared memory
+    instructions = state.task_finished(key, address, message.nbytes, message.start, message.stop)
+    scheduler._apply(instructions, outgoing, reports)
+
+
+def on_task_erred(scheduler, handle, message: TaskErred, outgoing: dict, reports: dict) -> None:
+    key, address = message.key, handle.address
+    if scheduler.state.expects_result(key, address):
+        record = (key, address, message.thread, message.start, message.stop, "error")
+        scheduler.task_stream.append(record)
+    exception = _load_exception(message.exception)
+    instructions = scheduler.state.task_erred(
+        key, address, exception, message.traceback, message.start, message.stop
+    )
+    scheduler._apply(instructions, outgoing, reports)
+
+
+def on_run_result(scheduler, handle, message: RunResult, outgoing: dict, reports: dict) -> None:
+    scheduler.runs.answer(message.run_id, handle.address, message.ok, message.value)
+
+
+def on_secede(scheduler, handle, message: Secede, outgoing: dict, reports: dict) -> None:
+    scheduler._apply(scheduler.state.secede(handle.address, message.key), outgoing, reports)
+
+
+def on_rejoin(scheduler, handle, message: Rejoin, outgoing: dict, reports: dict) -> None:
+    scheduler._apply(scheduler.state.rejoin(handle.address, message.key), outgoing, reports)
+
+
+def on_worker_hello(scheduler, handle, message: WorkerHello, outgoing: dict, reports: dict) -> None:
+    handle.started = True
+    handle.on_hello(message)
+
+
+def on_worker_logs(scheduler, handle, message: WorkerLogs, outgoing: dict, reports: dict) -> None:
+    handle.on_logs(message.records)
+
+
+def on_client_frame(scheduler, handle, message: ClientFrame, outgoing: dict, reports: dict) -> None:
+    handle.on_client_message(scheduler, message.frame)
+
+
+WORKER_HANDLERS = {
+    TaskDone: on_task_done,
+    TaskErred: on_task_erred,
+    RunResult: on_run_result,
+    Secede: on_secede,
+    Rejoin: on_rejoin,
+    WorkerHello: on_worker_hello,
+    WorkerLogs: on_worker_logs,
+    ClientFrame: on_client_frame,
+}
+
+
+def _load_exception(blob):
+    if not isinstance(blob, (bytes, bytearray)):
+        return blob
+    try:
+        return pickle.loads(blob)
+    except Exception as exc:
+        return RuntimeError(f"The task's exception could not be unpickled here: {exc!r}")

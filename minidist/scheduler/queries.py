@@ -1,0 +1,84 @@
+"""Read-only views of ``SchedulerState``: what operations, scaling and the dashboard ask about.
+
+Each function reads the state (``state.tasks``, ``state.workers``) and changes nothing; callers outside
+the scheduler thread run them there, through ``Scheduler.query(function, *args)``, so they see one
+consistent state. Changes are never made here: they are events of ``SchedulerState``.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Optional
+
+from ..keys import key_split
+
+_STATES = ("waiting", "queued", "processing", "memory", "erred", "released")
+
+
+def active_workers(state) -> list[str]:
+    """Addresses of the workers that count towards the cluster's size (every one not retiring)."""
+    return [a for a, ws in state.workers.items() if ws.status != "retiring"]
+
+
+def retirement_candidates(state, count: int = 0, addresses: Optional[Iterable[str]] = None) -> list:
+    """``addresses`` that are not retiring yet, or else the ``count`` least busy workers: idle before
+    busy, then the smallest cache, then the youngest (the highest name)."""
+    candidates = [ws for ws in state.workers.values() if ws.status != "retiring"]
+    if addresses is not None:
+        wanted = set(addresses)
+        return [ws.address for ws in candidates if ws.address in wanted]
+    candidates.sort(key=lambda ws: (len(ws.processing), len(ws.has), -_order(ws.name)))
+    return [ws.address for ws in candidates[:count]]
+
+
+def _order(name) -> int:
+    try:
+        return int(name)
+    except (TypeError, ValueError):
+        return 0
+
+
+def who_has(state, keys=None) -> dict:
+    """``{key: [worker addresses caching it]}`` for ``keys`` (every key when None)."""
+    tasks = state.tasks
+    chosen = tasks.keys() if keys is None else [k for k in keys if k in tasks]
+    return {k: sorted(tasks[k].who_has) for k in chosen}
+
+
+def has_what(state, addresses: Iterable[str]) -> dict:
+    """``{address: [keys it caches]}``."""
+    wanted = set(addresses)
+    return {a: sorted(map(str, ws.has)) for a, ws in state.workers.items() if a in wanted}
+
+
+def processing(state, addresses: Iterable[str]) -> dict:
+    """``{address: [keys given to it, running or queued there]}``."""
+    wanted = set(addresses)
+    return {a: list(ws.processing) for a, ws in state.workers.items() if a in wanted}
+
+
+def prefix_counts(state) -> dict:
+    """``{task prefix: {state: count}}``, for the dashboard's progress bars."""
+    by_prefix: dict = {}
+    for ts in state.tasks.values():
+        counts = by_prefix.get(ts.prefix)
+        if counts is None:
+            counts = by_prefix[ts.prefix] = dict.fromkeys(_STATES, 0)
+        if ts.state in counts:
+            counts[ts.state] += 1
+    return by_prefix
+
+
+def stream_records(task_stream) -> list:
+    """The shell's record of finished tasks as dicts (``get_task_stream``, the dashboard)."""
+    return [
+        {
+            "key": str(key),
+            "prefix": key_split(key),
+            "worker": worker,
+            "thread": thread,
+            "start": start,
+            "stop": stop,
+            "status": status,
+        }
+        for key, worker, thread, start, stop, status in list(task_stream)
+    ]

@@ -1,0 +1,101 @@
+"""The scheduler's records: one ``TaskState`` per key and one ``WorkerState`` per worker.
+
+Plain slotted objects that ``SchedulerState`` (``scheduler/state.py``) and its placement rules
+(``scheduler/placement.py``) change, and that read-only views (``scheduler/queries.py``) look at. Nothing
+here changes itself: every change is an event of ``SchedulerState``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Hashable, Optional
+
+Key = Hashable
+
+
+class TaskState:
+    """One key: where it is in its life cycle (``state``), its links, and who wants or holds it."""
+
+    __slots__ = (
+        "key",
+        "prefix",
+        "state",
+        "dependencies",
+        "dependents",
+        "waiting_on",
+        "waiters",
+        "who_wants",
+        "priority",
+        "run_spec",
+        "retries",
+        "restrictions",
+        "loose",
+        "resources",
+        "processing_on",
+        "who_has",
+        "suspicious",
+        "exception",
+        "traceback",
+        "nbytes",
+        "last_worker_death",
+    )
+
+    def __init__(self, key: Key, prefix: str):
+        self.key = key
+        self.prefix = prefix
+        self.state = "released"
+        self.dependencies: set[Key] = set()
+        self.dependents: set[Key] = set()
+        self.waiting_on: set[Key] = set()  # dependencies not yet in memory
+        self.waiters: set[Key] = set()  # dependents not yet finished that need this value
+        self.who_wants: set[str] = set()
+        self.priority: tuple = (0, 0)
+        self.run_spec: Any = None
+        self.retries = 0
+        self.restrictions: Optional[frozenset] = None
+        self.loose = False
+        self.resources: Optional[dict] = None
+        self.processing_on: Optional[str] = None
+        self.who_has: set[str] = set()
+        self.suspicious = 0
+        self.exception: Any = None
+        self.traceback: Any = None
+        self.nbytes = 0
+        self.last_worker_death = ("", "")
+
+    def __repr__(self) -> str:
+        return f"<TaskState {self.key!r} {self.state}>"
+
+
+class WorkerState:
+    """One worker: its threads and resources, what it runs (``processing``) and caches (``has``)."""
+
+    __slots__ = (
+        "address",
+        "name",
+        "nthreads",
+        "resources",
+        "available",
+        "processing",
+        "has",
+        "status",
+        "seceded",
+        "executing_since",
+        "idle_since",
+    )
+
+    def __init__(
+        self, address: str, name: str, nthreads: int, resources: Optional[dict], now: float
+    ):
+        self.address = address
+        self.name = name
+        self.nthreads = nthreads
+        self.resources = dict(resources or {})
+        self.available = dict(self.resources)
+        self.processing: dict[Key, None] = {}  # insertion-ordered set
+        self.has: set[Key] = set()
+        self.status = "running"  # running | paused | retiring
+        self.seceded = 0  # tasks that left their thread slot (secede) and no longer count
+        self.idle_since: Optional[float] = now
+
+    def __repr__(self) -> str:
+        return f"<WorkerState {self.address} {self.status} processing={len(self.processing)}>"
