@@ -214,10 +214,10 @@ class RunOnWorkers(NamedTuple):
 
 
 class RetireWorkers(NamedTuple):
-    """Retire ``addresses`` (when given) or the ``count`` least busy workers; ``reply`` gets the
+    """Retire ``addresses`` (when given) or the ``number`` least busy workers; ``reply`` gets the
     addresses chosen. They take no new tasks and leave once empty."""
 
-    count: int
+    number: int
     addresses: Optional[tuple]
     reply: Any
 

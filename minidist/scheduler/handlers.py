@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import pickle
 import time
+from typing import Callable
 
 from ..messages import (
     AddWorker,
@@ -114,7 +115,7 @@ def on_remove_workers(scheduler, message: RemoveWorkers, outgoing: dict, reports
 
 def on_retire_workers(scheduler, message: RetireWorkers, outgoing: dict, reports: dict) -> None:
     state = scheduler.state
-    chosen = retirement_candidates(state, message.count, message.addresses)
+    chosen = retirement_candidates(state, message.number, message.addresses)
     scheduler._apply(state.retire_workers(chosen), outgoing, reports)
     _answer(message.reply, chosen)
 
@@ -168,7 +169,7 @@ def _answer(reply, value) -> None:
         reply.set_result(value)
 
 
-HANDLERS = {
+HANDLERS: dict[type, Callable[..., None]] = {
     UpdateGraph: on_update_graph,
     Release: on_release,
     ReleasePending: on_release_pending,
@@ -249,7 +250,7 @@ def on_client_frame(scheduler, handle, message: ClientFrame, outgoing: dict, rep
     handle.on_client_message(scheduler, message.frame)
 
 
-WORKER_HANDLERS = {
+WORKER_HANDLERS: dict[type, Callable[..., None]] = {
     TaskDone: on_task_done,
     TaskErred: on_task_erred,
     RunResult: on_run_result,

@@ -326,9 +326,8 @@ class Scheduler:
     # ---------------------------------------------------------------------------------- client events
 
     def _handle(self, message, outgoing: dict, reports: dict) -> None:
-        handler = HANDLERS.get(
-            type(message)
-        )  # scheduler/handlers.py: one function per message type
+        # scheduler/handlers.py: one function per message type
+        handler = HANDLERS.get(type(message))
         if handler is None:
             self.logger.warning("unknown scheduler message %r", type(message).__name__)
         else:
