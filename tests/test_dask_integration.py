@@ -140,6 +140,14 @@ def test_client_persist_of_several_collections(client):
     assert a.sum().compute() == 210 and b.sum().compute() == 380
 
 
+def test_futures_inside_delayed_calls_and_graphs_are_dependencies(client):
+    future = client.submit(abs, -3)
+    assert dask.delayed(lambda v: v + 1)(future).compute() == 4
+    assert client.compute(dask.delayed(sum)([future, future]), sync=True) == 6
+    assert dask.delayed(lambda a, b: a * b["x"])(2, b={"x": future}).compute() == 6
+    assert client.get({"a": (abs, "b"), "b": future}, ["a", "b"]) == [3, 3]
+
+
 # ---------------------------------------------------------------------------------------------- get
 
 
@@ -223,3 +231,36 @@ def test_retries_annotation_reruns_a_flaky_task(client, tmp_path):
     assert client.compute(dask.delayed(flaky)(str(tmp_path / "b")), retries=2).result() == "ok"
     with pytest.raises(OSError, match="not yet"):
         dask.delayed(flaky)(str(tmp_path / "c")).compute()
+
+
+# ----------------------------------------------------------------------------- ordering and memory
+
+
+def test_a_reduction_streams_its_chunks_in_dask_order(client):
+    # dask.order runs each chunk's partial sum right after the chunk, so a reduction over 32 chunks
+    # holds a few chunks at a time; roots first would make nearly all 32 before summing any. (Chunks of
+    # 8 MB take long enough that workers prefetch only 2 tasks; a deep prefetch of tiny tasks runs
+    # ahead of the order, in the worker's queue order.)
+    import threading
+
+    x = da.random.default_rng(2).random((8192, 4096), chunks=(1024, 1024))
+    peak = 0
+    done = threading.Event()
+
+    def watch():
+        nonlocal peak
+        while not done.is_set():
+            held = client.who_has()
+            now = [k for k, w in held.items() if "random" in str(k) and w]
+            peak = max(peak, len(now))
+            done.wait(0.005)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        total = x.sum().compute()
+    finally:
+        done.set()
+        watcher.join()
+    assert total == pytest.approx(x.size / 2, rel=0.01)
+    assert 1 <= peak <= 12, f"{peak} of 32 chunks were held at once"

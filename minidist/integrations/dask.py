@@ -75,7 +75,7 @@ def graph_nodes(graph) -> tuple[dict, dict]:
     """(nodes, held): the graph's task nodes by key, and ``{key: Future}`` for keys it takes from
     futures (persisted results) rather than computing them."""
     require_dask()
-    from dask._task_spec import Alias, DataNode, GraphNode, convert_legacy_graph
+    from dask._task_spec import Alias, DataNode, GraphNode, Task, convert_legacy_graph
 
     if hasattr(graph, "__dask_graph__"):  # dask hands schedulers an expression
         graph = graph.__dask_graph__()
@@ -96,7 +96,9 @@ def graph_nodes(graph) -> tuple[dict, dict]:
     for key, node in list(nodes.items()):
         if not isinstance(node, GraphNode):
             raise ValueError(f"Malformed dask graph: node {key!r} is a {type(node).__name__}")
-        if isinstance(node, DataNode) and _is_future(node.value):
+        if type(node) is Task and _has_future_argument(node):
+            nodes[key] = _with_future_references(node, held)
+        elif isinstance(node, DataNode) and _is_future(node.value):
             future = node.value  # dask without duck-typed futures keeps them as data
             held[future.key] = future
             if future.key == key:
@@ -109,6 +111,49 @@ def graph_nodes(graph) -> tuple[dict, dict]:
 def _is_future(value) -> bool:
     """A minidist Future (or any future dask recognises by its ``__dask_future__`` flag)."""
     return getattr(type(value), "__dask_future__", False) is True and hasattr(value, "key")
+
+
+def _has_future_argument(node) -> bool:
+    return any(_holds_future(a) for a in node.args) or any(
+        _holds_future(v) for v in node.kwargs.values()
+    )
+
+
+def _holds_future(value) -> bool:
+    typ = type(value)
+    if typ in (list, tuple, set, frozenset):
+        return any(_holds_future(item) for item in value)
+    if typ is dict:
+        return any(_holds_future(item) for item in value.values())
+    return _is_future(value)
+
+
+def _futures_in(value, held: dict) -> None:
+    typ = type(value)
+    if typ in (list, tuple, set, frozenset):
+        for item in value:
+            _futures_in(item, held)
+    elif typ is dict:
+        for item in value.values():
+            _futures_in(item, held)
+    elif _is_future(value):
+        held[value.key] = value
+
+
+def _with_future_references(node, held: dict):
+    """``node`` with the futures in its arguments turned into references to their keys: dask's
+    ``delayed(f)(future)`` keeps them as plain values (only its own ``TaskRef`` counts there)."""
+    from dask._task_spec import Task, parse_input
+
+    def reference(value):
+        if not _holds_future(value):
+            return value
+        _futures_in(value, held)
+        return parse_input(value)  # futures become references (dask recognises their flag here)
+
+    args = [reference(a) for a in node.args]
+    kwargs = {name: reference(v) for name, v in node.kwargs.items()}
+    return Task(node.key, node.func, *args, _data_producer=node.data_producer, **kwargs)
 
 
 def _check_key(key) -> None:

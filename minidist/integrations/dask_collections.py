@@ -24,6 +24,7 @@ dask is imported only when a Client is created and dask is installed; ``import m
 from __future__ import annotations
 
 import importlib.util
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -81,11 +82,35 @@ class DefaultClientScheduler:
 DEFAULT_SCHEDULER = DefaultClientScheduler()
 
 
-def become_default(client) -> None:
+def import_dask_meanwhile():
+    """Start importing dask on a thread (it takes ~50 ms) if it is installed and not imported yet, so
+    a new Client pays for it while its workers start; ``become_default`` waits for it."""
+    if "dask.config" in sys.modules or importlib.util.find_spec("dask") is None:
+        return None
+    thread = threading.Thread(target=_import_dask, name="minidist-import-dask", daemon=True)
+    thread.start()
+    return thread
+
+
+def _import_dask() -> None:
+    try:
+        import dask.config  # noqa: F401
+    except Exception:  # a broken dask install: the client works without it
+        pass
+
+
+def become_default(client, dask_import=None) -> None:
     """Make ``client`` dask's default scheduler (a no-op when dask is not installed)."""
     global _saved_setting
-    if importlib.util.find_spec("dask") is None:
-        return
+    if dask_import is not None:
+        dask_import.join()
+    if "dask.config" not in sys.modules:
+        if importlib.util.find_spec("dask") is None:
+            return
+        try:
+            import dask.config  # noqa: F401
+        except Exception:
+            return
     import dask.config
 
     with _lock:

@@ -1,0 +1,218 @@
+"""dask graphs on minidist against dask.distributed and dask's own schedulers, measured in one run.
+
+    python benchmarks/bench_dask.py [--repeat 3] [--skip-distributed] [--big]
+
+Rows (2 workers x 1 thread for every cluster; each figure the best of ``--repeat`` runs):
+
+- **transpose**: ``(x + x.T).mean()``, x random 8000² in 1000² chunks (64 chunks of 8 MB)
+- **rechunk**: ``x.rechunk((250, 6000)).sum(axis=1)``, x random 6000² in (6000, 250) chunks
+- **tree**: a pairwise tree reduction of 10,000 delayed leaves (20,000 tasks), ``.compute()`` on the
+  default scheduler; dask's ``scheduler="sync"`` is the reference; the overhead per task is
+  (minidist - sync) / tasks
+- **bag 100k**: a bag of 100,000 one-element partitions summed (~100,000 tasks) on thread workers, with
+  the client's RSS before, at the end and after ``gc``: memory must come back after release
+
+Printed: seconds and ratios (engine / minidist threads for arrays, so processes should be <= 1.3;
+dask.distributed / minidist processes should be >= 1.5). ``--big`` adds the 4 GB streaming sum on 2
+process workers with ``memory_limit="1GB"`` each and reports whether any worker was paused or restarted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import operator
+import os
+import time
+
+import psutil
+
+
+def best(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        gc.collect()
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def array_rows():
+    import dask.array as da
+
+    rng = da.random.default_rng(42)
+    x = rng.random((8000, 8000), chunks=(1000, 1000))
+    y = rng.random((6000, 6000), chunks=(6000, 250))
+    return {
+        "transpose (x + x.T).mean()": (x + x.T).mean(),
+        "rechunk(250, 6000).sum(axis=1)": y.rechunk((250, 6000)).sum(axis=1),
+    }
+
+
+def tree(leaves: int = 10_000):
+    import dask
+
+    layer = [dask.delayed(abs)(-i) for i in range(leaves)]
+    while len(layer) > 1:
+        layer = [
+            dask.delayed(operator.add)(layer[i], layer[i + 1]) if i + 1 < len(layer) else layer[i]
+            for i in range(0, len(layer), 2)
+        ]
+    return layer[0]
+
+
+def minidist_client(processes: bool, **kwargs):
+    from minidist import Client
+
+    return Client(
+        processes=processes,
+        n_workers=2,
+        threads_per_worker=1,
+        dashboard_address=None,
+        **kwargs,
+    )
+
+
+def rss() -> float:
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def measure(repeat: int, skip_distributed: bool) -> dict:
+    import dask
+
+    results: dict = {}
+    rows = array_rows()
+    total = tree()
+    tasks = 20_000 - 1
+    for name, collection in rows.items():
+        results[(name, "dask threads")] = best(
+            lambda c=collection: c.compute(scheduler="threads"), repeat
+        )
+    results[("tree 20,000 tasks", "dask sync")] = best(
+        lambda: total.compute(scheduler="sync"), repeat
+    )
+    for processes, label in ((False, "minidist threads"), (True, "minidist procs")):
+        with minidist_client(processes):
+            for name, collection in rows.items():
+                collection.compute()  # warm: functions shipped, prefixes timed
+                results[(name, label)] = best(lambda c=collection: c.compute(), repeat)
+            results[("tree 20,000 tasks", label)] = best(lambda: total.compute(), repeat)
+    if not skip_distributed:
+        from dask.distributed import Client as DaskClient
+
+        with DaskClient(
+            n_workers=2, threads_per_worker=1, dashboard_address=None, processes=True
+        ) as client:
+            for name, collection in rows.items():
+                client.compute(collection, sync=True)
+                results[(name, "distributed procs")] = best(
+                    lambda c=collection: client.compute(c, sync=True), repeat
+                )
+            results[("tree 20,000 tasks", "distributed procs")] = best(
+                lambda: client.compute(total, sync=True), 1
+            )
+    del dask
+    results["tasks"] = tasks
+    return results
+
+
+def bag_memory(partitions: int = 100_000) -> dict:
+    import dask.bag as db
+
+    bag = db.from_sequence(range(partitions), npartitions=partitions)
+    gc.collect()
+    before = rss()
+    with minidist_client(False):
+        start = time.perf_counter()
+        assert bag.sum().compute() == partitions * (partitions - 1) // 2
+        seconds = time.perf_counter() - start
+        end = rss()
+        gc.collect()
+        after = rss()
+    return {"seconds": seconds, "before": before, "end": end, "after": after}
+
+
+def streaming_sum(gigabytes: float = 4.0) -> dict:
+    import dask.array as da
+
+    from minidist import Client
+
+    side = int((gigabytes * 2**30 / 8) ** 0.5)
+    x = da.random.default_rng(0).random((side, side), chunks=(2048, 2048))
+    with Client(
+        n_workers=2,
+        threads_per_worker=1,
+        memory_limit="1GB",
+        dashboard_address=None,
+    ) as client:
+        pids = {w: info.get("pid") for w, info in client.scheduler_info()["workers"].items()}
+        start = time.perf_counter()
+        total = x.sum().compute()
+        seconds = time.perf_counter() - start
+        after = {w: info.get("pid") for w, info in client.scheduler_info()["workers"].items()}
+        logs = "\n".join(str(v) for v in client.get_worker_logs().values())
+        logs += str(client.cluster.get_logs())
+    return {
+        "seconds": seconds,
+        "gigabytes": x.nbytes / 2**30,
+        "mean": total / x.size,
+        "workers replaced": pids != after,
+        "paused": "pause" in logs.lower(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--skip-distributed", action="store_true")
+    parser.add_argument("--big", action="store_true", help="add the 4 GB streaming sum")
+    args = parser.parse_args()
+    load = os.getloadavg()
+    print(f"load average {load[0]:.1f} on {os.cpu_count()} cores; best of {args.repeat}")
+    results = measure(args.repeat, args.skip_distributed)
+    tasks = results.pop("tasks")
+    engines = [
+        "minidist procs",
+        "minidist threads",
+        "distributed procs",
+        "dask threads",
+        "dask sync",
+    ]
+    names = sorted({name for name, _ in results}, key=lambda n: (n.startswith("tree"), n))
+    print(f"{'graph':34}" + "".join(f"{e:>19}" for e in engines))
+    for name in names:
+        cells = []
+        for engine in engines:
+            value = results.get((name, engine))
+            cells.append(f"{value:>18.3f}s" if value is not None else f"{'–':>19}")
+        print(f"{name:34}" + "".join(cells))
+    for name in names:
+        procs = results[(name, "minidist procs")]
+        threads = results[(name, "minidist threads")]
+        line = f"{name}: procs/threads {procs / threads:.2f}"
+        if (name, "distributed procs") in results:
+            line += f", distributed/procs {results[(name, 'distributed procs')] / procs:.2f}"
+        if (name, "dask sync") in results:
+            sync = results[(name, "dask sync")]
+            line += f", threads/sync {threads / sync:.2f}, procs/sync {procs / sync:.2f}"
+            line += f", overhead per task {(threads - sync) / tasks * 1e6:.0f} us (threads)"
+            line += f" {(procs - sync) / tasks * 1e6:.0f} us (procs)"
+        print(line)
+    bag = bag_memory()
+    print(
+        f"bag of 100,000 partitions summed: {bag['seconds']:.2f} s; client RSS "
+        f"{bag['before']:.0f} MiB before, {bag['end']:.0f} MiB at the end, {bag['after']:.0f} MiB "
+        "after release"
+    )
+    if args.big:
+        big = streaming_sum()
+        print(
+            f"{big['gigabytes']:.1f} GB random sum on 2 workers x 1 GB: {big['seconds']:.1f} s, "
+            f"mean {big['mean']:.4f}, workers replaced: {big['workers replaced']}, "
+            f"paused: {big['paused']}"
+        )
+
+
+if __name__ == "__main__":
+    main()
