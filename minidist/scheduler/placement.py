@@ -58,8 +58,18 @@ class Placement:
             return base + max(self.prefetch, MAX_PREFETCH)
         return base + self.prefetch_for(prefix, ws.nthreads)
 
+    def task_capacity(self, ws: WorkerState, ts: TaskState) -> int:
+        """How many tasks ``ws`` may hold when it is given ``ts``. Root tasks of a graph (no
+        dependencies, results other tasks consume) get the shallow prefetch: they are all ready at
+        once, and a worker runs its queue in order, so a deep queue of them would run ahead of the
+        graph's priorities (a reduction would make many chunks before summing any); durations learned
+        from one graph's tiny tasks would also deepen another's large ones."""
+        if ts.dependents and not ts.dependencies:
+            return ws.nthreads + ws.seceded + self.prefetch
+        return self.worker_capacity(ws, ts.prefix)
+
     def _has_room(self, ws: WorkerState, ts: TaskState) -> bool:
-        return ws.status == "running" and len(ws.processing) < self.worker_capacity(ws, ts.prefix)
+        return ws.status == "running" and len(ws.processing) < self.task_capacity(ws, ts)
 
     # ------------------------------------------------------------------------------------ choosing
 
@@ -129,7 +139,7 @@ class Placement:
             if ts is None:
                 break
             candidates = [
-                ws for ws in running if len(ws.processing) < self.worker_capacity(ws, ts.prefix)
+                ws for ws in running if len(ws.processing) < self.task_capacity(ws, ts)
             ]
             if not candidates:
                 heapq.heappush(self.ready, (ts.priority, ts.key))
