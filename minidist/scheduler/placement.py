@@ -138,9 +138,7 @@ class Placement:
             ts = self._pop_ready()
             if ts is None:
                 break
-            candidates = [
-                ws for ws in running if len(ws.processing) < self.task_capacity(ws, ts)
-            ]
+            candidates = [ws for ws in running if len(ws.processing) < self.task_capacity(ws, ts)]
             if not candidates:
                 heapq.heappush(self.ready, (ts.priority, ts.key))
                 break
