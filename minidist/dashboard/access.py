@@ -92,6 +92,7 @@ class DashboardHTTPServer(ThreadingHTTPServer):
                         self._wake_read.recv(64)
                     else:
                         sock = key.fileobj
+                        assert isinstance(sock, socket.socket)  # only sockets are registered
                         selector.unregister(sock)
                         peer, _ = waiting.pop(sock)
                         self._dispatch(sock, peer)
