@@ -117,6 +117,12 @@ class Client(AsyncContext):
             if kwargs:
                 raise TypeError(f"Client(cluster) takes no cluster keywords; got {sorted(kwargs)}")
             self.cluster = address
+        elif isinstance(address, str) and address.startswith("inproc://"):
+            from .deploy.local import inproc_cluster
+
+            if kwargs:
+                raise TypeError(f"Client(address) takes no cluster keywords; got {sorted(kwargs)}")
+            self.cluster = inproc_cluster(address)  # a cluster of this process: shared, not owned
         elif isinstance(address, str):
             from .remote import connect_cluster
 

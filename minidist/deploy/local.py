@@ -26,6 +26,7 @@ import logging
 import math
 import numbers
 import threading
+import weakref
 from typing import TYPE_CHECKING, Any, Optional
 
 from ..asynchronous import AsyncContext, Closing, in_event_loop
@@ -45,6 +46,22 @@ if TYPE_CHECKING:
     from .supervision import MemoryMonitor
 
 _restarts = itertools.count(1)  # tells restarted thread workers' addresses apart
+
+# clusters of this process by their inproc:// address, for Client("inproc://...") (as dask allows)
+_inproc_clusters: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+
+def inproc_cluster(address: str):
+    """The running cluster of this process at ``address``; ValueError naming the address if none."""
+    cluster = _inproc_clusters.get(address)
+    if cluster is None or cluster.status not in ("starting", "running"):
+        raise ValueError(
+            f"No running cluster at {address!r} in this process: an inproc:// address only works "
+            "inside the process that made the cluster (use its tcp:// address from elsewhere)"
+        )
+    return cluster
+
+
 _MAX_START_FAILURES = 5  # consecutive workers dying before saying hello: stop trying, tell the user
 
 
@@ -140,6 +157,7 @@ class LocalCluster(AsyncContext):
         )
         self.operations = SchedulerOperations(self)
         self.scheduler_address = f"inproc://{self.cluster_id}"
+        _inproc_clusters[self.scheduler_address] = self
         self.handles: dict[str, Any] = {}  # every worker we started and have not reaped
         self.logger.info(
             "Starting cluster %s with %d workers x %d threads (%s)",

@@ -20,6 +20,7 @@ from ..comm.serialize import deserialize, dumps_function, loads_function, serial
 from ..messages import RunOnWorkers
 from . import queries
 from .admin import ADMIN_HANDLER_NAMES, AdminOperations
+from .coordination_ops import COORDINATION_HANDLERS, CoordinationOperations
 
 _CALL_TIMEOUT = 60.0
 
@@ -41,6 +42,7 @@ HANDLER_NAMES = {
     "workers_matching": "identity",
     "scale": "scale",
     **ADMIN_HANDLER_NAMES,
+    **COORDINATION_HANDLERS,
 }
 
 
@@ -59,13 +61,20 @@ class SchedulerOperations:
         self.cluster = cluster
         self.scheduler = cluster.scheduler
         self.admin = AdminOperations(self)  # retire, replicate, versions... (scheduler/admin.py)
+        # locks, queues, variables, datasets, events (scheduler/coordination_ops.py)
+        self.coordination = CoordinationOperations(self.scheduler)
 
     def invoke(self, name: str, *args, **kwargs):
         """Call an operation by name, as a remote client does; refuses blocked and unknown names."""
         if name not in HANDLER_NAMES or name.startswith("_"):
             raise ValueError(f"Unknown scheduler operation {name!r}")
         self.scheduler.check_handler(HANDLER_NAMES[name])
-        target = self.admin if name in ADMIN_HANDLER_NAMES else self
+        if name in ADMIN_HANDLER_NAMES:
+            target = self.admin
+        elif name in COORDINATION_HANDLERS:
+            target = self.coordination
+        else:
+            target = self
         return getattr(target, name)(*args, **kwargs)
 
     def on_scheduler(self, function, *args):

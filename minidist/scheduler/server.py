@@ -145,6 +145,8 @@ class Scheduler:
         self.task_stream: collections.deque = collections.deque(maxlen=2000)
         self.on_worker_lost = on_worker_lost
         self.on_worker_retired = on_worker_retired
+        # called with the address of every worker removed (coordination frees its semaphore leases)
+        self.worker_removed_hooks: list[Callable[[str], None]] = []
         self.started = time.time()
         self.tasks_done = 0
         self._thread = threading.Thread(target=self._loop, name="minidist-scheduler", daemon=True)
@@ -396,6 +398,11 @@ class Scheduler:
             outgoing,
             reports,
         )
+        for hook in self.worker_removed_hooks:
+            try:
+                hook(handle.address)
+            except Exception:
+                self.logger.exception("a worker-removed hook failed for %s", handle.address)
         handle.close()
 
     # ------------------------------------------------------------------------------------------ close

@@ -1,0 +1,77 @@
+"""Values that clients share through the scheduler: variables, queue items, published datasets.
+
+``pack(value, client)`` pickles a value (cloudpickle, so lambdas and local classes travel) and notes
+every ``Future`` inside it, at any depth, by key; ``unpack(packed, client)`` rebuilds the value with
+those futures bound to the receiving client. The scheduler never looks inside ``data``: it only keeps
+the noted keys alive while it holds the value (``scheduler/coordination.py``).
+
+A value that cannot be pickled can still be shared between clients of a thread-worker cluster in this
+process: it is then kept as the object itself.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+
+import cloudpickle
+
+from .futures import Future
+from .scheduler.coordination import Packed
+
+
+class _FuturePickler(cloudpickle.CloudPickler):
+    def __init__(self, file, keys: list):
+        super().__init__(file, protocol=5)
+        self.keys = keys
+
+    def persistent_id(self, obj):
+        if type(obj) is Future:
+            self.keys.append(obj.key)
+            return ("future", obj.key)
+        return None
+
+
+class _FutureUnpickler(pickle.Unpickler):
+    def __init__(self, file, client):
+        super().__init__(file)
+        self.client = client
+
+    def persistent_load(self, pid):
+        kind, key = pid
+        if kind != "future":
+            raise pickle.UnpicklingError(f"unknown reference {kind!r} in a shared value")
+        return Future(key, self.client)
+
+
+def pack(value, client) -> Packed:
+    keys: list = []
+    buffer = io.BytesIO()
+    try:
+        _FuturePickler(buffer, keys).dump(value)
+    except Exception as exc:
+        if client.processes:
+            raise TypeError(
+                f"Could not pickle a {type(value).__name__} to share it through the scheduler: {exc}"
+            ) from exc
+        from .futures import futures_in
+
+        # a thread-worker cluster in this process: the object itself can be shared
+        return Packed(_Local(value), tuple(dict.fromkeys(f.key for f in futures_in(value))))
+    return Packed(buffer.getvalue(), tuple(dict.fromkeys(keys)))
+
+
+def unpack(packed: Packed, client):
+    data = packed.data
+    if isinstance(data, _Local):
+        return data.value
+    return _FutureUnpickler(io.BytesIO(data), client).load()
+
+
+class _Local:
+    """An unpicklable value shared by reference inside one process."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value

@@ -1,0 +1,234 @@
+"""The shell around the coordination state: named operations for locks, queues, variables, datasets, events.
+
+Part of ``SchedulerOperations`` (``scheduler/operations.py``, as ``operations.coordination``): local
+clients and remote ones (TCP, or tasks in process workers) reach them by name through ``invoke``. Each operation runs one method of the pure state (``coordination.Coordination``,
+``published.Published``) on the scheduler thread with a fresh ``concurrent.futures.Future`` as its
+token, carries out the instructions it returns there, and then waits for the token on the *caller's*
+thread::
+
+    caller thread ── scheduler.call(run) ──► scheduler thread: state.method(..., token)
+                                               Answer → token.set_result; Want/Unwant → posted
+                                               UpdateGraph/Release (the messages clients send)
+    caller thread ── token.result(timeout) ◄── answered now, or later by another client's operation
+                     on timeout: scheduler.call(withdraw); if it was answered meanwhile, that answer wins
+
+So a wait never blocks the scheduler thread. The state lives on the scheduler as ``coordination`` and
+``published``, created on first use together with a hook that frees semaphore leases held by tasks of
+a worker that is removed (death, retirement).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+from typing import Any, Optional
+
+from ..messages import Release, UpdateGraph
+from .coordination import Answer, Coordination, Packed, Unwant, Want
+from .published import Published
+
+_CALL_TIMEOUT = 60.0
+
+# operation -> the handler name blocked_handlers refers to (dask's names)
+COORDINATION_HANDLERS = {
+    "semaphore_acquire": "semaphore_acquire",
+    "semaphore_release": "semaphore_release",
+    "semaphore_value": "semaphore_value",
+    "multilock_acquire": "multi_lock_acquire",
+    "multilock_release": "multi_lock_release",
+    "event_set": "event_set",
+    "event_clear": "event_clear",
+    "event_is_set": "event_is_set",
+    "event_wait": "event_wait",
+    "queue_put": "queue_put",
+    "queue_get": "queue_get",
+    "queue_size": "queue_qsize",
+    "queue_release": "queue_release",
+    "variable_set": "variable_set",
+    "variable_get": "variable_get",
+    "variable_delete": "variable_delete",
+    "dataset_publish": "publish_put",
+    "dataset_get": "publish_get",
+    "dataset_list": "publish_list",
+    "dataset_unpublish": "publish_delete",
+    "log_event": "log_event",
+    "get_events": "events",
+    "wait_events": "subscribe_topic",
+}
+
+
+def coordination_of(scheduler) -> Coordination:
+    """The scheduler's coordination state (scheduler thread only), made on first use."""
+    state = getattr(scheduler, "coordination", None)
+    if state is None:
+        state = scheduler.coordination = Coordination()
+        scheduler.published = Published()
+
+        def worker_removed(address: str) -> None:
+            carry_out(scheduler, state.worker_removed(address))
+
+        scheduler.worker_removed_hooks.append(worker_removed)
+    return state
+
+
+def published_of(scheduler) -> Published:
+    coordination_of(scheduler)
+    return scheduler.published
+
+
+def carry_out(scheduler, instructions: list) -> None:
+    """Scheduler thread: answer tokens, and make owners want or let go of keys.
+
+    Wants and releases are posted as the messages clients use (``UpdateGraph`` with no tasks,
+    ``Release``); the loop handles them in this order before anything posted later, such as the
+    getter's own want or a later release by the holder."""
+    for inst in instructions:
+        kind = type(inst)
+        if kind is Answer:
+            token = inst.token
+            if token is not None and not token.done():
+                token.set_result(inst.value)
+        elif kind is Want:
+            scheduler.post(UpdateGraph(inst.owner, (), tuple(inst.keys)))
+        elif kind is Unwant:
+            scheduler.post(Release(inst.owner, tuple(inst.keys)))
+
+
+def _blocks(timeout: Optional[float]) -> bool:
+    return timeout is None or timeout > 0
+
+
+class CoordinationOperations:
+    """The coordination operations of one scheduler."""
+
+    def __init__(self, scheduler):
+        self.scheduler = scheduler
+
+    def _ask(self, method: str, *args, timeout: Optional[float] = 0, timed_out=None, on=None):
+        """Run ``<state>.<method>(*args, token)`` on the scheduler thread and wait for its answer."""
+        token: concurrent.futures.Future = concurrent.futures.Future()
+        of = coordination_of if on is None else on
+
+        def run(scheduler) -> None:
+            carry_out(scheduler, getattr(of(scheduler), method)(*args, token))
+
+        self.scheduler.call(run).result(_CALL_TIMEOUT)  # raises what the state raised (bad input)
+        try:
+            return token.result(timeout)
+        except concurrent.futures.TimeoutError:
+            pass
+        withdrawn = self.scheduler.call(lambda s: of(s).withdraw(token)).result(_CALL_TIMEOUT)
+        return timed_out if withdrawn else token.result(0)
+
+    def _read(self, function):
+        return self.scheduler.call(function).result(_CALL_TIMEOUT)
+
+    # ------------------------------------------------------------------------ semaphores, locks
+
+    def semaphore_acquire(
+        self, kind: str, name, max_leases: int, lease_id, worker=None, timeout=None
+    ) -> bool:
+        return self._ask(
+            "semaphore_acquire",
+            kind,
+            name,
+            max_leases,
+            lease_id,
+            worker,
+            _blocks(timeout),
+            timeout=timeout,
+            timed_out=False,
+        )
+
+    def semaphore_release(self, kind: str, name, lease_id) -> bool:
+        return self._ask("semaphore_release", kind, name, lease_id, timeout=None)
+
+    def semaphore_value(self, kind: str, name) -> int:
+        return self._read(lambda s: coordination_of(s).semaphore_value(kind, name))
+
+    def multilock_acquire(self, holder, names: tuple, count: int, timeout=None) -> bool:
+        return self._ask(
+            "multilock_acquire",
+            holder,
+            tuple(names),
+            count,
+            _blocks(timeout),
+            timeout=timeout,
+            timed_out=False,
+        )
+
+    def multilock_release(self, holder) -> bool:
+        return self._ask("multilock_release", holder, timeout=None)
+
+    # ------------------------------------------------------------------------------------ events
+
+    def event_set(self, name) -> None:
+        self._read(lambda s: carry_out(s, coordination_of(s).event_set(name)))
+
+    def event_clear(self, name) -> None:
+        self._read(lambda s: carry_out(s, coordination_of(s).event_clear(name)))
+
+    def event_is_set(self, name) -> bool:
+        return self._read(lambda s: coordination_of(s).event_is_set(name))
+
+    def event_wait(self, name, timeout=None) -> bool:
+        return self._ask("event_wait", name, timeout=timeout, timed_out=False)
+
+    # ------------------------------------------------------------------------------------ queues
+
+    def queue_put(self, name, maxsize: int, item: Packed, timeout=None) -> bool:
+        return self._ask(
+            "queue_put", name, maxsize, item, _blocks(timeout), timeout=timeout, timed_out=False
+        )
+
+    def queue_get(self, name, maxsize: int, client: str, count=None, timeout=None):
+        """One Packed item (count None), a list of them, or None if none came in time."""
+        return self._ask(
+            "queue_get", name, maxsize, client, count, _blocks(timeout), timeout=timeout
+        )
+
+    def queue_size(self, name) -> int:
+        return self._read(lambda s: coordination_of(s).queue_size(name))
+
+    def queue_release(self, name) -> None:
+        self._read(lambda s: carry_out(s, coordination_of(s).queue_release(name)))
+
+    # --------------------------------------------------------------------------------- variables
+
+    def variable_set(self, name, value: Packed) -> None:
+        self._read(lambda s: carry_out(s, coordination_of(s).variable_set(name, value)))
+
+    def variable_get(self, name, client: str, timeout=None) -> Optional[Packed]:
+        return self._ask("variable_get", name, client, _blocks(timeout), timeout=timeout)
+
+    def variable_delete(self, name) -> None:
+        self._read(lambda s: carry_out(s, coordination_of(s).variable_delete(name)))
+
+    # ---------------------------------------------------------------------------------- datasets
+
+    def dataset_publish(self, values: dict, override: bool = False) -> None:
+        self._read(lambda s: carry_out(s, published_of(s).publish(values, override)))
+
+    def dataset_get(self, name, client: str) -> Optional[Packed]:
+        return self._ask("get", name, client, on=published_of, timeout=None)
+
+    def dataset_list(self) -> list:
+        return self._read(lambda s: published_of(s).names())
+
+    def dataset_unpublish(self, name) -> None:
+        self._read(lambda s: carry_out(s, published_of(s).unpublish(name)))
+
+    # ------------------------------------------------------------------------------ event topics
+
+    def log_event(self, topic, msg) -> None:
+        now = time.time()
+        self._read(lambda s: carry_out(s, published_of(s).log_event(topic, msg, now)))
+
+    def get_events(self, topic=None) -> Any:
+        return self._read(lambda s: published_of(s).get_events(topic))
+
+    def wait_events(self, after: Optional[int], timeout=None) -> tuple:
+        """``(last sequence number, [(topic, time, msg), ...] logged after ``after``)``; waits for one."""
+        return self._ask(
+            "wait_events", after, timeout=timeout, timed_out=None, on=published_of
+        ) or (after, [])
