@@ -95,7 +95,12 @@ def test_lock_excludes_across_clients_and_times_out(client, other):
 
 def test_lock_serialises_tasks_that_update_a_shared_variable(client):
     Variable("counter", client=client).set(0)
-    values = client.gather(client.map(counted_increment, ["counter"] * 12, pure=False))
+    # pinned to workers: a stolen task may run twice (its late result discarded), its side effect not
+    futures = [
+        client.map(counted_increment, ["counter"] * 6, pure=False, workers=[address])
+        for address in client.scheduler_info()["workers"]
+    ]
+    values = client.gather(futures[0] + futures[1])
     assert sorted(values) == list(range(1, 13))
     assert Variable("counter", client=client).get() == 12
 
@@ -224,9 +229,10 @@ def test_queue_batches_and_clear_timeouts(client):
     assert queue.get(batch=True) == []
     with pytest.raises(TimeoutError, match=rf"Queue 'b-{client.id}'.*within 0.05 s"):
         queue.get(timeout=0.05)
-    client.submit(produce, queue.name, [7, 8, 9], pure=False)
+    producer = client.submit(produce, queue.name, [7, 8, 9], pure=False)
     assert queue.get(batch=2, timeout=10) == [7, 8]
     assert queue.get(timeout=10) == 9
+    producer.result()
     assert client.submit(lambda: 1).result() == 1  # still usable after the time-outs
 
 
