@@ -158,7 +158,8 @@ class Lock(Semaphore):
     def __init__(self, name=None, client=None, **kwargs):
         super().__init__(1, name, client=client)
 
-    def acquire(self, blocking: bool = True, timeout=None) -> bool:
+    # dask's Lock is a Semaphore whose acquire also takes ``blocking`` first
+    def acquire(self, blocking: bool = True, timeout=None) -> bool:  # type: ignore[override]
         """Take the lock; with ``timeout``, give up after that many seconds and return False."""
         if not blocking:
             if timeout is not None:

@@ -14,7 +14,7 @@ Arguments and results are plain data (or ``Payload`` objects in process mode), s
 from __future__ import annotations
 
 import inspect
-from typing import Optional
+from typing import Any, Optional
 
 from ..comm.serialize import deserialize, dumps_function, loads_function, serialize
 from ..messages import RunOnWorkers
@@ -69,6 +69,7 @@ class SchedulerOperations:
         if name not in HANDLER_NAMES or name.startswith("_"):
             raise ValueError(f"Unknown scheduler operation {name!r}")
         self.scheduler.check_handler(HANDLER_NAMES[name])
+        target: Any
         if name in ADMIN_HANDLER_NAMES:
             target = self.admin
         elif name in COORDINATION_HANDLERS:
