@@ -293,8 +293,16 @@ class ClusterLogs:
             record.msecs = (created - int(created)) * 1000
             logger.handle(record)  # filters (the worker tag) and handlers, as for a local record
 
-    def close_worker(self, worker_address: str) -> None:
-        """A worker is gone: stop collecting for it; its lines stay in get_logs (the newest few workers)."""
+    def close_worker(
+        self, worker_address: str, ending: str | None = None, level: int = logging.INFO
+    ) -> None:
+        """A worker is gone: stop collecting for it; its lines stay in get_logs (the newest few workers).
+
+        ``ending`` (e.g. ``"died: killed by SIGKILL"``) becomes the last line of its log, "Worker
+        <address> <ending>": a worker killed from outside cannot say so itself.
+        """
+        if ending is not None and not self._closed:
+            self.worker_logger(worker_address).log(level, "Worker %s %s", worker_address, ending)
         with self._lock:
             component = self._workers.pop(str(worker_address), None)
             if component is None:
@@ -348,11 +356,18 @@ class ClusterLogs:
         buffer = self._worker_buffers().get(str(worker_address))
         return [] if buffer is None else buffer.lines(n)
 
-    def close(self) -> None:
-        """Remove every handler this object added; buffers stay readable. Safe to call twice."""
+    def close(self, workers_ending: str | None = None) -> None:
+        """Remove every handler this object added; buffers stay readable. Safe to call twice.
+
+        ``workers_ending`` becomes the last line of each live worker's log (see ``close_worker``).
+        """
         with self._lock:
             if self._closed:
                 return
+            live = list(self._workers) if workers_ending is not None else []
+        for address in live:
+            self._workers[address].logger.info("Worker %s %s", address, workers_ending)
+        with self._lock:
             self._closed = True
             components = [self._cluster, self._scheduler, *self._workers.values()]
         for component in components:

@@ -25,6 +25,7 @@ import itertools
 import logging
 import math
 import numbers
+import os
 import threading
 import weakref
 from typing import TYPE_CHECKING, Any, Optional
@@ -270,10 +271,9 @@ class LocalCluster(AsyncContext):
                 self.logs.close_worker(address)
                 raise
             worker_log.info(
-                "Start worker %s (name %s, %d threads in the cluster's process)",
-                address,
-                name,
-                options.threads_per_worker,
+                "Start worker %s (name %s, pid %d, %d threads, memory limit %s; threads of the cluster's process)",
+                *(address, name, os.getpid(), options.threads_per_worker),
+                format_bytes(options.memory_limit) if options.memory_limit else "none",
             )
         with self._lock:
             closing = self._closing
@@ -297,7 +297,7 @@ class LocalCluster(AsyncContext):
 
     def _on_worker_lost(self, handle, reason: str) -> None:
         """Scheduler thread: a worker died. Replace it so the cluster keeps its size."""
-        self.logs.close_worker(handle.address)
+        self.logs.close_worker(handle.address, f"died: {reason}", logging.WARNING)
         with self._lock:
             self.handles.pop(handle.address, None)
             if self._closing:
@@ -369,8 +369,7 @@ class LocalCluster(AsyncContext):
         with self._lock:
             self.handles.pop(handle.address, None)
         threading.Thread(target=handle.stop, daemon=True, name="minidist-stop-worker").start()
-        self.logs.worker_logger(handle.address).info("Worker %s retired", handle.address)
-        self.logs.close_worker(handle.address)
+        self.logs.close_worker(handle.address, "retired")
         self.logger.info("Retired worker %s (name %s)", handle.address, handle.name)
 
     # --------------------------------------------------------------------------------------- scale
@@ -506,7 +505,7 @@ class LocalCluster(AsyncContext):
         self.scheduler.ask(Restart, tuple(old)).result(30)
         for handle in old:
             handle.stop(timeout=2)
-            self.logs.close_worker(handle.address)
+            self.logs.close_worker(handle.address, "stopped: the cluster restarted")
         self.logger.info("Restarting cluster: stopped %d workers, starting %d", len(old), count)
         new = [self._start_worker() for _ in range(count)]
         # as dask's restart(wait_for_workers=True): return once the new workers can run tasks
@@ -545,7 +544,7 @@ class LocalCluster(AsyncContext):
             self.launcher.close()
         sweep_cluster(self.cluster_id)
         self.logger.info("Cluster %s closed", self.name)
-        self.logs.close()
+        self.logs.close(workers_ending="stopped: the cluster closed")
         self.status = "closed"
         return None
 

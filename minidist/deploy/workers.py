@@ -289,6 +289,8 @@ class ThreadWorkerHandle:
             task_clients=task_clients,
             **extra,
         )
+        if logger is not None:
+            self.runtime.logger = logger  # task errors go to this worker's own log
 
     def __repr__(self) -> str:
         return f"<ThreadWorker {self.address} name={self.name}>"

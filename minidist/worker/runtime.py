@@ -86,6 +86,8 @@ _RESULTS = (TaskDone, TaskErred)
 class WorkerRuntime:
     """Task threads, the local value cache and the batched outbox of one worker."""
 
+    logger = logger  # this worker's log: a thread worker's handle sets the cluster's one for it
+
     def __init__(
         self,
         address: str,
@@ -247,7 +249,7 @@ class WorkerRuntime:
             self.executing.pop(key, None)
             if task.cancelled:
                 return
-            logger.debug("task %r erred: %r", key, exc)
+            self._log_error(key, exc)
             exc_value, tb = self._encode_error(exc, exc.__traceback__)
             self.report(TaskErred(key, exc_value, tb, start, stop, thread_id))
             return
@@ -262,6 +264,7 @@ class WorkerRuntime:
         try:
             encoded, nbytes = self._encode_result(result)
         except BaseException as exc:  # noqa: B036
+            self._log_error(key, exc)
             exc_value, tb = self._encode_error(exc, exc.__traceback__)
             self.report(TaskErred(key, exc_value, tb, start, stop, thread_id))
             return
@@ -270,6 +273,15 @@ class WorkerRuntime:
         # dependents on other workers. It is decoded on first use (_value_of).
         self.encoded[key] = encoded
         self.report(TaskDone(key, encoded, nbytes, start, stop, thread_id))
+
+    def _log_error(self, key, exc: BaseException) -> None:
+        # INFO, not dask's WARNING: the caller gets the error from its future; the worker's log keeps
+        # a record of it without echoing every failed task to stderr
+        try:
+            text = traceback_module.format_exception_only(type(exc), exc)[-1].strip()
+        except Exception:
+            text = type(exc).__name__
+        self.logger.info("Task %r erred: %s", key, text)
 
     # ---------------------------------------------------------------------------------------- outbox
 
