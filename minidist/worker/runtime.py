@@ -24,6 +24,7 @@ import logging
 import sys
 import threading
 import time
+import traceback
 from collections import deque
 from typing import Any, Callable, Optional
 
@@ -278,7 +279,7 @@ class WorkerRuntime:
         # INFO, not dask's WARNING: the caller gets the error from its future; the worker's log keeps
         # a record of it without echoing every failed task to stderr
         try:
-            text = traceback_module.format_exception_only(type(exc), exc)[-1].strip()
+            text = traceback.format_exception_only(type(exc), exc)[-1].strip()
         except Exception:
             text = type(exc).__name__
         self.logger.info("Task %r erred: %s", key, text)
