@@ -137,12 +137,12 @@ class Client(AsyncContext):
             self.cluster.scheduler
         )  # post(), fetch(), sessions: local or a remote proxy
         self.operations = self.cluster.operations  # named operations (scheduler/operations.py)
-        self.processes = self.scheduler.processes
+        self.data_plane = self.scheduler.data_plane  # how calls and values travel (data_plane.py)
+        self.processes = self.data_plane.pickles  # whether work and values cross processes
         self._book = FutureBook(self.id, self.scheduler.post)
-        self._store = getattr(self.cluster, "segment_store", None)
-        self._packer = TaskPacker(self.scheduler, self._store, self._book)
-        self._results = ResultReader(self.scheduler)
-        self._calls = ClusterCalls(self.operations, self.processes)
+        self._packer = TaskPacker(self.scheduler, self.data_plane, self._book)
+        self._results = ResultReader(self.scheduler, self.data_plane)
+        self._calls = ClusterCalls(self.operations, self.data_plane)
         self._admin = ClusterAdmin(self._calls)
         self.scheduler.sessions[self.id] = self  # it calls report() and take_releases()
         self._set_as_default = set_as_default

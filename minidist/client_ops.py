@@ -13,18 +13,17 @@ import pickle
 import time
 from typing import Any, Optional
 
-from .comm.serialize import deserialize
+from .data_plane import DataPlane
 from .errors import FutureTimeoutError
 from .futures import futures_in
-from .scheduler.operations import pack_call
 
 
 class ClusterCalls:
     """The named operations of one cluster, with their arguments packed and results unpacked."""
 
-    def __init__(self, operations: Any, processes: bool):
+    def __init__(self, operations: Any, plane: DataPlane):
         self.operations = operations  # SchedulerOperations, or a remote link's RemoteOperations
-        self.processes = processes  # functions and values travel pickled
+        self.plane = plane  # how functions and values travel (data_plane.py)
 
     def invoke(self, name: str, *args, **kwargs) -> Any:
         return self.operations.invoke(name, *args, **kwargs)
@@ -43,14 +42,14 @@ class ClusterCalls:
         system; returns ``{worker address: result}`` (None with ``wait=False``)."""
         if on_error not in ("raise", "return", "ignore"):
             raise ValueError(f"on_error must be 'raise', 'return' or 'ignore', not {on_error!r}")
-        blob, args_payload = pack_call(self.processes, function, args, kwargs)
+        blob, args_payload = self.plane.pack_call(function, args, kwargs)
         raw = self.invoke("run", blob, args_payload, workers)
         if not wait:
             return None
         results = {}
         for address, (ok, value) in raw.items():
             if ok:
-                results[address] = deserialize(value) if self.processes else value
+                results[address] = self.plane.unpack_result(value)
                 continue
             exc = value[0]
             if isinstance(exc, (bytes, bytearray)):
@@ -63,9 +62,9 @@ class ClusterCalls:
 
     def run_on_scheduler(self, function, *args, **kwargs) -> Any:
         """Run ``function`` on the scheduler (it may take a ``dask_scheduler`` argument)."""
-        blob, args_payload = pack_call(self.processes, function, args, kwargs)
+        blob, args_payload = self.plane.pack_call(function, args, kwargs)
         result = self.invoke("run_on_scheduler", blob, args_payload)
-        return deserialize(result) if self.processes else result
+        return self.plane.unpack_result(result)
 
     def nthreads(self, workers=None) -> dict:
         return self.invoke("nthreads", workers)

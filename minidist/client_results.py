@@ -1,8 +1,8 @@
 """How a client reads results: values straight from the scheduler's store, unpacked in the caller's thread.
 
-One ``ResultReader`` per ``Client`` (built by its constructor from the cluster's scheduler)::
+One ``ResultReader`` per ``Client`` (built by its constructor from the cluster's scheduler and data plane)::
 
-    Future.result() / gather ──► ResultReader.value(key) ──► scheduler.fetch(key) ──► deserialize
+    Future.result() / gather ──► ResultReader.value(key) ──► scheduler.fetch(key) ──► plane.unpack_value
     remote clusters: prefetch(futures) asks for every finished value at once (one round trip)
 
 A local cluster's ``fetch`` is a dict lookup; a remote one's is a request over the connection.
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from .comm.serialize import deserialize
+from .data_plane import DataPlane
 from .errors import CancelledError
 from .futures import Future, futures_in
 
@@ -22,9 +22,9 @@ _SKIP = object()  # gather(errors="skip"): an erred future's place, dropped from
 class ResultReader:
     """Reads the values of finished futures from one cluster's scheduler."""
 
-    def __init__(self, scheduler: Any):
+    def __init__(self, scheduler: Any, plane: DataPlane):
         self._scheduler = scheduler
-        self._processes = scheduler.processes  # values are payloads (pickled) or plain objects
+        self._plane = plane  # stored values are payloads (pickled) or plain objects
 
     def value(self, key, fetching=None):
         """The value of ``key``; ``fetching`` is a concurrent Future already asked for it (remote)."""
@@ -32,7 +32,7 @@ class ResultReader:
             value = self._scheduler.fetch(key) if fetching is None else fetching.result()
         except KeyError:
             raise CancelledError(f"The value of {key!r} is no longer held by the cluster") from None
-        return deserialize(value) if self._processes else value
+        return self._plane.unpack_value(value)
 
     def prefetch(self, futures) -> Optional[dict]:
         """Remote clusters: ask for every finished value at once, one round trip rather than one each."""

@@ -1,30 +1,26 @@
 """How a client packs work for the scheduler: keys, dependencies, pickled functions and arguments.
 
-One ``TaskPacker`` per ``Client`` (built by its constructor from the scheduler, the cluster's shared
-memory store and the client's ``FutureBook``)::
+One ``TaskPacker`` per ``Client`` (built by its constructor from the cluster's scheduler and data plane,
+``data_plane.py``, and the client's ``FutureBook``)::
 
     submit/map(func, args) ──► function_ref(func): pickled once per client, id = hash of the pickle
                            ──► prepare(...): Futures in args ──► DependencyRef(key) + dependencies
                                              key = prefix-token (content hash for pure=True)
-                                             process workers: arguments pickled now (errors here)
+                                             the data plane packs the arguments (pickled
+                                             now for process workers: errors surface here)
                            ──► a NewTask for the client to post (None if the key is already held)
-    scatter(data)          ──► pack_scatter(...): keys and values (payloads for process workers)
+    scatter(data)          ──► pack_scatter(...): keys and values, packed by the data plane
 """
 
 from __future__ import annotations
 
-import hashlib
-import uuid
-from typing import Any, Optional
+from typing import Any
 
 from .client_futures import FutureBook
-from .comm.serialize import SerializationError, dumps_function, serialize, serialize_with_token
-from .comm.shm import SegmentStore, unlink_segments
-from .errors import TaskSerializationError
+from .data_plane import DataPlane, function_id_of
 from .futures import Future
 from .keys import random_token, tokenize_call
-from .messages import DependencyRef, RunSpec, new_task
-from .worker.runtime import sizeof
+from .messages import DependencyRef, new_task
 
 _FUNCTION_CACHE_SIZE = 512
 
@@ -47,10 +43,9 @@ def task_options(workers, resources, retries, priority, allow_other_workers) -> 
 class TaskPacker:
     """Turns calls and data into what the scheduler takes (see the module docstring)."""
 
-    def __init__(self, scheduler: Any, store: Optional[SegmentStore], book: FutureBook):
-        self._scheduler = scheduler
-        self.processes: bool = scheduler.processes  # pickle everything now (process workers)?
-        self.store = store
+    def __init__(self, scheduler: Any, plane: DataPlane, book: FutureBook):
+        self._scheduler = scheduler  # futures of another cluster's scheduler are refused
+        self._plane = plane  # how this cluster packs functions, arguments and values
         self._book = book
         self._functions: dict = {}  # id(func) -> (func, function_id, blob)
 
@@ -59,16 +54,8 @@ class TaskPacker:
         cached = self._functions.get(id(func))
         if cached is not None and cached[0] is func:
             return cached[1], cached[2]
-        try:
-            blob = dumps_function(func)
-        except Exception as exc:
-            if self.processes:
-                raise TaskSerializationError(
-                    f"Could not pickle the function {func!r} of type {type(func).__name__} to send it to "
-                    f"worker processes: {exc}. Define it at module level or use Client(processes=False)."
-                ) from exc
-            blob = None
-        function_id = hashlib.blake2b(blob, digest_size=16).digest() if blob else uuid.uuid4().bytes
+        blob = self._plane.function_blob(func)
+        function_id = function_id_of(blob)
         if len(self._functions) >= _FUNCTION_CACHE_SIZE:
             self._functions.pop(next(iter(self._functions)))
         self._functions[id(func)] = (func, function_id, blob)
@@ -76,42 +63,35 @@ class TaskPacker:
 
     def prepare(self, func, function_ref, args, kwargs, key, pure, options) -> tuple:
         """(key, task to post, or None if this client already holds the key and shares it)."""
+        plane = self._plane
         dependencies: set = set()
         if args:
             args = self._replace_futures(args, dependencies)
         if kwargs:
             kwargs = self._replace_futures(kwargs, dependencies)
         function_id, blob = function_ref
-        args_payload = None
-        if key is None and pure and self.processes and self.store is not None:
+        arguments = None
+        if key is None and pure and plane.tokens_while_packing:
             # one pass makes both the payload and its content token, so a large array is read once
-            args_payload, token = self._serialize_arguments(args, kwargs, None, function_id)
+            arguments, token = plane.pack_arguments(args, kwargs, None, function_id)
             key = f"{options['prefix']}-{token}"
         elif key is None:
             token = tokenize_call(function_id, args, kwargs) if pure else random_token()
             key = f"{options['prefix']}-{token}"
         if key in self._book.states and key not in options.get("_force", ()):
-            if args_payload is not None:
-                # the shared task already has its arguments
-                unlink_segments(args_payload.segments())
+            if arguments is not None:
+                plane.discard_arguments(arguments)  # the shared task already has its arguments
             return key, None  # already submitted by this client: share it
-        run_spec: tuple
-        if self.processes:
-            if args_payload is None:
-                args_payload, _ = self._serialize_arguments(args, kwargs, key, None)
-            run_spec = RunSpec(function_id, blob, args_payload)
-        else:
-            run_spec = RunSpec(function_id, func, (args, kwargs))
+        if arguments is None:
+            arguments, _ = plane.pack_arguments(args, kwargs, key)
+        run_spec = plane.run_spec(function_id, blob, func, arguments)
         return key, new_task(key, dependencies, run_spec, **options)
 
     def graph_task(self, function, key, args: tuple, dependencies, **options):
         """A task with an explicit key whose arguments already hold DependencyRefs (dask graphs)."""
         function_id, blob = self.function_ref(function)
-        run_spec: tuple
-        if self.processes:
-            run_spec = RunSpec(function_id, blob, self._serialize_arguments(args, {}, key, None)[0])
-        else:
-            run_spec = RunSpec(function_id, function, (args, {}))
+        arguments, _ = self._plane.pack_arguments(args, {}, key)
+        run_spec = self._plane.run_spec(function_id, blob, function, arguments)
         return new_task(key, dependencies, run_spec, **options)
 
     def pack_scatter(self, data, hash: bool) -> tuple:
@@ -132,29 +112,8 @@ class TaskPacker:
             keys.append(key)
             if key in values:
                 continue
-            if self.processes:
-                try:
-                    payload = serialize(value, self.store)
-                except SerializationError as exc:
-                    raise TaskSerializationError(
-                        f"Could not scatter {type(value).__name__}: {exc}"
-                    ) from exc
-                values[key], nbytes[key] = payload, payload.nbytes
-            else:
-                values[key], nbytes[key] = value, sizeof(value)
+            values[key], nbytes[key] = self._plane.pack_value(value)
         return keys, values, nbytes
-
-    def _serialize_arguments(self, args, kwargs, key, token_salt) -> tuple:
-        """(payload, token or None) for a task's arguments; a clear error if they cannot be pickled."""
-        try:
-            if token_salt is not None:
-                return serialize_with_token((args, kwargs), self.store, token_salt)
-            return serialize((args, kwargs), self.store), None
-        except SerializationError as exc:
-            where = f"task {key!r}" if key is not None else "a task"
-            raise TaskSerializationError(
-                f"Could not send an argument of {where} to the workers: {exc}"
-            ) from exc
 
     def _replace_futures(self, obj, dependencies: set):
         """Copy of ``obj`` with each Future swapped for a DependencyRef (and its key recorded)."""

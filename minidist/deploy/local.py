@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from ..asynchronous import AsyncContext, Closing, in_event_loop
 from ..comm.shm import SegmentStore, new_cluster_id, sweep_cluster, sweep_orphans
+from ..data_plane import ObjectPlane, PickledPlane
 from ..messages import AddWorker, FailPending, Restart
 from ..scheduler.operations import SchedulerOperations
 from ..scheduler.queries import active_workers
@@ -147,9 +148,11 @@ class LocalCluster(AsyncContext):
         self.segment_store = SegmentStore(self.cluster_id) if self.processes else None
         # process workers are forked by a template process started once (deploy/launcher.py)
         self.launcher = WorkerLauncher() if self.processes else None
+        # how calls and values are packed, read and freed: pickled for processes, objects for threads
+        self.data_plane = PickledPlane(self.segment_store) if self.processes else ObjectPlane()
         self.scheduler = Scheduler(
             self.cluster_id,
-            self.processes,
+            self.data_plane,
             logger_=self.logs.scheduler_logger,
             blocked_handlers=options.blocked_handlers,
             on_worker_lost=self._on_worker_lost,

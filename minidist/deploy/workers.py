@@ -1,8 +1,9 @@
 """Worker handles: how the scheduler thread talks to one worker, process or thread.
 
-A handle is what ``scheduler/server.py`` keeps per worker. Both kinds offer the same small surface:
-``execute_message`` (shape a task for this worker), ``send_messages`` (deliver a batch), ``start_run``
-(client.run), ``death_reason`` and ``close``.
+A handle is what ``scheduler/server.py`` keeps per worker. Both kinds implement the scheduler's
+``WorkerHandle`` protocol (``scheduler/worker_handle.py``): ``execute_message`` (shape a task for this
+worker), ``send_messages`` (deliver a batch), ``start_run`` (client.run), ``death_reason``, ``close``...
+and add what the cluster needs (``stop``, ``kill``, ``wait_ready``).
 
 ``ProcessWorkerHandle`` owns a worker process and the parent end of a socket pair. The process is forked
 by the cluster's single-threaded template process (``deploy/launcher.py``, ready in milliseconds) or,
@@ -39,6 +40,7 @@ from ..messages import (
     RunSpec,
     WorkerReports,
 )
+from ..scheduler.worker_handle import WorkerHandle
 from ..worker.admin import call_with_worker
 from ..worker.running import RunningBoard, key_token
 from ..worker.runtime import WorkerRuntime
@@ -347,3 +349,10 @@ class ThreadWorkerHandle:
 
     def kill(self) -> None:
         self.close()
+
+
+def _both_kinds_are_worker_handles(
+    process: ProcessWorkerHandle, thread: ThreadWorkerHandle
+) -> tuple[WorkerHandle, WorkerHandle]:
+    """Never called: mypy checks here that both kinds offer what the scheduler uses."""
+    return process, thread

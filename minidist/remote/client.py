@@ -30,6 +30,7 @@ from typing import Optional
 
 from ..comm.serialize import Payload
 from ..comm.shm import SegmentStore
+from ..data_plane import PickledPlane
 from ..errors import CommClosedError
 from ..messages import (
     ClientFrame,
@@ -275,12 +276,13 @@ class WorkerLink(ClientLink):
 class RemoteScheduler:
     """What ``Client`` calls ``scheduler``: post, fetch and the sessions table, over a link."""
 
-    processes = True  # remote clients always pickle: the server converts for thread workers
-
-    def __init__(self, link: ClientLink, info: dict):
+    def __init__(self, link: ClientLink, info: dict, data_plane: PickledPlane):
         self.link = link
         self.sessions = link.sessions
         self.cluster_id = info.get("cluster_id")
+        # remote clients always pickle (the server converts for thread workers); large buffers go
+        # to shared memory when the scheduler is on this machine
+        self.data_plane = data_plane
 
     def post(self, message) -> None:
         self.link.post(message)
@@ -312,7 +314,7 @@ class RemoteCluster:
     def __init__(self, link: ClientLink, info: dict, segment_store: Optional[SegmentStore] = None):
         self.link = link
         self.info = info
-        self.scheduler = RemoteScheduler(link, info)
+        self.scheduler = RemoteScheduler(link, info, PickledPlane(segment_store))
         self.operations = RemoteOperations(link)
         self.scheduler_address = info.get("scheduler_address")
         self.dashboard_link = info.get("dashboard_link")

@@ -128,7 +128,10 @@ class RemoteServer:
             address, self.secret, security, on_reject=self._on_reject, publish_secret=True
         )
         self.address = self._listener.address
-        self.codec = ThreadModeCodec() if not cluster.scheduler.processes else ProcessModeCodec()
+        # remote clients always send pickled work: a cluster of thread workers unpickles it on arrival
+        self.codec = (
+            ProcessModeCodec() if cluster.scheduler.data_plane.pickles else ThreadModeCodec()
+        )
         self.machine = machine_id()
         self.sessions: set = set()
         self._lock = threading.Lock()
@@ -238,7 +241,7 @@ class Session:
             "cluster_id": cluster.cluster_id,
             "name": str(getattr(cluster, "name", "")),
             "type": type(cluster).__name__,
-            "processes": self.scheduler.processes,
+            "processes": self.scheduler.data_plane.pickles,
             "machine": machine_id(),
             "shm_threshold": store.threshold if store is not None else None,
             "dashboard_link": getattr(cluster, "dashboard_link", None),

@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Optional
 
-from ..comm.serialize import deserialize, dumps_function, serialize
 from ..keys import key_split
 from ..versions import package_versions
 from ..worker.admin import cache_values, task_stacks
@@ -54,13 +53,8 @@ class AdminOperations:
 
     def _run_everywhere(self, function, *args, workers=None) -> dict:
         """``{address: result}`` of ``function(*args, dask_worker=...)`` on workers; raises the first error."""
-        processes = self._ops.scheduler.processes
-        blob: Any
-        args_payload: Any  # a pickled Payload for process workers, the objects for thread workers
-        if processes:
-            blob, args_payload = dumps_function(function), serialize((args, {}), None)
-        else:
-            blob, args_payload = function, (args, {})
+        plane = self._ops.scheduler.data_plane
+        blob, args_payload = plane.pack_call(function, args, {})
         results = {}
         for address, (ok, value) in self._ops.run(blob, args_payload, workers).items():
             if not ok:
@@ -70,7 +64,7 @@ class AdminOperations:
 
                     exc = pickle.loads(exc)
                 raise exc
-            results[address] = deserialize(value) if processes else value
+            results[address] = plane.unpack_result(value)
         return results
 
     # ---------------------------------------------------------------------------------- sizes, stacks

@@ -9,7 +9,7 @@ the cluster) or ``WORKER_HANDLERS`` (sent by workers) and calls the function fou
                instructions ─► scheduler._apply ─► outgoing (per worker) / reports (per client)
 
 Handlers run on the scheduler thread only. They touch stored values (``scheduler.data``) and shared
-memory (``scheduler.ledger``) where a message brings or drops them; every change to the task and worker
+memory (through ``scheduler.data_plane``) where a message brings or drops them; every change to the task and worker
 books goes through an event of ``SchedulerState``. To add a message, see docs/architecture.md.
 """
 
@@ -52,11 +52,11 @@ from .queries import retirement_candidates
 
 
 def on_update_graph(scheduler, message: UpdateGraph, outgoing: dict, reports: dict) -> None:
-    ledger = scheduler.ledger
+    plane = scheduler.data_plane
     for spec in message.tasks:
         # held until the state lets go of them (ReleaseArguments, or Forget); at once for a task the
         # state drops because an equal one exists
-        ledger.retain(spec.run_spec.arguments)
+        plane.retain(spec.run_spec.arguments)
     instructions = scheduler.state.update_graph(
         message.tasks, message.client, message.wanted, time.time()
     )
@@ -85,13 +85,13 @@ def on_retry(scheduler, message: Retry, outgoing: dict, reports: dict) -> None:
 
 
 def on_scatter(scheduler, message: Scatter, outgoing: dict, reports: dict) -> None:
-    data, ledger = scheduler.data, scheduler.ledger
+    data, plane = scheduler.data, scheduler.data_plane
     for key, value in message.values.items():
         if key in data:
-            ledger.release(value)  # same content already stored under this key
+            plane.release(value)  # same content already stored under this key
             continue
         data[key] = value
-        ledger.retain(value)
+        plane.retain(value)
     scheduler._apply(scheduler.state.scattered(message.client, message.nbytes), outgoing, reports)
 
 
@@ -195,20 +195,20 @@ HANDLERS: dict[type, Callable[..., None]] = {
 
 def on_task_done(scheduler, handle, message: TaskDone, outgoing: dict, reports: dict) -> None:
     key, value, address = message.key, message.value, handle.address
-    state, data, ledger = scheduler.state, scheduler.data, scheduler.ledger
+    state, data, plane = scheduler.state, scheduler.data, scheduler.data_plane
     if state.expects_result(key, address):
         old = data.get(key)
         if old is not None:
-            ledger.release(old)
+            plane.release(old)
         data[key] = value
-        ledger.retain(value)
+        plane.retain(value)
         scheduler.tasks_done += 1
         scheduler.task_stream.append(
             (key, address, message.thread, message.start, message.stop, "ok")
         )
     else:
-        ledger.retain(value)
-        ledger.release(value)  # a stale copy: free its shared memory
+        plane.retain(value)
+        plane.release(value)  # a stale copy: free its shared memory
     instructions = state.task_finished(key, address, message.nbytes, message.start, message.stop)
     scheduler._apply(instructions, outgoing, reports)
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import inspect
 from typing import Any, Optional
 
-from ..comm.serialize import deserialize, dumps_function, loads_function, serialize
 from ..messages import RunOnWorkers
 from . import queries
 from .admin import ADMIN_HANDLER_NAMES, AdminOperations
@@ -133,13 +132,12 @@ class SchedulerOperations:
 
     def run_on_scheduler(self, function_blob, args_payload):
         """Run a function on the scheduler thread; ``dask_scheduler=`` is passed if it takes one."""
-        processes = self.scheduler.processes
-        function = loads_function(function_blob) if processes else function_blob
-        args, kwargs = deserialize(args_payload) if processes else args_payload
+        plane = self.scheduler.data_plane
+        function, args, kwargs = plane.unpack_call(function_blob, args_payload)
         if accepts(function, "dask_scheduler"):
             kwargs["dask_scheduler"] = self.scheduler
         result = self.on_scheduler(lambda s: function(*args, **kwargs))
-        return serialize(result, None) if processes else result
+        return plane.pack_result(result)
 
     # ------------------------------------------------------------------------------ cluster-wide
 
@@ -158,10 +156,3 @@ class SchedulerOperations:
     def worker_logs(self, n: Optional[int] = None, workers=None) -> dict:
         addresses = self.workers_matching(workers)
         return {a: self.cluster.logs.worker_lines(a, n) for a in addresses}
-
-
-def pack_call(processes: bool, function, args: tuple, kwargs: dict) -> tuple:
-    """Encode a function and its arguments for ``run``/``run_on_scheduler`` in either mode."""
-    if processes:
-        return dumps_function(function), serialize((args, kwargs), None)
-    return function, (args, kwargs)

@@ -15,10 +15,11 @@ One thread in the client process runs ``Scheduler._loop``::
      Report → client sessions        Execute/FreeOnWorker → one       Forget → drop stored data,
      (futures resolve)               batch per worker per wake-up     unlink shared memory
 
-Thread workers (processes=False) post their reports into the same inbox instead of a pipe. Values live
-in ``self.data`` (``Payload`` for process workers, plain objects for thread workers); clients in this
-process read them directly, so ``gather`` costs no round trip. ``self.ledger`` counts references to
-shared-memory segments across payloads and unlinks a segment when the last payload using it goes.
+Thread workers post their reports into the same inbox instead of a pipe. Values live in ``self.data``
+in the form the cluster's data plane gives them (``data_plane.py``: ``Payload`` for process workers,
+plain objects for thread workers); clients in this process read them directly, so ``gather`` costs no
+round trip. The data plane also frees what a value or a task's arguments hold (shared-memory segments,
+counted across payloads) when the scheduler lets go of them.
 
 Anything that must see a consistent state (``scheduler_info``, ``who_has``, ``restart``...) runs on this
 thread through ``call()``, which hands back a ``concurrent.futures.Future``.
@@ -36,7 +37,8 @@ import threading
 import time
 from typing import Any, Callable, Optional
 
-from ..comm.shm import sweep_process, unlink_segments
+from ..comm.shm import sweep_process
+from ..data_plane import DataPlane
 from ..messages import (
     FIRE_AND_FORGET,
     Call,
@@ -60,6 +62,7 @@ from .state import (
     RetireWorker,
     SchedulerState,
 )
+from .worker_handle import WorkerHandle
 
 logger = logging.getLogger("minidist.scheduler")
 
@@ -77,41 +80,13 @@ class FireAndForget:
         self.scheduler.post(Release(FIRE_AND_FORGET, tuple(item.key for item in items)))
 
 
-class SegmentLedger:
-    """Reference counts of shared-memory segments, which several payloads may share."""
-
-    def __init__(self):
-        self.counts: collections.Counter = collections.Counter()
-
-    def retain(self, value: Any) -> None:
-        if not getattr(value, "buffers", None):
-            return  # inline payloads and plain objects hold no shared memory
-        for name in value.segments():
-            self.counts[name] += 1
-
-    def release(self, value: Any) -> None:
-        if not getattr(value, "buffers", None):
-            return
-        segments = value.segments
-        doomed = []
-        for name in segments():
-            left = self.counts[name] - 1
-            if left <= 0:
-                self.counts.pop(name, None)
-                doomed.append(name)
-            else:
-                self.counts[name] = left
-        if doomed:
-            unlink_segments(doomed)
-
-
 class Scheduler:
     """Owns the state machine, the stored values, and the thread that drives workers."""
 
     def __init__(
         self,
         cluster_id: str,
-        processes: bool,
+        data_plane: DataPlane,
         allowed_failures: int = 3,
         logger_: Optional[logging.Logger] = None,
         blocked_handlers=(),
@@ -121,13 +96,12 @@ class Scheduler:
         """``on_worker_lost(handle, reason)`` and ``on_worker_retired(handle)`` are the cluster's, called
         on this thread when a worker died or finished retiring."""
         self.cluster_id = cluster_id
-        self.processes = processes
+        self.data_plane = data_plane  # how values are packed and freed (data_plane.py)
         self.state = SchedulerState(allowed_failures=allowed_failures)
         self.data: dict = {}
-        self.ledger = SegmentLedger()
         self.logger = logger_ or logger
         self.blocked_handlers = frozenset(blocked_handlers or ())
-        self.workers: dict[str, Any] = {}  # address -> worker handle
+        self.workers: dict[str, WorkerHandle] = {}  # address -> worker handle (worker_handle.py)
         # one persistent selector over the wake-up pipe and every worker pipe (building a new one per
         # wake-up, as multiprocessing.connection.wait does, costs tens of microseconds each time)
         self._selector = selectors.DefaultSelector()
@@ -252,7 +226,7 @@ class Scheduler:
             if self._closing:
                 break
 
-    def _read_worker(self, handle, outgoing: dict, reports: dict) -> None:
+    def _read_worker(self, handle: WorkerHandle, outgoing: dict, reports: dict) -> None:
         if handle is None:
             return
         conn = handle.conn
@@ -295,10 +269,7 @@ class Scheduler:
                 handle = workers.get(inst.worker)
                 if handle is None:
                     continue
-                deps = {
-                    k: data[k]
-                    for k in (inst.dependencies if not self.processes else inst.missing_deps)
-                }
+                deps = self.data_plane.dependency_values(inst, data)
                 outgoing.setdefault(handle, []).append(
                     handle.execute_message(inst.key, inst.run_spec, inst.dependencies, deps)
                 )
@@ -309,11 +280,11 @@ class Scheduler:
             elif kind is Forget:
                 value = data.pop(inst.key, None)
                 if value is not None:
-                    self.ledger.release(value)
+                    self.data_plane.release(value)
                 if inst.run_spec is not None:
-                    self.ledger.release(inst.run_spec.arguments)
+                    self.data_plane.release(inst.run_spec.arguments)
             elif kind is ReleaseArguments:
-                self.ledger.release(inst.run_spec.arguments)
+                self.data_plane.release(inst.run_spec.arguments)
             elif kind is FreeOnWorker:
                 handle = workers.get(inst.worker)
                 if handle is not None:
@@ -337,7 +308,7 @@ class Scheduler:
 
     # ---------------------------------------------------------------------------------- worker events
 
-    def _add_worker(self, handle, outgoing: dict, reports: dict) -> None:
+    def _add_worker(self, handle: WorkerHandle, outgoing: dict, reports: dict) -> None:
         self.workers[handle.address] = handle
         if handle.conn is not None:
             self._selector.register(handle.conn.fileno(), selectors.EVENT_READ, handle)
@@ -352,7 +323,9 @@ class Scheduler:
             reports,
         )
 
-    def _worker_batch(self, handle, batch: list, outgoing: dict, reports: dict) -> None:
+    def _worker_batch(
+        self, handle: WorkerHandle, batch: list, outgoing: dict, reports: dict
+    ) -> None:
         for message in batch:
             handler = WORKER_HANDLERS.get(type(message))
             if handler is None:
@@ -362,7 +335,7 @@ class Scheduler:
             else:
                 handler(self, handle, message, outgoing, reports)
 
-    def _worker_died(self, handle, outgoing: dict, reports: dict) -> None:
+    def _worker_died(self, handle: WorkerHandle, outgoing: dict, reports: dict) -> None:
         reason = handle.death_reason()
         self.logger.warning("Worker %s (name %s) died: %s", handle.address, handle.name, reason)
         # a worker that died before it started (bad environment, failing worker_class) says nothing
@@ -374,7 +347,7 @@ class Scheduler:
         )
         if handle.pid is not None:
             # results it wrote to shared memory but never reported are nobody's now
-            sweep_process(self.cluster_id, handle.pid, keep=self.ledger.counts.keys())
+            sweep_process(self.cluster_id, handle.pid, keep=self.data_plane.segments_in_use())
         if self.on_worker_lost is not None:
             try:
                 self.on_worker_lost(handle, reason)
@@ -430,7 +403,7 @@ class Scheduler:
             except OSError:
                 pass
         for value in self.data.values():
-            self.ledger.release(value)
+            self.data_plane.release(value)
         self.data.clear()
 
     # --------------------------------------------------------------------------------------- snapshot

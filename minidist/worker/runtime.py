@@ -21,13 +21,13 @@ messages to the scheduler.
 from __future__ import annotations
 
 import logging
-import sys
 import threading
 import time
 import traceback
 from collections import deque
 from typing import Any, Callable, Optional
 
+from ..data_plane import sizeof  # noqa: F401 (re-exported)
 from ..messages import DependencyRef, Rejoin, RunSpec, Secede, TaskDone, TaskErred
 from .running import SLOTS
 from .task_client import TaskClientSlot
@@ -52,17 +52,6 @@ def substitute(obj: Any, values: dict) -> Any:
     if typ is set or typ is frozenset:
         return typ(substitute(item, values) for item in obj)
     return obj
-
-
-def sizeof(value: Any) -> int:
-    """A cheap size estimate for memory accounting."""
-    nbytes = getattr(value, "nbytes", None)
-    if isinstance(nbytes, int):
-        return nbytes
-    try:
-        return sys.getsizeof(value)
-    except Exception:
-        return 64
 
 
 class PendingTask:

@@ -1,0 +1,228 @@
+"""The data plane: how one cluster packs calls and values for its workers, unpacks them, and frees them.
+
+Each cluster has one, chosen when it is made (``LocalCluster``: by ``processes``; a remote cluster's
+proxy: always pickled) and handed to its scheduler and to every client, which then never ask what kind
+of workers run the tasks::
+
+                          PickledPlane (process workers, remote clients)     ObjectPlane (thread workers)
+    task function         cloudpickled once; id = hash of the pickle          the callable itself
+    task arguments        a Payload of (args, kwargs), pickled at submit      (args, kwargs) as they are
+    stored values         Payloads, decoded by whoever reads them             the objects themselves
+    run / run_on_scheduler  (function pickle, Payload) out, Payload back      objects both ways
+    values sent with a task  only the dependencies the worker lacks           every dependency
+    freeing               a ledger of shared-memory segments: the last        nothing to free
+                          value or argument payload using one unlinks it
+
+Large buffers of a Payload live in ``/dev/shm`` segments (``comm/shm.py``) when the plane has a store
+(the cluster's process, and remote clients on the same machine); several payloads may share a segment,
+which ``SegmentLedger`` counts on the scheduler's side.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import sys
+import uuid
+from typing import Any, Optional
+
+from .comm.serialize import (
+    SerializationError,
+    deserialize,
+    dumps_function,
+    loads_function,
+    serialize,
+    serialize_with_token,
+)
+from .comm.shm import SegmentStore, unlink_segments
+from .errors import TaskSerializationError
+from .messages import RunSpec
+
+
+def sizeof(value: Any) -> int:
+    """A cheap size estimate for memory accounting."""
+    nbytes = getattr(value, "nbytes", None)
+    if isinstance(nbytes, int):
+        return nbytes
+    try:
+        return sys.getsizeof(value)
+    except Exception:
+        return 64
+
+
+def function_id_of(blob: Optional[bytes]) -> bytes:
+    """A function's id: the hash of its pickle (equal functions share it), or random if unpicklable."""
+    return hashlib.blake2b(blob, digest_size=16).digest() if blob else uuid.uuid4().bytes
+
+
+class SegmentLedger:
+    """Reference counts of shared-memory segments, which several payloads may share."""
+
+    def __init__(self):
+        self.counts: collections.Counter = collections.Counter()
+
+    def retain(self, value: Any) -> None:
+        if not getattr(value, "buffers", None):
+            return  # inline payloads hold no shared memory
+        for name in value.segments():
+            self.counts[name] += 1
+
+    def release(self, value: Any) -> None:
+        if not getattr(value, "buffers", None):
+            return
+        doomed = []
+        for name in value.segments():
+            left = self.counts[name] - 1
+            if left <= 0:
+                self.counts.pop(name, None)
+                doomed.append(name)
+            else:
+                self.counts[name] = left
+        if doomed:
+            unlink_segments(doomed)
+
+
+class PickledPlane:
+    """Functions, arguments and values travel pickled (process workers, and every remote client)."""
+
+    pickles = True
+
+    def __init__(self, store: Optional[SegmentStore] = None):
+        self.store = (
+            store  # where large buffers go; None: inline (another machine, or no cluster here)
+        )
+        self.ledger = SegmentLedger()  # used by the scheduler's side only
+        # on the scheduler's hot path: the ledger's own methods, without a call in between
+        self.retain = self.ledger.retain
+        self.release = self.ledger.release
+
+    # ----------------------------------------------------------------------------- the client's side
+
+    def function_blob(self, func) -> bytes:
+        try:
+            return dumps_function(func)
+        except Exception as exc:
+            raise TaskSerializationError(
+                f"Could not pickle the function {func!r} of type {type(func).__name__} to send it to "
+                f"worker processes: {exc}. Define it at module level or use Client(processes=False)."
+            ) from exc
+
+    @property
+    def tokens_while_packing(self) -> bool:
+        """True if ``pack_arguments`` can hash the arguments in the same pass (a large array is read once)."""
+        return self.store is not None
+
+    def pack_arguments(self, args, kwargs, key=None, token_salt=None) -> tuple:
+        """``(arguments, token or None)``; a clear error if they cannot be pickled."""
+        try:
+            if token_salt is not None and self.store is not None:
+                return serialize_with_token((args, kwargs), self.store, token_salt)
+            return serialize((args, kwargs), self.store), None
+        except SerializationError as exc:
+            where = f"task {key!r}" if key is not None else "a task"
+            raise TaskSerializationError(
+                f"Could not send an argument of {where} to the workers: {exc}"
+            ) from exc
+
+    def run_spec(self, function_id: bytes, blob, func, arguments) -> RunSpec:
+        return RunSpec(function_id, blob, arguments)
+
+    def discard_arguments(self, arguments) -> None:
+        """Arguments packed for a task that will not be sent (the key is shared): free their memory."""
+        unlink_segments(arguments.segments())
+
+    def pack_value(self, value) -> tuple:
+        """``(stored form, nbytes)`` of a scattered value."""
+        try:
+            payload = serialize(value, self.store)
+        except SerializationError as exc:
+            raise TaskSerializationError(
+                f"Could not scatter {type(value).__name__}: {exc}"
+            ) from exc
+        return payload, payload.nbytes
+
+    def unpack_value(self, stored) -> Any:
+        return deserialize(stored)
+
+    def pack_call(self, function, args: tuple, kwargs: dict) -> tuple:
+        """``(function, arguments)`` for ``run``/``run_on_scheduler``."""
+        return dumps_function(function), serialize((args, kwargs), None)
+
+    def unpack_result(self, stored) -> Any:
+        """A ``run``/``run_on_scheduler`` result as the caller sees it."""
+        return deserialize(stored)
+
+    # -------------------------------------------------------------------------- the scheduler's side
+
+    def unpack_call(self, function, arguments) -> tuple:
+        """``(function, args, kwargs)`` of what ``pack_call`` made."""
+        args, kwargs = deserialize(arguments)
+        return loads_function(function), args, kwargs
+
+    def pack_result(self, value) -> Any:
+        return serialize(value, None)
+
+    def dependency_values(self, execute, data: dict) -> dict:
+        """The stored values to send with an ``Execute``: the worker caches the others."""
+        return {key: data[key] for key in execute.missing_deps}
+
+    def segments_in_use(self):
+        return self.ledger.counts.keys()
+
+
+class ObjectPlane:
+    """Functions, arguments and values stay Python objects (thread workers in the cluster's process)."""
+
+    pickles = False
+    store = None
+    tokens_while_packing = False
+
+    def function_blob(self, func) -> Optional[bytes]:
+        try:
+            return dumps_function(func)  # for the function's id (equal functions share tokens)
+        except Exception:
+            return None  # never needed: the function itself is sent
+
+    def pack_arguments(self, args, kwargs, key=None, token_salt=None) -> tuple:
+        return (args, kwargs), None
+
+    def run_spec(self, function_id: bytes, blob, func, arguments) -> RunSpec:
+        return RunSpec(function_id, func, arguments)
+
+    def discard_arguments(self, arguments) -> None:
+        pass
+
+    def pack_value(self, value) -> tuple:
+        return value, sizeof(value)
+
+    def unpack_value(self, stored) -> Any:
+        return stored
+
+    def pack_call(self, function, args: tuple, kwargs: dict) -> tuple:
+        return function, (args, kwargs)
+
+    def unpack_result(self, stored) -> Any:
+        return stored
+
+    def unpack_call(self, function, arguments) -> tuple:
+        args, kwargs = arguments
+        return function, args, kwargs
+
+    def pack_result(self, value) -> Any:
+        return value
+
+    def dependency_values(self, execute, data: dict) -> dict:
+        # a thread worker's cache is the scheduler's store itself: every value goes with the task
+        return {key: data[key] for key in execute.dependencies}
+
+    def retain(self, stored) -> None:
+        pass
+
+    def release(self, stored) -> None:
+        pass
+
+    def segments_in_use(self):
+        return ()
+
+
+DataPlane = PickledPlane | ObjectPlane
