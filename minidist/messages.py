@@ -13,6 +13,8 @@ type to handler and nobody spells a kind twice. Who sends what::
     scheduler ──► client      sessions' report(items): a list of TaskStatus
     remote client ──► server  ClientHello  Register  Unregister  Fetch  Invoke  + the client messages
     server ──► remote client  Welcome  Reply  Reports
+    cluster ──► template      ForkWorker          template ──► cluster   WorkerForked  ForkRefused  WorkerExited
+    scheduler process ──► SubprocessCluster       ClusterStarted  ClusterFailed
 
 Payloads inside them: ``NewTask`` (one task of an ``UpdateGraph``), ``RunSpec`` (what to call for a task,
 packed by the cluster's data plane) and ``DependencyRef`` (a future inside task arguments).
@@ -442,6 +444,60 @@ class Reports(NamedTuple):
 
     client: str
     items: list
+
+
+# ---------------------------------------------------------------- cluster ◄─► template process
+
+
+@_wire
+class ForkWorker(NamedTuple):
+    """Fork a worker with these settings; its descriptors travel beside the message."""
+
+    request_id: int
+    env: dict
+    cwd: str
+    running_board: bool  # the second descriptor, if sent, is the worker's running board
+
+
+@_wire
+class WorkerForked(NamedTuple):
+    """The template forked the worker of ``request_id``."""
+
+    request_id: int
+    pid: int
+
+
+@_wire
+class ForkRefused(NamedTuple):
+    """The template would not fork (e.g. it has threads): the cluster starts a fresh interpreter."""
+
+    request_id: int
+    reason: str
+
+
+@_wire
+class WorkerExited(NamedTuple):
+    """A worker the template forked has exited (the template reaps its children)."""
+
+    pid: int
+    returncode: int
+
+
+# ------------------------------------------------------- SubprocessCluster ◄── scheduler process
+
+
+@_wire
+class ClusterStarted(NamedTuple):
+    """The scheduler process is up: ``info`` has its address, secret, security and pid."""
+
+    info: dict
+
+
+@_wire
+class ClusterFailed(NamedTuple):
+    """The scheduler process could not start its cluster (it exits)."""
+
+    error: Any
 
 
 CLIENT_MESSAGES = (UpdateGraph, Release, ReleasePending, Scatter, Cancel, Retry)

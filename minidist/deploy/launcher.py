@@ -5,14 +5,14 @@ interpreter with a worker's modules imported) and asks it for workers over a Uni
 forked from it is ready in milliseconds instead of the ~0.2 s a fresh interpreter costs, for the first
 start and for every later one (``scale``, ``adapt``, replacement after a crash, ``restart``)::
 
-    launch(env, fds) ── SpawnRequest + fds ──► template ── fork ──► worker
+    launch(env, fds) ── ForkWorker + fds ──► template ── fork ──► worker
           ▲                                        │
-          └── ForkedProcess ◄── reader thread ◄────┘ Started(pid) / Exited(pid, code) / Refused
+          └── ForkedProcess ◄── reader thread ◄────┘ WorkerForked / WorkerExited / ForkRefused
 
 ``ForkedProcess`` gives the worker the little of ``subprocess.Popen`` that a worker handle uses (``pid``,
-``wait``, ``poll``, ``kill``): the template is the worker's parent, so the exit code arrives as an
-``Exited`` message. When the template cannot be used (no pidfd support to watch a process that is not our
-child, the template died or refused), ``launch`` returns None and the caller starts a fresh interpreter:
+``wait``, ``poll``, ``kill``): the template is the worker's parent, so the exit code arrives as a
+``WorkerExited`` message. When the template cannot be used (no pidfd support to watch a process that is
+not our child, the template died or refused), ``launch`` returns None and the caller starts a fresh interpreter:
 slower, never wrong. The launcher logs nothing itself; it reports why the template is off in
 ``unavailable_reason`` for the cluster's log.
 """
@@ -31,11 +31,8 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Optional
 
+from ..messages import ForkRefused, ForkWorker, WorkerExited, WorkerForked
 from ..worker.template import (
-    Exited,
-    Refused,
-    SpawnRequest,
-    Started,
     receive_message,
     send_message,
 )
@@ -134,7 +131,7 @@ class WorkerLauncher:
             self._pending[request_id] = answer
             try:
                 send_message(
-                    self._control, SpawnRequest(request_id, env, os.getcwd(), running_board), fds
+                    self._control, ForkWorker(request_id, env, os.getcwd(), running_board), fds
                 )
             except OSError as exc:
                 self._pending.pop(request_id, None)
@@ -158,19 +155,19 @@ class WorkerLauncher:
                 break
             for fd in fds:  # the template sends none; never leak one if it did
                 os.close(fd)
-            if type(message) is Exited:
+            if type(message) is WorkerExited:
                 with self._lock:
                     process = self._processes.pop(message.pid, None)
                 if process is not None:
                     process._set_exited(message.returncode)
-            elif type(message) is Started:
+            elif type(message) is WorkerForked:
                 process = ForkedProcess(message.pid, self)
                 with self._lock:
                     self._processes[message.pid] = process
                     answer = self._pending.pop(message.request_id, None)
                 if answer is not None:
                     answer.set_result(process)
-            elif type(message) is Refused:
+            elif type(message) is ForkRefused:
                 with self._lock:
                     self.unavailable_reason = message.reason
                     answer = self._pending.pop(message.request_id, None)

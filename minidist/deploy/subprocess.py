@@ -27,6 +27,7 @@ from multiprocessing.connection import Connection, Pipe
 from typing import Optional
 
 from ..asynchronous import AsyncContext, Closing, in_event_loop
+from ..messages import ClusterFailed, ClusterStarted
 
 _START_TIMEOUT = 60.0
 
@@ -202,7 +203,7 @@ def _start_scheduler_process(settings: dict, timeout: float):
         )
         if not parent_conn.poll(timeout):
             raise TimeoutError(f"The scheduler process did not start within {timeout:g}s")
-        kind, value = pickle.loads(parent_conn.recv_bytes())
+        answer = pickle.loads(parent_conn.recv_bytes())
     except BaseException as exc:
         process.kill()
         process.wait()
@@ -213,11 +214,11 @@ def _start_scheduler_process(settings: dict, timeout: float):
                 f"{process.returncode}); see its output above"
             ) from None
         raise
-    if kind == "error":
+    if type(answer) is ClusterFailed:
         process.wait(10)
         parent_conn.close()
-        raise value
-    return process, parent_conn, value
+        raise answer.error
+    return process, parent_conn, answer.info
 
 
 # --------------------------------------------------------------------------------- scheduler process
@@ -238,7 +239,7 @@ def main(fd: int) -> None:
         if cluster.listener is None:
             raise ValueError("the cluster did not open a TCP listener")
     except BaseException as exc:  # noqa: B036 - report any start-up failure to the parent
-        conn.send_bytes(pickle.dumps(("error", portable_exception(exc)), protocol=5))
+        conn.send_bytes(pickle.dumps(ClusterFailed(portable_exception(exc)), protocol=5))
         os._exit(1)
     info = {
         "address": cluster.scheduler_address,
@@ -246,7 +247,7 @@ def main(fd: int) -> None:
         "security": cluster.security,
         "pid": os.getpid(),
     }
-    conn.send_bytes(pickle.dumps(("ready", info), protocol=5))
+    conn.send_bytes(pickle.dumps(ClusterStarted(info), protocol=5))
     parent_pid = config["parent_pid"]
     done = threading.Event()
     threading.Thread(

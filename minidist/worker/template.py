@@ -8,8 +8,8 @@ template has one thread (checked before every fork, through ``/proc/self/task``,
 that C libraries start) and never imports anything that starts threads (NumPy's BLAS does, so the
 template does not import NumPy; workers import it themselves, after the fork)::
 
-    parent (deploy/launcher.py) ──Spawn request + fds (SCM_RIGHTS)──► template loop
-                                ◄──Started(request, pid) / Exited(pid, code) / Refused(request, why)
+    parent (deploy/launcher.py) ──ForkWorker + fds (SCM_RIGHTS)──► template loop
+                                ◄──WorkerForked / WorkerExited / ForkRefused (minidist/messages.py)
     template ──fork──► child: new session, the request's environment and folder, worker.process.main(fd)
 
 The template is the parent of the workers it forks, so it reaps them (through one pidfd per child in
@@ -25,37 +25,14 @@ import pickle
 import selectors
 import socket
 import struct
-from typing import NamedTuple
+
+from ..messages import ForkRefused, ForkWorker, WorkerExited, WorkerForked
 
 # what a worker imports, imported once here so forked workers start with it in memory
 from . import process as worker_process
 
 _LENGTH = struct.Struct("<I")
 MAX_FDS = 4  # descriptors one request may carry (the worker's pipe end and its running board)
-
-
-class SpawnRequest(NamedTuple):
-    """Parent → template: fork a worker with these settings; its descriptors travel beside it."""
-
-    request_id: int
-    env: dict
-    cwd: str
-    running_board: bool  # the second descriptor, if sent, is the worker's running board
-
-
-class Started(NamedTuple):
-    request_id: int
-    pid: int
-
-
-class Refused(NamedTuple):
-    request_id: int
-    reason: str
-
-
-class Exited(NamedTuple):
-    pid: int
-    returncode: int
 
 
 def send_message(sock: socket.socket, message, fds: tuple = ()) -> None:
@@ -119,13 +96,13 @@ class Template:
     def _has_pidfds(self) -> bool:
         return hasattr(os, "pidfd_open")
 
-    def spawn(self, request: SpawnRequest, fds: list) -> None:
+    def spawn(self, request: ForkWorker, fds: list) -> None:
         threads = thread_count()
         if (
             threads != 1
         ):  # never fork a process with threads; the cluster falls back to a fresh interpreter
             send_message(
-                self.control, Refused(request.request_id, f"template has {threads} threads")
+                self.control, ForkRefused(request.request_id, f"template has {threads} threads")
             )
             for fd in fds:
                 os.close(fd)
@@ -141,9 +118,9 @@ class Template:
         except (AttributeError, OSError):
             pidfd = -pid  # no pidfd: found by polling in reap()
         self.children[pidfd] = pid
-        send_message(self.control, Started(request.request_id, pid))
+        send_message(self.control, WorkerForked(request.request_id, pid))
 
-    def _become_worker(self, request: SpawnRequest, fds: list) -> None:
+    def _become_worker(self, request: ForkWorker, fds: list) -> None:
         try:
             self.selector.close()
             self.control.close()
@@ -174,7 +151,7 @@ class Template:
                         self.selector.unregister(pidfd)
                         os.close(pidfd)
             try:
-                send_message(self.control, Exited(pid, os.waitstatus_to_exitcode(status)))
+                send_message(self.control, WorkerExited(pid, os.waitstatus_to_exitcode(status)))
             except OSError:
                 pass  # the cluster is gone; keep reaping until asked to leave
 
