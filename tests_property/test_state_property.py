@@ -13,12 +13,13 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from minidist.errors import KilledWorker
+from minidist.errors import KilledWorker, WorkerStartError
 from minidist.scheduler.state import (
     Execute,
     Forget,
     FreeOnWorker,
     NewTask,
+    ReleaseArguments,
     Report,
     RetireWorker,
     SchedulerState,
@@ -70,7 +71,19 @@ class SchedulerMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def retire_worker(self, data):
         address = data.draw(st.sampled_from(sorted(self.state.workers)))
-        self.apply(self.state.set_worker_status(address, "retiring"))
+        self.apply(self.state.retire_workers([address]))
+
+    @precondition(lambda self: self.state.workers)
+    @rule(data=st.data(), paused=st.booleans())
+    def memory_pause(self, data, paused):
+        address = data.draw(st.sampled_from(sorted(self.state.workers)))
+        before = self.state.workers[address].status
+        self.apply(self.state.set_memory_paused(address, paused))
+        after = self.state.workers[address].status if address in self.state.workers else None
+        if before == "retiring":
+            assert after in ("retiring", None)  # the monitor leaves a retiring worker alone
+        else:
+            assert after == ("paused" if paused else "running")
 
     @invariant()
     def empty_retiring_workers_are_gone(self):
@@ -105,6 +118,31 @@ class SchedulerMachine(RuleBasedStateMachine):
         keys = [t.key for t in tasks]
         self.wanted.update(keys)
         self.apply(self.state.update_graph(tasks, "client", keys))
+
+    @precondition(lambda self: self.wanted)
+    @rule(data=st.data())
+    def submit_again(self, data):
+        key = data.draw(st.sampled_from(sorted(self.wanted)))
+        copy = NewTask(key, (), run_spec=("copy", key), prefix="t")
+        out = self.state.update_graph([copy], "client", [key])
+        if key in self.state.tasks and self.state.tasks[key].run_spec != copy.run_spec:
+            # the existing task is shared: the copy's arguments are released at once
+            assert ReleaseArguments(copy.run_spec) in out
+        self.apply(out)
+
+    @rule()
+    def fail_pending(self):
+        self.apply(self.state.fail_pending(WorkerStartError("no worker can start")))
+        assert not any(
+            ts.state in ("waiting", "queued", "processing") for ts in self.state.tasks.values()
+        )
+
+    @precondition(lambda self: self.wanted)
+    @rule()
+    def client_goes_away(self):
+        self.apply(self.state.forget_client("client"))
+        self.wanted.clear()
+        assert not any("client" in ts.who_wants for ts in self.state.tasks.values())
 
     @precondition(lambda self: any(self.running.values()))
     @rule(data=st.data(), ok=st.booleans())
@@ -216,7 +254,9 @@ class SchedulerMachine(RuleBasedStateMachine):
                 expected = "memory" if ts.state == "memory" else "erred"
                 assert self.reports.get(key) == expected
                 if expected == "erred":
-                    assert isinstance(ts.exception, (ValueError, KilledWorker, KeyError))
+                    assert isinstance(
+                        ts.exception, (ValueError, KilledWorker, KeyError, WorkerStartError)
+                    )
         self.apply(state.client_releases("client", list(self.wanted)))
         assert not state.tasks, state.tasks
         for ws in state.workers.values():

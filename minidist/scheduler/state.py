@@ -170,7 +170,11 @@ class SchedulerState(Placement):
         out: list = []
         for ts in list(self.tasks.values()):
             if ts.state in ("waiting", "queued", "processing") and self.tasks.get(ts.key) is ts:
+                worker = ts.processing_on
                 self._set_erred(ts, exception, traceback, out)
+                if worker in self.workers:  # a copy still runs there: its result would be stale
+                    out.append(FreeOnWorker(worker, (ts.key,)))
+        self._fill_workers(out)  # retiring workers this emptied may go
         return out
 
     def cancel(self, keys: Iterable[Key]) -> list:
