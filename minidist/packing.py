@@ -50,7 +50,7 @@ def pack(value, client) -> Packed:
     try:
         _FuturePickler(buffer, keys).dump(value)
     except Exception as exc:
-        if client.processes:
+        if client.data_plane.pickles:
             raise TypeError(
                 f"Could not pickle a {type(value).__name__} to share it through the scheduler: {exc}"
             ) from exc

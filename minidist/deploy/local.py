@@ -35,7 +35,7 @@ from ..comm.shm import SegmentStore, new_cluster_id, sweep_cluster, sweep_orphan
 from ..data_plane import ObjectPlane, PickledPlane
 from ..messages import AddWorker, FailPending, Restart
 from ..scheduler.operations import SchedulerOperations
-from ..scheduler.queries import active_workers
+from ..scheduler.queries import active_workers, worker_info
 from ..scheduler.server import Scheduler
 from ..worker.task_client import TaskClientSlot
 from .launcher import WorkerLauncher
@@ -592,35 +592,16 @@ class LocalCluster(AsyncContext):
         }
 
     def scheduler_info(self) -> dict:
-        def collect(scheduler):
-            workers = {}
-            for address, handle in scheduler.workers.items():
-                ws = scheduler.state.workers.get(address)
-                workers[address] = {
-                    "type": "Worker",
-                    "id": handle.name,
-                    "name": handle.name,
-                    "host": "127.0.0.1",
-                    "nthreads": handle.nthreads,
-                    "memory_limit": handle.memory_limit or 0,
-                    "pid": handle.pid,
-                    "resources": dict(handle.resources or {}),
-                    "status": ws.status if ws else "closed",
-                    "metrics": {
-                        "executing": len(ws.processing) if ws else 0,
-                        "in_memory": len(ws.has) if ws else 0,
-                    },
-                }
-            return {
-                "type": "Scheduler",
-                "id": f"Scheduler-{self.cluster_id}",
-                "address": self.scheduler_address,
-                "services": {},
-                "started": scheduler.started,
-                "workers": workers,
-            }
-
-        return self.scheduler.call(collect).result(30)
+        """dask's shape: the scheduler's identity and its workers (read on the scheduler thread)."""
+        workers = self.scheduler.call(lambda s: worker_info(s.state, s.workers)).result(30)
+        return {
+            "type": "Scheduler",
+            "id": f"Scheduler-{self.cluster_id}",
+            "address": self.scheduler_address,
+            "services": {},
+            "started": self.scheduler.started,
+            "workers": workers,
+        }
 
     def _repr_html_(self) -> str:
         from ..dashboard.pages import repr_html

@@ -56,6 +56,29 @@ def processing(state, addresses: Iterable[str]) -> dict:
     return {a: list(ws.processing) for a, ws in state.workers.items() if a in wanted}
 
 
+def worker_info(state, handles: dict) -> dict:
+    """``{address: dask's description of the worker}`` for ``scheduler_info()``."""
+    workers = {}
+    for address, handle in handles.items():
+        ws = state.workers.get(address)
+        workers[address] = {
+            "type": "Worker",
+            "id": handle.name,
+            "name": handle.name,
+            "host": "127.0.0.1",
+            "nthreads": handle.nthreads,
+            "memory_limit": handle.memory_limit or 0,
+            "pid": handle.pid,
+            "resources": dict(handle.resources or {}),
+            "status": ws.status if ws else "closed",
+            "metrics": {
+                "executing": len(ws.processing) if ws else 0,
+                "in_memory": len(ws.has) if ws else 0,
+            },
+        }
+    return workers
+
+
 def prefix_counts(state) -> dict:
     """``{task prefix: {state: count}}``, for the dashboard's progress bars."""
     by_prefix: dict = {}
