@@ -288,6 +288,13 @@ class FreeKeys(NamedTuple):
 
 
 @_wire
+class ReleaseQueued(NamedTuple):
+    """Give back those of ``keys`` not started yet (work stealing); answer with ``QueuedReleased``."""
+
+    keys: tuple
+
+
+@_wire
 class RunFunction(NamedTuple):
     """``client.run``: call a function outside the task system and answer with a ``RunResult``."""
 
@@ -342,6 +349,15 @@ class RunResult(NamedTuple):
     run_id: int
     ok: bool
     value: Any
+
+
+@_wire
+class QueuedReleased(NamedTuple):
+    """The answer to ``ReleaseQueued``: ``released`` will not run here; ``kept`` had started (or
+    finished, or were unknown) and stay."""
+
+    released: tuple
+    kept: tuple
 
 
 @_wire

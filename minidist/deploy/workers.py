@@ -35,6 +35,7 @@ from ..messages import (
     CloseWorker,
     ComputeTask,
     FreeKeys,
+    ReleaseQueued,
     RunFunction,
     RunResult,
     RunSpec,
@@ -311,6 +312,8 @@ class ThreadWorkerHandle:
                 )
             elif kind is FreeKeys:
                 runtime.free(message.keys)
+            elif kind is ReleaseQueued:
+                runtime.release_queued(message.keys)
 
     def start_run(self, run_id, function, args) -> None:
         def run() -> None:

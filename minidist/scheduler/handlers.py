@@ -27,6 +27,7 @@ from ..messages import (
     FailPending,
     ForgetClients,
     PauseWorker,
+    QueuedReleased,
     Rejoin,
     Release,
     ReleasePending,
@@ -237,6 +238,13 @@ def on_rejoin(scheduler, handle, message: Rejoin, outgoing: dict, reports: dict)
     scheduler._apply(scheduler.state.rejoin(handle.address, message.key), outgoing, reports)
 
 
+def on_queued_released(
+    scheduler, handle, message: QueuedReleased, outgoing: dict, reports: dict
+) -> None:
+    instructions = scheduler.state.queued_released(handle.address, message.released, message.kept)
+    scheduler._apply(instructions, outgoing, reports)
+
+
 def on_worker_hello(scheduler, handle, message: WorkerHello, outgoing: dict, reports: dict) -> None:
     handle.started = True
     handle.on_hello(message)
@@ -256,6 +264,7 @@ WORKER_HANDLERS: dict[type, Callable[..., None]] = {
     RunResult: on_run_result,
     Secede: on_secede,
     Rejoin: on_rejoin,
+    QueuedReleased: on_queued_released,
     WorkerHello: on_worker_hello,
     WorkerLogs: on_worker_logs,
     ClientFrame: on_client_frame,

@@ -30,6 +30,14 @@ class FreeOnWorker(NamedTuple):
     keys: tuple
 
 
+class AskToRelease(NamedTuple):
+    """Ask ``worker`` to give back those of ``keys`` it has not started (for an idle worker to take);
+    it answers with ``QueuedReleased`` and the state moves only what it gave back."""
+
+    worker: str
+    keys: tuple
+
+
 class Report(NamedTuple):
     """Tell the clients in ``clients`` that ``key`` reached ``status``: memory, erred or cancelled."""
 

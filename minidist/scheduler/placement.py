@@ -17,10 +17,9 @@ Mixed into ``SchedulerState`` (pure, like it). Three rules:
 from __future__ import annotations
 
 import heapq
-import itertools
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
-from .instructions import Execute, FreeOnWorker, RetireWorker
+from .instructions import AskToRelease, Execute, RetireWorker
 
 if TYPE_CHECKING:
     from .state import TaskState, WorkerState
@@ -39,6 +38,10 @@ class Placement:
     prefix_durations: dict
     _retired: list
     _idle_changed: bool  # a worker emptied or arrived since the last fill: stealing may help
+    _steals: dict  # key -> (victim, thief) for tasks a victim was asked to give back
+    _thieves_waiting: set  # idle workers whose steal is in flight (they ask for nothing more)
+    _leave_state: Callable[[TaskState], None]
+    _to_queued: Callable[[TaskState], None]
 
     # ------------------------------------------------------------------------------------ capacity
 
@@ -176,33 +179,61 @@ class Placement:
     # -------------------------------------------------------------------------------------- stealing
 
     def _steal_for_idle(self, running: list, out: list) -> None:
-        """Idle workers take prefetched, not yet started tasks from the most loaded worker.
+        """Idle workers take prefetched tasks from the most loaded worker, in two steps.
 
-        Workers run their queue in order, so everything after the first ``nthreads`` entries of a
-        worker's processing list has not started; taking from the end of that list is safe. (If a task
-        did start meanwhile, its late result is discarded as stale: pure tasks may run twice.)
+        The scheduler's view of a worker lags behind it (results wait a little to share a message), so
+        a task that looks queued here may already run there. Stealing therefore only asks the victim
+        (``AskToRelease``) to give back tasks it has not started; ``queued_released`` requeues those
+        it gave back, and an idle worker takes them then. A task never runs twice because of a steal.
         """
         for thief in running:
-            if thief.processing:
+            if thief.processing or thief.address in self._thieves_waiting:
                 continue
-            victim = max(running, key=lambda w: len(w.processing) - w.nthreads - w.seceded)
-            queued = len(victim.processing) - victim.nthreads - victim.seceded
+            victim = max(running, key=self._stealable_count)
+            queued = self._stealable_count(victim)
             if victim is thief or queued < 1:
                 return
             # half of the victim's queue, and at least one task: a single task queued behind a
             # long-running one (e.g. a task waiting on its own subtasks) must not wait for it
-            keys = list(itertools.islice(reversed(victim.processing), max(1, queued // 2)))
-            stolen = []
-            for key in keys:
+            keys: list = []
+            for key in reversed(victim.processing):
+                if len(keys) >= max(1, queued // 2):
+                    break
                 ts = self.tasks.get(key)
-                if ts is None or ts.restrictions or ts.resources:
+                if ts is None or ts.restrictions or ts.resources or key in self._steals:
                     continue
-                del victim.processing[key]
-                ts.processing_on = None
-                ts.state = "queued"
-                self.counts["processing"] -= 1  # type: ignore[attr-defined]
-                self.counts["queued"] += 1  # type: ignore[attr-defined]
-                self._assign(ts, thief, out)
-                stolen.append(key)
-            if stolen:
-                out.append(FreeOnWorker(victim.address, tuple(stolen)))
+                keys.append(key)
+            if not keys:
+                continue
+            for key in keys:
+                self._steals[key] = (victim.address, thief.address)
+            self._thieves_waiting.add(thief.address)
+            out.append(AskToRelease(victim.address, tuple(keys)))
+
+    def _stealable_count(self, ws: WorkerState) -> int:
+        """How many of a worker's tasks look queued behind its running ones and are not asked for yet."""
+        asked = sum(1 for key in ws.processing if key in self._steals)
+        return len(ws.processing) - ws.nthreads - ws.seceded - asked
+
+    def queued_released(self, worker: str, released: tuple, kept: tuple) -> list:
+        """The answer to ``AskToRelease``: requeue what ``worker`` gave back; the rest stays there."""
+        out: list = []
+        for key in released + kept:
+            claim = self._steals.pop(key, None)
+            if claim is not None:
+                self._thieves_waiting.discard(claim[1])
+        for key in released:
+            ts = self.tasks.get(key)
+            if ts is not None and ts.state == "processing" and ts.processing_on == worker:
+                self._leave_state(ts)
+                self._to_queued(ts)
+        self._idle_changed = True
+        self._fill_workers(out)
+        return out
+
+    def _forget_steals(self, address: str) -> None:
+        """A worker left: drop the steals it was asked for or waiting on."""
+        for key, (victim, thief) in list(self._steals.items()):
+            if address in (victim, thief):
+                del self._steals[key]
+                self._thieves_waiting.discard(thief)

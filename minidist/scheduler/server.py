@@ -45,6 +45,7 @@ from ..messages import (
     FreeKeys,
     Release,
     ReleasePending,
+    ReleaseQueued,
     TaskStatus,
     Wake,
     new_task,  # noqa: F401 (re-exported)
@@ -52,6 +53,7 @@ from ..messages import (
 from . import queries
 from .failure import fail, refuse_inbox
 from .handlers import HANDLERS, WORKER_HANDLERS
+from .instructions import AskToRelease
 from .runs import RunBook
 from .state import (
     Execute,
@@ -289,6 +291,10 @@ class Scheduler:
                 handle = workers.get(inst.worker)
                 if handle is not None:
                     outgoing.setdefault(handle, []).append(FreeKeys(inst.keys))
+            elif kind is AskToRelease:
+                handle = workers.get(inst.worker)
+                if handle is not None:
+                    outgoing.setdefault(handle, []).append(ReleaseQueued(inst.keys))
             elif kind is RetireWorker:
                 handle = workers.get(inst.worker)
                 if handle is not None:

@@ -59,6 +59,8 @@ class SchedulerState(Placement):
         self.counts = {"waiting": 0, "queued": 0, "processing": 0, "memory": 0, "erred": 0}
         self._retired: list[str] = []  # retiring workers that just became empty
         self._idle_changed = False
+        self._steals: dict = {}  # placement.py: key -> (victim, thief) while a steal is asked
+        self._thieves_waiting: set = set()
 
     # -------------------------------------------------------------------------------- queries (no events)
 
@@ -316,6 +318,7 @@ class SchedulerState(Placement):
         ws = self.workers.pop(address, None)
         if ws is None:
             return out
+        self._forget_steals(address)
         for key in ws.has:
             ts = self.tasks.get(key)
             if ts is not None:
@@ -465,6 +468,8 @@ class SchedulerState(Placement):
             ws.available = dict(ws.resources)
         self.ready.clear()
         self.restricted.clear()
+        self._steals.clear()
+        self._thieves_waiting.clear()
         return out
 
     # --------------------------------------------------------------------------------------- internals

@@ -35,6 +35,7 @@ from ..messages import (
     CloseWorker,
     ComputeTask,
     FreeKeys,
+    ReleaseQueued,
     RunFunction,
     RunResult,
     RunSpec,
@@ -85,6 +86,7 @@ class ProcessWorker:
         self._handlers: dict[type, Callable[[Any], None]] = {
             ComputeTask: self._on_compute_task,
             FreeKeys: self._on_free_keys,
+            ReleaseQueued: self._on_release_queued,
             RunFunction: self._on_run_function,
             ClientReply: self._on_client_reply,
             CloseWorker: self._on_close,
@@ -134,6 +136,9 @@ class ProcessWorker:
 
     def _on_free_keys(self, message: FreeKeys) -> None:
         self.runtime.free(message.keys)
+
+    def _on_release_queued(self, message: ReleaseQueued) -> None:
+        self.runtime.release_queued(message.keys)
 
     def _on_run_function(self, message: RunFunction) -> None:
         threading.Thread(

@@ -2,7 +2,8 @@
 
 Data flow::
 
-    scheduler ──ComputeTask/FreeKeys──► submit()/free() ──► pending deque ──► task threads (nthreads)
+    scheduler ──ComputeTask/FreeKeys/ReleaseQueued──► submit()/free()/release_queued() ──► pending deque
+                                                                      ──► task threads (nthreads)
                                                                                  │ run function
     scheduler ◄──────── report(message) ◄── outbox (batched by whoever sends) ◄──┘
 
@@ -28,7 +29,15 @@ from collections import deque
 from typing import Any, Callable, Optional
 
 from ..data_plane import sizeof  # noqa: F401 (re-exported)
-from ..messages import DependencyRef, Rejoin, RunSpec, Secede, TaskDone, TaskErred
+from ..messages import (
+    DependencyRef,
+    QueuedReleased,
+    Rejoin,
+    RunSpec,
+    Secede,
+    TaskDone,
+    TaskErred,
+)
 from .running import SLOTS
 from .task_client import TaskClientSlot
 
@@ -156,6 +165,19 @@ class WorkerRuntime:
                 for task in self._pending:
                     if task.key in doomed:
                         task.cancelled = True
+
+    def release_queued(self, keys) -> None:
+        """Give back the tasks among ``keys`` that have not started (work stealing); the answer says
+        which: a task that started stays here and runs to the end."""
+        wanted = set(keys)
+        released = []
+        with self._condition:
+            for task in self._pending:
+                if task.key in wanted and not task.cancelled:
+                    task.cancelled = True  # skipped by the task threads
+                    released.append(task.key)
+        kept = tuple(wanted.difference(released))
+        self.report(QueuedReleased(tuple(released), kept))
 
     # ------------------------------------------------------------------------------------- execution
 
