@@ -1,4 +1,4 @@
-"""A joblib backend: ``joblib.Parallel`` batches run as minidist tasks on the current client.
+"""A joblib backend: ``joblib.Parallel`` batches run as minidist tasks on the current client::
 
     import joblib
     from minidist import Client
