@@ -14,7 +14,7 @@ def fib(n):
 
 
 async def main(address):
-    options = {"n_workers": 2, "threads_per_worker": 1} if address is None else {}
+    options = {"n_workers": 1, "threads_per_worker": 2} if address is None else {}
     async with Client(address, asynchronous=True, **options) as client:
         print("fib(20) =", await client.submit(fib, 20))
         print("gathered:", await client.gather(client.map(fib, range(10))))

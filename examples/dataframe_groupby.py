@@ -30,5 +30,5 @@ if __name__ == "__main__":
     address = (
         sys.argv[1] if len(sys.argv) > 1 else None
     )  # a running scheduler, or start a local one
-    with Client(address) if address else Client(n_workers=2, threads_per_worker=1) as client:
+    with Client(address) if address else Client(n_workers=1, threads_per_worker=2) as client:
         main(client)

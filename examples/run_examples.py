@@ -21,6 +21,7 @@ and exits 1 if any run failed or differed. docs/moving.md lists what cannot move
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import difflib
 import json
 import os
@@ -87,7 +88,7 @@ def run_script(path: str, args: list, env: dict) -> tuple:
 class DaskProcesses:
     """``dask scheduler`` and ``dask worker`` as separate processes, reached by address."""
 
-    def __init__(self, workdir: str, env: dict, n_workers: int = 2):
+    def __init__(self, workdir: str, env: dict, n_workers: int = 1):
         self.scheduler_file = os.path.join(workdir, "dask-scheduler.json")
         self.processes = []
         self.log = open(os.path.join(workdir, "dask-cluster.log"), "w")
@@ -98,7 +99,7 @@ class DaskProcesses:
         )
         self._start(
             ["distributed.cli.dask_worker", "--scheduler-file", self.scheduler_file]
-            + ["--nworkers", str(n_workers), "--nthreads", "1", "--no-dashboard"]
+            + ["--nworkers", str(n_workers), "--nthreads", "2", "--no-dashboard", "--no-nanny"]
             + ["--local-directory", workdir],
             env,
         )
@@ -145,14 +146,15 @@ class DaskProcesses:
         self.log.close()
 
 
-def run_all(names: list, modes: list, verbose: bool = True) -> list:
+def run_all(names: list, modes: list, jobs: int = 2, verbose: bool = True) -> list:
+    """Every (example, mode) run, ``jobs`` at a time; outcomes in (example, mode) order."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
     workdir = tempfile.mkdtemp(prefix="minidist-examples-")
-    outcomes = []
     remote = None
     try:
         if "dask-remote" in modes:
             remote = DaskProcesses(workdir, env)
+        runs = []
         for name in names:
             with open(os.path.join(HERE, f"{name}.py")) as f:
                 source = f.read()
@@ -163,16 +165,21 @@ def run_all(names: list, modes: list, verbose: bool = True) -> list:
                 outcome = Outcome(name, mode)
                 if mode == "dask-remote" and local_only_reason(source):
                     outcome.skipped = local_only_reason(source)
-                else:
-                    path = os.path.join(HERE, f"{name}.py") if mode == "minidist" else dask_path
-                    args = [remote.address] if mode == "dask-remote" else []
-                    code, outcome.output, outcome.error, outcome.seconds = run_script(
-                        path, args, env
-                    )
-                    outcome.ok = code == 0
-                outcomes.append(outcome)
-                if verbose:
-                    report_one(outcome)
+                path = os.path.join(HERE, f"{name}.py") if mode == "minidist" else dask_path
+                args = [remote.address] if mode == "dask-remote" and remote else []
+                runs.append((outcome, path, args))
+
+        def run(outcome, path, args) -> Outcome:
+            if not outcome.skipped:
+                code, outcome.output, outcome.error, outcome.seconds = run_script(path, args, env)
+                outcome.ok = code == 0
+            if verbose:
+                report_one(outcome)
+            return outcome
+
+        # the runs are separate processes that mostly wait on imports and start-up: overlap them
+        with concurrent.futures.ThreadPoolExecutor(max(1, jobs)) as pool:
+            outcomes = list(pool.map(lambda r: run(*r), runs))
     finally:
         if remote is not None:
             remote.close()
@@ -216,6 +223,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", default=None, help="example names (default: all)")
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated modes")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time")
     args = parser.parse_args(argv)
     names = args.only or examples()
     modes = [m for m in args.modes.split(",") if m]
@@ -223,7 +231,7 @@ def main(argv=None) -> int:
     if unknown:
         parser.error(f"unknown: {sorted(unknown)}")
     print(f"running {len(names)} examples in modes {', '.join(modes)}", flush=True)
-    outcomes = run_all(names, modes)
+    outcomes = run_all(names, modes, args.jobs)
     bad = [o for o in outcomes if not o.ok]
     for outcome in bad:
         for note in outcome.notes:

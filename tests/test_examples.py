@@ -15,7 +15,9 @@ pytest.importorskip("pandas", reason="the dataframe example uses pandas (test ex
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.timeout(400)  # about 40 s on an idle 2-core machine; far longer when it is shared
+@pytest.mark.timeout(
+    400
+)  # ~47 CPU-seconds in all (about 30 s on an idle 2-core machine); longer when shared
 def test_every_example_moves_to_dask_distributed_and_back():
     done = subprocess.run(
         [sys.executable, os.path.join(ROOT, "examples", "run_examples.py")],
