@@ -104,35 +104,93 @@ _AS_OTHER_USER = textwrap.dedent(
 )
 
 
-def _run_as_other_user(code: str, home) -> subprocess.CompletedProcess:
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "PYTHONPATH": repo}
+def _interpreter_for(uid: int) -> str:
+    """A Python of our version that ``uid`` may run: ours if it can reach it, else the system's (ours
+    often lives under root's 0700 home, as pyenv and CI virtual environments do)."""
+    ours = os.path.realpath(sys.executable)
+    version = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    for candidate in (ours, f"/usr/bin/python{version}", f"/usr/local/bin/python{version}"):
+        if _other_user_can_run(candidate, uid):
+            return candidate
+    pytest.skip(f"no Python {version} that uid {uid} can run (ours is {ours})")
+
+
+def _other_user_can_run(path: str, uid: int) -> bool:
+    if not os.path.exists(path):
+        return False
     try:
-        return subprocess.run(
-            [sys.executable, "-c", code],
-            user=OTHER_UID,
-            group=OTHER_UID,
+        done = subprocess.run(
+            [path, "-c", "pass"],
+            user=uid,
+            group=uid,
             extra_groups=[],
-            env=env,
-            cwd=str(home),
             capture_output=True,
-            text=True,
-            timeout=60,
+            timeout=30,
         )
-    except PermissionError as exc:
-        pytest.skip(
-            f"uid {OTHER_UID} cannot run this Python interpreter ({exc}); install it readable"
-        )
+    except PermissionError:  # a folder on its path is closed to that user
+        return False
+    return done.returncode == 0
 
 
-def test_a_cluster_of_another_user_starts_despite_our_leftover_segment(foreign_files, tmp_path):
+@pytest.fixture
+def other_user_home():
+    """A home the other user owns, outside pytest's 0700 temporary tree, holding a copy of the
+    packages a cluster needs (minidist, cloudpickle, psutil) so that user can import them."""
+    import shutil
+    import tempfile
+
+    import cloudpickle
+    import psutil
+
+    import minidist
+
+    home = tempfile.mkdtemp(prefix="minidist-other-user-")
+    try:
+        packages = os.path.join(home, "packages")
+        for module in (minidist, cloudpickle, psutil):
+            source = os.path.dirname(os.path.abspath(module.__file__))
+            shutil.copytree(
+                source,
+                os.path.join(packages, os.path.basename(source)),
+                ignore=shutil.ignore_patterns("__pycache__"),
+            )
+        for folder, dirs, files in os.walk(home):
+            for name in dirs + files + [""]:
+                os.chown(os.path.join(folder, name), OTHER_UID, OTHER_UID)
+        os.chmod(home, 0o700)  # theirs, as a home is
+        yield home
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _run_as_other_user(code: str, home: str) -> subprocess.CompletedProcess:
+    python = _interpreter_for(OTHER_UID)
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": home,
+        "PYTHONPATH": os.path.join(home, "packages"),
+        "PYTHONNOUSERSITE": "1",
+    }
+    return subprocess.run(
+        [python, "-c", code],
+        user=OTHER_UID,
+        group=OTHER_UID,
+        extra_groups=[],
+        env=env,
+        cwd=home,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_a_cluster_of_another_user_starts_despite_our_leftover_segment(
+    foreign_files, other_user_home
+):
     """The other user's side: a file of ours (root's) in /dev/shm must not make their LocalCluster fail."""
     dead = _dead_pid()
     ours = foreign_files(f"minidist_{dead}-0123456789ab_{dead}_0", uid=0)
-    home = tmp_path / "home"
-    home.mkdir()
-    os.chown(home, OTHER_UID, OTHER_UID)
-    done = _run_as_other_user(_AS_OTHER_USER, home)
+    done = _run_as_other_user(_AS_OTHER_USER, other_user_home)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "5"
     assert os.path.exists(ours)
