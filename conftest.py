@@ -1,57 +1,26 @@
-"""Shared test fixtures for tests/ and tests_property/. Every test module is checked for leaks when it
-ends: no child processes, no minidist threads, no shared-memory segments may outlive its clusters."""
+"""Shared test fixtures for tests/ and tests_property/, from minidist's own testing kit
+(``minidist/testing.py``): the ``cluster``/``client``/``thread_cluster``/``thread_client`` fixtures, and a
+leak check around every test module (no child process, thread, file descriptor, listening port or
+/dev/shm segment may outlive it)."""
 
 from __future__ import annotations
 
-import os
-import threading
-import time
-
-import psutil
 import pytest
 
+# imported here, before pytest loads it as a plugin: let pytest rewrite its asserts all the same
+pytest.register_assert_rewrite("minidist.testing")
+from minidist.testing import no_leaks, wait_until  # noqa: E402
 
-def _segments() -> set:
-    """Segments of clusters owned by this process (cluster ids start with the owner's pid)."""
-    prefix = f"minidist_{os.getpid()}-"
-    try:
-        return {name for name in os.listdir("/dev/shm") if name.startswith(prefix)}
-    except FileNotFoundError:
-        return set()
+pytest_plugins = ["minidist.testing"]
 
-
-def _minidist_threads() -> set:
-    return {t for t in threading.enumerate() if t.name.startswith("minidist-") and t.is_alive()}
-
-
-def _children() -> set:
-    return {p.pid for p in psutil.Process().children(recursive=True)}
-
-
-def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
+__all__ = ["wait_until"]  # tests import it from here
 
 
 @pytest.fixture(autouse=True, scope="module")
 def no_leaks_per_module():
-    """Fail the module if it leaves processes, threads or /dev/shm segments behind."""
-    segments, threads, children = _segments(), _minidist_threads(), _children()
-    yield
-    # closing is synchronous, but daemon threads may take a moment to unwind after close() returns
-    assert wait_until(lambda: not (_children() - children)), (
-        f"leaked processes: {_children() - children}"
-    )
-    assert wait_until(lambda: not (_minidist_threads() - threads)), (
-        f"leaked threads: {[t.name for t in _minidist_threads() - threads]}"
-    )
-    assert wait_until(lambda: not (_segments() - segments)), (
-        f"leaked segments: {_segments() - segments}"
-    )
+    """Fail the module if it leaves processes, threads, descriptors, ports or segments behind."""
+    with no_leaks(timeout=10):
+        yield
 
 
 @pytest.fixture(autouse=True)
