@@ -1,0 +1,98 @@
+"""Load suites on real clusters: 100,000 tasks leave the client's memory flat once released, 50 cluster
+start/close cycles leave nothing growing, and 8 threads submitting at once lose or duplicate nothing."""
+
+from __future__ import annotations
+
+import gc
+import threading
+
+import psutil
+import pytest
+
+from minidist import Client, LocalCluster
+from minidist.testing import no_leaks, wait_until
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def inc(x):
+    return x + 1
+
+
+def double(x):
+    return 2 * x
+
+
+def rss() -> int:
+    gc.collect()
+    return psutil.Process().memory_info().rss
+
+
+def run_batch(client, start: int, size: int) -> None:
+    futures = client.map(inc, range(start, start + size))
+    assert sum(client.gather(futures)) == sum(range(start + 1, start + size + 1))
+    del futures
+    assert wait_until(lambda: not client.who_has(), timeout=30)
+
+
+def test_100k_tasks_in_batches_leave_the_clients_memory_flat():
+    with LocalCluster(n_workers=2, threads_per_worker=2, dashboard_address=None) as cluster:
+        with Client(cluster, set_as_default=False) as client:
+            # warm up: first-use caches, the allocator's arenas, buffers that fill to their bound
+            # (the task stream, logs), dicts and sets grown to a batch's size (they never shrink)
+            for start in range(0, 30_000, 10_000):
+                run_batch(client, start, 10_000)
+            before = rss()
+            for start in range(30_000, 130_000, 10_000):
+                run_batch(client, start, 10_000)
+            after = rss()
+    assert after < before * 1.10, f"client RSS grew from {before >> 20} MiB to {after >> 20} MiB"
+
+
+def cycle(i: int) -> None:
+    processes = i % 2 == 0  # both kinds of workers; processes are forked from a template in ms
+    with LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=processes, dashboard_address=None
+    ) as cluster:
+        with Client(cluster, set_as_default=False) as client:
+            assert client.submit(inc, i).result(timeout=30) == i + 1
+
+
+def test_50_cluster_start_close_cycles_leave_nothing_growing():
+    cycle(0)  # warm up: lazy imports, first-use caches
+    cycle(1)
+    with no_leaks(timeout=10):  # no growth in processes, threads, descriptors, ports, segments
+        for i in range(50):
+            cycle(i)
+
+
+@pytest.mark.parametrize("processes", [True, False], ids=["processes", "threads"])
+def test_8_threads_submitting_at_once_lose_and_duplicate_nothing(processes):
+    per_thread, shared = 200, 100
+    with LocalCluster(
+        n_workers=2, threads_per_worker=2, processes=processes, dashboard_address=None
+    ) as cluster:
+        with Client(cluster, set_as_default=False) as client:
+            start = threading.Barrier(8)
+            results: dict = {}
+
+            def submitter(t: int) -> None:
+                start.wait(30)
+                own = [client.submit(double, t * 1000 + i, pure=False) for i in range(per_thread)]
+                common = client.map(inc, range(shared))  # the same keys from every thread
+                results[t] = (client.gather(own), client.gather(common), [f.key for f in own])
+
+            threads = [threading.Thread(target=submitter, args=(t,)) for t in range(8)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(60)
+            assert sorted(results) == list(range(8))  # no thread failed or hung
+            for t, (values, common, _) in results.items():
+                assert values == [2 * (t * 1000 + i) for i in range(per_thread)]
+                assert common == list(range(1, shared + 1))
+            keys = [key for _, _, own_keys in results.values() for key in own_keys]
+            assert len(set(keys)) == 8 * per_thread
+            # each task ran exactly once: the shared keys too, however many threads asked for them
+            ran = [record["key"] for record in client.get_task_stream()]
+            assert len(ran) == len(set(ran)) == 8 * per_thread + shared
