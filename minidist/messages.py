@@ -278,6 +278,7 @@ class ComputeTask(NamedTuple):
     run_spec: RunSpec
     dependencies: tuple
     dep_values: dict
+    attempt: int = 0  # echoed in the report, so a late report of an earlier attempt is told apart
 
 
 @_wire
@@ -328,6 +329,7 @@ class TaskDone(NamedTuple):
     start: float
     stop: float
     thread: int
+    attempt: int = 0  # the ComputeTask's
 
 
 @_wire
@@ -340,6 +342,7 @@ class TaskErred(NamedTuple):
     start: float
     stop: float
     thread: int
+    attempt: int = 0  # the ComputeTask's
 
 
 @_wire

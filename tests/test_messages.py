@@ -48,8 +48,8 @@ def test_every_wire_message_survives_pickling_with_its_type_and_fields(cls):
 
 
 def test_results_cost_at_most_a_few_bytes_more_than_bare_tuples():
-    typed = [TaskDone(f"inc-{i}", i, 28, 1.0, 2.0, 7) for i in range(200)]
-    bare = [("done", f"inc-{i}", i, 28, 1.0, 2.0, 7) for i in range(200)]
+    typed = [TaskDone(f"inc-{i}", i, 28, 1.0, 2.0, 7, 1) for i in range(200)]
+    bare = [("done", f"inc-{i}", i, 28, 1.0, 2.0, 7, 1) for i in range(200)]
     assert len(pickle.dumps(typed, protocol=5)) <= len(pickle.dumps(bare, protocol=5)) + 200 * 4
 
 

@@ -109,13 +109,15 @@ class ProcessWorkerHandle:
         tokens = self.running_board.tokens()
         return [key for key in candidates if key_token(key) in tokens]
 
-    def execute_message(self, key, run_spec: RunSpec, dependencies, dep_values) -> ComputeTask:
+    def execute_message(
+        self, key, run_spec: RunSpec, dependencies, dep_values, attempt: int = 0
+    ) -> ComputeTask:
         function_id = run_spec.function_id
         if function_id in self.functions_sent:
             run_spec = RunSpec(function_id, None, run_spec.arguments)  # it has the function already
         else:
             self.functions_sent.add(function_id)
-        return ComputeTask(key, run_spec, dependencies, dep_values)
+        return ComputeTask(key, run_spec, dependencies, dep_values, attempt)
 
     def send_messages(self, batch: list) -> None:
         self.conn.send_bytes(pickle.dumps(batch, protocol=5))
@@ -298,8 +300,10 @@ class ThreadWorkerHandle:
     def __repr__(self) -> str:
         return f"<ThreadWorker {self.address} name={self.name}>"
 
-    def execute_message(self, key, run_spec: RunSpec, dependencies, dep_values) -> ComputeTask:
-        return ComputeTask(key, run_spec, dependencies, dep_values)
+    def execute_message(
+        self, key, run_spec: RunSpec, dependencies, dep_values, attempt: int = 0
+    ) -> ComputeTask:
+        return ComputeTask(key, run_spec, dependencies, dep_values, attempt)
 
     def send_messages(self, batch: list) -> None:
         """Deliver a batch as direct calls (on the scheduler thread; the runtime only files them)."""
@@ -308,7 +312,11 @@ class ThreadWorkerHandle:
             kind = type(message)
             if kind is ComputeTask:
                 runtime.submit(
-                    message.key, message.run_spec, message.dependencies, message.dep_values
+                    message.key,
+                    message.run_spec,
+                    message.dependencies,
+                    message.dep_values,
+                    message.attempt,
                 )
             elif kind is FreeKeys:
                 runtime.free(message.keys)

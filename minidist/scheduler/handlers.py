@@ -197,7 +197,7 @@ HANDLERS: dict[type, Callable[..., None]] = {
 def on_task_done(scheduler, handle, message: TaskDone, outgoing: dict, reports: dict) -> None:
     key, value, address = message.key, message.value, handle.address
     state, data, plane = scheduler.state, scheduler.data, scheduler.data_plane
-    if state.expects_result(key, address):
+    if state.expects_result(key, address, message.attempt):
         old = data.get(key)
         if old is not None:
             plane.release(old)
@@ -210,18 +210,20 @@ def on_task_done(scheduler, handle, message: TaskDone, outgoing: dict, reports: 
     else:
         plane.retain(value)
         plane.release(value)  # a stale copy: free its shared memory
-    instructions = state.task_finished(key, address, message.nbytes, message.start, message.stop)
+    instructions = state.task_finished(
+        key, address, message.nbytes, message.start, message.stop, message.attempt
+    )
     scheduler._apply(instructions, outgoing, reports)
 
 
 def on_task_erred(scheduler, handle, message: TaskErred, outgoing: dict, reports: dict) -> None:
     key, address = message.key, handle.address
-    if scheduler.state.expects_result(key, address):
+    if scheduler.state.expects_result(key, address, message.attempt):
         record = (key, address, message.thread, message.start, message.stop, "error")
         scheduler.task_stream.append(record)
     exception = _load_exception(message.exception)
     instructions = scheduler.state.task_erred(
-        key, address, exception, message.traceback, message.start, message.stop
+        key, address, exception, message.traceback, message.start, message.stop, message.attempt
     )
     scheduler._apply(instructions, outgoing, reports)
 

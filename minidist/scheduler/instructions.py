@@ -21,6 +21,7 @@ class Execute(NamedTuple):
     run_spec: Any
     dependencies: tuple
     missing_deps: tuple
+    attempt: int = 0  # which assignment of the key this is; the worker's report names it
 
 
 class FreeOnWorker(NamedTuple):

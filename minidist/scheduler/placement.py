@@ -112,7 +112,17 @@ class Placement:
                 missing.append(dep_key)
                 dep.who_has.add(ws.address)
                 ws.has.add(dep_key)
-        out.append(Execute(ws.address, ts.key, ts.run_spec, tuple(ts.dependencies), tuple(missing)))
+        ts.attempt += 1
+        out.append(
+            Execute(
+                ws.address,
+                ts.key,
+                ts.run_spec,
+                tuple(ts.dependencies),
+                tuple(missing),
+                ts.attempt,
+            )
+        )
 
     def _pop_ready(self) -> Optional[TaskState]:
         ready = self.ready

@@ -37,6 +37,7 @@ class TaskState:
         "traceback",
         "nbytes",
         "last_worker_death",
+        "attempt",
     )
 
     def __init__(self, key: Key, prefix: str):
@@ -61,6 +62,10 @@ class TaskState:
         self.traceback: Any = None
         self.nbytes = 0
         self.last_worker_death = ("", "")
+        # how many times the task was handed to a worker: a report names the attempt it answers, so a
+        # late report of an earlier attempt (the task was stolen away and back) is not taken for the
+        # current one, whose result the worker's cache will hold
+        self.attempt = 0
 
     def __repr__(self) -> str:
         return f"<TaskState {self.key!r} {self.state}>"

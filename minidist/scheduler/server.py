@@ -273,7 +273,9 @@ class Scheduler:
                     continue
                 deps = self.data_plane.dependency_values(inst, data)
                 outgoing.setdefault(handle, []).append(
-                    handle.execute_message(inst.key, inst.run_spec, inst.dependencies, deps)
+                    handle.execute_message(
+                        inst.key, inst.run_spec, inst.dependencies, deps, inst.attempt
+                    )
                 )
             elif kind is Report:
                 item = TaskStatus(inst.key, inst.status, inst.exception, inst.traceback)

@@ -64,9 +64,14 @@ class SchedulerState(Placement):
 
     # -------------------------------------------------------------------------------- queries (no events)
 
-    def expects_result(self, key: Key, worker: str) -> bool:
+    def expects_result(self, key: Key, worker: str, attempt: Optional[int] = None) -> bool:
         ts = self.tasks.get(key)
-        return ts is not None and ts.state == "processing" and ts.processing_on == worker
+        return (
+            ts is not None
+            and ts.state == "processing"
+            and ts.processing_on == worker
+            and (attempt is None or attempt == ts.attempt)
+        )
 
     # ----------------------------------------------------------------------------------------- clients
 
@@ -389,11 +394,17 @@ class SchedulerState(Placement):
         return []
 
     def task_finished(
-        self, key: Key, worker: str, nbytes: int = 0, start: float = 0.0, stop: float = 0.0
+        self,
+        key: Key,
+        worker: str,
+        nbytes: int = 0,
+        start: float = 0.0,
+        stop: float = 0.0,
+        attempt: Optional[int] = None,
     ) -> list:
         out: list = []
         ws = self.workers.get(worker)
-        ts = self._accept_report(key, ws, stop, out)
+        ts = self._accept_report(key, ws, stop, out, attempt)
         if ts is None:
             return out  # a stale result (cancelled, or rerun elsewhere): the shell discarded it
         ts.state = "memory"
@@ -427,9 +438,10 @@ class SchedulerState(Placement):
         traceback: Any = None,
         start: float = 0.0,
         stop: float = 0.0,
+        attempt: Optional[int] = None,
     ) -> list:
         out: list = []
-        ts = self._accept_report(key, self.workers.get(worker), stop, out)
+        ts = self._accept_report(key, self.workers.get(worker), stop, out, attempt)
         if ts is None:
             return out
         if ts.retries > 0:
@@ -440,15 +452,25 @@ class SchedulerState(Placement):
         self._fill_workers(out)
         return out
 
-    def _accept_report(self, key: Key, ws: Optional[WorkerState], stop: float, out: list):
+    def _accept_report(
+        self,
+        key: Key,
+        ws: Optional[WorkerState],
+        stop: float,
+        out: list,
+        attempt: Optional[int] = None,
+    ):
         """A worker reported on ``key``: free its slot; return the task if the report is current (it
         then leaves ``processing``), or None for a stale one (after filling the freed slot)."""
         ts = self.tasks.get(key)
-        if ws is not None:
-            self._free_slot(ws, key, stop)
-        if ts is None or ts.state != "processing" or ws is None or ts.processing_on != ws.address:
+        if ts is None or ws is None or ts.state != "processing" or ts.processing_on != ws.address:
+            if ws is not None:
+                self._free_slot(ws, key, stop)
             self._fill_workers(out)
             return None
+        if attempt is not None and attempt != ts.attempt:
+            return None  # an earlier attempt's late report: the slot is the current attempt's
+        self._free_slot(ws, key, stop)
         self._leave_state(ts)
         return ts
 

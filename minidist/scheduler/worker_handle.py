@@ -37,7 +37,9 @@ class WorkerHandle(Protocol):
         """The pipe the scheduler reads the worker's batches from; None: they are posted instead."""
         ...
 
-    def execute_message(self, key, run_spec: RunSpec, dependencies, dep_values) -> ComputeTask:
+    def execute_message(
+        self, key, run_spec: RunSpec, dependencies, dep_values, attempt: int = 0
+    ) -> ComputeTask:
         """The message that runs a task on this worker (a process worker is sent a function once)."""
         ...
 

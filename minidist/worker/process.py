@@ -132,7 +132,9 @@ class ProcessWorker:
         if run_spec.function is not None and run_spec.function_id not in self.functions:
             # keep the blob until first use: decoding happens on a task thread
             self.functions[run_spec.function_id] = _LazyFunction(run_spec.function)
-        self.runtime.submit(message.key, run_spec, message.dependencies, message.dep_values)
+        self.runtime.submit(
+            message.key, run_spec, message.dependencies, message.dep_values, message.attempt
+        )
 
     def _on_free_keys(self, message: FreeKeys) -> None:
         self.runtime.free(message.keys)

@@ -64,13 +64,14 @@ def substitute(obj: Any, values: dict) -> Any:
 
 
 class PendingTask:
-    __slots__ = ("key", "run_spec", "dependencies", "cancelled")
+    __slots__ = ("key", "run_spec", "dependencies", "cancelled", "attempt")
 
-    def __init__(self, key, run_spec, dependencies):
+    def __init__(self, key, run_spec, dependencies, attempt: int = 0):
         self.key = key
         self.run_spec = run_spec
         self.dependencies = dependencies
         self.cancelled = False
+        self.attempt = attempt  # echoed in the report (see TaskState.attempt)
 
 
 def unpack_run_spec(run_spec: RunSpec) -> tuple:
@@ -142,11 +143,11 @@ class WorkerRuntime:
 
     # ---------------------------------------------------------------------------------------- intake
 
-    def submit(self, key, run_spec, dependencies, dep_values: dict) -> None:
+    def submit(self, key, run_spec, dependencies, dep_values: dict, attempt: int = 0) -> None:
         """File a task (never blocks). ``dep_values`` are encoded values the worker did not hold."""
         if dep_values:
             self.encoded.update(dep_values)
-        task = PendingTask(key, run_spec, dependencies)
+        task = PendingTask(key, run_spec, dependencies, attempt)
         with self._condition:
             self._pending.append(task)
             self._condition.notify()
@@ -263,7 +264,7 @@ class WorkerRuntime:
                 return
             self._log_error(key, exc)
             exc_value, tb = self._encode_error(exc, exc.__traceback__)
-            self.report(TaskErred(key, exc_value, tb, start, stop, thread_id))
+            self.report(TaskErred(key, exc_value, tb, start, stop, thread_id, task.attempt))
             return
         finally:
             _task_context.key = None
@@ -278,13 +279,13 @@ class WorkerRuntime:
         except BaseException as exc:  # noqa: B036
             self._log_error(key, exc)
             exc_value, tb = self._encode_error(exc, exc.__traceback__)
-            self.report(TaskErred(key, exc_value, tb, start, stop, thread_id))
+            self.report(TaskErred(key, exc_value, tb, start, stop, thread_id, task.attempt))
             return
         # Cache what was sent, not the original: a large result then lives once, in shared memory (not
         # again in this process's private memory), and dependents here see the same read-only value as
         # dependents on other workers. It is decoded on first use (_value_of).
         self.encoded[key] = encoded
-        self.report(TaskDone(key, encoded, nbytes, start, stop, thread_id))
+        self.report(TaskDone(key, encoded, nbytes, start, stop, thread_id, task.attempt))
 
     def _log_error(self, key, exc: BaseException) -> None:
         # INFO, not dask's WARNING: the caller gets the error from its future; the worker's log keeps
