@@ -184,16 +184,18 @@ def _run_as_other_user(code: str, home: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_a_cluster_of_another_user_starts_despite_our_leftover_segment(
+def test_a_cluster_of_another_user_starts_despite_a_third_users_orphan(
     foreign_files, other_user_home
 ):
-    """The other user's side: a file of ours (root's) in /dev/shm must not make their LocalCluster fail."""
+    """The other user's side: an orphan of a third user in /dev/shm must not make their LocalCluster fail.
+    (A third uid rather than ours: our own clusters, in other test runs on this machine, would rightly
+    sweep an orphan of ours meanwhile.)"""
     dead = _dead_pid()
-    ours = foreign_files(f"minidist_{dead}-0123456789ab_{dead}_0", uid=0)
+    third_users = foreign_files(f"minidist_{dead}-0123456789ab_{dead}_0", uid=OTHER_UID - 1)
     done = _run_as_other_user(_AS_OTHER_USER, other_user_home)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "5"
-    assert os.path.exists(ours)
+    assert os.path.exists(third_users)
 
 
 def test_segments_of_this_user_are_still_swept(foreign_files):
