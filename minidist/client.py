@@ -124,7 +124,7 @@ class Client(AsyncContext):
                 raise TypeError(f"Client(address) takes no cluster keywords; got {sorted(kwargs)}")
             self.cluster = inproc_cluster(address)  # a cluster of this process: shared, not owned
         elif isinstance(address, str):
-            from .remote import connect_cluster
+            from .deploy.remote_cluster import connect_cluster
 
             self.cluster = connect_cluster(address, security=security, timeout=timeout, **kwargs)
             self._owns_cluster = True
@@ -525,8 +525,14 @@ class Client(AsyncContext):
         return Future(key, current_client_for_task() or default_client())
 
 
-def _make_task_client(cluster) -> Client:
-    """How a worker's tasks get their client (worker/task_client.py): one more client of the cluster."""
+def _make_task_client(source) -> Client:
+    """How a worker's tasks get their client (worker/task_client.py): one more client of the cluster.
+    ``source`` is what the worker's shell hands over: its LocalCluster (thread workers), or a
+    RemoteConnection over the worker's pipe (process workers), made a RemoteCluster here."""
+    from .deploy.cluster import Cluster
+    from .deploy.remote_cluster import RemoteCluster
+
+    cluster = source if isinstance(source, Cluster) else RemoteCluster(source)
     return Client(cluster, set_as_default=False)
 
 

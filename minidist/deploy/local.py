@@ -30,7 +30,7 @@ import threading
 import weakref
 from typing import TYPE_CHECKING, Any, Optional
 
-from ..asynchronous import AsyncContext, Closing, in_event_loop
+from ..asynchronous import Closing, in_event_loop
 from ..comm.shm import SegmentStore, new_cluster_id, sweep_cluster, sweep_orphans
 from ..data_plane import ObjectPlane, PickledPlane
 from ..messages import AddWorker, FailPending, Restart
@@ -38,6 +38,7 @@ from ..scheduler.operations import SchedulerOperations
 from ..scheduler.queries import active_workers, worker_info
 from ..scheduler.server import Scheduler
 from ..worker.task_client import TaskClientSlot
+from .cluster import Cluster, WorkerFacts
 from .launcher import WorkerLauncher
 from .memory import format_bytes
 from .options import ClusterOptions
@@ -67,7 +68,7 @@ def inproc_cluster(address: str):
 _MAX_START_FAILURES = 5  # consecutive workers dying before saying hello: stop trying, tell the user
 
 
-class LocalCluster(AsyncContext):
+class LocalCluster(Cluster):
     """Create a scheduler and workers on this machine (dask.distributed's ``LocalCluster``)."""
 
     def __init__(
@@ -551,12 +552,6 @@ class LocalCluster(AsyncContext):
         self.status = "closed"
         return None
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        self.close()
-
     def __del__(self):
         try:
             if self.status == "running":
@@ -578,18 +573,13 @@ class LocalCluster(AsyncContext):
     def workers(self) -> dict:
         return {h.name: h for h in self.scheduler.workers.values()}
 
-    def _summary(self) -> dict:
-        workers = list(self.scheduler.workers.values())
-        memory = [h.memory_limit for h in workers if h.memory_limit]
-        total = (
-            sum(memory) if memory and len(memory) == len(workers) else None
-        )  # as dask: all or none
-        return {
-            "workers": len(workers),
-            "threads": sum(h.nthreads for h in workers),
-            "memory": total,
-            "memory_text": format_bytes(total) if total else "no limit",
-        }
+    def _worker_facts(self) -> WorkerFacts:
+        return [(h.nthreads, h.memory_limit) for h in list(self.scheduler.workers.values())]
+
+    def _snapshot(self) -> dict:
+        from ..dashboard.snapshot import cluster_snapshot
+
+        return cluster_snapshot(self)  # with a row per worker
 
     def scheduler_info(self) -> dict:
         """dask's shape: the scheduler's identity and its workers (read on the scheduler thread)."""
@@ -602,23 +592,6 @@ class LocalCluster(AsyncContext):
             "started": self.scheduler.started,
             "workers": workers,
         }
-
-    def _repr_html_(self) -> str:
-        from ..dashboard.pages import repr_html
-        from ..dashboard.snapshot import cluster_snapshot
-
-        return repr_html(
-            f"{type(self).__name__} {self.name}", cluster_snapshot(self), self.dashboard_link
-        )
-
-    def __repr__(self) -> str:
-        """As dask: ``LocalCluster(<name>, '<address>', workers=2, threads=4, memory=23.5 GiB)``."""
-        info = self._summary()
-        memory = f", memory={info['memory_text']}" if info["memory"] else ""
-        return (
-            f"{type(self).__name__}({self.name}, {self.scheduler_address!r}, "
-            f"workers={info['workers']}, threads={info['threads']}{memory})"
-        )
 
 
 def _route_worker_client(cluster, scheduler, handle, message) -> None:

@@ -128,7 +128,7 @@ def connect_scheduler_file(path, security=None, timeout=None, **kwargs):
     Waits up to ``timeout`` seconds (default 10) for the file to appear, as dask does, so a script may
     start ``minidist serve`` and a client at the same time.
     """
-    from ..remote.client import connect_cluster
+    from .remote_cluster import connect_cluster
 
     path = os.fspath(path)
     wait = 10.0 if timeout is None else float(timeout)

@@ -6,8 +6,8 @@
     SubprocessCluster ──spawn──►  main(fd): LocalCluster(processes=True) ──►  one per worker
           │  control pipe: settings ──►   (listens on tcp:// or tls://)        (children of the
           │            ◄── ("ready", address, secret, security)                 scheduler process)
-          └─ RemoteCluster ═══ TCP/TLS ══════► scheduler ◄══ pipes ══► workers
-    Client(cluster) uses the RemoteCluster's scheduler/operations like a local cluster's
+          └─ RemoteConnection ═══ TCP/TLS ══► scheduler ◄══ pipes ══► workers
+    SubprocessCluster is a RemoteCluster (deploy/remote_cluster.py) that also owns the process
 
 The control pipe is also the lifeline: when this process exits or is killed, the scheduler process
 reads EOF (or sees its parent change), closes its cluster and leaves; its workers leave when their own
@@ -26,13 +26,15 @@ import time
 from multiprocessing.connection import Connection, Pipe
 from typing import Optional
 
-from ..asynchronous import AsyncContext, Closing, in_event_loop
+from ..asynchronous import Closing, in_event_loop
 from ..messages import ClusterFailed, ClusterStarted
+from ..remote.client import TCPLink, start_link
+from .remote_cluster import RemoteCluster
 
 _START_TIMEOUT = 60.0
 
 
-class SubprocessCluster(AsyncContext):
+class SubprocessCluster(RemoteCluster):
     """A LocalCluster whose scheduler runs in a subprocess; this process connects over TCP."""
 
     def __init__(
@@ -53,7 +55,6 @@ class SubprocessCluster(AsyncContext):
         timeout: float = _START_TIMEOUT,
         **kwargs,
     ):
-        from ..remote.client import RemoteCluster, TCPLink, store_for
         from .local import LocalCluster  # noqa: F401 - fail here, not in the child, on a broken install
 
         if kwargs.pop("processes", True) is not True:
@@ -94,53 +95,18 @@ class SubprocessCluster(AsyncContext):
             conn = connect(
                 info["address"], secret=info["secret"], security=self.security, timeout=timeout
             )
-            link = TCPLink(conn, info["address"])
-            welcome = link.start(timeout)
+            connection = start_link(TCPLink(conn, info["address"]), timeout)
         except BaseException:
             self._stop_process(timeout=5)
             raise
-        self._remote = RemoteCluster(link, welcome, store_for(welcome))
-        self.scheduler = self._remote.scheduler
-        self.operations = self._remote.operations
+        super().__init__(connection)
         self.scheduler_address = info["address"]
-        self.dashboard_link = welcome.get("dashboard_link")
-        self.name = welcome.get("name")
-        self.cluster_id = welcome.get("cluster_id")
-        self.segment_store = self._remote.segment_store
-        self.processes = True
-        self.status = "running"
 
     # ------------------------------------------------------------------------------------ operations
-
-    def scale(self, n: Optional[int] = None, memory=None, cores=None) -> None:
-        if n is None:
-            raise ValueError("SubprocessCluster.scale needs a number of workers")
-        self.operations.invoke("scale", n)
-
-    def get_logs(self, cluster: bool = True, scheduler: bool = True, workers: bool = True) -> dict:
-        return self._remote.get_logs(cluster=cluster, scheduler=scheduler, workers=workers)
-
-    def scheduler_info(self) -> dict:
-        return self._remote.scheduler_info()
 
     def worker_pids(self) -> dict:
         """``{worker address: pid}`` of the worker processes."""
         return {a: w["pid"] for a, w in self.scheduler_info()["workers"].items()}
-
-    def _summary(self) -> dict:
-        return self._remote._summary()
-
-    def _repr_html_(self) -> str:
-        return self._remote._repr_html_(type(self).__name__)
-
-    def __repr__(self) -> str:
-        if self.status != "running":
-            return f"SubprocessCluster({self.scheduler_address!r}, {self.status})"
-        info = self._summary()
-        return (
-            f"SubprocessCluster({self.name!r}, {self.scheduler_address!r}, workers={info['workers']}, "
-            f"threads={info['threads']}, memory={info['memory_text']})"
-        )
 
     # ----------------------------------------------------------------------------------------- close
 
@@ -152,7 +118,7 @@ class SubprocessCluster(AsyncContext):
             return None
         self._closed = True
         self.status = "closing"
-        self._remote.close()
+        self.connection.close()
         self._stop_process(timeout)
         self.status = "closed"
         return None
@@ -168,12 +134,6 @@ class SubprocessCluster(AsyncContext):
             self._process.kill()
             self._process.wait(5)
         self._control.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        self.close()
 
     def __del__(self):
         try:

@@ -1,7 +1,8 @@
-"""The client side of the remote protocol: a cluster proxy that ``Client`` uses like a local cluster.
+"""The client side of the remote protocol: a connection whose proxies ``Client`` uses like a local cluster's.
 
-``connect_cluster(address)`` returns a ``RemoteCluster`` whose ``scheduler`` and ``operations`` look like
-a LocalCluster's to ``Client``, but forward over one connection::
+``open_connection(address)`` returns a ``RemoteConnection`` whose ``scheduler`` and ``operations`` look
+like a LocalCluster's to ``Client``, but forward over one link (``deploy/remote_cluster.py`` wraps it in
+the cluster manager ``RemoteCluster``)::
 
     Client ──post(msg)──► RemoteScheduler ──► outbox ──► sender thread ──encode──► transport
     Client ◄─report(items)── sessions[client_id] ◄── dispatch ◄── reader (thread or worker pipe)
@@ -308,78 +309,20 @@ class RemoteOperations:
         return self.link.request(Invoke, name, args, kwargs)
 
 
-class RemoteCluster:
-    """A cluster in another process (or the one that owns this worker), seen through one link."""
+class RemoteConnection:
+    """One open link to a scheduler, with the two proxies ``Client`` uses: ``scheduler`` and
+    ``operations``. ``deploy/remote_cluster.py`` makes a cluster manager of it (``RemoteCluster``)."""
 
     def __init__(self, link: ClientLink, info: dict, segment_store: Optional[SegmentStore] = None):
         self.link = link
-        self.info = info
+        self.info = info  # what the scheduler said in its welcome (address, name, dashboard...)
         self.scheduler = RemoteScheduler(link, info, PickledPlane(segment_store))
         self.operations = RemoteOperations(link)
-        self.scheduler_address = info.get("scheduler_address")
-        self.dashboard_link = info.get("dashboard_link")
-        self.name = info.get("name")
-        self.cluster_id = info.get("cluster_id")
-        self.processes = True
-        self.segment_store = segment_store
-        self.status = "running"
-
-    def __repr__(self) -> str:
-        return f"<RemoteCluster {self.scheduler_address!r} ({self.info.get('type', 'cluster')})>"
-
-    def scheduler_info(self) -> dict:
-        return self.operations.invoke("scheduler_info")
-
-    def scale(self, n: int) -> None:
-        self.operations.invoke("scale", n)
-
-    def get_logs(self, cluster: bool = True, scheduler: bool = True, workers: bool = True) -> dict:
-        return self.operations.invoke(
-            "get_logs", cluster=cluster, scheduler=scheduler, workers=workers
-        )
-
-    def _summary(self) -> dict:
-        from ..deploy.memory import format_bytes
-
-        try:
-            workers = list(self.scheduler_info()["workers"].values())
-        except (ValueError, CommClosedError):  # "identity" blocked, or the connection is gone
-            return {"workers": 0, "threads": 0, "memory": None, "memory_text": "unknown"}
-        memory = [w["memory_limit"] for w in workers if w.get("memory_limit")]
-        total = sum(memory) if memory and len(memory) == len(workers) else None
-        return {
-            "workers": len(workers),
-            "threads": sum(w["nthreads"] for w in workers),
-            "memory": total,
-            "memory_text": format_bytes(total) if total else "no limit",
-        }
-
-    def _repr_html_(self, title: Optional[str] = None) -> str:
-        from ..dashboard.pages import repr_html
-
-        summary = self._summary()
-        snap = {
-            "cluster": {
-                "scheduler_address": self.scheduler_address,
-                "status": self.status,
-                "n_workers": summary["workers"],
-                "threads": summary["threads"],
-                "memory_limit": summary["memory"],
-            },
-            "workers": [],
-        }
-        return repr_html(title or type(self).__name__, snap, self.dashboard_link)
+        self.segment_store = segment_store  # shared memory for arguments, on the same machine only
 
     def close(self, timeout: float = 2.0) -> None:
-        """Close the connection only; the cluster itself goes on."""
-        self.status = "closed"
+        """Hang up (the cluster itself goes on)."""
         self.link.close(timeout)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        self.close()
 
 
 def store_for(info: dict) -> Optional[SegmentStore]:
@@ -393,9 +336,9 @@ def store_for(info: dict) -> Optional[SegmentStore]:
     return SegmentStore(info["cluster_id"], threshold=info["shm_threshold"])
 
 
-def connect_cluster(
+def open_connection(
     address: str, security=None, timeout=None, secret: Optional[bytes] = None, **kwargs
-) -> RemoteCluster:
+) -> RemoteConnection:
     """Connect to the scheduler at ``address`` (``tcp://host:port`` or ``tls://host:port``).
 
     ``secret`` defaults to the one the scheduler published for this address (same user, same machine).
@@ -413,19 +356,23 @@ def connect_cluster(
         )
     timeout = _DEFAULT_TIMEOUT if timeout is None else float(timeout)
     conn = connect(address, secret=secret, security=security or None, timeout=timeout)
-    link = TCPLink(conn, address)
+    return start_link(TCPLink(conn, address), timeout)
+
+
+def start_link(link: ClientLink, timeout: float) -> RemoteConnection:
+    """Say hello over ``link`` and wait for the welcome; the link is closed if that fails."""
     try:
         info = link.start(timeout)
     except BaseException:
         link.close()
         raise
-    return RemoteCluster(link, info, store_for(info))
+    return RemoteConnection(link, info, store_for(info))
 
 
-def connect_worker(process_worker) -> RemoteCluster:
-    """A view of the cluster that owns this process worker, over the worker's own pipe (for the
-    client of its tasks; the worker's main thread hands replies to ``process_worker.client_link``)."""
+def connect_worker(process_worker) -> RemoteConnection:
+    """A connection to the cluster that owns this process worker, over the worker's own pipe (for
+    the client of its tasks; the worker's main thread hands replies to ``process_worker.client_link``)."""
     link = WorkerLink(process_worker)
     process_worker.client_link = link
     info = link.start(_DEFAULT_TIMEOUT)
-    return RemoteCluster(link, info, process_worker.store)
+    return RemoteConnection(link, info, process_worker.store)

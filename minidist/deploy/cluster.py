@@ -1,0 +1,92 @@
+"""Cluster: the base every cluster manager shares (``LocalCluster``, ``RemoteCluster``, ``SubprocessCluster``).
+
+What ``Client`` uses of any cluster, and what each kind provides::
+
+    Client(cluster) ──► cluster.scheduler   post / fetch / sessions (local, or a remote proxy)
+                   ──► cluster.operations  named operations (scheduler/operations.py)
+                   ──► cluster.segment_store, cluster.scheduler_address, cluster.dashboard_link
+    repr, _summary, _repr_html_, with / async with  ◄── here, from _worker_facts() and _snapshot()
+
+A kind only says how it learns about its workers (``_worker_facts``: from the scheduler's handles in this
+process, or from ``scheduler_info()`` over a connection) and, if it can show more than the summary, what
+its HTML summary draws (``_snapshot``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from ..asynchronous import AsyncContext
+from .memory import format_bytes
+
+WorkerFacts = list  # [(threads, memory limit or None), ...], one per worker
+
+
+class Cluster(AsyncContext):
+    """A cluster manager: what ``Client`` talks to, with dask's repr and a notebook summary."""
+
+    name: Any = None
+    scheduler_address: Optional[str] = None
+    status: str = "starting"
+
+    @property
+    def dashboard_link(self) -> Optional[str]:
+        """The dashboard's status page, if the cluster serves one."""
+        return None
+
+    def _worker_facts(self) -> Optional[WorkerFacts]:
+        """(threads, memory limit or None) of each worker; None when that cannot be told now."""
+        raise NotImplementedError
+
+    def _summary(self) -> dict:
+        """Workers, threads and memory (as dask: a total only if every worker has a limit)."""
+        facts = self._worker_facts()
+        if facts is None:
+            return {"workers": 0, "threads": 0, "memory": None, "memory_text": "unknown"}
+        limits = [limit for _, limit in facts if limit]
+        total = sum(limits) if limits and len(limits) == len(facts) else None
+        return {
+            "workers": len(facts),
+            "threads": sum(threads for threads, _ in facts),
+            "memory": total,
+            "memory_text": format_bytes(total) if total else "no limit",
+        }
+
+    def _snapshot(self) -> dict:
+        """What the HTML summary draws (``dashboard/snapshot.py``'s shape): the summary, no workers."""
+        summary = self._summary()
+        return {
+            "cluster": {
+                "scheduler_address": self.scheduler_address,
+                "status": self.status,
+                "n_workers": summary["workers"],
+                "threads": summary["threads"],
+                "memory_limit": summary["memory"],
+            },
+            "workers": [],
+        }
+
+    def _repr_html_(self) -> str:
+        from ..dashboard.pages import repr_html
+
+        title = (
+            f"{type(self).__name__} {self.name}" if self.name is not None else type(self).__name__
+        )
+        return repr_html(title, self._snapshot(), self.dashboard_link)
+
+    def __repr__(self) -> str:
+        """As dask: ``LocalCluster(<name>, '<address>', workers=2, threads=4, memory=23.5 GiB)``."""
+        if self.status in ("closing", "closed"):
+            return f"{type(self).__name__}({self.name}, {self.scheduler_address!r}, {self.status})"
+        info = self._summary()
+        memory = f", memory={info['memory_text']}" if info["memory"] else ""
+        return (
+            f"{type(self).__name__}({self.name}, {self.scheduler_address!r}, "
+            f"workers={info['workers']}, threads={info['threads']}{memory})"
+        )
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
