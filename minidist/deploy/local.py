@@ -134,9 +134,8 @@ class LocalCluster(Cluster):
         self.logger = self.logs.cluster_logger
         self.status = "starting"
         self._lock = threading.RLock()
-        self._scale_lock = (
-            threading.RLock()
-        )  # one change of size at a time (scale, adapt, replacement)
+        # one change of size at a time (scale, adapt, replacement)
+        self._scale_lock = threading.RLock()
         self._closing = False
         self._adaptive = None  # the Adaptive policy adapt() started, if any
         self.memory_monitor: Optional[MemoryMonitor] = None
@@ -178,13 +177,11 @@ class LocalCluster(Cluster):
 
             for _ in range(options.n_workers):
                 self._start_worker()
-            self.scheduler.call(lambda scheduler: None).result(
-                30
-            )  # every worker registered (FIFO inbox)
+            # every worker registered (FIFO inbox)
+            self.scheduler.call(lambda scheduler: None).result(30)
             self._start_memory_monitor()
-            self.services = ClusterServices(
-                self
-            )  # the dashboard, if dashboard_address asks for one
+            # the dashboard, if dashboard_address asks for one
+            self.services = ClusterServices(self)
             # remote clients: a TCP/TLS listener when the options ask for one (minidist/remote/server.py)
             self.listener = serve_remote_clients(self)
         except BaseException:
@@ -192,9 +189,8 @@ class LocalCluster(Cluster):
             raise
         if self.listener is not None:
             self.scheduler_address = self.listener.address
-        self.security = getattr(
-            self.listener, "security", None
-        )  # what remote clients need for tls://
+        # what remote clients need for tls://
+        self.security = getattr(self.listener, "security", None)
         self.status = "running"
 
     def _start_memory_monitor(self) -> None:
@@ -246,13 +242,11 @@ class LocalCluster(Cluster):
                 self.launcher,
             )
             self._say_if_template_is_off()
-            handle.log_sink = (
-                self.logs.add_remote_records
-            )  # its shipped records (worker/process.py)
+            # its shipped records (worker/process.py)
+            handle.log_sink = self.logs.add_remote_records
             self.logs.worker_logger(handle.address)  # get_logs() lists it from the start
-            handle.client_router = functools.partial(
-                _route_worker_client, self
-            )  # get_client() in tasks
+            # get_client() in tasks
+            handle.client_router = functools.partial(_route_worker_client, self)
         else:
             address = f"inproc://{self.cluster_id}/{name}"
             if restarted:
@@ -456,9 +450,8 @@ class LocalCluster(Cluster):
         )
         if isinstance(policy_class, type) and issubclass(policy_class, DefaultAdaptive):
             kwargs.setdefault("logger", self.logger)
-        policy = policy_class(
-            self, **bounds, **kwargs
-        )  # a bad keyword raises before anything changes
+        # a bad keyword raises before anything changes
+        policy = policy_class(self, **bounds, **kwargs)
         self._stop_adaptive("adapt() was called again")
         with self._lock:
             if self._closing:
