@@ -39,6 +39,8 @@ _PUBLIC = {
     "Event": "primitives",
     "Queue": "primitives",
     "Variable": "primitives",
+    "print": "task_output",
+    "warn": "task_output",
     "Security": "security",
     "CancelledError": "errors",
     "CommClosedError": "errors",

@@ -29,9 +29,11 @@ from .client_async import (
     scatter_wait_async,
     wants_awaitable,
 )
+from .client_events import EventTopics
 from .client_futures import FutureBook
 from .client_ops import ClusterCalls
 from .client_results import ResultReader
+from .client_shared import Datasets, SharedData
 from .client_tasks import TaskPacker, task_options
 from .default_clients import _clients, current_client_for_task, default_client  # noqa: F401
 from .errors import ClientClosedError
@@ -144,6 +146,10 @@ class Client(AsyncContext):
         self._results = ResultReader(self.scheduler, self.data_plane)
         self._calls = ClusterCalls(self.operations, self.data_plane)
         self._admin = ClusterAdmin(self._calls)
+        self._shared = SharedData(self)  # published datasets (client_shared.py)
+        self._events = EventTopics(
+            self
+        )  # log_event, subscribe_topic, forwarded print (client_events.py)
         self.scheduler.sessions[self.id] = self  # it calls report() and take_releases()
         self._set_as_default = set_as_default
         if set_as_default:
@@ -156,6 +162,8 @@ class Client(AsyncContext):
 
         offer_joblib_backend()  # joblib.parallel_config(backend="minidist") works from now on
         self.status = "running"
+        if not self._events.inside_task():
+            self._events.start()  # what tasks print and warn shows here (not in tasks' own clients)
 
     # ---------------------------------------------------------------------------------- submissions
 
@@ -409,6 +417,46 @@ class Client(AsyncContext):
     get_versions = _forward("_admin", ClusterAdmin.get_versions)
     set_metadata = _forward("_admin", ClusterAdmin.set_metadata)
     get_metadata = _forward("_admin", ClusterAdmin.get_metadata)
+    publish_dataset = _forward("_shared", SharedData.publish_dataset)
+    unpublish_dataset = _forward("_shared", SharedData.unpublish_dataset)
+    list_datasets = _forward("_shared", SharedData.list_datasets)
+    get_dataset = _forward("_shared", SharedData.get_dataset)
+    log_event = _forward("_events", EventTopics.log_event)
+    get_events = _forward("_events", EventTopics.get_events)
+    subscribe_topic = _forward("_events", EventTopics.subscribe_topic)
+    unsubscribe_topic = _forward("_events", EventTopics.unsubscribe_topic)
+
+    @property
+    def datasets(self) -> Datasets:
+        """The published datasets as a mapping: ``client.datasets["x"]``, ``in``, ``del``..."""
+        return Datasets(self._shared)
+
+    def get_executor(self, **kwargs):
+        """A ``concurrent.futures.Executor`` whose calls run as tasks here, with these ``submit``
+        options (``workers=``, ``resources=``, ``retries=``...)."""
+        from .executor import ClientExecutor
+
+        return ClientExecutor(self, **kwargs)
+
+    def sync(self, func, *args, asynchronous=None, callback_timeout=None, **kwargs):
+        """Run ``func(*args, **kwargs)``, a coroutine function (or plain one), to completion and
+        return its result; futures can be awaited inside (``client_bridge.py``)."""
+        from .client_bridge import sync
+
+        return sync(
+            self,
+            func,
+            *args,
+            asynchronous=asynchronous,
+            callback_timeout=callback_timeout,
+            **kwargs,
+        )
+
+    def as_current(self):
+        """A context manager: this client is the default inside the block."""
+        from .client_bridge import as_current
+
+        return as_current(self)
 
     def restart(self, timeout=None, wait_for_workers: bool = True) -> Client:
         """Replace every worker and forget all tasks; this client's futures become cancelled."""
@@ -468,6 +516,7 @@ class Client(AsyncContext):
             return None
         self._closed = True
         self.status = "closed"
+        self._events.stop()  # the event listener thread leaves
         keys = self._book.close()  # wakes every waiter; stops the callback thread
         try:
             if keys:

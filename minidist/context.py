@@ -73,6 +73,10 @@ class WorkerInfo:
     def client(self):
         return get_client()
 
+    def log_event(self, topic, msg) -> None:
+        """Record an event on the scheduler (``client.get_events``/``subscribe_topic`` see it)."""
+        get_client().log_event(topic, msg)
+
     def __repr__(self) -> str:
         return f"<Worker {self.address!r}, name: {self.name}, threads: {self.nthreads}>"
 

@@ -126,6 +126,10 @@ class Worker(WorkerRuntime):
             raise ValueError(f"Worker {self.address!r} belongs to no cluster, so it has no client")
         return self.task_clients.get()
 
+    def log_event(self, topic, msg) -> None:
+        """Record an event on the scheduler (``client.get_events``/``subscribe_topic`` see it)."""
+        self.client.log_event(topic, msg)
+
     def __repr__(self) -> str:
         return (
             f"<{type(self).__name__} {self.address!r}, name: {self.name}, threads: {self.nthreads}>"

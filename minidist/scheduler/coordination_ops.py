@@ -28,6 +28,7 @@ from .coordination import Answer, Coordination, Packed, Unwant, Want
 from .published import Published
 
 _CALL_TIMEOUT = 60.0
+_PIECE = 0.5
 
 # operation -> the handler name blocked_handlers refers to (dask's names)
 COORDINATION_HANDLERS = {
@@ -54,6 +55,7 @@ COORDINATION_HANDLERS = {
     "log_event": "log_event",
     "get_events": "events",
     "wait_events": "subscribe_topic",
+    "stop_listening": "subscribe_topic",
 }
 
 
@@ -112,11 +114,20 @@ class CoordinationOperations:
         def run(scheduler) -> None:
             carry_out(scheduler, getattr(of(scheduler), method)(*args, token))
 
-        self.scheduler.call(run).result(_CALL_TIMEOUT)  # raises what the state raised (bad input)
-        try:
-            return token.result(timeout)
-        except concurrent.futures.TimeoutError:
-            pass
+        scheduler = self.scheduler
+        scheduler.call(run).result(_CALL_TIMEOUT)  # raises what the state raised (bad input)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            # in pieces: a scheduler that closes meanwhile will never answer
+            piece = _PIECE if deadline is None else min(_PIECE, deadline - time.monotonic())
+            try:
+                return token.result(max(0.0, piece))
+            except concurrent.futures.TimeoutError:
+                pass
+            if scheduler.closing:
+                raise RuntimeError("The scheduler closed while waiting")
+            if deadline is not None and time.monotonic() >= deadline:
+                break
         withdrawn = self.scheduler.call(lambda s: of(s).withdraw(token)).result(_CALL_TIMEOUT)
         return timed_out if withdrawn else token.result(0)
 
@@ -227,8 +238,12 @@ class CoordinationOperations:
     def get_events(self, topic=None) -> Any:
         return self._read(lambda s: published_of(s).get_events(topic))
 
-    def wait_events(self, after: Optional[int], timeout=None) -> tuple:
-        """``(last sequence number, [(topic, time, msg), ...] logged after ``after``)``; waits for one."""
+    def wait_events(self, listener: str, after: Optional[int], timeout=None):
+        """``(last event number, [(n, topic, time, msg), ...] logged after ``after``)``, waiting up to
+        ``timeout`` for one; None once ``stop_listening(listener)`` was called."""
         return self._ask(
-            "wait_events", after, timeout=timeout, timed_out=None, on=published_of
-        ) or (after, [])
+            "wait_events", listener, after, timeout=timeout, timed_out=(after, []), on=published_of
+        )
+
+    def stop_listening(self, listener: str) -> None:
+        self._read(lambda s: carry_out(s, published_of(s).stop_listening(listener)))

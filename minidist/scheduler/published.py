@@ -27,7 +27,8 @@ class Published:
             maxlen=_STREAM_LENGTH
         )  # (n, topic, t, msg)
         self.number = 0  # of the last event logged
-        self.listeners: list = []  # parked tokens of subscribers, all waiting for the next event
+        self.listeners: dict = {}  # client id -> parked token: each waits for the next event
+        self.stopped: set = set()  # clients told to stop listening between two of their waits
 
     # ---------------------------------------------------------------------------------- datasets
 
@@ -64,9 +65,11 @@ class Published:
         return list(self.datasets)
 
     def unpublish(self, name) -> list:
-        value = self.datasets.pop(name, None)
+        value = self.datasets.pop(
+            name, None
+        )  # unpublishing an unknown name is no error (as in dask)
         if value is None:
-            raise KeyError(f"No dataset named {name!r} is published")
+            return []
         return [Unwant(f"published-{name}", value.keys)] if value.keys else []
 
     # ------------------------------------------------------------------------------------ events
@@ -80,28 +83,40 @@ class Published:
                 log = self.topics[name] = collections.deque(maxlen=EVENTS_PER_TOPIC)
             log.append((now, msg))
             self.number += 1
-            fresh.append((name, now, msg))
+            fresh.append((self.number, name, now, msg))
             self.stream.append((self.number, name, now, msg))
-        listeners, self.listeners = self.listeners, []
-        return [Answer(token, (self.number, fresh)) for token in listeners]
+        listeners, self.listeners = self.listeners, {}
+        return [Answer(token, (self.number, fresh)) for token in listeners.values()]
 
     def get_events(self, topic=None):
         if topic is not None:
             return tuple(self.topics.get(topic, ()))
         return {name: tuple(log) for name, log in self.topics.items()}
 
-    def wait_events(self, after: Optional[int], token) -> list:
-        """Answer ``(number, [(topic, time, msg)...])`` with events after ``after`` (None: from now)."""
+    def wait_events(self, listener: str, after: Optional[int], token) -> list:
+        """Answer ``(number, [(n, topic, time, msg)...])`` with the events after number ``after`` (None:
+        from now on), waiting for one if there are none; None once ``stop_listening(listener)``."""
+        if listener in self.stopped:
+            self.stopped.discard(listener)
+            return [Answer(token, None)]
         if after is None:
             return [Answer(token, (self.number, []))]
         if after < self.number:
-            missed = [(t, when, m) for n, t, when, m in self.stream if n > after]
+            missed = [event for event in self.stream if event[0] > after]
             return [Answer(token, (self.number, missed))]
-        self.listeners.append(token)
+        self.listeners[listener] = token
         return []
 
+    def stop_listening(self, listener: str) -> list:
+        token = self.listeners.pop(listener, None)
+        if token is None:
+            self.stopped.add(listener)  # between two waits: the next one is answered None
+            return []
+        return [Answer(token, None)]
+
     def withdraw(self, token) -> bool:
-        if token in self.listeners:
-            self.listeners.remove(token)
-            return True
+        for listener, parked in list(self.listeners.items()):
+            if parked is token:
+                del self.listeners[listener]
+                return True
         return False

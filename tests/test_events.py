@@ -1,0 +1,82 @@
+"""Events (log_event, get_events, subscribe_topic) and minidist.print/warn from tasks."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+
+import minidist
+from conftest import wait_until
+from minidist import Client, LocalCluster, get_worker
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(params=[False, True], ids=["threads", "processes"])
+def cluster(request):
+    with LocalCluster(
+        n_workers=1, threads_per_worker=2, processes=request.param, dashboard_address=None
+    ) as c:
+        yield c
+
+
+def log_from_task(x):
+    get_worker().log_event("progress", {"step": x})
+    return x
+
+
+def print_and_warn(x):
+    minidist.print("value is", x)
+    minidist.warn(f"careful with {x}", RuntimeWarning)
+    return x
+
+
+def test_events_from_clients_and_tasks_reach_subscribers(cluster):
+    with Client(cluster) as client, Client(cluster.scheduler_address) as other:
+        seen = []
+        other.subscribe_topic("progress", seen.append)
+        client.log_event("progress", {"step": 0})
+        assert client.gather(client.map(log_from_task, [1, 2])) == [1, 2]
+        assert wait_until(lambda: len(seen) == 3)
+        assert sorted(msg["step"] for _, msg in seen) == [0, 1, 2]
+        events = other.get_events("progress")
+        assert [msg for _, msg in events] == [msg for _, msg in seen]
+        assert all(isinstance(when, float) for when, _ in events)
+        client.log_event(["a", "b"], "both")
+        assert client.get_events()["a"][0][1] == "both" and client.get_events("b")
+        assert client.get_events("nothing") == ()
+        other.unsubscribe_topic("progress")
+        client.log_event("progress", "unseen")
+        assert wait_until(lambda: len(other.get_events("progress")) == 4)
+        assert len(seen) == 3
+
+
+def test_a_failing_handler_does_not_stop_the_listener(cluster, caplog):
+    with Client(cluster) as client:
+        seen = []
+
+        def picky(event):
+            if event[1] == "bad":
+                raise ValueError("cannot take it")
+            seen.append(event[1])
+
+        client.subscribe_topic("t", picky)
+        client.log_event("t", "bad")
+        client.log_event("t", "good")
+        assert wait_until(lambda: seen == ["good"])
+        assert "the handler of event topic 't' raised" in caplog.text
+
+
+def test_print_and_warn_in_a_task_reach_the_client(cluster, capsys):
+    with Client(cluster) as client, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert client.submit(print_and_warn, 7).result() == 7
+        assert wait_until(lambda: "value is 7" in capsys.readouterr().out)
+        assert wait_until(lambda: any("careful with 7" in str(w.message) for w in caught))
+        assert [w.category for w in caught if "careful" in str(w.message)] == [RuntimeWarning]
+
+
+def test_print_outside_a_task_is_the_builtin(capsys):
+    minidist.print("plain", 1, sep="-")
+    assert capsys.readouterr().out == "plain-1\n"
