@@ -82,10 +82,18 @@ class EventTopics:
         """Start listening (once); the client's close stops it."""
         if self._thread is not None or self._stopped:
             return
+        client = self._client
+        # where the stream stands now, asked before this returns: every event logged after the
+        # client exists reaches it, however late its thread starts
+        try:
+            after, _ = client.operations.invoke("wait_events", client.id, None, 0)
+        except ValueError:  # blocked_handlers refuses "subscribe_topic": no events for anyone
+            logger.debug("event topics are blocked on this cluster; not listening")
+            return
         # the thread holds the client weakly: a client dropped without close() can still be collected
         self._thread = threading.Thread(
             target=_listen,
-            args=(weakref.ref(self._client), self._client.id, self._client.operations),
+            args=(weakref.ref(client), client.id, client.operations, after),
             name=f"minidist-events-{next(_numbers)}",
             daemon=True,
         )
@@ -117,8 +125,7 @@ class EventTopics:
                 logger.exception("the handler of event topic %r raised; still listening", topic)
 
 
-def _listen(client_ref, client_id: str, operations) -> None:
-    after = None
+def _listen(client_ref, client_id: str, operations, after: int) -> None:
     while True:
         try:
             answer = operations.invoke("wait_events", client_id, after, _LISTEN_SLICE)

@@ -80,3 +80,18 @@ def test_print_and_warn_in_a_task_reach_the_client(cluster, capsys):
 def test_print_outside_a_task_is_the_builtin(capsys):
     minidist.print("plain", 1, sep="-")
     assert capsys.readouterr().out == "plain-1\n"
+
+
+def test_blocked_event_handlers_leave_clients_working():
+    with (
+        LocalCluster(
+            n_workers=1,
+            processes=False,
+            dashboard_address=None,
+            blocked_handlers=["subscribe_topic", "log_event"],
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        assert client.submit(sum, [1, 2]).result() == 3
+        with pytest.raises(ValueError, match="'log_event' handler has been explicitly disallowed"):
+            client.log_event("t", 1)
