@@ -9,8 +9,8 @@ Rows (2 workers x 1 thread for every cluster; each figure the best of ``--repeat
 - **tree**: a pairwise tree reduction of 10,000 delayed leaves (20,000 tasks), ``.compute()`` on the
   default scheduler; dask's ``scheduler="sync"`` is the reference; the overhead per task is
   (minidist - sync) / tasks
-- **bag 100k**: a bag of 100,000 one-element partitions summed (~100,000 tasks) on thread workers, with
-  the client's RSS before, at the end and after ``gc``: memory must come back after release
+- **100k graph**: a plain dask graph of 100,000 tasks (a pairwise tree over 50,000 leaves) through
+  ``client.get`` on thread workers, with the client's RSS before, at the end and after release
 
 Printed: seconds and ratios (engine / minidist threads for arrays, so processes should be <= 1.3;
 dask.distributed / minidist processes should be >= 1.5). ``--big`` adds the 4 GB streaming sum on 2
@@ -117,20 +117,32 @@ def measure(repeat: int, skip_distributed: bool) -> dict:
     return results
 
 
-def bag_memory(partitions: int = 100_000) -> dict:
-    import dask.bag as db
-
-    bag = db.from_sequence(range(partitions), npartitions=partitions)
+def big_graph_memory(leaves: int = 50_000) -> dict:
+    """A 100,000-task graph (a pairwise tree over 50,000 leaves, as a plain dask graph) through
+    ``client.get`` on thread workers; the client's RSS before, at the end and after release."""
+    graph: dict = {f"leaf-{i}": (operator.neg, i) for i in range(leaves)}
+    layer = list(graph)
+    level = 0
+    while len(layer) > 1:
+        nxt = []
+        for i in range(0, len(layer), 2):
+            if i + 1 < len(layer):
+                key = f"add-{level}-{i}"
+                graph[key] = (operator.add, layer[i], layer[i + 1])
+                nxt.append(key)
+            else:
+                nxt.append(layer[i])
+        layer, level = nxt, level + 1
     gc.collect()
     before = rss()
-    with minidist_client(False):
+    with minidist_client(False) as client:
         start = time.perf_counter()
-        assert bag.sum().compute() == partitions * (partitions - 1) // 2
+        assert client.get(graph, layer[0]) == -leaves * (leaves - 1) // 2
         seconds = time.perf_counter() - start
         end = rss()
         gc.collect()
         after = rss()
-    return {"seconds": seconds, "before": before, "end": end, "after": after}
+    return {"seconds": seconds, "tasks": len(graph), "before": before, "end": end, "after": after}
 
 
 def streaming_sum(gigabytes: float = 4.0) -> dict:
@@ -199,10 +211,10 @@ def main() -> None:
             line += f", overhead per task {(threads - sync) / tasks * 1e6:.0f} us (threads)"
             line += f" {(procs - sync) / tasks * 1e6:.0f} us (procs)"
         print(line)
-    bag = bag_memory()
+    big = big_graph_memory()
     print(
-        f"bag of 100,000 partitions summed: {bag['seconds']:.2f} s; client RSS "
-        f"{bag['before']:.0f} MiB before, {bag['end']:.0f} MiB at the end, {bag['after']:.0f} MiB "
+        f"{big['tasks']:,}-task graph through client.get: {big['seconds']:.2f} s; client RSS "
+        f"{big['before']:.0f} MiB before, {big['end']:.0f} MiB at the end, {big['after']:.0f} MiB "
         "after release"
     )
     if args.big:
