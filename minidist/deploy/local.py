@@ -240,13 +240,13 @@ class LocalCluster(Cluster):
                 options.worker_env,
                 options.worker_class,
                 self.launcher,
+                log_sink=self.logs.add_remote_records,  # its shipped records (worker/process.py)
+                client_router=functools.partial(
+                    _route_worker_client, self
+                ),  # get_client() in tasks
             )
             self._say_if_template_is_off()
-            # its shipped records (worker/process.py)
-            handle.log_sink = self.logs.add_remote_records
             self.logs.worker_logger(handle.address)  # get_logs() lists it from the start
-            # get_client() in tasks
-            handle.client_router = functools.partial(_route_worker_client, self)
         else:
             address = f"inproc://{self.cluster_id}/{name}"
             if restarted:

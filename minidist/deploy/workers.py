@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 from multiprocessing.connection import Pipe
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 from ..messages import (
     CloseWorker,
@@ -79,6 +79,9 @@ class ProcessWorkerHandle:
         nthreads: int,
         memory_limit: Optional[int],
         resources: Optional[dict],
+        running_board: Optional[RunningBoard] = None,
+        log_sink: Optional[Callable[[str, list], None]] = None,
+        client_router: Optional[Callable] = None,
     ):
         self.process = process
         self.pid = process.pid
@@ -92,10 +95,10 @@ class ProcessWorkerHandle:
         self.memory_killed = False  # set by the memory monitor before it kills the process
         self.memory_kill_detail = ""  # its figures, for the death reason
         self.functions_sent: set = set()
-        self.log_sink = None  # callable(address, records), set by the cluster
-        self.client_router = None  # callable(scheduler, handle, message), for clients inside tasks
+        self.log_sink = log_sink  # callable(address, records): its shipped log records
+        self.client_router = client_router  # callable(scheduler, handle, message): clients in tasks
         self.client_session = None  # serves those clients (remote/server.py); ends with the worker
-        self.running_board: Optional[RunningBoard] = None  # what its task threads run (running.py)
+        self.running_board = running_board  # what its task threads run (running.py)
         self.ready = threading.Event()  # set when it said hello: it can run tasks from then on
 
     def __repr__(self) -> str:
@@ -202,9 +205,12 @@ def start_process_worker(
     env: Optional[dict] = None,
     worker_class=None,
     launcher: Optional[WorkerLauncher] = None,
+    log_sink: Optional[Callable[[str, list], None]] = None,
+    client_router: Optional[Callable] = None,
 ) -> ProcessWorkerHandle:
     """Start a worker process (forked by ``launcher``'s template if it can, else a fresh interpreter)
-    and hand it its settings; returns without waiting for the worker to be ready."""
+    and hand it its settings; returns without waiting for the worker to be ready. ``log_sink`` takes the
+    log records it ships; ``client_router`` serves the clients of its tasks (remote/server.py)."""
     if worker_class is not None:
         from ..comm.serialize import dumps_function
 
@@ -235,8 +241,17 @@ def start_process_worker(
     child_conn.close()
     if board_fd is not None:
         os.close(board_fd)  # the mapping stays; the child has its own copy of the descriptor
-    handle = ProcessWorkerHandle(process, parent_conn, name, nthreads, memory_limit, resources)
-    handle.running_board = board
+    handle = ProcessWorkerHandle(
+        process,
+        parent_conn,
+        name,
+        nthreads,
+        memory_limit,
+        resources,
+        running_board=board,
+        log_sink=log_sink,
+        client_router=client_router,
+    )
     settings = dict(
         init,
         address=handle.address,

@@ -27,7 +27,7 @@ import itertools
 import logging
 import queue
 import threading
-from typing import Optional
+from typing import Callable, Optional
 
 from ..comm.serialize import Payload
 from ..comm.shm import SegmentStore
@@ -257,12 +257,12 @@ class TCPLink(ClientLink):
 class WorkerLink(ClientLink):
     """A link from a task inside a process worker, through the worker's pipe to the scheduler."""
 
-    def __init__(self, process_worker):
-        super().__init__(f"the scheduler of worker {process_worker.runtime.address}")
-        self.process_worker = process_worker
+    def __init__(self, worker_address: str, report: Callable[[ClientFrame], None]):
+        super().__init__(f"the scheduler of worker {worker_address}")
+        self._report = report  # the worker runtime's report(): up the pipe with its other messages
 
     def transmit(self, frame: bytes) -> None:
-        self.process_worker.runtime.report(ClientFrame(frame))
+        self._report(ClientFrame(frame))
 
     def receive(self, frame: bytes) -> None:
         try:
@@ -369,10 +369,8 @@ def start_link(link: ClientLink, timeout: float) -> RemoteConnection:
     return RemoteConnection(link, info, store_for(info))
 
 
-def connect_worker(process_worker) -> RemoteConnection:
-    """A connection to the cluster that owns this process worker, over the worker's own pipe (for
-    the client of its tasks; the worker's main thread hands replies to ``process_worker.client_link``)."""
-    link = WorkerLink(process_worker)
-    process_worker.client_link = link
+def connect_worker(link: WorkerLink, store: Optional[SegmentStore]) -> RemoteConnection:
+    """A connection to the cluster that owns a process worker, over the worker's own pipe (for the
+    client of its tasks; the worker's main thread must already hand replies to ``link.receive``)."""
     info = link.start(_DEFAULT_TIMEOUT)
-    return RemoteConnection(link, info, process_worker.store)
+    return RemoteConnection(link, info, store)

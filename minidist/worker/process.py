@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 from multiprocessing.connection import Connection
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from ..comm.serialize import deserialize, loads_function, serialize
 from ..comm.shm import SegmentStore, sweep_cluster
@@ -49,6 +49,9 @@ from .running import RunningBoard
 from .runtime import WorkerRuntime
 from .task_client import TaskClientSlot
 
+if TYPE_CHECKING:
+    from ..remote.client import WorkerLink
+
 logger = logging.getLogger("minidist.worker")
 
 
@@ -63,7 +66,7 @@ class ProcessWorker:
         self.store = SegmentStore(self.cluster_id, threshold=init.get("shm_threshold", 64 * 1024))
         self.functions: dict = {}  # function id -> callable, so each function crosses the pipe once
         self._send_lock = threading.Lock()
-        self.client_link = None  # set by get_client() inside a task (worker-side client)
+        self.client_link: Optional[WorkerLink] = None  # made by the first get_client() in a task
         # worker_class= of the cluster (deploy/worker_hooks.py), pickled by the parent
         blob = init.get("worker_class")
         runtime_class = loads_function(blob) if blob is not None else WorkerRuntime
@@ -98,10 +101,13 @@ class ProcessWorker:
             self.conn.send_bytes(data)
 
     def connect_to_scheduler(self):
-        """A cluster view for the tasks' client, talking to the scheduler through this pipe."""
-        from ..remote.client import connect_worker
+        """A connection for the tasks' client, talking to the scheduler through this pipe (made on
+        the first get_client(); the main thread hands its replies to ``client_link``)."""
+        from ..remote.client import WorkerLink, connect_worker
 
-        return connect_worker(self)
+        link = WorkerLink(self.runtime.address, self.runtime.report)
+        self.client_link = link
+        return connect_worker(link, self.store)
 
     def encode_result(self, value) -> tuple:
         payload = serialize(value, self.store)
