@@ -425,6 +425,7 @@ class Client(AsyncContext):
     get_events = _forward("_events", EventTopics.get_events)
     subscribe_topic = _forward("_events", EventTopics.subscribe_topic)
     unsubscribe_topic = _forward("_events", EventTopics.unsubscribe_topic)
+    forward_logging = _forward("_events", EventTopics.forward_logging)
 
     @property
     def datasets(self) -> Datasets:

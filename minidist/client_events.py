@@ -43,6 +43,7 @@ class EventTopics:
         self.handlers: dict = {}  # topic -> handler
         self._thread: Optional[threading.Thread] = None
         self._stopped = False
+        self.forwarding = False  # forward_logging() was called: re-emit forwarded records
 
     def _invoke(self, name: str, *args):
         client = self._client
@@ -70,6 +71,15 @@ class EventTopics:
 
     def unsubscribe_topic(self, topic) -> None:
         self.handlers.pop(topic, None)
+
+    def forward_logging(self, logger_name=None, level=logging.NOTSET) -> None:
+        """Re-emit here, on loggers of the same names, the records that ``logger_name`` (the root
+        logger if None) logs on the current process workers at ``level`` and up."""
+        from .log_forwarding import install
+
+        self.forwarding = True
+        self.start()
+        self._client.run(install, logger_name, level, os.getpid())
 
     # --------------------------------------------------------------------------------- listener
 
@@ -112,11 +122,16 @@ class EventTopics:
         if thread is not threading.current_thread():
             thread.join(10)
 
-    def dispatch(self, topic, when: float, msg, show: bool = True) -> None:
-        if topic == "print" and show:
+    def dispatch(self, topic, when: float, msg, cluster=None, number: int = 0) -> None:
+        if topic == "print" and _first_sight((cluster, topic), number):
             _show_print(msg)
-        elif topic == "warn" and show:
+        elif topic == "warn" and _first_sight((cluster, topic), number):
             _show_warning(msg)
+        elif topic == "forwarded-log-record" and self.forwarding:
+            if _first_sight((cluster, topic), number):
+                from .log_forwarding import re_emit
+
+                re_emit(msg)
         handler = self.handlers.get(topic)
         if handler is not None:
             try:
@@ -139,14 +154,14 @@ def _listen(client_ref, client_id: str, operations, after: int) -> None:
             return
         cluster = getattr(client.scheduler, "cluster_id", None)
         for number, topic, when, msg in events:
-            client._events.dispatch(topic, when, msg, _first_sight(cluster, number))
+            client._events.dispatch(topic, when, msg, cluster, number)
         del client
 
 
 # ----------------------------------------------------------------------------- print and warn
 
-# the newest event number each cluster's prints and warnings were shown for in this process: two
-# clients of one cluster in one process show a task's print once
+# the newest event number shown in this process, per (cluster, topic): two clients of one cluster in
+# one process show a task's print (or warning, or forwarded record) once
 _shown: dict = {}
 _shown_lock = threading.Lock()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import pytest
@@ -95,3 +96,23 @@ def test_blocked_event_handlers_leave_clients_working():
         assert client.submit(sum, [1, 2]).result() == 3
         with pytest.raises(ValueError, match="'log_event' handler has been explicitly disallowed"):
             client.log_event("t", 1)
+
+
+def log_on_worker(message):
+    import logging
+
+    logging.getLogger("forwarded.test").warning("from the worker: %s", message)
+    return message
+
+
+def test_forward_logging_re_emits_worker_records_on_the_client(caplog):
+    with (
+        LocalCluster(n_workers=1, processes=True, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
+        client.forward_logging("forwarded.test")
+        with caplog.at_level("WARNING", logger="forwarded.test"):
+            assert client.submit(log_on_worker, "hello").result() == "hello"
+            assert wait_until(lambda: "from the worker: hello" in caplog.text)
+        [record] = [r for r in caplog.records if r.name == "forwarded.test"]
+        assert record.levelname == "WARNING" and record.process != os.getpid()
