@@ -29,6 +29,7 @@ from .client_async import (
     scatter_wait_async,
     wants_awaitable,
 )
+from .client_bridge import ClientBridge
 from .client_events import EventTopics
 from .client_futures import FutureBook
 from .client_ops import ClusterCalls
@@ -426,38 +427,14 @@ class Client(AsyncContext):
     subscribe_topic = _forward("_events", EventTopics.subscribe_topic)
     unsubscribe_topic = _forward("_events", EventTopics.unsubscribe_topic)
     forward_logging = _forward("_events", EventTopics.forward_logging)
+    get_executor = _forward("_bridge", ClientBridge.get_executor)
+    sync = _forward("_bridge", ClientBridge.sync)
+    as_current = _forward("_bridge", ClientBridge.as_current)
 
     @property
     def datasets(self) -> Datasets:
         """The published datasets as a mapping: ``client.datasets["x"]``, ``in``, ``del``..."""
         return Datasets(self._shared)
-
-    def get_executor(self, **kwargs):
-        """A ``concurrent.futures.Executor`` whose calls run as tasks here, with these ``submit``
-        options (``workers=``, ``resources=``, ``retries=``...)."""
-        from .executor import ClientExecutor
-
-        return ClientExecutor(self, **kwargs)
-
-    def sync(self, func, *args, asynchronous=None, callback_timeout=None, **kwargs):
-        """Run ``func(*args, **kwargs)``, a coroutine function (or plain one), to completion and
-        return its result; futures can be awaited inside (``client_bridge.py``)."""
-        from .client_bridge import sync
-
-        return sync(
-            self,
-            func,
-            *args,
-            asynchronous=asynchronous,
-            callback_timeout=callback_timeout,
-            **kwargs,
-        )
-
-    def as_current(self):
-        """A context manager: this client is the default inside the block."""
-        from .client_bridge import as_current
-
-        return as_current(self)
 
     def restart(self, timeout=None, wait_for_workers: bool = True) -> Client:
         """Replace every worker and forget all tasks; this client's futures become cancelled."""

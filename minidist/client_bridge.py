@@ -1,5 +1,7 @@
-"""``client.sync`` and ``client.as_current``: running a coroutine function from blocking code, and making
-a client the default for a block (dask.distributed's names).
+"""``client.get_executor``, ``client.sync`` and ``client.as_current``: a standard executor over the
+client (``executor.py``), running a coroutine function from blocking code, and making a client the
+default for a block (dask.distributed's names). One ``ClientBridge`` per ``Client``, which forwards
+those methods to it.
 
 minidist has no event loop of its own (futures resolve on the scheduler thread), so ``sync`` runs the
 coroutine on a fresh loop: in the calling thread, or, when that thread already runs a loop, in a
@@ -17,17 +19,34 @@ from .asynchronous import in_event_loop
 from .default_clients import _clients
 
 
-def sync(client, func, *args, asynchronous=None, callback_timeout=None, **kwargs):
-    """Call ``func(*args, **kwargs)``; if that gives an awaitable, run it to completion and return
-    its result. For an asynchronous client inside a running loop, the awaitable itself is returned."""
-    client._check_open()
-    result = func(*args, **kwargs)
-    if not inspect.isawaitable(result):
-        return result
-    wanted = client.asynchronous if asynchronous is None else asynchronous
-    if wanted and in_event_loop():
-        return result  # the caller awaits it on its own loop
-    return _run_to_completion(result, callback_timeout)
+class ClientBridge:
+    def __init__(self, client):
+        self._client = client
+
+    def get_executor(self, **kwargs):
+        """A ``concurrent.futures.Executor`` whose calls run as tasks of this client, with these
+        ``submit`` options (``workers=``, ``resources=``, ``retries=``...)."""
+        from .executor import ClientExecutor
+
+        return ClientExecutor(self._client, **kwargs)
+
+    def sync(self, func, *args, asynchronous=None, callback_timeout=None, **kwargs):
+        """Call ``func(*args, **kwargs)``; if that gives an awaitable (a coroutine function's call),
+        run it to completion and return its result; futures can be awaited inside. For an
+        asynchronous client inside a running loop, the awaitable itself is returned."""
+        client = self._client
+        client._check_open()
+        result = func(*args, **kwargs)
+        if not inspect.isawaitable(result):
+            return result
+        wanted = client.asynchronous if asynchronous is None else asynchronous
+        if wanted and in_event_loop():
+            return result  # the caller awaits it on its own loop
+        return _run_to_completion(result, callback_timeout)
+
+    def as_current(self):
+        """A context manager: this client is the default client inside the block."""
+        return _as_current(self._client)
 
 
 def _run_to_completion(awaitable, timeout):
@@ -57,7 +76,7 @@ def _run_to_completion(awaitable, timeout):
 
 
 @contextlib.contextmanager
-def as_current(client):
+def _as_current(client):
     """Within the block, ``client`` is what ``default_client()``/``get_client()`` give (outside tasks)."""
     _clients.append(client)
     try:
