@@ -148,6 +148,7 @@ class Client(AsyncContext):
         self._calls = ClusterCalls(self.operations, self.data_plane)
         self._admin = ClusterAdmin(self._calls)
         self._shared = SharedData(self)  # published datasets (client_shared.py)
+        self._bridge = ClientBridge(self)  # get_executor, sync, as_current (client_bridge.py)
         self._events = EventTopics(
             self
         )  # log_event, subscribe_topic, forwarded print (client_events.py)
