@@ -149,9 +149,8 @@ class Client(AsyncContext):
         self._admin = ClusterAdmin(self._calls)
         self._shared = SharedData(self)  # published datasets (client_shared.py)
         self._bridge = ClientBridge(self)  # get_executor, sync, as_current (client_bridge.py)
-        self._events = EventTopics(
-            self
-        )  # log_event, subscribe_topic, forwarded print (client_events.py)
+        # log_event, subscribe_topic, what tasks print (client_events.py)
+        self._events = EventTopics(self)
         self.scheduler.sessions[self.id] = self  # it calls report() and take_releases()
         self._set_as_default = set_as_default
         if set_as_default:
