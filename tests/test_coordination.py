@@ -266,3 +266,20 @@ def test_primitive_without_any_client_is_a_clear_error():
 def test_inproc_address_of_another_process_is_refused():
     with pytest.raises(ValueError, match="inproc://nowhere"):
         Client("inproc://nowhere")
+
+
+def test_tcp_client_of_a_thread_cluster_shares_queues_and_variables():
+    with (
+        LocalCluster(
+            n_workers=1, processes=False, protocol="tcp", dashboard_address=None
+        ) as cluster,
+        Client(cluster) as local,
+        Client(cluster.scheduler_address) as remote,
+    ):
+        assert cluster.scheduler_address.startswith("tcp://")
+        Queue("tq", client=remote).put(remote.submit(sum, [4, 5]))
+        assert Queue("tq", client=local).get(timeout=5).result() == 9
+        Variable("tv", client=local).set({"from": "local"})
+        assert Variable("tv", client=remote).get(timeout=5) == {"from": "local"}
+        with Lock("tl", client=remote):
+            assert Lock("tl", client=local).acquire(timeout=0.05) is False
