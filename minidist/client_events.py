@@ -110,15 +110,16 @@ class EventTopics:
         self._thread.start()
 
     def stop(self) -> None:
-        """Called by ``Client.close`` before it lets go of the cluster."""
+        """Called by ``Client.close`` before it lets go of the cluster: the scheduler stops this
+        client's listener and takes back the leases and locks it held (``client_leaving``)."""
         self._stopped = True
         thread, self._thread = self._thread, None
+        try:
+            self._client.operations.invoke("client_leaving", self._client.id)
+        except Exception:
+            pass  # the connection or the scheduler is gone: so is what the client held
         if thread is None:
             return
-        try:
-            self._client.operations.invoke("stop_listening", self._client.id)
-        except Exception:
-            pass  # the connection is gone: the listener's own wait fails and it leaves
         if thread is not threading.current_thread():
             thread.join(10)
 
@@ -146,7 +147,7 @@ def _listen(client_ref, client_id: str, operations, after: int) -> None:
             answer = operations.invoke("wait_events", client_id, after, _LISTEN_SLICE)
         except Exception:
             return  # the scheduler or the connection is gone
-        if answer is None:  # stop_listening
+        if answer is None:  # the client is leaving (client_leaving)
             return
         after, events = answer
         client = client_ref()

@@ -105,7 +105,7 @@ class Semaphore(_Named):
     def acquire(self, timeout=None) -> bool:
         """Take a lease; wait up to ``timeout`` seconds (forever if None). False if none came."""
         lease_id = uuid.uuid4().hex
-        worker = _task_worker()
+        owner = (self.client.id, _task_worker())  # the lease goes back if either goes away
         granted = _in_slices(
             lambda seconds: self._invoke(
                 "semaphore_acquire",
@@ -113,7 +113,7 @@ class Semaphore(_Named):
                 self.name,
                 self.max_leases,
                 lease_id,
-                worker,
+                owner,
                 seconds,
             ),
             _seconds(timeout),
@@ -199,9 +199,10 @@ class MultiLock(_Named):
         count = len(self.names) if num_locks is None else num_locks
         if not 0 <= count <= len(self.names):
             raise ValueError(f"num_locks must be between 0 and {len(self.names)}, not {num_locks}")
+        owner = (self.client.id, _task_worker())
         granted = _in_slices(
             lambda seconds: self._invoke(
-                "multilock_acquire", self.id, tuple(self.names), count, seconds
+                "multilock_acquire", self.id, owner, tuple(self.names), count, seconds
             ),
             _seconds(timeout),
             False,

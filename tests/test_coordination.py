@@ -283,3 +283,14 @@ def test_tcp_client_of_a_thread_cluster_shares_queues_and_variables():
         assert Variable("tv", client=remote).get(timeout=5) == {"from": "local"}
         with Lock("tl", client=remote):
             assert Lock("tl", client=local).acquire(timeout=0.05) is False
+
+
+def test_locks_and_leases_of_a_closed_client_go_back(cluster, client):
+    with Client(cluster.scheduler_address) as leaving:
+        assert Lock("left-behind", client=leaving).acquire()
+        assert Semaphore(1, "sem-left-behind", client=leaving).acquire()
+        assert MultiLock(["m1", "m2"], client=leaving).acquire()
+        assert Lock("left-behind", client=client).acquire(timeout=0.05) is False
+    assert Lock("left-behind", client=client).acquire(timeout=5)
+    assert Semaphore(1, "sem-left-behind", client=client).acquire(timeout=5)
+    assert MultiLock(["m2"], client=client).acquire(timeout=5)

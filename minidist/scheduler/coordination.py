@@ -44,6 +44,13 @@ class Answer(NamedTuple):
     value: Any
 
 
+class Owner(NamedTuple):
+    """Who holds a lease or a multi-lock: it goes back when this client closes or this worker goes."""
+
+    client: str
+    worker: Optional[str] = None  # set when a task took it
+
+
 class Want(NamedTuple):
     """``owner`` (a client id or a holder's pseudo-client) now needs ``keys`` kept."""
 
@@ -66,8 +73,8 @@ class _Semaphore:
 
     def __init__(self, max_leases: int):
         self.max_leases = max_leases
-        self.leases: dict = {}  # lease id -> worker address of its holder (None: a client)
-        self.waiters: collections.deque = collections.deque()  # (token, lease id, worker)
+        self.leases: dict = {}  # lease id -> its holder's Owner
+        self.waiters: collections.deque = collections.deque()  # (token, lease id, Owner)
 
 
 class _Queue:
@@ -122,6 +129,7 @@ class Coordination:
         self.multilocks: dict = {}  # lock name -> holder id
         self.multilock_held: dict = {}  # holder id -> names it holds
         self.multilock_waiters: collections.deque = collections.deque()  # (token, id, names, n)
+        self.multilock_owners: dict = {}  # holder id -> Owner (while it holds or waits)
         self.events: dict = {}  # name -> bool
         self.event_waiters: dict = collections.defaultdict(list)  # name -> tokens
         self.queues: dict[str, _Queue] = {}
@@ -133,7 +141,7 @@ class Coordination:
     # ------------------------------------------------------------------------------ semaphores
 
     def semaphore_acquire(
-        self, kind: str, name, max_leases: int, lease_id, worker: Optional[str], block: bool, token
+        self, kind: str, name, max_leases: int, lease_id, owner: Owner, block: bool, token
     ) -> list:
         sem = self.semaphores.get((kind, name))
         if sem is None:
@@ -144,11 +152,11 @@ class Coordination:
                 "every Semaphore of one name must agree"
             )
         if len(sem.leases) < sem.max_leases:
-            sem.leases[lease_id] = worker
+            sem.leases[lease_id] = owner
             return [Answer(token, True)]
         if not block:
             return [Answer(token, False)]
-        sem.waiters.append((token, lease_id, worker))
+        sem.waiters.append((token, lease_id, owner))
         self._parked[token] = ("semaphore", (kind, name))
         return []
 
@@ -168,14 +176,17 @@ class Coordination:
 
     def _grant_leases(self, sem: _Semaphore, out: list) -> None:
         while sem.waiters and len(sem.leases) < sem.max_leases:
-            token, lease_id, worker = sem.waiters.popleft()
+            token, lease_id, owner = sem.waiters.popleft()
             self._parked.pop(token, None)
-            sem.leases[lease_id] = worker
+            sem.leases[lease_id] = owner
             out.append(Answer(token, True))
 
     # ------------------------------------------------------------------------------ multi-locks
 
-    def multilock_acquire(self, holder, names: tuple, count: int, block: bool, token) -> list:
+    def multilock_acquire(
+        self, holder, owner: Owner, names: tuple, count: int, block: bool, token
+    ) -> list:
+        self.multilock_owners[holder] = owner
         if self._take_multilock(holder, names, count):
             return [Answer(token, True)]
         if not block:
@@ -201,15 +212,19 @@ class Coordination:
         for name in names:
             if self.multilocks.get(name) == holder:
                 del self.multilocks[name]
+        self.multilock_owners.pop(holder, None)
         out = [Answer(token, True)]
-        waiting, self.multilock_waiters = self.multilock_waiters, collections.deque()
-        for token, other, wanted, count in waiting:
-            if self._take_multilock(other, wanted, count):
-                self._parked.pop(token, None)
-                out.append(Answer(token, True))
-            else:
-                self.multilock_waiters.append((token, other, wanted, count))
+        self._grant_multilocks(out)
         return out
+
+    def _grant_multilocks(self, out: list) -> None:
+        waiting, self.multilock_waiters = self.multilock_waiters, collections.deque()
+        for waiter, other, wanted, count in waiting:
+            if self._take_multilock(other, wanted, count):
+                self._parked.pop(waiter, None)
+                out.append(Answer(waiter, True))
+            else:
+                self.multilock_waiters.append((waiter, other, wanted, count))
 
     # ------------------------------------------------------------------------------------ events
 
@@ -391,20 +406,39 @@ class Coordination:
             else:
                 queue.putters = collections.deque(w for w in queue.putters if w[0] is not token)
 
-    # ---------------------------------------------------------------------------------- workers
+    # ------------------------------------------------------------------------ owners that go
 
     def worker_removed(self, address: str) -> list:
-        """A worker left or died: leases its tasks held go back, and its parked requests are dropped
-        (whoever asked is gone, so a lease granted to them would never be released)."""
+        """A worker left or died: what its tasks held goes back, and their parked requests are
+        dropped (whoever asked is gone, so a lease granted to them would never be released)."""
+        return self._owners_gone(lambda owner: owner.worker == address)
+
+    def client_left(self, client: str) -> list:
+        """A client closed: what it held goes back (its waits were its own, and have ended)."""
+        return self._owners_gone(lambda owner: owner.client == client)
+
+    def _owners_gone(self, gone) -> list:
         out: list = []
         for sem in self.semaphores.values():
-            for token, _lease, worker in list(sem.waiters):
-                if worker == address:
+            for token, _lease, owner in list(sem.waiters):
+                if gone(owner):
                     self._withdraw_now(token)
                     out.append(Answer(token, False))
-            dead = [lease for lease, worker in sem.leases.items() if worker == address]
+            dead = [lease for lease, owner in sem.leases.items() if gone(owner)]
             for lease in dead:
                 del sem.leases[lease]
             if dead:
                 self._grant_leases(sem, out)
+        holders = [h for h, owner in self.multilock_owners.items() if gone(owner)]
+        if holders:
+            for token, holder, _names, _count in list(self.multilock_waiters):
+                if holder in holders:
+                    self._withdraw_now(token)
+                    out.append(Answer(token, False))
+            for holder in holders:
+                self.multilock_owners.pop(holder, None)
+                for name in self.multilock_held.pop(holder, ()):
+                    if self.multilocks.get(name) == holder:
+                        del self.multilocks[name]
+            self._grant_multilocks(out)
         return out

@@ -24,7 +24,7 @@ import time
 from typing import Any, Optional
 
 from ..messages import Release, UpdateGraph
-from .coordination import Answer, Coordination, Packed, Unwant, Want
+from .coordination import Answer, Coordination, Owner, Packed, Unwant, Want
 from .published import Published
 
 _CALL_TIMEOUT = 60.0
@@ -55,7 +55,7 @@ COORDINATION_HANDLERS = {
     "log_event": "log_event",
     "get_events": "events",
     "wait_events": "subscribe_topic",
-    "stop_listening": "subscribe_topic",
+    "client_leaving": "semaphore_release",
 }
 
 
@@ -137,7 +137,7 @@ class CoordinationOperations:
     # ------------------------------------------------------------------------ semaphores, locks
 
     def semaphore_acquire(
-        self, kind: str, name, max_leases: int, lease_id, worker=None, timeout=None
+        self, kind: str, name, max_leases: int, lease_id, owner: Owner, timeout=None
     ) -> bool:
         return self._ask(
             "semaphore_acquire",
@@ -145,7 +145,7 @@ class CoordinationOperations:
             name,
             max_leases,
             lease_id,
-            worker,
+            Owner(*owner),
             _blocks(timeout),
             timeout=timeout,
             timed_out=False,
@@ -157,10 +157,13 @@ class CoordinationOperations:
     def semaphore_value(self, kind: str, name) -> int:
         return self._read(lambda s: coordination_of(s).semaphore_value(kind, name))
 
-    def multilock_acquire(self, holder, names: tuple, count: int, timeout=None) -> bool:
+    def multilock_acquire(
+        self, holder, owner: Owner, names: tuple, count: int, timeout=None
+    ) -> bool:
         return self._ask(
             "multilock_acquire",
             holder,
+            Owner(*owner),
             tuple(names),
             count,
             _blocks(timeout),
@@ -245,5 +248,11 @@ class CoordinationOperations:
             "wait_events", listener, after, timeout=timeout, timed_out=(after, []), on=published_of
         )
 
-    def stop_listening(self, listener: str) -> None:
-        self._read(lambda s: carry_out(s, published_of(s).stop_listening(listener)))
+    def client_leaving(self, client: str) -> None:
+        """``client`` closes: its leases and multi-locks go back and its event listener stops."""
+
+        def leave(scheduler) -> None:
+            carry_out(scheduler, coordination_of(scheduler).client_left(client))
+            carry_out(scheduler, published_of(scheduler).stop_listening(client))
+
+        self._read(leave)
