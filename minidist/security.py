@@ -5,12 +5,15 @@ Two independent layers protect a TCP scheduler (see minidist/comm/tcp.py for how
 1. The shared secret. Every connection, TLS or not, proves knowledge of a random per-cluster secret with an
    HMAC challenge in both directions. The scheduler writes the secret to a file only its user can read:
 
-       new_secret() --> write_secret(address, secret) --> <secret dir>/<host>-<port>.secret  (0600)
-                                                               |
+       new_secret() --> write_secret(address, secret) --> <secret dir>/<host>-<port>@<machine>.secret
+                                                               |                              (0600)
        a client of the same user:  read_secret(address) <-----+   found from the address alone
 
    The secret directory is ``$XDG_RUNTIME_DIR/minidist`` when that runtime directory exists and belongs to
-   the user, else ``~/.minidist``; it is created 0700 and refused if another user owns it.
+   the user, else ``~/.minidist``; it is created 0700, and refused (never repaired) when it is a symbolic
+   link, not a directory, another user's, or has any other mode. File names carry this machine's name: a
+   home directory shared between machines (NFS) holds each machine's files apart, and the sweep of stale
+   files (whose owner pid is dead) only looks at this machine's, the only pids it can check.
 
 2. TLS (``tls://`` addresses). ``Security`` holds a CA and a certificate/key per role (scheduler, worker,
    client), each given as a file path or as PEM text. ``Security.temporary()`` makes a throw-away CA and
@@ -278,31 +281,57 @@ def _secret_dir() -> pathlib.Path:
     base = None
     if runtime:
         try:
-            info = os.stat(runtime)
+            info = os.lstat(runtime)
             if stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid():
                 base = pathlib.Path(runtime) / "minidist"
         except OSError:
             pass
     if base is None:
         base = pathlib.Path.home() / ".minidist"
-    base.mkdir(mode=0o700, parents=True, exist_ok=True)
-    info = base.stat()
-    if info.st_uid != os.getuid():
-        raise PermissionError(
-            f"The minidist secret directory {base} belongs to another user (uid {info.st_uid}); "
-            "remove it or set XDG_RUNTIME_DIR to a directory of your own"
-        )
-    if stat.S_IMODE(info.st_mode) != 0o700:
-        base.chmod(0o700)
+    try:
+        base.mkdir(mode=0o700, parents=True)
+    except FileExistsError:
+        pass
+    else:
+        base.chmod(0o700)  # ours, just made: whatever the umask took away
+    _check_secret_dir(base, os.lstat(base))
     return base
 
 
-def _file_name(host: str, port: int) -> str:
-    # Only the host and port: tcp:// and tls:// to the same place name the same scheduler.
-    safe = re.sub(r"[^A-Za-z0-9.-]", "_", host)
-    if safe != host:  # keep distinct hosts distinct after replacing characters
-        safe += "-" + hashlib.sha256(host.encode()).hexdigest()[:8]
-    return f"{safe}-{port}.secret"
+def _check_secret_dir(base: pathlib.Path, info: os.stat_result) -> None:
+    """Refuse a secret directory anyone else could read, swap or redirect; never repair it silently."""
+    where = "remove it (a fresh one is made) or set XDG_RUNTIME_DIR to a directory of your own"
+    if stat.S_ISLNK(info.st_mode):
+        raise PermissionError(
+            f"The minidist secret directory {base} is a symbolic link; refusing to follow it: {where}"
+        )
+    if not stat.S_ISDIR(info.st_mode):
+        raise PermissionError(f"The minidist secret directory {base} is not a directory: {where}")
+    if info.st_uid != os.getuid():
+        raise PermissionError(
+            f"The minidist secret directory {base} belongs to another user (uid {info.st_uid}): {where}"
+        )
+    if stat.S_IMODE(info.st_mode) != 0o700:
+        raise PermissionError(
+            f"The minidist secret directory {base} has mode {oct(stat.S_IMODE(info.st_mode))}, not "
+            f"0o700: others may have read or replaced its secrets. Check it, then {where}"
+        )
+
+
+def _safe(name: str) -> str:
+    safe = re.sub(r"[^A-Za-z0-9.-]", "_", name)
+    if safe != name:  # keep distinct names distinct after replacing characters
+        safe += "-" + hashlib.sha256(name.encode()).hexdigest()[:8]
+    return safe
+
+
+def _machine() -> str:
+    return _safe(socket.gethostname() or "localhost")
+
+
+def _file_name(host: str, port: int, machine: str | None = None) -> str:
+    # The host and port only, no protocol: tcp:// and tls:// to the same place name the same scheduler.
+    return f"{_safe(host)}-{port}@{machine or _machine()}.secret"
 
 
 def secret_path(address: str) -> pathlib.Path:
@@ -341,7 +370,9 @@ def sweep_stale_secrets(directory: pathlib.Path) -> None:
 
     A file whose owner cannot be told (written by an older minidist) is left alone.
     """
-    for path in directory.glob("*.secret"):
+    for path in directory.glob(
+        f"*@{_machine()}.secret"
+    ):  # pids of other machines mean nothing here
         try:
             _, owner = _parse_secret_file(path)
         except (OSError, ValueError):
@@ -357,33 +388,54 @@ def sweep_stale_secrets(directory: pathlib.Path) -> None:
 
 
 def _candidate_paths(address: str) -> list[pathlib.Path]:
-    """The file for ``address``, then the files for the IPs its host name resolves to ("localhost")."""
+    """The file for ``address``, then the files for the IPs its host name resolves to ("localhost").
+
+    This machine's files first; for an address that is not loopback, another machine's file for the
+    same address too (a home directory shared between machines).
+    """
     _, host, port = parse_address(address)
     directory = _secret_dir()
-    paths = [directory / _file_name(host, port)]
+    hosts = [host]
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError:
         infos = []
-    for info in infos:
-        path = directory / _file_name(str(info[4][0]), port)
-        if path not in paths:
-            paths.append(path)
+    hosts += [str(info[4][0]) for info in infos if str(info[4][0]) not in hosts]
+    paths = [directory / _file_name(h, port) for h in hosts]
+    for h in hosts:
+        if not _is_loopback_host(h):
+            paths += sorted(
+                p for p in directory.glob(f"{_safe(h)}-{port}@*.secret") if p not in paths
+            )
     return paths
+
+
+def _is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
 
 
 def read_secret(address: str) -> bytes | None:
     """The secret stored for ``address`` by this user, or None if there is none."""
     for path in _candidate_paths(address):
         try:
-            info = path.stat()
+            info = path.lstat()
         except FileNotFoundError:
             continue
-        if info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) & 0o077:
+        if (
+            not stat.S_ISREG(info.st_mode)
+            or info.st_uid != os.getuid()
+            or stat.S_IMODE(info.st_mode) & 0o077
+        ):
             raise PermissionError(
-                f"Refusing to use the secret file {path}: it must belong to you with mode 0600 "
-                f"(it has uid {info.st_uid}, mode {oct(stat.S_IMODE(info.st_mode))}); delete it and "
-                "restart the scheduler"
+                f"Refusing to use the secret file {path}: it must be a regular file of yours with mode "
+                f"0600 (it has uid {info.st_uid}, mode {oct(stat.S_IMODE(info.st_mode))}, "
+                f"{'a symbolic link' if stat.S_ISLNK(info.st_mode) else 'not a link'}); delete it "
+                "and restart the scheduler"
             )
         try:
             return _parse_secret_file(path)[0]

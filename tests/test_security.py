@@ -147,12 +147,67 @@ def test_a_secret_file_others_can_read_is_refused():
         read_secret("tcp://127.0.0.1:8786")
 
 
-def test_a_too_open_secret_directory_is_tightened(private_runtime_dir):
+def test_a_too_open_secret_directory_is_refused_not_repaired(private_runtime_dir):
+    """Once others could read or swap its files, tightening the mode would not undo that: say so."""
     directory = private_runtime_dir / "minidist"
     directory.mkdir(mode=0o755)
     directory.chmod(0o755)
-    write_secret("tcp://127.0.0.1:1", new_secret())
-    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    with pytest.raises(PermissionError, match="has mode 0o755, not 0o700"):
+        write_secret("tcp://127.0.0.1:1", new_secret())
+    with pytest.raises(PermissionError, match="0o755"):
+        read_secret("tcp://127.0.0.1:1")
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o755 and not list(directory.iterdir())
+
+
+def test_a_secret_directory_that_is_a_symbolic_link_is_refused(private_runtime_dir, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    (private_runtime_dir / "minidist").symlink_to(elsewhere)
+    with pytest.raises(PermissionError, match="symbolic link"):
+        write_secret("tcp://127.0.0.1:1", new_secret())
+    assert not list(elsewhere.iterdir())
+
+
+def test_a_new_secret_directory_is_0700_whatever_the_umask(private_runtime_dir):
+    old = os.umask(0o002)
+    try:
+        path = write_secret("tcp://127.0.0.1:1", new_secret())
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+
+
+def test_a_secret_file_that_is_a_symbolic_link_is_refused(tmp_path):
+    target = tmp_path / "planted"
+    target.write_text(new_secret().hex() + "\n")
+    target.chmod(0o600)
+    secret_path("tcp://127.0.0.1:2").symlink_to(target)
+    with pytest.raises(PermissionError, match="a symbolic link"):
+        read_secret("tcp://127.0.0.1:2")
+
+
+def test_secret_files_name_this_machine_and_other_machines_files_are_left_alone():
+    """A home directory shared between machines: each machine's files apart, and only its own swept."""
+    import socket
+
+    path = write_secret("tcp://127.0.0.1:3", new_secret())
+    assert path.name.startswith(f"127.0.0.1-3@{socket.gethostname()}")
+    # another machine's scheduler on the same loopback address and a pid that is dead here
+    other = path.parent / path.name.replace(path.name.split("@")[1], "other-machine.secret")
+    other.write_text(f"{new_secret().hex()} 999999999\n")
+    other.chmod(0o600)
+    mine = new_secret()
+    write_secret("tcp://127.0.0.1:4", mine)  # writing sweeps stale files: never the other machine's
+    assert other.exists()
+    assert read_secret("tcp://127.0.0.1:3") != other.read_text().split()[0]  # loopback: ours only
+    # a LAN address is the same scheduler seen from any machine: its file is found
+    lan = "tcp://10.9.8.7:5"
+    shared = secret_path(lan).parent / secret_path(lan).name.replace(
+        secret_path(lan).name.split("@")[1], "other-machine.secret"
+    )
+    shared.write_text(f"{mine.hex()} 1\n")
+    shared.chmod(0o600)
+    assert read_secret(lan) == mine
 
 
 def test_without_a_runtime_dir_secrets_go_to_the_home_directory(tmp_path, monkeypatch):

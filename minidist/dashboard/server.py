@@ -417,9 +417,8 @@ class _Handler(BaseHTTPRequestHandler):
     _cookie: str | None = None
 
     def setup(self):
-        # one setting per server, for its waiting room too
-        self.timeout = self.server.request_timeout  # type: ignore[misc]  # socketserver reads it per instance
         super().setup()
+        self.connection.settimeout(self.server.request_timeout)  # the server's, as its waiting room
 
     def log_message(self, format, *args):  # no access log on the user's stderr
         pass
