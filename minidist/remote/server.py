@@ -14,7 +14,9 @@
                  scheduler.sessions[client_id] = _ClientSlot ──report(items)──► outbox
 
 The scheduler thread only appends to an outbox, so a slow or stopped remote client never stalls the
-cluster. Clients inside process workers use the same ``Session`` logic over the worker's pipe
+cluster. The outbox is bounded (``comm/outbox.py``): answers to a client's own requests wait for room
+(the client's requests are then read no faster than it reads the answers), and a client that lets
+10,000 reports pile up has stopped reading: its connection is closed. Clients inside process workers use the same ``Session`` logic over the worker's pipe
 (``route_worker_client``, installed as ``handle.client_router``); there the scheduler thread itself
 reads the requests, and replies go back as ``ClientReply(frame)`` worker messages.
 
@@ -26,11 +28,11 @@ from __future__ import annotations
 
 import itertools
 import logging
-import queue
 import threading
 from typing import Any, Callable, Optional
 
 from ..comm.addressing import format_address, parse_address, resolve_interface
+from ..comm.outbox import MAX_OUTBOX_BYTES, MAX_OUTBOX_MESSAGES, Outbox
 from ..errors import CommClosedError
 from ..messages import (
     CLIENT_MESSAGES,
@@ -57,7 +59,6 @@ from .protocol import (
     encode,
     inline_payload,
     machine_id,
-    next_batch,
     portable_exception,
     portable_items,
 )
@@ -333,11 +334,14 @@ class Session:
 class TCPSession(Session):
     """One authenticated connection: a reader thread and a writer thread."""
 
+    max_outbox_bytes = MAX_OUTBOX_BYTES
+    max_outbox_messages = MAX_OUTBOX_MESSAGES
+
     def __init__(self, server: RemoteServer, conn):
         super().__init__(server.cluster, server.codec, server.logger, conn.peer)
         self.server = server
         self.conn = conn
-        self._outbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._outbox = Outbox(self.max_outbox_bytes, self.max_outbox_messages)
         number = next(_connection_numbers)
         self._reader = threading.Thread(
             target=self._read_loop, name=f"minidist-remote-read-{number}", daemon=True
@@ -352,9 +356,18 @@ class TCPSession(Session):
         self._reader.start()
 
     def send(self, message) -> None:
-        if type(message) is Reports:
+        if type(message) is Reports:  # from the scheduler thread, which must never wait
             message = Reports(message.client, portable_items(message.items))
-        self._outbox.put(message)
+            if not self._outbox.put(message, wait=False) and not self.closed:
+                self.logger.warning(
+                    "Closed the connection from %s: it stopped reading (%d messages waiting)",
+                    self.peer,
+                    self.max_outbox_messages,
+                )
+                self.close()
+            return
+        # answers to this client's own requests: wait for room (a closed outbox drops them)
+        self._outbox.put(message, getattr(getattr(message, "value", None), "nbytes", 0) or 0)
 
     def _read_loop(self) -> None:
         from ..comm.tcp import ProtocolError
@@ -376,14 +389,16 @@ class TCPSession(Session):
 
     def _write_loop(self) -> None:
         while True:
-            batch, done = next_batch(self._outbox)
+            batch, done = self._outbox.take()
             if batch:
                 try:
                     self.conn.send_bytes(encode(batch))
                 except CommClosedError:
+                    self._outbox.close()  # wakes whoever waits for room
                     return
                 except Exception:
                     self.logger.exception("Could not send to %s; closing its connection", self.peer)
+                    self._outbox.close()
                     self.conn.close()
                     return
             if done:
@@ -394,13 +409,13 @@ class TCPSession(Session):
             self.closed = True
             self.logger.info("Client connection from %s closed", self.peer)
         self.release_clients()
-        self._outbox.put(None)
+        self._outbox.finish()
         self.conn.close()
         self.server.forget(self)
 
     def close(self) -> None:
         self.closed = True
-        self._outbox.put(None)
+        self._outbox.close()
         self.conn.close()
 
     def join(self, timeout: float) -> None:
