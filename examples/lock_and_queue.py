@@ -43,10 +43,10 @@ def main(client):
         path = os.path.join(directory, "ledger.txt")
         open(path, "w").close()
         client.gather(client.map(append_line, [path] * 12, range(12)))
-        with Lock("ledger"):  # a task may still be writing (see below): read under the lock too
+        with Lock("ledger"):  # read under the lock, as any other reader of the file
             with open(path) as f:
                 lines = f.read().splitlines()
-        # a set: a task stolen by an idle worker just as it started may run (and append) twice
+        # a set: a task may run (and append) twice, e.g. when its worker dies and it is retried
         tasks = {int(line.rsplit(" ", 1)[1]) for line in lines}
         in_order = all(line.startswith(f"entry {n} ") for n, line in enumerate(lines))
         print("tasks in the ledger:", len(tasks), "| no line lost or interleaved:", in_order)

@@ -29,7 +29,7 @@ def main(client):
     deadline = time.monotonic() + 10  # workers ship their records a moment after the tasks end
     while set(logged_items(client)) != set(range(5)) and time.monotonic() < deadline:
         time.sleep(0.1)
-    # a set: a task stolen by an idle worker just as it started may run (and log) twice
+    # a set: a task may run (and log) twice, e.g. when its worker dies and it is retried
     print("items found in the worker logs:", sorted(set(logged_items(client))))
 
 

@@ -7,20 +7,25 @@
         └─ every `interval`: look at the futures still pending (.done(), .status) ─► _Tally per group
         └─ a display draws the tallies:
               terminal (stdout is a tty): bars redrawn in place, one per task prefix (multi=True)
-              anything else (a file, a pipe, a notebook): a few plain lines, at each quarter and at the end
-        └─ returns when every future is done (finished, erred or cancelled)
+              Jupyter with ipywidgets: a live widget, updated by a thread "minidist-progress"; progress()
+                  returns at once, as dask's does
+              anything else (a file, a pipe, a notebook without ipywidgets): a few plain lines, at each
+                  quarter and at the end
+        └─ returns (or the thread ends) when every future is done (finished, erred or cancelled)
 
-Only the public Future API is used (``.key``, ``.status``, ``.done()``), so this module needs nothing from
+ipywidgets is imported only when a notebook asks for a bar. Only the public Future API is used (``.key``, ``.status``, ``.done()``), so this module needs nothing from
 the engine but ``keys.key_split``, the one prefix rule that the scheduler and the dashboard also use.
-It writes to ``sys.stdout``: the user asked for the output.
+It writes to ``sys.stdout`` (or displays the widget): the user asked for the output.
 """
 
 from __future__ import annotations
 
 import shutil
 import sys
+import threading
 import time
 from dataclasses import dataclass
+from html import escape
 
 from minidist.keys import key_split
 from minidist.utils import parse_timedelta
@@ -206,6 +211,61 @@ class TextDisplay:
         self.stream.flush()
 
 
+class WidgetDisplay:
+    """Jupyter: a title line, then one ipywidgets bar per group (name, bar, "done/total")."""
+
+    def __init__(self, tallies: dict[str, _Tally], complete: bool = True):
+        import ipywidgets  # only here: an optional extra, and slow to import
+
+        self.complete = complete
+        self.title = ipywidgets.HTML(value="<b>Starting</b>")
+        self.bars: dict = {}
+        rows = []
+        for name, tally in tallies.items():
+            bar = ipywidgets.IntProgress(
+                value=0, min=0, max=max(tally.total, 1), layout=ipywidgets.Layout(width="50%")
+            )
+            label = ipywidgets.HTML(value=f"0 / {tally.total}")
+            caption = ipywidgets.HTML(
+                value=f"<code>{escape(name or 'tasks')}</code>",
+                layout=ipywidgets.Layout(width="14em"),
+            )
+            self.bars[name] = (bar, label)
+            rows.append(ipywidgets.HBox([caption, bar, label]))
+        self.widget = ipywidgets.VBox([self.title, *rows])
+
+    def update(self, tallies: dict[str, _Tally], elapsed: float) -> None:
+        for name, tally in tallies.items():
+            bar, label = self.bars[name]
+            bar.value = tally.done
+            label.value = escape(f"{tally.done} / {tally.total}{_problems(tally)}")
+            if tally.erred or tally.cancelled:
+                bar.bar_style = "danger"
+        total = _tally_total(tallies)
+        status = "Completed" if total.done == total.total else "Running"
+        text = f"{status} {total.done}/{total.total} tasks{_problems(total)} | {format_seconds(elapsed)}"
+        self.title.value = f"<b>{escape(text)}</b>"
+
+    def finish(self, tallies: dict[str, _Tally], elapsed: float) -> None:
+        self.update(tallies, elapsed)
+        for name, tally in tallies.items():
+            bar, _ = self.bars[name]
+            bar.bar_style = "danger" if tally.erred or tally.cancelled else "success"
+        if not self.complete:
+            self.widget.close()
+
+
+def _widget_display(tallies: dict[str, _Tally], complete: bool):
+    """A WidgetDisplay shown in the notebook, or None when ipywidgets is not installed."""
+    try:
+        display = WidgetDisplay(tallies, complete)
+        from IPython.display import display as show
+    except ImportError:
+        return None
+    show(display.widget)
+    return display
+
+
 def _in_notebook() -> bool:
     ipython = sys.modules.get("IPython")
     shell = (
@@ -224,10 +284,11 @@ def _isatty(stream) -> bool:
 def progress(*futures, notebook=None, multi=True, complete=True, interval="100ms") -> None:
     """Show the progress of futures (or persisted collections) until all are done.
 
-    In a terminal it draws live bars, one per task prefix with ``multi=True`` (one for all otherwise);
-    elsewhere it prints a few plain lines. ``complete=False`` erases the bars at the end (terminal) or
-    skips the per-prefix summary (text). ``notebook=True`` (or a detected Jupyter kernel) uses plain lines:
-    minidist has no widget. Like dask's terminal bar it blocks; a future that errs counts as done.
+    In a terminal it draws live bars, one per task prefix with ``multi=True`` (one for all otherwise),
+    and blocks like dask's terminal bar. In Jupyter (or with ``notebook=True``) with ipywidgets installed
+    it shows a live widget and returns at once, as dask's widget does; without ipywidgets, and anywhere
+    else, it prints a few plain lines. ``complete=False`` erases the bars at the end (terminal, widget) or
+    skips the per-prefix summary (text). A future that errs counts as done.
     """
     found = futures_of(futures)
     if not found:
@@ -235,37 +296,51 @@ def progress(*futures, notebook=None, multi=True, complete=True, interval="100ms
     seconds = parse_timedelta(interval)
     if notebook is None:
         notebook = _in_notebook()
-    stream = sys.stdout
-    if _isatty(stream) and not notebook:
-        display: TerminalDisplay | TextDisplay = TerminalDisplay(stream, complete)
-    else:
-        display = TextDisplay(stream, complete)
-
     groups: dict[str, _Tally] = {}
     pending = []
     for future in found:
         name = key_split(future.key) if multi else ""
         groups.setdefault(name, _Tally()).total += 1
         pending.append((future, groups[name]))
-    started = time.monotonic()
+    if notebook:
+        widget = _widget_display(groups, complete)
+        if widget is not None:
+            threading.Thread(
+                target=_follow,
+                args=(pending, groups, widget, seconds),
+                name="minidist-progress",
+                daemon=True,
+            ).start()
+            return
+    stream = sys.stdout
+    if _isatty(stream) and not notebook:
+        display: TerminalDisplay | TextDisplay = TerminalDisplay(stream, complete)
+    else:
+        display = TextDisplay(stream, complete)
     try:
-        while True:
-            still = []
-            for future, tally in pending:  # a done future stays done: count it once, then forget it
-                if future.done():
-                    tally.done += 1
-                    status = future.status
-                    tally.erred += status == "error"
-                    tally.cancelled += status == "cancelled"
-                else:
-                    still.append((future, tally))
-            pending = still
-            elapsed = time.monotonic() - started
-            if not pending:
-                display.finish(groups, elapsed)
-                return
-            display.update(groups, elapsed)
-            time.sleep(seconds)
+        _follow(pending, groups, display, seconds)
     except KeyboardInterrupt:
         stream.write("\n")  # do not leave the cursor inside a bar
         raise
+
+
+def _follow(pending: list, groups: dict[str, _Tally], display, seconds: float) -> None:
+    """Count futures as they finish and redraw every ``seconds`` until none is pending."""
+    started = time.monotonic()
+    while True:
+        still = []
+        for future, tally in pending:  # a done future stays done: count it once, then forget it
+            if future.done():
+                tally.done += 1
+                status = future.status
+                tally.erred += status == "error"
+                tally.cancelled += status == "cancelled"
+            else:
+                still.append((future, tally))
+        pending = still
+        elapsed = time.monotonic() - started
+        if not pending:
+            display.finish(groups, elapsed)
+            return
+        display.update(groups, elapsed)
+        time.sleep(seconds)
