@@ -18,10 +18,12 @@ keeps its result alive until it is taken or overwritten.
 from __future__ import annotations
 
 import collections
+import functools
 import time
 import uuid
 from typing import Any, Optional
 
+from .asynchronous import in_event_loop
 from .utils import parse_timedelta
 
 _SLICE = 5.0
@@ -45,6 +47,12 @@ def _in_slices(call, timeout: Optional[float], timed_out):
             return answer
 
 
+def _in_executor(function, *args):
+    import asyncio
+
+    return asyncio.get_running_loop().run_in_executor(None, function, *args)
+
+
 def _task_worker() -> Optional[str]:
     """The address of the worker running the current task, if any (its leases die with it)."""
     from .worker.runtime import current_key, current_runtime
@@ -53,6 +61,23 @@ def _task_worker() -> Optional[str]:
     if runtime is None or current_key() is None:
         return None
     return runtime.address
+
+
+def _awaitable(method):
+    """For a client made with ``asynchronous=True``, called inside its event loop, the call runs in
+    the loop's executor and an awaitable is returned (``await lock.acquire()``), as in dask."""
+
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        if self.client.asynchronous and in_event_loop():
+            import asyncio
+
+            blocking = functools.partial(method, self, *args, **kwargs)
+            return asyncio.get_running_loop().run_in_executor(None, blocking)
+        return method(self, *args, **kwargs)
+
+    call.blocking = method  # type: ignore[attr-defined]
+    return call
 
 
 class _Named:
@@ -102,6 +127,7 @@ class Semaphore(_Named):
         self.max_leases = max_leases
         self._leases: collections.deque = collections.deque()  # lease ids this handle holds
 
+    @_awaitable
     def acquire(self, timeout=None) -> bool:
         """Take a lease; wait up to ``timeout`` seconds (forever if None). False if none came."""
         lease_id = uuid.uuid4().hex
@@ -123,6 +149,7 @@ class Semaphore(_Named):
             self._leases.append(lease_id)
         return bool(granted)
 
+    @_awaitable
     def release(self) -> bool:
         """Give back the oldest lease this handle holds."""
         if not self._leases:
@@ -132,6 +159,7 @@ class Semaphore(_Named):
         lease_id = self._leases.popleft()
         return self._invoke("semaphore_release", self._kind, self.name, lease_id)
 
+    @_awaitable
     def get_value(self) -> int:
         """How many leases are held now, by anyone."""
         return self._invoke("semaphore_value", self._kind, self.name)
@@ -142,6 +170,13 @@ class Semaphore(_Named):
 
     def __exit__(self, *exc_info):
         self.release()
+
+    async def __aenter__(self):
+        await _in_executor(type(self).acquire.blocking, self)
+        return self
+
+    async def __aexit__(self, *exc_info):
+        await _in_executor(type(self).release.blocking, self)
 
     def __reduce__(self):
         return (type(self), (self.max_leases, self.name))
@@ -159,7 +194,8 @@ class Lock(Semaphore):
         super().__init__(1, name, client=client)
 
     # dask's Lock is a Semaphore whose acquire also takes ``blocking`` first
-    def acquire(self, blocking: bool = True, timeout=None) -> bool:  # type: ignore[override]
+    @_awaitable
+    def acquire(self, blocking: bool = True, timeout=None) -> bool:
         """Take the lock; with ``timeout``, give up after that many seconds and return False."""
         if not blocking:
             if timeout is not None:
@@ -167,11 +203,13 @@ class Lock(Semaphore):
             timeout = 0
         return super().acquire(timeout)
 
+    @_awaitable
     def release(self) -> bool:
         if not self._leases:
             raise RuntimeError(f"Lock {self.name!r} is not acquired by this handle; cannot release")
         return super().release()
 
+    @_awaitable
     def locked(self) -> bool:
         """Is the lock held by anyone?"""
         return self.get_value() == 1
@@ -191,6 +229,7 @@ class MultiLock(_Named):
         self.id = uuid.uuid4().hex
         self._locked = False
 
+    @_awaitable
     def acquire(self, blocking: bool = True, timeout=None, num_locks=None) -> bool:
         if not blocking:
             if timeout is not None:
@@ -210,6 +249,7 @@ class MultiLock(_Named):
         self._locked = bool(granted)
         return self._locked
 
+    @_awaitable
     def release(self) -> bool:
         if not self._locked:
             raise ValueError(f"MultiLock {self.names!r} is not acquired by this handle")
@@ -226,6 +266,13 @@ class MultiLock(_Named):
     def __exit__(self, *exc_info):
         self.release()
 
+    async def __aenter__(self):
+        await _in_executor(MultiLock.acquire.blocking, self)
+        return self
+
+    async def __aexit__(self, *exc_info):
+        await _in_executor(MultiLock.release.blocking, self)
+
     def __reduce__(self):
         return (type(self), (self.names,))
 
@@ -235,6 +282,7 @@ class Event(_Named):
 
     _kind = "event"
 
+    @_awaitable
     def wait(self, timeout=None) -> bool:
         """True once the event is set; False if ``timeout`` seconds passed first."""
         return _in_slices(
@@ -243,12 +291,15 @@ class Event(_Named):
             False,
         )
 
+    @_awaitable
     def set(self) -> None:
         self._invoke("event_set", self.name)
 
+    @_awaitable
     def clear(self) -> None:
         self._invoke("event_clear", self.name)
 
+    @_awaitable
     def is_set(self) -> bool:
         return self._invoke("event_is_set", self.name)
 
@@ -265,6 +316,7 @@ class Queue(_Named):
         super().__init__(name, client)
         self.maxsize = maxsize
 
+    @_awaitable
     def put(self, value, timeout=None, **kwargs) -> None:
         """Add ``value``; if the queue is full, wait up to ``timeout`` seconds for room."""
         from .packing import pack
@@ -280,6 +332,7 @@ class Queue(_Named):
                 "nothing was put"
             )
 
+    @_awaitable
     def get(self, timeout=None, batch=False, **kwargs):
         """The next item; ``batch=True`` every item there is now, ``batch=n`` a list of ``n`` items.
         Raises TimeoutError if nothing came within ``timeout`` seconds."""
@@ -307,6 +360,7 @@ class Queue(_Named):
             return unpack(answer, client)
         return [unpack(item, client) for item in answer]
 
+    @_awaitable
     def qsize(self, **kwargs) -> int:
         return self._invoke("queue_size", self.name)
 
@@ -324,11 +378,13 @@ class Variable(_Named):
 
     _kind = "variable"
 
+    @_awaitable
     def set(self, value, timeout="30 s", **kwargs) -> None:
         from .packing import pack
 
         self._invoke("variable_set", self.name, pack(value, self.client))
 
+    @_awaitable
     def get(self, timeout=None, **kwargs):
         """The value; waits until one is set. Raises TimeoutError after ``timeout`` seconds."""
         from .packing import unpack
@@ -342,6 +398,7 @@ class Variable(_Named):
             raise TimeoutError(f"Variable {self.name!r} was not set within {seconds} s")
         return unpack(answer, client)
 
+    @_awaitable
     def delete(self) -> None:
         """Remove the value (for every client) and let go of the futures it kept."""
         self._invoke("variable_delete", self.name)

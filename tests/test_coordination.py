@@ -294,3 +294,27 @@ def test_locks_and_leases_of_a_closed_client_go_back(cluster, client):
     assert Lock("left-behind", client=client).acquire(timeout=5)
     assert Semaphore(1, "sem-left-behind", client=client).acquire(timeout=5)
     assert MultiLock(["m2"], client=client).acquire(timeout=5)
+
+
+def test_primitives_are_awaitable_for_asynchronous_clients(cluster):
+    import asyncio
+
+    async def main():
+        async with Client(cluster, asynchronous=True) as client:
+            lock = Lock("async-lock", client=client)
+            assert await lock.acquire(timeout=1)
+            assert await lock.locked()
+            await lock.release()
+            async with Semaphore(1, "async-sem", client=client):
+                assert await Semaphore(1, "async-sem", client=client).get_value() == 1
+            queue = Queue("async-q", client=client)
+            await queue.put(client.submit(sum, [1, 2]))
+            assert await (await queue.get(timeout=5)) == 3
+            await Variable("async-v", client=client).set(5)
+            assert await Variable("async-v", client=client).get() == 5
+            event = Event("async-e", client=client)
+            waiter = asyncio.ensure_future(event.wait(5))
+            await event.set()
+            assert await waiter
+
+    asyncio.run(main())
