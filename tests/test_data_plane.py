@@ -15,7 +15,6 @@ import sys
 import textwrap
 import threading
 import time
-import zlib
 
 import numpy as np
 import psutil
@@ -23,13 +22,9 @@ import pytest
 
 from conftest import wait_until
 from minidist import Client, LocalCluster, wait
-from minidist.comm.serialize import deserialize, serialize_with_token
 from minidist.comm.shm import (
     SegmentStore,
     list_segments,
-    new_cluster_id,
-    sweep_cluster,
-    unlink_segments,
 )
 from minidist.deploy.memory import process_memory
 
@@ -397,7 +392,6 @@ def test_closing_the_cluster_removes_every_segment():
 
 def write_unreported_segment(cluster_id: str, marker: str) -> str:
     """Stands for a worker that wrote a result to shared memory and died before reporting it."""
-    from minidist.comm.shm import SegmentStore
 
     if os.path.exists(marker):
         return "ran again"
@@ -599,47 +593,3 @@ def test_thread_workers_pass_arrays_by_reference_without_shared_memory():
         result = client.submit(lambda a: a + 1, array).result()
         assert result.flags.writeable and float(result[0]) == 1.0
         assert cluster_segments(cluster.cluster_id) == []
-
-
-# ------------------------------------------------------------------------- content tokens (pure keys)
-
-
-@pytest.fixture
-def store():
-    cluster_id = new_cluster_id()
-    yield SegmentStore(cluster_id)
-    leftovers = cluster_segments(cluster_id)
-    sweep_cluster(cluster_id)
-    assert leftovers == []
-
-
-def test_token_follows_content_and_reuses_the_checksum_of_a_linked_segment(store, monkeypatch):
-    array = np.random.default_rng(2).random(MiB // 8)
-    first, token = serialize_with_token(((array, 1), {}), store, b"f")
-    assert serialize_with_token(((array.copy(), 1), {}), store, b"f")[1] == token  # equal content
-    assert serialize_with_token(((array, 1), {}), store, b"g")[1] != token  # another function
-    assert serialize_with_token(((array, 2), {}), store, b"f")[1] != token  # another argument
-    # the same array again: a hard link to the first segment, and its checksum is not computed again
-    crc32 = zlib.crc32
-    calls = []
-    monkeypatch.setattr(zlib, "crc32", lambda *a: calls.append(1) or crc32(*a))
-    again, same = serialize_with_token(((array, 1), {}), store, b"f")
-    assert same == token and calls == []
-    assert (
-        os.stat(f"/dev/shm/{again.segments()[0]}").st_ino
-        == os.stat(f"/dev/shm/{first.segments()[0]}").st_ino
-    )
-    array[0] += 1  # changed in place: written afresh, new token
-    changed, other = serialize_with_token(((array, 1), {}), store, b"f")
-    assert other != token and calls == [1]
-    assert float(deserialize(changed)[0][0][0]) == float(array[0])
-    unlink_segments(n for p in (first, again, changed) for n in p.segments())
-    sweep_cluster(store.cluster_id)
-
-
-def test_token_without_shared_memory_is_content_based_too():
-    array = np.arange(100_000.0)
-    payload, token = serialize_with_token(array, None)
-    assert payload.segments() == ()
-    assert serialize_with_token(array.copy(), None)[1] == token
-    assert serialize_with_token(array + 1, None)[1] != token
