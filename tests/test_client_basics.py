@@ -208,6 +208,19 @@ def test_cancel_marks_future_cancelled(client):
         dependent.result(timeout=5)
 
 
+def test_a_task_on_a_cancelled_future_is_cancelled_as_in_dask(client):
+    """dask cancels tasks whose dependencies are gone ("lost dependencies"), with their dependents in
+    the same graph; the client stays usable."""
+    first = client.submit(slow_inc, 0, delay=5, pure=False)
+    first.cancel()
+    late = client.submit(inc, first)
+    after_late = client.submit(inc, late)
+    for future in (late, after_late):
+        with pytest.raises(CancelledError):
+            future.result(timeout=10)
+    assert client.submit(inc, 1).result(timeout=10) == 2
+
+
 def test_done_callback_runs_and_a_raising_one_does_not_break_the_client(client):
     called = threading.Event()
     seen = []

@@ -102,29 +102,27 @@ class SchedulerState(Placement):
             held = self.tasks.get(key)
             if held is not None:
                 held.who_wants.add(client)
+        lost: list[Key] = []
         for ts in new:  # link after all are created so tasks of one graph may refer to each other
             for dep_key in ts.dependencies:
                 dep = self.tasks.get(dep_key)
                 if dep is None:
-                    self._set_erred(
-                        ts,
-                        KeyError(
-                            f"Dependency {dep_key!r} of task {ts.key!r} is not known to the "
-                            "scheduler (it was released or never submitted)"
-                        ),
-                        None,
-                        out,
-                    )
-                    break
+                    lost.append(ts.key)  # its dependency was released or cancelled meanwhile
+                    continue
                 dep.dependents.add(ts.key)
+        if lost:
+            # as dask: tasks whose dependencies are gone are cancelled ("lost dependencies"), with
+            # everything of this graph that depends on them; the client sees CancelledError
+            out.extend(self.cancel(lost))
         for ts in new:
-            if ts.state == "erred":
+            if ts.state == "erred" or self.tasks.get(ts.key) is not ts:
                 continue
             self._initial_transition(ts, out)
         for key in wanted:
             held = self.tasks.get(key)
             if held is None:
-                out.append(Report(key, (client,), "cancelled"))
+                if key not in lost:
+                    out.append(Report(key, (client,), "cancelled"))
             elif held.state == "memory":
                 out.append(Report(key, (client,), "memory"))
             elif held.state == "erred":
