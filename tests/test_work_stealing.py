@@ -3,11 +3,13 @@ and an idle worker still takes queued work from a busy one."""
 
 from __future__ import annotations
 
+import os
 import random
 import time
 
 import pytest
 
+from conftest import wait_until
 from minidist import Client, get_worker
 
 pytestmark = pytest.mark.timeout(90)
@@ -45,7 +47,8 @@ def test_an_idle_worker_takes_work_queued_behind_a_long_task(tmp_path):
     path = str(tmp_path / "runs.txt")
     with Client(n_workers=2, threads_per_worker=1, dashboard_address=None) as client:
         workers = list(client.scheduler_info()["workers"])
-        long = client.submit(record, -1, 2.0, path, pure=False, workers=[workers[0]])
+        long = client.submit(record, -1, 3.0, path, pure=False, workers=[workers[0]])
+        assert wait_until(lambda: os.path.exists(path), timeout=30)  # the long task is running
         # queued behind the long task on its worker (allowed elsewhere): the other worker steals them
         short = client.map(record, range(6), [0.0] * 6, path=path, pure=False)
         assert client.gather(short) == list(range(6))
