@@ -318,3 +318,38 @@ def test_primitives_are_awaitable_for_asynchronous_clients(cluster):
             assert await waiter
 
     asyncio.run(main())
+
+
+HOLD_A_LOCK = """
+import sys, time
+from minidist import Client, Lock
+client = Client(sys.argv[1])
+assert Lock("held-by-a-killed-process", client=client).acquire()
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def test_lock_of_a_killed_client_process_goes_back():
+    import subprocess
+    import sys
+
+    with LocalCluster(n_workers=1, processes=True, dashboard_address=None) as cluster:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__import__("minidist").__file__)))
+        child = subprocess.Popen(
+            [sys.executable, "-c", HOLD_A_LOCK, cluster.scheduler_address],
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": root},
+        )
+        try:
+            assert child.stdout.readline().strip() == "held"
+            with Client(cluster) as client:
+                lock = Lock("held-by-a-killed-process", client=client)
+                assert lock.acquire(timeout=0.05) is False
+                child.kill()
+                assert lock.acquire(timeout=10)
+        finally:
+            child.kill()
+            child.wait()
+            child.stdout.close()

@@ -13,8 +13,8 @@ thread::
                      on timeout: scheduler.call(withdraw); if it was answered meanwhile, that answer wins
 
 So a wait never blocks the scheduler thread. The state lives on the scheduler as ``coordination`` and
-``published``, created on first use together with a hook that frees semaphore leases held by tasks of
-a worker that is removed (death, retirement).
+``published``, created on first use together with hooks that free the leases and locks held by tasks
+of a worker that is removed (death, retirement) or by a remote client whose connection ends.
 """
 
 from __future__ import annotations
@@ -70,6 +70,12 @@ def coordination_of(scheduler) -> Coordination:
             carry_out(scheduler, state.worker_removed(address))
 
         scheduler.worker_removed_hooks.append(worker_removed)
+
+        def client_gone(client: str) -> None:  # its connection ended without a goodbye
+            carry_out(scheduler, state.client_left(client))
+            carry_out(scheduler, scheduler.published.forget_listener(client))
+
+        scheduler.client_gone_hooks.append(client_gone)
     return state
 
 

@@ -99,6 +99,8 @@ def on_scatter(scheduler, message: Scatter, outgoing: dict, reports: dict) -> No
 def on_forget_clients(scheduler, message: ForgetClients, outgoing: dict, reports: dict) -> None:
     for client in message.clients:
         scheduler._apply(scheduler.state.forget_client(client), outgoing, reports)
+        for hook in scheduler.client_gone_hooks:
+            hook(client)
 
 
 # ----------------------------------------------------------------------------------------- cluster

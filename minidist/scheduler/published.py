@@ -114,6 +114,12 @@ class Published:
             return []
         return [Answer(token, None)]
 
+    def forget_listener(self, listener: str) -> list:
+        """``listener``'s connection ended: answer its wait, if any, and keep nothing about it."""
+        self.stopped.discard(listener)
+        token = self.listeners.pop(listener, None)
+        return [Answer(token, None)] if token is not None else []
+
     def withdraw(self, token) -> bool:
         for listener, parked in list(self.listeners.items()):
             if parked is token:

@@ -123,6 +123,8 @@ class Scheduler:
         self.on_worker_retired = on_worker_retired
         # called with the address of every worker removed (coordination frees its semaphore leases)
         self.worker_removed_hooks: list[Callable[[str], None]] = []
+        # called with the id of every client whose connection ended (coordination frees its locks)
+        self.client_gone_hooks: list[Callable[[str], None]] = []
         self.started = time.time()
         self.tasks_done = 0
         self._thread = threading.Thread(target=self._loop, name="minidist-scheduler", daemon=True)
