@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
-from .packing import pack, unpack
+from .packing import handoff_owner, pack, received, unpack
 
 _NO_DEFAULT: Any = object()
 
@@ -66,12 +66,15 @@ class SharedData:
         if isinstance(name, list):
             return [self.get_dataset(n, default) for n in name]
         client = self._client
-        packed = self._invoke("dataset_get", name, client.id)
+        owner = handoff_owner()
+        packed = self._invoke("dataset_get", name, owner)
         if packed is None:
             if default is _NO_DEFAULT:
                 raise KeyError(f"Dataset {name!r} not found; published: {self.list_datasets()}")
             return default
-        return unpack(packed, client)
+        value = unpack(packed, client)
+        received([packed], owner, client)
+        return value
 
 
 class Datasets(MutableMapping):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import uuid
 
 import cloudpickle
 
@@ -59,6 +60,24 @@ def pack(value, client) -> Packed:
         # a thread-worker cluster in this process: the object itself can be shared
         return Packed(_Local(value), tuple(dict.fromkeys(f.key for f in futures_in(value))))
     return Packed(buffer.getvalue(), tuple(dict.fromkeys(keys)))
+
+
+def handoff_owner() -> str:
+    """A fresh owner for the keys of a value on its way to a client.
+
+    The scheduler makes this owner want them before the holder lets go; once the client's own futures
+    exist (and have told the scheduler so), ``received`` lets this owner go. Wanting them under the
+    client's own id instead would race with a pending release of an older future of the same key by
+    that client, which could drop them in between.
+    """
+    return f"handoff-{uuid.uuid4().hex}"
+
+
+def received(values: list, owner: str, client) -> None:
+    """The client made its futures for these values: the hand-off owner lets go of their keys."""
+    keys = tuple(dict.fromkeys(k for packed in values for k in packed.keys))
+    if keys:
+        client.operations.invoke("handoff_done", owner, keys)
 
 
 def unpack(packed: Packed, client):

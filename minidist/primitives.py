@@ -336,8 +336,9 @@ class Queue(_Named):
     def get(self, timeout=None, batch=False, **kwargs):
         """The next item; ``batch=True`` every item there is now, ``batch=n`` a list of ``n`` items.
         Raises TimeoutError if nothing came within ``timeout`` seconds."""
-        from .packing import unpack
+        from .packing import handoff_owner, received, unpack
 
+        owner = handoff_owner()
         if batch is True:
             count: Any = True
         elif batch is False or batch is None:
@@ -349,16 +350,17 @@ class Queue(_Named):
         client = self.client
         seconds = _seconds(timeout)
         answer = _in_slices(
-            lambda s: self._invoke("queue_get", self.name, self.maxsize, client.id, count, s),
+            lambda s: self._invoke("queue_get", self.name, self.maxsize, owner, count, s),
             seconds,
             None,
         )
         if answer is None:
             wanted = "an item" if count is None else f"{count} items"
             raise TimeoutError(f"Queue {self.name!r}: {wanted} did not arrive within {seconds} s")
-        if count is None:
-            return unpack(answer, client)
-        return [unpack(item, client) for item in answer]
+        items = [answer] if count is None else answer
+        values = [unpack(item, client) for item in items]
+        received(items, owner, client)
+        return values[0] if count is None else values
 
     @_awaitable
     def qsize(self, **kwargs) -> int:
@@ -387,16 +389,19 @@ class Variable(_Named):
     @_awaitable
     def get(self, timeout=None, **kwargs):
         """The value; waits until one is set. Raises TimeoutError after ``timeout`` seconds."""
-        from .packing import unpack
+        from .packing import handoff_owner, received, unpack
 
         client = self.client
+        owner = handoff_owner()
         seconds = _seconds(timeout)
         answer = _in_slices(
-            lambda s: self._invoke("variable_get", self.name, client.id, s), seconds, None
+            lambda s: self._invoke("variable_get", self.name, owner, s), seconds, None
         )
         if answer is None:
             raise TimeoutError(f"Variable {self.name!r} was not set within {seconds} s")
-        return unpack(answer, client)
+        value = unpack(answer, client)
+        received([answer], owner, client)
+        return value
 
     @_awaitable
     def delete(self) -> None:

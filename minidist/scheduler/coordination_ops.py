@@ -56,6 +56,7 @@ COORDINATION_HANDLERS = {
     "get_events": "events",
     "wait_events": "subscribe_topic",
     "client_leaving": "semaphore_release",
+    "handoff_done": "variable_get",
 }
 
 
@@ -253,6 +254,10 @@ class CoordinationOperations:
         return self._ask(
             "wait_events", listener, after, timeout=timeout, timed_out=(after, []), on=published_of
         )
+
+    def handoff_done(self, owner: str, keys: tuple) -> None:
+        """The receiving client holds its own futures now: the hand-off owner lets go of ``keys``."""
+        self._read(lambda s: carry_out(s, [Unwant(owner, tuple(keys))]))
 
     def client_leaving(self, client: str) -> None:
         """``client`` closes: its leases and multi-locks go back and its event listener stops."""
