@@ -13,6 +13,7 @@ import dask  # noqa: E402
 import dask.bag as db  # noqa: E402
 
 from minidist import Client, Future, futures_of, wait  # noqa: E402
+from minidist.keys import key_split  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -264,3 +265,14 @@ def test_a_reduction_streams_its_chunks_in_dask_order(client):
         watcher.join()
     assert total == pytest.approx(x.size / 2, rel=0.01)
     assert 1 <= peak <= 12, f"{peak} of 32 chunks were held at once"
+
+
+def test_progress_groups_persisted_collections_by_dask_key_prefix(client, capsys):
+    from minidist import progress
+
+    x = da.arange(100, chunks=10)
+    doubled, shifted = client.persist([x * 2, x + 1])
+    progress(doubled, shifted, notebook=True)
+    out = capsys.readouterr().out
+    assert {key_split(f.key) for f in futures_of([doubled, shifted])} == {"mul", "add"}
+    assert "mul 10/10" in out and "add 10/10" in out
