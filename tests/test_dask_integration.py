@@ -272,7 +272,7 @@ def test_progress_groups_persisted_collections_by_dask_key_prefix(client, capsys
 
     x = da.arange(100, chunks=10)
     doubled, shifted = client.persist([x * 2, x + 1])
-    progress(doubled, shifted, notebook=True)
+    progress(doubled, shifted, notebook=False)  # plain lines: stdout is captured, not a terminal
     out = capsys.readouterr().out
     assert {key_split(f.key) for f in futures_of([doubled, shifted])} == {"mul", "add"}
     assert "mul 10/10" in out and "add 10/10" in out
