@@ -137,6 +137,36 @@ def test_serve_is_shared_by_two_clients_and_leaves_nothing_on_sigterm(tmp_path):
     assert "SIGTERM" in server.stdout.read()
 
 
+def test_ctrl_c_stops_serve_and_removes_the_scheduler_file(tmp_path):
+    scheduler_file = str(tmp_path / "scheduler.json")
+    server = serve(
+        "--n-workers",
+        "1",
+        "--scheduler-port",
+        "0",
+        "--dashboard-address",
+        "none",
+        "--scheduler-file",
+        scheduler_file,
+    )
+    try:
+        assert wait_until(lambda: os.path.exists(scheduler_file), timeout=30)
+        with open(scheduler_file) as f:
+            address = json.load(f)["address"]
+        descendants = psutil.Process(server.pid).children(recursive=True)
+        server.send_signal(signal.SIGINT)  # what Ctrl-C in its terminal sends
+        assert server.wait(30) == 0, server.stderr.read()
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    assert "SIGINT" in server.stdout.read()
+    assert wait_until(
+        lambda: not any(p.is_running() and p.status() != "zombie" for p in descendants)
+    )
+    assert not os.path.exists(scheduler_file) and not port_open(address)
+
+
 def test_a_stale_scheduler_file_says_there_is_no_cluster(tmp_path):
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()

@@ -106,7 +106,7 @@ class MinidistBackend(AutoBatchingMixin, ParallelBackendBase):
         threads = max(1, sum(client.nthreads().values()))
         if n_jobs is None or n_jobs < 0:
             return threads
-        return min(n_jobs, threads) if n_jobs > threads else n_jobs
+        return min(n_jobs, threads)  # more jobs than threads would only queue on the workers
 
     def submit(self, func, callback=None):
         shared = self._share_large_arguments(func) if self.client.processes else []
