@@ -14,12 +14,11 @@ scheduler is told, so results are freed as soon as nobody can ask for them.
 from __future__ import annotations
 
 import atexit
-import functools
 import time
 import uuid
 import weakref
 from collections.abc import Iterator
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from .asynchronous import AsyncContext, Closing, in_event_loop
 from .client_admin import ClusterAdmin
@@ -33,6 +32,8 @@ from .client_bridge import ClientBridge
 from .client_events import EventTopics
 from .client_futures import FutureBook
 from .client_ops import ClusterCalls
+from .client_ops import forward as _forward
+from .client_plugins import PluginClient
 from .client_results import ResultReader
 from .client_shared import Datasets, SharedData
 from .client_tasks import TaskPacker, task_options
@@ -49,17 +50,6 @@ from .futures import (  # noqa: F401
 from .keys import funcname, random_token, tokenize_call
 from .messages import Cancel, Release, Retry, Scatter, UpdateGraph
 from .worker.task_client import register_client_maker
-
-
-def _forward(part: str, method: Callable) -> Callable:
-    """A Client method that calls ``method`` on the part held in attribute ``part``, with the same
-    name, signature and docstring (composition without writing each signature twice)."""
-
-    @functools.wraps(method)
-    def forwarded(self, *args, **kwargs):
-        return method(getattr(self, part), *args, **kwargs)
-
-    return forwarded
 
 
 class Client(AsyncContext):
@@ -151,6 +141,8 @@ class Client(AsyncContext):
         self._bridge = ClientBridge(self)  # get_executor, sync, as_current (client_bridge.py)
         # log_event, subscribe_topic, what tasks print (client_events.py)
         self._events = EventTopics(self)
+        self._plugins = PluginClient(self._calls)  # plugins, upload_file (client_plugins.py)
+        self._results.adopt_actor = lambda p: p._bound(Future(p._key, self))  # actors.py
         self.scheduler.sessions[self.id] = self  # it calls report() and take_releases()
         self._set_as_default = set_as_default
         if set_as_default:
@@ -193,10 +185,10 @@ class Client(AsyncContext):
         self._check_open()
         if not callable(func):
             raise TypeError("First input to submit must be a callable function")
-        if actor or actors:
-            raise NotImplementedError(
-                "minidist does not support actors; use dask.distributed for them"
-            )
+        if actor or actors:  # the task makes the instance on its worker and returns a proxy
+            from .actors import actor_constructor
+
+            func, pure = actor_constructor(func), False
         options = task_options(workers, resources, retries, priority, allow_other_workers)
         options["prefix"] = funcname(func) if key is None else None
         key, task = self._packer.prepare(
@@ -435,6 +427,12 @@ class Client(AsyncContext):
     def datasets(self) -> Datasets:
         """The published datasets as a mapping: ``client.datasets["x"]``, ``in``, ``del``..."""
         return Datasets(self._shared)
+
+    register_plugin = _forward("_plugins", PluginClient.register_plugin)
+    unregister_worker_plugin = _forward("_plugins", PluginClient.unregister_worker_plugin)
+    unregister_scheduler_plugin = _forward("_plugins", PluginClient.unregister_scheduler_plugin)
+    register_worker_callbacks = _forward("_plugins", PluginClient.register_worker_callbacks)
+    upload_file = _forward("_plugins", PluginClient.upload_file)
 
     def restart(self, timeout=None, wait_for_workers: bool = True) -> Client:
         """Replace every worker and forget all tasks; this client's futures become cancelled."""

@@ -9,9 +9,10 @@ same names to it (``client.run`` is ``ClusterCalls.run``, with its signature and
 
 from __future__ import annotations
 
+import functools
 import pickle
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from .data_plane import DataPlane
 from .errors import FutureTimeoutError
@@ -106,5 +107,22 @@ class ClusterCalls:
     def get_worker_logs(self, n: Optional[int] = None, workers=None, nanny: bool = False) -> dict:
         return self.invoke("worker_logs", n, workers)
 
-    def get_task_stream(self, start=None, stop=None, count=None) -> list:
-        return self.invoke("task_stream")
+    def get_task_stream(
+        self, start=None, stop=None, count=None, plot=False, filename="task-stream.html", **kwargs
+    ) -> list:
+        """One dask-shaped record per task that ran between ``start`` and ``stop`` (timestamps or
+        durations ago, "10 s"), the newest ``count`` only; ``plot="save"`` also writes an HTML file."""
+        from .diagnostics import client_task_stream
+
+        return client_task_stream(self.invoke, start, stop, count, plot, filename)
+
+
+def forward(part: str, method: Callable) -> Callable:
+    """A Client method that calls ``method`` on the part held in attribute ``part``, with the same
+    name, signature and docstring (composition without writing each signature twice)."""
+
+    @functools.wraps(method)
+    def forwarded(self, *args, **kwargs):
+        return method(getattr(self, part), *args, **kwargs)
+
+    return forwarded

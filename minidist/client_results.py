@@ -10,8 +10,9 @@ A local cluster's ``fetch`` is a dict lookup; a remote one's is a request over t
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
+from .actors import Actor
 from .data_plane import DataPlane
 from .errors import CancelledError
 from .futures import Future, futures_in
@@ -25,6 +26,7 @@ class ResultReader:
     def __init__(self, scheduler: Any, plane: DataPlane):
         self._scheduler = scheduler
         self._plane = plane  # stored values are payloads (pickled) or plain objects
+        self.adopt_actor: Optional[Callable[[Actor], Actor]] = None  # set by the Client (actors.py)
 
     def value(self, key, fetching=None):
         """The value of ``key``; ``fetching`` is a concurrent Future already asked for it (remote)."""
@@ -32,7 +34,10 @@ class ResultReader:
             value = self._scheduler.fetch(key) if fetching is None else fetching.result()
         except KeyError:
             raise CancelledError(f"The value of {key!r} is no longer held by the cluster") from None
-        return self._plane.unpack_value(value)
+        value = self._plane.unpack_value(value)
+        if type(value) is Actor and self.adopt_actor is not None:
+            value = self.adopt_actor(value)
+        return value
 
     def prefetch(self, futures) -> Optional[dict]:
         """Remote clusters: ask for every finished value at once, one round trip rather than one each."""

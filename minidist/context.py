@@ -70,6 +70,12 @@ class WorkerInfo:
         return len(self._runtime.executing)
 
     @property
+    def plugins(self) -> dict:
+        """``{name: plugin}`` of the worker plugins installed here (``client.register_plugin``)."""
+        installed = getattr(self._runtime, "plugins", None)
+        return dict(installed.items()) if installed is not None else {}
+
+    @property
     def client(self):
         return get_client()
 

@@ -59,3 +59,12 @@ class SchedulerError(RuntimeError):
     """The scheduler thread stopped on an unexpected error (a bug in minidist): every future still
     waiting errs with this, naming the cause; finished results stay readable. Close the client and the
     cluster, and start new ones to go on."""
+
+
+class Reschedule(Exception):
+    """Raise it in a task to put the task back in the queue: it runs again (perhaps on another worker),
+    as if it had not started; it is not an error and uses none of the task's ``retries``."""
+
+
+class ActorLost(RuntimeError):
+    """The worker an actor lived on is gone (it died, retired or was restarted): so is the actor."""

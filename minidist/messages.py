@@ -8,7 +8,8 @@ type to handler and nobody spells a kind twice. Who sends what::
                               ForgetClients  RunOnWorkers  WorkerReports (a thread worker's batch)
                               Call (the escape hatch)  Wake
     scheduler ──► worker      ComputeTask  FreeKeys  RunFunction  ClientReply  CloseWorker
-    worker ──► scheduler      TaskDone  TaskErred  RunResult  Secede  Rejoin  WorkerHello  WorkerLogs
+    worker ──► scheduler      TaskDone  TaskErred  TaskTransfer  RunResult  Secede  Rejoin  WorkerHello
+                              WorkerLogs
                               ClientFrame (a frame from a client inside a task)
     scheduler ──► client      sessions' report(items): a list of TaskStatus
     remote client ──► server  ClientHello  Register  Unregister  Fetch  Invoke  + the client messages
@@ -343,6 +344,16 @@ class TaskErred(NamedTuple):
     stop: float
     thread: int
     attempt: int = 0  # the ComputeTask's
+
+
+@_wire
+class TaskTransfer(NamedTuple):
+    """The worker decoded dependency values it received for ``key`` between ``start`` and ``stop``:
+    the task stream's transfer interval. Sent just before the task's ``TaskDone``/``TaskErred``."""
+
+    key: Key
+    start: float
+    stop: float
 
 
 @_wire

@@ -68,7 +68,7 @@ def _new_records(scheduler, since: Optional[float], worker: Optional[str] = None
         if worker is not None and record[1] != worker:
             continue
         ts = tasks.get(record[0])
-        found.append((*record, ts.prefix if ts is not None else None))
+        found.append((*record[:6], ts.prefix if ts is not None else None))
         if len(found) >= MAX_STREAM_PER_SNAPSHOT:
             break
     found.reverse()

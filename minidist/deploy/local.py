@@ -37,6 +37,7 @@ from ..messages import AddWorker, FailPending, Restart
 from ..scheduler.operations import SchedulerOperations
 from ..scheduler.queries import active_workers, worker_info
 from ..scheduler.server import Scheduler
+from ..worker.plugins import install_all
 from ..worker.task_client import TaskClientSlot
 from .cluster import Cluster, WorkerFacts
 from .launcher import WorkerLauncher
@@ -160,6 +161,7 @@ class LocalCluster(Cluster):
             **options.scheduler_kwargs,
         )
         self.operations = SchedulerOperations(self)
+        self.worker_setup = self.operations.plugins.worker_setup  # what new workers install
         self.scheduler_address = f"inproc://{self.cluster_id}"
         _inproc_clusters[self.scheduler_address] = self
         self.handles: dict[str, Any] = {}  # every worker we started and have not reaped
@@ -225,6 +227,10 @@ class LocalCluster(Cluster):
     def _start_worker(self, name=None, restarted: bool = False):
         """Start one worker (``name``: reuse a name, for ``restart_workers``; a restarted thread
         worker gets a new address so late reports of its predecessor are not taken for its own)."""
+        with self.worker_setup.lock:  # until the scheduler knows it: see worker/plugins.py
+            return self._start_worker_now(name, restarted)
+
+    def _start_worker_now(self, name, restarted: bool):
         options = self.options
         name = self._next_name() if name is None else name
         handle: Any  # a ProcessWorkerHandle or a ThreadWorkerHandle (deploy/workers.py)
@@ -244,6 +250,7 @@ class LocalCluster(Cluster):
                 client_router=functools.partial(
                     _route_worker_client, self
                 ),  # get_client() in tasks
+                worker_setup=self.worker_setup.items(),
             )
             self._say_if_template_is_off()
             self.logs.worker_logger(handle.address)  # get_logs() lists it from the start
@@ -268,6 +275,7 @@ class LocalCluster(Cluster):
                 self.logger.exception("Worker %s (name %s) could not start", address, name)
                 self.logs.close_worker(address)
                 raise
+            install_all(handle.runtime, self.worker_setup.items())  # the cluster's plugins
             worker_log.info(
                 "Start worker %s (name %s, pid %d, %d threads, memory limit %s; threads of the cluster's process)",
                 *(address, name, os.getpid(), options.threads_per_worker),
@@ -337,9 +345,7 @@ class LocalCluster(Cluster):
             name="minidist-replace-worker",
         ).start()
 
-    def _restart_worker(self, address: str, timeout=None) -> None:
-        """Replace one worker by a fresh one of the same name (``client.restart_workers``)."""
-        restart_worker(self, address, timeout)
+    _restart_worker = restart_worker  # client.restart_workers (deploy/scaling.py)
 
     def _reap_and_replace(self, handle) -> None:
         handle.stop(timeout=2)

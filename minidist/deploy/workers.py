@@ -207,10 +207,14 @@ def start_process_worker(
     launcher: Optional[WorkerLauncher] = None,
     log_sink: Optional[Callable[[str, list], None]] = None,
     client_router: Optional[Callable] = None,
+    worker_setup: Optional[list] = None,
 ) -> ProcessWorkerHandle:
     """Start a worker process (forked by ``launcher``'s template if it can, else a fresh interpreter)
     and hand it its settings; returns without waiting for the worker to be ready. ``log_sink`` takes the
-    log records it ships; ``client_router`` serves the clients of its tasks (remote/server.py)."""
+    log records it ships; ``client_router`` serves the clients of its tasks (remote/server.py);
+    ``worker_setup``: the cluster's worker plugins, installed before its first task (worker/plugins.py)."""
+    if worker_setup:
+        init = dict(init, worker_setup=worker_setup)
     if worker_class is not None:
         from ..comm.serialize import dumps_function
 

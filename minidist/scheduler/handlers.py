@@ -19,6 +19,7 @@ import pickle
 import time
 from typing import Callable
 
+from ..errors import Reschedule
 from ..messages import (
     AddWorker,
     Call,
@@ -41,6 +42,7 @@ from ..messages import (
     Secede,
     TaskDone,
     TaskErred,
+    TaskTransfer,
     UpdateGraph,
     Wake,
     WorkerHello,
@@ -58,6 +60,9 @@ def on_update_graph(scheduler, message: UpdateGraph, outgoing: dict, reports: di
         # held until the state lets go of them (ReleaseArguments, or Forget); at once for a task the
         # state drops because an equal one exists
         plane.retain(spec.run_spec.arguments)
+    if scheduler.plugins.plugins:  # scheduler/plugins.py
+        keys = [spec.key for spec in message.tasks]
+        scheduler.plugins.update_graph(message.client, message.wanted, keys)
     instructions = scheduler.state.update_graph(
         message.tasks, message.client, message.wanted, time.time()
     )
@@ -131,6 +136,7 @@ def on_pause_worker(scheduler, message: PauseWorker, outgoing: dict, reports: di
 def on_restart(scheduler, message: Restart, outgoing: dict, reports: dict) -> None:
     to_old_workers: dict = {}  # the old workers are going: send them nothing more
     scheduler._apply(scheduler.state.restart(), to_old_workers, reports)
+    scheduler.plugins.emit("restart", scheduler)
     for handle in message.handles:
         scheduler._remove_worker(handle, "restart", to_old_workers, reports, expected=True)
     _answer(message.reply, None)
@@ -206,9 +212,11 @@ def on_task_done(scheduler, handle, message: TaskDone, outgoing: dict, reports: 
         data[key] = value
         plane.retain(value)
         scheduler.tasks_done += 1
-        scheduler.task_stream.append(
-            (key, address, message.thread, message.start, message.stop, "ok")
+        scheduler.task_stream.finished(
+            key, address, message.thread, message.start, message.stop, "ok", message.nbytes
         )
+        if scheduler.plugins.plugins:
+            scheduler.plugins.transition(key, "processing", "memory")
     else:
         plane.retain(value)
         plane.release(value)  # a stale copy: free its shared memory
@@ -220,14 +228,28 @@ def on_task_done(scheduler, handle, message: TaskDone, outgoing: dict, reports: 
 
 def on_task_erred(scheduler, handle, message: TaskErred, outgoing: dict, reports: dict) -> None:
     key, address = message.key, handle.address
-    if scheduler.state.expects_result(key, address, message.attempt):
-        record = (key, address, message.thread, message.start, message.stop, "error")
-        scheduler.task_stream.append(record)
     exception = _load_exception(message.exception)
+    if isinstance(exception, Reschedule):  # not an error: the task goes back to the queue
+        scheduler.task_stream.discard_transfer(key)
+        instructions = scheduler.state.task_rescheduled(key, address, message.stop, message.attempt)
+        scheduler._apply(instructions, outgoing, reports)
+        return
+    if scheduler.state.expects_result(key, address, message.attempt):
+        scheduler.task_stream.finished(
+            key, address, message.thread, message.start, message.stop, "error"
+        )
+        if scheduler.plugins.plugins:
+            scheduler.plugins.transition(key, "processing", "erred")
     instructions = scheduler.state.task_erred(
         key, address, exception, message.traceback, message.start, message.stop, message.attempt
     )
     scheduler._apply(instructions, outgoing, reports)
+
+
+def on_task_transfer(
+    scheduler, handle, message: TaskTransfer, outgoing: dict, reports: dict
+) -> None:
+    scheduler.task_stream.transfer(message.key, message.start, message.stop)
 
 
 def on_run_result(scheduler, handle, message: RunResult, outgoing: dict, reports: dict) -> None:
@@ -265,6 +287,7 @@ def on_client_frame(scheduler, handle, message: ClientFrame, outgoing: dict, rep
 WORKER_HANDLERS: dict[type, Callable[..., None]] = {
     TaskDone: on_task_done,
     TaskErred: on_task_erred,
+    TaskTransfer: on_task_transfer,
     RunResult: on_run_result,
     Secede: on_secede,
     Rejoin: on_rejoin,

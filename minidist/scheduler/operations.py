@@ -18,8 +18,11 @@ from typing import Any, Optional
 
 from ..messages import RunOnWorkers
 from . import queries
+from .actor_ops import ACTOR_HANDLER_NAMES, ActorOperations
 from .admin import ADMIN_HANDLER_NAMES, AdminOperations
 from .coordination_ops import COORDINATION_HANDLERS, CoordinationOperations
+from .plugin_ops import PLUGIN_HANDLER_NAMES, PluginOperations
+from .task_stream import as_dicts, select
 
 _CALL_TIMEOUT = 60.0
 
@@ -42,6 +45,8 @@ HANDLER_NAMES = {
     "scale": "scale",
     **ADMIN_HANDLER_NAMES,
     **COORDINATION_HANDLERS,
+    **PLUGIN_HANDLER_NAMES,
+    **ACTOR_HANDLER_NAMES,
 }
 
 
@@ -62,6 +67,10 @@ class SchedulerOperations:
         self.admin = AdminOperations(self)  # retire, replicate, versions... (scheduler/admin.py)
         # locks, queues, variables, datasets, events (scheduler/coordination_ops.py)
         self.coordination = CoordinationOperations(self.scheduler)
+        self.plugins = PluginOperations(
+            self
+        )  # worker and scheduler plugins (scheduler/plugin_ops.py)
+        self.actors = ActorOperations(self)  # actor method calls (scheduler/actor_ops.py)
 
     def invoke(self, name: str, *args, **kwargs):
         """Call an operation by name, as a remote client does; refuses blocked and unknown names."""
@@ -73,6 +82,10 @@ class SchedulerOperations:
             target = self.admin
         elif name in COORDINATION_HANDLERS:
             target = self.coordination
+        elif name in PLUGIN_HANDLER_NAMES:
+            target = self.plugins
+        elif name in ACTOR_HANDLER_NAMES:
+            target = self.actors
         else:
             target = self
         return getattr(target, name)(*args, **kwargs)
@@ -115,8 +128,10 @@ class SchedulerOperations:
     def processing(self, workers=None) -> dict:
         return self.query(queries.processing, self.workers_matching(workers))
 
-    def task_stream(self) -> list:
-        return self.on_scheduler(lambda s: s.stream_records())
+    def task_stream(self, start=None, stop=None, count=None) -> list:
+        """dask-shaped records of tasks that ended at/after ``start`` (timestamps), newest ``count``."""
+        records = self.on_scheduler(lambda s: select(s.task_stream, start, stop, count))
+        return as_dicts(records)
 
     # ----------------------------------------------------------------------------------------- run
 

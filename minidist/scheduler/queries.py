@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from typing import Iterable, Optional
 
-from ..keys import key_split
-
 _STATES = ("waiting", "queued", "processing", "memory", "erred", "released")
 
 
@@ -89,19 +87,3 @@ def prefix_counts(state) -> dict:
         if ts.state in counts:
             counts[ts.state] += 1
     return by_prefix
-
-
-def stream_records(task_stream) -> list:
-    """The shell's record of finished tasks as dicts (``get_task_stream``, the dashboard)."""
-    return [
-        {
-            "key": str(key),
-            "prefix": key_split(key),
-            "worker": worker,
-            "thread": thread,
-            "start": start,
-            "stop": stop,
-            "status": status,
-        }
-        for key, worker, thread, start, stop, status in list(task_stream)
-    ]

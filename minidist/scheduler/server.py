@@ -54,6 +54,7 @@ from . import queries
 from .failure import fail, refuse_inbox
 from .handlers import HANDLERS, WORKER_HANDLERS
 from .instructions import AskToRelease
+from .plugins import SchedulerPlugins
 from .runs import RunBook
 from .state import (
     Execute,
@@ -64,6 +65,7 @@ from .state import (
     RetireWorker,
     SchedulerState,
 )
+from .task_stream import TaskStream
 from .worker_handle import WorkerHandle
 
 logger = logging.getLogger("minidist.scheduler")
@@ -118,13 +120,14 @@ class Scheduler:
         self._closing = False
         self.failure: Optional[Exception] = None  # a SchedulerError once the loop died (failure.py)
         self.runs = RunBook()  # client.run answers still owed by workers
-        self.task_stream: collections.deque = collections.deque(maxlen=2000)
+        self.task_stream = TaskStream()  # task_stream.py: dashboard, get_task_stream, reports
         self.on_worker_lost = on_worker_lost
         self.on_worker_retired = on_worker_retired
         # called with the address of every worker removed (coordination frees its semaphore leases)
         self.worker_removed_hooks: list[Callable[[str], None]] = []
         # called with the id of every client whose connection ended (coordination frees its locks)
         self.client_gone_hooks: list[Callable[[str], None]] = []
+        self.plugins = SchedulerPlugins(self, self.logger)  # client.register_plugin (plugins.py)
         self.started = time.time()
         self.tasks_done = 0
         self._thread = threading.Thread(target=self._loop, name="minidist-scheduler", daemon=True)
@@ -267,12 +270,15 @@ class Scheduler:
     def _apply(self, instructions: list, outgoing: dict, reports: dict) -> None:
         workers = self.workers
         data = self.data
+        plugins = self.plugins if self.plugins.plugins else None
         for inst in instructions:
             kind = type(inst)
             if kind is Execute:
                 handle = workers.get(inst.worker)
                 if handle is None:
                     continue
+                if plugins is not None:
+                    plugins.transition(inst.key, "queued", "processing")
                 deps = self.data_plane.dependency_values(inst, data)
                 outgoing.setdefault(handle, []).append(
                     handle.execute_message(
@@ -284,6 +290,8 @@ class Scheduler:
                 for client_id in inst.clients:
                     reports.setdefault(client_id, []).append(item)
             elif kind is Forget:
+                if plugins is not None:
+                    plugins.transition(inst.key, "released", "forgotten")
                 value = data.pop(inst.key, None)
                 if value is not None:
                     self.data_plane.release(value)
@@ -325,6 +333,8 @@ class Scheduler:
         self.logger.info(
             "Register worker %s (name %s, %d threads)", handle.address, handle.name, handle.nthreads
         )
+        if self.plugins.plugins:
+            self.plugins.emit("add_worker", self, worker=handle.address)
         self._apply(
             self.state.add_worker(
                 handle.address, handle.nthreads, str(handle.name), handle.resources, time.time()
@@ -412,6 +422,7 @@ class Scheduler:
                 os.close(fd)
             except OSError:
                 pass
+        self.plugins.close()
         for value in self.data.values():
             self.data_plane.release(value)
         self.data.clear()
@@ -420,6 +431,3 @@ class Scheduler:
 
     def prefix_counts(self) -> dict:
         return queries.prefix_counts(self.state)
-
-    def stream_records(self) -> list:
-        return queries.stream_records(self.task_stream)

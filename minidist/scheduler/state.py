@@ -450,6 +450,17 @@ class SchedulerState(Placement):
         self._fill_workers(out)
         return out
 
+    def task_rescheduled(
+        self, key: Key, worker: str, stop: float = 0.0, attempt: Optional[int] = None
+    ) -> list:
+        """The task raised ``Reschedule``: back to the queue, neither an error nor a retry."""
+        out: list = []
+        ts = self._accept_report(key, self.workers.get(worker), stop, out, attempt)
+        if ts is not None:
+            self._to_queued(ts)
+            self._fill_workers(out)
+        return out
+
     def _accept_report(
         self,
         key: Key,

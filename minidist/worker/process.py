@@ -281,6 +281,10 @@ def main(fd: int, running_fd: Optional[int] = None) -> None:
             lambda records: conn.send_bytes(pickle.dumps([WorkerLogs(records)], protocol=5))
         )
         os._exit(1)
+    if init.get("worker_setup"):  # the cluster's worker plugins, before the first task
+        from .plugins import install_all
+
+        install_all(worker.runtime, init["worker_setup"])
     shipper.ship_every(lambda records: worker.send([WorkerLogs(records)]))
     worker.serve()
     os._exit(0)

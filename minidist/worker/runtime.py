@@ -37,6 +37,7 @@ from ..messages import (
     Secede,
     TaskDone,
     TaskErred,
+    TaskTransfer,
 )
 from .running import SLOTS
 from .task_client import TaskClientSlot
@@ -154,10 +155,13 @@ class WorkerRuntime:
 
     def free(self, keys) -> None:
         """Drop cached values and cancel queued or running copies of ``keys``."""
+        actors = getattr(self, "actors", None)  # worker/actors.py: a released actor goes too
         with self._condition:
             for key in keys:
                 self.data.pop(key, None)
                 self.encoded.pop(key, None)
+                if actors:
+                    actors.pop(key, None)
                 running = self._running.get(key)
                 if running is not None:
                     running.cancelled = True
@@ -253,7 +257,12 @@ class WorkerRuntime:
         try:
             function, args, kwargs = self._prepare(task.run_spec)
             if task.dependencies:
+                data = self.data
+                received = any(dep not in data for dep in task.dependencies)
+                fetched = time.time() if received else 0.0
                 values = {dep: self._value_of(dep) for dep in task.dependencies}
+                if received:  # the task stream's transfer interval (scheduler/task_stream.py)
+                    self.report(TaskTransfer(key, fetched, time.time()))
                 args = substitute(args, values)
                 kwargs = substitute(kwargs, values)
             result = function(*args, **kwargs)
@@ -305,6 +314,14 @@ class WorkerRuntime:
         tasks costs one message per ``REPORT_DELAY`` instead of one each; the flusher thread bounds
         that delay. Anything else, or a result with nothing queued behind it, goes out at once.
         """
+        if (
+            type(message) is TaskTransfer
+        ):  # always followed by the task's result: rides along with it
+            with self._outbox_lock:
+                if not self._outbox:
+                    self._oldest_unsent = time.monotonic()
+                self._outbox.append(message)
+            return
         urgent = type(message) not in _RESULTS or not self._pending
         with self._outbox_lock:
             self._outbox.append(message)
@@ -385,6 +402,9 @@ class WorkerRuntime:
         for thread in [*self._threads, self._flusher]:
             if thread is not me:
                 thread.join(max(0.0, deadline - time.monotonic()))
+        plugins = getattr(self, "plugins", None)  # worker/plugins.py, when any were installed
+        if plugins is not None:
+            plugins.close()
         self.data.clear()
         self.encoded.clear()
 

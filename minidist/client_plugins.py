@@ -1,0 +1,122 @@
+"""Client calls for plugins and code shipping: ``register_plugin``, ``unregister_worker_plugin``,
+``unregister_scheduler_plugin``, ``register_worker_callbacks`` and ``upload_file`` (dask's names).
+
+Plugins are pickled here (cloudpickle, so classes from ``__main__`` travel by value) and handed to the
+operations of ``scheduler/plugin_ops.py``, which keep worker plugins for workers started later too.
+Bad input fails here, before anything reaches the cluster: an object that is not a plugin, a method
+that looks like a misspelt hook, a file to upload that is not .py/.zip/.egg or does not compile.
+Mixed into ``Client``.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+import zipfile
+
+from .comm.serialize import dumps_function
+from .worker.plugins import (
+    SCHEDULER_HOOKS,
+    WORKER_HOOKS,
+    UploadFile,
+    WorkerCallbacks,
+    check_hooks,
+)
+
+
+def _is_a(plugin, base_name: str) -> bool:
+    """minidist's plugin classes or dask.distributed's (for programs moving between the two)."""
+    return any(cls.__name__ == base_name for cls in type(plugin).__mro__)
+
+
+class PluginClient:
+    """The plugin calls of one client (built by ``Client``, which forwards the public methods)."""
+
+    def __init__(self, calls):
+        self._invoke = calls.invoke
+
+    def register_plugin(self, plugin, name=None, idempotent=None):
+        """Register a ``WorkerPlugin`` (runs on every worker, now and later) or a ``SchedulerPlugin``.
+
+        ``name`` defaults to ``plugin.name`` or a fresh one; registering a name again replaces the
+        plugin (its ``teardown``/``close`` runs), unless ``idempotent`` keeps the first.
+        Returns ``{worker address: "OK"}`` for worker plugins.
+        """
+        hooks: tuple
+        others: tuple
+        if _is_a(plugin, "WorkerPlugin"):
+            kind, hooks, others = "worker", WORKER_HOOKS, SCHEDULER_HOOKS
+        elif _is_a(plugin, "SchedulerPlugin"):
+            kind, hooks, others = "scheduler", SCHEDULER_HOOKS, WORKER_HOOKS
+        else:
+            raise TypeError(
+                f"register_plugin needs a minidist.WorkerPlugin or minidist.SchedulerPlugin "
+                f"instance, not {plugin!r} of type {type(plugin).__name__}; inherit from one of them"
+            )
+        check_hooks(plugin, hooks, f"{kind.capitalize()}Plugin", tuple(set(others) - set(hooks)))
+        if name is None:
+            name = getattr(plugin, "name", None) or f"{type(plugin).__name__}-{uuid.uuid4()}"
+        if idempotent is None:
+            idempotent = bool(getattr(plugin, "idempotent", False))
+        try:
+            blob = dumps_function(plugin)
+        except Exception as exc:
+            raise TypeError(f"Could not pickle the plugin {plugin!r} to send it: {exc}") from exc
+        return self._invoke(f"register_{kind}_plugin", blob, str(name), idempotent)
+
+    def unregister_worker_plugin(self, name, nanny=None):
+        """Remove a worker plugin from every worker (its ``teardown`` runs) and from later workers."""
+        return self._invoke("unregister_worker_plugin", name)
+
+    def unregister_scheduler_plugin(self, name):
+        """Remove a scheduler plugin (its ``close`` runs)."""
+        return self._invoke("unregister_scheduler_plugin", name)
+
+    def register_worker_callbacks(self, setup=None):
+        """Run ``setup`` (which may take ``dask_worker``) on every worker, now and on later ones."""
+        if setup is None:
+            return None
+        if not callable(setup):
+            raise TypeError(f"register_worker_callbacks needs a callable, not {setup!r}")
+        name = f"worker-callback-{getattr(setup, '__name__', 'setup')}-{uuid.uuid4().hex[:8]}"
+        return self.register_plugin(WorkerCallbacks(setup), name=name)
+
+    def upload_file(self, filename, load: bool = True):
+        """Send a ``.py``, ``.zip`` or ``.egg`` file to every worker (and later ones) and make it
+        importable there (imported at once with ``load``). Uploading a file of the same name again
+        replaces it, and reloads the module."""
+        filename = os.fspath(filename)
+        base = os.path.basename(filename)
+        if not base.endswith((".py", ".zip", ".egg")):
+            raise ValueError(f"upload_file takes a .py, .zip or .egg file, not {filename!r}")
+        with open(filename, "rb") as f:
+            data = f.read()
+        _check_compiles(filename, data)
+        return self.register_plugin(UploadFile(base, data, load), name=f"upload-file-{base}")
+
+
+def _check_compiles(filename: str, data: bytes) -> None:
+    """SyntaxError naming the file (and member) before anything is sent."""
+    if filename.endswith(".py"):
+        _compile(data, filename)
+        return
+    import io
+
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile:
+        raise ValueError(f"upload_file: {filename!r} is not a zip archive") from None
+    with archive:
+        for member in archive.namelist():
+            if member.endswith(".py"):
+                _compile(archive.read(member), f"{filename}/{member}")
+
+
+def _compile(source: bytes, where: str) -> None:
+    try:
+        compile(source, where, "exec")
+    except SyntaxError as exc:
+        raise SyntaxError(
+            f"upload_file: {where} does not compile (line {exc.lineno}: {exc.msg}); nothing was sent",
+            (where, exc.lineno, exc.offset, exc.text),
+        ) from None
