@@ -314,13 +314,14 @@ class WorkerRuntime:
         tasks costs one message per ``REPORT_DELAY`` instead of one each; the flusher thread bounds
         that delay. Anything else, or a result with nothing queued behind it, goes out at once.
         """
-        if (
-            type(message) is TaskTransfer
-        ):  # always followed by the task's result: rides along with it
+        if type(message) is TaskTransfer:  # the task's result follows: let it ride along
             with self._outbox_lock:
-                if not self._outbox:
-                    self._oldest_unsent = time.monotonic()
                 self._outbox.append(message)
+                if len(self._outbox) == 1:
+                    # held back like a result, so the flusher's timer bounds its wait (a result
+                    # queued behind it sees a non-empty outbox and does not arm the timer itself)
+                    self._oldest_unsent = time.monotonic()
+                    self._flush_wanted.set()
             return
         urgent = type(message) not in _RESULTS or not self._pending
         with self._outbox_lock:
