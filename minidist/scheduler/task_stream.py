@@ -19,7 +19,7 @@ from typing import Optional
 
 from ..keys import key_split
 
-STREAM_LENGTH = 100_000  # as dask's default task-stream length
+STREAM_LENGTH = 10_000  # dask keeps 100,000; this bounds the client process memory (load suites)
 _MAX_PENDING_TRANSFERS = 10_000
 
 
