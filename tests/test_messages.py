@@ -8,18 +8,21 @@ import pickle
 import pytest
 
 from minidist import messages
-from minidist.comm.serialize import serialize
+from minidist.comm.serialize import deserialize, serialize
 from minidist.messages import (
     Call,
     Cancel,
     ComputeTask,
     DependencyRef,
+    FreeKeys,
     MalformedMessage,
     Release,
     RunSpec,
     Scatter,
     TaskDone,
     UpdateGraph,
+    decode_batch,
+    encode_batch,
     new_task,
 )
 from minidist.remote.protocol import check_request
@@ -47,16 +50,27 @@ def test_every_wire_message_survives_pickling_with_its_type_and_fields(cls):
     assert type(copy) is cls and copy == message
 
 
-def test_results_cost_at_most_a_few_bytes_more_than_bare_tuples():
-    typed = [TaskDone(f"inc-{i}", i, 28, 1.0, 2.0, 7, 1) for i in range(200)]
-    bare = [("done", f"inc-{i}", i, 28, 1.0, 2.0, 7, 1) for i in range(200)]
-    assert len(pickle.dumps(typed, protocol=5)) <= len(pickle.dumps(bare, protocol=5)) + 200 * 4
+def test_a_batch_on_a_worker_pipe_is_as_compact_as_bare_tuples_and_keeps_its_types():
+    typed = [TaskDone(f"inc-{i}", i, 28, 1.0, 2.0, 7, 1) for i in range(200)] + [FreeKeys(("a",))]
+    bare = [("done", f"inc-{i}", i, 28, 1.0, 2.0, 7, 1) for i in range(200)] + [("free", ("a",))]
+    frame = encode_batch(typed)
+    assert len(frame) <= len(pickle.dumps(bare, protocol=5)) + 200
+    assert decode_batch(frame) == typed
+    assert [type(m) for m in decode_batch(frame)] == [type(m) for m in typed]
 
 
 def test_a_compute_task_crosses_a_pipe_with_its_run_spec_and_references():
-    run_spec = RunSpec(b"id", b"blob", serialize(((DependencyRef("x"),), {}), None))
-    message = pickle.loads(pickle.dumps([ComputeTask("y", run_spec, ("x",), {})], protocol=5))[0]
-    assert type(message.run_spec) is RunSpec and message.run_spec.function == b"blob"
+    arguments = serialize(((DependencyRef("x"),), {}), None)
+    task = ComputeTask("y", b"id", b"blob", arguments, ("x",), {})
+    message = pickle.loads(pickle.dumps([task], protocol=5))[0]
+    assert type(message) is ComputeTask and message.function == b"blob"
+    assert type(deserialize(message.arguments)[0][0]) is DependencyRef
+
+
+def test_a_message_of_the_wrong_length_from_a_peer_is_malformed():
+    forged = tuple.__new__(Cancel, ())  # what a peer's pickle can make
+    with pytest.raises(MalformedMessage, match="Cancel has 1 fields, not 0"):
+        check_request(forged, {"Client-1"})
 
 
 def _remote_task(key="t-1", function=b"pickled function"):

@@ -40,6 +40,7 @@ from ..messages import (
     RunResult,
     RunSpec,
     WorkerReports,
+    encode_batch,
 )
 from ..scheduler.worker_handle import WorkerHandle
 from ..worker.admin import call_with_worker
@@ -115,15 +116,15 @@ class ProcessWorkerHandle:
     def execute_message(
         self, key, run_spec: RunSpec, dependencies, dep_values, attempt: int = 0
     ) -> ComputeTask:
-        function_id = run_spec.function_id
+        function_id, function, arguments = run_spec
         if function_id in self.functions_sent:
-            run_spec = RunSpec(function_id, None, run_spec.arguments)  # it has the function already
+            function = None  # it has the function already
         else:
             self.functions_sent.add(function_id)
-        return ComputeTask(key, run_spec, dependencies, dep_values, attempt)
+        return ComputeTask(key, function_id, function, arguments, dependencies, dep_values, attempt)
 
     def send_messages(self, batch: list) -> None:
-        self.conn.send_bytes(pickle.dumps(batch, protocol=5))
+        self.conn.send_bytes(encode_batch(batch))
 
     def start_run(self, run_id, function_blob, args_payload) -> None:
         """``client.run`` on this worker: it answers with a RunResult (OSError if its pipe is gone)."""
@@ -322,7 +323,7 @@ class ThreadWorkerHandle:
     def execute_message(
         self, key, run_spec: RunSpec, dependencies, dep_values, attempt: int = 0
     ) -> ComputeTask:
-        return ComputeTask(key, run_spec, dependencies, dep_values, attempt)
+        return ComputeTask(key, *run_spec, dependencies, dep_values, attempt)
 
     def send_messages(self, batch: list) -> None:
         """Deliver a batch as direct calls (on the scheduler thread; the runtime only files them)."""
@@ -331,11 +332,7 @@ class ThreadWorkerHandle:
             kind = type(message)
             if kind is ComputeTask:
                 runtime.submit(
-                    message.key,
-                    message.run_spec,
-                    message.dependencies,
-                    message.dep_values,
-                    message.attempt,
+                    message.key, message, message.dependencies, message.dep_values, message.attempt
                 )
             elif kind is FreeKeys:
                 runtime.free(message.keys)

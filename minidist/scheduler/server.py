@@ -31,7 +31,6 @@ import collections
 import concurrent.futures
 import logging
 import os
-import pickle
 import selectors
 import threading
 import time
@@ -48,6 +47,7 @@ from ..messages import (
     ReleaseQueued,
     TaskStatus,
     Wake,
+    decode_batch,
     new_task,  # noqa: F401 (re-exported)
 )
 from . import queries
@@ -239,7 +239,7 @@ class Scheduler:
         conn = handle.conn
         try:
             while True:
-                batch = pickle.loads(conn.recv_bytes())
+                batch = decode_batch(conn.recv_bytes())
                 self._worker_batch(handle, batch, outgoing, reports)
                 if not conn.poll():
                     break

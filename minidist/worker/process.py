@@ -41,6 +41,8 @@ from ..messages import (
     RunSpec,
     WorkerHello,
     WorkerLogs,
+    decode_batch,
+    encode_batch,
 )
 from ..tracebacks import encode_error
 from ..utils import format_bytes
@@ -96,7 +98,7 @@ class ProcessWorker:
         }
 
     def send(self, batch: list) -> None:
-        data = pickle.dumps(batch, protocol=5)
+        data = encode_batch(batch)
         with self._send_lock:
             self.conn.send_bytes(data)
 
@@ -113,7 +115,7 @@ class ProcessWorker:
         payload = serialize(value, self.store)
         return payload, payload.nbytes
 
-    def prepare(self, run_spec: RunSpec) -> tuple:
+    def prepare(self, run_spec: RunSpec | ComputeTask) -> tuple:
         function_id = run_spec.function_id
         with self.runtime.decode_lock:
             function = self.functions[function_id]
@@ -134,12 +136,12 @@ class ProcessWorker:
             handler(message)
 
     def _on_compute_task(self, message: ComputeTask) -> None:
-        run_spec = message.run_spec
-        if run_spec.function is not None and run_spec.function_id not in self.functions:
+        if message.function is not None and message.function_id not in self.functions:
             # keep the blob until first use: decoding happens on a task thread
-            self.functions[run_spec.function_id] = _LazyFunction(run_spec.function)
+            self.functions[message.function_id] = _LazyFunction(message.function)
+        # the message holds the task's RunSpec fields: prepare() reads it as one
         self.runtime.submit(
-            message.key, run_spec, message.dependencies, message.dep_values, message.attempt
+            message.key, message, message.dependencies, message.dep_values, message.attempt
         )
 
     def _on_free_keys(self, message: FreeKeys) -> None:
@@ -218,7 +220,7 @@ class ProcessWorker:
                 data = conn.recv_bytes()
             except (EOFError, OSError):
                 self.die_orphaned()  # the parent closed the pipe or died
-            for message in pickle.loads(data):
+            for message in decode_batch(data):
                 self.dispatch(message)
         self.runtime.close(timeout=1.0)
 
@@ -277,9 +279,7 @@ def main(fd: int, running_fd: Optional[int] = None) -> None:
         worker = ProcessWorker(conn, init)
     except BaseException:  # noqa: B036 - e.g. worker_class.setup() raised: say why before leaving
         logger.exception("Worker %s could not start", init.get("address"))
-        shipper.ship(
-            lambda records: conn.send_bytes(pickle.dumps([WorkerLogs(records)], protocol=5))
-        )
+        shipper.ship(lambda records: conn.send_bytes(encode_batch([WorkerLogs(records)])))
         os._exit(1)
     if init.get("worker_setup"):  # the cluster's worker plugins, before the first task
         from .plugins import install_all

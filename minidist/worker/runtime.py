@@ -30,6 +30,7 @@ from typing import Any, Callable, Optional
 
 from ..data_plane import sizeof  # noqa: F401 (re-exported)
 from ..messages import (
+    ComputeTask,
     DependencyRef,
     QueuedReleased,
     Rejoin,
@@ -75,7 +76,7 @@ class PendingTask:
         self.attempt = attempt  # echoed in the report (see TaskState.attempt)
 
 
-def unpack_run_spec(run_spec: RunSpec) -> tuple:
+def unpack_run_spec(run_spec: RunSpec | ComputeTask) -> tuple:
     """``(function, args, kwargs)`` of a thread worker's task: its run_spec holds them as objects."""
     args, kwargs = run_spec.arguments
     return run_spec.function, args, kwargs
