@@ -8,6 +8,9 @@ One thread in the client process runs ``Scheduler._loop``::
                   selector over the wake-up pipe + worker pipes
                                                │ drain everything that is ready
                                                ▼
+                    one handler per message type (scheduler/handlers.py)
+                                               │
+                                               ▼
                                      SchedulerState events
                                                │ instructions
                ┌───────────────────────────────┼──────────────────────────────┐
@@ -21,8 +24,11 @@ plain objects for thread workers); clients in this process read them directly, s
 round trip. The data plane also frees what a value or a task's arguments hold (shared-memory segments,
 counted across payloads) when the scheduler lets go of them.
 
-Anything that must see a consistent state (``scheduler_info``, ``who_has``, ``restart``...) runs on this
-thread through ``call()``, which hands back a ``concurrent.futures.Future``.
+Other threads reach the state only through messages (``minidist/messages.py``): ``post(message)``, or
+``ask(kind, *fields)`` for one that answers (``RetireWorkers``, ``Restart``...), and read it through
+``query(view)`` (``scheduler/queries.py``). ``call(function)`` runs any function on this thread: the
+escape hatch (``run_on_scheduler``), and the way to read several things in one step. Each hands back a
+``concurrent.futures.Future``.
 """
 
 from __future__ import annotations
