@@ -23,15 +23,14 @@ packed by the cluster's data plane) and ``DependencyRef`` (a future inside task 
 Batches between the scheduler and a worker process travel as ``encode_batch`` frames: each message as its
 class and its field tuple, which pickle handles natively (about as compact and fast as bare tuples).
 Elsewhere (remote links, messages inside messages) they pickle through the reducer registered by ``_wire``. Messages from remote peers are checked against the field
-annotations here (``check_fields``), so the remote protocol never restates a shape. To add a message: see
+annotations here (``message_checks.check_fields``), so the remote protocol never restates a shape. To add a message: see
 "How to add a message" in ``docs/architecture.md``.
 """
 
 import copyreg
 import pickle
-import typing
 from itertools import chain
-from typing import Any, Hashable, NamedTuple, Optional, Union
+from typing import Any, Hashable, NamedTuple, Optional
 
 from .keys import key_split
 
@@ -560,53 +559,3 @@ class ClusterFailed(NamedTuple):
 
 CLIENT_MESSAGES = (UpdateGraph, Release, ReleasePending, Scatter, Cancel, Retry)
 REMOTE_REQUESTS = (ClientHello, Register, Unregister, Fetch, Invoke, *CLIENT_MESSAGES)
-
-
-# ---------------------------------------------------------------------------------------- checking
-
-
-def _runtime_types(annotation) -> Optional[tuple]:
-    """The classes ``isinstance`` needs for an annotation, or None for "anything"."""
-    if annotation is Any:
-        return None
-    if typing.get_origin(annotation) is Union:
-        members: tuple = ()
-        for arg in typing.get_args(annotation):
-            found = _runtime_types(arg)
-            if found is None:
-                return None
-            members += found
-        return members
-    origin = typing.get_origin(annotation) or annotation
-    return (origin,) if isinstance(origin, type) else None
-
-
-_FIELD_TYPES: dict = {}
-
-
-def field_types(cls) -> dict:
-    """``{field: classes}`` for the fields of a message type that have a checkable annotation."""
-    found = _FIELD_TYPES.get(cls)
-    if found is None:
-        hints = typing.get_type_hints(cls)
-        found = {}
-        for name in cls._fields:
-            types = _runtime_types(hints.get(name, Any))
-            if types is not None:
-                found[name] = types
-        _FIELD_TYPES[cls] = found
-    return found
-
-
-def check_fields(message) -> None:
-    """Raise MalformedMessage unless ``message`` has its type's fields, each of its annotated type."""
-    cls = type(message)
-    if len(message) != len(cls._fields):  # a peer can unpickle any length: see _wire
-        raise MalformedMessage(f"{cls.__name__} has {len(cls._fields)} fields, not {len(message)}")
-    for name, types in field_types(type(message)).items():
-        value = getattr(message, name)
-        if not isinstance(value, types):
-            expected = " or ".join(t.__name__ for t in types)
-            raise MalformedMessage(
-                f"{type(message).__name__}.{name} must be {expected}, not {type(value).__name__}"
-            )

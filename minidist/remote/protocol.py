@@ -11,7 +11,7 @@ frame::
     Fetch(request_id, key)                         Reply(request_id, ok, stored value or exception)
     Invoke(request_id, name, args, kwargs)         Reply(request_id, ok, SchedulerOperations.invoke's result)
 
-A peer's message is checked against the field annotations of its type (``messages.check_fields``), plus
+A peer's message is checked against the field annotations of its type (``message_checks.check_fields``), plus
 the few rules a type cannot say (remote tasks come pickled; a client posts only for ids it registered).
 Pickle is safe here only because every peer has authenticated with the cluster secret (or is a worker
 process the cluster started itself). Exceptions that cannot be pickled are replaced by a RuntimeError
@@ -34,6 +34,7 @@ import cloudpickle
 
 from ..comm.serialize import Payload, deserialize, loads_function, serialize
 from ..comm.shm import SharedBuffer, open_segment
+from ..message_checks import check_fields
 from ..messages import (
     CLIENT_MESSAGES,
     REMOTE_REQUESTS,
@@ -45,7 +46,6 @@ from ..messages import (
     Scatter,
     TaskStatus,
     UpdateGraph,
-    check_fields,
 )
 from ..tracebacks import encode_error
 

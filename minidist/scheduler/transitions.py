@@ -1,0 +1,139 @@
+"""The steps every event of ``SchedulerState`` is made of: a task leaves a state, is queued, errs (and
+its dependents with it), is forgotten; a worker's slot is freed.
+
+    events (state.py) ──► these steps ──► instructions appended to ``out`` (Report, Forget, FreeOnWorker)
+                                     └──► placement (placement.py) fills the freed slots
+
+Private to the scheduler package: nothing outside ``minidist/scheduler/`` calls them; every change from
+outside is an event of ``SchedulerState``.
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import Any, Hashable
+
+from .instructions import Forget, FreeOnWorker, Report
+from .placement import Placement
+from .records import TaskState, WorkerState
+
+Key = Hashable
+
+
+class Transitions(Placement):
+    # provided by SchedulerState
+    counts: dict
+
+    def _record_duration(self, prefix: str, duration: float) -> None:
+        if duration < 0:
+            return
+        old = self.prefix_durations.get(prefix)
+        self.prefix_durations[prefix] = duration if old is None else 0.8 * old + 0.2 * duration
+
+    def _free_slot(self, ws: WorkerState, key: Key, now: float) -> None:
+        if key in ws.processing:
+            del ws.processing[key]
+            ts = self.tasks.get(key)
+            if ts is not None and ts.resources and ts.processing_on == ws.address:
+                for name, amount in ts.resources.items():
+                    ws.available[name] = ws.available.get(name, 0) + amount
+            if not ws.processing:
+                ws.idle_since = now
+                self._idle_changed = True
+                if ws.status == "retiring":
+                    self._retired.append(ws.address)
+
+    def _leave_state(self, ts: TaskState) -> None:
+        """Undo the bookkeeping of the task's current state."""
+        state = ts.state
+        if state in self.counts:
+            self.counts[state] -= 1
+        if state == "queued":
+            self.restricted.pop(ts.key, None)  # heap entries are dropped lazily
+        elif state == "processing":
+            ws = self.workers.get(ts.processing_on) if ts.processing_on else None
+            if ws is not None and ts.key in ws.processing:
+                del ws.processing[ts.key]
+                if ts.resources:
+                    for name, amount in ts.resources.items():
+                        ws.available[name] = ws.available.get(name, 0) + amount
+                if not ws.processing and ws.status == "retiring":
+                    self._retired.append(ws.address)  # its last task was cancelled or forgotten
+            ts.processing_on = None
+        ts.state = "released"
+
+    def _to_queued(self, ts: TaskState) -> None:
+        ts.state = "queued"
+        self.counts["queued"] += 1
+        if ts.restrictions or ts.resources:
+            self.restricted[ts.key] = ts
+        else:
+            heapq.heappush(self.ready, (ts.priority, ts.key))
+
+    def _dependency_ready(self, ts: TaskState, dep_key: Key) -> None:
+        ts.waiting_on.discard(dep_key)
+        if ts.state == "waiting" and not ts.waiting_on:
+            self.counts["waiting"] -= 1
+            self._to_queued(ts)
+
+    def _set_erred(self, ts: TaskState, exception: Any, traceback: Any, out: list) -> None:
+        """Err ``ts`` and, transitively, every dependent waiting for it."""
+        stack = [ts]
+        while stack:
+            t = stack.pop()
+            if t.state == "erred" or self.tasks.get(t.key) is not t:
+                continue  # already erred, or forgotten meanwhile (nobody wanted it)
+            if t.state != "released":
+                self._leave_state(t)
+            t.state = "erred"
+            self.counts["erred"] += 1
+            t.exception = exception
+            t.traceback = traceback
+            if t.who_wants:
+                out.append(Report(t.key, tuple(t.who_wants), "erred", exception, traceback))
+            for dep_key in t.dependencies:
+                dep = self.tasks.get(dep_key)
+                if dep is not None and t.key in dep.waiters:
+                    dep.waiters.discard(t.key)
+                    self._maybe_forget(dep, out)
+            for dependent_key in t.dependents:
+                dependent = self.tasks.get(dependent_key)
+                if dependent is not None and dependent.state in ("waiting", "queued", "released"):
+                    stack.append(dependent)
+        self._maybe_forget(ts, out)
+
+    def _maybe_forget(self, ts: TaskState, out: list) -> None:
+        if ts.who_wants or ts.waiters:
+            return
+        # nobody wants it and no pending dependent needs it: drop it whatever its state (a running
+        # copy is told to stop and its result will be discarded)
+        self._forget(ts, out)
+        for dep_key in ts.dependencies:
+            dep = self.tasks.get(dep_key)
+            if dep is not None:
+                dep.waiters.discard(ts.key)
+                dep.dependents.discard(ts.key)
+                self._maybe_forget(dep, out)
+
+    def _forget(self, ts: TaskState, out: list) -> None:
+        if self.tasks.get(ts.key) is not ts:
+            return
+        worker = ts.processing_on
+        self._leave_state(ts)
+        if worker is not None and worker in self.workers:
+            out.append(FreeOnWorker(worker, (ts.key,)))
+        for w in ts.who_has:
+            ws = self.workers.get(w)
+            if ws is not None:
+                ws.has.discard(ts.key)
+                if w != worker:
+                    out.append(FreeOnWorker(w, (ts.key,)))
+        ts.who_has.clear()
+        for dep_key in ts.dependencies:
+            dep = self.tasks.get(dep_key)
+            if dep is not None:
+                dep.dependents.discard(ts.key)
+                dep.waiters.discard(ts.key)
+        del self.tasks[ts.key]
+        ts.state = "forgotten"
+        out.append(Forget(ts.key, ts.run_spec))
