@@ -82,10 +82,7 @@ class Client(AsyncContext):
         **kwargs,
     ):
         from .deploy.local import LocalCluster
-        from .integrations.dask_collections import import_dask_meanwhile
 
-        # dask (if installed) is imported while the cluster starts: this client becomes its scheduler
-        dask_import = import_dask_meanwhile() if set_as_default else None
         self.id = f"Client-{uuid.uuid4()}"
         self.name = name
         self.asynchronous = asynchronous
@@ -149,7 +146,7 @@ class Client(AsyncContext):
             _clients.append(self)
             from .integrations.dask_collections import become_default
 
-            become_default(self, dask_import)  # dask's x.compute() now runs here
+            become_default(self)  # dask's x.compute() runs here, now or once dask is imported
         Client._instances.add(self)
         from .integrations.autoregister import offer_joblib_backend
 

@@ -90,3 +90,35 @@ def test_importing_minidist_does_not_import_dask():
     code = "import sys, minidist; minidist.Future; print('dask' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "False", out.stderr
+
+
+_CLIENT_BEFORE_DASK = """
+import importlib.util, sys
+from minidist import Client, get_worker
+
+def where_it_ran(i):
+    return get_worker().address
+
+with Client(processes=False, n_workers=2, threads_per_worker=1, dashboard_address=None) as client:
+    assert "dask" not in sys.modules, "Client() imported dask"
+    assert importlib.util.find_spec("dask") is not None  # a probe must not use up the hook
+    import dask
+    import dask.bag as db
+
+    ran_on = set(db.from_sequence(range(4), npartitions=2).map(where_it_ran).compute())
+    assert ran_on <= set(client.scheduler_info()["workers"]), ran_on
+    print("ran on minidist")
+assert dask.config.get("scheduler", None) is None  # put back on close
+import joblib  # the other package a Client waits for: then nothing of minidist stays on sys.meta_path
+assert not [f for f in sys.meta_path if type(f).__module__.startswith("minidist")], sys.meta_path
+"""
+
+
+def test_a_client_made_before_dask_is_imported_becomes_its_scheduler_at_that_import():
+    """minidist never imports dask itself (no 0.1-0.3 s at Client(), no import on a background
+    thread that could deadlock with the program's own imports): it waits for the program's import."""
+    out = subprocess.run(
+        [sys.executable, "-c", _CLIENT_BEFORE_DASK], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ran on minidist"

@@ -18,22 +18,23 @@ scheduler interface (results, or futures with ``sync=False``).
 Client (a string would need dask.distributed to resolve it; the stand-in also survives being copied or
 pickled with dask's config). Closing a Client takes it off the stack; when the last one goes, the
 setting is put back to what it was before the first, unless the user chose another scheduler meanwhile.
-dask is imported only when a Client is created and dask is installed; ``import minidist`` never does.
+minidist never imports dask for this: if the program has not imported it when the Client is created,
+the setting is made right after it does (``after_import.when_imported``).
 """
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import threading
 from collections.abc import Iterator
 
+from .after_import import when_imported
 from .dask import flatten_keys, nest_like, require_dask, submit_graph
 
 # ------------------------------------------------------------------------------- default scheduler
 
 _lock = threading.Lock()
 _defaults: list = []  # clients that are dask's default scheduler, newest last
+_pending: list = []  # default clients waiting for the program to import dask
 _saved_setting = (
     None  # dask.config.set(...) made by the first of them: exiting it restores the old value
 )
@@ -82,50 +83,39 @@ class DefaultClientScheduler:
 DEFAULT_SCHEDULER = DefaultClientScheduler()
 
 
-def import_dask_meanwhile():
-    """Start importing dask on a thread (it takes ~50 ms) if it is installed and not imported yet, so
-    a new Client pays for it while its workers start; ``become_default`` waits for it."""
-    if "dask.config" in sys.modules or importlib.util.find_spec("dask") is None:
-        return None
-    thread = threading.Thread(target=_import_dask, name="minidist-import-dask", daemon=True)
-    thread.start()
-    return thread
-
-
-def _import_dask() -> None:
-    try:
-        import dask.config  # noqa: F401
-    except Exception:  # a broken dask install: the client works without it
-        pass
-
-
-def become_default(client, dask_import=None) -> None:
-    """Make ``client`` dask's default scheduler (a no-op when dask is not installed)."""
-    global _saved_setting
-    if dask_import is not None:
-        dask_import.join()
-    if "dask.config" not in sys.modules:
-        if importlib.util.find_spec("dask") is None:
-            return
-        try:
-            import dask.config  # noqa: F401
-        except Exception:
-            return
-    import dask.config
-
+def become_default(client) -> None:
+    """Make ``client`` dask's default scheduler: now if dask is imported, else as soon as the program
+    imports it (``after_import``: dask is never imported for this)."""
     with _lock:
         if client in _defaults:
             return
-        if not _defaults or dask.config.get("scheduler", None) is not DEFAULT_SCHEDULER:
-            _saved_setting = dask.config.set(scheduler=DEFAULT_SCHEDULER)
-            _defaults.clear()  # clients stacked before the user chose another scheduler
-        _defaults.append(client)
+        _pending.append(client)
+    when_imported("dask", _set_defaults)
+
+
+def _set_defaults(dask_module) -> None:
+    """Dask is imported: the clients waiting to be its default scheduler become it, oldest first."""
+    global _saved_setting
+    import dask.config
+
+    with _lock:
+        waiting = [client for client in _pending if not client._closed]
+        _pending.clear()
+        for client in waiting:
+            if client in _defaults:
+                continue
+            if not _defaults or dask.config.get("scheduler", None) is not DEFAULT_SCHEDULER:
+                _saved_setting = dask.config.set(scheduler=DEFAULT_SCHEDULER)
+                _defaults.clear()  # clients stacked before the user chose another scheduler
+            _defaults.append(client)
 
 
 def stop_being_default(client) -> None:
     """``client`` closes: the previous default Client takes over, or dask's earlier setting returns."""
     global _saved_setting
     with _lock:
+        if client in _pending:
+            _pending.remove(client)  # dask was never imported while it was open
         if client not in _defaults:
             return
         _defaults.remove(client)
