@@ -162,6 +162,7 @@ def test_link_is_the_status_page_and_root_redirects(served):
     for root in roots:
         with pytest.raises(urllib.error.HTTPError) as info:
             opener.open(f"http://127.0.0.1:{server.port}{root}", timeout=10)
+        info.value.close()  # the error holds urllib's connection: close it, not the garbage collector
         assert info.value.code == 302
         assert info.value.headers["Location"] == f"{server.prefix}/status"
     with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/", timeout=10) as response:
@@ -390,6 +391,7 @@ def test_paths_outside_the_prefix_are_404():
             url = f"http://127.0.0.1:{server.port}{path}"
             with pytest.raises(urllib.error.HTTPError) as info:
                 urllib.request.urlopen(url, timeout=10)
+            info.value.close()  # the error holds urllib's connection
             assert info.value.code == 404, path
 
 
