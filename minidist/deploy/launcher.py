@@ -43,11 +43,10 @@ LAUNCH_TIMEOUT = 60.0  # the first request also waits for the template's own sta
 class ForkedProcess:
     """A worker process forked by the template: the part of ``Popen`` that worker handles use."""
 
-    def __init__(self, pid: int, launcher: WorkerLauncher):
+    def __init__(self, pid: int):
         self.pid = pid
         self.returncode: Optional[int] = None
         self._exited = threading.Event()
-        self._launcher = launcher
 
     def _set_exited(self, returncode: Optional[int]) -> None:
         self.returncode = returncode
@@ -117,10 +116,6 @@ class WorkerLauncher:
         )
         self._reader.start()
 
-    @property
-    def template_pid(self) -> Optional[int]:
-        return None if self._template is None else self._template.pid
-
     def launch(self, env: dict, fds: tuple, running_board: bool) -> Optional[ForkedProcess]:
         """Fork a worker that runs ``worker.process.main`` on ``fds[0]``; None if the template cannot."""
         with self._lock:
@@ -161,7 +156,7 @@ class WorkerLauncher:
                 if process is not None:
                     process._set_exited(message.returncode)
             elif type(message) is WorkerForked:
-                process = ForkedProcess(message.pid, self)
+                process = ForkedProcess(message.pid)
                 with self._lock:
                     self._processes[message.pid] = process
                     answer = self._pending.pop(message.request_id, None)
