@@ -9,6 +9,7 @@ import threading
 import time
 
 import pytest
+from tcp_cluster_fixtures import tcp_client, tcp_cluster, tcp_remote  # noqa: F401 (fixtures by name)
 
 from conftest import wait_until
 from minidist import Actor, ActorFuture, ActorLost, Client, LocalCluster
@@ -56,30 +57,6 @@ def use_actor(counter, k):
 
 def actors_held(dask_worker):
     return len(getattr(dask_worker, "actors", {}) or {})
-
-
-@pytest.fixture(scope="module", params=[True, False], ids=["processes", "threads"])
-def cluster(request):
-    with LocalCluster(
-        n_workers=2,
-        threads_per_worker=2,
-        processes=request.param,
-        dashboard_address=None,
-        protocol="tcp",
-    ) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def client(cluster):
-    with Client(cluster) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def remote(cluster):
-    with Client(cluster.scheduler_address) as c:
-        yield c
 
 
 def test_methods_return_actor_futures_and_attributes_read_through(client):

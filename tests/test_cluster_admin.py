@@ -7,6 +7,7 @@ import os
 import time
 
 import pytest
+from tcp_cluster_fixtures import tcp_client, tcp_cluster, tcp_remote  # noqa: F401 (fixtures by name)
 
 from conftest import wait_until
 from minidist import Client, LocalCluster
@@ -27,30 +28,6 @@ def wait_for_file(path, value=None):
 
 def worker_address(dask_worker):
     return dask_worker.address
-
-
-@pytest.fixture(scope="module", params=[True, False], ids=["processes", "threads"])
-def cluster(request):
-    with LocalCluster(
-        n_workers=2,
-        threads_per_worker=2,
-        processes=request.param,
-        dashboard_address=None,
-        protocol="tcp",
-    ) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def client(cluster):
-    with Client(cluster) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def remote(cluster):
-    with Client(cluster.scheduler_address) as c:
-        yield c
 
 
 @pytest.fixture(params=[True, False], ids=["processes", "threads"])

@@ -7,10 +7,10 @@ import re
 import time
 
 import pytest
+from tcp_cluster_fixtures import tcp_client, tcp_cluster  # noqa: F401 (fixtures by name)
 
 from minidist import (
     Client,
-    LocalCluster,
     get_task_metadata,
     get_task_stream,
     performance_report,
@@ -30,24 +30,6 @@ def add(x, y):
 
 def fail(x):
     raise ValueError(x)
-
-
-@pytest.fixture(scope="module", params=[True, False], ids=["processes", "threads"])
-def cluster(request):
-    with LocalCluster(
-        n_workers=2,
-        threads_per_worker=2,
-        processes=request.param,
-        dashboard_address=None,
-        protocol="tcp",
-    ) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def client(cluster):
-    with Client(cluster) as c:
-        yield c
 
 
 def test_task_stream_context_has_one_record_per_task_in_dasks_shape(client):
