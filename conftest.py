@@ -23,6 +23,17 @@ def no_leaks_per_module():
         yield
 
 
+@pytest.fixture(autouse=True, scope="module")
+def private_module_runtime_dir(tmp_path_factory):
+    """The same for the clusters a module shares (module-scoped fixtures start before any test's own
+    directory exists): autouse fixtures of a scope are set up before that scope's other fixtures."""
+    runtime = tmp_path_factory.mktemp("module-runtime")
+    runtime.chmod(0o700)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_RUNTIME_DIR", str(runtime))
+        yield runtime
+
+
 @pytest.fixture(autouse=True)
 def private_runtime_dir(tmp_path, monkeypatch):
     """Secret files of every test (and of the processes it starts, which inherit the variable) go to a
