@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 
 import psutil
 import pytest
@@ -234,3 +236,26 @@ def test_python_dash_m_minidist_help_names_serve():
         "--scheduler-file",
     ):
         assert flag in done.stdout
+
+
+def test_the_installed_console_scripts_run():
+    """`pip install` puts `minidist` and `minidist-demo` beside the interpreter (setup.cfg's entry
+    points); both must start and answer --help."""
+    scripts = sysconfig.get_path("scripts")
+    for name, expected in (("minidist", "serve"), ("minidist-demo", "--limit")):
+        path = shutil.which(name, path=scripts)
+        assert path, f"{name} is not in {scripts}: install the package (pip install -e .)"
+        done = subprocess.run(
+            [path, "--help"], cwd=ROOT, env=env(), capture_output=True, text=True, timeout=30
+        )
+        assert done.returncode == 0, done.stderr
+        assert expected in done.stdout
+    done = subprocess.run(
+        [shutil.which("minidist", path=scripts), "serve", "--help"],
+        cwd=ROOT,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0 and "--scheduler-file" in done.stdout
