@@ -47,7 +47,7 @@ from .futures import (  # noqa: F401
     futures_of,
     shaped_like,
 )
-from .keys import funcname, random_token, tokenize_call
+from .keys import funcname
 from .messages import Cancel, Release, Retry, Scatter, UpdateGraph
 from .worker.task_client import register_client_maker
 
@@ -226,15 +226,12 @@ class Client(AsyncContext):
         keys = None
         if isinstance(key, (list, tuple)):
             keys = list(key)
-        prefix = key if isinstance(key, str) else None
         function_ref = self._packer.function_ref(func)
         futures = []
         tasks = []
         for i, args in enumerate(zip(*iterables)):
             task_key = keys[i] if keys is not None else None
-            if task_key is None and prefix is not None:
-                token = tokenize_call(function_ref[0], args, kwargs) if pure else random_token()
-                task_key = f"{prefix}-{token}"
+            # with key=None or a prefix (options["prefix"]), prepare() makes the key as submit does
             task_key, task = self._packer.prepare(
                 func, function_ref, args, kwargs, task_key, pure, options
             )

@@ -106,9 +106,18 @@ class TaskPacker:
         nbytes: dict = {}
         keys = []
         for key, value in items:
-            if key is None:
-                token = tokenize_call(b"scatter", (value,), {}) if hash else random_token()
+            if key is None and hash:
+                # the token comes from the pass that packs the value: a large array is read once
+                stored, size, token = self._plane.pack_value_with_token(value)
                 key = f"{type(value).__name__}-{token}"
+                keys.append(key)
+                if key in values:
+                    self._plane.discard_arguments(stored)  # the same value twice in ``data``
+                else:
+                    values[key], nbytes[key] = stored, size
+                continue
+            if key is None:
+                key = f"{type(value).__name__}-{random_token()}"
             keys.append(key)
             if key in values:
                 continue

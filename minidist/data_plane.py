@@ -11,7 +11,8 @@ of workers run the tasks::
     run / run_on_scheduler  (function pickle, Payload) out, Payload back      objects both ways
     values sent with a task  only the dependencies the worker lacks           every dependency
     freeing               a ledger of shared-memory segments: the last        nothing to free
-                          value or argument payload using one unlinks it
+                          value or argument payload using one hands it to
+                          the janitor thread, which unlinks it
 
 Large buffers of a Payload live in ``/dev/shm`` segments (``comm/shm.py``) when the plane has a store
 (the cluster's process, and remote clients on the same machine); several payloads may share a segment,
@@ -34,8 +35,9 @@ from .comm.serialize import (
     serialize,
     serialize_with_token,
 )
-from .comm.shm import SegmentStore, unlink_segments
+from .comm.shm import SegmentJanitor, SegmentStore, unlink_segments
 from .errors import TaskSerializationError
+from .keys import tokenize_call
 from .messages import RunSpec
 
 
@@ -56,10 +58,15 @@ def function_id_of(blob: Optional[bytes]) -> bytes:
 
 
 class SegmentLedger:
-    """Reference counts of shared-memory segments, which several payloads may share."""
+    """Reference counts of shared-memory segments, which several payloads may share.
 
-    def __init__(self):
+    A segment whose count drops to 0 goes to ``unlink`` (the plane's janitor thread: unlinking a large
+    tmpfs file frees its pages, which must not hold up the scheduler thread).
+    """
+
+    def __init__(self, unlink=unlink_segments):
         self.counts: collections.Counter = collections.Counter()
+        self.unlink = unlink
 
     def retain(self, value: Any) -> None:
         if not getattr(value, "buffers", None):
@@ -79,7 +86,7 @@ class SegmentLedger:
             else:
                 self.counts[name] = left
         if doomed:
-            unlink_segments(doomed)
+            self.unlink(doomed)
 
 
 class PickledPlane:
@@ -91,7 +98,9 @@ class PickledPlane:
         self.store = (
             store  # where large buffers go; None: inline (another machine, or no cluster here)
         )
-        self.ledger = SegmentLedger()  # used by the scheduler's side only
+        # unlinks what the ledger frees, off the scheduler thread (started on first use)
+        self.janitor = SegmentJanitor()
+        self.ledger = SegmentLedger(self.janitor.unlink)  # used by the scheduler's side only
         # on the scheduler's hot path: the ledger's own methods, without a call in between
         self.retain = self.ledger.retain
         self.release = self.ledger.release
@@ -141,6 +150,23 @@ class PickledPlane:
             ) from exc
         return payload, payload.nbytes
 
+    def pack_value_with_token(self, value) -> tuple:
+        """``(stored form, nbytes, content token)`` of a scattered value (``scatter(hash=True)``).
+
+        With a store the token comes from the same pass that writes the value: a large array is read
+        once, not once to hash and once to write.
+        """
+        if self.store is None:
+            payload, nbytes = self.pack_value(value)
+            return payload, nbytes, tokenize_call(b"scatter", (value,), {})
+        try:
+            payload, token = serialize_with_token(value, self.store, b"scatter")
+        except SerializationError as exc:
+            raise TaskSerializationError(
+                f"Could not scatter {type(value).__name__}: {exc}"
+            ) from exc
+        return payload, payload.nbytes, token
+
     def unpack_value(self, stored) -> Any:
         return deserialize(stored)
 
@@ -169,6 +195,10 @@ class PickledPlane:
     def segments_in_use(self):
         return self.ledger.counts.keys()
 
+    def close(self) -> None:
+        """Unlink every segment already freed (the janitor's queue) and stop the janitor's thread."""
+        self.janitor.close()
+
 
 class ObjectPlane:
     """Functions, arguments and values stay Python objects (thread workers in the cluster's process)."""
@@ -194,6 +224,9 @@ class ObjectPlane:
 
     def pack_value(self, value) -> tuple:
         return value, sizeof(value)
+
+    def pack_value_with_token(self, value) -> tuple:
+        return value, sizeof(value), tokenize_call(b"scatter", (value,), {})
 
     def unpack_value(self, stored) -> Any:
         return stored
@@ -223,6 +256,9 @@ class ObjectPlane:
 
     def segments_in_use(self):
         return ()
+
+    def close(self) -> None:
+        pass
 
 
 DataPlane = PickledPlane | ObjectPlane

@@ -70,3 +70,28 @@ def test_token_without_shared_memory_is_content_based_too():
     assert payload.segments() == ()
     assert serialize_with_token(array.copy(), None)[1] == token
     assert serialize_with_token(array + 1, None)[1] != token
+
+
+def test_each_large_buffer_is_hashed_once_whether_written_afresh_or_compared(store, monkeypatch):
+    """The checksum is taken chunk by chunk during the write (or the comparison): every byte once."""
+    array = np.random.default_rng(3).random(5 * MiB // 8)  # several chunks
+    crc32 = zlib.crc32
+    hashed: list[int] = []
+    monkeypatch.setattr(zlib, "crc32", lambda data, *a: hashed.append(len(data)) or crc32(data, *a))
+    plain = store.write(array)  # an impure task's argument: no checksum needed, none taken
+    assert hashed == []
+    # a pure task passes the same array: re-used (hard link), hashed while it is compared
+    linked, token = serialize_with_token(array, store)
+    assert sum(hashed) == array.nbytes
+    assert (
+        os.stat(f"/dev/shm/{linked.segments()[0]}").st_ino
+        == os.stat(f"/dev/shm/{plain.name}").st_ino
+    )
+    hashed.clear()
+    copy = array.copy()  # another address: written afresh, hashed while it is written
+    fresh, same = serialize_with_token(copy, store)
+    assert sum(hashed) == array.nbytes
+    assert same == token  # the chunked checksums of both paths agree
+    copy[-1] += 1
+    assert serialize_with_token(copy, store)[1] != token  # a change in the last chunk counts
+    sweep_cluster(store.cluster_id)

@@ -7,12 +7,14 @@ import secrets
 import subprocess
 import sys
 import textwrap
+import threading
 
 import numpy as np
 import pytest
 
 from minidist.comm.shm import (
     SEGMENT_PREFIX,
+    SegmentJanitor,
     SegmentStore,
     list_segments,
     new_cluster_id,
@@ -241,3 +243,19 @@ def test_segment_names_parse_with_and_without_their_random_part():
     )
     assert parse_segment_name("minidist_c-1_12_3") == ("minidist_c-1_12_3", "c-1", 12, 3)
     assert parse_segment_name("minidist_c-1_12_3-xyz") is None
+
+
+def test_the_janitor_unlinks_what_it_is_handed_and_close_waits_for_it(store):
+    names = [store.write(os.urandom(4096)).name for _ in range(5)]
+    janitor = SegmentJanitor(thread_name="minidist-test-janitor")
+    with pytest.raises(ValueError, match="not a minidist segment name"):
+        janitor.unlink(["../etc/passwd"])  # refused at once, in the caller
+    janitor.unlink(names[:3])
+    janitor.unlink([])
+    janitor.close()  # whatever was handed over is gone once close returns
+    assert sorted(i.name for i in list_segments(store.cluster_id)) == sorted(names[3:])
+    assert "minidist-test-janitor" not in {t.name for t in threading.enumerate()}
+    janitor.unlink(names[3:])  # closed: unlinked at once, no thread started
+    assert list_segments(store.cluster_id) == []
+    assert "minidist-test-janitor" not in {t.name for t in threading.enumerate()}
+    janitor.close()  # idempotent

@@ -16,8 +16,7 @@ If shared memory cannot take a buffer (``/dev/shm`` full or too small, as in man
 goes inline with the header instead, and one SharedMemoryFallbackWarning per process says so.
 
 ``serialize_with_token`` also returns a content token of the value (for pure task keys) from the same
-pickling pass; the CRC-32 of a buffer the store re-used (hard link after a byte comparison) is taken from
-memory rather than computed again.
+pickling pass; each large buffer is read once (its CRC-32 is taken while it is written or compared).
 
 Nothing here unlinks a segment a returned Payload refers to: whoever keeps the Payload owns its segments
 (see ``minidist.comm.shm``).
@@ -263,10 +262,9 @@ def serialize_with_token(obj, store: SegmentStore | None, salt: bytes = b"") -> 
 
     Equal values give equal tokens within a process; ``salt`` (e.g. the function's id) is hashed first.
     The token hashes the pickle stream and, for each buffer in shared memory, its length and CRC-32,
-    as ``keys.tokenize_call`` does for large buffers. The CRC costs one more read of a freshly written
-    buffer, and nothing when the store re-used a segment holding the same bytes (the byte comparison
-    that allowed the re-use stands in for it): passing one large array to many tasks reads it once
-    per task instead of twice.
+    as ``keys.tokenize_call`` does for large buffers. Each buffer is read once: the store hashes each
+    chunk right after writing it (or comparing it, when it re-uses a segment holding the same bytes),
+    and a re-used segment's checksum, once known, is remembered.
     """
     sink = _BufferSink(store, checksums=True)
     payload = _serialize(obj, store, sink)

@@ -12,7 +12,8 @@ A segment is a plain file on the tmpfs at ``/dev/shm``. We do not use
 here the rules are explicit:
 
 - The process that writes a segment does not own it. The scheduler tracks the names each value uses and
-  calls :func:`unlink_segments` when the value is forgotten, :func:`sweep_cluster` when the cluster closes;
+  hands them to a :class:`SegmentJanitor` (a thread that unlinks them) when the value is forgotten;
+  :func:`sweep_cluster` runs when the cluster closes;
   :func:`sweep_orphans` cleans up after processes that were killed.
 - Unlinking only removes the name: a mapping that is still in use stays valid until its last view is
   garbage-collected, so readers never see data vanish under them.
@@ -59,6 +60,7 @@ _OWNED_CLUSTER_ID = re.compile(
 )  # what new_cluster_id() makes: "<owner pid>-<hex>"
 _RANDOM_HEX = 8  # hex digits of randomness in every segment name
 _WRITE_CHUNK = 1 << 30  # Linux writes at most ~2 GiB per call; stay well below
+_SUMMED_CHUNK = 2 << 20  # written then hashed while still in cache (see _write_new_file)
 _RECENT_WRITES = 64  # how many (address, length) -> segment entries a store remembers for re-use
 
 
@@ -132,8 +134,9 @@ class SegmentStore:
     def write_summed(self, data) -> tuple[SharedBuffer, int]:
         """:meth:`write`, plus the CRC-32 of the data (for content-based task keys).
 
-        When the write re-uses an earlier segment (a hard link after a byte comparison), the checksum
-        remembered for that segment is returned: the data is not read a third time.
+        Either way the data is read once: a fresh write hashes each chunk right after writing it; a
+        re-use of an earlier segment (a hard link after a byte comparison) returns the checksum
+        remembered for that segment, or hashes each chunk right after comparing it.
         """
         handle, crc = self._write(data, checksum=True)
         return handle, cast(int, crc)
@@ -148,16 +151,15 @@ class SegmentStore:
             with self._lock:
                 previous = self._recent.get(key)
             if previous is not None:
-                ref = self._link_if_same(previous[0], view)
+                # the linked segment holds exactly these bytes: its checksum, if known, is theirs
+                need_crc = checksum and previous[1] is None
+                ref, crc = self._link_if_same(previous[0], view, need_crc)
                 if ref is not None:
-                    crc = previous[1]  # the linked segment holds exactly these bytes
-                    if crc is None and checksum:
-                        crc = zlib.crc32(view)
+                    crc = previous[1] if previous[1] is not None else crc
                     self._remember(key, ref.name, crc)
                     return ref, crc
         name = self._new_name()
-        _write_new_file(os.path.join(SHM_DIR, name), view)
-        crc = zlib.crc32(view) if checksum else None
+        crc = _write_new_file(os.path.join(SHM_DIR, name), view, checksum)
         if key is not None:
             self._remember(key, name, crc)
         return SharedBuffer(name, view.nbytes), crc
@@ -169,25 +171,37 @@ class SegmentStore:
             while len(self._recent) > _RECENT_WRITES:
                 self._recent.popitem(last=False)
 
-    def _link_if_same(self, previous: str, view: memoryview) -> SharedBuffer | None:
-        """A new name for segment ``previous`` if it still exists and holds exactly ``view``'s bytes."""
+    def _link_if_same(
+        self, previous: str, view: memoryview, checksum: bool
+    ) -> tuple[SharedBuffer | None, int | None]:
+        """A new name for segment ``previous`` if it still exists and holds exactly ``view``'s bytes.
+
+        With ``checksum``, also the CRC-32 of the bytes, taken during the comparison (one read).
+        """
         name = self._new_name()
         path = os.path.join(SHM_DIR, name)
         try:
             # Link first: the new name pins the data even if the scheduler unlinks ``previous`` right now.
             os.link(os.path.join(SHM_DIR, previous), path, follow_symlinks=False)
         except OSError:
-            return None  # already unlinked (its key was forgotten): write afresh
+            return None, None  # already unlinked (its key was forgotten): write afresh
         try:
-            if os.lstat(path).st_size == view.nbytes and _same_bytes(view, path):
-                return SharedBuffer(name, view.nbytes)
+            if os.lstat(path).st_size == view.nbytes:
+                same, crc = _same_bytes(view, path, checksum)
+                if same:
+                    return SharedBuffer(name, view.nbytes), crc
         except OSError:
             pass
         _unlink_quietly(path)  # the source changed in place since: this name holds stale bytes
-        return None
+        return None, None
 
 
-def _write_new_file(path: str, view: memoryview) -> None:
+def _write_new_file(path: str, view: memoryview, checksum: bool = False) -> int | None:
+    """Write ``view`` into a new file at ``path``; with ``checksum``, return the CRC-32 of the data.
+
+    The checksum is taken chunk by chunk right after each chunk is written, while the chunk is still
+    in the CPU's cache: the buffer is read from memory once, not once to write and once to hash.
+    """
     nbytes = view.nbytes
     stats = os.statvfs(SHM_DIR)
     if stats.f_bavail * stats.f_frsize < nbytes:
@@ -195,15 +209,21 @@ def _write_new_file(path: str, view: memoryview) -> None:
         raise OSError(errno.ENOSPC, f"{SHM_DIR} has less than {nbytes} bytes free", SHM_DIR)
     flags = os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_WRONLY | os.O_CLOEXEC
     fd = os.open(path, flags, 0o600)
+    crc = 0 if checksum else None
+    chunk = _SUMMED_CHUNK if checksum else _WRITE_CHUNK
     try:
         written = 0
         while written < nbytes:
-            written += os.write(fd, view[written : written + _WRITE_CHUNK])
+            count = os.write(fd, view[written : written + chunk])
+            if crc is not None:
+                crc = zlib.crc32(view[written : written + count], crc)
+            written += count
     except BaseException:
         os.close(fd)
         _unlink_quietly(path)
         raise
     os.close(fd)
+    return crc
 
 
 def _address_key(view: memoryview) -> tuple[int, int] | None:
@@ -227,12 +247,24 @@ def _load_memcmp():
 _memcmp = _load_memcmp()
 
 
-def _same_bytes(view: memoryview, path: str) -> bool:
+def _same_bytes(view: memoryview, path: str, checksum: bool) -> tuple[bool, int | None]:
+    """Whether the file holds ``view``'s bytes; with ``checksum``, the CRC-32 of the bytes too.
+
+    Compared chunk by chunk, each chunk hashed while it is in cache, so the buffer is read once.
+    """
     numpy = sys.modules["numpy"]
     mapped = open_segment(os.path.basename(path), view.nbytes)
     here = numpy.frombuffer(view, numpy.uint8).ctypes.data
     there = numpy.frombuffer(mapped, numpy.uint8).ctypes.data
-    return _memcmp(here, there, view.nbytes) == 0
+    if not checksum:
+        return _memcmp(here, there, view.nbytes) == 0, None
+    crc = 0
+    for start in range(0, view.nbytes, _SUMMED_CHUNK):
+        count = min(_SUMMED_CHUNK, view.nbytes - start)
+        if _memcmp(here + start, there + start, count) != 0:
+            return False, None
+        crc = zlib.crc32(view[start : start + count], crc)
+    return True, crc
 
 
 def open_segment(name: str, nbytes: int, offset: int = 0) -> memoryview:
@@ -343,6 +375,65 @@ def list_segments(cluster_id: str | None = None) -> list[SegmentInfo]:
         if stat.S_ISREG(status.st_mode) and status.st_uid == me:
             found.append(info)
     return found
+
+
+class SegmentJanitor:
+    """Unlinks segments on a thread of its own, so that whoever frees them never waits for it.
+
+    Unlinking the last name of a tmpfs file gives its pages back to the system, which costs about 1 ms
+    per 8 MB (30 ms for 200 MB): too long for the scheduler thread, which frees segments whenever a
+    key is forgotten. :meth:`unlink` only queues the names (checked at once); the thread starts on
+    first use and :meth:`close` unlinks whatever is still queued and joins it, so once ``close``
+    returns every name handed over is gone. After ``close``, :meth:`unlink` unlinks at once.
+    """
+
+    def __init__(self, thread_name: str = "minidist-shm-janitor"):
+        self.thread_name = thread_name
+        self._pending: collections.deque[str] = collections.deque()
+        self._wakeup = threading.Condition(threading.Lock())
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def unlink(self, names: Iterable[str]) -> None:
+        """Queue these segments for unlinking (or unlink them now if the janitor is closed)."""
+        names = list(names)
+        for name in names:
+            _check_name(name)
+        if not names:
+            return
+        with self._wakeup:
+            if not self._closed:
+                self._pending.extend(names)
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._run, name=self.thread_name, daemon=True
+                    )
+                    self._thread.start()
+                self._wakeup.notify()
+                return
+        unlink_segments(names)
+
+    def _run(self) -> None:
+        pending = self._pending
+        while True:
+            with self._wakeup:
+                while not pending and not self._closed:
+                    self._wakeup.wait()
+                if not pending:
+                    return  # closed, and nothing left
+            while pending:
+                _unlink_quietly(os.path.join(SHM_DIR, pending.popleft()))
+
+    def close(self) -> None:
+        """Unlink what is still queued, stop the thread. Idempotent."""
+        with self._wakeup:
+            self._closed = True
+            thread = self._thread
+            self._wakeup.notify()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+        while self._pending:  # a thread that never started (or a join from the thread itself)
+            _unlink_quietly(os.path.join(SHM_DIR, self._pending.popleft()))
 
 
 def _unlink_all(infos: Iterable[SegmentInfo]) -> int:

@@ -432,6 +432,7 @@ class Scheduler:
         for value in self.data.values():
             self.data_plane.release(value)
         self.data.clear()
+        self.data_plane.close()  # what was freed is unlinked once this returns
 
     # --------------------------------------------------------------------------------------- snapshot
 
