@@ -102,6 +102,22 @@ def test_a_request_that_stops_half_way_times_out(dashboard):
     assert wait_until(lambda: threading.active_count() < 50)
 
 
+def test_requests_beyond_the_busy_limit_get_503_and_service_comes_back(dashboard):
+    """At most MAX_ACTIVE requests hold a thread: with all of them stuck half way, the next request is
+    answered 503 at once instead of queueing a thread; once they go, requests are served again."""
+    limit = dashboard._server.max_active
+    stuck = [socket.create_connection(("127.0.0.1", dashboard.port)) for _ in range(limit)]
+    try:
+        for sock in stuck:  # each request line arrives, its headers never end: its thread waits
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        # the dashboard hands the stuck requests to threads in its own time: ask until all are taken
+        assert wait_until(lambda: get(dashboard.port, "/health")[0] == 503, timeout=10)
+    finally:
+        for sock in stuck:
+            sock.close()
+    assert wait_until(lambda: get(dashboard.port, "/health")[0] == 200, timeout=10)
+
+
 # --- the token ------------------------------------------------------------------------------------------
 
 
