@@ -196,8 +196,11 @@ class PickledPlane:
         return self.ledger.counts.keys()
 
     def close(self) -> None:
-        """Unlink every segment already freed (the janitor's queue) and stop the janitor's thread."""
+        """Unlink every segment already freed (the janitor's queue) and stop the janitor's thread;
+        the store stops watching the client's buffers for writes."""
         self.janitor.close()
+        if self.store is not None:
+            self.store.close()
 
 
 class ObjectPlane:

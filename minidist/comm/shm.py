@@ -13,8 +13,11 @@ here the rules are explicit:
 
 - The process that writes a segment does not own it. The scheduler tracks the names each value uses and
   hands them to a :class:`SegmentJanitor` (a thread that unlinks them) when the value is forgotten;
-  :func:`sweep_cluster` runs when the cluster closes;
-  :func:`sweep_orphans` cleans up after processes that were killed.
+  :func:`sweep_cluster` runs when the cluster closes; :func:`sweep_orphans` cleans up after processes
+  that were killed (all three live in ``comm/shm_sweep.py``; this module re-exports them).
+- A buffer written again (same address and length, e.g. one array passed to many tasks) gets a hard
+  link to the segment already written if its bytes are unchanged: compared in full the first time, and
+  from then on, for large arrays, only on the pages the kernel saw written since (``WriteWatch``).
 - Unlinking only removes the name: a mapping that is still in use stays valid until its last view is
   garbage-collected, so readers never see data vanish under them.
 - Names encode the cluster and the writing process (``minidist_<cluster_id>_<pid>_<counter>-<random>``) so
@@ -47,21 +50,52 @@ import secrets
 import stat
 import sys
 import threading
+import weakref
 import zlib
 from dataclasses import dataclass
-from typing import Iterable, NamedTuple, cast
+from typing import cast
 
-SEGMENT_PREFIX = "minidist_"
-SHM_DIR = "/dev/shm"
+from minidist.comm.shm_sweep import (
+    SEGMENT_PREFIX,
+    SHM_DIR,
+    SegmentInfo,
+    SegmentJanitor,
+    _check_name,
+    _unlink_quietly,
+    list_segments,
+    parse_segment_name,
+    pid_alive,
+    sweep_cluster,
+    sweep_orphans,
+    sweep_process,
+    unlink_segments,
+)
+from minidist.comm.write_watch import WriteWatch
+
+__all__ = [  # this module is where callers find the segment API, wherever it is defined
+    "SEGMENT_PREFIX",
+    "SHM_DIR",
+    "SegmentInfo",
+    "SegmentJanitor",
+    "SegmentStore",
+    "SharedBuffer",
+    "list_segments",
+    "new_cluster_id",
+    "open_segment",
+    "parse_segment_name",
+    "pid_alive",
+    "sweep_cluster",
+    "sweep_orphans",
+    "sweep_process",
+    "unlink_segments",
+]
 
 _CLUSTER_ID = re.compile(r"[A-Za-z0-9_.-]{1,200}\Z")
-_OWNED_CLUSTER_ID = re.compile(
-    r"(\d+)-[0-9a-f]+\Z"
-)  # what new_cluster_id() makes: "<owner pid>-<hex>"
 _RANDOM_HEX = 8  # hex digits of randomness in every segment name
 _WRITE_CHUNK = 1 << 30  # Linux writes at most ~2 GiB per call; stay well below
 _SUMMED_CHUNK = 2 << 20  # written then hashed while still in cache (see _write_new_file)
 _RECENT_WRITES = 64  # how many (address, length) -> segment entries a store remembers for re-use
+_WATCH_MIN = 16 << 20  # buffers this large passed again are watched for writes (see WriteWatch)
 
 
 @dataclass(frozen=True)
@@ -75,15 +109,6 @@ class SharedBuffer:
     def __reduce__(self):
         # Compact and version-proof pickling: it crosses a pipe for every large value.
         return (SharedBuffer, (self.name, self.nbytes, self.offset))
-
-
-class SegmentInfo(NamedTuple):
-    """A segment name split into its parts."""
-
-    name: str
-    cluster_id: str
-    pid: int
-    counter: int
 
 
 def new_cluster_id() -> str:
@@ -111,8 +136,12 @@ class SegmentStore:
         self.threshold = threshold
         self._counter = itertools.count()
         self._lock = threading.Lock()
-        # (address, length) of a recently written buffer -> (segment name, CRC-32 of it or None)
+        self._reuse_lock = threading.Lock()
+        # (address, length) of a recently written buffer -> (segment name, CRC-32 of it or None,
+        # weak reference to the buffer's owner while its pages are under self._watch, or None)
         self._recent: collections.OrderedDict[tuple[int, int], tuple] = collections.OrderedDict()
+        self._watch = WriteWatch()
+        self._dead_owners: list = []
 
     def __repr__(self) -> str:
         return f"SegmentStore(cluster_id={self.cluster_id!r}, threshold={self.threshold})"
@@ -147,36 +176,121 @@ class SegmentStore:
             raise ValueError("SegmentStore.write needs a C-contiguous buffer")
         view = view.cast("B") if (view.format != "B" or view.ndim != 1) else view
         key = _address_key(view)
-        if key is not None:
+        if key is None:
+            return self._write_afresh(None, view, checksum, None)
+        with self._lock:
+            previous = self._recent.get(key)
+        if previous is None:
+            return self._write_afresh(key, view, checksum, None)
+        # One at a time: a scan of the watch protects again the pages it reports, so the entry must
+        # name a segment that agrees with every page not reported before another scan may run (and
+        # the entry is read again under the lock: another thread may have just replaced it).
+        with self._reuse_lock:
             with self._lock:
                 previous = self._recent.get(key)
-            if previous is not None:
-                # the linked segment holds exactly these bytes: its checksum, if known, is theirs
-                need_crc = checksum and previous[1] is None
-                ref, crc = self._link_if_same(previous[0], view, need_crc)
-                if ref is not None:
-                    crc = previous[1] if previous[1] is not None else crc
-                    self._remember(key, ref.name, crc)
-                    return ref, crc
+            if previous is None:
+                return self._write_afresh(key, view, checksum, None)
+            return self._reuse(key, previous, view, checksum)
+
+    def _write_afresh(self, key, view: memoryview, checksum: bool, watched):
         name = self._new_name()
         crc = _write_new_file(os.path.join(SHM_DIR, name), view, checksum)
         if key is not None:
-            self._remember(key, name, crc)
+            self._remember(key, (name, crc, watched))
         return SharedBuffer(name, view.nbytes), crc
 
-    def _remember(self, key: tuple[int, int], name: str, crc: int | None) -> None:
+    def _reuse(self, key, previous: tuple, view: memoryview, checksum: bool):
+        """``(handle, crc)``: a new name for the segment last written for this buffer if it still holds
+        the buffer's bytes, else a fresh segment.
+
+        The first time a buffer comes again, all its bytes are compared with the segment, and the
+        buffer is put under a :class:`WriteWatch` (large ones whose owner can be weakly referenced);
+        from then on only the pages written since the last time are compared, usually none. The
+        owner must be the very object watched: while it lives its memory cannot be freed and reused.
+        """
+        name, crc, watched = previous
+        owner = view.obj
+        need_crc = checksum and crc is None  # a re-used segment's checksum, if known, is the bytes'
+        if watched is not None and watched() is owner:
+            changed = self._watch.written(key[0], key[1])
+            if changed is not None:
+                ref, new_crc = self._link_if_same(name, view, need_crc, changed)
+                if ref is not None:
+                    crc = crc if crc is not None else new_crc
+                    self._remember(key, (ref.name, crc, watched))
+                    return ref, crc
+                if _exists(name):
+                    # changed in place: this buffer is being modified, stop watching it
+                    self._stop_watching(key, watched)
+                    return self._write_afresh(key, view, checksum, None)
+                # its segment was freed: a fresh copy, still watched (the scan was just now)
+                return self._write_afresh(key, view, checksum, watched)
+            self._stop_watching(key, watched)  # no longer watched (unmapped?): start over
+        elif watched is not None:
+            self._stop_watching(key, watched)  # another object now lives at this address
+        watch = None
+        if key[1] >= _WATCH_MIN:
+            try:
+                watch = weakref.ref(owner, self._owner_died)
+            except TypeError:
+                pass  # bytes and the like: compared in full each time
+            # before the comparison, so that a write during it is seen next time
+            if watch is not None and not self._watch.arm(key[0], key[1]):
+                watch = None
+        ref, new_crc = self._link_if_same(name, view, need_crc, None)
+        if ref is not None:
+            crc = crc if crc is not None else new_crc
+            self._remember(key, (ref.name, crc, watch))
+            return ref, crc
+        if watch is not None:
+            self._watch.disarm(key[0], key[1])
+        return self._write_afresh(key, view, checksum, None)
+
+    def _owner_died(self, ref) -> None:
+        # a weakref callback may run inside any code, even under self._lock: only note it here
+        self._dead_owners.append(ref)
+
+    def _stop_watching(self, key, watched) -> None:
         with self._lock:
-            self._recent[key] = (name, crc)
+            entry = self._recent.get(key)
+            if entry is not None and entry[2] is watched:
+                self._recent[key] = entry[:2] + (None,)
+        self._watch.disarm(key[0], key[1])
+
+    def _remember(self, key: tuple[int, int], entry: tuple) -> None:
+        unwatch = []
+        with self._lock:
+            old = self._recent.get(key)
+            if old is not None and old[2] is not None and old[2] is not entry[2]:
+                unwatch.append(key)
+            self._recent[key] = entry
             self._recent.move_to_end(key)
             while len(self._recent) > _RECENT_WRITES:
-                self._recent.popitem(last=False)
+                evicted, (_, _, watched) = self._recent.popitem(last=False)
+                if watched is not None:
+                    unwatch.append(evicted)
+            while self._dead_owners:  # owners gone: their memory may be reused by anyone
+                dead = self._dead_owners.pop()
+                for found, (_, _, watched) in list(self._recent.items()):
+                    if watched is dead:
+                        self._recent[found] = self._recent[found][:2] + (None,)
+                        unwatch.append(found)
+        for address, nbytes in unwatch:
+            self._watch.disarm(address, nbytes)
+
+    def close(self) -> None:
+        """Stop watching buffers (and close the fds that takes); the store stays usable."""
+        with self._lock:
+            self._recent.clear()
+        self._watch.close()
 
     def _link_if_same(
-        self, previous: str, view: memoryview, checksum: bool
+        self, previous: str, view: memoryview, checksum: bool, spans
     ) -> tuple[SharedBuffer | None, int | None]:
         """A new name for segment ``previous`` if it still exists and holds exactly ``view``'s bytes.
 
-        With ``checksum``, also the CRC-32 of the bytes, taken during the comparison (one read).
+        ``spans``: the only ``(start, end)`` address ranges that may differ (None: all of it). With
+        ``checksum``, also the CRC-32 of the bytes, taken during the comparison (one read).
         """
         name = self._new_name()
         path = os.path.join(SHM_DIR, name)
@@ -187,7 +301,7 @@ class SegmentStore:
             return None, None  # already unlinked (its key was forgotten): write afresh
         try:
             if os.lstat(path).st_size == view.nbytes:
-                same, crc = _same_bytes(view, path, checksum)
+                same, crc = _same_bytes(view, path, checksum, spans)
                 if same:
                     return SharedBuffer(name, view.nbytes), crc
         except OSError:
@@ -226,6 +340,10 @@ def _write_new_file(path: str, view: memoryview, checksum: bool = False) -> int 
     return crc
 
 
+def _exists(name: str) -> bool:
+    return os.path.lexists(os.path.join(SHM_DIR, name))
+
+
 def _address_key(view: memoryview) -> tuple[int, int] | None:
     """(address, length) of a buffer, or None when it cannot be had cheaply (no NumPy loaded)."""
     numpy = sys.modules.get("numpy")
@@ -247,14 +365,23 @@ def _load_memcmp():
 _memcmp = _load_memcmp()
 
 
-def _same_bytes(view: memoryview, path: str, checksum: bool) -> tuple[bool, int | None]:
+def _same_bytes(view: memoryview, path: str, checksum: bool, spans) -> tuple[bool, int | None]:
     """Whether the file holds ``view``'s bytes; with ``checksum``, the CRC-32 of the bytes too.
 
+    ``spans``: the only address ranges of ``view`` that may differ (None: compare everything).
     Compared chunk by chunk, each chunk hashed while it is in cache, so the buffer is read once.
     """
     numpy = sys.modules["numpy"]
-    mapped = open_segment(os.path.basename(path), view.nbytes)
     here = numpy.frombuffer(view, numpy.uint8).ctypes.data
+    if spans is not None:
+        if spans:  # (no span: nothing written since the segment was made, no need to map it)
+            mapped = open_segment(os.path.basename(path), view.nbytes)
+            there = numpy.frombuffer(mapped, numpy.uint8).ctypes.data
+            for start, end in spans:
+                if _memcmp(start, there + (start - here), end - start) != 0:
+                    return False, None
+        return True, (zlib.crc32(view) if checksum else None)
+    mapped = open_segment(os.path.basename(path), view.nbytes)
     there = numpy.frombuffer(mapped, numpy.uint8).ctypes.data
     if not checksum:
         return _memcmp(here, there, view.nbytes) == 0, None
@@ -312,181 +439,3 @@ def _check_owner(fd: int, name: str, path: str) -> None:
             f"(uid {info.st_uid}); another user may have created it",
             path,
         )
-
-
-def _check_name(name: str) -> None:
-    if not name.startswith(SEGMENT_PREFIX) or "/" in name or "\0" in name:
-        raise ValueError(f"{name!r} is not a minidist segment name")
-
-
-def _unlink_quietly(path: str) -> bool:
-    try:
-        os.unlink(path)
-    except (FileNotFoundError, PermissionError):
-        return False  # already gone, or (sticky /dev/shm) another user's: never ours to remove
-    return True
-
-
-def unlink_segments(names: Iterable[str]) -> None:
-    """Unlink each named segment; names already gone are ignored. Mappings in use stay valid."""
-    for name in names:
-        _check_name(name)
-        _unlink_quietly(os.path.join(SHM_DIR, name))
-
-
-_LAST_PART = re.compile(
-    r"(\d+)(?:-[0-9a-f]+)?\Z"
-)  # "<counter>-<random>" (older names: "<counter>")
-
-
-def parse_segment_name(name: str) -> SegmentInfo | None:
-    """Split ``minidist_<cluster_id>_<pid>_<counter>-<random>``; None for names that are not ours."""
-    if not name.startswith(SEGMENT_PREFIX):
-        return None
-    parts = name[len(SEGMENT_PREFIX) :].rsplit("_", 2)
-    if len(parts) != 3 or not parts[0] or not parts[1].isdigit():
-        return None
-    last = _LAST_PART.match(parts[2])
-    if last is None:
-        return None
-    return SegmentInfo(name, parts[0], int(parts[1]), int(last.group(1)))
-
-
-def list_segments(cluster_id: str | None = None) -> list[SegmentInfo]:
-    """This user's minidist segments in /dev/shm (all of them, or only those of ``cluster_id``).
-
-    Only regular files owned by this user count: another user's file (or a symbolic link) with a
-    minidist name is neither listed nor ever swept.
-    """
-    try:
-        entries = list(os.scandir(SHM_DIR))
-    except FileNotFoundError:
-        return []
-    me = os.geteuid()
-    found = []
-    for entry in entries:
-        info = parse_segment_name(entry.name)
-        if info is None or (cluster_id is not None and info.cluster_id != cluster_id):
-            continue
-        try:
-            status = entry.stat(follow_symlinks=False)
-        except FileNotFoundError:
-            continue
-        if stat.S_ISREG(status.st_mode) and status.st_uid == me:
-            found.append(info)
-    return found
-
-
-class SegmentJanitor:
-    """Unlinks segments on a thread of its own, so that whoever frees them never waits for it.
-
-    Unlinking the last name of a tmpfs file gives its pages back to the system, which costs about 1 ms
-    per 8 MB (30 ms for 200 MB): too long for the scheduler thread, which frees segments whenever a
-    key is forgotten. :meth:`unlink` only queues the names (checked at once); the thread starts on
-    first use and :meth:`close` unlinks whatever is still queued and joins it, so once ``close``
-    returns every name handed over is gone. After ``close``, :meth:`unlink` unlinks at once.
-    """
-
-    def __init__(self, thread_name: str = "minidist-shm-janitor"):
-        self.thread_name = thread_name
-        self._pending: collections.deque[str] = collections.deque()
-        self._wakeup = threading.Condition(threading.Lock())
-        self._thread: threading.Thread | None = None
-        self._closed = False
-
-    def unlink(self, names: Iterable[str]) -> None:
-        """Queue these segments for unlinking (or unlink them now if the janitor is closed)."""
-        names = list(names)
-        for name in names:
-            _check_name(name)
-        if not names:
-            return
-        with self._wakeup:
-            if not self._closed:
-                self._pending.extend(names)
-                if self._thread is None:
-                    self._thread = threading.Thread(
-                        target=self._run, name=self.thread_name, daemon=True
-                    )
-                    self._thread.start()
-                self._wakeup.notify()
-                return
-        unlink_segments(names)
-
-    def _run(self) -> None:
-        pending = self._pending
-        while True:
-            with self._wakeup:
-                while not pending and not self._closed:
-                    self._wakeup.wait()
-                if not pending:
-                    return  # closed, and nothing left
-            while pending:
-                _unlink_quietly(os.path.join(SHM_DIR, pending.popleft()))
-
-    def close(self) -> None:
-        """Unlink what is still queued, stop the thread. Idempotent."""
-        with self._wakeup:
-            self._closed = True
-            thread = self._thread
-            self._wakeup.notify()
-        if thread is not None and thread is not threading.current_thread():
-            thread.join()
-        while self._pending:  # a thread that never started (or a join from the thread itself)
-            _unlink_quietly(os.path.join(SHM_DIR, self._pending.popleft()))
-
-
-def _unlink_all(infos: Iterable[SegmentInfo]) -> int:
-    return sum(_unlink_quietly(os.path.join(SHM_DIR, info.name)) for info in infos)
-
-
-def sweep_cluster(cluster_id: str) -> int:
-    """Unlink every segment of ``cluster_id``; returns how many were removed."""
-    return _unlink_all(list_segments(cluster_id))
-
-
-def sweep_process(cluster_id: str, pid: int, keep: Iterable[str] = ()) -> int:
-    """Unlink the segments ``pid`` wrote for ``cluster_id``, except the names in ``keep``.
-
-    For the scheduler after a worker died: it keeps the segments its keys still refer to and drops the
-    rest (results the worker wrote but never reported).
-    """
-    kept = set(keep)
-    return _unlink_all(i for i in list_segments(cluster_id) if i.pid == pid and i.name not in kept)
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this pid exists (in this pid namespace)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, belongs to someone else
-    return True
-
-
-def sweep_orphans(cluster_id: str | None = None) -> int:
-    """Unlink segments whose writing process is dead and whose cluster has no live owner.
-
-    A cluster id made by :func:`new_cluster_id` names its owner process; while that process lives, its
-    segments are kept even if the worker that wrote them died (the owner may still refer to them). For
-    other cluster ids only the writer's pid is known, and a dead writer is enough. With ``cluster_id``,
-    only that cluster's segments are considered.
-    """
-    alive: dict[int, bool] = {}
-
-    def is_alive(pid: int) -> bool:
-        if pid not in alive:
-            alive[pid] = pid_alive(pid)
-        return alive[pid]
-
-    def orphaned(info: SegmentInfo) -> bool:
-        if is_alive(info.pid):
-            return False
-        owner = _OWNED_CLUSTER_ID.match(info.cluster_id)
-        return owner is None or not is_alive(int(owner.group(1)))
-
-    return _unlink_all(i for i in list_segments(cluster_id) if orphaned(i))

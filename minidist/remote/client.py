@@ -323,6 +323,8 @@ class RemoteConnection:
     def close(self, timeout: float = 2.0) -> None:
         """Hang up (the cluster itself goes on)."""
         self.link.close(timeout)
+        if self.segment_store is not None:
+            self.segment_store.close()  # stop watching this client's buffers for writes
 
 
 def store_for(info: dict) -> Optional[SegmentStore]:
