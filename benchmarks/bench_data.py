@@ -1,6 +1,6 @@
 """Data-plane speed: large NumPy arrays through minidist, dask.distributed and ProcessPoolExecutor.
 
-    python benchmarks/bench_data.py [--mb 200] [--repeat 5] [--skip-dask]
+    python benchmarks/bench_data.py [--mb 200] [--repeat 5] [--skip-dask] [--gather-mb 1000]
 
 Every engine gets 2 workers x 1 thread, in this one run. Each figure is the best of ``--repeat`` (the
 machine may be shared). Ray is measured too when ``import ray`` works. Printed: seconds per engine, and
@@ -14,6 +14,11 @@ Rows:
   gather      result() of that task once it has finished (the transfer alone)
   gather+read gather, then read every byte in the client (sum): what using the value costs
   memcpy      one copy of the array into memory already allocated: the yardstick for "gather"
+
+Then, for minidist only: where the time of the argument row goes, stage by stage (each measured alone in
+this process, best of ``--repeat``), and a ``--gather-mb`` result (1 GB by default) gathered: its time,
+whether the array the client gets is a mapping of the worker's /dev/shm segment (read in
+/proc/self/maps, as tests/test_data_plane.py does) and how much private memory the client grew by.
 """
 
 from __future__ import annotations
@@ -177,6 +182,84 @@ def run_ray(array: np.ndarray, repeat: int) -> dict:
         ray.shutdown()
 
 
+def stages(array: np.ndarray, repeat: int) -> list:
+    """(stage, seconds) of the argument row's steps, each alone: what a 3-task pass is made of."""
+    import zlib
+
+    from minidist.comm.shm import SegmentStore, new_cluster_id, open_segment, sweep_cluster
+
+    store = SegmentStore(new_cluster_id())
+    figures: dict = {}
+
+    def keep(name: str, seconds: float) -> None:
+        figures[name] = min(seconds, figures.get(name, seconds))
+
+    try:
+        for _ in range(repeat):
+            copy = array.copy()  # a new address each time: nothing to re-use, nothing watched
+            start = time.perf_counter()
+            first = store.write(copy)
+            keep("write into /dev/shm (new tmpfs pages + copy)", time.perf_counter() - start)
+            start = time.perf_counter()
+            store.write(copy)
+            keep("2nd pass: compare all bytes, start watching", time.perf_counter() - start)
+            start = time.perf_counter()
+            store.write(copy)
+            keep("3rd pass: watched, nothing written since", time.perf_counter() - start)
+            start = time.perf_counter()
+            mapped = np.frombuffer(open_segment(first.name, first.nbytes))
+            mapped.sum()
+            keep("reader: map the segment + sum", time.perf_counter() - start)
+            start = time.perf_counter()
+            mapped.sum()
+            keep("reader: sum again (pages mapped)", time.perf_counter() - start)
+            del mapped
+            sweep_cluster(store.cluster_id)
+            del copy
+        start = time.perf_counter()
+        zlib.crc32(array)
+        keep("CRC-32 for a pure key (once per array)", time.perf_counter() - start)
+    finally:
+        store.close()
+        sweep_cluster(store.cluster_id)
+    return list(figures.items())
+
+
+def mapping_of(address: int, nbytes: int) -> str:
+    """The file behind this process's mapping that holds [address, address + nbytes), or ''."""
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split(maxsplit=5)
+            low, high = (int(x, 16) for x in fields[0].split("-"))
+            if low <= address and address + nbytes <= high:
+                return fields[5].strip() if len(fields) > 5 else ""
+    return ""
+
+
+def private_bytes() -> int:
+    """This process's private resident memory (what a copy would add to)."""
+    with open("/proc/self/smaps_rollup") as rollup:
+        fields = dict(line.split(":", 1) for line in rollup if ":" in line)
+    return sum(int(fields[k].split()[0]) * 1024 for k in ("Private_Clean", "Private_Dirty"))
+
+
+def big_gather(nbytes: int) -> dict:
+    """A task makes an nbytes array; the client gathers it. Is it the worker's segment, mapped?"""
+    from minidist import Client
+
+    with Client(n_workers=1, threads_per_worker=1, dashboard_address=None) as client:
+        future = client.submit(make, nbytes, 1)
+        client.gather(client.submit(total, future, 0))  # made, and read once on the worker
+        before = private_bytes()
+        start = time.perf_counter()
+        value = future.result()
+        seconds = time.perf_counter() - start
+        grown = private_bytes() - before
+        backing = mapping_of(value.__array_interface__["data"][0], value.nbytes)
+        del value, future
+    return {"seconds": seconds, "backing": backing, "private growth": grown}
+
+
 def memcpy(array: np.ndarray, repeat: int) -> float:
     target = np.empty_like(array)
     target.fill(0)  # fault the pages in: time the copy, not the allocation
@@ -191,6 +274,7 @@ def main() -> None:
     parser.add_argument("--mb", type=int, default=200)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--skip-dask", action="store_true")
+    parser.add_argument("--gather-mb", type=int, default=1000)
     args = parser.parse_args()
 
     array = np.random.default_rng(0).random(args.mb * 10**6 // 8)
@@ -239,6 +323,19 @@ def main() -> None:
         f"minidist gather / memcpy: {md['gather'] / copy:.2f}x; "
         f"gather+read / memcpy: {md['gather+read'] / copy:.2f}x"
     )
+    print(
+        f"\nwhere the argument row's time goes ({args.mb} MB, each stage alone, best of {args.repeat}):"
+    )
+    for stage, seconds in stages(array, args.repeat):
+        print(f"  {stage:50} {seconds:8.4f} s")
+    if args.gather_mb:
+        big = big_gather(args.gather_mb * 10**6)
+        shared = big["backing"].startswith("/dev/shm/minidist_")
+        print(
+            f"\n{args.gather_mb} MB result gathered in {big['seconds']:.4f} s; "
+            f"{'a mapping of the worker segment ' + big['backing'] if shared else 'NOT a mapping: ' + repr(big['backing'])}; "
+            f"client private memory grew by {big['private growth'] / 2**20:.1f} MiB"
+        )
 
 
 if __name__ == "__main__":
