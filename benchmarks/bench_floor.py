@@ -19,6 +19,7 @@ import multiprocessing
 import os
 import subprocess
 import sys
+import threading
 import time
 
 N_TASKS = 5000
@@ -199,6 +200,38 @@ def worker_starts(repeat: int) -> dict:
         return {"scale": best(scale_up, repeat), "restart": best(restart, repeat)}
 
 
+class PeakRss:
+    """The highest RSS of this process seen while the block runs (sampled every 10 ms)."""
+
+    def __init__(self, process):
+        self.process = process
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.01):
+            self.peak = max(self.peak, self.process.memory_info().rss)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def released_rss(client, process) -> int:
+    """RSS once the run's keys are forgotten and the scheduler thread has let go of its records."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and client.who_has():
+        time.sleep(0.05)  # releases reach the scheduler asynchronously
+    time.sleep(0.5)  # its last references go just after it answered (a benchmark may wait)
+    gc.collect()
+    return process.memory_info().rss
+
+
 def big_run(n: int) -> dict:
     """``n`` no-op tasks through map + gather: client+scheduler CPU per task, client memory, stages."""
     import psutil
@@ -213,20 +246,19 @@ def big_run(n: int) -> dict:
         cpu_start = (
             time.process_time()
         )  # every thread of this process: user code, client, scheduler
-        t0 = time.perf_counter()
-        futures = client.map(noop, range(n), pure=False)
-        t1 = time.perf_counter()
-        rss_pending = me.memory_info().rss
-        results = client.gather(futures)
-        t2 = time.perf_counter()
-        cpu = time.process_time() - cpu_start
-        assert len(results) == n
-        del futures, results
-        gc.collect()
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and client.cluster.scheduler.state.tasks:
-            time.sleep(0.05)  # releases reach the scheduler asynchronously
-        rss_after = me.memory_info().rss
+        with PeakRss(me) as peak:
+            t0 = time.perf_counter()
+            futures = client.map(noop, range(n), pure=False)
+            t1 = time.perf_counter()
+            rss_pending = me.memory_info().rss
+            results = client.gather(futures)
+            t2 = time.perf_counter()
+            cpu = time.process_time() - cpu_start
+            rss_end = me.memory_info().rss
+            assert len(results) == n
+            del futures, results
+            rss_after = released_rss(client, me)
+    mib = 2**20
     return {
         "n": n,
         "submit": t1 - t0,
@@ -234,6 +266,7 @@ def big_run(n: int) -> dict:
         "cpu_per_task_us": cpu / n * 1e6,
         "pending_bytes_per_task": (rss_pending - rss_start) / n,
         "rss_growth_after_release": (rss_after - rss_start) / rss_start,
+        "rss_mib": (rss_start / mib, peak.peak / mib, rss_end / mib, rss_after / mib),
     }
 
 
@@ -308,12 +341,17 @@ def main() -> None:
         f"\nnew worker ready after scale-up: {starts['scale'] * 1000:.1f} ms each; "
         f"client.restart() with 2 workers until a task ran: {starts['restart'] * 1000:.1f} ms"
     )
+    engines.clear()
+    array = None  # the start of the run below must not count a 200 MB array
+    gc.collect()
     big = big_run(args.big)
     print(
         f"{big['n']:,} tasks: map {big['submit']:.2f} s, run + gather {big['run+gather']:.2f} s; "
         f"client+scheduler CPU {big['cpu_per_task_us']:.1f} us a task; "
         f"client memory while pending {big['pending_bytes_per_task']:.0f} B a task; "
-        f"RSS after release {big['rss_growth_after_release'] * 100:+.1f}% of the start"
+        f"RSS after release {big['rss_growth_after_release'] * 100:+.1f}% of the start\n"
+        "client RSS (MiB) at the start, peak, end of gather, after release: "
+        + ", ".join(f"{v:.0f}" for v in big["rss_mib"])
     )
     profile_stages(min(args.big, 20_000))
 

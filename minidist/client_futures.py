@@ -21,6 +21,7 @@ from typing import Any, Callable, Optional
 from .asynchronous import LoopWaker
 from .futures import Future, FutureState
 from .messages import FIRE_AND_FORGET, ReleasePending, UpdateGraph
+from .sparse import right_sized
 
 logger = logging.getLogger("minidist.client")
 
@@ -158,6 +159,9 @@ class FutureBook:
             keys = self._releases.popleft()
             if keys is self._open_releases:
                 self._open_releases = None
+            # after a large run is released, give back the tables it grew (sparse.py)
+            self.states = right_sized(self.states)
+            self._refcounts = right_sized(self._refcounts)
         return keys
 
     def fire_and_forget(self, key) -> None:

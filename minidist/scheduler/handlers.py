@@ -212,8 +212,16 @@ def on_task_done(scheduler, handle, message: TaskDone, outgoing: dict, reports: 
         data[key] = value
         plane.retain(value)
         scheduler.tasks_done += 1
+        # the task's own key object, not the copy this message carried: the stream outlives the
+        # run, and copies made while it churned would pin the allocator's arenas (task_stream.py)
         scheduler.task_stream.finished(
-            key, address, message.thread, message.start, message.stop, "ok", message.nbytes
+            state.tasks[key].key,
+            address,
+            message.thread,
+            message.start,
+            message.stop,
+            "ok",
+            message.nbytes,
         )
         if scheduler.plugins.plugins:
             scheduler.plugins.transition(key, "processing", "memory")
@@ -236,7 +244,12 @@ def on_task_erred(scheduler, handle, message: TaskErred, outgoing: dict, reports
         return
     if scheduler.state.expects_result(key, address, message.attempt):
         scheduler.task_stream.finished(
-            key, address, message.thread, message.start, message.stop, "error"
+            scheduler.state.tasks[key].key,  # the task's own key object (see on_task_done)
+            address,
+            message.thread,
+            message.start,
+            message.stop,
+            "error",
         )
         if scheduler.plugins.plugins:
             scheduler.plugins.transition(key, "processing", "erred")

@@ -56,6 +56,7 @@ from ..messages import (
     decode_batch,
     new_task,  # noqa: F401 (re-exported)
 )
+from ..sparse import right_sized
 from . import queries
 from .failure import fail, refuse_inbox
 from .handlers import HANDLERS, WORKER_HANDLERS
@@ -136,6 +137,7 @@ class Scheduler:
         self.plugins = SchedulerPlugins(self, self.logger)  # client.register_plugin (plugins.py)
         self.started = time.time()
         self.tasks_done = 0
+        self._forgot = False  # keys were forgotten in this loop turn: compact the books after it
         self._thread = threading.Thread(target=self._loop, name="minidist-scheduler", daemon=True)
         self._thread.start()
 
@@ -236,6 +238,8 @@ class Scheduler:
                 except Exception:
                     self.logger.exception("scheduler failed to handle %s", type(message).__name__)
             self._deliver(outgoing, reports)
+            if self._forgot:
+                self._compact()
             if self._closing:
                 break
 
@@ -296,6 +300,7 @@ class Scheduler:
                 for client_id in inst.clients:
                     reports.setdefault(client_id, []).append(item)
             elif kind is Forget:
+                self._forgot = True
                 if plugins is not None:
                     plugins.transition(inst.key, "released", "forgotten")
                 value = data.pop(inst.key, None)
@@ -319,6 +324,14 @@ class Scheduler:
                     self._remove_worker(handle, "retired", outgoing, reports, expected=True)
                     if self.on_worker_retired is not None:
                         self.on_worker_retired(handle)
+
+    def _compact(self) -> None:
+        """After keys were forgotten: give back the tables a large run left mostly empty
+        (``sparse.py``). A new ``data`` dict is bound, never changed in place, so a client thread
+        reading a result meanwhile still finds it in the old one."""
+        self._forgot = False
+        self.state.compact()
+        self.data = right_sized(self.data)
 
     # ---------------------------------------------------------------------------------- client events
 

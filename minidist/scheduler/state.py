@@ -28,6 +28,7 @@ import itertools
 from typing import Any, Hashable, Iterable, Optional
 
 from ..errors import KilledWorker
+from ..sparse import right_sized
 from .instructions import (  # noqa: F401
     Execute,
     Forget,
@@ -162,6 +163,15 @@ class SchedulerState(Transitions):
             self._maybe_forget(ts, out)
         self._fill_workers(out)
         return out
+
+    def compact(self) -> None:
+        """Give back the tables that tasks forgotten since the last call left mostly empty (not an
+        event: it changes no book, only how much memory the books take; ``sparse.py``)."""
+        self.tasks = right_sized(self.tasks)
+        self.restricted = right_sized(self.restricted)
+        for ws in self.workers.values():
+            ws.has = right_sized(ws.has)
+            ws.processing = right_sized(ws.processing)
 
     def forget_client(self, client: str) -> list:
         """``client`` is gone (its connection closed): it wants nothing any more."""

@@ -81,8 +81,5 @@ def _frame_line(frame) -> str:
 
 def cache_values(values: dict, dask_worker=None) -> int:
     """Put copies of ``values`` (encoded as the worker would receive them) into the local cache."""
-    runtime = dask_worker
-    for key, value in values.items():
-        if key not in runtime.data:
-            runtime.encoded[key] = value
+    dask_worker.cache_encoded(values)
     return len(values)

@@ -40,6 +40,7 @@ from ..messages import (
     TaskErred,
     TaskTransfer,
 )
+from ..sparse import right_sized
 from .running import SLOTS
 from .task_client import TaskClientSlot
 
@@ -171,6 +172,20 @@ class WorkerRuntime:
                 for task in self._pending:
                     if task.key in doomed:
                         task.cancelled = True
+            if not self._running:
+                # no task thread is inside _execute (the only writer besides this thread): give back
+                # the tables a large run left mostly empty (sparse.py)
+                self.data = right_sized(self.data)
+                self.encoded = right_sized(self.encoded)
+                self.executing = right_sized(self.executing)
+                self._running = right_sized(self._running)
+
+    def cache_encoded(self, values: dict) -> None:
+        """Put encoded copies of ``values`` into the local cache unless a decoded value is there."""
+        with self._condition:  # free() may be rebinding the cache's dicts meanwhile
+            for key, value in values.items():
+                if key not in self.data:
+                    self.encoded[key] = value
 
     def release_queued(self, keys) -> None:
         """Give back the tasks among ``keys`` that have not started (work stealing); the answer says
