@@ -39,12 +39,12 @@ def run_batch(client, start: int, size: int) -> None:
 def test_100k_tasks_in_batches_leave_the_clients_memory_flat():
     with LocalCluster(n_workers=2, threads_per_worker=2, dashboard_address=None) as cluster:
         with Client(cluster, set_as_default=False) as client:
-            # warm up: first-use caches, the allocator's arenas, buffers that fill to their bound
-            # (the task stream, logs)
-            for start in range(0, 30_000, 10_000):
+            # warm up: first-use caches, buffers that fill to their bound (the task stream, logs),
+            # and the allocator, whose arenas take ~5 batches to reach their steady state
+            for start in range(0, 50_000, 10_000):
                 run_batch(client, start, 10_000)
             before = rss()
-            for start in range(30_000, 130_000, 10_000):
+            for start in range(50_000, 150_000, 10_000):
                 run_batch(client, start, 10_000)
             after = rss()
     assert after < before * 1.10, f"client RSS grew from {before >> 20} MiB to {after >> 20} MiB"
