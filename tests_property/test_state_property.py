@@ -1,8 +1,9 @@
 """hypothesis drives SchedulerState alone: random events, checked invariants, no processes or sleeps.
 
 A simulated cluster plays the shell's part: it keeps the tasks each worker was told to run and, when the
-strategy says so, finishes, fails or loses them. After every step the invariants below must hold; at the
-end, once every client lets go, nothing may be left.
+strategy says so, finishes (storing the result, or keeping it on the worker when allowed: a held
+result), fails or loses them, and answers requests to publish held results. After every step the
+invariants below must hold; at the end, once every client lets go, nothing may be left.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from minidist.errors import KilledWorker, WorkerStartError
+from minidist.scheduler.placement import MAX_HELD_DEPTH
 from minidist.scheduler.state import (
     Execute,
     Forget,
     FreeOnWorker,
     NewTask,
+    Publish,
     ReleaseArguments,
     Report,
     RetireWorker,
@@ -30,7 +33,9 @@ class SchedulerMachine(RuleBasedStateMachine):
     def __init__(self):
         super().__init__()
         self.state = SchedulerState(allowed_failures=2)
-        self.running: dict[str, dict] = {}  # worker -> {key: None} as the shell sent them
+        self.running: dict[str, dict] = {}  # worker -> {key: may hold} as the shell sent them
+        self.stored: set = set()  # keys whose value the shell stores (server.data)
+        self.publish_asked: set = set()  # (worker, key) asked to publish, not answered yet
         self.reports: dict = {}  # key -> last status reported to the client
         self.wanted: set = set()
         self.next_key = 0
@@ -45,16 +50,24 @@ class SchedulerMachine(RuleBasedStateMachine):
                 assert inst.worker in self.state.workers
                 running = self.running.setdefault(inst.worker, {})
                 assert inst.key not in running, "a task was sent twice to one worker"
-                running[inst.key] = None
+                running[inst.key] = inst.may_hold
+            elif isinstance(inst, Publish):
+                ts = self.state.tasks[inst.keys[0]]
+                assert ts.held_depth and inst.worker in ts.who_has
+                self.publish_asked.update((inst.worker, key) for key in inst.keys)
             elif isinstance(inst, FreeOnWorker):
                 for key in inst.keys:
                     self.running.get(inst.worker, {}).pop(key, None)
             elif isinstance(inst, Report):
                 assert "client" in inst.clients
                 self.reports[inst.key] = inst.status
+                if inst.status == "memory":  # the client reads it from the store
+                    assert inst.key in self.stored, inst
             elif isinstance(inst, Forget):
                 self.forgotten.add(inst.key)
+                self.stored.discard(inst.key)
             elif isinstance(inst, RetireWorker):
+                assert not any(w == inst.worker for w, _ in self.publish_asked)
                 self.apply(self.state.remove_worker(inst.worker, "retired", expected=True))
                 self.running.pop(inst.worker, None)
 
@@ -95,6 +108,7 @@ class SchedulerMachine(RuleBasedStateMachine):
     def lose_worker(self, data):
         address = data.draw(st.sampled_from(sorted(self.state.workers)))
         self.running.pop(address, None)
+        self.publish_asked = {(w, k) for w, k in self.publish_asked if w != address}
         self.apply(self.state.remove_worker(address, "killed"))
 
     @rule(n=st.integers(1, 4), data=st.data())
@@ -144,16 +158,37 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.wanted.clear()
         assert not any("client" in ts.who_wants for ts in self.state.tasks.values())
 
+    def finish(self, worker, key, held=False):
+        if self.state.expects_result(key, worker) and not held:
+            self.stored.add(key)  # the shell stores the value before the state hears of it
+        self.apply(self.state.task_finished(key, worker, 8, 0.0, 0.1, held=held))
+
     @precondition(lambda self: any(self.running.values()))
-    @rule(data=st.data(), ok=st.booleans())
-    def finish_one(self, data, ok):
+    @rule(data=st.data(), ok=st.booleans(), hold=st.booleans())
+    def finish_one(self, data, ok, hold):
         worker = data.draw(st.sampled_from(sorted(w for w, r in self.running.items() if r)))
         key = data.draw(st.sampled_from(sorted(self.running[worker])))
-        del self.running[worker][key]
+        may_hold = self.running[worker].pop(key)
         if ok:
-            self.apply(self.state.task_finished(key, worker, nbytes=8, start=0.0, stop=0.1))
+            self.finish(worker, key, held=hold and may_hold)
         else:
             self.apply(self.state.task_erred(key, worker, ValueError(key), None, 0.0, 0.1))
+
+    def answer_publication(self, worker, key, ok=True):
+        self.publish_asked.discard((worker, key))
+        if not self.state.expects_publication(key, worker):
+            return  # forgotten, or its worker was lost meanwhile: the shell drops the value
+        if ok:
+            self.stored.add(key)
+            self.apply(self.state.published(key, worker))
+        else:
+            self.apply(self.state.publication_failed(key, worker, ValueError(key), None))
+
+    @precondition(lambda self: self.publish_asked)
+    @rule(data=st.data(), ok=st.booleans())
+    def publish_one(self, data, ok):
+        worker, key = data.draw(st.sampled_from(sorted(self.publish_asked)))
+        self.answer_publication(worker, key, ok)
 
     @precondition(lambda self: self.wanted)
     @rule(data=st.data())
@@ -223,12 +258,38 @@ class SchedulerMachine(RuleBasedStateMachine):
             if ts.state in ("queued", "processing"):
                 for dep in ts.dependencies:
                     assert self.state.tasks[dep].state == "memory"
+            if ts.state == "processing":  # a held dependency is read where it is held
+                for dep in ts.dependencies:
+                    held = self.state.tasks[dep]
+                    assert not held.held_depth or ts.processing_on in held.who_has
+
+    @invariant()
+    def held_results_keep_their_lineage(self):
+        state = self.state
+        for ts in state.tasks.values():
+            if ts.held_depth:
+                assert ts.state == "memory" and ts.key not in self.stored, ts
+                assert len(ts.who_has) == 1 and next(iter(ts.who_has)) in state.workers
+                assert ts.run_spec is not None  # it can be computed again
+                assert ts.held_depth <= MAX_HELD_DEPTH
+                for dep in ts.dependencies:
+                    assert dep in state.tasks  # pinned: nothing it was made from is forgotten
+            elif ts.state == "memory":
+                assert ts.key in self.stored, ts
+            pinned_by = sum(1 for d in ts.dependents if state.tasks[d].held_depth)
+            assert ts.pins == pinned_by, (ts, ts.pins, pinned_by)
+        for key in state._publishing:
+            ts = state.tasks[key]
+            assert ts.held_depth
+            assert (next(iter(ts.who_has)), key) in self.publish_asked
+        for key, held in state._aside.items():
+            assert state.tasks[key].state == "queued" and held in state._publishing
 
     @invariant()
     def idle_workers_mean_no_runnable_work(self):
         state = self.state
         for ts in state.tasks.values():
-            if ts.state == "queued":
+            if ts.state == "queued" and ts.key not in state._aside:
                 assert all(
                     len(w.processing) >= state.worker_capacity(w, ts.prefix)
                     for w in state.workers.values()
@@ -241,17 +302,21 @@ class SchedulerMachine(RuleBasedStateMachine):
         if not any(w.status == "running" for w in state.workers.values()):
             self.add_worker(1)  # every worker may be retiring: someone must run what is queued
         for _ in range(500):
+            if self.publish_asked:
+                self.answer_publication(*min(self.publish_asked))
+                continue
             pending = [(w, k) for w, r in self.running.items() for k in r]
             if not pending:
                 break
             worker, key = pending[0]
-            del self.running[worker][key]
-            self.apply(state.task_finished(key, worker, 8, 0.0, 0.1))
+            may_hold = self.running[worker].pop(key)
+            self.finish(worker, key, held=may_hold)
         for key in self.wanted:
             ts = state.tasks.get(key)
             if ts is not None:
                 assert ts.state in ("memory", "erred"), ts
                 expected = "memory" if ts.state == "memory" else "erred"
+                assert not ts.held_depth
                 assert self.reports.get(key) == expected
                 if expected == "erred":
                     assert isinstance(

@@ -22,6 +22,16 @@ class Execute(NamedTuple):
     dependencies: tuple
     missing_deps: tuple
     attempt: int = 0  # which assignment of the key this is; the worker's report names it
+    may_hold: bool = False  # the worker may keep a large result to itself (scheduler/lineage.py)
+
+
+class Publish(NamedTuple):
+    """``worker`` holds ``keys`` only in its own memory: it should publish them (serialise them, large
+    buffers into shared memory, and report them as results) because a client or another worker needs
+    them."""
+
+    worker: str
+    keys: tuple
 
 
 class FreeOnWorker(NamedTuple):

@@ -10,7 +10,8 @@ Mixed into ``SchedulerState`` (pure, like it). Three rules:
    about ``PREFETCH_SECONDS`` of work (capped), which turns thousands of tiny tasks into a few large
    batched messages instead of a ping-pong per task.
 3. **Data locality, then balance.** Among workers with room, prefer the one already holding most bytes
-   of the task's dependencies, then the least loaded. An idle worker steals prefetched (not yet started)
+   of the task's dependencies, then the least loaded. A dependency that lives only in another worker's
+   memory (a held result, ``lineage.py``) is published first: the task waits aside until it is. An idle worker steals prefetched (not yet started)
    tasks from the busiest one, so a deep prefetch never leaves a core idle.
 """
 
@@ -24,6 +25,9 @@ from .instructions import AskToRelease, Execute, RetireWorker
 if TYPE_CHECKING:
     from .state import TaskState, WorkerState
 
+# a task whose dependencies form a chain of this many results held by workers only publishes its own
+# result (lineage.py): what a worker's death could make us recompute stays bounded
+MAX_HELD_DEPTH = 2
 PREFETCH_SECONDS = 0.005  # how much queued work a worker may hold for tasks known to be tiny
 MAX_PREFETCH = 256
 
@@ -40,8 +44,11 @@ class Placement:
     _idle_changed: bool  # a worker emptied or arrived since the last fill: stealing may help
     _steals: dict  # key -> (victim, thief) for tasks a victim was asked to give back
     _thieves_waiting: set  # idle workers whose steal is in flight (they ask for nothing more)
+    _aside: dict  # lineage.py: queued tasks waiting for a dependency to be published
     _leave_state: Callable[[TaskState], None]
     _to_queued: Callable[[TaskState], None]
+    _set_aside: Callable[[TaskState, str, list], None]
+    _holds_results: Callable[[str], bool]
 
     # ------------------------------------------------------------------------------------ capacity
 
@@ -96,6 +103,18 @@ class Placement:
         return (-held, len(ws.processing) / max(ws.nthreads, 1))
 
     def _assign(self, ts: TaskState, ws: WorkerState, out: list) -> None:
+        missing = []
+        depth = 0  # the longest chain of held results among the dependencies
+        for dep_key in ts.dependencies:
+            dep = self.tasks[dep_key]
+            if ws.address not in dep.who_has:
+                if dep.held_depth:
+                    # held by another worker only: it must publish it first (lineage.py)
+                    self._set_aside(ts, ws.address, out)
+                    return
+                missing.append(dep)
+            elif dep.held_depth > depth:
+                depth = dep.held_depth
         self.counts["queued"] -= 1  # type: ignore[attr-defined]
         self.counts["processing"] += 1  # type: ignore[attr-defined]
         ts.state = "processing"
@@ -105,13 +124,9 @@ class Placement:
         if ts.resources:
             for name, amount in ts.resources.items():
                 ws.available[name] = ws.available.get(name, 0) - amount
-        missing = []
-        for dep_key in ts.dependencies:
-            dep = self.tasks[dep_key]
-            if ws.address not in dep.who_has:
-                missing.append(dep_key)
-                dep.who_has.add(ws.address)
-                ws.has.add(dep_key)
+        for dep in missing:
+            dep.who_has.add(ws.address)
+            ws.has.add(dep.key)
         ts.attempt += 1
         out.append(
             Execute(
@@ -119,8 +134,9 @@ class Placement:
                 ts.key,
                 ts.run_spec,
                 tuple(ts.dependencies),
-                tuple(missing),
+                tuple(dep.key for dep in missing),
                 ts.attempt,
+                not ts.who_wants and depth < MAX_HELD_DEPTH,
             )
         )
 
@@ -129,7 +145,12 @@ class Placement:
         while ready:
             _, key = heapq.heappop(ready)
             ts = self.tasks.get(key)
-            if ts is not None and ts.state == "queued" and key not in self.restricted:
+            if (
+                ts is not None
+                and ts.state == "queued"
+                and key not in self.restricted
+                and key not in self._aside
+            ):
                 return ts
         return None
 
@@ -138,7 +159,9 @@ class Placement:
     def _fill_workers(self, out: list) -> None:
         """Hand queued tasks to workers with room, highest priority first; then let idle workers steal."""
         while self._retired:
-            out.append(RetireWorker(self._retired.pop()))
+            address = self._retired.pop()
+            if not self._holds_results(address):  # else it goes once they are published
+                out.append(RetireWorker(address))
         if not self.ready and not self.restricted and not self._idle_changed:
             return  # nothing queued and no worker just went idle: nothing to place or steal
         self._idle_changed = False

@@ -38,6 +38,8 @@ class TaskState:
         "nbytes",
         "last_worker_death",
         "attempt",
+        "held_depth",
+        "pins",
     )
 
     def __init__(self, key: Key, prefix: str):
@@ -66,6 +68,10 @@ class TaskState:
         # late report of an earlier attempt (the task was stolen away and back) is not taken for the
         # current one, whose result the worker's cache will hold
         self.attempt = 0
+        # 0, or the result lives only in its worker's memory (held, scheduler/lineage.py): then the
+        # length of the chain of held results it was computed from, which is bounded
+        self.held_depth = 0
+        self.pins = 0  # how many held results were computed from this one (lineage keeps it)
 
     def __repr__(self) -> str:
         return f"<TaskState {self.key!r} {self.state}>"

@@ -14,9 +14,11 @@ Task life cycle::
     any state --(nobody wants it any more)--> forgotten (removed from ``tasks``)
 
 Where data lives: results are sent back to the client process and kept there (``server.data``), so a
-key in memory is never lost when a worker dies. Workers also keep a cache of values they computed or
-received; ``TaskState.who_has`` tracks those caches so that placement can prefer the worker that already
-holds a task's dependencies and the shell ships only what the chosen worker lacks.
+key in memory is never lost when a worker dies; except large results nobody outside wants yet, which
+a process worker may keep to itself until they are needed elsewhere (held results, ``lineage.py``: what
+they were computed from is kept, so a lost one is recomputed). Workers also keep a cache of values they
+computed or received; ``TaskState.who_has`` tracks those caches so that placement can prefer the worker
+that already holds a task's dependencies and the shell ships only what the chosen worker lacks.
 
 A key is kept while some client wants it (``who_wants``) or some unfinished dependent still needs it
 (``waiters``); when both are empty it is forgotten and every cache is told to drop it.
@@ -34,17 +36,18 @@ from .instructions import (  # noqa: F401
     Forget,
     FreeOnWorker,
     NewTask,
+    Publish,
     ReleaseArguments,
     Report,
     RetireWorker,
 )
+from .lineage import Lineage
 from .records import TaskState, WorkerState
-from .transitions import Transitions
 
 Key = Hashable
 
 
-class SchedulerState(Transitions):
+class SchedulerState(Lineage):
     """Task and worker bookkeeping. Every public method is an event and returns instructions."""
 
     def __init__(self, allowed_failures: int = 3, prefetch: int = 2):
@@ -61,6 +64,8 @@ class SchedulerState(Transitions):
         self._idle_changed = False
         self._steals: dict = {}  # placement.py: key -> (victim, thief) while a steal is asked
         self._thieves_waiting: set = set()
+        self._publishing: dict = {}  # lineage.py: held key -> queued tasks waiting for it
+        self._aside: dict = {}  # lineage.py: key of a task set aside -> the held key it waits for
 
     # -------------------------------------------------------------------------------- queries (no events)
 
@@ -124,7 +129,10 @@ class SchedulerState(Transitions):
                 if key not in lost:
                     out.append(Report(key, (client,), "cancelled"))
             elif held.state == "memory":
-                out.append(Report(key, (client,), "memory"))
+                if held.held_depth:  # only its worker has it: reported once published
+                    self._request_publication(held, out)
+                else:
+                    out.append(Report(key, (client,), "memory"))
             elif held.state == "erred":
                 out.append(Report(key, (client,), "erred", held.exception, held.traceback))
         self._fill_workers(out)
@@ -261,6 +269,8 @@ class SchedulerState(Transitions):
             ts = self.tasks.get(key)
             if ts is not None and ts.state == "memory":
                 ts.who_wants.add(client)
+                if ts.held_depth:  # the client's copy is now the stored value (server.data)
+                    self._unhold(ts, out)
                 out.append(Report(key, (client,), "memory"))
                 continue
             if ts is not None:  # replace a pending or erred task of the same name
@@ -353,6 +363,7 @@ class SchedulerState(Transitions):
                 self._set_erred(ts, exc, None, out)
             else:
                 self._to_queued(ts)
+        self._lose_held(address, ws.has, out)
         self._fill_workers(out)
         return out
 
@@ -364,8 +375,10 @@ class SchedulerState(Transitions):
             return out
         ws.status = status
         self._idle_changed = True
-        if status == "retiring" and not ws.processing:
-            out.append(RetireWorker(address))
+        if status == "retiring":
+            self._publish_all(address, out)  # it goes once they are published
+            if not ws.processing and not self._holds_results(address):
+                out.append(RetireWorker(address))
         self._fill_workers(out)
         return out
 
@@ -408,7 +421,9 @@ class SchedulerState(Transitions):
         start: float = 0.0,
         stop: float = 0.0,
         attempt: Optional[int] = None,
+        held: bool = False,
     ) -> list:
+        """``key`` finished on ``worker``; ``held``: the worker kept the result (lineage.py)."""
         out: list = []
         ws = self.workers.get(worker)
         ts = self._accept_report(key, ws, stop, out, attempt)
@@ -417,14 +432,16 @@ class SchedulerState(Transitions):
         ts.state = "memory"
         self.counts["memory"] += 1
         ts.nbytes = nbytes
-        if ts.run_spec is not None:
-            out.append(ReleaseArguments(ts.run_spec))
-            ts.run_spec = None
         if ws is not None:
             ts.who_has.add(worker)
             ws.has.add(key)
+        if held and ws is not None:
+            self._hold(ts, out)  # keeps run_spec, pins the dependencies
+        elif ts.run_spec is not None:
+            out.append(ReleaseArguments(ts.run_spec))
+            ts.run_spec = None
         self._record_duration(ts.prefix, stop - start)
-        if ts.who_wants:
+        if ts.who_wants and not ts.held_depth:
             out.append(Report(key, tuple(ts.who_wants), "memory"))
         for dep_key in ts.dependencies:
             dep = self.tasks.get(dep_key)
@@ -508,6 +525,8 @@ class SchedulerState(Transitions):
             ws.available = dict(ws.resources)
         self.ready.clear()
         self.restricted.clear()
+        self._publishing.clear()
+        self._aside.clear()
         self._steals.clear()
         self._thieves_waiting.clear()
         return out

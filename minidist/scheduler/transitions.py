@@ -11,7 +11,7 @@ outside is an event of ``SchedulerState``.
 from __future__ import annotations
 
 import heapq
-from typing import Any, Hashable
+from typing import Any, Callable, Hashable
 
 from .instructions import Forget, FreeOnWorker, Report
 from .placement import Placement
@@ -23,6 +23,8 @@ Key = Hashable
 class Transitions(Placement):
     # provided by SchedulerState
     counts: dict
+    _publishing: dict  # lineage.py
+    _retire_holders: Callable[[Any], None]
 
     def _record_duration(self, prefix: str, duration: float) -> None:
         if duration < 0:
@@ -50,6 +52,8 @@ class Transitions(Placement):
             self.counts[state] -= 1
         if state == "queued":
             self.restricted.pop(ts.key, None)  # heap entries are dropped lazily
+            if self._aside:
+                self._aside.pop(ts.key, None)
         elif state == "processing":
             ws = self.workers.get(ts.processing_on) if ts.processing_on else None
             if ws is not None and ts.key in ws.processing:
@@ -103,7 +107,7 @@ class Transitions(Placement):
         self._maybe_forget(ts, out)
 
     def _maybe_forget(self, ts: TaskState, out: list) -> None:
-        if ts.who_wants or ts.waiters:
+        if ts.who_wants or ts.waiters or ts.pins:
             return
         # nobody wants it and no pending dependent needs it: drop it whatever its state (a running
         # copy is told to stop and its result will be discarded)
@@ -128,12 +132,19 @@ class Transitions(Placement):
                 ws.has.discard(ts.key)
                 if w != worker:
                     out.append(FreeOnWorker(w, (ts.key,)))
+        held = ts.held_depth
+        if held:
+            ts.held_depth = 0
+            self._publishing.pop(ts.key, None)
+            self._retire_holders(ts.who_has)  # a retiring holder waited for this one
         ts.who_has.clear()
         for dep_key in ts.dependencies:
             dep = self.tasks.get(dep_key)
             if dep is not None:
                 dep.dependents.discard(ts.key)
                 dep.waiters.discard(ts.key)
+                if held:
+                    dep.pins -= 1  # its lineage is not needed any more
         del self.tasks[ts.key]
         ts.state = "forgotten"
         out.append(Forget(ts.key, ts.run_spec))
