@@ -7,9 +7,9 @@ type to handler and nobody spells a kind twice. Who sends what::
     cluster ──► scheduler     AddWorker  RemoveWorkers  RetireWorkers  PauseWorker  Restart  FailPending
                               ForgetClients  RunOnWorkers  WorkerReports (a thread worker's batch)
                               Call (the escape hatch)  Wake
-    scheduler ──► worker      ComputeTask  FreeKeys  RunFunction  ClientReply  CloseWorker
-    worker ──► scheduler      TaskDone  TaskErred  TaskTransfer  RunResult  Secede  Rejoin  WorkerHello
-                              WorkerLogs
+    scheduler ──► worker      ComputeTask  FreeKeys  PublishKeys  RunFunction  ClientReply  CloseWorker
+    worker ──► scheduler      TaskDone  TaskHeld  Published  TaskErred  TaskTransfer  RunResult  Secede
+                              Rejoin  WorkerHello  WorkerLogs
                               ClientFrame (a frame from a client inside a task)
     scheduler ──► client      sessions' report(items): a list of TaskStatus
     remote client ──► server  ClientHello  Register  Unregister  Fetch  Invoke  + the client messages
@@ -307,6 +307,14 @@ class ComputeTask(NamedTuple):
     dependencies: tuple
     dep_values: dict
     attempt: int = 0  # echoed in the report, so a late report of an earlier attempt is told apart
+    may_hold: bool = False  # a large result may stay in this worker only (answer with TaskHeld)
+
+
+@_wire
+class PublishKeys(NamedTuple):
+    """Publish these held results (serialise them, large buffers into shared memory): ``Published``."""
+
+    keys: tuple
 
 
 @_wire
@@ -358,6 +366,29 @@ class TaskDone(NamedTuple):
     stop: float
     thread: int
     attempt: int = 0  # the ComputeTask's
+
+
+@_wire
+class TaskHeld(NamedTuple):
+    """As ``TaskDone``, but the worker kept the result to itself (the ComputeTask allowed it)."""
+
+    key: Key
+    nbytes: int
+    start: float
+    stop: float
+    thread: int
+    attempt: int = 0
+
+
+@_wire
+class Published(NamedTuple):
+    """The answer to ``PublishKeys`` for ``key``: its encoded ``value``, or None and the ``error``
+    (pickled exception, traceback text) if it could not be serialised or is not here any more."""
+
+    key: Key
+    value: Any
+    nbytes: int
+    error: Any = None
 
 
 @_wire

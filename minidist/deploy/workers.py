@@ -114,14 +114,22 @@ class ProcessWorkerHandle:
         return [key for key in candidates if key_token(key) in tokens]
 
     def execute_message(
-        self, key, run_spec: RunSpec, dependencies, dep_values, attempt: int = 0
+        self,
+        key,
+        run_spec: RunSpec,
+        dependencies,
+        dep_values,
+        attempt: int = 0,
+        may_hold: bool = False,
     ) -> ComputeTask:
         function_id, function, arguments = run_spec
         if function_id in self.functions_sent:
             function = None  # it has the function already
         else:
             self.functions_sent.add(function_id)
-        return ComputeTask(key, function_id, function, arguments, dependencies, dep_values, attempt)
+        return ComputeTask(
+            key, function_id, function, arguments, dependencies, dep_values, attempt, may_hold
+        )
 
     def send_messages(self, batch: list) -> None:
         self.conn.send_bytes(encode_batch(batch))
@@ -321,8 +329,15 @@ class ThreadWorkerHandle:
         return f"<ThreadWorker {self.address} name={self.name}>"
 
     def execute_message(
-        self, key, run_spec: RunSpec, dependencies, dep_values, attempt: int = 0
+        self,
+        key,
+        run_spec: RunSpec,
+        dependencies,
+        dep_values,
+        attempt: int = 0,
+        may_hold: bool = False,
     ) -> ComputeTask:
+        # values never leave a thread worker's process: there is nothing to hold back
         return ComputeTask(key, *run_spec, dependencies, dep_values, attempt)
 
     def send_messages(self, batch: list) -> None:

@@ -28,6 +28,7 @@ from ..messages import (
     FailPending,
     ForgetClients,
     PauseWorker,
+    Published,
     QueuedReleased,
     Rejoin,
     Release,
@@ -42,6 +43,7 @@ from ..messages import (
     Secede,
     TaskDone,
     TaskErred,
+    TaskHeld,
     TaskTransfer,
     UpdateGraph,
     Wake,
@@ -234,6 +236,45 @@ def on_task_done(scheduler, handle, message: TaskDone, outgoing: dict, reports: 
     scheduler._apply(instructions, outgoing, reports)
 
 
+def on_task_held(scheduler, handle, message: TaskHeld, outgoing: dict, reports: dict) -> None:
+    """The worker kept a large result to itself (scheduler/lineage.py): nothing to store yet."""
+    key, address, state = message.key, handle.address, scheduler.state
+    if state.expects_result(key, address, message.attempt):
+        scheduler.tasks_done += 1
+        scheduler.task_stream.finished(
+            key, address, message.thread, message.start, message.stop, "ok", message.nbytes
+        )
+        if scheduler.plugins.plugins:
+            scheduler.plugins.transition(key, "processing", "memory")
+    instructions = state.task_finished(
+        key, address, message.nbytes, message.start, message.stop, message.attempt, held=True
+    )
+    scheduler._apply(instructions, outgoing, reports)
+
+
+def on_published(scheduler, handle, message: Published, outgoing: dict, reports: dict) -> None:
+    """A held result, published on request: stored from now on as any result is."""
+    key, value, address = message.key, message.value, handle.address
+    state, plane = scheduler.state, scheduler.data_plane
+    if value is not None:
+        plane.retain(value)
+    if not state.expects_publication(key, address):
+        if value is not None:
+            plane.release(value)  # forgotten meanwhile: free its shared memory
+        return
+    if value is None:
+        blob, text = message.error or (None, "the worker no longer held the value")
+        exception = _load_exception(blob) if blob is not None else RuntimeError(text)
+        instructions = state.publication_failed(key, address, exception, text)
+    else:
+        old = scheduler.data.get(key)
+        if old is not None:
+            plane.release(old)
+        scheduler.data[key] = value
+        instructions = state.published(key, address)
+    scheduler._apply(instructions, outgoing, reports)
+
+
 def on_task_erred(scheduler, handle, message: TaskErred, outgoing: dict, reports: dict) -> None:
     key, address = message.key, handle.address
     exception = _load_exception(message.exception)
@@ -299,6 +340,8 @@ def on_client_frame(scheduler, handle, message: ClientFrame, outgoing: dict, rep
 
 WORKER_HANDLERS: dict[type, Callable[..., None]] = {
     TaskDone: on_task_done,
+    TaskHeld: on_task_held,
+    Published: on_published,
     TaskErred: on_task_erred,
     TaskTransfer: on_task_transfer,
     RunResult: on_run_result,

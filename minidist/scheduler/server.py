@@ -15,8 +15,8 @@ One thread in the client process runs ``Scheduler._loop``::
                                                │ instructions
                ┌───────────────────────────────┼──────────────────────────────┐
                ▼                               ▼                              ▼
-     Report → client sessions        Execute/FreeOnWorker → one       Forget → drop stored data,
-     (futures resolve)               batch per worker per wake-up     unlink shared memory
+     Report → client sessions        Execute/FreeOnWorker/Publish →   Forget → drop stored data,
+     (futures resolve)               one batch per worker per wake-up unlink shared memory
 
 Thread workers post their reports into the same inbox instead of a pipe. Values live in ``self.data``
 in the form the cluster's data plane gives them (``data_plane.py``: ``Payload`` for process workers,
@@ -48,6 +48,7 @@ from ..messages import (
     FIRE_AND_FORGET,
     Call,
     FreeKeys,
+    PublishKeys,
     Release,
     ReleasePending,
     ReleaseQueued,
@@ -67,6 +68,7 @@ from .state import (
     Execute,
     Forget,
     FreeOnWorker,
+    Publish,
     ReleaseArguments,
     Report,
     RetireWorker,
@@ -292,7 +294,12 @@ class Scheduler:
                 deps = self.data_plane.dependency_values(inst, data)
                 outgoing.setdefault(handle, []).append(
                     handle.execute_message(
-                        inst.key, inst.run_spec, inst.dependencies, deps, inst.attempt
+                        inst.key,
+                        inst.run_spec,
+                        inst.dependencies,
+                        deps,
+                        inst.attempt,
+                        inst.may_hold,
                     )
                 )
             elif kind is Report:
@@ -314,6 +321,10 @@ class Scheduler:
                 handle = workers.get(inst.worker)
                 if handle is not None:
                     outgoing.setdefault(handle, []).append(FreeKeys(inst.keys))
+            elif kind is Publish:
+                handle = workers.get(inst.worker)
+                if handle is not None:
+                    outgoing.setdefault(handle, []).append(PublishKeys(inst.keys))
             elif kind is AskToRelease:
                 handle = workers.get(inst.worker)
                 if handle is not None:

@@ -38,9 +38,16 @@ class WorkerHandle(Protocol):
         ...
 
     def execute_message(
-        self, key, run_spec: RunSpec, dependencies, dep_values, attempt: int = 0
+        self,
+        key,
+        run_spec: RunSpec,
+        dependencies,
+        dep_values,
+        attempt: int = 0,
+        may_hold: bool = False,
     ) -> ComputeTask:
-        """The message that runs a task on this worker (a process worker is sent a function once)."""
+        """The message that runs a task on this worker (a process worker is sent a function once;
+        ``may_hold``: it may keep a large result to itself, ``scheduler/lineage.py``)."""
         ...
 
     def send_messages(self, batch: list) -> None:

@@ -35,6 +35,7 @@ from ..messages import (
     CloseWorker,
     ComputeTask,
     FreeKeys,
+    PublishKeys,
     ReleaseQueued,
     RunFunction,
     RunResult,
@@ -47,6 +48,7 @@ from ..messages import (
 from ..tracebacks import encode_error
 from ..utils import format_bytes
 from .admin import call_with_worker
+from .holding import HeldResults
 from .running import RunningBoard
 from .runtime import WorkerRuntime
 from .task_client import TaskClientSlot
@@ -87,10 +89,15 @@ class ProcessWorker:
         )
         if init.get("running_fd") is not None:
             self.runtime.running_board = RunningBoard(init["running_fd"])
+        # large results the scheduler lets this worker keep to itself until needed elsewhere
+        self.runtime.holding = HeldResults(
+            self.runtime, self.encode_result, init.get("memory_limit")
+        )
         self.closing = False
         self._handlers: dict[type, Callable[[Any], None]] = {
             ComputeTask: self._on_compute_task,
             FreeKeys: self._on_free_keys,
+            PublishKeys: self._on_publish_keys,
             ReleaseQueued: self._on_release_queued,
             RunFunction: self._on_run_function,
             ClientReply: self._on_client_reply,
@@ -141,11 +148,19 @@ class ProcessWorker:
             self.functions[message.function_id] = _LazyFunction(message.function)
         # the message holds the task's RunSpec fields: prepare() reads it as one
         self.runtime.submit(
-            message.key, message, message.dependencies, message.dep_values, message.attempt
+            message.key,
+            message,
+            message.dependencies,
+            message.dep_values,
+            message.attempt,
+            message.may_hold,
         )
 
     def _on_free_keys(self, message: FreeKeys) -> None:
         self.runtime.free(message.keys)
+
+    def _on_publish_keys(self, message: PublishKeys) -> None:
+        self.runtime.holding.publish(message.keys)
 
     def _on_release_queued(self, message: ReleaseQueued) -> None:
         self.runtime.release_queued(message.keys)

@@ -38,6 +38,7 @@ from ..messages import (
     Secede,
     TaskDone,
     TaskErred,
+    TaskHeld,
     TaskTransfer,
 )
 from ..sparse import right_sized
@@ -67,14 +68,15 @@ def substitute(obj: Any, values: dict) -> Any:
 
 
 class PendingTask:
-    __slots__ = ("key", "run_spec", "dependencies", "cancelled", "attempt")
+    __slots__ = ("key", "run_spec", "dependencies", "cancelled", "attempt", "may_hold")
 
-    def __init__(self, key, run_spec, dependencies, attempt: int = 0):
+    def __init__(self, key, run_spec, dependencies, attempt: int = 0, may_hold: bool = False):
         self.key = key
         self.run_spec = run_spec
         self.dependencies = dependencies
         self.cancelled = False
         self.attempt = attempt  # echoed in the report (see TaskState.attempt)
+        self.may_hold = may_hold  # a large result may stay here (worker/holding.py)
 
 
 def unpack_run_spec(run_spec: RunSpec | ComputeTask) -> tuple:
@@ -120,6 +122,7 @@ class WorkerRuntime:
         self._prepare = prepare
         self.data: dict = {}  # key -> decoded value: the local cache of results and dependencies
         self.encoded: dict = {}  # key -> encoded value, decoded lazily on first use
+        self.holding: Any = None  # process workers: the results kept here only (holding.py)
         self.executing: dict = {}  # key -> start time, for diagnostics
         self._pending: deque[PendingTask] = deque()
         self._running: dict = {}  # key -> PendingTask
@@ -146,11 +149,19 @@ class WorkerRuntime:
 
     # ---------------------------------------------------------------------------------------- intake
 
-    def submit(self, key, run_spec, dependencies, dep_values: dict, attempt: int = 0) -> None:
+    def submit(
+        self,
+        key,
+        run_spec,
+        dependencies,
+        dep_values: dict,
+        attempt: int = 0,
+        may_hold: bool = False,
+    ) -> None:
         """File a task (never blocks). ``dep_values`` are encoded values the worker did not hold."""
         if dep_values:
             self.encoded.update(dep_values)
-        task = PendingTask(key, run_spec, dependencies, attempt)
+        task = PendingTask(key, run_spec, dependencies, attempt, may_hold)
         with self._condition:
             self._pending.append(task)
             self._condition.notify()
@@ -158,6 +169,8 @@ class WorkerRuntime:
     def free(self, keys) -> None:
         """Drop cached values and cancel queued or running copies of ``keys``."""
         actors = getattr(self, "actors", None)  # worker/actors.py: a released actor goes too
+        if self.holding is not None:
+            self.holding.forget(keys)
         with self._condition:
             for key in keys:
                 self.data.pop(key, None)
@@ -186,6 +199,14 @@ class WorkerRuntime:
             for key, value in values.items():
                 if key not in self.data:
                     self.encoded[key] = value
+
+    def replace_cached(self, key, encoded) -> None:
+        """A held result was published: dependents here read the published copy from now on (its
+        buffers in shared memory rather than this process's private memory)."""
+        with self._condition:
+            if key in self.data:  # not freed meanwhile
+                self.encoded[key] = encoded
+                del self.data[key]
 
     def release_queued(self, keys) -> None:
         """Give back the tasks among ``keys`` that have not started (work stealing); the answer says
@@ -299,6 +320,13 @@ class WorkerRuntime:
         self.executing.pop(key, None)
         if task.cancelled:
             return
+        if task.may_hold and self.holding is not None:
+            held = self.holding.try_hold(key, result)
+            if held is not None:  # kept here, as the object itself, until someone outside needs it
+                self.encoded.pop(key, None)
+                self.data[key] = result
+                self.report(TaskHeld(key, held, start, stop, thread_id, task.attempt))
+                return
         try:
             encoded, nbytes = self._encode_result(result)
         except BaseException as exc:  # noqa: B036
