@@ -45,6 +45,7 @@ class Placement:
     _steals: dict  # key -> (victim, thief) for tasks a victim was asked to give back
     _thieves_waiting: set  # idle workers whose steal is in flight (they ask for nothing more)
     _aside: dict  # lineage.py: queued tasks waiting for a dependency to be published
+    _publishing: dict  # lineage.py: held keys asked to be published
     _leave_state: Callable[[TaskState], None]
     _to_queued: Callable[[TaskState], None]
     _set_aside: Callable[[TaskState, str, list], None]
@@ -94,13 +95,19 @@ class Placement:
         return True
 
     def _score(self, ts: TaskState, ws: WorkerState) -> tuple:
-        """Lower is better: hold most dependency data, then least loaded."""
+        """Lower is better: fewest bytes other workers would have to publish for it (held results not
+        yet asked for, lineage.py), then most dependency data held, then least loaded."""
         held = 0
+        to_publish = 0
         for dep_key in ts.dependencies:
             dep = self.tasks.get(dep_key)
-            if dep is not None and ws.address in dep.who_has:
+            if dep is None:
+                continue
+            if ws.address in dep.who_has:
                 held += dep.nbytes + 1
-        return (-held, len(ws.processing) / max(ws.nthreads, 1))
+            elif dep.held_depth and dep_key not in self._publishing:
+                to_publish += dep.nbytes + 1
+        return (to_publish, -held, len(ws.processing) / max(ws.nthreads, 1))
 
     def _assign(self, ts: TaskState, ws: WorkerState, out: list) -> None:
         missing = []
