@@ -145,7 +145,10 @@ def pids(client) -> dict:
 
 def test_a_dependent_on_the_same_worker_gets_the_object_and_nothing_is_written(client):
     cluster_id = client.cluster.cluster_id
-    graph = {"same-a": (filled, 4 * MiB, 2.0), "same-b": (where_with_segments, "same-a", cluster_id)}
+    graph = {
+        "same-a": (filled, 4 * MiB, 2.0),
+        "same-b": (where_with_segments, "same-a", cluster_id),
+    }
     writeable, backing, _, first, segments = client.get(graph, "same-b")
     assert first == 2.0
     assert writeable and not backing.startswith("/dev/shm")  # the producer's own array
