@@ -126,6 +126,8 @@ class LocalCluster(Cluster):
         self.options = options
         self.asynchronous = asynchronous
         self.processes = options.processes
+        # process workers are forked by a template process (deploy/launcher.py) booting meanwhile
+        self.launcher = WorkerLauncher() if self.processes else None
         self.cluster_id = new_cluster_id()  # names this process as the owner of its shared memory
         sweep_orphans()  # segments left by clusters whose processes were all killed
         self.name = options.name if options.name is not None else self.cluster_id
@@ -147,8 +149,6 @@ class LocalCluster(Cluster):
         self._said_template_off = False
         self.target_workers = options.n_workers
         self.segment_store = SegmentStore(self.cluster_id) if self.processes else None
-        # process workers are forked by a template process started once (deploy/launcher.py)
-        self.launcher = WorkerLauncher() if self.processes else None
         # how calls and values are packed, read and freed: pickled for processes, objects for threads
         self.data_plane = PickledPlane(self.segment_store) if self.processes else ObjectPlane()
         self.scheduler = Scheduler(
@@ -177,13 +177,15 @@ class LocalCluster(Cluster):
             from ..remote.server import serve_remote_clients
             from .services import ClusterServices
 
+            if self.processes:  # the memory monitor's psutil (a long import)
+                from .supervision import MemoryMonitor  # noqa: F401
+
             for _ in range(options.n_workers):
                 self._start_worker()
             # every worker registered (FIFO inbox)
             self.scheduler.call(lambda scheduler: None).result(30)
             self._start_memory_monitor()
-            # the dashboard, if dashboard_address asks for one
-            self.services = ClusterServices(self)
+            self.services = ClusterServices(self)  # the dashboard, if dashboard_address asks
             # remote clients: a TCP/TLS listener when the options ask for one (minidist/remote/server.py)
             self.listener = serve_remote_clients(self)
         except BaseException:
@@ -247,9 +249,7 @@ class LocalCluster(Cluster):
                 options.worker_class,
                 self.launcher,
                 log_sink=self.logs.add_remote_records,  # its shipped records (worker/process.py)
-                client_router=functools.partial(
-                    _route_worker_client, self
-                ),  # get_client() in tasks
+                client_router=functools.partial(_route_worker_client, self),  # get_client()
                 worker_setup=self.worker_setup.items(),
             )
             self._say_if_template_is_off()

@@ -27,8 +27,7 @@ field (not Linux), plain ``rss`` is used.
 from __future__ import annotations
 
 import enum
-
-import psutil
+import os
 
 from minidist.utils import format_bytes, parse_bytes
 
@@ -52,7 +51,12 @@ _CGROUP_LIMIT_FILES = (
 
 def system_memory() -> int:
     """Bytes of memory this process may use: the machine's total, lowered by a cgroup limit if any."""
-    total = psutil.virtual_memory().total
+    try:  # what psutil.virtual_memory().total reads, without importing psutil on the way to start
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        import psutil
+
+        total = psutil.virtual_memory().total
     for path in _CGROUP_LIMIT_FILES:
         try:
             with open(path) as f:
@@ -116,6 +120,8 @@ def process_memory(pid: int) -> int:
 
     Raises psutil.NoSuchProcess when the process is gone.
     """
+    import psutil  # imported on first use: a cluster's start does not wait for it
+
     info = psutil.Process(pid).memory_info()
     shared = getattr(info, "shared", 0)
     return max(0, info.rss - shared)

@@ -21,7 +21,6 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from ..dashboard.access import make_token
 from .memory import parse_memory_limit
 
 # Worker keywords that minidist's workers understand. dask's Worker takes many more; those that would
@@ -195,8 +194,18 @@ class ClusterOptions:
             scheduler_kwargs=scheduler_kwargs,
             worker_env=worker_kwargs.get("env"),
             memory_fractions=memory_fractions(worker_kwargs),
-            dashboard_token=make_token(dashboard_token),
+            dashboard_token=_dashboard_token(dashboard_token),
         )
+
+
+def _dashboard_token(token) -> Optional[str]:
+    if token is None or token is False:
+        return None
+    # the dashboard's module (and http.server) only when a token is asked for: a cluster's start does
+    # not wait for its import
+    from ..dashboard.access import make_token
+
+    return make_token(token)
 
 
 def default_sizes(n_workers, threads_per_worker, processes: bool) -> tuple[int, int]:

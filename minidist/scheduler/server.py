@@ -222,10 +222,11 @@ class Scheduler:
             for selector_key, _ in events:
                 handle = selector_key.data
                 if handle is None:
+                    # one read: a wake-up is one byte per pending flag, so 4096 is all of them; a
+                    # byte written after it wakes the next select() at worst
                     try:
-                        while os.read(wake_r, 4096):
-                            pass
-                    except (BlockingIOError, OSError):
+                        os.read(wake_r, 4096)
+                    except OSError:
                         pass
                     # cleared only after draining: a poster that saw the flag set is then sure a byte
                     # written after this point will wake us, and its message is already in the inbox
@@ -248,13 +249,11 @@ class Scheduler:
     def _read_worker(self, handle: WorkerHandle, outgoing: dict, reports: dict) -> None:
         if handle is None:
             return
-        conn = handle.conn
+        # one batch per readiness: the selector is level-triggered, so a batch still waiting makes
+        # the next select() return at once (Connection.poll() would build a new selector each time)
         try:
-            while True:
-                batch = decode_batch(conn.recv_bytes())
-                self._worker_batch(handle, batch, outgoing, reports)
-                if not conn.poll():
-                    break
+            batch = decode_batch(handle.conn.recv_bytes())
+            self._worker_batch(handle, batch, outgoing, reports)
         except (EOFError, OSError):
             self._worker_died(handle, outgoing, reports)
         except Exception:
