@@ -4,12 +4,14 @@ A process worker is started by ``deploy/workers.py`` as ``python -c "...main(FD)
 socket pair as file descriptor FD (no fork of the threaded parent, no re-import of the user's
 ``__main__``, so it works from scripts without a main guard, from stdin and from a REPL)::
 
-    parent ──init dict──► main()
-    parent ──batches────► main thread: recv, unpickle, dispatch ──► WorkerRuntime (task threads)
+    parent ──init dict──► main(): hello, then waits for CloseWorker
+    parent ──batches────► an idle task thread: recv, unpickle, dispatch ──► WorkerRuntime (files work)
     parent ◄──batches──── task threads (TaskDone, TaskErred...), log shipper thread (WorkerLogs)
 
-The main thread only receives and files work; it never sends, so the parent can never deadlock against
-it. Values travel as ``comm.serialize.Payload``: large buffers sit in shared memory and are mapped, not
+One idle task thread at a time receives; when what came is a task and a slot is free, it wakes another
+thread to receive in its place and runs the task itself, so a task reaches an idle worker without a
+hand-off between threads (``WorkerRuntime.receive_with``). The thread that receives never blocks on
+sending, so the parent can never deadlock against it. Values travel as ``comm.serialize.Payload``: large buffers sit in shared memory and are mapped, not
 copied. The worker exits when the pipe reaches EOF (the parent closed it or died) or when its parent pid
 changes; before leaving it sweeps the cluster's shared-memory segments if the parent died, since no one
 else will.
@@ -94,6 +96,7 @@ class ProcessWorker:
             self.runtime, self.encode_result, init.get("memory_limit")
         )
         self.closing = False
+        self._closed = threading.Event()  # the main thread waits on it, then leaves
         self._handlers: dict[type, Callable[[Any], None]] = {
             ComputeTask: self._on_compute_task,
             FreeKeys: self._on_free_keys,
@@ -229,15 +232,28 @@ class ProcessWorker:
             self.runtime.nthreads,
             format_bytes(limit) if limit else "none",
         )
-        conn = self.conn
-        while not self.closing:
-            try:
-                data = conn.recv_bytes()
-            except (EOFError, OSError):
-                self.die_orphaned()  # the parent closed the pipe or died
+        # from now on an idle task thread receives, and runs what came itself (runtime.receive_with)
+        self.runtime.receive_with(self.receive)
+        self._closed.wait()
+        self.runtime.close(timeout=1.0)
+
+    def receive(self) -> bool:
+        """Receive one frame and file its messages (on whichever task thread receives); False once
+        the worker was asked to close."""
+        try:
+            data = self.conn.recv_bytes()
+        except (EOFError, OSError):
+            self.die_orphaned()  # the parent closed the pipe or died
+        try:
             for message in decode_batch(data):
                 self.dispatch(message)
-        self.runtime.close(timeout=1.0)
+        except BaseException:  # noqa: B036 - a frame we cannot read: leave, the parent replaces us
+            logger.exception("worker %s: could not handle a message", self.runtime.address)
+            os._exit(1)
+        if self.closing:
+            self._closed.set()
+            return False
+        return True
 
 
 class ParentWatch:

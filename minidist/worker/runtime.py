@@ -7,9 +7,9 @@ Data flow::
                                                                                  │ run function
     scheduler ◄──────── report(message) ◄── outbox (batched by whoever sends) ◄──┘
 
-``submit`` and ``free`` run on the thread that receives from the scheduler (a process worker's main
-thread, or the scheduler thread itself for thread workers) and must never block: they only file work.
-Task threads take the oldest pending task, resolve its dependencies from the local cache, call the
+``submit`` and ``free`` run on the thread that receives from the scheduler (for process workers an idle
+task thread, see ``receive_with``; for thread workers the scheduler thread itself) and must never block:
+they only file work. Task threads take the oldest pending task while fewer than nthreads run, resolve its dependencies from the local cache, call the
 function, and report ``TaskDone`` or ``TaskErred`` (``minidist/messages.py``). Reports are batched: a
 thread that finds the outbox empty becomes the sender and flushes everything that piled up meanwhile, so
 bursts of tiny tasks cost one message, not one each.
@@ -138,7 +138,12 @@ class WorkerRuntime:
         )
         self._free_slots = list(reversed(range(SLOTS)))
         self._threads: list[threading.Thread] = []
-        self._active_threads = 0  # threads that count against nthreads (not seceded)
+        self._active_threads = 0  # threads that count against the pool's size (not seceded)
+        self._busy = 0  # running tasks that hold one of the nthreads slots (seceded ones do not)
+        # process workers: an idle thread receives from the scheduler itself (receive_with)
+        self._receive: Optional[Callable[[], bool]] = None
+        self._receiving = False  # one thread at a time receives
+        self._spare = 0  # the thread beyond nthreads that receives while every slot runs a task
         self.paused = False
         for _ in range(nthreads):
             self._start_thread()
@@ -164,7 +169,26 @@ class WorkerRuntime:
         task = PendingTask(key, run_spec, dependencies, attempt, may_hold)
         with self._condition:
             self._pending.append(task)
-            self._condition.notify()
+            if (
+                self._receive is None
+            ):  # else the receiving thread wakes others once it has filed all
+                self._condition.notify()
+
+    def receive_with(self, receive: Callable[[], bool]) -> None:
+        """Let an idle task thread receive from the scheduler itself, then run what came without
+        handing it to another thread (process workers).
+
+        ``receive()`` blocks for one frame, files what it holds (``submit``, ``free``...) and returns
+        False once nothing more will come. Before running a task, the receiving thread wakes another
+        to receive in its place, so someone always receives promptly and the thread that receives
+        never blocks on sending: the scheduler can never deadlock against this worker. One spare
+        thread joins the pool, so a thread is left to receive while all nthreads slots run tasks.
+        """
+        with self._condition:
+            self._receive = receive
+            self._spare = 1
+            self._start_thread()
+            self._condition.notify_all()
 
     def free(self, keys) -> None:
         """Drop cached values and cancel queued or running copies of ``keys``."""
@@ -219,7 +243,12 @@ class WorkerRuntime:
                     task.cancelled = True  # skipped by the task threads
                     released.append(task.key)
         kept = tuple(wanted.difference(released))
-        self.report(QueuedReleased(tuple(released), kept))
+        # this runs on the thread that receives, which must never block on sending: the flusher
+        # thread sends the answer, at once
+        with self._outbox_lock:
+            self._outbox.append(QueuedReleased(tuple(released), kept))
+            self._oldest_unsent = time.monotonic() - REPORT_DELAY
+        self._flush_wanted.set()
 
     # ------------------------------------------------------------------------------------- execution
 
@@ -249,25 +278,58 @@ class WorkerRuntime:
         condition = self._condition
         while True:
             with condition:
-                while not self._pending and not self._closed:
-                    condition.wait()
+                task = self._next_task()
+            if task is None:
                 if self._closed:
                     return
-                task = self._pending.popleft()
-                if task.cancelled:
-                    continue
-                self._running[task.key] = task
+                self._receive_once()
+                continue
             self._execute(task)
             with condition:
                 self._running.pop(task.key, None)
                 seceded = _task_context.__dict__.pop("seceded", False)
-                if seceded or self._active_threads > self.nthreads:
+                if not seceded:
+                    self._busy -= 1
+                if seceded or self._active_threads > self.nthreads + self._spare:
                     # this thread left the pool to wait (or rejoined while its replacement ran): the
-                    # pool is back at nthreads without it, so it retires
+                    # pool is back at its size without it, so it retires
                     if not seceded:
                         self._active_threads -= 1
+                        if self._pending:  # the slot it frees: another thread runs what waits
+                            condition.notify()
                     self._threads.remove(threading.current_thread())
                     return
+
+    def _next_task(self) -> Optional[PendingTask]:
+        """The task this thread runs next (a slot is free), or None: receive (a process worker
+        with nobody receiving) or leave (closed). Called with the condition held; waits on it."""
+        pending = self._pending
+        while not self._closed:
+            while pending and self._busy < self.nthreads:
+                task = pending.popleft()
+                if not task.cancelled:
+                    self._busy += 1
+                    self._running[task.key] = task
+                    return task
+            if self._receive is not None and not self._receiving:
+                self._receiving = True
+                return None
+            self._condition.wait()
+        return None
+
+    def _receive_once(self) -> None:
+        receive = self._receive
+        more = False
+        try:
+            more = receive is not None and receive()
+        finally:
+            with self._condition:
+                self._receiving = False
+                if not more:
+                    self._receive = None
+                if self._pending:
+                    # this thread takes the first task: others take the rest and one receives
+                    self._condition.notify(len(self._pending))
 
     def _value_of(self, key):
         try:
@@ -421,6 +483,7 @@ class WorkerRuntime:
         _task_context.seceded = True
         with self._condition:
             self._active_threads -= 1
+            self._busy -= 1  # its slot is free for a queued task
             self._start_thread()
         self.report(Secede(key))
 
@@ -430,6 +493,7 @@ class WorkerRuntime:
         _task_context.seceded = False
         with self._condition:
             self._active_threads += 1
+            self._busy += 1
         self.report(Rejoin(_task_context.key))
 
     # ----------------------------------------------------------------------------------------- close
