@@ -46,7 +46,7 @@ from ..scheduler.worker_handle import WorkerHandle
 from ..worker.admin import call_with_worker
 from ..worker.running import RunningBoard, key_token
 from ..worker.runtime import WorkerRuntime
-from .launcher import ForkedProcess, WorkerLauncher
+from .launcher import ForkedProcess, WorkerLauncher, wait_for_exit
 from .worker_hooks import Worker
 
 _THREAD_LIMIT_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -159,7 +159,7 @@ class ProcessWorkerHandle:
 
     def death_reason(self) -> str:
         try:
-            returncode = self.process.wait(timeout=2)
+            returncode = wait_for_exit(self.process, 2)
         except subprocess.TimeoutExpired:
             returncode = None
         reason = describe_exit(returncode, self.memory_killed, self.memory_kill_detail)
@@ -191,7 +191,7 @@ class ProcessWorkerHandle:
         """Ask the worker to leave, close the pipe, then make sure the process is gone."""
         self.close()
         try:
-            self.process.wait(timeout)
+            wait_for_exit(self.process, timeout)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(timeout)
