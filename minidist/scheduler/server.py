@@ -81,6 +81,7 @@ logger = logging.getLogger("minidist.scheduler")
 
 
 _IDLE_WAKE = 0.25  # the loop looks at its inbox at least this often, even with nothing to wake it
+_HOUSEKEEPING = (FreeKeys, ReleaseQueued)  # messages to workers that can wait for clients' reports
 
 
 class FireAndForget:
@@ -260,14 +261,15 @@ class Scheduler:
             self.logger.exception("bad message from worker %s", handle.address)
 
     def _deliver(self, outgoing: dict, reports: dict) -> None:
+        # work first (idle workers start at once), then clients' results, then what only frees memory
+        # or answers a steal (FreeKeys, ReleaseQueued): waking a process costs the sender time, and a
+        # client waiting for its result should not pay for a worker's housekeeping
+        later = []
         for handle, batch in outgoing.items():
-            if not batch or handle.address not in self.workers:
-                continue
-            try:
-                handle.send_messages(batch)
-            except (OSError, EOFError, ValueError):
-                # a dead pipe: the EOF on its receiving side will remove the worker
-                self.logger.debug("could not send to %s", handle.address)
+            if batch and all(type(message) in _HOUSEKEEPING for message in batch):
+                later.append((handle, batch))
+            else:
+                self._send(handle, batch)
         for client_id, items in reports.items():
             session = self.sessions.get(client_id)
             if session is not None:
@@ -275,6 +277,17 @@ class Scheduler:
                     session.report(items)
                 except Exception:
                     self.logger.exception("could not report to client %s", client_id)
+        for handle, batch in later:
+            self._send(handle, batch)
+
+    def _send(self, handle: WorkerHandle, batch: list) -> None:
+        if not batch or handle.address not in self.workers:
+            return
+        try:
+            handle.send_messages(batch)
+        except (OSError, EOFError, ValueError):
+            # a dead pipe: the EOF on its receiving side will remove the worker
+            self.logger.debug("could not send to %s", handle.address)
 
     # ------------------------------------------------------------------------------ instruction output
 
