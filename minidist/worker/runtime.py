@@ -9,10 +9,10 @@ Data flow::
 
 ``submit`` and ``free`` run on the thread that receives from the scheduler (for process workers an idle
 task thread, see ``receive_with``; for thread workers the scheduler thread itself) and must never block:
-they only file work. Task threads take the oldest pending task while fewer than nthreads run, resolve its dependencies from the local cache, call the
-function, and report ``TaskDone`` or ``TaskErred`` (``minidist/messages.py``). Reports are batched: a
-thread that finds the outbox empty becomes the sender and flushes everything that piled up meanwhile, so
-bursts of tiny tasks cost one message, not one each.
+they only file work. Task threads take the oldest pending task while fewer than nthreads run, resolve
+its dependencies from the local cache, call the function, and report ``TaskDone`` or ``TaskErred``
+(``minidist/messages.py``). Reports are batched: a thread that finds the outbox empty becomes the sender
+and flushes everything that piled up meanwhile, so bursts of tiny tasks cost one message, not one each.
 
 The transport differs by mode and is injected: ``encode_result``/``decode_value`` serialise values
 (process workers) or pass objects through untouched (thread workers); ``send`` writes a list of
@@ -169,9 +169,8 @@ class WorkerRuntime:
         task = PendingTask(key, run_spec, dependencies, attempt, may_hold)
         with self._condition:
             self._pending.append(task)
-            if (
-                self._receive is None
-            ):  # else the receiving thread wakes others once it has filed all
+            # a process worker's receiving thread wakes others once it has filed the whole frame
+            if self._receive is None:
                 self._condition.notify()
 
     def receive_with(self, receive: Callable[[], bool]) -> None:
