@@ -8,7 +8,7 @@ short, ``scheduler/lineage.py``), a large result stays in the worker's cache as 
     task thread: result of at least HOLD_THRESHOLD bytes, held bytes under the budget?
         yes ──► runtime.data[key] = the object ──► TaskHeld (no payload)
         no  ──► serialised as ever (large buffers into shared memory) ──► TaskDone
-    PublishKeys (main thread files it) ──► publisher thread: serialise once ──► Published ──► scheduler
+    PublishKeys (receiving thread files it) ──► publisher thread: serialise once ──► Published ──► scheduler
     FreeKeys ──► dropped with the cache
 
 Small results are always published: that costs little and keeps held chains short. The budget (a
@@ -84,7 +84,7 @@ class HeldResults:
                 self.held_bytes -= self.held.pop(key, 0)
 
     def publish(self, keys) -> None:
-        """Publish ``keys`` (from the main thread, which never sends: the publisher thread does)."""
+        """Publish ``keys`` (from the thread that receives, which never sends: the publisher thread does)."""
         with self._wake:
             self._requests.extend(keys)
             if self._publisher is None:

@@ -114,7 +114,7 @@ class ProcessWorker:
 
     def connect_to_scheduler(self):
         """A connection for the tasks' client, talking to the scheduler through this pipe (made on
-        the first get_client(); the main thread hands its replies to ``client_link``)."""
+        the first get_client(); the receiving thread hands its replies to ``client_link``)."""
         from ..remote.client import WorkerLink, connect_worker
 
         link = WorkerLink(self.runtime.address, self.runtime.report)
