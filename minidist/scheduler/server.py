@@ -57,7 +57,7 @@ from ..messages import (
     decode_batch,
     new_task,  # noqa: F401 (re-exported)
 )
-from ..sparse import right_sized
+from ..sparse import TRIM_AFTER, right_sized, trim_heap
 from . import queries
 from .failure import fail, refuse_inbox
 from .handlers import HANDLERS, WORKER_HANDLERS
@@ -140,7 +140,8 @@ class Scheduler:
         self.plugins = SchedulerPlugins(self, self.logger)  # client.register_plugin (plugins.py)
         self.started = time.time()
         self.tasks_done = 0
-        self._forgot = False  # keys were forgotten in this loop turn: compact the books after it
+        self._forgot = 0  # keys forgotten in this loop turn: the books are compacted after it
+        self._forgot_since_trim = 0  # sparse.trim_heap: after a large run was released
         self._thread = threading.Thread(target=self._loop, name="minidist-scheduler", daemon=True)
         self._thread.start()
 
@@ -243,6 +244,7 @@ class Scheduler:
                     self.logger.exception("scheduler failed to handle %s", type(message).__name__)
             self._deliver(outgoing, reports)
             if self._forgot:
+                outgoing = reports = {}  # what this turn sent goes before the books are compacted
                 self._compact()
             if self._closing:
                 break
@@ -319,7 +321,7 @@ class Scheduler:
                 for client_id in inst.clients:
                     reports.setdefault(client_id, []).append(item)
             elif kind is Forget:
-                self._forgot = True
+                self._forgot += 1
                 if plugins is not None:
                     plugins.transition(inst.key, "released", "forgotten")
                 value = data.pop(inst.key, None)
@@ -351,10 +353,16 @@ class Scheduler:
     def _compact(self) -> None:
         """After keys were forgotten: give back the tables a large run left mostly empty
         (``sparse.py``). A new ``data`` dict is bound, never changed in place, so a client thread
-        reading a result meanwhile still finds it in the old one."""
-        self._forgot = False
+        reading a result meanwhile still finds it in the old one. Once a large run is released
+        (many keys forgotten, few tasks left), the C allocator's free pages go back too."""
+        self._forgot_since_trim += self._forgot
+        self._forgot = 0
         self.state.compact()
         self.data = right_sized(self.data)
+        forgotten = self._forgot_since_trim
+        if forgotten >= TRIM_AFTER and len(self.state.tasks) * 8 <= forgotten:
+            self._forgot_since_trim = 0
+            trim_heap()
 
     # ---------------------------------------------------------------------------------- client events
 
