@@ -178,6 +178,45 @@ def test_pages_thrown_away_without_a_write_count_as_changed(store):
     memory.close()
 
 
+def test_threads_passing_one_array_between_changes_all_send_its_current_content(store):
+    """Scans protect pages again as they report them: concurrent passes must not lose a change."""
+    array = np.random.default_rng(8).random(24 * MiB // 8)
+    rng = np.random.default_rng(9)
+    handles: list = []
+    sent: list = []
+    barrier = threading.Barrier(3, timeout=30)
+
+    def passes():
+        try:
+            for _ in range(12):
+                barrier.wait()  # the array was just changed (or not)
+                handles.append(store.write(array))
+                handles.append(store.write(array))
+                barrier.wait()
+        except threading.BrokenBarrierError:
+            pass  # the test failed (or timed out): stop
+
+    workers = [threading.Thread(target=passes) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    try:
+        for epoch in range(12):
+            if epoch % 3:  # two epochs out of three change a few scattered elements
+                array[rng.integers(0, array.size, 5)] = rng.random(5)
+            barrier.wait()
+            barrier.wait()
+            assert len(handles) == 4
+            assert all(holds(h, array) for h in handles), f"stale bytes sent in epoch {epoch}"
+            sent.extend(handles)  # kept: the next epoch re-uses (or must not re-use) these
+            handles.clear()
+        assert len({inode(h) for h in sent}) < len(sent)  # unchanged epochs did re-use
+    finally:
+        barrier.abort()
+        for worker in workers:
+            worker.join()
+        free(*sent, *handles)
+
+
 def total(array, i):
     return float(array.sum()) + i
 
