@@ -282,7 +282,7 @@ class SchedulerMachine(RuleBasedStateMachine):
             ts = state.tasks[key]
             assert ts.held_depth
             assert (next(iter(ts.who_has)), key) in self.publish_asked
-        for key, held in state._aside.items():
+        for key, (held, _) in state._aside.items():
             assert state.tasks[key].state == "queued" and held in state._publishing
 
     @invariant()

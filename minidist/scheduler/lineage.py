@@ -32,7 +32,7 @@ Key = Hashable
 class Lineage(Transitions):
     # provided by SchedulerState
     _publishing: dict  # held key -> queued tasks set aside until it is published
-    _aside: dict  # key of a task set aside -> the held key it waits for
+    _aside: dict  # key of a task set aside -> (the held key it waits for, the worker it was for)
 
     # ------------------------------------------------------------------------------------- queries
 
@@ -98,7 +98,7 @@ class Lineage(Transitions):
         set_aside: list[TaskState] = self._publishing.pop(ts.key, [])
         for waiting in set_aside:
             key = waiting.key
-            if self._aside.get(key) == ts.key and self.tasks.get(key) is waiting:
+            if self._aside.get(key, (None,))[0] == ts.key and self.tasks.get(key) is waiting:
                 del self._aside[key]
                 self._requeue(waiting)
         for dep_key in ts.dependencies:
@@ -124,7 +124,7 @@ class Lineage(Transitions):
                 if first is None:
                     first = dep_key
         self.restricted.pop(ts.key, None)
-        self._aside[ts.key] = first
+        self._aside[ts.key] = (first, address)
         self._publishing[first].append(ts)
 
     def _requeue(self, ts: TaskState) -> None:

@@ -109,15 +109,22 @@ class Placement:
                 to_publish += dep.nbytes + 1
         return (to_publish, -held, len(ws.processing) / max(ws.nthreads, 1))
 
-    def _assign(self, ts: TaskState, ws: WorkerState, out: list) -> None:
+    def _assign(self, ts: TaskState, ws: WorkerState, out: list, redirect: bool = True) -> None:
         missing = []
         depth = 0  # the longest chain of held results among the dependencies
         for dep_key in ts.dependencies:
             dep = self.tasks[dep_key]
             if ws.address not in dep.who_has:
                 if dep.held_depth:
-                    # held by another worker only: it must publish it first (lineage.py)
-                    self._set_aside(ts, ws.address, out)
+                    # held by another worker only: rather than have it published, use a worker
+                    # that needs no new publication, a little beyond its room (unless the chosen
+                    # one is idle: an idle worker takes work, or stealing would bounce it back)
+                    busy = redirect and ws.processing
+                    other = self._no_publication_worker(ts, ws) if busy else None
+                    if other is not None:
+                        self._assign(ts, other, out, redirect=False)
+                    else:
+                        self._set_aside(ts, ws.address, out)  # lineage.py
                     return
                 missing.append(dep)
             elif dep.held_depth > depth:
@@ -146,6 +153,28 @@ class Placement:
                 not ts.who_wants and depth < MAX_HELD_DEPTH,
             )
         )
+
+    def _no_publication_worker(self, ts: TaskState, chosen: WorkerState) -> Optional[WorkerState]:
+        """A running worker other than ``chosen`` for which no held dependency of ``ts`` must be newly
+        published (each is held there or already asked for), with room for ``prefetch`` more tasks
+        than usual: a publication costs more than a short wait in its queue."""
+        tasks = self.tasks
+        for ws in self.workers.values():
+            if (
+                ws is chosen
+                or ws.status != "running"
+                or len(ws.processing) >= self.task_capacity(ws, ts) + self.prefetch
+                or not self._runnable_on(ts, ws)
+            ):
+                continue
+            for dep_key in ts.dependencies:
+                dep = tasks[dep_key]
+                if dep.held_depth and ws.address not in dep.who_has:
+                    if dep_key not in self._publishing:
+                        break
+            else:
+                return ws
+        return None
 
     def _pop_ready(self) -> Optional[TaskState]:
         ready = self.ready
@@ -226,8 +255,14 @@ class Placement:
         (``AskToRelease``) to give back tasks it has not started; ``queued_released`` requeues those
         it gave back, and an idle worker takes them then. A task never runs twice because of a steal.
         """
+        # a worker whose next tasks wait for a publication is about to be busy: it steals nothing
+        expecting = {address for _, address in self._aside.values()} if self._aside else ()
         for thief in running:
-            if thief.processing or thief.address in self._thieves_waiting:
+            if (
+                thief.processing
+                or thief.address in self._thieves_waiting
+                or thief.address in expecting
+            ):
                 continue
             victim = max(running, key=self._stealable_count)
             queued = self._stealable_count(victim)
@@ -258,15 +293,22 @@ class Placement:
     def queued_released(self, worker: str, released: tuple, kept: tuple) -> list:
         """The answer to ``AskToRelease``: requeue what ``worker`` gave back; the rest stays there."""
         out: list = []
+        thieves: dict = {}
         for key in released + kept:
             claim = self._steals.pop(key, None)
             if claim is not None:
                 self._thieves_waiting.discard(claim[1])
+                thieves[key] = claim[1]
         for key in released:
             ts = self.tasks.get(key)
             if ts is not None and ts.state == "processing" and ts.processing_on == worker:
                 self._leave_state(ts)
                 self._to_queued(ts)
+                thief = self.workers.get(thieves.get(key))
+                if thief is not None and self._has_room(thief, ts):
+                    # straight to the worker that asked: placement could send a task whose data
+                    # the victim holds back to it, and the thief would ask again, and again
+                    self._assign(ts, thief, out, redirect=False)
         self._idle_changed = True
         self._fill_workers(out)
         return out

@@ -65,7 +65,7 @@ class SchedulerState(Lineage):
         self._steals: dict = {}  # placement.py: key -> (victim, thief) while a steal is asked
         self._thieves_waiting: set = set()
         self._publishing: dict = {}  # lineage.py: held key -> queued tasks waiting for it
-        self._aside: dict = {}  # lineage.py: key of a task set aside -> the held key it waits for
+        self._aside: dict = {}  # lineage.py: task set aside -> (held key it waits for, its worker)
 
     # -------------------------------------------------------------------------------- queries (no events)
 
