@@ -11,7 +11,9 @@ Mixed into ``SchedulerState`` (pure, like it). Three rules:
    batched messages instead of a ping-pong per task.
 3. **Data locality, then balance.** Among workers with room, prefer the one already holding most bytes
    of the task's dependencies, then the least loaded. A dependency that lives only in another worker's
-   memory (a held result, ``lineage.py``) is published first: the task waits aside until it is. An idle worker steals prefetched (not yet started)
+   memory (a held result, ``lineage.py``) must be published first (the task waits aside until it is),
+   so the worker needing no new publication comes first, and may take the task a little beyond its
+   room when it is busy. An idle worker steals prefetched (not yet started)
    tasks from the busiest one, so a deep prefetch never leaves a core idle.
 """
 
