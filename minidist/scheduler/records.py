@@ -12,6 +12,9 @@ from typing import Any, Hashable, Optional
 Key = Hashable
 
 
+NO_KEYS: frozenset = frozenset()  # shared (CPython has no empty-frozenset singleton since 3.10)
+
+
 class TaskState:
     """One key: where it is in its life cycle (``state``), its links, and who wants or holds it."""
 
@@ -46,7 +49,9 @@ class TaskState:
         self.key = key
         self.prefix = prefix
         self.state = "released"
-        self.dependencies: set[Key] = set()
+        # fixed when the task is made: a frozenset, so tasks without any (a whole large map) share
+        # NO_KEYS instead of a 216-byte empty set each
+        self.dependencies: frozenset[Key] = NO_KEYS
         self.dependents: set[Key] = set()
         self.waiting_on: set[Key] = set()  # dependencies not yet in memory
         self.waiters: set[Key] = set()  # dependents not yet finished that need this value

@@ -99,7 +99,8 @@ class SchedulerState(Lineage):
             ts.restrictions = spec.workers or None
             ts.loose = spec.allow_other_workers
             ts.resources = spec.resources or None
-            ts.dependencies = set(spec.dependencies)
+            if spec.dependencies:
+                ts.dependencies = frozenset(spec.dependencies)
             self.tasks[spec.key] = ts
             new.append(ts)
         wanted = list(wanted)
@@ -177,6 +178,8 @@ class SchedulerState(Lineage):
         event: it changes no book, only how much memory the books take; ``sparse.py``)."""
         self.tasks = right_sized(self.tasks)
         self.restricted = right_sized(self.restricted)
+        self._publishing = right_sized(self._publishing)
+        self._aside = right_sized(self._aside)
         for ws in self.workers.values():
             ws.has = right_sized(ws.has)
             ws.processing = right_sized(ws.processing)
