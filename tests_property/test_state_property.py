@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from minidist.errors import KilledWorker, WorkerStartError
+from minidist.scheduler.instructions import AskToRelease
 from minidist.scheduler.placement import MAX_HELD_DEPTH
 from minidist.scheduler.state import (
     Execute,
@@ -36,6 +37,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.running: dict[str, dict] = {}  # worker -> {key: may hold} as the shell sent them
         self.stored: set = set()  # keys whose value the shell stores (server.data)
         self.publish_asked: set = set()  # (worker, key) asked to publish, not answered yet
+        self.steal_asks: list = []  # (victim, keys) asked back for an idle worker (work stealing)
         self.reports: dict = {}  # key -> last status reported to the client
         self.wanted: set = set()
         self.next_key = 0
@@ -51,6 +53,8 @@ class SchedulerMachine(RuleBasedStateMachine):
                 running = self.running.setdefault(inst.worker, {})
                 assert inst.key not in running, "a task was sent twice to one worker"
                 running[inst.key] = inst.may_hold
+            elif isinstance(inst, AskToRelease):
+                self.steal_asks.append((inst.worker, inst.keys))
             elif isinstance(inst, Publish):
                 ts = self.state.tasks[inst.keys[0]]
                 assert ts.held_depth and inst.worker in ts.who_has
@@ -68,6 +72,7 @@ class SchedulerMachine(RuleBasedStateMachine):
                 self.stored.discard(inst.key)
             elif isinstance(inst, RetireWorker):
                 assert not any(w == inst.worker for w, _ in self.publish_asked)
+                self.steal_asks = [(w, keys) for w, keys in self.steal_asks if w != inst.worker]
                 self.apply(self.state.remove_worker(inst.worker, "retired", expected=True))
                 self.running.pop(inst.worker, None)
 
@@ -109,6 +114,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         address = data.draw(st.sampled_from(sorted(self.state.workers)))
         self.running.pop(address, None)
         self.publish_asked = {(w, k) for w, k in self.publish_asked if w != address}
+        self.steal_asks = [(w, keys) for w, keys in self.steal_asks if w != address]
         self.apply(self.state.remove_worker(address, "killed"))
 
     @rule(n=st.integers(1, 4), data=st.data())
@@ -189,6 +195,18 @@ class SchedulerMachine(RuleBasedStateMachine):
     def publish_one(self, data, ok):
         worker, key = data.draw(st.sampled_from(sorted(self.publish_asked)))
         self.answer_publication(worker, key, ok)
+
+    @precondition(lambda self: self.steal_asks)
+    @rule(data=st.data())
+    def answer_steal(self, data):
+        """The victim gives back the asked tasks it has not started (drawn), keeps the others."""
+        victim, keys = self.steal_asks.pop(data.draw(st.integers(0, len(self.steal_asks) - 1)))
+        running = self.running.get(victim, {})
+        released = tuple(k for k in keys if k in running and data.draw(st.booleans()))
+        for key in released:
+            del running[key]
+        kept = tuple(k for k in keys if k not in released)
+        self.apply(self.state.queued_released(victim, released, kept))
 
     @precondition(lambda self: self.wanted)
     @rule(data=st.data())
@@ -306,11 +324,15 @@ class SchedulerMachine(RuleBasedStateMachine):
                 self.answer_publication(*min(self.publish_asked))
                 continue
             pending = [(w, k) for w, r in self.running.items() for k in r]
-            if not pending:
+            if pending:
+                worker, key = pending[0]
+                may_hold = self.running[worker].pop(key)
+                self.finish(worker, key, held=may_hold)
+            elif self.steal_asks:  # nothing left to give back
+                victim, keys = self.steal_asks.pop()
+                self.apply(state.queued_released(victim, (), keys))
+            else:
                 break
-            worker, key = pending[0]
-            may_hold = self.running[worker].pop(key)
-            self.finish(worker, key, held=may_hold)
         for key in self.wanted:
             ts = state.tasks.get(key)
             if ts is not None:
