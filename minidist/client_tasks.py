@@ -19,7 +19,7 @@ from typing import Any
 from .client_futures import FutureBook
 from .data_plane import DataPlane, function_id_of
 from .futures import Future
-from .keys import random_token, tokenize_call
+from .keys import random_token
 from .messages import DependencyRef, new_task
 
 _FUNCTION_CACHE_SIZE = 512
@@ -76,7 +76,7 @@ class TaskPacker:
             arguments, token = plane.pack_arguments(args, kwargs, None, function_id)
             key = f"{options['prefix']}-{token}"
         elif key is None:
-            token = tokenize_call(function_id, args, kwargs) if pure else random_token()
+            token = plane.tokenize(function_id, args, kwargs) if pure else random_token()
             key = f"{options['prefix']}-{token}"
         if key in self._book.states and key not in options.get("_force", ()):
             if arguments is not None:

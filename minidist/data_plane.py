@@ -36,6 +36,7 @@ from .comm.serialize import (
     serialize_with_token,
 )
 from .comm.shm import SegmentJanitor, SegmentStore, unlink_segments
+from .comm.write_watch import ChecksumCache
 from .errors import TaskSerializationError
 from .keys import tokenize_call
 from .messages import RunSpec
@@ -120,6 +121,10 @@ class PickledPlane:
     def tokens_while_packing(self) -> bool:
         """True if ``pack_arguments`` can hash the arguments in the same pass (a large array is read once)."""
         return self.store is not None
+
+    def tokenize(self, function_id: bytes, args: tuple, kwargs: dict) -> str:
+        """The content token of a pure call whose arguments are not packed with their token."""
+        return tokenize_call(function_id, args, kwargs)
 
     def pack_arguments(self, args, kwargs, key=None, token_salt=None) -> tuple:
         """``(arguments, token or None)``; a clear error if they cannot be pickled."""
@@ -210,6 +215,14 @@ class ObjectPlane:
     store = None
     tokens_while_packing = False
 
+    def __init__(self):
+        # arguments stay objects, so pure keys are the only reads of a large array: the checksum of
+        # one passed again is remembered while the kernel watches it (comm/write_watch.py)
+        self.checksums = ChecksumCache()
+
+    def tokenize(self, function_id: bytes, args: tuple, kwargs: dict) -> str:
+        return tokenize_call(function_id, args, kwargs, self.checksums.crc32)
+
     def function_blob(self, func) -> Optional[bytes]:
         try:
             return dumps_function(func)  # for the function's id (equal functions share tokens)
@@ -229,7 +242,7 @@ class ObjectPlane:
         return value, sizeof(value)
 
     def pack_value_with_token(self, value) -> tuple:
-        return value, sizeof(value), tokenize_call(b"scatter", (value,), {})
+        return value, sizeof(value), self.tokenize(b"scatter", (value,), {})
 
     def unpack_value(self, stored) -> Any:
         return stored
@@ -261,7 +274,7 @@ class ObjectPlane:
         return ()
 
     def close(self) -> None:
-        pass
+        self.checksums.close()
 
 
 DataPlane = PickledPlane | ObjectPlane

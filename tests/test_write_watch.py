@@ -12,13 +12,14 @@ import mmap
 import os
 import platform
 import threading
+import zlib
 
 import numpy as np
 import pytest
 
 from minidist import Client
 from minidist.comm.shm import SegmentStore, list_segments, new_cluster_id, open_segment
-from minidist.comm.write_watch import WriteWatch
+from minidist.comm.write_watch import ChecksumCache, WriteWatch
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -230,3 +231,32 @@ def test_tasks_see_an_array_changed_in_place_after_it_was_passed_many_times():
         assert client.submit(total, array, 0).result() == pytest.approx(array.sum())
         array[:] = 0.5
         assert client.submit(total, array, 0, pure=False).result() == pytest.approx(array.sum())
+
+
+@pytest.mark.parametrize("change", [change_one_element, sort, by_the_kernel])
+def test_remembered_checksums_follow_changes_in_place(change):
+    checksums = ChecksumCache()
+    array = np.random.default_rng(10).random(24 * MiB // 8)
+    view = memoryview(array).cast("B")
+    try:
+        for _ in range(3):  # hashed, hashed and watched, remembered
+            assert checksums.crc32(view) == zlib.crc32(view)
+        change(array)
+        assert checksums.crc32(view) == zlib.crc32(view)
+        for _ in range(3):
+            assert checksums.crc32(view) == zlib.crc32(view)
+    finally:
+        checksums.close()
+
+
+def test_pure_keys_on_thread_workers_follow_an_array_changed_in_place():
+    array = np.random.default_rng(11).random(24 * MiB // 8)
+    with Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None) as c:
+        first = [c.submit(total, array, 0) for _ in range(4)]  # one key: the same call
+        assert len({f.key for f in first}) == 1
+        assert first[0].result() == pytest.approx(array.sum())
+        array[99] += 1000.0  # a new content: a new key, never the old task's result
+        changed = c.submit(total, array, 0)
+        assert changed.key != first[0].key
+        assert changed.result() == pytest.approx(array.sum())
+        assert c.submit(total, array, 0).key == changed.key  # and it is stable again

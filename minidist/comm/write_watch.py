@@ -30,10 +30,14 @@ alive, so their memory cannot have been freed and given to another object (see `
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import os
 import platform
+import sys
 import threading
+import weakref
+import zlib
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _SYSCALL_USERFAULTFD = {"x86_64": 323, "aarch64": 282}.get(platform.machine())
@@ -223,3 +227,73 @@ def _pages(address: int, nbytes: int) -> tuple[int, int]:
     start = address - address % _PAGE
     end = -(-(address + nbytes) // _PAGE) * _PAGE
     return start, end
+
+
+class ChecksumCache:
+    """CRC-32s of large buffers (for pure task keys), kept while the kernel watches them for writes.
+
+    For thread workers, whose arguments are never written anywhere: the same array passed to many
+    pure ``submit``s is hashed on its first two passes (the second one starts the watch, before
+    hashing, so a write during the hash is seen), then only if a page was written since. The rules
+    are the store's (``SegmentStore._reuse``): only the very owner object watched, while alive; a
+    buffer found changed stops being watched. Thread-safe; :meth:`close` ends every watch.
+    """
+
+    def __init__(self, minimum: int = 16 << 20, entries: int = 64):
+        self.minimum = minimum
+        self._capacity = entries
+        self._watch = WriteWatch()
+        self._lock = threading.Lock()
+        # (address, nbytes) -> (crc, weak reference to the owner, watched?)
+        self._entries: collections.OrderedDict[tuple[int, int], tuple] = collections.OrderedDict()
+
+    def crc32(self, view: memoryview) -> int:
+        numpy = sys.modules.get("numpy")
+        if view.nbytes < self.minimum or numpy is None:
+            return zlib.crc32(view)
+        key = (numpy.frombuffer(view, numpy.uint8).ctypes.data, view.nbytes)
+        owner = view.obj
+        with self._lock:  # one at a time: a scan protects again the pages it reports
+            entry = self._entries.pop(key, None)
+            if entry is not None and entry[1]() is not owner:
+                if entry[2]:
+                    self._watch.disarm(*key)
+                entry = None
+            if entry is None:
+                try:
+                    ref = weakref.ref(owner)
+                except TypeError:
+                    return zlib.crc32(view)  # bytes and the like: hashed every time
+                crc = zlib.crc32(view)
+                self._keep(key, (crc, ref, False))
+                return crc
+            before, ref, watched = entry
+            if watched:
+                changed = self._watch.written(*key)
+                if changed == []:
+                    self._keep(key, entry)
+                    return before
+                self._watch.disarm(*key)  # changed (or no longer watched): stop watching
+                crc = zlib.crc32(view)
+                self._keep(key, (crc, ref, False))
+                return crc
+            # the second pass: watch first, then hash (a write during the hash is seen next time)
+            watched = self._watch.arm(*key)
+            crc = zlib.crc32(view)
+            if watched and crc != before:
+                self._watch.disarm(*key)  # it is being changed between passes: do not watch
+                watched = False
+            self._keep(key, (crc, ref, watched))
+            return crc
+
+    def _keep(self, key, entry) -> None:
+        self._entries[key] = entry
+        while len(self._entries) > self._capacity:
+            old, (_, _, watched) = self._entries.popitem(last=False)
+            if watched:
+                self._watch.disarm(*old)
+
+    def close(self) -> None:
+        with self._lock:
+            self._entries.clear()
+        self._watch.close()
