@@ -183,7 +183,7 @@ class Lineage(Transitions):
                 dep = tasks[dep_key]
                 dep.pins -= 1
                 if ts.key in needed:
-                    dep.waiters.add(ts.key)
+                    dep.add_waiter(ts.key)
         for key in needed:
             ts = lost[key]
             for dependent_key in ts.waiters:
@@ -195,10 +195,10 @@ class Lineage(Transitions):
                     dependent.state = "waiting"
                     self.counts["waiting"] += 1
                 if dependent.state == "waiting":
-                    dependent.waiting_on.add(key)
+                    dependent.add_waiting_on(key)
             for dep_key in ts.dependencies:
                 if tasks[dep_key].state != "memory":
-                    ts.waiting_on.add(dep_key)
+                    ts.add_waiting_on(dep_key)
             if ts.waiting_on:
                 ts.state = "waiting"
                 self.counts["waiting"] += 1

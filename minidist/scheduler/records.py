@@ -12,7 +12,22 @@ from typing import Any, Hashable, Optional
 Key = Hashable
 
 
-NO_KEYS: frozenset = frozenset()  # shared (CPython has no empty-frozenset singleton since 3.10)
+class _NoKeys(frozenset):
+    """The empty key set that tasks share until they need one of their own: an empty ``set`` costs
+    216 bytes, and most tasks of a large map never get dependencies, dependents or waiters. It reads as
+    an empty set, ``discard`` and ``clear`` do nothing, and it has no ``add``: ``TaskState.add_*``
+    give the task a set of its own first (a missed one fails loudly instead of sharing keys)."""
+
+    __slots__ = ()
+
+    def discard(self, key) -> None:
+        pass
+
+    def clear(self) -> None:
+        pass
+
+
+NO_KEYS: Any = _NoKeys()
 
 
 class TaskState:
@@ -49,12 +64,11 @@ class TaskState:
         self.key = key
         self.prefix = prefix
         self.state = "released"
-        # fixed when the task is made: a frozenset, so tasks without any (a whole large map) share
-        # NO_KEYS instead of a 216-byte empty set each
+        # NO_KEYS until the first key (see _NoKeys); dependencies are fixed when the task is made
         self.dependencies: frozenset[Key] = NO_KEYS
-        self.dependents: set[Key] = set()
-        self.waiting_on: set[Key] = set()  # dependencies not yet in memory
-        self.waiters: set[Key] = set()  # dependents not yet finished that need this value
+        self.dependents: set[Key] = NO_KEYS
+        self.waiting_on: set[Key] = NO_KEYS  # dependencies not yet in memory
+        self.waiters: set[Key] = NO_KEYS  # dependents not yet finished that need this value
         self.who_wants: set[str] = set()
         self.priority: tuple = (0, 0)
         self.run_spec: Any = None
@@ -80,6 +94,21 @@ class TaskState:
 
     def __repr__(self) -> str:
         return f"<TaskState {self.key!r} {self.state}>"
+
+    def add_dependent(self, key: Key) -> None:
+        if self.dependents is NO_KEYS:
+            self.dependents = set()
+        self.dependents.add(key)
+
+    def add_waiting_on(self, key: Key) -> None:
+        if self.waiting_on is NO_KEYS:
+            self.waiting_on = set()
+        self.waiting_on.add(key)
+
+    def add_waiter(self, key: Key) -> None:
+        if self.waiters is NO_KEYS:
+            self.waiters = set()
+        self.waiters.add(key)
 
 
 class WorkerState:

@@ -115,7 +115,7 @@ class SchedulerState(Lineage):
                 if dep is None:
                     lost.append(ts.key)  # its dependency was released or cancelled meanwhile
                     continue
-                dep.dependents.add(ts.key)
+                dep.add_dependent(ts.key)
         if lost:
             # as dask: tasks whose dependencies are gone are cancelled ("lost dependencies"), with
             # everything of this graph that depends on them; the client sees CancelledError
@@ -153,8 +153,8 @@ class SchedulerState(Lineage):
                 self._set_erred(ts, dep.exception, dep.traceback, out)
                 return
             if dep.state != "memory":
-                ts.waiting_on.add(dep_key)
-            dep.waiters.add(ts.key)
+                ts.add_waiting_on(dep_key)
+            dep.add_waiter(ts.key)
         if ts.waiting_on:
             ts.state = "waiting"
             self.counts["waiting"] += 1
