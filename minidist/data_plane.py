@@ -221,7 +221,7 @@ class ObjectPlane:
         self.checksums = ChecksumCache()
 
     def tokenize(self, function_id: bytes, args: tuple, kwargs: dict) -> str:
-        return tokenize_call(function_id, args, kwargs, self.checksums.crc32)
+        return tokenize_call(function_id, args, kwargs, self.checksums.checksum)
 
     def function_blob(self, func) -> Optional[bytes]:
         try:

@@ -95,3 +95,53 @@ def test_each_large_buffer_is_hashed_once_whether_written_afresh_or_compared(sto
     copy[-1] += 1
     assert serialize_with_token(copy, store)[1] != token  # a change in the last chunk counts
     sweep_cluster(store.cluster_id)
+
+
+def _with_crc32_of(target: bytes, data: np.ndarray) -> np.ndarray:
+    """``data`` with its last 4 bytes changed so that its CRC-32 equals ``target``'s.
+
+    CRC-32 is affine over GF(2) in the message bits: flipping each of the last 32 bits shows the
+    matrix, and solving it gives the 4 bytes. (Anyone can do this; a random collision among many
+    arrays of one size needs no one to try.)
+    """
+    forged = data.copy()
+    forged[-4:] = 0
+    base = zlib.crc32(forged)
+    columns = []
+    for bit in range(32):
+        probe = forged.copy()
+        probe[-4 + bit // 8] ^= 1 << (bit % 8)
+        columns.append(zlib.crc32(probe) ^ base)
+    want = zlib.crc32(target) ^ base
+    # Gaussian elimination, top bit first: each row is (its CRC change, the bits that make it)
+    rows = [(value, 1 << bit) for bit, value in enumerate(columns)]
+    solution = 0
+    for pivot in range(31, -1, -1):
+        value, bits = rows.pop(next(i for i, (v, _) in enumerate(rows) if v >> pivot & 1))
+        rows = [(v ^ value, b ^ bits) if v >> pivot & 1 else (v, b) for v, b in rows]
+        if want >> pivot & 1:
+            want ^= value
+            solution ^= bits
+    assert want == 0
+    forged[-4:] = np.frombuffer(solution.to_bytes(4, "little"), np.uint8)
+    return forged
+
+
+def first_byte(array) -> int:
+    return int(array[0])
+
+
+@pytest.mark.parametrize("kind", ["client", "thread_client"])
+def test_arrays_with_the_same_crc32_are_different_pure_tasks(kind, request):
+    """Two different large arrays whose CRC-32s agree must not share a pure key (the second task would
+    silently get the first one's result): the key's checksum has more than CRC-32's 32 bits."""
+    client = request.getfixturevalue(kind)
+    original = np.random.default_rng(7).integers(0, 256, 2 * MiB, dtype=np.uint8)
+    other = original.copy()
+    other[0] ^= 0xFF
+    other = _with_crc32_of(original, other)
+    assert zlib.crc32(other) == zlib.crc32(original) and not np.array_equal(other, original)
+    first, second = client.submit(first_byte, original), client.submit(first_byte, other)
+    assert first.key != second.key
+    assert (first.result(), second.result()) == (int(original[0]), int(other[0]))
+    assert client.submit(first_byte, original.copy()).key == first.key  # equal content: one task

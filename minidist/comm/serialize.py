@@ -16,7 +16,7 @@ If shared memory cannot take a buffer (``/dev/shm`` full or too small, as in man
 goes inline with the header instead, and one SharedMemoryFallbackWarning per process says so.
 
 ``serialize_with_token`` also returns a content token of the value (for pure task keys) from the same
-pickling pass; each large buffer is read once (its CRC-32 is taken while it is written or compared).
+pickling pass; each large buffer is read once (its checksum is taken while it is written or compared).
 
 Nothing here unlinks a segment a returned Payload refers to: whoever keeps the Payload owns its segments
 (see ``minidist.comm.shm``).
@@ -90,7 +90,7 @@ class _BufferSink:
     def __init__(self, store: SegmentStore | None, checksums: bool = False):
         self.store = store
         self.checksums = checksums
-        self.sums: dict[str, int] = {}  # segment name -> CRC-32 of its data (with checksums=True)
+        self.sums: dict[str, int] = {}  # segment name -> checksum of its data (with checksums=True)
         self.buffers: list[SharedBuffer] = []
         # id(source of a buffer) -> its handle; survives a restart so that nothing is written twice
         self.written: dict[int, SharedBuffer] = {}
@@ -261,7 +261,7 @@ def serialize_with_token(obj, store: SegmentStore | None, salt: bytes = b"") -> 
     """:func:`serialize`, plus a hex token of the value's content (for pure task keys) from the same pass.
 
     Equal values give equal tokens within a process; ``salt`` (e.g. the function's id) is hashed first.
-    The token hashes the pickle stream and, for each buffer in shared memory, its length and CRC-32,
+    The token hashes the pickle stream and, for each buffer in shared memory, its length and 64-bit checksum (``keys.buffer_checksum``),
     as ``keys.tokenize_call`` does for large buffers. Each buffer is read once: the store hashes each
     chunk right after writing it (or comparing it, when it re-uses a segment holding the same bytes),
     and a re-used segment's checksum, once known, is remembered.

@@ -51,7 +51,6 @@ import stat
 import sys
 import threading
 import weakref
-import zlib
 from dataclasses import dataclass
 from typing import cast
 
@@ -71,6 +70,7 @@ from minidist.comm.shm_sweep import (
     unlink_segments,
 )
 from minidist.comm.write_watch import WriteWatch
+from minidist.keys import CHECKSUM_START, buffer_checksum
 
 __all__ = [  # this module is where callers find the segment API, wherever it is defined
     "SEGMENT_PREFIX",
@@ -137,7 +137,7 @@ class SegmentStore:
         self._counter = itertools.count()
         self._lock = threading.Lock()
         self._reuse_lock = threading.Lock()
-        # (address, length) of a recently written buffer -> (segment name, CRC-32 of it or None,
+        # (address, length) of a recently written buffer -> (segment name, checksum of it or None,
         # weak reference to the buffer's owner while its pages are under self._watch, or None)
         self._recent: collections.OrderedDict[tuple[int, int], tuple] = collections.OrderedDict()
         self._watch = WriteWatch()
@@ -161,7 +161,7 @@ class SegmentStore:
         return self._write(data, checksum=False)[0]
 
     def write_summed(self, data) -> tuple[SharedBuffer, int]:
-        """:meth:`write`, plus the CRC-32 of the data (for content-based task keys).
+        """:meth:`write`, plus the checksum of the data (``keys.buffer_checksum``, for content-based task keys).
 
         Either way the data is read once: a fresh write hashes each chunk right after writing it; a
         re-use of an earlier segment (a hard link after a byte comparison) returns the checksum
@@ -290,7 +290,7 @@ class SegmentStore:
         """A new name for segment ``previous`` if it still exists and holds exactly ``view``'s bytes.
 
         ``spans``: the only ``(start, end)`` address ranges that may differ (None: all of it). With
-        ``checksum``, also the CRC-32 of the bytes, taken during the comparison (one read).
+        ``checksum``, also the checksum of the bytes, taken during the comparison (one read).
         """
         name = self._new_name()
         path = os.path.join(SHM_DIR, name)
@@ -311,7 +311,7 @@ class SegmentStore:
 
 
 def _write_new_file(path: str, view: memoryview, checksum: bool = False) -> int | None:
-    """Write ``view`` into a new file at ``path``; with ``checksum``, return the CRC-32 of the data.
+    """Write ``view`` into a new file at ``path``; with ``checksum``, return the checksum of the data.
 
     The checksum is taken chunk by chunk right after each chunk is written, while the chunk is still
     in the CPU's cache: the buffer is read from memory once, not once to write and once to hash.
@@ -323,14 +323,14 @@ def _write_new_file(path: str, view: memoryview, checksum: bool = False) -> int 
         raise OSError(errno.ENOSPC, f"{SHM_DIR} has less than {nbytes} bytes free", SHM_DIR)
     flags = os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_WRONLY | os.O_CLOEXEC
     fd = os.open(path, flags, 0o600)
-    crc = 0 if checksum else None
+    crc = CHECKSUM_START if checksum else None
     chunk = _SUMMED_CHUNK if checksum else _WRITE_CHUNK
     try:
         written = 0
         while written < nbytes:
             count = os.write(fd, view[written : written + chunk])
             if crc is not None:
-                crc = zlib.crc32(view[written : written + count], crc)
+                crc = buffer_checksum(view[written : written + count], crc)
             written += count
     except BaseException:
         os.close(fd)
@@ -366,7 +366,7 @@ _memcmp = _load_memcmp()
 
 
 def _same_bytes(view: memoryview, path: str, checksum: bool, spans) -> tuple[bool, int | None]:
-    """Whether the file holds ``view``'s bytes; with ``checksum``, the CRC-32 of the bytes too.
+    """Whether the file holds ``view``'s bytes; with ``checksum``, the checksum of the bytes too.
 
     ``spans``: the only address ranges of ``view`` that may differ (None: compare everything).
     Compared chunk by chunk, each chunk hashed while it is in cache, so the buffer is read once.
@@ -380,17 +380,17 @@ def _same_bytes(view: memoryview, path: str, checksum: bool, spans) -> tuple[boo
             for start, end in spans:
                 if _memcmp(start, there + (start - here), end - start) != 0:
                     return False, None
-        return True, (zlib.crc32(view) if checksum else None)
+        return True, (buffer_checksum(view) if checksum else None)
     mapped = open_segment(os.path.basename(path), view.nbytes)
     there = numpy.frombuffer(mapped, numpy.uint8).ctypes.data
     if not checksum:
         return _memcmp(here, there, view.nbytes) == 0, None
-    crc = 0
+    crc = CHECKSUM_START
     for start in range(0, view.nbytes, _SUMMED_CHUNK):
         count = min(_SUMMED_CHUNK, view.nbytes - start)
         if _memcmp(here + start, there + start, count) != 0:
             return False, None
-        crc = zlib.crc32(view[start : start + count], crc)
+        crc = buffer_checksum(view[start : start + count], crc)
     return True, crc
 
 

@@ -37,7 +37,8 @@ import platform
 import sys
 import threading
 import weakref
-import zlib
+
+from minidist.keys import buffer_checksum
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _SYSCALL_USERFAULTFD = {"x86_64": 323, "aarch64": 282}.get(platform.machine())
@@ -230,7 +231,7 @@ def _pages(address: int, nbytes: int) -> tuple[int, int]:
 
 
 class ChecksumCache:
-    """CRC-32s of large buffers (for pure task keys), kept while the kernel watches them for writes.
+    """Checksums (``keys.buffer_checksum``) of large buffers (for pure task keys), kept while the kernel watches them for writes.
 
     For thread workers, whose arguments are never written anywhere: the same array passed to many
     pure ``submit``s is hashed on its first two passes (the second one starts the watch, before
@@ -247,10 +248,10 @@ class ChecksumCache:
         # (address, nbytes) -> (crc, weak reference to the owner, watched?)
         self._entries: collections.OrderedDict[tuple[int, int], tuple] = collections.OrderedDict()
 
-    def crc32(self, view: memoryview) -> int:
+    def checksum(self, view: memoryview) -> int:
         numpy = sys.modules.get("numpy")
         if view.nbytes < self.minimum or numpy is None:
-            return zlib.crc32(view)
+            return buffer_checksum(view)
         key = (numpy.frombuffer(view, numpy.uint8).ctypes.data, view.nbytes)
         owner = view.obj
         with self._lock:  # one at a time: a scan protects again the pages it reports
@@ -263,8 +264,8 @@ class ChecksumCache:
                 try:
                     ref = weakref.ref(owner)
                 except TypeError:
-                    return zlib.crc32(view)  # bytes and the like: hashed every time
-                crc = zlib.crc32(view)
+                    return buffer_checksum(view)  # bytes and the like: hashed every time
+                crc = buffer_checksum(view)
                 self._keep(key, (crc, ref, False))
                 return crc
             before, ref, watched = entry
@@ -274,12 +275,12 @@ class ChecksumCache:
                     self._keep(key, entry)
                     return before
                 self._watch.disarm(*key)  # changed (or no longer watched): stop watching
-                crc = zlib.crc32(view)
+                crc = buffer_checksum(view)
                 self._keep(key, (crc, ref, False))
                 return crc
             # the second pass: watch first, then hash (a write during the hash is seen next time)
             watched = self._watch.arm(*key)
-            crc = zlib.crc32(view)
+            crc = buffer_checksum(view)
             if watched and crc != before:
                 self._watch.disarm(*key)  # it is being changed between passes: do not watch
                 watched = False
