@@ -231,7 +231,8 @@ def _pages(address: int, nbytes: int) -> tuple[int, int]:
 
 
 class ChecksumCache:
-    """Checksums (``keys.buffer_checksum``) of large buffers (for pure task keys), kept while the kernel watches them for writes.
+    """Checksums (``keys.buffer_checksum``) of large buffers (pure task keys), kept while the kernel
+    watches them for writes.
 
     For thread workers, whose arguments are never written anywhere: the same array passed to many
     pure ``submit``s is hashed on its first two passes (the second one starts the watch, before
