@@ -109,9 +109,11 @@ class CoordinationMachine(RuleBasedStateMachine):
         if not self.parked:
             return
         token = data.draw(st.sampled_from(sorted(self.parked)))
-        assert self.state.withdraw(token)
+        withdrawn, answers = self.state.withdraw(token)
+        assert withdrawn
         self.parked.discard(token)
         self.withdrawn.add(token)
+        self.apply(None, answers)
 
     @rule(worker=st.sampled_from(WORKERS[1:]))
     def worker_removed(self, worker):
@@ -157,3 +159,17 @@ CoordinationMachine.TestCase.settings = settings(
     max_examples=150, stateful_step_count=40, deadline=None
 )
 test_coordination_state = CoordinationMachine.TestCase
+
+
+def test_a_getter_that_gives_up_lets_the_one_behind_it_take_what_is_there():
+    """Found by the machine above: a getter waiting for 2 items holds up a getter of 1 behind it; when the
+    first gives up with one item in the queue, the second must get that item at once, not wait on."""
+    state = Coordination()
+    assert state.queue_get("q", 0, "c1", 2, True, "wants-two") == []
+    put = state.queue_put("q", 0, Packed(b"x"), False, "put")
+    assert put == [Answer("put", True)]
+    assert state.queue_get("q", 0, "c2", None, True, "wants-one") == []  # behind the first
+    withdrawn, answers = state.withdraw("wants-two")
+    assert withdrawn and answers == [Answer("wants-one", Packed(b"x"))]
+    assert state.queue_size("q") == 0 and not state._parked
+    assert state.withdraw("wants-one") == (False, [])  # already answered

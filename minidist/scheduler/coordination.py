@@ -286,7 +286,7 @@ class Coordination:
         self._parked[token] = ("queue-get", name)
         self._serve_getters(name, queue, out)
         if token in self._parked and not block:
-            self._withdraw_now(token)
+            self._withdraw_now(token, out)
             out.append(Answer(token, None))
         return out
 
@@ -378,14 +378,19 @@ class Coordination:
 
     # ------------------------------------------------------------------------------ withdrawal
 
-    def withdraw(self, token) -> bool:
-        """The waiter behind ``token`` gave up; False if it was already answered (or never parked)."""
+    def withdraw(self, token) -> tuple[bool, list]:
+        """The waiter behind ``token`` gave up: whether it was still waiting (False: already answered,
+        or never parked), and the answers its leaving allows (see ``_withdraw_now``)."""
         if token not in self._parked:
-            return False
-        self._withdraw_now(token)
-        return True
+            return False, []
+        out: list = []
+        self._withdraw_now(token, out)
+        return True, out
 
-    def _withdraw_now(self, token) -> None:
+    def _withdraw_now(self, token, out: list) -> None:
+        """Forget the waiter behind ``token``. A queue's getters are served in order, so one that
+        waited for more items than there are holds up those behind it: when it goes, they may be
+        served at once (answers appended to ``out``)."""
         kind, where = self._parked.pop(token)
         if kind == "semaphore":
             sem = self.semaphores[where]
@@ -403,6 +408,7 @@ class Coordination:
             queue = self.queues[where]
             if kind == "queue-get":
                 queue.getters = collections.deque(w for w in queue.getters if w[0] is not token)
+                self._serve_getters(where, queue, out)
             else:
                 queue.putters = collections.deque(w for w in queue.putters if w[0] is not token)
 
@@ -422,7 +428,7 @@ class Coordination:
         for sem in self.semaphores.values():
             for token, _lease, owner in list(sem.waiters):
                 if gone(owner):
-                    self._withdraw_now(token)
+                    self._withdraw_now(token, out)
                     out.append(Answer(token, False))
             dead = [lease for lease, owner in sem.leases.items() if gone(owner)]
             for lease in dead:
@@ -433,7 +439,7 @@ class Coordination:
         if holders:
             for token, holder, _names, _count in list(self.multilock_waiters):
                 if holder in holders:
-                    self._withdraw_now(token)
+                    self._withdraw_now(token, out)
                     out.append(Answer(token, False))
             for holder in holders:
                 self.multilock_owners.pop(holder, None)

@@ -135,7 +135,13 @@ class CoordinationOperations:
                 raise RuntimeError("The scheduler closed while waiting")
             if deadline is not None and time.monotonic() >= deadline:
                 break
-        withdrawn = self.scheduler.call(lambda s: of(s).withdraw(token)).result(_CALL_TIMEOUT)
+
+        def give_up(scheduler) -> bool:
+            withdrawn, answers = of(scheduler).withdraw(token)
+            carry_out(scheduler, answers)  # waiters its leaving lets through
+            return withdrawn
+
+        withdrawn = self.scheduler.call(give_up).result(_CALL_TIMEOUT)
         return timed_out if withdrawn else token.result(0)
 
     def _read(self, function):
