@@ -29,6 +29,7 @@ since the last call and few tasks are left (a large run was released), at a cost
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Callable, Optional, TypeVar
 
@@ -57,9 +58,11 @@ def trim_heap() -> bool:
     global _malloc_trim, _looked_up
     if not _looked_up:
         _looked_up = True
-        import platform
-
-        if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
+        try:  # glibc names itself here ("glibc 2.36"); other C libraries raise or answer otherwise
+            glibc = (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
+        except (ValueError, OSError, AttributeError):
+            glibc = False
+        if glibc:
             import ctypes
 
             try:
