@@ -212,6 +212,7 @@ def test_functions_and_classes_from_main_travel_by_value(tmp_path):
     """A script fed on stdin defines them; another process, which cannot import them, runs them."""
     writer = textwrap.dedent(
         f"""
+        import enum
         import sys
         from minidist.comm.serialize import serialize, dumps_function
         def square(x):
@@ -221,6 +222,10 @@ def test_functions_and_classes_from_main_travel_by_value(tmp_path):
             def norm(self): return abs(self.x)
         open({str(tmp_path / "value")!r}, "wb").write(serialize([square, Point(-3)]).header)
         open({str(tmp_path / "func")!r}, "wb").write(dumps_function(square))
+        class Level(enum.IntEnum):  # an int to the eye: a task call holding it is not plain pickle
+            HIGH = 3
+        call = serialize(((Level.HIGH, 2), {{"level": Level.HIGH}}))
+        open({str(tmp_path / "call")!r}, "wb").write(call.header)
         """
     )
     reader = textwrap.dedent(
@@ -230,7 +235,10 @@ def test_functions_and_classes_from_main_travel_by_value(tmp_path):
         header = open({str(tmp_path / "value")!r}, "rb").read()
         square, point = deserialize(Payload(header, (), len(header)))
         func = loads_function(open({str(tmp_path / "func")!r}, "rb").read())
-        print(square(7), point.norm(), func(5))
+        header = open({str(tmp_path / "call")!r}, "rb").read()
+        (level, two), kwargs = deserialize(Payload(header, (), len(header)))
+        assert kwargs["level"] is level and two == 2
+        print(square(7), point.norm(), func(5), type(level).__name__, level.name, level + 1)
         """
     )
     subprocess.run([sys.executable, "-"], input=writer, text=True, check=True, timeout=60)
@@ -238,7 +246,17 @@ def test_functions_and_classes_from_main_travel_by_value(tmp_path):
         [sys.executable, "-"], input=reader, text=True, capture_output=True, timeout=60
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["49", "3", "25"]
+    assert done.stdout.split() == ["49", "3", "25", "Level", "HIGH", "4"]
+
+
+@pytest.mark.parametrize("use_store", [True, False], ids=["shm", "inline"])
+def test_calls_of_plain_scalars_are_plain_pickles(use_store, store):
+    """Most task calls hold only builtin scalars: their payload is exactly pickle's stream."""
+    calls = [((1,), {}), ((), {"x": 2.5, "y": None}), (("a", [1, 2, (3, True)]), {"z": 1j})]
+    for call in calls:
+        payload = serialize(call, store if use_store else None)
+        assert payload.header == pickle.dumps(call, protocol=5) and payload.buffers == ()
+        assert payload.nbytes == len(payload.header) and deserialize(payload) == call
 
 
 def test_unpicklable_value_raises_serialization_error_and_writes_nothing(store):

@@ -8,7 +8,8 @@ Data flow::
         ├─ smaller than store.threshold: back in-band  pipes)                        │ read-only
         └─ large: SegmentStore.write ──► SharedBuffer handles ──────────► open_segment ┘ zero-copy views
 
-Plain pickle is tried first (fastest). Lambdas, closures and functions or classes defined in ``__main__``
+Plain pickle is tried first (fastest); a value made only of builtin scalars in short tuples, lists and
+dicts (most task calls) goes straight to ``pickle.dumps``, since nothing else here can apply to it. Lambdas, closures and functions or classes defined in ``__main__``
 (which a worker process cannot import) make us start again with cloudpickle, which sends them by value.
 Buffers written during a failed first attempt are re-used by the second one, never written twice.
 
@@ -130,6 +131,8 @@ class _BufferSink:
 
     def drop_unused(self) -> None:
         """Unlink segments written by an abandoned attempt that the final payload does not use."""
+        if not self.written:
+            return  # nothing went to shared memory (the common case): nothing to unlink
         used = {b.name for b in self.buffers}
         unlink_segments(h.name for h in self.written.values() if h.name not in used)
 
@@ -190,15 +193,24 @@ class _LargeBytes:
 
 
 def _has_large_bytes(value, threshold: int, depth: int) -> bool:
+    # on every task's path (``(args, kwargs)``): plain loops, and no call for items that cannot hold
+    # bytes (other types, empty containers), so small scalar arguments cost a call or two
     kind = type(value)
     if kind is bytes or kind is bytearray:
         return len(value) >= threshold and len(value) > 0
-    if kind is tuple or kind is list:
-        if depth and len(value) <= _SHALLOW_LIMIT:
-            return any(_has_large_bytes(v, threshold, depth - 1) for v in value)
-    elif kind is dict and depth and len(value) <= _SHALLOW_LIMIT:
-        return any(_has_large_bytes(v, threshold, depth - 1) for v in value.values())
+    if kind is dict:
+        value = value.values()
+    elif kind is not tuple and kind is not list:
+        return False
+    if not depth or len(value) > _SHALLOW_LIMIT:
+        return False
+    for item in value:
+        if type(item) in _MAY_HOLD_BYTES and item and _has_large_bytes(item, threshold, depth - 1):
+            return True
     return False
+
+
+_MAY_HOLD_BYTES = frozenset((bytes, bytearray, tuple, list, dict))
 
 
 def _expose_large_bytes(obj, threshold: int):
@@ -254,6 +266,8 @@ def serialize(obj, store: SegmentStore | None = None) -> Payload:
     Without a store everything is inline. Raises SerializationError if neither pickle nor cloudpickle
     can handle the value; never fails because shared memory is short (see SharedMemoryFallbackWarning).
     """
+    if _holds_only_scalars(obj, 2):
+        return _plain_payload(obj)
     return _serialize(obj, store, _BufferSink(store))
 
 
@@ -266,13 +280,54 @@ def serialize_with_token(obj, store: SegmentStore | None, salt: bytes = b"") -> 
     chunk right after writing it (or comparing it, when it re-uses a segment holding the same bytes),
     and a re-used segment's checksum, once known, is remembered.
     """
-    sink = _BufferSink(store, checksums=True)
-    payload = _serialize(obj, store, sink)
+    if _holds_only_scalars(obj, 2):
+        payload, sums = _plain_payload(obj), {}
+    else:
+        sink = _BufferSink(store, checksums=True)
+        payload, sums = _serialize(obj, store, sink), sink.sums
     digest = hashlib.blake2b(salt, digest_size=16)
     digest.update(payload.header)
     for buffer in payload.buffers:
-        digest.update(b"|%d:%d" % (buffer.nbytes, sink.sums[buffer.name]))
+        digest.update(b"|%d:%d" % (buffer.nbytes, sums[buffer.name]))
     return payload, digest.hexdigest()
+
+
+def _holds_only_scalars(value, depth: int) -> bool:
+    """True if ``value`` is a builtin scalar or a short tuple/list/dict of those, ``depth`` deep."""
+    kind = type(value)
+    if kind in _SCALARS:
+        return True
+    if not depth:
+        return False
+    if kind is tuple or kind is list:
+        if len(value) > _SHALLOW_LIMIT:
+            return False
+        for item in value:
+            if type(item) not in _SCALARS and not _holds_only_scalars(item, depth - 1):
+                return False
+        return True
+    if kind is dict and len(value) <= _SHALLOW_LIMIT:
+        for key, item in value.items():
+            if type(key) not in _SCALARS:
+                return False
+            if type(item) not in _SCALARS and not _holds_only_scalars(item, depth - 1):
+                return False
+        return True
+    return False
+
+
+# exact types only: a subclass (e.g. an IntEnum defined in __main__) takes the general path
+_SCALARS = frozenset((int, float, str, bool, type(None), complex))
+
+
+def _plain_payload(obj) -> Payload:
+    """The payload of a value ``_holds_only_scalars`` accepted, e.g. the common task call ``((i,), {})``.
+
+    None of what ``_serialize`` adds can apply to it (no buffers, no __main__ functions or classes,
+    no memoryviews), so plain pickle writes the same stream without a pickler object, a stream
+    object and a buffer sink."""
+    header = pickle.dumps(obj, protocol=5)
+    return Payload(header, (), len(header))
 
 
 def _serialize(obj, store: SegmentStore | None, sink: _BufferSink) -> Payload:

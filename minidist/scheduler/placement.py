@@ -178,20 +178,6 @@ class Placement:
                 return ws
         return None
 
-    def _pop_ready(self) -> Optional[TaskState]:
-        ready = self.ready
-        while ready:
-            _, key = heapq.heappop(ready)
-            ts = self.tasks.get(key)
-            if (
-                ts is not None
-                and ts.state == "queued"
-                and key not in self.restricted
-                and key not in self._aside
-            ):
-                return ts
-        return None
-
     # --------------------------------------------------------------------------------------- filling
 
     def _fill_workers(self, out: list) -> None:
@@ -208,14 +194,27 @@ class Placement:
             return
         if self.restricted:
             self._fill_restricted(running, out)
-        while self.ready:
-            ts = self._pop_ready()
-            if ts is None:
-                break
-            candidates = [ws for ws in running if len(ws.processing) < self.task_capacity(ws, ts)]
+        ready, tasks, restricted, aside = self.ready, self.tasks, self.restricted, self._aside
+        # A worker's capacity for a task depends only on the task's prefix and on whether it is a
+        # graph's root (task_capacity), and nothing here changes either during one fill: the
+        # capacities are computed once per kind of task instead of once per task and worker.
+        capacities: dict = {}
+        while ready:
+            # peek, pop only what is placed or stale: a task no worker has room for stays in the
+            # heap as it was (a pop and a push back would cost two heap walks per fill)
+            key = ready[0][1]
+            ts = tasks.get(key)
+            if ts is None or ts.state != "queued" or key in restricted or key in aside:
+                heapq.heappop(ready)  # stale entry (heap entries are dropped lazily)
+                continue
+            kind = (ts.prefix, bool(ts.dependents) and not ts.dependencies)
+            limits = capacities.get(kind)
+            if limits is None:
+                limits = capacities[kind] = [self.task_capacity(ws, ts) for ws in running]
+            candidates = [ws for ws, limit in zip(running, limits) if len(ws.processing) < limit]
             if not candidates:
-                heapq.heappush(self.ready, (ts.priority, ts.key))
                 break
+            heapq.heappop(ready)
             if len(candidates) == 1:
                 ws = candidates[0]
             elif ts.dependencies:
@@ -223,7 +222,7 @@ class Placement:
             else:
                 ws = min(candidates, key=lambda w: len(w.processing) / w.nthreads)
             self._assign(ts, ws, out)
-        if not self.ready and len(running) > 1:
+        if not ready and len(running) > 1:
             self._steal_for_idle(running, out)
 
     def _fill_restricted(self, running: list, out: list) -> None:
