@@ -49,7 +49,7 @@ class SharedMemoryFallbackWarning(RuntimeWarning):
     """Shared memory was unavailable, so large buffers travel inline (slower, still correct)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: one object per payload for the garbage collector
 class Payload:
     """A serialized value: what travels through pipes. Small, and picklable with plain pickle."""
 
