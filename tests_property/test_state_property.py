@@ -195,6 +195,22 @@ class SchedulerMachine(RuleBasedStateMachine):
     def publish_one(self, data, ok):
         worker, key = data.draw(st.sampled_from(sorted(self.publish_asked)))
         self.answer_publication(worker, key, ok)
+    @precondition(lambda self: any(self.running.values()))
+    @rule(data=st.data())
+    def finish_a_batch(self, data):
+        """One worker's batch of reports, as the shell handles it: placement held until the end."""
+        worker = data.draw(st.sampled_from(sorted(w for w, r in self.running.items() if r)))
+        keys = data.draw(st.lists(st.sampled_from(sorted(self.running[worker])), unique=True))
+        self.state.hold_placement()
+        for key in keys:
+            if key not in self.running.get(worker, {}):
+                continue  # freed by an earlier report of the batch (its dependent erred)
+            may_hold = self.running[worker].pop(key)
+            if data.draw(st.booleans()):
+                self.finish(worker, key, held=may_hold and data.draw(st.booleans()))
+            else:
+                self.apply(self.state.task_erred(key, worker, ValueError(key), None, 0.0, 0.1))
+        self.apply(self.state.resume_placement())
 
     @precondition(lambda self: self.steal_asks)
     @rule(data=st.data())

@@ -44,6 +44,7 @@ class Placement:
     prefix_durations: dict
     _retired: list
     _idle_changed: bool  # a worker emptied or arrived since the last fill: stealing may help
+    _placement_held: bool  # state.hold_placement: fills wait for resume_placement
     _steals: dict  # key -> (victim, thief) for tasks a victim was asked to give back
     _thieves_waiting: set  # idle workers whose steal is in flight (they ask for nothing more)
     _aside: dict  # lineage.py: queued tasks waiting for a dependency to be published
@@ -182,6 +183,8 @@ class Placement:
 
     def _fill_workers(self, out: list) -> None:
         """Hand queued tasks to workers with room, highest priority first; then let idle workers steal."""
+        if self._placement_held:
+            return  # resume_placement fills once for the whole batch
         while self._retired:
             address = self._retired.pop()
             if not self._holds_results(address):  # else it goes once they are published

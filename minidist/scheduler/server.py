@@ -242,6 +242,9 @@ class Scheduler:
                     self._handle(message, outgoing, reports)
                 except Exception:
                     self.logger.exception("scheduler failed to handle %s", type(message).__name__)
+                # not kept until the next message arrives: an UpdateGraph holds every task's
+                # arguments, which the state lets go of as the tasks finish
+                del message
             self._deliver(outgoing, reports)
             if self._forgot:
                 outgoing = reports = {}  # what this turn sent goes before the books are compacted
@@ -334,7 +337,16 @@ class Scheduler:
             elif kind is FreeOnWorker:
                 handle = workers.get(inst.worker)
                 if handle is not None:
-                    outgoing.setdefault(handle, []).append(FreeKeys(inst.keys))
+                    batch = outgoing.setdefault(handle, [])
+                    last = batch[-1] if batch else None
+                    if type(last) is FreeKeys and type(last.keys) is list:
+                        # frees in a row for one worker (a released batch of futures: one per
+                        # key) travel as one message; only the last message grows, so their
+                        # order against the worker's other messages is kept
+                        last.keys.extend(inst.keys)
+                    else:
+                        keys: Any = list(inst.keys)  # grows while it is the last message
+                        batch.append(FreeKeys(keys))
             elif kind is Publish:
                 handle = workers.get(inst.worker)
                 if handle is not None:
@@ -396,14 +408,19 @@ class Scheduler:
     def _worker_batch(
         self, handle: WorkerHandle, batch: list, outgoing: dict, reports: dict
     ) -> None:
-        for message in batch:
-            handler = WORKER_HANDLERS.get(type(message))
-            if handler is None:
-                self.logger.warning(
-                    "unknown message %r from worker %s", type(message).__name__, handle.address
-                )
-            else:
-                handler(self, handle, message, outgoing, reports)
+        # the slots a batch of results frees are filled once, after the batch (hold_placement)
+        self.state.hold_placement()
+        try:
+            for message in batch:
+                handler = WORKER_HANDLERS.get(type(message))
+                if handler is None:
+                    self.logger.warning(
+                        "unknown message %r from worker %s", type(message).__name__, handle.address
+                    )
+                else:
+                    handler(self, handle, message, outgoing, reports)
+        finally:
+            self._apply(self.state.resume_placement(), outgoing, reports)
 
     def _worker_died(self, handle: WorkerHandle, outgoing: dict, reports: dict) -> None:
         reason = handle.death_reason()

@@ -66,6 +66,7 @@ class SchedulerState(Lineage):
         self._thieves_waiting: set = set()
         self._publishing: dict = {}  # lineage.py: held key -> queued tasks waiting for it
         self._aside: dict = {}  # lineage.py: task set aside -> (held key it waits for, its worker)
+        self._placement_held = False  # see hold_placement
 
     # -------------------------------------------------------------------------------- queries (no events)
 
@@ -77,6 +78,19 @@ class SchedulerState(Lineage):
             and ts.processing_on == worker
             and (attempt is None or attempt == ts.attempt)
         )
+
+    def hold_placement(self) -> None:
+        """Events from now on leave freed slots empty until ``resume_placement``: the shell holds
+        placement while it handles one worker's batch of reports, so slots freed by a batch of
+        results are filled once, by the same rules, instead of once per result."""
+        self._placement_held = True
+
+    def resume_placement(self) -> list:
+        """Fill the slots freed while placement was held (see ``hold_placement``)."""
+        self._placement_held = False
+        out: list = []
+        self._fill_workers(out)
+        return out
 
     # ----------------------------------------------------------------------------------------- clients
 
