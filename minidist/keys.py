@@ -87,6 +87,14 @@ def key_split(key) -> str:
     8-letter hex word such as ``"abcdefab"``); ``"('x-2', 1)"`` -> ``"x"``; a bare 32-digit hex token ->
     ``"data"``; ``"<module.Klass object at 0x...>"`` -> ``"Klass"``; ``None`` or anything odd -> ``"Other"``.
     """
+    if type(key) is str:
+        # the common shape "name-<token>" (every submit, map and dask key), answered without
+        # splitting the whole key; it gives what the general rules below give for it
+        first, _, rest = key.partition("-")
+        if rest and first[:1].isalpha() and not rest.partition("-")[0].isalpha():
+            if len(first) == 32 and not first.strip("0123456789abcdef"):
+                return "data"
+            return first
     try:
         if isinstance(key, tuple):
             key = key[0]

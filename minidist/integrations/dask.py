@@ -199,13 +199,24 @@ def static_order(nodes: dict) -> list:
     """The graph's keys in dask's static order (dependencies first); a clear error on a cycle."""
     from dask.order import order
 
-    dependencies = {
-        key: {dep for dep in node.dependencies if dep in nodes} for key, node in nodes.items()
-    }
+    dependencies = {}
+    for key, node in nodes.items():
+        needs = node.dependencies
+        if not all(dep in nodes for dep in needs):  # some come from futures the client holds
+            needs = {dep for dep in needs if dep in nodes}
+        dependencies[key] = needs  # the node's own set when it is whole: no copy per task
     if len(nodes) == 1:
         return list(nodes)
     priorities = order(nodes, dependencies=dependencies)  # raises RuntimeError on a cycle
-    return sorted(nodes, key=priorities.__getitem__)
+    # dask numbers the keys 0..n-1: each goes straight to its place, no sort needed
+    ordered: list = [None] * len(nodes)
+    if len(priorities) != len(ordered):
+        return sorted(nodes, key=priorities.__getitem__)
+    for key, rank in priorities.items():
+        if type(rank) is not int or not 0 <= rank < len(ordered) or ordered[rank] is not None:
+            return sorted(nodes, key=priorities.__getitem__)  # other numbers: sort by them
+        ordered[rank] = key
+    return ordered
 
 
 def task_options(keys: list, call_options: dict, layer_annotations: dict) -> dict:
