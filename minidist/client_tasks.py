@@ -23,6 +23,7 @@ from .keys import random_token
 from .messages import DependencyRef, new_task
 
 _FUNCTION_CACHE_SIZE = 512
+_CANNOT_HOLD_FUTURES = frozenset((int, float, str, bytes, bool, type(None), complex))
 
 
 def task_options(workers, resources, retries, priority, allow_other_workers) -> dict:
@@ -135,9 +136,10 @@ class TaskPacker:
             dependencies.add(obj.key)
             return DependencyRef(obj.key)
         if typ is tuple or typ is list:
-            if not obj:
-                return obj
-            return typ(self._replace_futures(item, dependencies) for item in obj)
+            for item in obj:
+                if type(item) not in _CANNOT_HOLD_FUTURES:
+                    return typ(self._replace_futures(item, dependencies) for item in obj)
+            return obj  # e.g. map's ``(i,)``: nothing to replace, no copy
         if typ is dict:
             if not obj:
                 return obj
