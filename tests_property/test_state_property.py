@@ -195,6 +195,7 @@ class SchedulerMachine(RuleBasedStateMachine):
     def publish_one(self, data, ok):
         worker, key = data.draw(st.sampled_from(sorted(self.publish_asked)))
         self.answer_publication(worker, key, ok)
+
     @precondition(lambda self: any(self.running.values()))
     @rule(data=st.data())
     def finish_a_batch(self, data):
