@@ -14,9 +14,10 @@ Key = Hashable
 
 class _NoKeys(frozenset):
     """The empty key set that tasks share until they need one of their own: an empty ``set`` costs
-    216 bytes, and most tasks of a large map never get dependencies, dependents or waiters. It reads as
-    an empty set, ``discard`` and ``clear`` do nothing, and it has no ``add``: ``TaskState.add_*``
-    give the task a set of its own first (a missed one fails loudly instead of sharing keys)."""
+    216 bytes, and most tasks of a large map never get dependencies, dependents or waiters (most tasks
+    of a graph are wanted by no client). It reads as an empty set, ``discard`` and ``clear`` do
+    nothing, and it has no ``add``: ``TaskState.add_*`` give the task a set of its own first (a missed
+    one fails loudly instead of sharing keys)."""
 
     __slots__ = ()
 
@@ -69,7 +70,7 @@ class TaskState:
         self.dependents: set[Key] = NO_KEYS
         self.waiting_on: set[Key] = NO_KEYS  # dependencies not yet in memory
         self.waiters: set[Key] = NO_KEYS  # dependents not yet finished that need this value
-        self.who_wants: set[str] = set()
+        self.who_wants: set[str] = NO_KEYS  # most tasks of a graph: no client wants them
         self.priority: tuple = (0, 0)
         self.run_spec: Any = None
         self.retries = 0
@@ -104,6 +105,11 @@ class TaskState:
         if self.waiting_on is NO_KEYS:
             self.waiting_on = set()
         self.waiting_on.add(key)
+
+    def add_wanter(self, client: str) -> None:
+        if self.who_wants is NO_KEYS:
+            self.who_wants = set()
+        self.who_wants.add(client)
 
     def add_waiter(self, key: Key) -> None:
         if self.waiters is NO_KEYS:

@@ -121,7 +121,7 @@ class SchedulerState(Lineage):
         for key in wanted:
             held = self.tasks.get(key)
             if held is not None:
-                held.who_wants.add(client)
+                held.add_wanter(client)
         lost: list[Key] = []
         for ts in new:  # link after all are created so tasks of one graph may refer to each other
             for dep_key in ts.dependencies:
@@ -285,7 +285,7 @@ class SchedulerState(Lineage):
         for key, nbytes in keys_nbytes.items():
             ts = self.tasks.get(key)
             if ts is not None and ts.state == "memory":
-                ts.who_wants.add(client)
+                ts.add_wanter(client)
                 if ts.held_depth:  # the client's copy is now the stored value (server.data)
                     self._unhold(ts, out)
                 out.append(Report(key, (client,), "memory"))
@@ -298,7 +298,7 @@ class SchedulerState(Lineage):
             ts.state = "memory"
             self.counts["memory"] += 1
             ts.nbytes = nbytes
-            ts.who_wants.add(client)
+            ts.add_wanter(client)
             for w in holders:
                 ts.who_has.add(w)
                 self.workers[w].has.add(key)
