@@ -7,7 +7,7 @@ Every engine gets 2 workers x 1 thread. Each figure is the best of ``--repeat`` 
 installed are left out (loky comes with joblib; Ray is never a dependency). Printed: one table of seconds
 with each engine's ratio to minidist's processes (above 1: minidist is faster), then minidist's own
 figures that have no counterpart elsewhere (worker starts, the 100,000-task run with its memory and a
-per-stage profile of where the client and scheduler spend their time).
+per-stage profile of where the client and scheduler spend their time, and where a round trip goes).
 """
 
 from __future__ import annotations
@@ -354,6 +354,56 @@ def main() -> None:
         + ", ".join(f"{v:.0f}" for v in big["rss_mib"])
     )
     profile_stages(min(args.big, 20_000))
+    round_trip_stages(3000)
+
+
+def round_trip_stages(n: int) -> None:
+    """Where one chained submit -> result goes: the user thread's share (submit, then the wait for the
+    result), the CPU of the client process (user thread + scheduler thread) and of the workers, and
+    the context switches a trip costs (each is a hand-off between threads or processes)."""
+    import psutil
+
+    from minidist import Client
+
+    def switches(processes) -> int:
+        """Context switches of every thread of ``processes`` (Linux: /proc/PID/task/*/status)."""
+        total = 0
+        for process in processes:
+            for task in os.listdir(f"/proc/{process.pid}/task"):
+                with open(f"/proc/{process.pid}/task/{task}/status") as status:
+                    total += sum(int(line.split()[1]) for line in status if "ctxt_switches" in line)
+        return total
+
+    def cpu(processes) -> float:
+        return sum(p.cpu_times().user + p.cpu_times().system for p in processes)
+
+    with Client(n_workers=2, threads_per_worker=1, dashboard_address=None) as client:
+        client.submit(noop, 0).result()
+        me = [psutil.Process()]
+        workers = [psutil.Process(pid) for pid in client.run(os.getpid).values()]
+        submitting = waiting = 0.0
+        cpu_before = cpu(me), cpu(workers)
+        switches_before = switches(me), switches(workers)
+        start = time.perf_counter()
+        x = 0
+        for _ in range(n):
+            t0 = time.perf_counter()
+            future = client.submit(noop, x, pure=False)
+            t1 = time.perf_counter()
+            x = future.result()
+            submitting += t1 - t0
+            waiting += time.perf_counter() - t1
+        wall = time.perf_counter() - start
+        client_cpu, worker_cpu = cpu(me) - cpu_before[0], cpu(workers) - cpu_before[1]
+        client_switches = switches(me) - switches_before[0]
+        worker_switches = switches(workers) - switches_before[1]
+    print(
+        f"\nround trip ({n:,} chained submit -> result): {wall / n * 1e6:.0f} us a trip = "
+        f"submit {submitting / n * 1e6:.0f} + wait for the result {waiting / n * 1e6:.0f}; "
+        f"CPU a trip: client process {client_cpu / n * 1e6:.0f} us, workers "
+        f"{worker_cpu / n * 1e6:.0f} us; context switches a trip: client "
+        f"{client_switches / n:.1f}, workers {worker_switches / n:.1f}"
+    )
 
 
 def profile_stages(n: int) -> None:
