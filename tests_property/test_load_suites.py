@@ -67,10 +67,20 @@ def test_a_100k_task_run_gives_the_clients_memory_back_once_released():
             del futures
             assert wait_until(lambda: not client.who_has(), timeout=60)
             # the scheduler thread drops the run's last references just after answering who_has
-            assert wait_until(lambda: rss() - before < _GIVEN_BACK, timeout=30, interval=0.2), (
-                f"client RSS grew by {peak >> 20} MiB during the run and still by "
-                f"{(rss() - before) >> 20} MiB after release"
-            )
+            if not wait_until(lambda: rss() - before < _GIVEN_BACK, timeout=30, interval=0.2):
+                held = client.run_on_scheduler(_books)  # say what still holds the run, if anything
+                raise AssertionError(
+                    f"client RSS grew by {peak >> 20} MiB during the run and still by "
+                    f"{(rss() - before) >> 20} MiB after release; scheduler books: {held}"
+                )
+
+
+def _books(dask_scheduler) -> dict:
+    return {
+        "tasks": len(dask_scheduler.state.tasks),
+        "results": len(dask_scheduler.data),
+        "inbox": len(dask_scheduler.inbox),
+    }
 
 
 _GIVEN_BACK = 48 * 2**20  # ~25 MiB here, idle or loaded; ~90 MiB before the fix
