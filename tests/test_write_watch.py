@@ -60,7 +60,9 @@ def free(*handles) -> None:
 
 def test_the_watch_reports_exactly_the_pages_written_since_it_last_looked():
     watch = WriteWatch()
-    array = np.zeros(8 * MiB // 8)
+    # pages of its own: a heap array may share its first and last page with objects other threads write
+    region = mmap.mmap(-1, 8 * MiB, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    array = np.frombuffer(region, np.float64)
     address, nbytes = array.ctypes.data, array.nbytes
     try:
         if not SUPPORTED:
@@ -80,6 +82,8 @@ def test_the_watch_reports_exactly_the_pages_written_since_it_last_looked():
     finally:
         watch.close()
     assert not watch.arm(address, nbytes)  # closed for good
+    del array
+    region.close()
 
 
 def test_memory_another_mapping_can_change_is_never_watched():
