@@ -66,14 +66,15 @@ class CoordinationMachine(RuleBasedStateMachine):
         block=st.booleans(),
     )
     def acquire(self, name, client, worker, block):
-        self.ask("semaphore_acquire", "semaphore", name, 2, object(), Owner(client, worker), block)
+        lease = f"lease-{next(self.tokens)}"  # not object(): a replay must draw the same leases
+        self.ask("semaphore_acquire", "semaphore", name, 2, lease, Owner(client, worker), block)
 
     @rule(name=st.sampled_from(["s", "t"]), data=st.data())
     def release(self, name, data):
         sem = self.state.semaphores.get(("semaphore", name))
         if sem is None or not sem.leases:
             return
-        lease = data.draw(st.sampled_from(sorted(sem.leases, key=id)))
+        lease = data.draw(st.sampled_from(sorted(sem.leases)))
         self.ask("semaphore_release", "semaphore", name, lease)
 
     @rule(
