@@ -81,6 +81,7 @@ logger = logging.getLogger("minidist.scheduler")
 
 
 _IDLE_WAKE = 0.25  # the loop looks at its inbox at least this often, even with nothing to wake it
+_TRIM_SETTLE = 0.2  # seconds from a large release to the heap trim (see _compact)
 _HOUSEKEEPING = (FreeKeys, ReleaseQueued)  # messages to workers that can wait for clients' reports
 
 
@@ -142,6 +143,7 @@ class Scheduler:
         self.tasks_done = 0
         self._forgot = 0  # keys forgotten in this loop turn: the books are compacted after it
         self._forgot_since_trim = 0  # sparse.trim_heap: after a large run was released
+        self._trim_due = 0.0  # monotonic time of the trim asked for, or 0
         self._thread = threading.Thread(target=self._loop, name="minidist-scheduler", daemon=True)
         self._thread.start()
 
@@ -249,6 +251,9 @@ class Scheduler:
             if self._forgot:
                 outgoing = reports = {}  # what this turn sent goes before the books are compacted
                 self._compact()
+            if self._trim_due and time.monotonic() >= self._trim_due:
+                self._trim_due = 0.0
+                trim_heap()
             if self._closing:
                 break
 
@@ -374,7 +379,10 @@ class Scheduler:
         forgotten = self._forgot_since_trim
         if forgotten >= TRIM_AFTER and len(self.state.tasks) * 8 <= forgotten:
             self._forgot_since_trim = 0
-            trim_heap()
+            # a moment later, not now: thread workers and clients free their own copies of the run
+            # (caches, futures) after this turn's messages reach them; the loop wakes at least every
+            # _IDLE_WAKE seconds, so the trim comes at most that long after it is due
+            self._trim_due = time.monotonic() + _TRIM_SETTLE
 
     # ---------------------------------------------------------------------------------- client events
 
