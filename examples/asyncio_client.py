@@ -23,11 +23,11 @@ async def main(address):
             seen.append(await future)
         print("as completed, sorted:", sorted(seen))
         ticks = 0
-        slow = client.submit(fib, 24)
+        slow = client.submit(fib, 28)  # ~0.1 s: long enough that the loop gets to tick meanwhile
         while not slow.done():  # the loop keeps running while the task does
             ticks += 1
             await asyncio.sleep(0.01)
-        print("fib(24) =", await slow, "| the event loop stayed responsive:", ticks > 0)
+        print("fib(28) =", await slow, "| the event loop stayed responsive:", ticks > 0)
 
 
 if __name__ == "__main__":
