@@ -242,20 +242,15 @@ def test_the_installed_console_scripts_run():
     """`pip install` puts `minidist` and `minidist-demo` beside the interpreter (setup.cfg's entry
     points); both must start and answer --help."""
     scripts = sysconfig.get_path("scripts")
-    for name, expected in (("minidist", "serve"), ("minidist-demo", "--limit")):
-        path = shutil.which(name, path=scripts)
-        assert path, f"{name} is not in {scripts}: install the package (pip install -e .)"
+    for command, expected in (
+        (("minidist", "--help"), "serve"),
+        (("minidist", "serve", "--help"), "--scheduler-file"),
+        (("minidist-demo", "--help"), "--limit"),
+    ):
+        path = shutil.which(command[0], path=scripts)
+        assert path, f"{command[0]} is not in {scripts}: install the package (pip install -e .)"
         done = subprocess.run(
-            [path, "--help"], cwd=ROOT, env=env(), capture_output=True, text=True, timeout=30
+            [path, *command[1:]], cwd=ROOT, env=env(), capture_output=True, text=True, timeout=30
         )
         assert done.returncode == 0, done.stderr
         assert expected in done.stdout
-    done = subprocess.run(
-        [shutil.which("minidist", path=scripts), "serve", "--help"],
-        cwd=ROOT,
-        env=env(),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert done.returncode == 0 and "--scheduler-file" in done.stdout
