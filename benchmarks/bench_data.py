@@ -224,17 +224,6 @@ def stages(array: np.ndarray, repeat: int) -> list:
     return list(figures.items())
 
 
-def mapping_of(address: int, nbytes: int) -> str:
-    """The file behind this process's mapping that holds [address, address + nbytes), or ''."""
-    with open("/proc/self/maps") as maps:
-        for line in maps:
-            fields = line.split(maxsplit=5)
-            low, high = (int(x, 16) for x in fields[0].split("-"))
-            if low <= address and address + nbytes <= high:
-                return fields[5].strip() if len(fields) > 5 else ""
-    return ""
-
-
 def private_bytes() -> int:
     """This process's private resident memory (what a copy would add to)."""
     with open("/proc/self/smaps_rollup") as rollup:
@@ -245,6 +234,7 @@ def private_bytes() -> int:
 def big_gather(nbytes: int) -> dict:
     """A task makes an nbytes array; the client gathers it. Is it the worker's segment, mapped?"""
     from minidist import Client
+    from minidist.testing import backing_file
 
     with Client(n_workers=1, threads_per_worker=1, dashboard_address=None) as client:
         future = client.submit(make, nbytes, 1)
@@ -254,7 +244,7 @@ def big_gather(nbytes: int) -> dict:
         value = future.result()
         seconds = time.perf_counter() - start
         grown = private_bytes() - before
-        backing = mapping_of(value.__array_interface__["data"][0], value.nbytes)
+        backing = backing_file(value)
         del value, future
     return {"seconds": seconds, "backing": backing, "private growth": grown}
 

@@ -21,6 +21,8 @@ What it offers:
   results (nested in lists and dicts, some pure, some failing on purpose), with the answer a plain
   sequential evaluation gives, so a test can check that a cluster computes exactly that.
 - :func:`wait_until`: poll a condition with a deadline (instead of sleeping).
+- :func:`backing_file`: the file behind an array's memory in this process (a ``/dev/shm`` segment when
+  the array is a zero-copy mapping, ``""`` when it is private memory), to check that no copy was made.
 
 pytest and hypothesis are imported only by the parts that need them; ``import minidist`` imports neither.
 """
@@ -40,10 +42,24 @@ __all__ = [
     "ResourceSnapshot",
     "TaskGraph",
     "TaskNode",
+    "backing_file",
     "no_leaks",
     "task_graphs",
     "wait_until",
 ]
+
+
+def backing_file(array) -> str:
+    """The file behind the mapping of this process that holds ``array``'s memory, or ``""`` (private
+    memory). Read inside a task it tells whether an argument is the shared segment itself."""
+    address, nbytes = array.__array_interface__["data"][0], array.nbytes
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split(maxsplit=5)
+            low, high = (int(x, 16) for x in fields[0].split("-"))
+            if low <= address and address + nbytes <= high:
+                return fields[5].strip() if len(fields) > 5 else ""
+    return ""
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> bool:

@@ -27,6 +27,7 @@ from minidist.comm.shm import (
     list_segments,
 )
 from minidist.deploy.memory import process_memory
+from minidist.testing import backing_file
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -41,21 +42,9 @@ def cluster_segments(cluster_id: str) -> list[str]:
     return sorted(info.name for info in list_segments(cluster_id))
 
 
-def mapping_of(address: int, nbytes: int) -> str:
-    """The file behind the mapping of this process that holds [address, address + nbytes), or ''."""
-    with open("/proc/self/maps") as maps:
-        for line in maps:
-            fields = line.split(maxsplit=5)
-            low, high = (int(x, 16) for x in fields[0].split("-"))
-            if low <= address and address + nbytes <= high:
-                return fields[5].strip() if len(fields) > 5 else ""
-    return ""
-
-
 def where(array, *_ignored) -> tuple:
     """Inside a task: (writeable, backing file of the array's memory, worker pid)."""
-    address = array.__array_interface__["data"][0]
-    return array.flags.writeable, mapping_of(address, array.nbytes), os.getpid()
+    return array.flags.writeable, backing_file(array), os.getpid()
 
 
 def segment_of(path: str) -> str:
@@ -237,9 +226,7 @@ def test_result_of_one_worker_is_read_in_place_by_another(client, workers, clust
 def test_gathered_result_is_a_read_only_view_of_shared_memory(client, cluster_id):
     result = client.submit(filled, 8 * MiB).result()
     assert not result.flags.writeable
-    assert mapping_of(result.__array_interface__["data"][0], result.nbytes).startswith(
-        "/dev/shm/minidist_"
-    )
+    assert backing_file(result).startswith("/dev/shm/minidist_")
     assert float(result[-1]) == 1.5
 
 

@@ -20,6 +20,7 @@ import pytest
 from conftest import wait_until
 from minidist import Client, LocalCluster
 from minidist.comm.shm import list_segments
+from minidist.testing import backing_file
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -45,21 +46,9 @@ def lines(path) -> int:
         return 0
 
 
-def mapping_of(address: int, nbytes: int) -> str:
-    """The file behind this process's mapping of [address, address + nbytes), or '' (private)."""
-    with open("/proc/self/maps") as maps:
-        for line in maps:
-            fields = line.split(maxsplit=5)
-            low, high = (int(x, 16) for x in fields[0].split("-"))
-            if low <= address and address + nbytes <= high:
-                return fields[5].strip() if len(fields) > 5 else ""
-    return ""
-
-
 def where(array, *_ignored) -> tuple:
     """Inside a task: (writeable, file behind the array's memory, worker pid, first value)."""
-    address = array.__array_interface__["data"][0]
-    return array.flags.writeable, mapping_of(address, array.nbytes), os.getpid(), float(array[0])
+    return array.flags.writeable, backing_file(array), os.getpid(), float(array[0])
 
 
 def where_with_segments(array, cluster_id: str) -> tuple:
