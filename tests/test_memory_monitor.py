@@ -13,6 +13,7 @@ import pytest
 from conftest import wait_until
 from minidist import Client, KilledWorker, LocalCluster, get_worker
 from minidist.deploy.memory import process_memory, system_memory
+from minidist.errors import WorkerStartError
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -198,3 +199,18 @@ def test_process_workers_with_a_limit_are_watched_by_one_monitor_thread():
         monitors = [t for t in threading.enumerate() if t.name == "minidist-memory-monitor"]
         assert len(monitors) == 1
     assert wait_until(lambda: not monitors[0].is_alive())
+
+
+def test_a_limit_below_what_an_idle_worker_needs_stops_the_replacements_and_says_what_to_do():
+    # every worker is killed right after it starts: the cluster gives up after five in a row instead of
+    # replacing them for ever, and tasks err at once with the advice instead of waiting for a worker
+    with cluster(n_workers=1, memory_limit="4MiB") as c, Client(c) as client:
+        assert wait_until(lambda: "keep dying" in c.get_logs()["Cluster"], timeout=30)
+        log = c.get_logs()["Cluster"]
+        assert "as soon as they start" in log and "give LocalCluster a larger memory_limit" in log
+        with pytest.raises(WorkerStartError, match="larger memory_limit"):
+            client.submit(sum, [1, 2]).result(timeout=10)
+        started = log.count("Started worker")
+        time.sleep(0.5)  # the monitor checks every 0.1 s: a replacement would have come and gone
+        assert c.get_logs()["Cluster"].count("Started worker") == started
+        assert not c.scheduler_info()["workers"]

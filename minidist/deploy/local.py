@@ -44,7 +44,7 @@ from .launcher import WorkerLauncher
 from .memory import format_bytes
 from .options import ClusterOptions
 from .scaling import observe, restart_worker, retire_workers
-from .workers import ThreadWorkerHandle, start_process_worker
+from .workers import ThreadWorkerHandle, cannot_start_message, start_process_worker
 
 if TYPE_CHECKING:
     from .supervision import MemoryMonitor
@@ -301,25 +301,17 @@ class LocalCluster(Cluster):
                 "Worker processes start as fresh interpreters from now on (slower): %s", reason
             )
 
-    def _on_worker_lost(self, handle, reason: str) -> None:
-        """Scheduler thread: a worker died. Replace it so the cluster keeps its size."""
+    def _on_worker_lost(self, handle, reason: str, failed_to_start: bool) -> None:
+        """Scheduler thread: a worker died. Replace it so the cluster keeps its size, unless workers
+        keep failing to start (``failed_to_start``: see ``Scheduler.__init__``)."""
         self.logs.close_worker(handle.address, f"died: {reason}", logging.WARNING)
         with self._lock:
             self.handles.pop(handle.address, None)
             if self._closing:
                 return
-            if not handle.started:
-                self._start_failures += 1
-            else:
-                self._start_failures = 0
+            self._start_failures = self._start_failures + 1 if failed_to_start else 0
             if self._start_failures >= _MAX_START_FAILURES:
-                self.logger.error(
-                    "Worker processes keep dying before they start (%s); not starting more. The workers' "
-                    "own logs (cluster.get_logs()) may say why; also check that minidist imports in a "
-                    "fresh interpreter: python -c 'import minidist.worker.process'",
-                    reason,
-                )
-                self._fail_pending_for_lack_of_workers(reason)
+                self._stop_replacing(handle, reason)
                 return
             active = len(active_workers(self.scheduler.state))  # we are on the scheduler thread
             if active >= self.target_workers:
@@ -362,11 +354,15 @@ class LocalCluster(Cluster):
                 return []
             return [self._start_worker() for _ in range(self.target_workers - len(active))]
 
-    def _fail_pending_for_lack_of_workers(self, reason: str) -> None:
+    def _stop_replacing(self, handle, reason: str) -> None:
+        """Five workers in a row failed to start: say why and what to do, and fail what waits."""
         from ..errors import WorkerStartError
 
-        error = WorkerStartError(f"minidist could not start worker processes ({reason}).")
-        self.scheduler.post(FailPending(error))
+        message = cannot_start_message(handle, reason)
+        self.logger.error("%s Not starting more.", message)
+        self.scheduler.post(
+            FailPending(WorkerStartError(f"minidist could not start workers: {message}"))
+        )
 
     def _on_worker_retired(self, handle) -> None:
         """Scheduler thread: a retiring worker finished its tasks; stop it."""

@@ -47,6 +47,7 @@ from ..worker.admin import call_with_worker
 from ..worker.running import RunningBoard, key_token
 from ..worker.runtime import WorkerRuntime
 from .launcher import ForkedProcess, WorkerLauncher, wait_for_exit
+from .memory import format_bytes
 from .worker_hooks import Worker
 
 _THREAD_LIMIT_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -67,6 +68,22 @@ def describe_exit(returncode: Optional[int], memory_killed: bool = False, detail
         hint = " - possibly out of memory" if -returncode == signal.SIGKILL else ""
         return f"killed by {name}{hint}"
     return f"exit code {returncode}"
+
+
+def cannot_start_message(handle, reason: str) -> str:
+    """What to tell the user once workers keep failing to start like ``handle`` did (``reason``)."""
+    when = "as soon as they start" if handle.started else "before they start"
+    if handle.memory_killed:
+        advice = (
+            f"memory_limit={format_bytes(handle.memory_limit)} is less than an idle worker process "
+            "needs; give LocalCluster a larger memory_limit (or memory_limit=0: no limit)"
+        )
+    else:
+        advice = (
+            "the workers' own logs (cluster.get_logs()) may say why; also check that minidist imports "
+            "in a fresh interpreter: python -c 'import minidist.worker.process'"
+        )
+    return f"Worker processes keep dying {when} ({reason}). {advice}"
 
 
 class ProcessWorkerHandle:

@@ -20,7 +20,7 @@ Mixed into ``SchedulerState`` (pure, like it). Three rules:
 from __future__ import annotations
 
 import heapq
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from .instructions import AskToRelease, Execute, RetireWorker
 
@@ -52,6 +52,10 @@ class Placement:
     _leave_state: Callable[[TaskState], None]
     _to_queued: Callable[[TaskState], None]
     _set_aside: Callable[[TaskState, str, list], None]
+    cannot_start: Optional[
+        tuple
+    ]  # state.fail_pending: (exception, traceback) while no worker can start
+    _set_erred: Callable[[TaskState, Any, Any, list], None]
     _holds_results: Callable[[str], bool]
 
     # ------------------------------------------------------------------------------------ capacity
@@ -181,6 +185,15 @@ class Placement:
 
     # --------------------------------------------------------------------------------------- filling
 
+    def _fail_queued(self, exception, traceback, out: list) -> None:
+        """No worker exists nor can start (``fail_pending``): err every queued task at once."""
+        queued = [key for _, key in self.ready] + list(self.restricted) + list(self._aside)
+        self.ready.clear()
+        for key in queued:
+            ts = self.tasks.get(key)
+            if ts is not None and ts.state == "queued":
+                self._set_erred(ts, exception, traceback, out)
+
     def _fill_workers(self, out: list) -> None:
         """Hand queued tasks to workers with room, highest priority first; then let idle workers steal."""
         if self._placement_held:
@@ -194,6 +207,9 @@ class Placement:
         self._idle_changed = False
         running = [ws for ws in self.workers.values() if ws.status == "running"]
         if not running:
+            if self.cannot_start is not None and not self.workers:
+                exception, traceback = self.cannot_start
+                self._fail_queued(exception, traceback, out)
             return
         if self.restricted:
             self._fill_restricted(running, out)

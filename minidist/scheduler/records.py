@@ -132,6 +132,7 @@ class WorkerState:
         "seceded",
         "executing_since",
         "idle_since",
+        "joined",
     )
 
     def __init__(
@@ -147,6 +148,10 @@ class WorkerState:
         self.status = "running"  # running | paused | retiring
         self.seceded = 0  # tasks that left their thread slot (secede) and no longer count
         self.idle_since: Optional[float] = now
+        self.joined = now  # idle_since still equal to it: it was never given a task
 
     def __repr__(self) -> str:
         return f"<WorkerState {self.address} {self.status} processing={len(self.processing)}>"
+
+    def never_given_a_task(self) -> bool:
+        return not self.processing and self.idle_since == self.joined

@@ -82,6 +82,8 @@ logger = logging.getLogger("minidist.scheduler")
 
 _IDLE_WAKE = 0.25  # the loop looks at its inbox at least this often, even with nothing to wake it
 _TRIM_SETTLE = 0.2  # seconds from a large release to the heap trim (see _compact)
+# a worker dying this soon after joining, never given a task, counts as one that failed to start
+DIED_YOUNG_SECONDS = 5.0
 _HOUSEKEEPING = (FreeKeys, ReleaseQueued)  # messages to workers that can wait for clients' reports
 
 
@@ -105,11 +107,13 @@ class Scheduler:
         allowed_failures: int = 3,
         logger_: Optional[logging.Logger] = None,
         blocked_handlers=(),
-        on_worker_lost: Optional[Callable[[Any, str], None]] = None,
+        on_worker_lost: Optional[Callable[[Any, str, bool], None]] = None,
         on_worker_retired: Optional[Callable[[Any], None]] = None,
     ):
-        """``on_worker_lost(handle, reason)`` and ``on_worker_retired(handle)`` are the cluster's, called
-        on this thread when a worker died or finished retiring."""
+        """``on_worker_lost(handle, reason, failed_to_start)`` and ``on_worker_retired(handle)`` are the
+        cluster's, called on this thread when a worker died or finished retiring. ``failed_to_start``:
+        it died before its hello, or within ``DIED_YOUNG_SECONDS`` of joining without ever being given
+        a task."""
         self.cluster_id = cluster_id
         self.data_plane = data_plane  # how values are packed and freed (data_plane.py)
         self.state = SchedulerState(allowed_failures=allowed_failures)
@@ -444,8 +448,15 @@ class Scheduler:
             # results it wrote to shared memory but never reported are nobody's now
             sweep_process(self.cluster_id, handle.pid, keep=self.data_plane.segments_in_use())
         if self.on_worker_lost is not None:
+            # the cluster stops replacing workers that keep failing like this (a worker_class whose
+            # setup fails, a memory_limit below what an idle worker needs): none of it is a task's fault
+            failed_to_start = not handle.started or (
+                ws is not None
+                and ws.never_given_a_task()
+                and time.time() - ws.joined < DIED_YOUNG_SECONDS
+            )
             try:
-                self.on_worker_lost(handle, reason)
+                self.on_worker_lost(handle, reason, failed_to_start)
             except Exception:
                 self.logger.exception("replacing worker %s failed", handle.address)
 

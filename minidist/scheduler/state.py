@@ -67,6 +67,9 @@ class SchedulerState(Lineage):
         self._publishing: dict = {}  # lineage.py: held key -> queued tasks waiting for it
         self._aside: dict = {}  # lineage.py: task set aside -> (held key it waits for, its worker)
         self._placement_held = False  # see hold_placement
+        # (exception, traceback) of fail_pending while no worker can start: new tasks err with it at
+        # once instead of waiting for a worker that will not come; a worker joining clears it
+        self.cannot_start: Optional[tuple] = None
 
     # -------------------------------------------------------------------------------- queries (no events)
 
@@ -205,8 +208,10 @@ class SchedulerState(Lineage):
         )
 
     def fail_pending(self, exception: Any, traceback: Any = "") -> list:
-        """Err every unfinished task with ``exception`` (e.g. no worker can start to run them)."""
+        """Err every unfinished task with ``exception`` (no worker can start to run them); tasks
+        submitted later err with it too, until a worker joins."""
         out: list = []
+        self.cannot_start = (exception, traceback)
         for ts in list(self.tasks.values()):
             if ts.state in ("waiting", "queued", "processing") and self.tasks.get(ts.key) is ts:
                 worker = ts.processing_on
@@ -334,6 +339,7 @@ class SchedulerState(Lineage):
         now: float = 0.0,
     ) -> list:
         self.workers[address] = WorkerState(address, name or address, nthreads, resources, now)
+        self.cannot_start = None
         self._idle_changed = True
         out: list = []
         self._fill_workers(out)
