@@ -365,9 +365,9 @@ class Client(AsyncContext):
         self._check_open()
         return get(self, dsk, keys, sync=sync, **kwargs)
 
-    def _graph_task(self, function, key, args: tuple, dependencies, **options):
-        """A task with an explicit key whose arguments already hold DependencyRefs (dask graphs)."""
-        return self._packer.graph_task(function, key, args, dependencies, **options)
+    def _graph_tasks(self, function, calls, options: dict) -> list:
+        """Tasks of ``function`` with explicit keys (dask graphs); see ``TaskPacker.graph_tasks``."""
+        return self._packer.graph_tasks(function, calls, options)
 
     def _post_graph(self, tasks: list, wanted: list) -> None:
         self.scheduler.post(UpdateGraph(self.id, tuple(tasks), tuple(wanted)))

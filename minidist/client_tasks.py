@@ -23,6 +23,7 @@ from .keys import random_token
 from .messages import DependencyRef, new_task
 
 _FUNCTION_CACHE_SIZE = 512
+_NO_KWARGS: dict = {}  # graph tasks take no keywords: one dict for all of them (never changed)
 _CANNOT_HOLD_FUTURES = frozenset((int, float, str, bytes, bool, type(None), complex))
 
 
@@ -88,12 +89,22 @@ class TaskPacker:
         run_spec = plane.run_spec(function_id, blob, func, arguments)
         return key, new_task(key, dependencies, run_spec, **options)
 
-    def graph_task(self, function, key, args: tuple, dependencies, **options):
-        """A task with an explicit key whose arguments already hold DependencyRefs (dask graphs)."""
+    def graph_tasks(self, function, calls, options: dict) -> list:
+        """One task per ``(key, args, dependencies)`` of ``calls`` (dask graphs): ``function(*args)``
+        under that key, its arguments already holding their references to dependencies;
+        ``options`` are per key, for keys that have any."""
         function_id, blob = self.function_ref(function)
-        arguments, _ = self._plane.pack_arguments(args, {}, key)
-        run_spec = self._plane.run_spec(function_id, blob, function, arguments)
-        return new_task(key, dependencies, run_spec, **options)
+        pack, run_spec = self._plane.pack_arguments, self._plane.run_spec
+        tasks = []
+        for key, args, dependencies in calls:
+            arguments, _ = pack(args, _NO_KWARGS, key)
+            spec = run_spec(function_id, blob, function, arguments)
+            task_options = options.get(key)
+            if task_options:
+                tasks.append(new_task(key, dependencies, spec, **task_options))
+            else:
+                tasks.append(new_task(key, dependencies, spec))
+        return tasks
 
     def pack_scatter(self, data, hash: bool) -> tuple:
         """(keys in ``data``'s order, {key: value or payload}, {key: nbytes}) for ``scatter``."""

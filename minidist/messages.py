@@ -30,7 +30,7 @@ annotations here (``message_checks.check_fields``), so the remote protocol never
 import copyreg
 import pickle
 from itertools import chain
-from typing import Any, Hashable, NamedTuple, Optional
+from typing import Any, Hashable, NamedTuple, Optional, Union
 
 from .keys import key_split
 
@@ -93,6 +93,24 @@ class DependencyRef:
         return f"DependencyRef({self.key!r})"
 
 
+class DependencyValues:
+    """Stands in, inside task arguments, for the dict ``{dependency key: value}`` of all the task's
+    dependencies; the worker passes the dict it assembles anyway. A dask graph node takes its inputs
+    this way, so its task needs no dict of ``DependencyRef`` of its own (one marker serves every task,
+    and unpickles as itself)."""
+
+    __slots__ = ()
+
+    def __reduce__(self):
+        return "DEPENDENCY_VALUES"
+
+    def __repr__(self) -> str:
+        return "DEPENDENCY_VALUES"
+
+
+DEPENDENCY_VALUES = DependencyValues()
+
+
 @_wire
 class RunSpec(NamedTuple):
     """What to call for a task. ``function_id`` names the function (a hash of its pickle); the data plane
@@ -110,7 +128,8 @@ class NewTask(NamedTuple):
     """One task of an ``UpdateGraph``."""
 
     key: Key
-    dependencies: tuple = ()
+    # a tuple, or the frozenset a dask graph node already has (the scheduler keeps it as it is)
+    dependencies: Union[tuple, frozenset] = ()
     run_spec: Any = None  # a RunSpec; opaque to the scheduler's state
     priority: int = 0  # user priority: higher runs first
     retries: int = 0
@@ -134,7 +153,7 @@ def new_task(
     """A ``NewTask`` from the loose forms the client API accepts (lists, None for defaults)."""
     return NewTask(
         key,
-        tuple(dependencies),
+        dependencies if type(dependencies) is frozenset else tuple(dependencies),
         run_spec,
         priority or 0,
         retries or 0,

@@ -6,10 +6,13 @@ wanted keys need into minidist tasks and posts them in one ``update_graph``::
 
     graph (dict or expression) ──► nodes (convert_legacy_graph) ──► culled to the wanted keys
         ──► checked (unknown dependencies, cycles) ──► dask.order ──► options from annotations
-        ──► one task per node: run_node(node, {dependency: DependencyRef}) ──► update_graph
+        ──► one task per node: run_node(node, DEPENDENCY_VALUES) ──► update_graph
 
-Each node runs on a worker as ``run_node``; the worker swaps the references for the dependencies'
-values, so a dask graph gets minidist's placement, failure handling and data plane like any task.
+Each node runs on a worker as ``run_node``; the worker passes the dict of the dependencies' values in
+place of the ``DEPENDENCY_VALUES`` marker, so a dask graph gets minidist's placement, failure handling
+and data plane like any task. A task holds only what it must (its node, the node's own set of
+dependencies, one marker shared by all): on a graph of many small tasks every object kept per task is
+one more for each full garbage collection to walk.
 
 Priorities follow dask's static ordering: tasks are posted in ``dask.order`` order and the scheduler
 breaks ties between equal user priorities by submission order, so the graph runs depth first, as dask's
@@ -27,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from ..messages import DependencyRef
+from ..messages import DEPENDENCY_VALUES
 
 TASK_OPTIONS = ("priority", "retries", "workers", "resources", "allow_other_workers")
 
@@ -43,8 +46,8 @@ def require_dask():
     return dask
 
 
-def run_node(node, dependencies: dict):
-    """Worker side: evaluate one dask graph node given its dependencies' values."""
+def run_node(node, dependencies=()):
+    """Worker side: evaluate one dask graph node given ``{dependency: value}`` (none for a root)."""
     return node(dependencies)
 
 
@@ -199,15 +202,11 @@ def static_order(nodes: dict) -> list:
     """The graph's keys in dask's static order (dependencies first); a clear error on a cycle."""
     from dask.order import order
 
-    dependencies = {}
-    for key, node in nodes.items():
-        needs = node.dependencies
-        if not all(dep in nodes for dep in needs):  # some come from futures the client holds
-            needs = {dep for dep in needs if dep in nodes}
-        dependencies[key] = needs  # the node's own set when it is whole: no copy per task
     if len(nodes) == 1:
         return list(nodes)
-    priorities = order(nodes, dependencies=dependencies)  # raises RuntimeError on a cycle
+    # dask reads each node's dependencies itself (it ignores a ``dependencies=`` mapping); keys that
+    # come from futures the client holds are outside ``nodes``, and dask treats them as data
+    priorities = order(nodes)  # raises RuntimeError on a cycle
     # dask numbers the keys 0..n-1: each goes straight to its place, no sort needed
     ordered: list = [None] * len(nodes)
     if len(priorities) != len(ordered):
@@ -246,6 +245,15 @@ def task_options(keys: list, call_options: dict, layer_annotations: dict) -> dic
     return per_key
 
 
+def _task_calls(ordered: list, needed: dict):
+    """``(key, arguments of run_node, dependencies)`` per task, in order: a root gets ``(node,)``, any
+    other ``(node, DEPENDENCY_VALUES)`` and keeps its node's own frozenset of dependencies."""
+    for key in ordered:
+        node = needed[key]
+        dependencies = node.dependencies
+        yield key, ((node, DEPENDENCY_VALUES) if dependencies else (node,)), dependencies
+
+
 def submit_graph(client, graph, wanted, call_options=None) -> dict:
     """Submit what ``wanted`` keys of ``graph`` need; ``{wanted key: Future}``.
 
@@ -264,16 +272,7 @@ def submit_graph(client, graph, wanted, call_options=None) -> dict:
     if hasattr(graph, "__dask_annotations__"):
         annotations = graph.__dask_annotations__()
     options = task_options(ordered, call_options, annotations)
-    tasks = []
-    no_options: dict = {}
-    for key in ordered:
-        node = needed[key]
-        dependencies = {dep: DependencyRef(dep) for dep in node.dependencies}
-        tasks.append(
-            client._graph_task(
-                run_node, key, (node, dependencies), dependencies, **options.get(key, no_options)
-            )
-        )
+    tasks = client._graph_tasks(run_node, _task_calls(ordered, needed), options)
     futures = {key: client._new_future(key) for key in wanted}
     client._post_graph(tasks, wanted)
     return futures

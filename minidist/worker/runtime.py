@@ -32,6 +32,7 @@ from ..data_plane import sizeof  # noqa: F401 (re-exported)
 from ..messages import (
     ComputeTask,
     DependencyRef,
+    DependencyValues,
     QueuedReleased,
     Rejoin,
     RunSpec,
@@ -54,10 +55,13 @@ _task_context = threading.local()  # .runtime, .key, .seceded for get_worker()/s
 
 
 def substitute(obj: Any, values: dict) -> Any:
-    """Replace every DependencyRef in lists, tuples, dicts and sets (as dask does) with its value."""
+    """Replace every DependencyRef in lists, tuples, dicts and sets (as dask does) with its value, and
+    the DEPENDENCY_VALUES marker with ``values`` itself."""
     typ = type(obj)
     if typ is DependencyRef:
         return values[obj.key]
+    if typ is DependencyValues:
+        return values
     if typ is tuple or typ is list:
         return typ(substitute(item, values) for item in obj)
     if typ is dict:
@@ -362,7 +366,8 @@ class WorkerRuntime:
                 if received:  # the task stream's transfer interval (scheduler/task_stream.py)
                     self.report(TaskTransfer(key, fetched, time.time()))
                 args = substitute(args, values)
-                kwargs = substitute(kwargs, values)
+                if kwargs:
+                    kwargs = substitute(kwargs, values)
             result = function(*args, **kwargs)
         except BaseException as exc:  # noqa: B036 - SystemExit/KeyboardInterrupt in a task err its future
             stop = time.time()
