@@ -365,9 +365,9 @@ class Client(AsyncContext):
         self._check_open()
         return get(self, dsk, keys, sync=sync, **kwargs)
 
-    def _graph_tasks(self, function, calls, options: dict) -> list:
-        """Tasks of ``function`` with explicit keys (dask graphs); see ``TaskPacker.graph_tasks``."""
-        return self._packer.graph_tasks(function, calls, options)
+    def _graph_tasks(self, function, nodes, options: dict) -> list:
+        """Tasks of graph nodes with explicit keys (dask graphs); see ``TaskPacker.graph_tasks``."""
+        return self._packer.graph_tasks(function, nodes, options)
 
     def _post_graph(self, tasks: list, wanted: list) -> None:
         self.scheduler.post(UpdateGraph(self.id, tuple(tasks), tuple(wanted)))

@@ -23,7 +23,6 @@ from .keys import random_token
 from .messages import DependencyRef, new_task
 
 _FUNCTION_CACHE_SIZE = 512
-_NO_KWARGS: dict = {}  # graph tasks take no keywords: one dict for all of them (never changed)
 _CANNOT_HOLD_FUTURES = frozenset((int, float, str, bytes, bool, type(None), complex))
 
 
@@ -89,21 +88,20 @@ class TaskPacker:
         run_spec = plane.run_spec(function_id, blob, func, arguments)
         return key, new_task(key, dependencies, run_spec, **options)
 
-    def graph_tasks(self, function, calls, options: dict) -> list:
-        """One task per ``(key, args, dependencies)`` of ``calls`` (dask graphs): ``function(*args)``
-        under that key, its arguments already holding their references to dependencies;
-        ``options`` are per key, for keys that have any."""
+    def graph_tasks(self, function, nodes, options: dict) -> list:
+        """One task per ``(key, node)`` of ``nodes`` (dask graphs): ``function(node, {dependency:
+        value})`` under that key (the data plane may call the node directly, ``node_run_spec``), its
+        dependencies the node's own frozenset; ``options`` are per key, for keys that have any."""
         function_id, blob = self.function_ref(function)
-        pack, run_spec = self._plane.pack_arguments, self._plane.run_spec
+        node_run_spec = self._plane.node_run_spec
         tasks = []
-        for key, args, dependencies in calls:
-            arguments, _ = pack(args, _NO_KWARGS, key)
-            spec = run_spec(function_id, blob, function, arguments)
+        for key, node in nodes:
+            spec = node_run_spec(function_id, blob, function, node, key)
             task_options = options.get(key)
             if task_options:
-                tasks.append(new_task(key, dependencies, spec, **task_options))
+                tasks.append(new_task(key, node.dependencies, spec, **task_options))
             else:
-                tasks.append(new_task(key, dependencies, spec))
+                tasks.append(new_task(key, node.dependencies, spec))
         return tasks
 
     def pack_scatter(self, data, hash: bool) -> tuple:

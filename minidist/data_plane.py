@@ -39,7 +39,13 @@ from .comm.shm import SegmentJanitor, SegmentStore, unlink_segments
 from .comm.write_watch import ChecksumCache
 from .errors import TaskSerializationError
 from .keys import tokenize_call
-from .messages import RunSpec
+from .messages import DEPENDENCY_VALUES, RunSpec
+
+_NO_KWARGS: dict = {}  # shared by graph nodes' tasks, which take no keywords (never changed)
+# a thread worker's graph node is called as node(values of its dependencies), or node() for a root:
+# every such task shares one of these (args, kwargs) pairs
+_NODE_CALL = ((DEPENDENCY_VALUES,), _NO_KWARGS)
+_ROOT_CALL = ((), _NO_KWARGS)
 
 
 def sizeof(value: Any) -> int:
@@ -141,6 +147,13 @@ class PickledPlane:
     def run_spec(self, function_id: bytes, blob, func, arguments) -> RunSpec:
         return RunSpec(function_id, blob, arguments)
 
+    def node_run_spec(self, function_id: bytes, blob, func, node, key) -> RunSpec:
+        """The task of a graph node (a callable taking ``{dependency: value}``): ``func(node, values)``,
+        or ``func(node)`` for a node without dependencies; ``func`` calls the node."""
+        args = (node, DEPENDENCY_VALUES) if node.dependencies else (node,)
+        arguments, _ = self.pack_arguments(args, _NO_KWARGS, key)
+        return RunSpec(function_id, blob, arguments)
+
     def discard_arguments(self, arguments) -> None:
         """Arguments packed for a task that will not be sent (the key is shared): free their memory."""
         unlink_segments(arguments.segments())
@@ -234,6 +247,13 @@ class ObjectPlane:
 
     def run_spec(self, function_id: bytes, blob, func, arguments) -> RunSpec:
         return RunSpec(function_id, func, arguments)
+
+    def node_run_spec(self, function_id: bytes, blob, func, node, key) -> RunSpec:
+        """The task of a graph node: the node is called itself, with a pair of arguments all nodes
+        share, so its task is one object (a graph of many small tasks keeps them all at once, and each
+        is one more for every full garbage collection to walk). ``func`` (which would call the node)
+        is what process workers run; its id stays the task's function id."""
+        return RunSpec(function_id, node, _NODE_CALL if node.dependencies else _ROOT_CALL)
 
     def discard_arguments(self, arguments) -> None:
         pass

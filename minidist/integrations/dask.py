@@ -9,10 +9,11 @@ wanted keys need into minidist tasks and posts them in one ``update_graph``::
         ──► one task per node: run_node(node, DEPENDENCY_VALUES) ──► update_graph
 
 Each node runs on a worker as ``run_node``; the worker passes the dict of the dependencies' values in
-place of the ``DEPENDENCY_VALUES`` marker, so a dask graph gets minidist's placement, failure handling
-and data plane like any task. A task holds only what it must (its node, the node's own set of
-dependencies, one marker shared by all): on a graph of many small tasks every object kept per task is
-one more for each full garbage collection to walk.
+place of the ``DEPENDENCY_VALUES`` marker (thread workers call the node itself the same way, see
+``data_plane.node_run_spec``), so a dask graph gets minidist's placement, failure handling and data
+plane like any task. A task holds only what it must (its node, the node's own set of dependencies,
+shared markers): on a graph of many small tasks every object kept per task is one more for each full
+garbage collection to walk.
 
 Priorities follow dask's static ordering: tasks are posted in ``dask.order`` order and the scheduler
 breaks ties between equal user priorities by submission order, so the graph runs depth first, as dask's
@@ -29,8 +30,6 @@ dependencies, not tasks: later graphs reuse them without recomputing. dask is an
 from __future__ import annotations
 
 from collections.abc import Mapping
-
-from ..messages import DEPENDENCY_VALUES
 
 TASK_OPTIONS = ("priority", "retries", "workers", "resources", "allow_other_workers")
 
@@ -245,15 +244,6 @@ def task_options(keys: list, call_options: dict, layer_annotations: dict) -> dic
     return per_key
 
 
-def _task_calls(ordered: list, needed: dict):
-    """``(key, arguments of run_node, dependencies)`` per task, in order: a root gets ``(node,)``, any
-    other ``(node, DEPENDENCY_VALUES)`` and keeps its node's own frozenset of dependencies."""
-    for key in ordered:
-        node = needed[key]
-        dependencies = node.dependencies
-        yield key, ((node, DEPENDENCY_VALUES) if dependencies else (node,)), dependencies
-
-
 def submit_graph(client, graph, wanted, call_options=None) -> dict:
     """Submit what ``wanted`` keys of ``graph`` need; ``{wanted key: Future}``.
 
@@ -272,7 +262,7 @@ def submit_graph(client, graph, wanted, call_options=None) -> dict:
     if hasattr(graph, "__dask_annotations__"):
         annotations = graph.__dask_annotations__()
     options = task_options(ordered, call_options, annotations)
-    tasks = client._graph_tasks(run_node, _task_calls(ordered, needed), options)
+    tasks = client._graph_tasks(run_node, [(key, needed[key]) for key in ordered], options)
     futures = {key: client._new_future(key) for key in wanted}
     client._post_graph(tasks, wanted)
     return futures

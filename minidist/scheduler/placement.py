@@ -146,7 +146,7 @@ class Placement:
             for name, amount in ts.resources.items():
                 ws.available[name] = ws.available.get(name, 0) - amount
         for dep in missing:
-            dep.who_has.add(ws.address)
+            dep.add_holder(ws.address)
             ws.has.add(dep.key)
         ts.attempt += 1
         out.append(

@@ -78,7 +78,7 @@ class TaskState:
         self.loose = False
         self.resources: Optional[dict] = None
         self.processing_on: Optional[str] = None
-        self.who_has: set[str] = set()
+        self.who_has: set[str] = NO_KEYS  # workers caching the value: none until it is computed
         self.suspicious = 0
         self.exception: Any = None
         self.traceback: Any = None
@@ -110,6 +110,11 @@ class TaskState:
         if self.who_wants is NO_KEYS:
             self.who_wants = set()
         self.who_wants.add(client)
+
+    def add_holder(self, worker: str) -> None:
+        if self.who_has is NO_KEYS:
+            self.who_has = set()
+        self.who_has.add(worker)
 
     def add_waiter(self, key: Key) -> None:
         if self.waiters is NO_KEYS:

@@ -305,7 +305,7 @@ class SchedulerState(Lineage):
             ts.nbytes = nbytes
             ts.add_wanter(client)
             for w in holders:
-                ts.who_has.add(w)
+                ts.add_holder(w)
                 self.workers[w].has.add(key)
             out.append(Report(key, (client,), "memory"))
             for dependent_key in list(ts.dependents):
@@ -323,7 +323,7 @@ class SchedulerState(Lineage):
         for key in keys:
             ts = self.tasks.get(key)
             if ts is not None and ts.state == "memory":
-                ts.who_has.add(worker)
+                ts.add_holder(worker)
                 ws.has.add(key)
                 recorded.append(key)
         return recorded
@@ -456,7 +456,7 @@ class SchedulerState(Lineage):
         self.counts["memory"] += 1
         ts.nbytes = nbytes
         if ws is not None:
-            ts.who_has.add(worker)
+            ts.add_holder(worker)
             ws.has.add(key)
         if held and ws is not None:
             self._hold(ts, out)  # keeps run_spec, pins the dependencies
