@@ -35,7 +35,7 @@ from .comm.serialize import (
     serialize,
     serialize_with_token,
 )
-from .comm.shm import SegmentJanitor, SegmentStore, unlink_segments
+from .comm.shm import SegmentJanitor, SegmentStore, SharedBuffer, unlink_segments
 from .comm.write_watch import ChecksumCache
 from .errors import TaskSerializationError
 from .keys import tokenize_call
@@ -68,12 +68,15 @@ class SegmentLedger:
     """Reference counts of shared-memory segments, which several payloads may share.
 
     A segment whose count drops to 0 goes to ``unlink`` (the plane's janitor thread: unlinking a large
-    tmpfs file frees its pages, which must not hold up the scheduler thread).
+    tmpfs file frees its pages, which must not hold up the scheduler thread), or, if its writer pools
+    its segments (``comm/shm_pool.py``), into ``returned``: the scheduler hands those back to their
+    writer (``ReturnSegments``), which writes later values into them.
     """
 
     def __init__(self, unlink=unlink_segments):
         self.counts: collections.Counter = collections.Counter()
         self.unlink = unlink
+        self.returned: list[str] = []  # pooled segments nothing refers to any more
 
     def retain(self, value: Any) -> None:
         if not getattr(value, "buffers", None):
@@ -85,15 +88,26 @@ class SegmentLedger:
         if not getattr(value, "buffers", None):
             return
         doomed = []
-        for name in value.segments():
+        for buffer in value.buffers:
+            if type(buffer) is not SharedBuffer:
+                continue
+            name = buffer.name
             left = self.counts[name] - 1
             if left <= 0:
                 self.counts.pop(name, None)
-                doomed.append(name)
+                if buffer.pooled:
+                    self.returned.append(name)
+                else:
+                    doomed.append(name)
             else:
                 self.counts[name] = left
         if doomed:
             self.unlink(doomed)
+
+    def take_returned(self) -> list[str]:
+        returned = self.returned[:]
+        self.returned.clear()  # in place: the plane's ``ledger_returns`` is this list
+        return returned
 
 
 class PickledPlane:
@@ -111,6 +125,7 @@ class PickledPlane:
         # on the scheduler's hot path: the ledger's own methods, without a call in between
         self.retain = self.ledger.retain
         self.release = self.ledger.release
+        self.ledger_returns = self.ledger.returned  # non-empty: segments to hand back this turn
 
     # ----------------------------------------------------------------------------- the client's side
 
@@ -213,9 +228,15 @@ class PickledPlane:
     def segments_in_use(self):
         return self.ledger.counts.keys()
 
+    def take_returned(self) -> list[str]:
+        """Pooled segments nothing refers to any more, for the scheduler to hand back to their
+        writers (or to ``janitor`` when their writer is gone)."""
+        return self.ledger.take_returned()
+
     def close(self) -> None:
         """Unlink every segment already freed (the janitor's queue) and stop the janitor's thread;
         the store stops watching the client's buffers for writes."""
+        self.janitor.unlink(self.ledger.take_returned())  # their writers are closing too
         self.janitor.close()
         if self.store is not None:
             self.store.close()
@@ -227,6 +248,7 @@ class ObjectPlane:
     pickles = False
     store = None
     tokens_while_packing = False
+    ledger_returns = ()
 
     def __init__(self):
         # arguments stay objects, so pure keys are the only reads of a large array: the checksum of
@@ -292,6 +314,9 @@ class ObjectPlane:
 
     def segments_in_use(self):
         return ()
+
+    def take_returned(self) -> list:
+        return []
 
     def close(self) -> None:
         self.checksums.close()

@@ -7,7 +7,8 @@ type to handler and nobody spells a kind twice. Who sends what::
     cluster ──► scheduler     AddWorker  RemoveWorkers  RetireWorkers  PauseWorker  Restart  FailPending
                               ForgetClients  RunOnWorkers  WorkerReports (a thread worker's batch)
                               Call (the escape hatch)  Wake
-    scheduler ──► worker      ComputeTask  FreeKeys  PublishKeys  RunFunction  ClientReply  CloseWorker
+    scheduler ──► worker      ComputeTask  FreeKeys  PublishKeys  ReturnSegments  RunFunction  ClientReply
+                              CloseWorker
     worker ──► scheduler      TaskDone  TaskHeld  Published  TaskErred  TaskTransfer  RunResult  Secede
                               Rejoin  WorkerHello  WorkerLogs
                               ClientFrame (a frame from a client inside a task)
@@ -341,6 +342,14 @@ class FreeKeys(NamedTuple):
     """Drop cached values and cancel queued or running copies of ``keys``."""
 
     keys: tuple
+
+
+@_wire
+class ReturnSegments(NamedTuple):
+    """Nothing refers to these shared-memory segments (which you wrote) any more: write later values
+    into them once no reader maps them (``comm/shm_pool.py``)."""
+
+    names: tuple
 
 
 @_wire

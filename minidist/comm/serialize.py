@@ -32,10 +32,14 @@ import threading
 import types
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import cloudpickle
 
 from minidist.comm.shm import SegmentStore, SharedBuffer, open_segment, unlink_segments
+
+if TYPE_CHECKING:
+    from minidist.comm.shm_pool import SegmentPool
 
 # Containers this short are looked into for large bytes/bytearray (see _expose_large_bytes).
 _SHALLOW_LIMIT = 64
@@ -88,7 +92,7 @@ def _warn_fallback(nbytes: int, exc: OSError) -> None:
 class _BufferSink:
     """The buffer_callback: decides in-band or shared memory for each buffer pickle hands out."""
 
-    def __init__(self, store: SegmentStore | None, checksums: bool = False):
+    def __init__(self, store: SegmentStore | SegmentPool | None, checksums: bool = False):
         self.store = store
         self.checksums = checksums
         self.sums: dict[str, int] = {}  # segment name -> checksum of its data (with checksums=True)
@@ -134,7 +138,8 @@ class _BufferSink:
         if not self.written:
             return  # nothing went to shared memory (the common case): nothing to unlink
         used = {b.name for b in self.buffers}
-        unlink_segments(h.name for h in self.written.values() if h.name not in used)
+        unused = [h.name for h in self.written.values() if h.name not in used]
+        getattr(self.store, "discard", unlink_segments)(unused)  # a pool forgets them too
 
 
 class _MainAwarePickler(pickle.Pickler):
@@ -260,7 +265,7 @@ def _serialization_error(obj, exc: BaseException) -> SerializationError:
     )
 
 
-def serialize(obj, store: SegmentStore | None = None) -> Payload:
+def serialize(obj, store: SegmentStore | SegmentPool | None = None) -> Payload:
     """Pickle ``obj`` (protocol 5); buffers of at least ``store.threshold`` bytes go to shared memory.
 
     Without a store everything is inline. Raises SerializationError if neither pickle nor cloudpickle
@@ -271,7 +276,9 @@ def serialize(obj, store: SegmentStore | None = None) -> Payload:
     return _serialize(obj, store, _BufferSink(store))
 
 
-def serialize_with_token(obj, store: SegmentStore | None, salt: bytes = b"") -> tuple[Payload, str]:
+def serialize_with_token(
+    obj, store: SegmentStore | SegmentPool | None, salt: bytes = b""
+) -> tuple[Payload, str]:
     """:func:`serialize`, plus a hex token of the value's content (for pure task keys) from the same pass.
 
     Equal values give equal tokens within a process; ``salt`` (e.g. the function's id) is hashed first.
@@ -330,7 +337,7 @@ def _plain_payload(obj) -> Payload:
     return Payload(header, (), len(header))
 
 
-def _serialize(obj, store: SegmentStore | None, sink: _BufferSink) -> Payload:
+def _serialize(obj, store: SegmentStore | SegmentPool | None, sink: _BufferSink) -> Payload:
     target = _expose_large_bytes(obj, store.threshold) if store is not None else obj
     try:
         try:
@@ -356,7 +363,7 @@ def deserialize(payload: Payload):
     NumPy arrays backed by shared memory are therefore read-only; copy one to modify it.
     """
     buffers = [
-        open_segment(b.name, b.nbytes, b.offset) if isinstance(b, SharedBuffer) else b
+        open_segment(b.name, b.nbytes, b.offset, b.pooled) if isinstance(b, SharedBuffer) else b
         for b in payload.buffers
     ]
     return pickle.loads(payload.header, buffers=buffers)

@@ -42,6 +42,7 @@ from __future__ import annotations
 import collections
 import ctypes
 import errno
+import fcntl
 import itertools
 import mmap
 import os
@@ -100,14 +101,21 @@ _WATCH_MIN = 16 << 20  # buffers this large passed again are watched for writes 
 
 @dataclass(frozen=True)
 class SharedBuffer:
-    """A handle to ``nbytes`` bytes at ``offset`` in the segment ``name``: what travels instead of data."""
+    """A handle to ``nbytes`` bytes at ``offset`` in the segment ``name``: what travels instead of data.
+
+    ``pooled``: the segment belongs to its writer's ``SegmentPool`` (``comm/shm_pool.py``) and may be
+    written again once nothing refers to it, so readers lock it while they map it.
+    """
 
     name: str
     nbytes: int
     offset: int = 0
+    pooled: bool = False
 
     def __reduce__(self):
         # Compact and version-proof pickling: it crosses a pipe for every large value.
+        if self.pooled:
+            return (SharedBuffer, (self.name, self.nbytes, self.offset, True))
         return (SharedBuffer, (self.name, self.nbytes, self.offset))
 
 
@@ -394,13 +402,18 @@ def _same_bytes(view: memoryview, path: str, checksum: bool, spans) -> tuple[boo
     return True, crc
 
 
-def open_segment(name: str, nbytes: int, offset: int = 0) -> memoryview:
+def open_segment(name: str, nbytes: int, offset: int = 0, pooled: bool = False) -> memoryview:
     """Map ``nbytes`` bytes at ``offset`` of segment ``name``: a read-only memoryview, no copy.
 
     The mapping is released when the last view or array built on it is garbage-collected; nothing here
     ever closes it explicitly, so no BufferError can arise. It stays valid after the name is unlinked.
     Raises FileNotFoundError (naming the segment) if the segment is gone, PermissionError if the name is
     a symbolic link or a file that is not this user's (someone else put it there).
+
+    A ``pooled`` segment (``comm/shm_pool.py``) is locked (``flock``, shared) before it is mapped, and
+    the lock is held, with its descriptor, until the mapping is garbage-collected: its writer never
+    writes it again while any view of it lives. Past ``_POOLED_MAPPINGS_MAX`` such mappings in one
+    process, a reader copies the bytes instead (under the lock), so descriptors stay bounded.
     """
     _check_name(name)
     if nbytes == 0:
@@ -422,12 +435,72 @@ def open_segment(name: str, nbytes: int, offset: int = 0) -> memoryview:
         raise PermissionError(
             errno.EPERM, f"refusing shared-memory segment {name!r}: it is a symbolic link", path
         ) from None
+    if pooled:
+        return _open_pooled(fd, name, path, nbytes, offset, start)
     try:
         _check_owner(fd, name, path)
         mapping = mmap.mmap(fd, offset - start + nbytes, prot=mmap.PROT_READ, offset=start)
     finally:
         os.close(fd)
     return memoryview(mapping)[offset - start : offset - start + nbytes]
+
+
+_POOLED_MAPPINGS_MAX = 1024  # pooled mappings (each holding a descriptor) one process keeps at most
+_pooled_descriptors: set[int] = set()  # those descriptors (set.add/discard: safe in a finalizer)
+
+
+def _open_pooled(fd: int, name: str, path: str, nbytes: int, offset: int, start: int) -> memoryview:
+    try:
+        _check_owner(fd, name, path)
+        lock_for_reading(fd, name, path)
+        if len(_pooled_descriptors) >= _POOLED_MAPPINGS_MAX:
+            copy = bytearray(nbytes)
+            done = 0
+            while done < nbytes:
+                count = os.preadv(fd, [memoryview(copy)[done:]], offset + done)
+                if count <= 0:
+                    raise OSError(errno.EIO, f"shared-memory segment {name!r} is too short")
+                done += count
+            os.close(fd)  # and so the lock: the copy is ours
+            return memoryview(copy).toreadonly()
+        mapping = mmap.mmap(fd, offset - start + nbytes, prot=mmap.PROT_READ, offset=start)
+    except BaseException:
+        os.close(fd)
+        raise
+    # the lock lives as long as the mapping: the finalizer runs once its last view is gone
+    _pooled_descriptors.add(fd)
+    weakref.finalize(mapping, _close_pooled, fd)
+    return memoryview(mapping)[offset - start : offset - start + nbytes]
+
+
+def _close_pooled(fd: int) -> None:
+    _pooled_descriptors.discard(fd)
+    os.close(fd)
+
+
+def lock_for_reading(fd: int, name: str, path: str) -> None:
+    """Take a shared lock on a pooled segment opened as ``fd`` and check that ``name`` still leads
+    to that very file: FileNotFoundError if its writer recycled it meanwhile (``comm/shm_pool.py``)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise _recycled(name, path) from None  # its writer is rewriting it under another name
+    try:
+        now = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        raise _recycled(name, path) from None
+    mine = os.fstat(fd)
+    if (now.st_ino, now.st_dev) != (mine.st_ino, mine.st_dev):
+        raise _recycled(name, path)
+
+
+def _recycled(name: str, path: str) -> FileNotFoundError:
+    return FileNotFoundError(
+        errno.ENOENT,
+        f"shared-memory segment {name!r} no longer exists: its value was released and its writer "
+        "recycled the segment",
+        path,
+    )
 
 
 def _check_owner(fd: int, name: str, path: str) -> None:

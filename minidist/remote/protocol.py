@@ -153,7 +153,9 @@ def inline_payload(payload: Payload) -> Payload:
     if not payload.segments():
         return payload
     buffers = tuple(
-        bytes(open_segment(b.name, b.nbytes, b.offset)) if isinstance(b, SharedBuffer) else b
+        bytes(open_segment(b.name, b.nbytes, b.offset, b.pooled))
+        if isinstance(b, SharedBuffer)
+        else b
         for b in payload.buffers
     )
     return Payload(payload.header, buffers, payload.nbytes)

@@ -42,7 +42,7 @@ import threading
 import time
 from typing import Any, Callable, Optional
 
-from ..comm.shm import sweep_process
+from ..comm.shm import parse_segment_name, sweep_process, unlink_segments
 from ..data_plane import DataPlane
 from ..messages import (
     FIRE_AND_FORGET,
@@ -52,6 +52,7 @@ from ..messages import (
     Release,
     ReleasePending,
     ReleaseQueued,
+    ReturnSegments,
     TaskStatus,
     Wake,
     decode_batch,
@@ -84,7 +85,8 @@ _IDLE_WAKE = 0.25  # the loop looks at its inbox at least this often, even with 
 _TRIM_SETTLE = 0.2  # seconds from a large release to the heap trim (see _compact)
 # a worker dying this soon after joining, never given a task, counts as one that failed to start
 DIED_YOUNG_SECONDS = 5.0
-_HOUSEKEEPING = (FreeKeys, ReleaseQueued)  # messages to workers that can wait for clients' reports
+# messages to workers that can wait for clients' reports
+_HOUSEKEEPING = (FreeKeys, ReleaseQueued, ReturnSegments)
 
 
 class FireAndForget:
@@ -251,6 +253,8 @@ class Scheduler:
                 # not kept until the next message arrives: an UpdateGraph holds every task's
                 # arguments, which the state lets go of as the tasks finish
                 del message
+            if self.data_plane.ledger_returns:
+                self._return_segments(outgoing)
             self._deliver(outgoing, reports)
             if self._forgot:
                 outgoing = reports = {}  # what this turn sent goes before the books are compacted
@@ -273,6 +277,24 @@ class Scheduler:
             self._worker_died(handle, outgoing, reports)
         except Exception:
             self.logger.exception("bad message from worker %s", handle.address)
+
+    def _return_segments(self, outgoing: dict) -> None:
+        """Pooled segments nothing refers to any more go back to the workers that wrote them (a
+        segment's name says which process wrote it); those of workers gone are unlinked."""
+        by_pid = {handle.pid: handle for handle in self.workers.values() if handle.pid}
+        orphans = []
+        returned: dict = {}
+        for name in self.data_plane.take_returned():
+            info = parse_segment_name(name)
+            handle = by_pid.get(info.pid) if info is not None else None
+            if handle is None:
+                orphans.append(name)
+            else:
+                returned.setdefault(handle, []).append(name)
+        for handle, names in returned.items():
+            outgoing.setdefault(handle, []).append(ReturnSegments(tuple(names)))
+        if orphans:
+            unlink_segments(orphans)  # their writer is gone (only process workers pool)
 
     def _deliver(self, outgoing: dict, reports: dict) -> None:
         # work first (idle workers start at once), then clients' results, then what only frees memory

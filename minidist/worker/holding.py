@@ -64,6 +64,7 @@ class HeldResults:
         self._requests: deque = deque()
         self._wake = threading.Condition(self._lock)
         self._publisher: Optional[threading.Thread] = None
+        self.pool: Any = None  # the SegmentPool publications are written into (worker/process.py)
 
     def try_hold(self, key, value) -> Optional[int]:
         """Called by a task thread with its result: the bytes held, or None to publish it."""

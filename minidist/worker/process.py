@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from ..comm.serialize import deserialize, loads_function, serialize
 from ..comm.shm import SegmentStore, sweep_cluster
+from ..comm.shm_pool import SegmentPool
 from ..logs import WorkerLogShipper
 from ..messages import (
     ClientReply,
@@ -39,6 +40,7 @@ from ..messages import (
     FreeKeys,
     PublishKeys,
     ReleaseQueued,
+    ReturnSegments,
     RunFunction,
     RunResult,
     RunSpec,
@@ -91,16 +93,18 @@ class ProcessWorker:
         )
         if init.get("running_fd") is not None:
             self.runtime.running_board = RunningBoard(init["running_fd"])
-        # large results the scheduler lets this worker keep to itself until needed elsewhere
-        self.runtime.holding = HeldResults(
-            self.runtime, self.encode_result, init.get("memory_limit")
-        )
+        # large results the scheduler lets this worker keep to itself until needed elsewhere; when
+        # they must move they are written into segments this worker recycles (comm/shm_pool.py)
+        holding = HeldResults(self.runtime, self.encode_published, init.get("memory_limit"))
+        self.runtime.holding = holding
+        self.pool = holding.pool = SegmentPool(self.store, capacity=holding.budget // 2)
         self.closing = False
         self._closed = threading.Event()  # the main thread waits on it, then leaves
         self._handlers: dict[type, Callable[[Any], None]] = {
             ComputeTask: self._on_compute_task,
             FreeKeys: self._on_free_keys,
             PublishKeys: self._on_publish_keys,
+            ReturnSegments: self._on_return_segments,
             ReleaseQueued: self._on_release_queued,
             RunFunction: self._on_run_function,
             ClientReply: self._on_client_reply,
@@ -123,6 +127,11 @@ class ProcessWorker:
 
     def encode_result(self, value) -> tuple:
         payload = serialize(value, self.store)
+        return payload, payload.nbytes
+
+    def encode_published(self, value) -> tuple:
+        """A held result, published: its large buffers go into recycled segments."""
+        payload = serialize(value, self.pool)
         return payload, payload.nbytes
 
     def prepare(self, run_spec: RunSpec | ComputeTask) -> tuple:
@@ -164,6 +173,9 @@ class ProcessWorker:
 
     def _on_publish_keys(self, message: PublishKeys) -> None:
         self.runtime.holding.publish(message.keys)
+
+    def _on_return_segments(self, message: ReturnSegments) -> None:
+        self.pool.give_back(message.names)
 
     def _on_release_queued(self, message: ReleaseQueued) -> None:
         self.runtime.release_queued(message.keys)
@@ -236,6 +248,7 @@ class ProcessWorker:
         self.runtime.receive_with(self.receive)
         self._closed.wait()
         self.runtime.close(timeout=1.0)
+        self.pool.close()
 
     def receive(self) -> bool:
         """Receive one frame and file its messages (on whichever task thread receives); False once
