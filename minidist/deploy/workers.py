@@ -75,13 +75,13 @@ def cannot_start_message(handle, reason: str) -> str:
     when = "as soon as they start" if handle.started else "before they start"
     if handle.memory_killed:
         advice = (
-            f"memory_limit={format_bytes(handle.memory_limit)} is less than an idle worker process "
-            "needs; give LocalCluster a larger memory_limit (or memory_limit=0: no limit)"
+            f"A memory_limit of {format_bytes(handle.memory_limit)} is less than an idle worker process "
+            "needs: give the cluster a larger memory_limit (or memory_limit=0 for no limit)."
         )
     else:
         advice = (
-            "the workers' own logs (cluster.get_logs()) may say why; also check that minidist imports "
-            "in a fresh interpreter: python -c 'import minidist.worker.process'"
+            "The workers' own logs (cluster.get_logs()) may say why; also check that minidist imports "
+            "in a fresh interpreter: python -c 'import minidist.worker.process'."
         )
     return f"Worker processes keep dying {when} ({reason}). {advice}"
 
