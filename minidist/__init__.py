@@ -56,6 +56,7 @@ _PUBLIC = {
     "ActorFuture": "actors",
     "SchedulerError": "errors",
     "TaskSerializationError": "errors",
+    "TimeoutError": "errors",
 }
 
 __all__ = sorted(_PUBLIC)

@@ -28,7 +28,7 @@ from .client_async import (
     scatter_wait_async,
     wants_awaitable,
 )
-from .client_bridge import ClientBridge
+from .client_bridge import ClientBridge, current_client
 from .client_events import EventTopics
 from .client_futures import FutureBook
 from .client_ops import ClusterCalls
@@ -90,6 +90,9 @@ class Client(AsyncContext):
         self._closed = False
         self.status = "connecting"
         self.cluster: Any  # a LocalCluster, a cluster object given, or a view of a remote one
+        self.scheduler_file = (
+            scheduler_file  # the file it connected by, or wrote (dask's attribute)
+        )
         if scheduler_file is not None:
             if address is not None:
                 raise ValueError("Give Client an address or a scheduler_file, not both")
@@ -135,7 +138,7 @@ class Client(AsyncContext):
         self._calls = ClusterCalls(self.operations, self.data_plane)
         self._admin = ClusterAdmin(self._calls)
         self._shared = SharedData(self)  # published datasets (client_shared.py)
-        self._bridge = ClientBridge(self)  # get_executor, sync, as_current (client_bridge.py)
+        self._bridge = ClientBridge(self)  # get_executor, sync, as_current... (client_bridge.py)
         # log_event, subscribe_topic, what tasks print (client_events.py)
         self._events = EventTopics(self)
         self._plugins = PluginClient(self._calls)  # plugins, upload_file (client_plugins.py)
@@ -376,6 +379,12 @@ class Client(AsyncContext):
         """Whether a future of this client holds ``key`` (so the cluster keeps its value)."""
         return key in self._book.states
 
+    @classmethod
+    def current(cls, allow_global: bool = True):
+        """The client of the innermost ``as_current()`` block; outside one, the default client if
+        ``allow_global``. ValueError if there is none (dask's ``Client.current``)."""
+        return current_client(allow_global)
+
     def futures_of(self, obj) -> list:
         """Every Future in ``obj``, including the graphs of dask collections (see ``futures_of``)."""
         return futures_of(obj)
@@ -413,9 +422,11 @@ class Client(AsyncContext):
     subscribe_topic = _forward("_events", EventTopics.subscribe_topic)
     unsubscribe_topic = _forward("_events", EventTopics.unsubscribe_topic)
     forward_logging = _forward("_events", EventTopics.forward_logging)
+    unforward_logging = _forward("_events", EventTopics.unforward_logging)
     get_executor = _forward("_bridge", ClientBridge.get_executor)
     sync = _forward("_bridge", ClientBridge.sync)
     as_current = _forward("_bridge", ClientBridge.as_current)
+    write_scheduler_file = _forward("_bridge", ClientBridge.write_scheduler_file)
 
     @property
     def datasets(self) -> Datasets:

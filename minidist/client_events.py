@@ -74,12 +74,19 @@ class EventTopics:
 
     def forward_logging(self, logger_name=None, level=logging.NOTSET) -> None:
         """Re-emit here, on loggers of the same names, the records that ``logger_name`` (the root
-        logger if None) logs on the current process workers at ``level`` and up."""
-        from .log_forwarding import install
+        logger if None) logs on process workers, now and later ones, at ``level`` and up."""
+        from .log_forwarding import ForwardLogging, plugin_name
 
         self.forwarding = True
         self.start()
-        self._client.run(install, logger_name, level, os.getpid())
+        plugin = ForwardLogging(logger_name, level, os.getpid())
+        self._client.register_plugin(plugin, name=plugin_name(logger_name))
+
+    def unforward_logging(self, logger_name=None) -> None:
+        """Stop forwarding ``logger_name`` (the root logger if None)."""
+        from .log_forwarding import plugin_name
+
+        self._client.unregister_worker_plugin(plugin_name(logger_name))
 
     # --------------------------------------------------------------------------------- listener
 

@@ -6,7 +6,12 @@ unchanged with their remote traceback) is one of these. Messages say what happen
 
 from __future__ import annotations
 
+import builtins
 import concurrent.futures
+
+# ``minidist.TimeoutError``, as ``distributed.TimeoutError``: the built-in one (timeouts of result(),
+# gather(), wait() raise FutureTimeoutError, a subclass, so ``except TimeoutError`` catches them)
+TimeoutError = builtins.TimeoutError
 
 
 class KilledWorker(Exception):

@@ -1,9 +1,11 @@
 """``client.forward_logging()``: log records emitted on process workers are re-emitted on the client.
 
-On each worker (installed with ``client.run``) a ``logging.Handler`` on the chosen logger turns records
-into plain dicts and queues them; a thread of its own sends each as a "forwarded-log-record" event
-through the worker's task client (so ``emit`` never blocks the thread that logged). The client's event
-listener (``client_events.py``) rebuilds each record and hands it to its logger of the same name::
+``forward_logging(name)`` registers a ``ForwardLogging`` worker plugin under "forward-logging-<name>", so
+current and later workers forward; ``unforward_logging(name)`` unregisters it, and its teardown takes the
+handler off. On each worker a ``logging.Handler`` on the chosen logger turns records into plain dicts and
+queues them; a thread of its own sends each as a "forwarded-log-record" event through the worker's task
+client (so ``emit`` never blocks the thread that logged). The client's event listener
+(``client_events.py``) rebuilds each record and hands it to its logger of the same name::
 
     worker: logger.info(...) ──► ForwardingHandler.emit ──► queue ──► minidist-log-forward thread
               ──► log_event("forwarded-log-record", dict) ──► client listener ──► logger.handle(record)
@@ -20,6 +22,8 @@ import pickle
 import queue
 import threading
 from typing import Optional
+
+from .worker.plugins import WorkerPlugin
 
 TOPIC = "forwarded-log-record"
 _THREAD_NAME = "minidist-log-forward"
@@ -48,12 +52,18 @@ class ForwardingHandler(logging.Handler):
         except Exception:
             self.handleError(record)
 
+    def close(self) -> None:
+        self.records.put(None)  # the sending thread ends once what was queued before is sent
+        super().close()
+
     def _send_loop(self) -> None:
         import minidist
 
         minidist.Client  # noqa: B018 - loads the client side here, which tasks' clients need
         while True:
             record = self.records.get()
+            if record is None:
+                return  # closed: the plugin was unregistered
             try:
                 self.runtime.task_clients.get().log_event(TOPIC, record)
             except Exception:
@@ -76,20 +86,30 @@ def plain_record(record: logging.LogRecord) -> dict:
     return attrs
 
 
-def install(logger_name, level, client_pid: int, dask_worker=None) -> bool:
-    """On a worker (through ``client.run``): forward ``logger_name``'s records at ``level`` and up.
-    Idempotent: a second call only changes the level. False where there is nothing to forward."""
-    if os.getpid() == client_pid or dask_worker is None:
-        return False
-    handlers = getattr(dask_worker, "forwarding_handlers", None)
-    if handlers is None:
-        handlers = dask_worker.forwarding_handlers = {}
-    handler = handlers.get(logger_name)
-    if handler is None:
-        handler = handlers[logger_name] = ForwardingHandler(dask_worker, level)
-        logging.getLogger(logger_name).addHandler(handler)
-    handler.setLevel(level)
-    return True
+def plugin_name(logger_name) -> str:
+    return f"forward-logging-{logger_name or '<root>'}"
+
+
+class ForwardLogging(WorkerPlugin):
+    """On each process worker, now and later: forward ``logger_name``'s records at ``level`` and up
+    (``client_pid``: the client's process, whose thread workers need nothing)."""
+
+    def __init__(self, logger_name, level, client_pid: int):
+        self.logger_name = logger_name
+        self.level = level
+        self.client_pid = client_pid
+        self.handler: Optional[ForwardingHandler] = None
+
+    def setup(self, worker) -> None:
+        if os.getpid() != self.client_pid:
+            self.handler = ForwardingHandler(worker, self.level)
+            logging.getLogger(self.logger_name).addHandler(self.handler)
+
+    def teardown(self, worker) -> None:
+        if self.handler is not None:
+            logging.getLogger(self.logger_name).removeHandler(self.handler)
+            self.handler.close()
+            self.handler = None
 
 
 def re_emit(attrs: dict) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 
@@ -116,3 +117,27 @@ def test_forward_logging_re_emits_worker_records_on_the_client(caplog):
             assert wait_until(lambda: "from the worker: hello" in caplog.text)
         [record] = [r for r in caplog.records if r.name == "forwarded.test"]
         assert record.levelname == "WARNING" and record.process != os.getpid()
+
+
+def test_workers_started_later_forward_too_and_unforward_logging_stops_it(caplog):
+    with (
+        LocalCluster(n_workers=1, processes=True, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+        caplog.at_level("WARNING", logger="forwarded.test"),
+    ):
+        client.forward_logging("forwarded.test")
+        first = set(client.scheduler_info()["workers"])
+        cluster.scale(2)
+        client.wait_for_workers(2, timeout=20)
+        [newest] = set(client.scheduler_info()["workers"]) - first
+        assert client.submit(log_on_worker, "late", workers=[newest]).result() == "late"
+        assert wait_until(lambda: "from the worker: late" in caplog.text)
+
+        client.unforward_logging("forwarded.test")
+        assert client.run(lambda: len(logging.getLogger("forwarded.test").handlers)) == {
+            address: 0 for address in client.scheduler_info()["workers"]
+        }
+        client.submit(log_on_worker, "after", pure=False).result()
+        client.log_event("marker", "sent after the task's record would have been")
+        assert wait_until(lambda: client.get_events("marker"))
+        assert "from the worker: after" not in caplog.text

@@ -102,3 +102,27 @@ def test_as_current_makes_the_client_the_default_inside_the_block(client):
         with other.as_current():
             assert default_client() is other
         assert default_client() is not other
+
+
+def test_client_current_is_the_block_client_then_the_default(client):
+    assert Client.current() is default_client()
+    with pytest.raises(ValueError, match="as_current"):
+        Client.current(allow_global=False)
+    with Client(client.cluster, set_as_default=False) as other:
+        with other.as_current():
+            assert Client.current() is other
+            assert Client.current(allow_global=False) is other
+        with pytest.raises(ValueError, match="as_current"):
+            Client.current(allow_global=False)
+
+
+def test_timeouts_are_minidists_timeout_error_which_is_the_built_in_one(client):
+    import minidist
+
+    assert minidist.TimeoutError is TimeoutError
+    never = Event(client=client)
+    waiting = client.submit(never.wait, pure=False)
+    with pytest.raises(minidist.TimeoutError):
+        waiting.result(timeout=0.1)
+    never.set()
+    assert waiting.result(timeout=10) is True

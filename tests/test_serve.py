@@ -254,3 +254,38 @@ def test_the_installed_console_scripts_run():
         )
         assert done.returncode == 0, done.stderr
         assert expected in done.stdout
+
+
+def test_client_write_scheduler_file_lets_another_process_connect(tmp_path):
+    from minidist import LocalCluster
+
+    scheduler_file = str(tmp_path / "scheduler.json")
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
+        client.write_scheduler_file(scheduler_file)
+        assert client.scheduler_file == scheduler_file
+        with open(scheduler_file) as f:
+            assert json.load(f)["address"] == cluster.scheduler_address
+        other = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "from minidist import Client\n"
+                f"with Client(scheduler_file={scheduler_file!r}) as c:\n"
+                "    print(sum(c.gather(c.map(abs, range(-10, 0)))))\n",
+            ],
+            cwd=ROOT,
+            env=env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert other.returncode == 0, other.stderr
+        assert other.stdout.strip() == "55"
+        with pytest.raises(ValueError, match="already set"):
+            client.write_scheduler_file(scheduler_file)
+    with Client(processes=False, n_workers=1, dashboard_address=None) as in_process:
+        with pytest.raises(ValueError, match="scheduler_port=0"):
+            in_process.write_scheduler_file(str(tmp_path / "other.json"))
