@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from conftest import wait_until
-from minidist import Client
+from minidist import Client, LocalCluster
 from minidist.comm.addressing import parse_address
 from minidist.comm.tcp import secret_path
 
@@ -41,14 +41,28 @@ def serve(*flags: str, **popen) -> subprocess.Popen:
     )
 
 
-def serve_and_fail(*flags: str) -> subprocess.CompletedProcess:
+def run_python(*arguments: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "minidist", "serve", *flags],
+        [sys.executable, *arguments],
         cwd=ROOT,
         env=env(),
         capture_output=True,
         text=True,
         timeout=60,
+    )
+
+
+def serve_and_fail(*flags: str) -> subprocess.CompletedProcess:
+    return run_python("-m", "minidist", "serve", *flags)
+
+
+def sum_of_abs_in_another_process(connect: str) -> subprocess.CompletedProcess:
+    """Another process connects with ``Client(<connect>)`` and prints a small map's sum (55)."""
+    return run_python(
+        "-c",
+        "from minidist import Client\n"
+        f"with Client({connect}) as c:\n"
+        "    print(sum(c.gather(c.map(abs, range(-10, 0)))))\n",
     )
 
 
@@ -95,20 +109,7 @@ def test_serve_is_shared_by_two_clients_and_leaves_nothing_on_sigterm(tmp_path):
             assert len(workers) == 2
             assert {w["memory_limit"] for w in workers.values()} == {2**30}
             # second client: another process, by address, at the same time
-            other = subprocess.run(
-                [
-                    sys.executable,
-                    "-c",
-                    "import sys\nfrom minidist import Client\n"
-                    f"with Client({address!r}) as c:\n"
-                    "    print(sum(c.gather(c.map(abs, range(-10, 0)))))\n",
-                ],
-                cwd=ROOT,
-                env=env(),
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
+            other = sum_of_abs_in_another_process(repr(address))
             assert other.returncode == 0, other.stderr
             assert other.stdout.strip() == "55"
 
@@ -215,14 +216,7 @@ def test_an_unwritable_scheduler_file_is_reported_before_anything_starts(tmp_pat
 
 
 def test_python_dash_m_minidist_help_names_serve():
-    done = subprocess.run(
-        [sys.executable, "-m", "minidist", "--help"],
-        cwd=ROOT,
-        env=env(),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    done = run_python("-m", "minidist", "--help")
     assert done.returncode == 0 and "serve" in done.stdout
     done = serve_and_fail("--help")
     assert done.returncode == 0
@@ -257,8 +251,6 @@ def test_the_installed_console_scripts_run():
 
 
 def test_client_write_scheduler_file_lets_another_process_connect(tmp_path):
-    from minidist import LocalCluster
-
     scheduler_file = str(tmp_path / "scheduler.json")
     with (
         LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None) as cluster,
@@ -268,20 +260,7 @@ def test_client_write_scheduler_file_lets_another_process_connect(tmp_path):
         assert client.scheduler_file == scheduler_file
         with open(scheduler_file) as f:
             assert json.load(f)["address"] == cluster.scheduler_address
-        other = subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                "from minidist import Client\n"
-                f"with Client(scheduler_file={scheduler_file!r}) as c:\n"
-                "    print(sum(c.gather(c.map(abs, range(-10, 0)))))\n",
-            ],
-            cwd=ROOT,
-            env=env(),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        other = sum_of_abs_in_another_process(f"scheduler_file={scheduler_file!r}")
         assert other.returncode == 0, other.stderr
         assert other.stdout.strip() == "55"
         with pytest.raises(ValueError, match="already set"):
