@@ -13,6 +13,8 @@ import pytest
 
 from minidist import Client, get_client, rejoin, secede
 
+from conftest import wait_until
+
 pytestmark = pytest.mark.timeout(90)
 
 _lock = threading.Lock()
@@ -44,6 +46,13 @@ def wait_for_file(path, limit=30.0):
             raise TimeoutError(f"{path} never appeared")
         time.sleep(0.01)
     return "long"
+
+
+def signal_then_wait(started, release):
+    """A long task that says when it started."""
+    with open(started, "w"):
+        pass
+    return wait_for_file(release)
 
 
 def seceding(x):
@@ -78,6 +87,25 @@ def test_a_worker_with_its_only_thread_busy_still_answers_and_frees(one_thread, 
     assert client.gather(queued) == [i + 1 for i in range(20)]
     # and the worker keeps taking work after that
     assert client.submit(inc, 41).result(timeout=30) == 42
+
+
+def test_a_long_task_after_a_stream_of_short_ones_still_lets_the_worker_answer(
+    one_thread, tmp_path
+):
+    # short tasks in a row: the thread that receives each runs it, and an idle thread only watches
+    # (runtime.WATCH_INTERVAL); the long task that follows must still find somebody receiving
+    client = one_thread
+    x = 0
+    for _ in range(20):
+        x = client.submit(inc, x, pure=False).result(timeout=30)
+    started, release = tmp_path / "started", tmp_path / "release"
+    long = client.submit(signal_then_wait, str(started), str(release))
+    wait_until(started.exists)
+    assert len(client.run(os.getpid)) == 1  # answered while the long task holds the only slot
+    queued = client.submit(inc, x)
+    release.write_text("go")
+    assert long.result(timeout=30) == "long"
+    assert queued.result(timeout=30) == 21
 
 
 def test_a_worker_never_runs_more_tasks_at_once_than_it_has_threads():

@@ -8,9 +8,10 @@ socket pair as file descriptor FD (no fork of the threaded parent, no re-import 
     parent ──batches────► an idle task thread: recv, unpickle, dispatch ──► WorkerRuntime (files work)
     parent ◄──batches──── task threads (TaskDone, TaskErred...), log shipper thread (WorkerLogs)
 
-One idle task thread at a time receives; when what came is a task and a slot is free, it wakes another
-thread to receive in its place and runs the task itself, so a task reaches an idle worker without a
-hand-off between threads (``WorkerRuntime.receive_with``). The thread that receives never blocks on
+One idle task thread at a time receives; when what came is a task and a slot is free, it runs the task
+itself, so a task reaches an idle worker without a hand-off between threads, while another thread
+receives in its place (woken at once, or, for the last free slot, an idle thread that watches takes over
+within 2 ms: ``WorkerRuntime.receive_with``). The thread that receives never blocks on
 sending, so the parent can never deadlock against it. Values travel as ``comm.serialize.Payload``: large buffers sit in shared memory and are mapped, not
 copied. The worker exits when the pipe reaches EOF (the parent closed it or died) or when its parent pid
 changes; before leaving it sweeps the cluster's shared-memory segments if the parent died, since no one

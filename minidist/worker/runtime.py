@@ -9,7 +9,10 @@ Data flow::
 
 ``submit`` and ``free`` run on the thread that receives from the scheduler (for process workers an idle
 task thread, see ``receive_with``; for thread workers the scheduler thread itself) and must never block:
-they only file work. Task threads take the oldest pending task while fewer than nthreads run, resolve
+they only file work. A process worker's receiving thread that takes the task it received into the last
+free slot does not wake another thread to receive in its place: an idle thread *watches* (wakes every
+``WATCH_INTERVAL`` while tasks keep coming) and takes over receiving if the task is still running, so a
+short task costs one thread wake-up, not three. Task threads take the oldest pending task while fewer than nthreads run, resolve
 its dependencies from the local cache, call the function, and report ``TaskDone`` or ``TaskErred``
 (``minidist/messages.py``). Reports are batched: a thread that finds the outbox empty becomes the sender
 and flushes everything that piled up meanwhile, so bursts of tiny tasks cost one message, not one each.
@@ -50,6 +53,12 @@ logger = logging.getLogger("minidist.worker")
 
 REPORT_DELAY = 0.002  # longest a finished result waits to share a message with the next ones
 _MAX_BATCH = 256
+# Process workers: the longest a message waits to be received while the thread that received last runs a
+# task in the worker's last free slot, and how long after the last task started an idle thread keeps
+# watching for that (see _next_task). Only control messages wait (frees, steals, client.run, prefetched
+# tasks): with every slot busy no task could start anyway.
+WATCH_INTERVAL = 0.002
+WATCH_LINGER = 0.02
 
 _task_context = threading.local()  # .runtime, .key, .seceded for get_worker()/secede()/get_client()
 
@@ -147,6 +156,8 @@ class WorkerRuntime:
         # process workers: an idle thread receives from the scheduler itself (receive_with)
         self._receive: Optional[Callable[[], bool]] = None
         self._receiving = False  # one thread at a time receives
+        self._watching = False  # an idle thread waits with a timeout to take over receiving
+        self._last_start = 0.0  # monotonic time a task last started (watchers linger after it)
         self._spare = 0  # the thread beyond nthreads that receives while every slot runs a task
         self.paused = False
         for _ in range(nthreads):
@@ -182,10 +193,12 @@ class WorkerRuntime:
         handing it to another thread (process workers).
 
         ``receive()`` blocks for one frame, files what it holds (``submit``, ``free``...) and returns
-        False once nothing more will come. Before running a task, the receiving thread wakes another
-        to receive in its place, so someone always receives promptly and the thread that receives
-        never blocks on sending: the scheduler can never deadlock against this worker. One spare
-        thread joins the pool, so a thread is left to receive while all nthreads slots run tasks.
+        False once nothing more will come. While the receiving thread runs a task, another thread
+        receives in its place: woken at once if another task could start meanwhile, else the watcher
+        takes over within ``WATCH_INTERVAL`` (``_next_task``). So someone always receives promptly and
+        the thread that receives never blocks on sending: the scheduler can never deadlock against
+        this worker. One spare thread joins the pool, so a thread is left to receive while all
+        nthreads slots run tasks.
         """
         with self._condition:
             self._receive = receive
@@ -305,19 +318,45 @@ class WorkerRuntime:
 
     def _next_task(self) -> Optional[PendingTask]:
         """The task this thread runs next (a slot is free), or None: receive (a process worker
-        with nobody receiving) or leave (closed). Called with the condition held; waits on it."""
+        with nobody receiving) or leave (closed). Called with the condition held; waits on it.
+
+        Process workers: a thread that takes a task into the last free slot while nobody receives
+        leaves the receiving to the watcher, an idle thread waiting with a timeout (``WATCH_INTERVAL``)
+        that takes over if the task still runs when it wakes; if no thread watches, or another slot
+        is free (a task that comes could start at once), it wakes one to receive now.
+        A thread stays the watcher for ``WATCH_LINGER`` after the last task started, so a stream of
+        short tasks (a chain of submit -> result) costs no thread wake-up per task; after that it
+        waits without a timeout, so an idle worker never wakes."""
         pending = self._pending
+        condition = self._condition
         while not self._closed:
             while pending and self._busy < self.nthreads:
                 task = pending.popleft()
                 if not task.cancelled:
                     self._busy += 1
                     self._running[task.key] = task
+                    if self._receive is not None:
+                        self._last_start = time.monotonic()
+                        if not self._receiving and (
+                            not self._watching or self._busy < self.nthreads
+                        ):
+                            # somebody receives while this task runs: at once if another task
+                            # could start meanwhile, else the watcher will in a moment
+                            condition.notify()
                     return task
-            if self._receive is not None and not self._receiving:
+            if self._receive is None:
+                condition.wait()
+            elif not self._receiving:
                 self._receiving = True
                 return None
-            self._condition.wait()
+            elif not self._watching and time.monotonic() - self._last_start < WATCH_LINGER:
+                self._watching = True
+                try:
+                    condition.wait(WATCH_INTERVAL)
+                finally:
+                    self._watching = False
+            else:
+                condition.wait()
         return None
 
     def _receive_once(self) -> None:
@@ -330,9 +369,14 @@ class WorkerRuntime:
                 self._receiving = False
                 if not more:
                     self._receive = None
-                if self._pending:
-                    # this thread takes the first task: others take the rest and one receives
-                    self._condition.notify(len(self._pending))
+                waiting = len(self._pending)
+                if waiting:
+                    # this thread takes the first task (if a slot is free, else it receives again):
+                    # wake one thread for each other task a free slot can take; receiving in its
+                    # place is left to the watcher, or to a thread woken for it (_next_task)
+                    others = min(waiting, self.nthreads - self._busy) - 1
+                    if others > 0:
+                        self._condition.notify(others)
 
     def _value_of(self, key):
         try:
