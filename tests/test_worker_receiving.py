@@ -11,9 +11,8 @@ import time
 
 import pytest
 
-from minidist import Client, get_client, rejoin, secede
-
 from conftest import wait_until
+from minidist import Client, get_client, rejoin, secede
 
 pytestmark = pytest.mark.timeout(90)
 
