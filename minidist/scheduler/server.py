@@ -42,6 +42,7 @@ import threading
 import time
 from typing import Any, Callable, Optional
 
+from ..comm.frames import FrameReader
 from ..comm.shm import parse_segment_name, sweep_process, unlink_segments
 from ..data_plane import DataPlane
 from ..messages import (
@@ -230,8 +231,8 @@ class Scheduler:
             outgoing: dict = {}
             reports: dict = {}
             for selector_key, _ in events:
-                handle = selector_key.data
-                if handle is None:
+                worker = selector_key.data  # (handle, its FrameReader), None for the wake-up pipe
+                if worker is None:
                     # one read: a wake-up is one byte per pending flag, so 4096 is all of them; a
                     # byte written after it wakes the next select() at worst
                     try:
@@ -242,7 +243,7 @@ class Scheduler:
                     # written after this point will wake us, and its message is already in the inbox
                     self._wake_pending = False
                 else:
-                    self._read_worker(handle, outgoing, reports)
+                    self._read_worker(worker[0], worker[1], outgoing, reports)
             inbox = self.inbox
             while inbox:
                 message = inbox.popleft()
@@ -265,14 +266,18 @@ class Scheduler:
             if self._closing:
                 break
 
-    def _read_worker(self, handle: WorkerHandle, outgoing: dict, reports: dict) -> None:
-        if handle is None:
-            return
-        # one batch per readiness: the selector is level-triggered, so a batch still waiting makes
-        # the next select() return at once (Connection.poll() would build a new selector each time)
+    def _read_worker(
+        self, handle: WorkerHandle, reader: FrameReader, outgoing: dict, reports: dict
+    ) -> None:
+        # the frames one read brought (comm/frames.py): frames still in the socket make the next
+        # select() return at once (it is level-triggered), but frames already read must be handled
+        # now, as no select() will report them
         try:
-            batch = decode_batch(handle.conn.recv_bytes())
-            self._worker_batch(handle, batch, outgoing, reports)
+            while True:
+                batch = decode_batch(reader.recv_bytes())
+                self._worker_batch(handle, batch, outgoing, reports)
+                if not reader.has_frame() or handle.address not in self.workers:
+                    break
         except (EOFError, OSError):
             self._worker_died(handle, outgoing, reports)
         except Exception:
@@ -425,7 +430,8 @@ class Scheduler:
     def _add_worker(self, handle: WorkerHandle, outgoing: dict, reports: dict) -> None:
         self.workers[handle.address] = handle
         if handle.conn is not None:
-            self._selector.register(handle.conn.fileno(), selectors.EVENT_READ, handle)
+            fd = handle.conn.fileno()
+            self._selector.register(fd, selectors.EVENT_READ, (handle, FrameReader(fd)))
         self.logger.info(
             "Register worker %s (name %s, %d threads)", handle.address, handle.name, handle.nthreads
         )

@@ -30,6 +30,7 @@ import time
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
+from ..comm.frames import FrameReader
 from ..comm.serialize import deserialize, loads_function, serialize
 from ..comm.shm import SegmentStore, sweep_cluster
 from ..comm.shm_pool import SegmentPool
@@ -69,6 +70,7 @@ class ProcessWorker:
 
     def __init__(self, conn: Connection, init: dict):
         self.conn = conn
+        self.frames = FrameReader(conn.fileno())  # one read per batch of frames (comm/frames.py)
         self.init = init
         self.cluster_id = init["cluster_id"]
         self.parent = ParentWatch(init["parent_pid"])
@@ -255,7 +257,7 @@ class ProcessWorker:
         """Receive one frame and file its messages (on whichever task thread receives); False once
         the worker was asked to close."""
         try:
-            data = self.conn.recv_bytes()
+            data = self.frames.recv_bytes()
         except (EOFError, OSError):
             self.die_orphaned()  # the parent closed the pipe or died
         try:

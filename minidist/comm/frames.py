@@ -1,0 +1,97 @@
+"""Reading the frames of a worker's pipe with one system call for each batch of small frames.
+
+The scheduler and each process worker talk over a socket pair wrapped in ``multiprocessing``'s
+``Connection``, whose frame is a 4-byte big-endian length (-1 and then an 8-byte length for frames of
+2 GiB and more) followed by that many bytes. ``Connection.recv_bytes`` reads the length and the body
+with two system calls and copies each through an ``io.BytesIO``: on a round trip of one tiny task that
+is two of its four reads. ``FrameReader`` reads whatever has arrived (up to ``CHUNK`` bytes) with one
+call and cuts frames out of it, so a small frame costs one read and frames that arrived together cost
+one read for all of them; the body of a larger frame is read straight into its own buffer. Senders keep
+using ``Connection.send_bytes``: the bytes on the wire do not change::
+
+    socket ──os.read(CHUNK)──► buffer ──recv_bytes()──► one frame (bytes)
+                                  └── has_frame(): a whole frame is already here (a selector that
+                                      watches the socket will not say so: read it now)
+
+One thread reads at a time: the scheduler thread, or in a worker the task thread that receives.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+
+CHUNK = 64 * 1024  # bytes asked for per read: a batch of small frames fits
+_SIZE = struct.Struct("!i")
+_LARGE_SIZE = struct.Struct("!Q")  # after a size of -1: frames of 2 GiB and more
+
+
+class FrameReader:
+    """The frames arriving on file descriptor ``fd`` (a ``multiprocessing`` Connection's socket)."""
+
+    __slots__ = ("_fd", "_buffer")
+
+    def __init__(self, fd: int):
+        self._fd = fd
+        self._buffer = b""  # bytes read and not yet handed out (the start of the next frames)
+
+    def has_frame(self) -> bool:
+        """Whether a whole frame was already read (``recv_bytes`` returns it without a read)."""
+        buffer = self._buffer
+        if len(buffer) < 4:
+            return False
+        (size,) = _SIZE.unpack_from(buffer)
+        return 0 <= size <= len(buffer) - 4
+
+    def recv_bytes(self) -> bytes:
+        """The next frame (a bytearray if it is larger than ``CHUNK``); blocks until it is whole.
+        EOFError if the peer closed the pipe between frames, OSError if in the middle of one (or if
+        the descriptor is closed)."""
+        buffer = self._buffer
+        if len(buffer) >= 4:
+            (size,) = _SIZE.unpack_from(buffer)
+            if 0 <= size <= len(buffer) - 4:
+                self._buffer = buffer[4 + size :]
+                return buffer[4 : 4 + size]
+        return self._read_frame()
+
+    def _read_more(self, buffer: bytes) -> bytes:
+        data = os.read(self._fd, CHUNK)
+        if not data:
+            if buffer:
+                raise OSError("got end of file during message")
+            raise EOFError
+        return buffer + data if buffer else data
+
+    def _read_frame(self) -> bytes:
+        buffer = self._buffer
+        while len(buffer) < 4:
+            buffer = self._read_more(buffer)
+        (size,) = _SIZE.unpack_from(buffer)
+        header = 4
+        if size == -1:
+            while len(buffer) < 12:
+                buffer = self._read_more(buffer)
+            (size,) = _LARGE_SIZE.unpack_from(buffer, 4)
+            header = 12
+        elif size < 0:
+            raise OSError(f"bad frame size {size}")
+        end = header + size
+        if end - len(buffer) < CHUNK:  # the rest comes in a read or two: keep what follows it
+            while len(buffer) < end:
+                buffer = self._read_more(buffer)
+            self._buffer = buffer[end:]
+            return buffer[header:end]
+        # a large frame: read its body in place, and not a byte beyond it
+        self._buffer = b""
+        body = bytearray(size)
+        have = len(buffer) - header
+        body[:have] = buffer[header:]
+        view = memoryview(body)
+        while have < size:
+            n = os.readv(self._fd, [view[have:]])
+            if n == 0:
+                raise OSError("got end of file during message")
+            have += n
+        view.release()
+        return body  # type: ignore[return-value]  # bytes-like: pickle reads it without a copy
