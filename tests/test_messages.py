@@ -59,6 +59,25 @@ def test_a_batch_on_a_worker_pipe_is_as_compact_as_bare_tuples_and_keeps_its_typ
     assert [type(m) for m in decode_batch(frame)] == [type(m) for m in typed]
 
 
+def test_every_message_of_a_worker_pipe_travels_in_a_batch():
+    # batches name a message's type by its index among the wire types (no class lookup per frame)
+    arguments = serialize(((1,), {}), None)
+    batch = [
+        ComputeTask("y", b"id", b"blob", arguments, ("x",), {}, 2, True),
+        FreeKeys(["a", "b"]),
+        messages.PublishKeys(("a",)),
+        messages.ReleaseQueued(("y",)),
+        messages.CloseWorker(),
+        TaskDone("y", serialize(3, None), 28, 1.0, 2.0, 7, 2),
+        messages.TaskErred("z", b"pickled error", "tb", 1.0, 2.0, 7, 1),
+        messages.QueuedReleased(("y",), ()),
+        messages.WorkerHello(123),
+    ]
+    copy = decode_batch(encode_batch(batch))
+    assert copy == batch and [type(m) for m in copy] == [type(m) for m in batch]
+    assert b"ComputeTask" not in encode_batch(batch)
+
+
 def test_a_compute_task_crosses_a_pipe_with_its_run_spec_and_references():
     arguments = serialize(((DependencyRef("x"),), {}), None)
     task = ComputeTask("y", b"id", b"blob", arguments, ("x",), {})
