@@ -2,8 +2,11 @@
 
 One ``FutureBook`` per ``Client`` (built by its constructor with the client's id and the scheduler's
 ``post``). Every ``Future`` of one key shares a ``FutureState`` here and counts one
-reference. The scheduler thread resolves states in batches through ``report`` (one lock, one
-``notify_all`` per batch); waiters sleep on the client's condition variable. When a key's last future
+reference. The scheduler thread resolves states in batches through ``report`` (one lock per batch): a
+thread waiting for one future (``result()``) sleeps on a lock of its own, kept in the state, which the
+report releases, so a result wakes its waiter and nobody else; threads waiting for a predicate over
+several (``wait_until``) sleep on the client's condition variable, notified once per batch while any
+waits. When a key's last future
 goes, the key joins the open batch of releases and one ``ReleasePending`` message tells the scheduler
 to collect the batch with ``take_releases``. Done-callbacks run on one lazily started thread per client;
 an exception in one is logged and the thread carries on.
@@ -11,6 +14,7 @@ an exception in one is logged and the thread carries on.
 
 from __future__ import annotations
 
+import _thread
 import collections
 import logging
 import queue
@@ -41,6 +45,7 @@ class FutureBook:
         self._open_releases: Optional[list] = None
         self.lock = threading.Lock()
         self.condition = threading.Condition(self.lock)
+        self._waiting_until = 0  # threads in wait_until (report notifies the condition only then)
         self._callbacks: Optional[queue.SimpleQueue] = None  # lazily started callback thread
         self.closed = False
 
@@ -74,7 +79,12 @@ class FutureBook:
                 if state.callbacks:
                     fire.append((key, state.callbacks))
                     state.callbacks = None
-            self.condition.notify_all()
+                if state.waiters:
+                    for waiter in state.waiters:
+                        waiter.release()
+                    state.waiters = None
+            if self._waiting_until:
+                self.condition.notify_all()
         if fire:
             for _key, callbacks in fire:
                 for fn in callbacks:
@@ -84,16 +94,32 @@ class FutureBook:
                         self._callback_queue().put(fn)
 
     def wait_for(self, state: FutureState, timeout: Optional[float]) -> bool:
-        with self.condition:
-            return (
-                self.condition.wait_for(lambda: state.status != "pending" or self.closed, timeout)
-                and state.status != "pending"
-            )
+        """Wait until ``state`` is resolved (True) or ``timeout`` passes or the client closes."""
+        waiter = _thread.allocate_lock()
+        waiter.acquire()
+        with self.lock:
+            if state.status != "pending" or self.closed:
+                return state.status != "pending"
+            if state.waiters is None:
+                state.waiters = []
+            state.waiters.append(waiter)
+        try:
+            waiter.acquire(True, -1 if timeout is None else max(timeout, 0.0))
+        finally:  # timed out or interrupted: report() must not keep our lock
+            if state.status == "pending":
+                with self.lock:
+                    if state.waiters is not None and waiter in state.waiters:
+                        state.waiters.remove(waiter)
+        return state.status != "pending"
 
     def wait_until(self, predicate, deadline: Optional[float]) -> bool:
         with self.condition:
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-            return self.condition.wait_for(lambda: predicate() or self.closed, timeout)
+            self._waiting_until += 1
+            try:
+                return self.condition.wait_for(lambda: predicate() or self.closed, timeout)
+            finally:
+                self._waiting_until -= 1
 
     # ------------------------------------------------------------------------------------ references
 
@@ -227,6 +253,10 @@ class FutureBook:
             keys = list(self.states)
             self.states.clear()
             self._refcounts.clear()
+            for state in states:  # threads waiting for one future (wait_for)
+                for waiter in state.waiters or ():
+                    waiter.release()
+                state.waiters = None
         for state in states:
             for callback in state.callbacks or ():
                 if type(callback) is LoopWaker:

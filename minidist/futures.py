@@ -2,8 +2,9 @@
 
 A ``Future`` is a handle on a key; every future of one client for one key shares a ``FutureState``
 (status, exception, callbacks). The scheduler thread resolves states in batches through
-``Client._report``; waiters sleep on the client's condition variable, so resolving 5,000 futures costs
-one wake-up per batch, not one event object per future. Dropping the last ``Future`` of a key (garbage
+``Client._report``; a thread waiting for one future sleeps on a lock of its own that the report releases,
+one waiting for several (``wait``, ``gather``'s predicates) on the client's condition variable, so
+resolving 5,000 futures costs one wake-up per waiting thread, not one event object per future. Dropping the last ``Future`` of a key (garbage
 collection or ``release()``) tells the scheduler this client no longer wants it.
 """
 
@@ -25,7 +26,7 @@ FINISHED_STATES = ("finished", "error", "cancelled", "lost")
 
 
 class FutureState:
-    __slots__ = ("status", "exception", "traceback", "callbacks", "remote_traceback")
+    __slots__ = ("status", "exception", "traceback", "callbacks", "remote_traceback", "waiters")
 
     def __init__(self):
         self.status = "pending"
@@ -33,6 +34,7 @@ class FutureState:
         self.traceback: Any = None
         self.remote_traceback: str = ""
         self.callbacks: Optional[list] = None
+        self.waiters: Optional[list] = None  # locks of threads in result() etc. (client_futures.py)
 
     def done(self) -> bool:
         return self.status != "pending"

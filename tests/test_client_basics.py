@@ -154,6 +154,29 @@ def test_result_timeout(client):
     assert future.result(timeout=10) == 2
 
 
+def test_threads_waiting_for_one_future_each_get_their_own_results(client):
+    # each thread sleeps on its own future's waiter (client_futures.wait_for); results that finish
+    # in any order wake the right threads, and one that gives up early leaves nothing behind
+    futures = [client.submit(slow_inc, i, delay=0.01 * (i % 4), pure=False) for i in range(8)]
+    results: dict = {}
+
+    def wait_for_one(i: int) -> None:
+        if i == 0:
+            try:
+                futures[i].result(timeout=0)
+            except TimeoutError:
+                pass
+        results[i] = futures[i].result(timeout=30)
+
+    threads = [threading.Thread(target=wait_for_one, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert results == {i: i + 1 for i in range(8)}
+    assert futures[0].result(timeout=0) == 1
+
+
 def test_scatter_single_list_and_dict(client):
     one = client.scatter(41)
     assert client.submit(inc, one).result() == 42
