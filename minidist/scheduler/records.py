@@ -7,6 +7,7 @@ here changes itself: every change is an event of ``SchedulerState``.
 
 from __future__ import annotations
 
+from typing import AbstractSet as Set
 from typing import Any, Hashable, Optional
 
 Key = Hashable
@@ -29,6 +30,21 @@ class _NoKeys(frozenset):
 
 
 NO_KEYS: Any = _NoKeys()
+
+# who_wants and who_has of most tasks hold one name (the client that submitted it; the worker that
+# made it): they share one frozenset per name instead of a set each (216 bytes, and one more object
+# for every full garbage collection to walk while a large run is in flight). Being frozen, a shared
+# set cannot be changed through one task by mistake: TaskState's methods replace it instead.
+_ONE_NAME_SETS: dict[str, frozenset] = {}
+
+
+def _just(name: str) -> frozenset:
+    shared = _ONE_NAME_SETS.get(name)
+    if shared is None:
+        if len(_ONE_NAME_SETS) >= 1024:  # clients and workers come and go in a long process
+            _ONE_NAME_SETS.clear()
+        shared = _ONE_NAME_SETS[name] = frozenset((name,))
+    return shared
 
 
 class TaskState:
@@ -70,7 +86,9 @@ class TaskState:
         self.dependents: set[Key] = NO_KEYS
         self.waiting_on: set[Key] = NO_KEYS  # dependencies not yet in memory
         self.waiters: set[Key] = NO_KEYS  # dependents not yet finished that need this value
-        self.who_wants: set[str] = NO_KEYS  # most tasks of a graph: no client wants them
+        # who_wants and who_has: NO_KEYS, a shared one-name frozenset (_just) or a set of their own;
+        # changed only through the methods below. Most tasks of a graph: no client wants them
+        self.who_wants: Set[str] = NO_KEYS
         self.priority: tuple = (0, 0)
         self.run_spec: Any = None
         self.retries = 0
@@ -78,7 +96,7 @@ class TaskState:
         self.loose = False
         self.resources: Optional[dict] = None
         self.processing_on: Optional[str] = None
-        self.who_has: set[str] = NO_KEYS  # workers caching the value: none until it is computed
+        self.who_has: Set[str] = NO_KEYS  # workers caching the value: none until it is computed
         self.suspicious = 0
         self.exception: Any = None
         self.traceback: Any = None
@@ -107,19 +125,47 @@ class TaskState:
         self.waiting_on.add(key)
 
     def add_wanter(self, client: str) -> None:
-        if self.who_wants is NO_KEYS:
-            self.who_wants = set()
-        self.who_wants.add(client)
+        self.who_wants = _with(self.who_wants, client)
 
-    def add_holder(self, worker: str) -> None:
-        if self.who_has is NO_KEYS:
-            self.who_has = set()
-        self.who_has.add(worker)
+    def discard_wanter(self, client: str) -> None:
+        wanters = self.who_wants
+        if client in wanters:
+            # the common case inline: the one client that wanted it lets go (a released batch)
+            self.who_wants = NO_KEYS if len(wanters) == 1 else _without(wanters, client)
 
     def add_waiter(self, key: Key) -> None:
         if self.waiters is NO_KEYS:
             self.waiters = set()
         self.waiters.add(key)
+
+    def add_holder(self, worker: str) -> None:
+        holders = self.who_has
+        self.who_has = _just(worker) if not holders else _with(holders, worker)
+
+    def discard_holder(self, worker: str) -> None:
+        holders = self.who_has
+        if worker in holders:
+            self.who_has = NO_KEYS if len(holders) == 1 else _without(holders, worker)
+
+
+def _with(names: Set[str], name: str) -> Set[str]:
+    """``names`` (see who_wants) with ``name`` added: a shared set is replaced, never changed."""
+    if name in names:
+        return names
+    if not names:
+        return _just(name)
+    if type(names) is set:
+        names.add(name)
+        return names
+    return {*names, name}
+
+
+def _without(names: Set[str], name: str) -> Set[str]:
+    """``names`` without ``name``, which it holds with others."""
+    if type(names) is set:
+        names.discard(name)
+        return names
+    return frozenset(names - {name})
 
 
 class WorkerState:

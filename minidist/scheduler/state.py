@@ -42,7 +42,7 @@ from .instructions import (  # noqa: F401
     RetireWorker,
 )
 from .lineage import Lineage
-from .records import TaskState, WorkerState
+from .records import NO_KEYS, TaskState, WorkerState
 
 Key = Hashable
 
@@ -185,7 +185,7 @@ class SchedulerState(Lineage):
             ts = self.tasks.get(key)
             if ts is None:
                 continue
-            ts.who_wants.discard(client)
+            ts.discard_wanter(client)
             self._maybe_forget(ts, out)
         self._fill_workers(out)
         return out
@@ -235,7 +235,7 @@ class SchedulerState(Lineage):
         for ts in doomed.values():
             if ts.who_wants:
                 out.append(Report(ts.key, tuple(ts.who_wants), "cancelled"))
-            ts.who_wants.clear()
+            ts.who_wants = NO_KEYS
         for ts in doomed.values():
             self._forget(ts, out)
         # dependencies of cancelled tasks may now be unneeded
@@ -367,7 +367,7 @@ class SchedulerState(Lineage):
         for key in ws.has:
             ts = self.tasks.get(key)
             if ts is not None:
-                ts.who_has.discard(address)
+                ts.discard_holder(address)
         # Without word from the shell: workers run their queue in order, so only the oldest nthreads
         # tasks can have been running; the prefetched ones behind them are requeued without suspicion.
         if running is None:
@@ -538,7 +538,7 @@ class SchedulerState(Lineage):
         for ts in list(self.tasks.values()):
             if ts.who_wants:
                 out.append(Report(ts.key, tuple(ts.who_wants), "cancelled"))
-                ts.who_wants.clear()
+                ts.who_wants = NO_KEYS
         for ts in list(self.tasks.values()):
             self._forget(ts, out)
         for ws in self.workers.values():

@@ -15,7 +15,7 @@ from typing import Any, Callable, Hashable
 
 from .instructions import Forget, FreeOnWorker, Report
 from .placement import Placement
-from .records import TaskState, WorkerState
+from .records import NO_KEYS, TaskState, WorkerState
 
 Key = Hashable
 
@@ -137,7 +137,7 @@ class Transitions(Placement):
             ts.held_depth = 0
             self._publishing.pop(ts.key, None)
             self._retire_holders(ts.who_has)  # a retiring holder waited for this one
-        ts.who_has.clear()
+        ts.who_has = NO_KEYS
         for dep_key in ts.dependencies:
             dep = self.tasks.get(dep_key)
             if dep is not None:
