@@ -1,6 +1,6 @@
 """dask graphs on minidist against dask.distributed and dask's own schedulers, measured in one run.
 
-    python benchmarks/bench_dask.py [--repeat 3] [--skip-distributed] [--big]
+    python benchmarks/bench_dask.py [--repeat 3] [--skip-distributed] [--big] [--tree-only]
 
 Rows (2 workers x 1 thread for every cluster; each figure the best of ``--repeat`` runs):
 
@@ -12,6 +12,13 @@ Rows (2 workers x 1 thread for every cluster; each figure the best of ``--repeat
 - **100k graph**: a plain dask graph of 100,000 tasks (a pairwise tree over 50,000 leaves) through
   ``client.get`` on thread and on process workers, with the client's RSS with the graph built, once
   the client started, at the peak, at the end and after release
+
+``--tree-only`` runs only the tree row (dask sync, minidist threads and processes) and its breakdown.
+After the table, the tree's cost per task by stage, one compute each, timed in the client process:
+dask's own graph building and ``dask.order`` (both also part of dask's ``sync``), minidist's checks and
+conversion of the nodes, packing them into tasks, and the run from posting the graph to the last result
+(scheduler and workers); and the full garbage collections (generation 2) that fell in the compute, which
+count inside whichever stage they interrupt.
 
 Printed: seconds and ratios (engine / minidist threads for arrays, so processes should be <= 1.3;
 dask.distributed / minidist processes should be >= 1.5). ``--big`` adds the 4 GB streaming sum on 2
@@ -63,6 +70,114 @@ def tree(leaves: int = 10_000):
     return layer[0]
 
 
+class FullCollections:
+    """Counts and times generation-2 garbage collections while entered (``gc.callbacks``)."""
+
+    def __enter__(self):
+        self.count, self.seconds, self._start = 0, 0.0, 0.0
+        gc.callbacks.append(self._observe)
+        return self
+
+    def __exit__(self, *exc):
+        gc.callbacks.remove(self._observe)
+
+    def _observe(self, phase: str, info: dict) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            self.count += 1
+            self.seconds += time.perf_counter() - self._start
+
+
+def timed_stages(stages: dict, targets: list):
+    """Wrap ``(owner, name, stage)`` attributes so each call adds its seconds to ``stages[stage]``;
+    returns a function that puts the originals back."""
+    originals = []
+    for owner, name, stage in targets:
+        original = getattr(owner, name)
+
+        def wrapper(*args, _original=original, _stage=stage, **kwargs):
+            start = time.perf_counter()
+            try:
+                return _original(*args, **kwargs)
+            finally:
+                stages[_stage] = stages.get(_stage, 0.0) + time.perf_counter() - start
+
+        originals.append((owner, name, original))
+        setattr(owner, name, wrapper)
+
+    def restore() -> None:
+        for owner, name, original in originals:
+            setattr(owner, name, original)
+
+    return restore
+
+
+def sync_breakdown(total) -> dict:
+    """dask ``sync`` on the tree: seconds of its graph building, its ``dask.order``, the rest."""
+    from dask._expr import FinalizeCompute
+    from dask._task_spec import convert_legacy_graph
+    from dask.base import collections_to_expr
+    from dask.order import order
+
+    gc.collect()
+    with FullCollections() as collections:
+        start = time.perf_counter()
+        total.compute(scheduler="sync")
+        whole = time.perf_counter() - start
+    gc.collect()
+    start = time.perf_counter()
+    graph = dict(FinalizeCompute(collections_to_expr([total], True)).optimize().__dask_graph__())
+    built = time.perf_counter()
+    order(convert_legacy_graph(graph))
+    ordered = time.perf_counter()
+    return {
+        "dask: collection -> graph": built - start,
+        "dask.order": ordered - built,
+        "execution (dask's local loop)": whole - (ordered - start),
+        "total": whole,
+        "full collections": (collections.count, collections.seconds),
+    }
+
+
+def minidist_breakdown(total) -> dict:
+    """One ``total.compute()`` on the current default Client, by stage (see the module docstring)."""
+    from minidist import Client
+    from minidist.integrations import dask as graphs
+
+    stages: dict = {}
+    restore = timed_stages(
+        stages,
+        [
+            (graphs, "graph_nodes", "dask graph + minidist checks"),
+            (graphs, "needed_nodes", "minidist: cull to wanted keys"),
+            (graphs, "static_order", "dask.order"),
+            (Client, "_graph_tasks", "minidist: pack tasks"),
+            (Client, "gather", "run: posted -> last result"),
+        ],
+    )
+    try:
+        gc.collect()
+        with FullCollections() as collections:
+            start = time.perf_counter()
+            total.compute()
+            whole = time.perf_counter() - start
+    finally:
+        restore()
+    stages["other (futures, post, dask's compute)"] = whole - sum(stages.values())
+    stages["total"] = whole
+    stages["full collections"] = (collections.count, collections.seconds)
+    return stages
+
+
+def print_breakdown(name: str, stages: dict, tasks: int) -> None:
+    count, seconds = stages.pop("full collections")
+    cells = [f"{stage} {value / tasks * 1e6:.1f}" for stage, value in stages.items()]
+    print(f"  {name}: " + ", ".join(cells) + f" us/task; {count} full collections, {seconds:.3f} s")
+
+
 def minidist_client(processes: bool, **kwargs):
     from minidist import Client
 
@@ -79,13 +194,14 @@ def rss() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
-def measure(repeat: int, skip_distributed: bool) -> dict:
+def measure(repeat: int, skip_distributed: bool, tree_only: bool = False) -> dict:
     import dask
 
     results: dict = {}
-    rows = array_rows()
+    rows = {} if tree_only else array_rows()
     total = tree()
     tasks = 20_000 - 1
+    breakdowns = {"dask sync": sync_breakdown(total)}
     for name, collection in rows.items():
         results[(name, "dask threads")] = best(
             lambda c=collection: c.compute(scheduler="threads"), repeat
@@ -99,7 +215,8 @@ def measure(repeat: int, skip_distributed: bool) -> dict:
                 collection.compute()  # warm: functions shipped, prefixes timed
                 results[(name, label)] = best(lambda c=collection: c.compute(), repeat)
             results[("tree 20,000 tasks", label)] = best(lambda: total.compute(), repeat)
-    if not skip_distributed:
+            breakdowns[label] = minidist_breakdown(total)
+    if not skip_distributed and not tree_only:
         from dask.distributed import Client as DaskClient
 
         with DaskClient(
@@ -115,6 +232,7 @@ def measure(repeat: int, skip_distributed: bool) -> dict:
             )
     del dask
     results["tasks"] = tasks
+    results["breakdowns"] = breakdowns
     return results
 
 
@@ -195,11 +313,15 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--skip-distributed", action="store_true")
     parser.add_argument("--big", action="store_true", help="add the 4 GB streaming sum")
+    parser.add_argument(
+        "--tree-only", action="store_true", help="only the tree row and its breakdown"
+    )
     args = parser.parse_args()
     load = os.getloadavg()
     print(f"load average {load[0]:.1f} on {os.cpu_count()} cores; best of {args.repeat}")
-    results = measure(args.repeat, args.skip_distributed)
+    results = measure(args.repeat, args.skip_distributed, args.tree_only)
     tasks = results.pop("tasks")
+    breakdowns = results.pop("breakdowns")
     engines = [
         "minidist procs",
         "minidist threads",
@@ -227,6 +349,11 @@ def main() -> None:
             line += f", overhead per task {(threads - sync) / tasks * 1e6:.0f} us (threads)"
             line += f" {(procs - sync) / tasks * 1e6:.0f} us (procs)"
         print(line)
+    print("tree, one compute each, by stage:")
+    for name, stages in breakdowns.items():
+        print_breakdown(name, stages, tasks)
+    if args.tree_only:
+        return
     for processes in (False, True):
         big = big_graph_memory(processes)
         print(
