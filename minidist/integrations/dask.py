@@ -77,7 +77,14 @@ def graph_nodes(graph) -> tuple[dict, dict]:
     """(nodes, held): the graph's task nodes by key, and ``{key: Future}`` for keys it takes from
     futures (persisted results) rather than computing them."""
     require_dask()
-    from dask._task_spec import Alias, DataNode, GraphNode, Task, convert_legacy_graph
+    from dask._task_spec import (
+        Alias,
+        DataNode,
+        GraphNode,
+        Task,
+        TaskRef,
+        convert_legacy_graph,
+    )
 
     if hasattr(graph, "__dask_graph__"):  # dask hands schedulers an expression
         graph = graph.__dask_graph__()
@@ -88,26 +95,46 @@ def graph_nodes(graph) -> tuple[dict, dict]:
     graph = dict(graph)
     held: dict = {}
     for key, value in graph.items():
-        _check_key(key)
-        if _is_future(value):
+        if type(key) is not str:
+            _check_key(key)
+        if getattr(type(value), "__dask_future__", False) is True and hasattr(value, "key"):
             held[value.key] = value
     try:
         nodes = convert_legacy_graph(graph)
     except Exception as exc:
         raise ValueError(f"Malformed dask graph: {type(exc).__name__}: {exc}") from exc
-    for key, node in list(nodes.items()):
-        if not isinstance(node, GraphNode):
-            raise ValueError(f"Malformed dask graph: node {key!r} is a {type(node).__name__}")
-        if type(node) is Task and _has_future_argument(node):
-            nodes[key] = _with_future_references(node, held)
-        elif isinstance(node, DataNode) and _is_future(node.value):
-            future = node.value  # dask without duck-typed futures keeps them as data
-            held[future.key] = future
-            if future.key == key:
-                del nodes[key]
+    # one pass over the nodes, which stay as they are unless they take futures (rare): what is
+    # replaced is collected and changed afterwards
+    plain = {TaskRef, *_PLAIN_ARGUMENTS}  # argument types that cannot be or hold a future
+    changed: list = []
+    for key, node in nodes.items():
+        if type(node) is Task:
+            for value in node.args:
+                if type(value) not in plain and _holds_future(value):
+                    changed.append(key)
+                    break
             else:
-                nodes[key] = Alias(key, target=future.key)
+                if node.kwargs and _has_future_argument(node):
+                    changed.append(key)
+        elif not isinstance(node, GraphNode):
+            raise ValueError(f"Malformed dask graph: node {key!r} is a {type(node).__name__}")
+        elif isinstance(node, DataNode) and _is_future(node.value):
+            changed.append(key)
+    for key in changed:
+        node = nodes[key]
+        if type(node) is Task:
+            nodes[key] = _with_future_references(node, held)
+            continue
+        future = node.value  # dask without duck-typed futures keeps them as data
+        held[future.key] = future
+        if future.key == key:
+            del nodes[key]
+        else:
+            nodes[key] = Alias(key, target=future.key)
     return nodes, held
+
+
+_PLAIN_ARGUMENTS = (int, float, str, bytes, bool, type(None))
 
 
 def _is_future(value) -> bool:
