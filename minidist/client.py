@@ -48,7 +48,7 @@ from .futures import (  # noqa: F401
     shaped_like,
 )
 from .keys import funcname
-from .messages import Cancel, Release, Retry, Scatter, UpdateGraph
+from .messages import Cancel, Release, Retry, Scatter, TaskColumns, UpdateGraph
 from .worker.task_client import register_client_maker
 
 
@@ -368,12 +368,12 @@ class Client(AsyncContext):
         self._check_open()
         return get(self, dsk, keys, sync=sync, **kwargs)
 
-    def _graph_tasks(self, function, nodes, options: dict) -> list:
+    def _graph_tasks(self, function, keys: list, nodes: dict, options: dict) -> TaskColumns:
         """Tasks of graph nodes with explicit keys (dask graphs); see ``TaskPacker.graph_tasks``."""
-        return self._packer.graph_tasks(function, nodes, options)
+        return self._packer.graph_tasks(function, keys, nodes, options)
 
-    def _post_graph(self, tasks: list, wanted: list) -> None:
-        self.scheduler.post(UpdateGraph(self.id, tuple(tasks), tuple(wanted)))
+    def _post_graph(self, tasks: TaskColumns, wanted: list) -> None:
+        self.scheduler.post(UpdateGraph(self.id, tasks, tuple(wanted)))
 
     def _holds(self, key) -> bool:
         """Whether a future of this client holds ``key`` (so the cluster keeps its value)."""

@@ -19,8 +19,8 @@ from typing import Any
 from .client_futures import FutureBook
 from .data_plane import DataPlane, function_id_of
 from .futures import Future
-from .keys import random_token
-from .messages import DependencyRef, new_task
+from .keys import key_split, random_token
+from .messages import DependencyRef, TaskColumns, new_task
 
 _FUNCTION_CACHE_SIZE = 512
 _CANNOT_HOLD_FUTURES = frozenset((int, float, str, bytes, bool, type(None), complex))
@@ -88,21 +88,26 @@ class TaskPacker:
         run_spec = plane.run_spec(function_id, blob, func, arguments)
         return key, new_task(key, dependencies, run_spec, **options)
 
-    def graph_tasks(self, function, nodes, options: dict) -> list:
-        """One task per ``(key, node)`` of ``nodes`` (dask graphs): ``function(node, {dependency:
-        value})`` under that key (the data plane may call the node directly, ``node_run_spec``), its
-        dependencies the node's own frozenset; ``options`` are per key, for keys that have any."""
+    def graph_tasks(self, function, keys: list, nodes: dict, options: dict) -> TaskColumns:
+        """One task per key of ``keys``, in that order, for ``nodes[key]`` (dask graphs):
+        ``function(node, {dependency: value})`` under that key (the data plane may call the node
+        directly, ``node_run_spec``), its dependencies the node's own frozenset; ``options`` are per
+        key, for keys that have any. As columns (``TaskColumns``): no message object per task."""
         function_id, blob = self.function_ref(function)
         node_run_spec = self._plane.node_run_spec
-        tasks = []
-        for key, node in nodes:
+        dependencies = []
+        run_specs = []
+        special = {}
+        for key in keys:
+            node = nodes[key]
             spec = node_run_spec(function_id, blob, function, node, key)
+            dependencies.append(node.dependencies)
+            run_specs.append(spec)
             task_options = options.get(key)
             if task_options:
-                tasks.append(new_task(key, node.dependencies, spec, **task_options))
-            else:
-                tasks.append(new_task(key, node.dependencies, spec))
-        return tasks
+                special[key] = new_task(key, node.dependencies, spec, **task_options)
+        prefixes = tuple(map(key_split, keys))
+        return TaskColumns(tuple(keys), tuple(dependencies), tuple(run_specs), prefixes, special)
 
     def pack_scatter(self, data, hash: bool) -> tuple:
         """(keys in ``data``'s order, {key: value or payload}, {key: nbytes}) for ``scatter``."""

@@ -192,12 +192,57 @@ class TaskStatus(NamedTuple):
 # ----------------------------------------------------------------------------- client ──► scheduler
 
 
+class TaskColumns:
+    """Many tasks as columns (a dask graph's): iterating gives each one's ``NewTask``, made as it is
+    read. A graph of 20,000 tasks then does not keep 20,000 message objects alive from packing until
+    the scheduler has read them all: each is made, read and dropped on the scheduler thread, young, and
+    the garbage collector's full collections never walk them. Tasks with options of their own (dask
+    annotations) travel whole in ``special`` (key -> NewTask); the others take the defaults."""
+
+    __slots__ = ("keys", "dependencies", "run_specs", "prefixes", "special")
+
+    def __init__(
+        self, keys: tuple, dependencies: tuple, run_specs: tuple, prefixes: tuple, special
+    ):
+        self.keys = keys
+        self.dependencies = dependencies  # per key: a tuple, or a dask node's own frozenset
+        self.run_specs = run_specs
+        self.prefixes = prefixes
+        self.special = special  # {key: NewTask} for keys with non-default options
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __iter__(self):
+        special = self.special
+        for key, dependencies, run_spec, prefix in zip(
+            self.keys, self.dependencies, self.run_specs, self.prefixes
+        ):
+            task = special.get(key) if special else None
+            if task is None:
+                task = NewTask(key, dependencies, run_spec, 0, 0, None, False, None, prefix)
+            yield task
+
+    def __reduce__(self):
+        return TaskColumns, (
+            self.keys,
+            self.dependencies,
+            self.run_specs,
+            self.prefixes,
+            self.special,
+        )
+
+    def __repr__(self) -> str:
+        return f"<TaskColumns of {len(self.keys)} tasks>"
+
+
 @_wire
 class UpdateGraph(NamedTuple):
-    """New tasks from ``client``, which now wants the ``wanted`` keys (tasks may be empty: only wants)."""
+    """New tasks from ``client``, which now wants the ``wanted`` keys (tasks may be empty: only wants).
+    ``tasks`` is a tuple of ``NewTask`` or, for a graph, the same as ``TaskColumns``."""
 
     client: str
-    tasks: tuple
+    tasks: Union[tuple, TaskColumns]
     wanted: tuple
 
 

@@ -289,7 +289,7 @@ def submit_graph(client, graph, wanted, call_options=None) -> dict:
     if hasattr(graph, "__dask_annotations__"):
         annotations = graph.__dask_annotations__()
     options = task_options(ordered, call_options, annotations)
-    tasks = client._graph_tasks(run_node, [(key, needed[key]) for key in ordered], options)
+    tasks = client._graph_tasks(run_node, ordered, needed, options)
     futures = {key: client._new_future(key) for key in wanted}
     client._post_graph(tasks, wanted)
     return futures

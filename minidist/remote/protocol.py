@@ -44,6 +44,7 @@ from ..messages import (
     Reports,
     RunSpec,
     Scatter,
+    TaskColumns,
     TaskStatus,
     UpdateGraph,
 )
@@ -201,6 +202,8 @@ def check_request(message, client_ids) -> None:
                 f"{kind.__name__} for client {client!r}, which did not register here"
             )
     if kind is UpdateGraph:
+        if type(message.tasks) is TaskColumns:
+            _check_columns(message.tasks)
         for spec in message.tasks:
             if type(spec) is not NewTask:
                 raise MalformedMessage(f"malformed task in UpdateGraph: {spec!r:.200}")
@@ -211,6 +214,17 @@ def check_request(message, client_ids) -> None:
             raise MalformedMessage("Scatter needs matching dicts of values and sizes")
         if any(type(v) is not Payload for v in message.values.values()):
             raise MalformedMessage("scattered values must be Payloads")
+
+
+def _check_columns(columns: TaskColumns) -> None:
+    """A graph's tasks as columns: tuples of one length each, and a dict of whole tasks."""
+    parts = (columns.keys, columns.dependencies, columns.run_specs, columns.prefixes)
+    if any(type(part) is not tuple for part in parts) or type(columns.special) is not dict:
+        raise MalformedMessage("TaskColumns needs four tuples and a dict")
+    if len({len(part) for part in parts}) != 1:
+        raise MalformedMessage("TaskColumns' columns differ in length")
+    if any(type(prefix) is not str for prefix in columns.prefixes):
+        raise MalformedMessage("TaskColumns' prefixes must be strings")
 
 
 def _check_pickled_run_spec(run_spec) -> None:
