@@ -84,7 +84,9 @@ class TaskState:
         # NO_KEYS until the first key (see _NoKeys); dependencies are fixed when the task is made
         self.dependencies: frozenset[Key] = NO_KEYS
         self.dependents: set[Key] = NO_KEYS
-        self.waiting_on: set[Key] = NO_KEYS  # dependencies not yet in memory
+        # dependencies not yet in memory: the task's own frozenset of dependencies while none has come
+        # (wait_on_all), a set of its own once some have, NO_KEYS once all have
+        self.waiting_on: Set[Key] = NO_KEYS
         self.waiters: set[Key] = NO_KEYS  # dependents not yet finished that need this value
         # who_wants and who_has: NO_KEYS, a shared one-name frozenset (_just) or a set of their own;
         # changed only through the methods below. Most tasks of a graph: no client wants them
@@ -120,9 +122,28 @@ class TaskState:
         self.dependents.add(key)
 
     def add_waiting_on(self, key: Key) -> None:
-        if self.waiting_on is NO_KEYS:
-            self.waiting_on = set()
-        self.waiting_on.add(key)
+        waiting = self.waiting_on
+        if type(waiting) is not set:  # NO_KEYS, or the shared dependencies (wait_on_all)
+            waiting = self.waiting_on = set(waiting)
+        waiting.add(key)
+
+    def wait_on_all(self) -> None:
+        """No dependency is in memory yet: the task waits on its own frozenset of dependencies until the
+        first comes, rather than on a set of its own (each task of a large graph would keep one for the
+        whole run, one more object for every full garbage collection to walk)."""
+        self.waiting_on = self.dependencies
+
+    def dependency_arrived(self, key: Key) -> None:
+        waiting = self.waiting_on
+        if type(waiting) is set:
+            waiting.discard(key)
+        elif key in waiting:  # the shared dependencies: the rest get a set of their own
+            if len(waiting) == 1:
+                self.waiting_on = NO_KEYS
+            else:
+                rest = set(waiting)
+                rest.discard(key)
+                self.waiting_on = rest
 
     def add_wanter(self, client: str) -> None:
         self.who_wants = _with(self.who_wants, client)

@@ -157,6 +157,7 @@ class SchedulerState(Lineage):
         return out
 
     def _initial_transition(self, ts: TaskState, out: list) -> None:
+        waiting = 0  # dependencies not in memory
         for dep_key in ts.dependencies:
             dep = self.tasks.get(dep_key)
             if dep is None:  # only on retry: an erred dependency nobody wanted was forgotten
@@ -170,8 +171,14 @@ class SchedulerState(Lineage):
                 self._set_erred(ts, dep.exception, dep.traceback, out)
                 return
             if dep.state != "memory":
-                ts.add_waiting_on(dep_key)
+                waiting += 1
             dep.add_waiter(ts.key)
+        if waiting == len(ts.dependencies) and waiting:
+            ts.wait_on_all()  # the common case in a new graph: no copy of the dependencies
+        elif waiting:
+            for dep_key in ts.dependencies:
+                if self.tasks[dep_key].state != "memory":
+                    ts.add_waiting_on(dep_key)
         if ts.waiting_on:
             ts.state = "waiting"
             self.counts["waiting"] += 1
@@ -266,7 +273,7 @@ class SchedulerState(Lineage):
             self._leave_state(ts)
             ts.exception = ts.traceback = None
             ts.suspicious = 0
-            ts.waiting_on.clear()
+            ts.waiting_on = NO_KEYS
         done: set = set()
 
         def restart(ts: TaskState) -> None:  # dependencies first, so dependents see them pending

@@ -75,7 +75,7 @@ class Transitions(Placement):
             heapq.heappush(self.ready, (ts.priority, ts.key))
 
     def _dependency_ready(self, ts: TaskState, dep_key: Key) -> None:
-        ts.waiting_on.discard(dep_key)
+        ts.dependency_arrived(dep_key)
         if ts.state == "waiting" and not ts.waiting_on:
             self.counts["waiting"] -= 1
             self._to_queued(ts)
