@@ -160,6 +160,18 @@ def test_remote_client_results_errors_and_dependencies(remote):
     assert isinstance(bad.exception(), ZeroDivisionError)
 
 
+def test_remote_client_runs_dask_graphs(remote):
+    # a graph's tasks travel as columns (TaskColumns), annotated ones whole, futures as dependencies
+    dask = pytest.importorskip("dask")
+    base = remote.submit(inc, 1)
+    leaves = [dask.delayed(operator.neg)(i) for i in range(20)]
+    with dask.annotate(priority=5, retries=1):
+        last = dask.delayed(operator.add)(leaves[-1], base)
+    total = dask.delayed(sum)([*leaves[:-1], last])
+    assert remote.compute(total, sync=True) == -sum(range(20)) + 2
+    assert remote.get({"a": (inc, "b"), "b": base}, "a") == 3
+
+
 def test_remote_client_large_arrays_round_trip(remote):
     # numpy imported on the workers first, and one task at a time: two task threads of one worker
     # first-importing numpy, or decoding the same dependency, at once can fail (worker-side races,
