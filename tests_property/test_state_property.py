@@ -321,6 +321,19 @@ class SchedulerMachine(RuleBasedStateMachine):
             assert state.tasks[key].state == "queued" and held in state._publishing
 
     @invariant()
+    def links_agree(self):
+        # dependents point back through their dependencies; waiters are dependents (records.py lets
+        # the two share one set while they are equal)
+        tasks = self.state.tasks
+        for ts in tasks.values():
+            for key in ts.dependents:
+                assert key in tasks and ts.key in tasks[key].dependencies, (ts, key)
+            for key in ts.waiters:
+                assert key in ts.dependents, (ts, key, ts.waiters, ts.dependents)
+            for key in ts.waiting_on:
+                assert key in ts.dependencies, (ts, key)
+
+    @invariant()
     def idle_workers_mean_no_runnable_work(self):
         state = self.state
         for ts in state.tasks.values():

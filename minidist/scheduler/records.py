@@ -116,10 +116,23 @@ class TaskState:
     def __repr__(self) -> str:
         return f"<TaskState {self.key!r} {self.state}>"
 
+    # ``waiters`` may be the very set ``dependents`` is: while the task's one dependent is also its one
+    # waiter (every task of a tree, a chain or most reductions), the two share a set rather than keep
+    # two equal ones for the whole run. Every change goes through the methods below, which give
+    # ``waiters`` a set of its own before the two differ.
+
     def add_dependent(self, key: Key) -> None:
         if self.dependents is NO_KEYS:
             self.dependents = set()
+        elif self.waiters is self.dependents:
+            self.waiters = set(self.waiters)
         self.dependents.add(key)
+
+    def discard_dependent(self, key: Key) -> None:
+        if key in self.dependents:
+            if self.waiters is self.dependents:
+                self.waiters = set(self.waiters)
+            self.dependents.discard(key)
 
     def add_waiting_on(self, key: Key) -> None:
         waiting = self.waiting_on
@@ -155,9 +168,26 @@ class TaskState:
             self.who_wants = NO_KEYS if len(wanters) == 1 else _without(wanters, client)
 
     def add_waiter(self, key: Key) -> None:
-        if self.waiters is NO_KEYS:
-            self.waiters = set()
-        self.waiters.add(key)
+        waiters = self.waiters
+        if waiters is NO_KEYS:
+            if len(self.dependents) == 1 and key in self.dependents:
+                self.waiters = self.dependents  # shared (see above)
+                return
+            waiters = self.waiters = set()
+        elif waiters is self.dependents:
+            if key in waiters:
+                return
+            waiters = self.waiters = set(waiters)
+        waiters.add(key)
+
+    def discard_waiter(self, key: Key) -> None:
+        waiters = self.waiters
+        if key not in waiters:
+            return
+        if waiters is self.dependents:  # shared: both are {key}
+            self.waiters = NO_KEYS
+        else:
+            waiters.discard(key)
 
     def add_holder(self, worker: str) -> None:
         holders = self.who_has

@@ -476,7 +476,7 @@ class SchedulerState(Lineage):
         for dep_key in ts.dependencies:
             dep = self.tasks.get(dep_key)
             if dep is not None:
-                dep.waiters.discard(key)
+                dep.discard_waiter(key)
                 self._maybe_forget(dep, out)
         for dependent_key in list(ts.dependents):
             self._dependency_ready(self.tasks[dependent_key], key)

@@ -98,7 +98,7 @@ class Transitions(Placement):
             for dep_key in t.dependencies:
                 dep = self.tasks.get(dep_key)
                 if dep is not None and t.key in dep.waiters:
-                    dep.waiters.discard(t.key)
+                    dep.discard_waiter(t.key)
                     self._maybe_forget(dep, out)
             for dependent_key in t.dependents:
                 dependent = self.tasks.get(dependent_key)
@@ -115,8 +115,8 @@ class Transitions(Placement):
         for dep_key in ts.dependencies:
             dep = self.tasks.get(dep_key)
             if dep is not None:
-                dep.waiters.discard(ts.key)
-                dep.dependents.discard(ts.key)
+                dep.discard_waiter(ts.key)
+                dep.discard_dependent(ts.key)
                 self._maybe_forget(dep, out)
 
     def _forget(self, ts: TaskState, out: list) -> None:
@@ -141,8 +141,8 @@ class Transitions(Placement):
         for dep_key in ts.dependencies:
             dep = self.tasks.get(dep_key)
             if dep is not None:
-                dep.dependents.discard(ts.key)
-                dep.waiters.discard(ts.key)
+                dep.discard_dependent(ts.key)
+                dep.discard_waiter(ts.key)
                 if held:
                     dep.pins -= 1  # its lineage is not needed any more
         del self.tasks[ts.key]
