@@ -1,4 +1,4 @@
-"""The message vocabulary: every message between clients, the scheduler thread, workers and remote peers.
+"""The message vocabulary of the scheduler: between clients, the cluster, the scheduler thread and workers.
 
 Each message is a small named tuple; its type *is* its kind, so every receiver dispatches with a dict from
 type to handler and nobody spells a kind twice. Who sends what::
@@ -13,20 +13,19 @@ type to handler and nobody spells a kind twice. Who sends what::
                               Rejoin  WorkerHello  WorkerLogs
                               ClientFrame (a frame from a client inside a task)
     scheduler ──► client      sessions' report(items): a list of TaskStatus
-    remote client ──► server  ClientHello  Register  Unregister  Fetch  Invoke  + the client messages
-    server ──► remote client  Welcome  Reply  Reports
-    cluster ──► template      ForkWorker          template ──► cluster   WorkerForked  ForkRefused  WorkerExited
-    scheduler process ──► SubprocessCluster       ClusterStarted  ClusterFailed
+
+The links between other processes (remote clients, the template process, SubprocessCluster's scheduler
+process) have their messages in ``peer_messages.py``.
 
 Payloads inside them: ``NewTask`` (one task of an ``UpdateGraph``), ``RunSpec`` (what to call for a task,
 packed by the cluster's data plane) and ``DependencyRef`` (a future inside task arguments).
 
 Batches between the scheduler and a worker process travel as ``encode_batch`` frames: each message as the
 code of its class (its index among the ``@_wire`` types) and its field tuple, which pickle handles natively
-(more compact and faster than bare tuples with a string kind).
-Elsewhere (remote links, messages inside messages) they pickle through the reducer registered by ``_wire``. Messages from remote peers are checked against the field
-annotations here (``message_checks.check_fields``), so the remote protocol never restates a shape. To add a message: see
-"How to add a message" in ``docs/architecture.md``.
+(more compact and faster than bare tuples with a string kind). Elsewhere (remote links, messages inside
+messages) they pickle through the reducer registered by ``pickled_as_fields``. Messages from remote peers
+are checked against the field annotations here (``message_checks.check_fields``), so the remote protocol
+never restates a shape. To add a message: see "How to add a message" in ``docs/architecture.md``.
 """
 
 import copyreg
@@ -49,18 +48,24 @@ class MalformedMessage(ValueError):
 
 # Every wire type in the order this module defines them: a worker pipe's batches name a message's type
 # by its index here (both ends run this same module), which pickle writes and reads as a small int
-# rather than a class found by module and name on every frame.
+# rather than a class found by module and name on every frame. Only this module registers here
+# (peer_messages.py's types never travel in batches), so the order cannot depend on import order.
 _BATCH_TYPES: list = []
 _BATCH_CODES: dict = {}
 
 
-def _wire(cls):
+def pickled_as_fields(cls):
     """Pickle ``cls`` as ``tuple.__new__(cls, fields)``: one small Python call to pickle a message and
     none to load it (a named tuple's default reduction costs several times that, both ways)."""
     copyreg.pickle(cls, _reduce_fields)
+    return cls
+
+
+def _wire(cls):
+    """A message of this module: pickled as its fields, and able to travel in worker pipe batches."""
     _BATCH_CODES[cls] = len(_BATCH_TYPES)
     _BATCH_TYPES.append(cls)
-    return cls
+    return pickled_as_fields(cls)
 
 
 _new_tuple = tuple.__new__
@@ -553,126 +558,4 @@ class ClientFrame(NamedTuple):
     frame: bytes
 
 
-# -------------------------------------------------------------------------- remote client ◄─► server
-
-
-@_wire
-class ClientHello(NamedTuple):
-    """The first message of a remote link; ``machine`` tells whether shared memory is shared."""
-
-    machine: str
-    pid: Optional[int]
-
-
-@_wire
-class Welcome(NamedTuple):
-    """The answer to ``ClientHello``: the cluster's description."""
-
-    info: dict
-
-
-@_wire
-class Register(NamedTuple):
-    """A client on this link wants reports under ``client``."""
-
-    client: str
-
-
-@_wire
-class Unregister(NamedTuple):
-    """The client ``client`` on this link closed."""
-
-    client: str
-
-
-@_wire
-class Fetch(NamedTuple):
-    """Ask for the stored value of ``key``; answered by a ``Reply``."""
-
-    request_id: int
-    key: Key
-
-
-@_wire
-class Invoke(NamedTuple):
-    """Call the named scheduler operation (``scheduler/operations.py``); answered by a ``Reply``."""
-
-    request_id: int
-    name: str
-    args: tuple
-    kwargs: dict
-
-
-@_wire
-class Reply(NamedTuple):
-    """The answer to a ``Fetch`` or ``Invoke``: a value when ``ok``, else the exception."""
-
-    request_id: int
-    ok: bool
-    value: Any
-
-
-@_wire
-class Reports(NamedTuple):
-    """``TaskStatus`` items for the client ``client`` on this link."""
-
-    client: str
-    items: list
-
-
-# ---------------------------------------------------------------- cluster ◄─► template process
-
-
-@_wire
-class ForkWorker(NamedTuple):
-    """Fork a worker with these settings; its descriptors travel beside the message."""
-
-    request_id: int
-    env: dict
-    cwd: str
-    running_board: bool  # the second descriptor, if sent, is the worker's running board
-
-
-@_wire
-class WorkerForked(NamedTuple):
-    """The template forked the worker of ``request_id``."""
-
-    request_id: int
-    pid: int
-
-
-@_wire
-class ForkRefused(NamedTuple):
-    """The template would not fork (e.g. it has threads): the cluster starts a fresh interpreter."""
-
-    request_id: int
-    reason: str
-
-
-@_wire
-class WorkerExited(NamedTuple):
-    """A worker the template forked has exited (the template reaps its children)."""
-
-    pid: int
-    returncode: int
-
-
-# ------------------------------------------------------- SubprocessCluster ◄── scheduler process
-
-
-@_wire
-class ClusterStarted(NamedTuple):
-    """The scheduler process is up: ``info`` has its address, secret, security and pid."""
-
-    info: dict
-
-
-@_wire
-class ClusterFailed(NamedTuple):
-    """The scheduler process could not start its cluster (it exits)."""
-
-    error: Any
-
-
 CLIENT_MESSAGES = (UpdateGraph, Release, ReleasePending, Scatter, Cancel, Retry)
-REMOTE_REQUESTS = (ClientHello, Register, Unregister, Fetch, Invoke, *CLIENT_MESSAGES)

@@ -1,4 +1,5 @@
-"""The message vocabulary (minidist/messages.py) and the remote protocol's checks that derive from it."""
+"""The message vocabulary (minidist/messages.py, peer_messages.py) and the remote protocol's checks that
+derive from it."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pickle
 
 import pytest
 
-from minidist import messages
+from minidist import messages, peer_messages
 from minidist.comm.serialize import deserialize, serialize
 from minidist.messages import (
     Call,
@@ -30,8 +31,12 @@ from minidist.remote.protocol import check_request
 # the types registered to cross pipes and sockets (in-process ones carry handles, futures, functions)
 WIRE_TYPES = [
     v
-    for v in vars(messages).values()
-    if isinstance(v, type) and hasattr(v, "_fields") and v in copyreg.dispatch_table
+    for module in (messages, peer_messages)
+    for v in vars(module).values()
+    if isinstance(v, type)
+    and hasattr(v, "_fields")
+    and v in copyreg.dispatch_table
+    and v.__module__ == module.__name__
 ]
 
 
@@ -40,7 +45,7 @@ def _example(cls):
 
 
 def test_the_wire_vocabulary_is_complete():
-    assert {TaskDone, ComputeTask, UpdateGraph, RunSpec, messages.Reply} <= set(WIRE_TYPES)
+    assert {TaskDone, ComputeTask, UpdateGraph, RunSpec, peer_messages.Reply} <= set(WIRE_TYPES)
 
 
 @pytest.mark.parametrize("cls", WIRE_TYPES, ids=lambda cls: cls.__name__)

@@ -11,7 +11,7 @@ from conftest import wait_until
 from minidist import Client, LocalCluster
 from minidist.comm.outbox import Outbox
 from minidist.comm.tcp import connect
-from minidist.messages import Fetch, Reply
+from minidist.peer_messages import Fetch, Reply
 from minidist.remote.protocol import decode, encode
 from minidist.remote.server import TCPSession
 

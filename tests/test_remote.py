@@ -25,7 +25,8 @@ from minidist import CancelledError, Client, CommClosedError, LocalCluster, work
 from minidist.comm.serialize import deserialize, serialize
 from minidist.comm.shm import SegmentStore, new_cluster_id, unlink_segments
 from minidist.comm.tcp import AuthenticationError, connect
-from minidist.messages import Call, Cancel, ClientHello, UpdateGraph, Welcome
+from minidist.messages import Call, Cancel, UpdateGraph
+from minidist.peer_messages import ClientHello, Welcome
 from minidist.remote.protocol import inline_payload
 from minidist.security import secret_path
 

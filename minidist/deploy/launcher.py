@@ -31,7 +31,7 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Optional
 
-from ..messages import ForkRefused, ForkWorker, WorkerExited, WorkerForked
+from ..peer_messages import ForkRefused, ForkWorker, WorkerExited, WorkerForked
 from ..worker.template import (
     receive_message,
     send_message,

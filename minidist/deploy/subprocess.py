@@ -27,7 +27,7 @@ from multiprocessing.connection import Connection, Pipe
 from typing import Optional
 
 from ..asynchronous import Closing, in_event_loop
-from ..messages import ClusterFailed, ClusterStarted
+from ..peer_messages import ClusterFailed, ClusterStarted
 from ..remote.client import TCPLink, start_link
 from .remote_cluster import RemoteCluster
 

@@ -33,17 +33,14 @@ from ..comm.serialize import Payload
 from ..comm.shm import SegmentStore
 from ..data_plane import PickledPlane
 from ..errors import CommClosedError
-from ..messages import (
-    ClientFrame,
+from ..messages import ClientFrame, Release, ReleasePending, TaskStatus
+from ..peer_messages import (
     ClientHello,
     Fetch,
     Invoke,
     Register,
-    Release,
-    ReleasePending,
     Reply,
     Reports,
-    TaskStatus,
     Unregister,
     Welcome,
 )

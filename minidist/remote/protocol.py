@@ -37,17 +37,15 @@ from ..comm.shm import SharedBuffer, open_segment
 from ..message_checks import check_fields
 from ..messages import (
     CLIENT_MESSAGES,
-    REMOTE_REQUESTS,
     MalformedMessage,
     NewTask,
-    Reply,
-    Reports,
     RunSpec,
     Scatter,
     TaskColumns,
     TaskStatus,
     UpdateGraph,
 )
+from ..peer_messages import REMOTE_REQUESTS, Reply, Reports
 from ..tracebacks import encode_error
 
 # ------------------------------------------------------------------------------------------- encoding
@@ -187,7 +185,7 @@ def machine_id() -> str:
 def check_request(message, client_ids) -> None:
     """Raise MalformedMessage unless ``message`` is one a remote peer may send, with well-typed fields.
 
-    Only the types in ``messages.REMOTE_REQUESTS`` pass (never ``Call``, which would run code on the
+    Only the types in ``peer_messages.REMOTE_REQUESTS`` pass (never ``Call``, which would run code on the
     scheduler thread and dodge blocked_handlers); client messages only for client ids this connection
     registered; tasks only in the pickled form (a ``RunSpec`` of bytes and a ``Payload``).
     """

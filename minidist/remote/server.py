@@ -34,16 +34,12 @@ from typing import Any, Callable, Optional
 from ..comm.addressing import format_address, parse_address, resolve_interface
 from ..comm.outbox import MAX_OUTBOX_BYTES, MAX_OUTBOX_MESSAGES, Outbox
 from ..errors import CommClosedError
-from ..messages import (
-    CLIENT_MESSAGES,
-    FIRE_AND_FORGET,
+from ..messages import CLIENT_MESSAGES, FIRE_AND_FORGET, ClientReply, ForgetClients, ReleasePending
+from ..peer_messages import (
     ClientHello,
-    ClientReply,
     Fetch,
-    ForgetClients,
     Invoke,
     Register,
-    ReleasePending,
     Reply,
     Reports,
     Unregister,

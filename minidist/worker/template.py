@@ -26,7 +26,7 @@ import selectors
 import socket
 import struct
 
-from ..messages import ForkRefused, ForkWorker, WorkerExited, WorkerForked
+from ..peer_messages import ForkRefused, ForkWorker, WorkerExited, WorkerForked
 
 # what a worker imports, imported once here so forked workers start with it in memory
 from . import process as worker_process
