@@ -136,5 +136,6 @@ def test_results_stay_right_when_many_publications_share_a_pool():
         for _ in range(3):
             y = x.rechunk((250, 1000)) + x.T
             np.testing.assert_allclose(y.sum(axis=0).compute(), (expected + expected.T).sum(0))
+            segments_settle(client)  # the run's segments went back to their writers (asynchronously)
         created, reused = map(sum, zip(*client.run(pool_counts).values()))
         assert reused > created  # later runs mostly wrote into recycled segments
