@@ -368,6 +368,14 @@ class Client(AsyncContext):
         self._check_open()
         return get(self, dsk, keys, sync=sync, **kwargs)
 
+    def normalize_collection(self, collection):
+        """``collection`` with the tasks whose keys this client has futures for replaced by those
+        futures, so computing it reuses their results (nothing is submitted)."""
+        from .integrations.dask_collections import normalize_collection
+
+        self._check_open()
+        return normalize_collection(self, collection)
+
     def _graph_tasks(self, function, keys: list, nodes: dict, options: dict) -> TaskColumns:
         """Tasks of graph nodes with explicit keys (dask graphs); see ``TaskPacker.graph_tasks``."""
         return self._packer.graph_tasks(function, keys, nodes, options)

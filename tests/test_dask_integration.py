@@ -134,6 +134,31 @@ def test_persisted_results_are_reused_not_recomputed(client, tmp_path):
     assert calls(log) == ran  # the parts ran at persist, not again
 
 
+def log_value(path, value):
+    """Append ``value`` to ``path`` (works from worker processes too) and return it."""
+    with open(path, "a") as f:
+        f.write(f"{value}\n")
+    return value
+
+
+def test_normalize_collection_swaps_in_futures_the_client_has(client, tmp_path):
+    log = tmp_path / "ran"
+    parts = [dask.delayed(log_value)(str(log), i, dask_key_name=f"norm-{i}") for i in range(3)]
+    total = dask.delayed(sum)(parts)
+    assert client.normalize_collection(total) is total  # no key known yet: the collection itself
+    held = client.compute(parts[:2])  # this client now has futures of two of the parts
+    wait(held)
+    log.unlink()
+    normalized = client.normalize_collection(total)
+    graph = dict(normalized.__dask_graph__())
+    assert {key for key, value in graph.items() if isinstance(value, Future)} == {
+        "norm-0",
+        "norm-1",
+    }
+    assert normalized.compute() == 3
+    assert set(log.read_text().split()) == {"2"}  # the others' results were reused
+
+
 def test_client_persist_of_several_collections(client):
     x = da.arange(20, chunks=5)
     a, b = client.persist([x + 1, x * 2])

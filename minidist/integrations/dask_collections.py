@@ -10,8 +10,9 @@
 
 ``compute`` submits the collections' finalized graph and returns one Future per collection;
 ``persist`` submits every output key and rebuilds each collection with ``{key: Future}`` as its graph,
-so later graphs built on it depend on those keys instead of recomputing them; ``get`` is dask's
-scheduler interface (results, or futures with ``sync=False``).
+so later graphs built on it depend on those keys instead of recomputing them; ``normalize_collection``
+swaps in futures the client already has for a collection's keys; ``get`` is dask's scheduler
+interface (results, or futures with ``sync=False``).
 
 **Default scheduler.** A Client created with ``set_as_default=True`` (the default) sets dask's
 ``scheduler`` setting to ``DEFAULT_SCHEDULER``, a small stand-in that forwards to the newest open default
@@ -208,6 +209,26 @@ def _rebuild(collection, expr, keys, futures: dict):
         return _rebuild_composite_collection(collection, expr, futures, cull_to_child_keys=True)
     rebuild, state = collection.__dask_postpersist__()
     return rebuild({key: futures[key] for key in flatten_keys(keys)}, *state)
+
+
+def normalize_collection(client, collection):
+    """``Client.normalize_collection``: ``collection`` with each task whose key this client already has
+    a future for replaced by such a future, so computing it reuses those results; nothing is
+    submitted. The collection itself when no key is known."""
+    dask = require_dask()
+    if not dask.is_dask_collection(collection):
+        raise TypeError(
+            f"normalize_collection needs a dask collection, not {type(collection).__name__}"
+        )
+    from ..futures import Future
+
+    graph = dict(collection.__dask_graph__())
+    futures = {key: Future(key, client) for key in graph if client._holds(key)}
+    if not futures:
+        return collection
+    graph.update(futures)
+    rebuild, state = collection.__dask_postpersist__()
+    return rebuild(graph, *state)
 
 
 def get(client, dsk, keys, sync=True, **options):
