@@ -136,6 +136,7 @@ def test_results_stay_right_when_many_publications_share_a_pool():
         for _ in range(3):
             y = x.rechunk((250, 1000)) + x.T
             np.testing.assert_allclose(y.sum(axis=0).compute(), (expected + expected.T).sum(0))
-            segments_settle(client)  # the run's segments went back to their writers (asynchronously)
+            # the run's segments went back to their writers (asynchronously)
+            segments_settle(client)
         created, reused = map(sum, zip(*client.run(pool_counts).values()))
         assert reused > created  # later runs mostly wrote into recycled segments
