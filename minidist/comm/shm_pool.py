@@ -46,15 +46,41 @@ from __future__ import annotations
 
 import collections
 import fcntl
+import mmap
 import os
+import sys
 import threading
 from typing import Iterable
 
 from minidist.comm.shm import SegmentStore, SharedBuffer, _write_new_file
 from minidist.comm.shm_sweep import SHM_DIR, _unlink_quietly
 
-MAX_FREE = 64  # free segments kept at most (each holds a descriptor in the writer)
+MAX_FREE = 64  # free segments kept at most (each holds a descriptor or two in the writer)
 _SLACK = 2  # a free segment serves a buffer of at least 1/_SLACK of its size
+_MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # fault a new writable mapping in at once
+
+
+class _Segment:
+    """A file of the pool: its size, its descriptor while it is free (-1 while lent), and the
+    writer's own writable mapping of it once it was rewritten (kept: its pages are faulted in once)."""
+
+    __slots__ = ("size", "fd", "mapping")
+
+    def __init__(self, size: int):
+        self.size = size
+        self.fd = -1
+        self.mapping: mmap.mmap | None = None
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if self.mapping is not None:
+            try:
+                self.mapping.close()
+            except BufferError:  # a copy into it is still running: the collector unmaps it later
+                pass
+            self.mapping = None
 
 
 class SegmentPool:
@@ -69,9 +95,9 @@ class SegmentPool:
         self.threshold = store.threshold
         self.capacity = capacity
         self._lock = threading.Lock()
-        self._free: collections.OrderedDict[str, tuple[int, int]] = collections.OrderedDict()
+        self._free: collections.OrderedDict[str, _Segment] = collections.OrderedDict()
         self._free_bytes = 0
-        self._lent: dict[str, int] = {}  # name handed out -> size of its file
+        self._lent: dict[str, _Segment] = {}  # name handed out -> its file
         self._closed = False
         self.reused = 0  # writes into a recycled segment (for tests and benchmarks)
         self.created = 0  # writes into a new file
@@ -95,61 +121,72 @@ class SegmentPool:
         view = view.cast("B") if (view.format != "B" or view.ndim != 1) else view
         nbytes = view.nbytes
         while True:
-            candidate = self._take_free(nbytes)
-            if candidate is None:
+            taken = self._take_free(nbytes)
+            if taken is None:
                 break
-            handle = self._rewrite(candidate[0], candidate[1], candidate[2], view)
+            handle = self._rewrite(taken[0], taken[1], view)
             if handle is not None:
                 return handle
         name = self.store._new_name()
         _write_new_file(os.path.join(SHM_DIR, name), view)
         with self._lock:
-            self._lent[name] = nbytes
+            self._lent[name] = _Segment(nbytes)
             self.created += 1
         return SharedBuffer(name, nbytes, 0, True)
 
     def write_summed(self, data):
         raise NotImplementedError("pooled segments are for results, which have no content token")
 
-    def _take_free(self, nbytes: int) -> tuple[str, int, int] | None:
+    def _take_free(self, nbytes: int) -> tuple[str, _Segment] | None:
         """The smallest free segment that fits ``nbytes`` and whose last reader is gone, locked
         exclusively and out of the free list; None if there is none."""
         with self._lock:
             fits = sorted(
-                (size, name)
-                for name, (_, size) in self._free.items()
-                if nbytes <= size <= max(nbytes * _SLACK, 1 << 16)
+                (segment.size, name)
+                for name, segment in self._free.items()
+                if nbytes <= segment.size <= max(nbytes * _SLACK, 1 << 16)
             )
             for size, name in fits:
-                fd = self._free[name][0]
+                segment = self._free[name]
                 try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    fcntl.flock(segment.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except OSError:  # BlockingIOError: a reader still maps it (a view may live)
                     continue
                 del self._free[name]
                 self._free_bytes -= size
-                return name, fd, size
+                return name, segment
         return None
 
-    def _rewrite(self, name: str, fd: int, size: int, view: memoryview) -> SharedBuffer | None:
-        """Write ``view`` into the segment ``name`` (locked exclusively) under a new name; None if
-        the file was removed meanwhile (a sweep)."""
+    def _rewrite(self, name: str, segment: _Segment, view: memoryview) -> SharedBuffer | None:
+        """Write ``view`` into ``segment`` (locked exclusively), renamed from ``name`` to a new
+        name; None if the file was removed meanwhile (a sweep)."""
         new_name = self.store._new_name()
         try:
             try:
                 os.rename(os.path.join(SHM_DIR, name), os.path.join(SHM_DIR, new_name))
             except FileNotFoundError:
+                segment.release()
                 return None
-            written = 0
-            while written < view.nbytes:
-                written += os.pwrite(fd, view[written:], written)
+            if segment.mapping is None:
+                # every page of the file exists (it was written whole), so a store into the
+                # mapping cannot fail with SIGBUS the way one into a new tmpfs file can
+                segment.mapping = mmap.mmap(
+                    segment.fd, segment.size, flags=mmap.MAP_SHARED | _MAP_POPULATE
+                )
+            _copy_into(segment.mapping, view)
         except BaseException:
             _unlink_quietly(os.path.join(SHM_DIR, new_name))
+            segment.release()
             raise
-        finally:
-            os.close(fd)  # and so the exclusive lock: readers of the new name may come
+        # unlock explicitly: the mapping holds a duplicate of the descriptor (mmap dups it), which
+        # would keep the lock of their shared open file description; readers of the new name may come
+        fcntl.flock(segment.fd, fcntl.LOCK_UN)
+        os.close(segment.fd)
+        segment.fd = -1
         with self._lock:
-            self._lent[new_name] = size
+            if len(self._lent) >= MAX_FREE:
+                segment.release()  # many lent at once: keep descriptors bounded, map it again later
+            self._lent[new_name] = segment
             self.reused += 1
         return SharedBuffer(new_name, view.nbytes, 0, True)
 
@@ -157,41 +194,42 @@ class SegmentPool:
         """Segments written for a value that will not be sent (its pickling failed): unlink them."""
         names = list(names)
         with self._lock:
-            for name in names:
-                self._lent.pop(name, None)
-        for name in names:
+            gone = [self._lent.pop(name, None) for name in names]
+        for name, segment in zip(names, gone):
             _unlink_quietly(os.path.join(SHM_DIR, name))
+            if segment is not None:
+                segment.release()
 
     def give_back(self, names: Iterable[str]) -> None:
         """Nothing refers to these segments any more (the scheduler's ledger says so): keep them for
         reuse, up to the pool's bounds, and unlink the rest."""
-        doomed: list[tuple[str, int | None]] = []
+        doomed: list[tuple[str, _Segment]] = []
         with self._lock:
             for name in names:
-                size = self._lent.pop(name, None)
-                if size is None:
+                segment = self._lent.pop(name, None)
+                if segment is None:
                     continue  # not one of ours now (discarded, or given back twice)
                 if self._closed:
-                    doomed.append((name, None))
+                    doomed.append((name, segment))
                     continue
                 try:
-                    fd = os.open(
+                    segment.fd = os.open(
                         os.path.join(SHM_DIR, name),
                         os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW,
                     )
                 except OSError:
-                    continue  # swept meanwhile
-                self._free[name] = (fd, size)
-                self._free_bytes += size
+                    doomed.append((name, segment))  # swept meanwhile
+                    continue
+                self._free[name] = segment
+                self._free_bytes += segment.size
             while self._free and (self._free_bytes > self.capacity or len(self._free) > MAX_FREE):
-                name, (fd, size) = self._free.popitem(last=False)
-                self._free_bytes -= size
-                doomed.append((name, fd))
-        for name, descriptor in doomed:
+                name, segment = self._free.popitem(last=False)
+                self._free_bytes -= segment.size
+                doomed.append((name, segment))
+        for name, segment in doomed:
             # a reader that still maps it keeps its pages until it lets go; the name goes now
             _unlink_quietly(os.path.join(SHM_DIR, name))
-            if descriptor is not None:
-                os.close(descriptor)
+            segment.release()
 
     def close(self) -> None:
         """Unlink the free segments; segments given back later are unlinked at once. Idempotent."""
@@ -199,6 +237,20 @@ class SegmentPool:
             self._closed = True
             free, self._free = self._free, collections.OrderedDict()
             self._free_bytes = 0
-        for name, (fd, _) in free.items():
+            lent = list(self._lent.values())
+        for name, segment in free.items():
             _unlink_quietly(os.path.join(SHM_DIR, name))
-            os.close(fd)
+            segment.release()
+        for segment in lent:  # the writer's own mappings: given back later, they are unlinked
+            segment.release()
+
+
+def _copy_into(mapping: mmap.mmap, view: memoryview) -> None:
+    """memcpy ``view`` to the start of ``mapping`` (through NumPy, which lets go of the GIL)."""
+    numpy = sys.modules.get("numpy")
+    if numpy is None:
+        memoryview(mapping)[: view.nbytes] = view
+        return
+    target = numpy.frombuffer(mapping, numpy.uint8, count=view.nbytes)
+    numpy.copyto(target, numpy.frombuffer(view, numpy.uint8))
+    del target  # no export may outlive the copy: the mapping is closed when the segment goes
