@@ -47,6 +47,7 @@ import itertools
 import mmap
 import os
 import re
+import resource
 import secrets
 import stat
 import sys
@@ -445,7 +446,8 @@ def open_segment(name: str, nbytes: int, offset: int = 0, pooled: bool = False) 
     return memoryview(mapping)[offset - start : offset - start + nbytes]
 
 
-_POOLED_MAPPINGS_MAX = 1024  # pooled mappings (each holding a descriptor) one process keeps at most
+# pooled mappings (each holding a descriptor) one process keeps at most: a quarter of its descriptors
+_POOLED_MAPPINGS_MAX = min(1024, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4)
 _pooled_descriptors: set[int] = set()  # those descriptors (set.add/discard: safe in a finalizer)
 
 
