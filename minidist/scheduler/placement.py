@@ -275,6 +275,8 @@ class Placement:
         (``AskToRelease``) to give back tasks it has not started; ``queued_released`` requeues those
         it gave back, and an idle worker takes them then. A task never runs twice because of a steal.
         """
+        if all(len(ws.processing) <= ws.nthreads + ws.seceded for ws in running):
+            return  # nothing is queued behind a running task anywhere (a chain of single tasks)
         # a worker whose next tasks wait for a publication is about to be busy: it steals nothing
         expecting = {address for _, address in self._aside.values()} if self._aside else ()
         for thief in running:
