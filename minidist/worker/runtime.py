@@ -53,6 +53,7 @@ logger = logging.getLogger("minidist.worker")
 
 REPORT_DELAY = 0.002  # longest a finished result waits to share a message with the next ones
 _MAX_BATCH = 256
+_COMPACT_AFTER = 1024  # frees between two looks at the cache's table sizes (free())
 # Process workers: the longest a message waits to be received while the thread that received last runs a
 # task in the worker's last free slot, and how long after the last task started an idle thread keeps
 # watching for that (see _next_task). Only control messages wait (frees, steals, client.run, prefetched
@@ -149,6 +150,7 @@ class WorkerRuntime:
         self.running_board = (
             None  # process workers: where task threads note what they run (running.py)
         )
+        self._freed = 0  # keys freed since the cache's tables were last right-sized
         self._free_slots = list(reversed(range(SLOTS)))
         self._threads: list[threading.Thread] = []
         self._active_threads = 0  # threads that count against the pool's size (not seceded)
@@ -209,9 +211,10 @@ class WorkerRuntime:
     def free(self, keys) -> None:
         """Drop cached values and cancel queued or running copies of ``keys``."""
         actors = getattr(self, "actors", None)  # worker/actors.py: a released actor goes too
-        if self.holding is not None:
+        if self.holding is not None and self.holding.held:
             self.holding.forget(keys)
         with self._condition:
+            self._freed += len(keys)
             for key in keys:
                 self.data.pop(key, None)
                 self.encoded.pop(key, None)
@@ -225,9 +228,11 @@ class WorkerRuntime:
                 for task in self._pending:
                     if task.key in doomed:
                         task.cancelled = True
-            if not self._running:
+            if not self._running and self._freed >= _COMPACT_AFTER:
                 # no task thread is inside _execute (the only writer besides this thread): give back
-                # the tables a large run left mostly empty (sparse.py)
+                # the tables a large run left mostly empty (sparse.py); emptying a table large enough
+                # to copy takes more frees than _COMPACT_AFTER, so looking that often still finds it
+                self._freed = 0
                 self.data = right_sized(self.data)
                 self.encoded = right_sized(self.encoded)
                 self.executing = right_sized(self.executing)
