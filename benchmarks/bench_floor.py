@@ -7,7 +7,8 @@ Every engine gets 2 workers x 1 thread. Each figure is the best of ``--repeat`` 
 installed are left out (loky comes with joblib; Ray is never a dependency). Printed: one table of seconds
 with each engine's ratio to minidist's processes (above 1: minidist is faster), then minidist's own
 figures that have no counterpart elsewhere (worker starts, the 100,000-task run with its memory and a
-per-stage profile of where the client and scheduler spend their time, and where a round trip goes).
+per-stage profile of where the client and scheduler spend their time), and where a round trip goes, for
+minidist and ProcessPoolExecutor side by side.
 """
 
 from __future__ import annotations
@@ -357,53 +358,107 @@ def main() -> None:
     round_trip_stages(3000)
 
 
-def round_trip_stages(n: int) -> None:
-    """Where one chained submit -> result goes: the user thread's share (submit, then the wait for the
-    result), the CPU of the client process (user thread + scheduler thread) and of the workers, and
-    the context switches a trip costs (each is a hand-off between threads or processes)."""
-    import psutil
+def _thread_times(pids) -> dict:
+    """(pid, thread id) -> (CPU ns, ns spent ready but waiting for a CPU, voluntary switches) for every
+    thread of ``pids`` (Linux: /proc/PID/task/TID/schedstat and status)."""
+    times = {}
+    for pid in pids:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as stat:
+                    run, wait = (int(field) for field in stat.read().split()[:2])
+                with open(f"/proc/{pid}/task/{tid}/status") as status:
+                    (woken,) = (int(line.split()[1]) for line in status if line.startswith("volu"))
+            except (FileNotFoundError, ProcessLookupError):
+                continue  # a thread that ended meanwhile
+            times[pid, int(tid)] = (run, wait, woken)
+    return times
 
+
+def _engine_threads() -> set:
+    """Native ids of this process's engine threads: minidist's scheduler thread; the executor's
+    manager and queue feeder threads."""
+    return {
+        thread.native_id
+        for thread in threading.enumerate()
+        if thread.name in ("minidist-scheduler", "QueueFeederThread")
+        or type(thread).__name__ == "_ExecutorManagerThread"
+    }
+
+
+def _chain_profile(label: str, submit, result, pids: list, engine: set, n: int) -> str:
+    """One line: ``n`` chained round trips, where each trip's wall time, CPU and wake-ups go."""
+    before = _thread_times(pids)
+    submitting = waiting = 0.0
+    start = time.perf_counter()
+    x = 0
+    for _ in range(n):
+        t0 = time.perf_counter()
+        future = submit(noop, x)
+        t1 = time.perf_counter()
+        x = result(future)
+        submitting += t1 - t0
+        waiting += time.perf_counter() - t1
+    wall = time.perf_counter() - start
+    after = _thread_times(pids)
+    me = os.getpid()
+    cpu: dict = {}
+    ready = woken = 0
+    for (pid, tid), (run, wait, switches) in after.items():
+        run0, wait0, switches0 = before.get((pid, tid), (0, 0, 0))
+        if pid != me:
+            part = "workers"
+        elif tid == threading.main_thread().native_id:
+            part = "user thread"
+        elif tid in engine:
+            part = "engine threads"
+        else:
+            part = "other"
+        cpu[part] = cpu.get(part, 0) + run - run0
+        ready += wait - wait0
+        woken += switches - switches0
+    parts = ", ".join(
+        f"{part} {cpu.get(part, 0) / n / 1e3:.0f}"
+        for part in ("user thread", "engine threads", "workers", "other")
+    )
+    return (
+        f"  {label}: {wall / n * 1e6:.0f} us a trip = submit {submitting / n * 1e6:.0f} + wait "
+        f"{waiting / n * 1e6:.0f}; CPU a trip (us): {parts}; thread wake-ups a trip "
+        f"{woken / n:.1f}; ready but waiting for a CPU {ready / n / 1e3:.0f} us a trip"
+    )
+
+
+def round_trip_stages(n: int) -> None:
+    """Where one chained submit -> result goes, for minidist's process workers and for
+    ``ProcessPoolExecutor`` (forkserver) in the same run: the user thread's share (submit, then the
+    wait for the result); the CPU a trip costs the user thread, the engine's own threads (minidist's
+    scheduler thread; the executor's manager and queue feeder threads) and the workers; the thread
+    wake-ups a trip costs (voluntary context switches: each hand-off between threads or processes is
+    one); and how long threads that were ready waited for a CPU (the machine's load)."""
     from minidist import Client
 
-    def switches(processes) -> int:
-        """Context switches of every thread of ``processes`` (Linux: /proc/PID/task/*/status)."""
-        total = 0
-        for process in processes:
-            for task in os.listdir(f"/proc/{process.pid}/task"):
-                with open(f"/proc/{process.pid}/task/{task}/status") as status:
-                    total += sum(int(line.split()[1]) for line in status if "ctxt_switches" in line)
-        return total
-
-    def cpu(processes) -> float:
-        return sum(p.cpu_times().user + p.cpu_times().system for p in processes)
-
+    print(f"\nround trip ({n:,} chained submit -> result, 2 workers x 1 thread):")
     with Client(n_workers=2, threads_per_worker=1, dashboard_address=None) as client:
         client.submit(noop, 0).result()
-        me = [psutil.Process()]
-        workers = [psutil.Process(pid) for pid in client.run(os.getpid).values()]
-        submitting = waiting = 0.0
-        cpu_before = cpu(me), cpu(workers)
-        switches_before = switches(me), switches(workers)
-        start = time.perf_counter()
-        x = 0
-        for _ in range(n):
-            t0 = time.perf_counter()
-            future = client.submit(noop, x, pure=False)
-            t1 = time.perf_counter()
-            x = future.result()
-            submitting += t1 - t0
-            waiting += time.perf_counter() - t1
-        wall = time.perf_counter() - start
-        client_cpu, worker_cpu = cpu(me) - cpu_before[0], cpu(workers) - cpu_before[1]
-        client_switches = switches(me) - switches_before[0]
-        worker_switches = switches(workers) - switches_before[1]
-    print(
-        f"\nround trip ({n:,} chained submit -> result): {wall / n * 1e6:.0f} us a trip = "
-        f"submit {submitting / n * 1e6:.0f} + wait for the result {waiting / n * 1e6:.0f}; "
-        f"CPU a trip: client process {client_cpu / n * 1e6:.0f} us, workers "
-        f"{worker_cpu / n * 1e6:.0f} us; context switches a trip: client "
-        f"{client_switches / n:.1f}, workers {worker_switches / n:.1f}"
-    )
+        engine = _engine_threads()
+        pids = [os.getpid(), *set(client.run(os.getpid).values())]
+        line = _chain_profile(
+            "minidist",
+            lambda f, *a: client.submit(f, *a, pure=False),
+            lambda f: f.result(),
+            pids,
+            engine,
+            n,
+        )
+    print(line)
+    context = multiprocessing.get_context("forkserver")
+    with concurrent.futures.ProcessPoolExecutor(2, mp_context=context) as executor:
+        executor.submit(noop, 0).result()
+        executor.submit(noop, 0).result()
+        engine = _engine_threads()
+        pids = [os.getpid(), *executor._processes]  # the executor's worker processes
+        line = _chain_profile("ProcessPool", executor.submit, lambda f: f.result(), pids, engine, n)
+    print(line)
 
 
 def profile_stages(n: int) -> None:
