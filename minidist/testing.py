@@ -51,14 +51,17 @@ __all__ = [
 
 def backing_file(array) -> str:
     """The file behind the mapping of this process that holds ``array``'s memory, or ``""`` (private
-    memory). Read inside a task it tells whether an argument is the shared segment itself."""
+    memory: an anonymous mapping, or the ``[heap]``, where glibc serves blocks below its mmap
+    threshold, which grows once a process has freed a larger block). Read inside a task it tells
+    whether an argument is the shared segment itself."""
     address, nbytes = array.__array_interface__["data"][0], array.nbytes
     with open("/proc/self/maps") as maps:
         for line in maps:
             fields = line.split(maxsplit=5)
             low, high = (int(x, 16) for x in fields[0].split("-"))
             if low <= address and address + nbytes <= high:
-                return fields[5].strip() if len(fields) > 5 else ""
+                name = fields[5].strip() if len(fields) > 5 else ""
+                return "" if name.startswith("[") else name  # [heap], [stack]: private
     return ""
 
 
