@@ -83,11 +83,13 @@ class TaskState:
         self.state = "released"
         # NO_KEYS until the first key (see _NoKeys); dependencies are fixed when the task is made
         self.dependencies: frozenset[Key] = NO_KEYS
-        self.dependents: set[Key] = NO_KEYS
+        self.dependents: Set[Key] = (
+            NO_KEYS  # a set, or a frozenset shared with siblings (add_dependent)
+        )
         # dependencies not yet in memory: the task's own frozenset of dependencies while none has come
         # (wait_on_all), a set of its own once some have, NO_KEYS once all have
         self.waiting_on: Set[Key] = NO_KEYS
-        self.waiters: set[Key] = NO_KEYS  # dependents not yet finished that need this value
+        self.waiters: Set[Key] = NO_KEYS  # dependents not yet finished that need this value
         # who_wants and who_has: NO_KEYS, a shared one-name frozenset (_just) or a set of their own;
         # changed only through the methods below. Most tasks of a graph: no client wants them
         self.who_wants: Set[str] = NO_KEYS
@@ -121,18 +123,31 @@ class TaskState:
     # two equal ones for the whole run. Every change goes through the methods below, which give
     # ``waiters`` a set of its own before the two differ.
 
-    def add_dependent(self, key: Key) -> None:
-        if self.dependents is NO_KEYS:
-            self.dependents = set()
-        elif self.waiters is self.dependents:
-            self.waiters = set(self.waiters)
-        self.dependents.add(key)
+    def add_dependent(self, key: Key, alone: Optional[frozenset] = None) -> None:
+        """``alone``: ``frozenset((key,))``, which the caller shares among the dependencies of ``key``
+        that have no other dependent yet (so a task that is the only dependent of each of its
+        dependencies costs them one set between them); replaced by a set on the next change."""
+        dependents = self.dependents
+        if dependents is NO_KEYS:
+            self.dependents = alone if alone is not None else {key}
+            return
+        if self.waiters is dependents:
+            self.waiters = set(dependents)
+        if type(dependents) is not set:  # the shared ``alone`` of another task
+            dependents = self.dependents = set(dependents)
+        dependents.add(key)
 
     def discard_dependent(self, key: Key) -> None:
-        if key in self.dependents:
-            if self.waiters is self.dependents:
-                self.waiters = set(self.waiters)
-            self.dependents.discard(key)
+        dependents = self.dependents
+        if key in dependents:
+            if self.waiters is dependents:
+                self.waiters = set(dependents)
+            if type(dependents) is set:
+                dependents.discard(key)
+            else:
+                rest = set(dependents)
+                rest.discard(key)
+                self.dependents = rest or NO_KEYS
 
     def add_waiting_on(self, key: Key) -> None:
         waiting = self.waiting_on
@@ -169,25 +184,28 @@ class TaskState:
 
     def add_waiter(self, key: Key) -> None:
         waiters = self.waiters
-        if waiters is NO_KEYS:
-            if len(self.dependents) == 1 and key in self.dependents:
-                self.waiters = self.dependents  # shared (see above)
-                return
-            waiters = self.waiters = set()
-        elif waiters is self.dependents:
-            if key in waiters:
-                return
-            waiters = self.waiters = set(waiters)
-        waiters.add(key)
+        if type(waiters) is set and waiters is not self.dependents:
+            waiters.add(key)
+            return
+        if key in waiters:
+            return  # shared with dependents, which hold it
+        if waiters is NO_KEYS and len(self.dependents) == 1 and key in self.dependents:
+            self.waiters = self.dependents  # shared (see above)
+            return
+        own = set(waiters)
+        own.add(key)
+        self.waiters = own
 
     def discard_waiter(self, key: Key) -> None:
         waiters = self.waiters
         if key not in waiters:
             return
-        if waiters is self.dependents:  # shared: both are {key}
-            self.waiters = NO_KEYS
-        else:
+        if type(waiters) is set and waiters is not self.dependents:
             waiters.discard(key)
+        else:  # shared with dependents (then both are just {key})
+            rest = set(waiters)
+            rest.discard(key)
+            self.waiters = rest or NO_KEYS
 
     def add_holder(self, worker: str) -> None:
         holders = self.who_has

@@ -127,12 +127,15 @@ class SchedulerState(Lineage):
                 held.add_wanter(client)
         lost: list[Key] = []
         for ts in new:  # link after all are created so tasks of one graph may refer to each other
+            alone = None  # {ts.key}, shared by the dependencies that have no other dependent
             for dep_key in ts.dependencies:
                 dep = self.tasks.get(dep_key)
                 if dep is None:
                     lost.append(ts.key)  # its dependency was released or cancelled meanwhile
                     continue
-                dep.add_dependent(ts.key)
+                if dep.dependents is NO_KEYS and alone is None:
+                    alone = frozenset((ts.key,))
+                dep.add_dependent(ts.key, alone)
         if lost:
             # as dask: tasks whose dependencies are gone are cancelled ("lost dependencies"), with
             # everything of this graph that depends on them; the client sees CancelledError
