@@ -1,5 +1,6 @@
 """The scheduler thread never dies silently: if its loop fails, every waiting future errs with a clear
-``SchedulerError`` naming the cause, the failure is in the Scheduler log, and closing still works."""
+``SchedulerError`` naming the cause, the failure is in the Scheduler log, and closing still works. Nor
+does it doze: a post interrupted by Ctrl-C leaves later posts waking it at once."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import os
 
 import pytest
 
+from conftest import wait_until
 from minidist import Client, LocalCluster, SchedulerError
+from minidist.messages import Wake
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -58,3 +61,31 @@ def test_a_failing_scheduler_loop_errs_every_waiting_future_and_closes_cleanly(
     client.close()
     cluster.close()
     assert cluster.status == "closed"
+
+
+def test_a_post_interrupted_before_its_wake_up_does_not_slow_every_later_one(cluster):
+    # Ctrl-C can land in Scheduler.post between "a wake-up is on its way" and writing it; the flag it
+    # leaves set would make every later post skip its wake-up (each message then waits for the loop's
+    # 0.25 s idle turn). The loop's next quiet turn clears it.
+    scheduler = cluster.scheduler
+    with Client(cluster) as client:
+        assert client.submit(inc, 1).result(timeout=10) == 2
+        scheduler._wake_pending = True  # what an interrupted post leaves behind
+        assert wait_until(lambda: not scheduler._wake_pending, timeout=5)
+        assert client.submit(inc, 2).result(timeout=10) == 3
+
+
+def test_ctrl_c_inside_post_leaves_the_wake_up_flag_clear(cluster, monkeypatch):
+    scheduler = cluster.scheduler
+    with Client(cluster) as client:
+        assert client.submit(inc, 1).result(timeout=10) == 2
+
+        def interrupted_write(fd, data):
+            raise KeyboardInterrupt
+
+        with monkeypatch.context() as patch:
+            patch.setattr(os, "write", interrupted_write)
+            with pytest.raises(KeyboardInterrupt):
+                scheduler.post(Wake())
+        assert not scheduler._wake_pending
+        assert client.submit(inc, 2).result(timeout=10) == 3

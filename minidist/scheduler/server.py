@@ -171,6 +171,11 @@ class Scheduler:
                 os.write(self._wake_w, b"x")
             except OSError:
                 pass  # closed: the scheduler is gone
+            except BaseException:
+                # a KeyboardInterrupt (Ctrl-C in the thread that posts) before the byte went: a flag
+                # left set would make every later post skip its wake-up
+                self._wake_pending = False
+                raise
 
     def call(self, function: Callable, *args) -> concurrent.futures.Future:
         """Run ``function(self, *args)`` on the scheduler thread; its result arrives in the future.
@@ -228,6 +233,10 @@ class Scheduler:
                 events = []
             if self._closing:
                 break
+            if not events:
+                # a quiet turn: a flag still set means a poster set it and never wrote (interrupted
+                # where the except above could not see it); clearing it costs at most one extra byte
+                self._wake_pending = False
             outgoing: dict = {}
             reports: dict = {}
             for selector_key, _ in events:
