@@ -6,11 +6,16 @@ Run: python examples/asyncio_client.py [SCHEDULER_ADDRESS]
 import asyncio
 import sys
 
-from minidist import Client, as_completed
+from minidist import Client, Event, as_completed
 
 
 def fib(n):
     return n if n < 2 else fib(n - 1) + fib(n - 2)
+
+
+def fib_when_told(n, event_name):
+    Event(event_name).wait()  # set by the event loop below, while it keeps running
+    return fib(n)
 
 
 async def main(address):
@@ -23,11 +28,16 @@ async def main(address):
             seen.append(await future)
         print("as completed, sorted:", sorted(seen))
         ticks = 0
-        slow = client.submit(fib, 28)  # ~0.1 s: long enough that the loop gets to tick meanwhile
-        while not slow.done():  # the loop keeps running while the task does
+        go = Event("go")
+        waiting = client.submit(fib_when_told, 25, "go")
+        while not waiting.done():  # the loop keeps running while the task waits
             ticks += 1
+            if ticks == 3:
+                await go.set()  # only a loop that kept ticking gets here: the task may go on
             await asyncio.sleep(0.01)
-        print("fib(28) =", await slow, "| the event loop stayed responsive:", ticks > 0)
+        print(
+            "fib(25) =", await waiting, "| the event loop ticked while the task waited:", ticks >= 3
+        )
 
 
 if __name__ == "__main__":
