@@ -5,6 +5,8 @@ leak check around every test module (no child process, thread, file descriptor, 
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 # imported here, before pytest loads it as a plugin: let pytest rewrite its asserts all the same
@@ -13,7 +15,21 @@ from minidist.testing import no_leaks, wait_until  # noqa: E402
 
 pytest_plugins = ["minidist.testing"]
 
-__all__ = ["wait_until"]  # tests import it from here
+__all__ = ["two_process_workers", "wait_until"]  # tests import them from here
+
+
+@contextlib.contextmanager
+def two_process_workers():
+    """A Client of its own LocalCluster of 2 process workers x 1 thread, both ready (the shape the data
+    plane's module-scoped fixtures share)."""
+    from minidist import Client, LocalCluster
+
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
+        client.wait_for_workers(2, timeout=20)
+        yield client
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -20,7 +20,7 @@ import numpy as np
 import psutil
 import pytest
 
-from conftest import wait_until
+from conftest import two_process_workers, wait_until
 from minidist import Client, LocalCluster, wait
 from minidist.comm.shm import (
     SegmentStore,
@@ -126,11 +126,7 @@ def assert_same_array(actual, expected) -> None:
 
 @pytest.fixture(scope="module")
 def client():
-    with (
-        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster,
-        Client(cluster) as c,
-    ):
-        c.wait_for_workers(2, timeout=20)
+    with two_process_workers() as c:
         yield c
 
 

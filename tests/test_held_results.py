@@ -17,7 +17,7 @@ import dask
 import numpy as np
 import pytest
 
-from conftest import wait_until
+from conftest import two_process_workers, wait_until
 from minidist import Client, LocalCluster
 from minidist.comm.shm import list_segments
 from minidist.testing import backing_file
@@ -105,11 +105,7 @@ def segment_writer(path: str) -> int:
 
 @pytest.fixture(scope="module")
 def client():
-    with (
-        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster,
-        Client(cluster) as c,
-    ):
-        c.wait_for_workers(2, timeout=20)
+    with two_process_workers() as c:
         yield c
 
 

@@ -17,8 +17,8 @@ import dask
 import numpy as np
 import pytest
 
-from conftest import wait_until
-from minidist import Client, LocalCluster
+from conftest import two_process_workers, wait_until
+from minidist import Client
 from minidist.comm.shm import list_segments
 
 pytestmark = pytest.mark.timeout(90)
@@ -56,11 +56,7 @@ def free_segments(dask_worker) -> list:
 
 @pytest.fixture(scope="module")
 def client():
-    with (
-        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster,
-        Client(cluster) as c,
-    ):
-        c.wait_for_workers(2, timeout=20)
+    with two_process_workers() as c:
         yield c
 
 
