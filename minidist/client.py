@@ -51,6 +51,10 @@ from .keys import funcname
 from .messages import Cancel, Release, Retry, Scatter, TaskColumns, UpdateGraph
 from .worker.task_client import register_client_maker
 
+# map() posts its tasks in batches of 64, 128, ... up to 4096 (unless given batch_size)
+_FIRST_BATCH = 64
+_LAST_BATCH = 4096
+
 
 class Client(AsyncContext):
     """Connect to a cluster (or build a local one) and run work on it.
@@ -232,6 +236,10 @@ class Client(AsyncContext):
         function_ref = self._packer.function_ref(func)
         futures = []
         tasks = []
+        # Tasks go in batches that double from _FIRST_BATCH: workers start while the rest is packed,
+        # and each batch's messages are gone before the next, instead of 100,000 of them living
+        # until the end (for the garbage collector to walk again and again as they pile up)
+        step = batch_size or _FIRST_BATCH
         for i, args in enumerate(zip(*iterables)):
             task_key = keys[i] if keys is not None else None
             # with key=None or a prefix (options["prefix"]), prepare() makes the key as submit does
@@ -241,9 +249,16 @@ class Client(AsyncContext):
             futures.append(self._new_future(task_key))
             if task is not None:
                 tasks.append(task)
+                if len(tasks) >= step:
+                    self._post_tasks(tasks)
+                    tasks = []
+                    step = batch_size or min(2 * step, _LAST_BATCH)
         if tasks:
-            self.scheduler.post(UpdateGraph(self.id, tuple(tasks), tuple(t.key for t in tasks)))
+            self._post_tasks(tasks)
         return futures
+
+    def _post_tasks(self, tasks: list) -> None:
+        self.scheduler.post(UpdateGraph(self.id, tuple(tasks), tuple(t.key for t in tasks)))
 
     # ------------------------------------------------------------------------------------ results
 

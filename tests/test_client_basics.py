@@ -17,6 +17,7 @@ from minidist import (
     fire_and_forget,
     wait,
 )
+from minidist.testing import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -91,6 +92,31 @@ def test_map_over_several_iterables_and_key_prefix(client):
     futures = client.map(add, range(5), range(5, 10), key="adding")
     assert all(f.key.startswith("adding-") for f in futures)
     assert client.gather(futures) == [5, 7, 9, 11, 13]
+
+
+def mark_done(path, i):
+    if i == 0:
+        with open(path, "w") as marker:
+            marker.write("ran")
+    return i
+
+
+@pytest.mark.parametrize("batch_size", [None, 5])
+def test_map_starts_tasks_while_its_iterable_is_still_read(client, tmp_path, batch_size):
+    # map posts its tasks in batches (doubling from 64 by default, or batch_size): the first tasks run
+    # while a long or slow iterable is still being consumed, as in dask
+    marker = tmp_path / "first-task-ran"
+    seen_while_reading = []
+
+    def items():
+        for i in range(200):
+            if i == 150:
+                seen_while_reading.append(wait_until(marker.exists, timeout=20))
+            yield i
+
+    futures = client.map(mark_done, [str(marker)] * 200, items(), pure=False, batch_size=batch_size)
+    assert seen_while_reading == [True]
+    assert client.gather(futures) == list(range(200))
 
 
 def test_futures_in_arguments_become_dependencies(client):
