@@ -155,7 +155,7 @@ class Placement:
                 ts.key,
                 ts.run_spec,
                 tuple(ts.dependencies),
-                tuple(dep.key for dep in missing),
+                tuple([dep.key for dep in missing]) if missing else (),
                 ts.attempt,
                 not ts.who_wants and depth < MAX_HELD_DEPTH,
             )

@@ -353,7 +353,7 @@ class Scheduler:
                     continue
                 if plugins is not None:
                     plugins.transition(inst.key, "queued", "processing")
-                deps = self.data_plane.dependency_values(inst, data)
+                deps = self.data_plane.dependency_values(inst, data) if inst.dependencies else {}
                 outgoing.setdefault(handle, []).append(
                     handle.execute_message(
                         inst.key,

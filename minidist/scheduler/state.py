@@ -481,8 +481,9 @@ class SchedulerState(Lineage):
             if dep is not None:
                 dep.discard_waiter(key)
                 self._maybe_forget(dep, out)
-        for dependent_key in list(ts.dependents):
-            self._dependency_ready(self.tasks[dependent_key], key)
+        if ts.dependents:
+            for dependent_key in list(ts.dependents):
+                self._dependency_ready(self.tasks[dependent_key], key)
         self._maybe_forget(ts, out)
         self._fill_workers(out)
         return out
