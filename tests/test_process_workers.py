@@ -131,6 +131,29 @@ def test_runs_from_a_script_without_a_main_guard(tmp_path):
     assert done.stdout.strip() == "285"
 
 
+def test_workers_run_the_clients_minidist_whatever_the_current_folder_holds(tmp_path):
+    # a fresh interpreter started with `python -c` looks in the current folder first, where another
+    # minidist (a source checkout, a folder of that name) would shadow the one the client runs
+    project = tmp_path / "project"
+    (project / "minidist").mkdir(parents=True)
+    (project / "minidist" / "__init__.py").write_text(
+        "raise ImportError('not the client minidist')\n"
+    )
+    script = tmp_path / "script.py"
+    script.write_text(SCRIPT)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=project,
+        env={**os.environ, "PYTHONPATH": root},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "285"
+
+
 def test_workers_exit_when_the_client_process_is_killed():
     code = textwrap.dedent(
         """

@@ -39,6 +39,24 @@ from ..worker.template import (
 
 LAUNCH_TIMEOUT = 60.0  # the first request also waits for the template's own start
 
+# the folder this process imported minidist from
+_MINIDIST_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def python_command(statement: str) -> list:
+    """The command line of a fresh interpreter that runs ``statement`` with the minidist this process
+    runs. ``python -c`` puts the current folder first on ``sys.path``, where another ``minidist`` (a
+    source checkout, a folder of that name) would shadow it: the child imports minidist from this
+    process's copy first, then takes that folder off its path (the parent's ``sys.path`` comes later,
+    with the worker's settings)."""
+    root = _MINIDIST_ROOT
+    return [
+        sys.executable,
+        "-c",
+        f"import sys; sys.path.insert(0, {root!r}); import minidist; sys.path.remove({root!r}); "
+        + statement,
+    ]
+
 
 class ForkedProcess:
     """A worker process forked by the template: the part of ``Popen`` that worker handles use."""
@@ -94,11 +112,9 @@ class WorkerLauncher:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self._template = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-c",
-                    f"from minidist.worker.template import main; main({theirs.fileno()})",
-                ],
+                python_command(
+                    f"from minidist.worker.template import main; main({theirs.fileno()})"
+                ),
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,

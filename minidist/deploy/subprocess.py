@@ -29,6 +29,7 @@ from typing import Optional
 from ..asynchronous import Closing, in_event_loop
 from ..peer_messages import ClusterFailed, ClusterStarted
 from ..remote.client import TCPLink, start_link
+from .launcher import python_command
 from .remote_cluster import RemoteCluster
 
 _START_TIMEOUT = 60.0
@@ -147,7 +148,7 @@ def _start_scheduler_process(settings: dict, timeout: float):
     parent_conn, child_conn = Pipe(duplex=True)
     fd = child_conn.fileno()
     process = subprocess.Popen(
-        [sys.executable, "-c", f"from minidist.deploy.subprocess import main; main({fd})"],
+        python_command(f"from minidist.deploy.subprocess import main; main({fd})"),
         pass_fds=(fd,),
         stdin=subprocess.DEVNULL,
         close_fds=True,

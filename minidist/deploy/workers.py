@@ -46,7 +46,7 @@ from ..scheduler.worker_handle import WorkerHandle
 from ..worker.admin import call_with_worker
 from ..worker.running import RunningBoard, key_token
 from ..worker.runtime import WorkerRuntime
-from .launcher import ForkedProcess, WorkerLauncher, wait_for_exit
+from .launcher import ForkedProcess, WorkerLauncher, python_command, wait_for_exit
 from .memory import format_bytes
 from .worker_hooks import Worker
 
@@ -261,7 +261,7 @@ def start_process_worker(
         process = launcher.launch(child_env, fds, running_board=board_fd is not None)
     if process is None:
         process = subprocess.Popen(
-            [sys.executable, "-c", f"from minidist.worker.process import main; main({fd})"],
+            python_command(f"from minidist.worker.process import main; main({fd})"),
             pass_fds=fds,
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # the terminal's Ctrl-C goes to the user's program, not its workers
