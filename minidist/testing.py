@@ -175,7 +175,8 @@ def _describe_processes(pids) -> str:
     described = []
     for pid in sorted(pids):
         try:
-            described.append(" ".join(psutil.Process(pid).cmdline())[:80])
+            words = " ".join(psutil.Process(pid).cmdline()).split()  # a -c program's lines too
+            described.append(" ".join(words)[:80])
         except psutil.Error:
             described.append("gone")
     return "; ".join(described)

@@ -50,10 +50,12 @@ def python_command(statement: str) -> list:
     process's copy first, then takes that folder off its path (the parent's ``sys.path`` comes later,
     with the worker's settings)."""
     root = _MINIDIST_ROOT
+    # the statement comes first as a comment too, so ps and leak reports show what the process is
     return [
         sys.executable,
         "-c",
-        f"import sys; sys.path.insert(0, {root!r}); import minidist; sys.path.remove({root!r}); "
+        f"# {statement}\n"
+        f"import sys; sys.path.insert(0, {root!r}); import minidist; sys.path.remove({root!r})\n"
         + statement,
     ]
 
