@@ -117,7 +117,8 @@ def test_second_process_uses_the_whole_client_api(cluster):
     assert out["run"] == [42, 42]
     assert out["on_scheduler"] == "Scheduler"
     assert out["workers"] == 2 and out["address"] == cluster.scheduler_address
-    assert list(out["who_has"].values()) == [1]
+    # x is cached where it ran, and also where y ran if placement put y on the other worker
+    assert len(out["who_has"]) == 1 and list(out["who_has"].values())[0] in (1, 2)
     assert out["nthreads"] == [2, 2]
     assert out["after_restart"] == 4 and out["x_status"] == "cancelled"
 
