@@ -140,7 +140,10 @@ class WorkerRuntime:
         self.executing: dict = {}  # key -> start time, for diagnostics
         self._pending: deque[PendingTask] = deque()
         self._running: dict = {}  # key -> PendingTask
-        self._condition = threading.Condition()
+        # a plain Lock, not the default RLock: nothing takes it twice, and the hot paths enter it
+        # directly (``with self._lock``), which skips Condition.__enter__'s Python frame
+        self._lock = threading.Lock()
+        self._condition = threading.Condition(self._lock)
         self._outbox: list = []
         self._outbox_lock = threading.Lock()
         self._send_lock = threading.Lock()
@@ -184,7 +187,7 @@ class WorkerRuntime:
         if dep_values:
             self.encoded.update(dep_values)
         task = PendingTask(key, run_spec, dependencies, attempt, may_hold)
-        with self._condition:
+        with self._lock:
             self._pending.append(task)
             # a process worker's receiving thread wakes others once it has filed the whole frame
             if self._receive is None:
@@ -213,7 +216,7 @@ class WorkerRuntime:
         actors = getattr(self, "actors", None)  # worker/actors.py: a released actor goes too
         if self.holding is not None and self.holding.held:
             self.holding.forget(keys)
-        with self._condition:
+        with self._lock:
             self._freed += len(keys)
             for key in keys:
                 self.data.pop(key, None)
@@ -297,8 +300,9 @@ class WorkerRuntime:
 
     def _serve_tasks(self) -> None:
         condition = self._condition
+        lock = self._lock  # the condition's: entered directly on the hot path
         while True:
-            with condition:
+            with lock:
                 task = self._next_task()
             if task is None:
                 if self._closed:
@@ -306,7 +310,7 @@ class WorkerRuntime:
                 self._receive_once()
                 continue
             self._execute(task)
-            with condition:
+            with lock:
                 self._running.pop(task.key, None)
                 seceded = _task_context.__dict__.pop("seceded", False)
                 if not seceded:
@@ -370,7 +374,7 @@ class WorkerRuntime:
         try:
             more = receive is not None and receive()
         finally:
-            with self._condition:
+            with self._lock:
                 self._receiving = False
                 if not more:
                     self._receive = None
