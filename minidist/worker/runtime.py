@@ -529,6 +529,10 @@ class WorkerRuntime:
                 except Exception:
                     logger.debug("could not report to the scheduler", exc_info=True)
                     return
+                if not self._outbox:
+                    # looked at without the lock: what is appended after this look is sent by
+                    # whoever appends it (report() flushes, or arms the flusher), as after a locked look
+                    return
 
     # ----------------------------------------------------------------------------------- secede/rejoin
 
