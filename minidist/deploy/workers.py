@@ -50,6 +50,8 @@ from .launcher import ForkedProcess, WorkerLauncher, python_command, wait_for_ex
 from .memory import format_bytes
 from .worker_hooks import Worker
 
+# how a process is ended by someone else (not counted against a worker that keeps failing to start)
+_SIGNALS_FROM_OUTSIDE = frozenset((signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
 _THREAD_LIMIT_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
@@ -111,6 +113,7 @@ class ProcessWorkerHandle:
         self.resources = resources
         self.started = False
         self.memory_killed = False  # set by the memory monitor before it kills the process
+        self.exit_code: Optional[int] = None  # known once it died (death_reason)
         self.memory_kill_detail = ""  # its figures, for the death reason
         self.functions_sent: set = set()
         self.log_sink = log_sink  # callable(address, records): its shipped log records
@@ -179,10 +182,20 @@ class ProcessWorkerHandle:
             returncode = wait_for_exit(self.process, 2)
         except subprocess.TimeoutExpired:
             returncode = None
+        self.exit_code = returncode
         reason = describe_exit(returncode, self.memory_killed, self.memory_kill_detail)
         if not self.started:
             reason += " before it started (its log, in cluster.get_logs(), may say why)"
         return reason
+
+    def ended_by_itself(self) -> bool:
+        """After ``death_reason``: it exited, crashed or was killed by the memory monitor, rather than
+        being killed by a signal from outside (a user's kill, the kernel's OOM killer)."""
+        if self.memory_killed:
+            return True
+        if self.exit_code is None:
+            return False
+        return -self.exit_code not in _SIGNALS_FROM_OUTSIDE
 
     def close(self) -> None:
         """Tell the worker to leave (a clean close, so it leaves shared memory alone) and hang up.
@@ -396,6 +409,9 @@ class ThreadWorkerHandle:
 
     def death_reason(self) -> str:
         return "closed"
+
+    def ended_by_itself(self) -> bool:
+        return False  # thread workers do not die
 
     def running_keys(self, candidates) -> None:
         return None  # thread workers do not die

@@ -115,8 +115,9 @@ class Scheduler:
     ):
         """``on_worker_lost(handle, reason, failed_to_start)`` and ``on_worker_retired(handle)`` are the
         cluster's, called on this thread when a worker died or finished retiring. ``failed_to_start``:
-        it died before its hello, or within ``DIED_YOUNG_SECONDS`` of joining without ever being given
-        a task."""
+        no task finished since the previous death, and it ended by itself (not killed from outside)
+        before its hello, or within ``DIED_YOUNG_SECONDS`` of joining without ever being given a
+        task."""
         self.cluster_id = cluster_id
         self.data_plane = data_plane  # how values are packed and freed (data_plane.py)
         self.state = SchedulerState(allowed_failures=allowed_failures)
@@ -139,6 +140,7 @@ class Scheduler:
         self.failure: Optional[Exception] = None  # a SchedulerError once the loop died (failure.py)
         self.runs = RunBook()  # client.run answers still owed by workers
         self.task_stream = TaskStream()  # task_stream.py: dashboard, get_task_stream, reports
+        self._runs_at_last_death = 0  # task_stream.runs when a worker last died (_worker_died)
         self.on_worker_lost = on_worker_lost
         self.on_worker_retired = on_worker_retired
         # called with the address of every worker removed (coordination frees its semaphore leases)
@@ -487,10 +489,20 @@ class Scheduler:
         if self.on_worker_lost is not None:
             # the cluster stops replacing workers that keep failing like this (a worker_class whose
             # setup fails, a memory_limit below what an idle worker needs): none of it is a task's fault
-            failed_to_start = not handle.started or (
-                ws is not None
-                and ws.never_given_a_task()
-                and time.time() - ws.joined < DIED_YOUNG_SECONDS
+            # (a worker killed from outside, by a user or the OOM killer, says nothing about that, and
+            # a task finished since the last death shows the cluster works)
+            runs, self._runs_at_last_death = self._runs_at_last_death, self.task_stream.runs
+            failed_to_start = (
+                handle.ended_by_itself()
+                and runs == self.task_stream.runs
+                and (
+                    not handle.started
+                    or (
+                        ws is not None
+                        and ws.never_given_a_task()
+                        and time.time() - ws.joined < DIED_YOUNG_SECONDS
+                    )
+                )
             )
             try:
                 self.on_worker_lost(handle, reason, failed_to_start)

@@ -37,6 +37,9 @@ class TaskStream:
 
     def __init__(self, maxlen: int = STREAM_LENGTH):
         self.maxlen = maxlen
+        self.runs = (
+            0  # tasks that ever finished or erred here (kept or not): the cluster's progress
+        )
         self._transfers: dict = {}  # key -> (t0, t1), until its result arrives
         self._next = 0  # the slot the next record takes once all slots are used
         self._keys: list = []
@@ -52,6 +55,7 @@ class TaskStream:
         self._transfers[key] = (start, stop)
 
     def finished(self, key, worker: str, thread, start, stop, status: str, nbytes: int = 0):
+        self.runs += 1
         if self.maxlen <= 0:
             return
         transfer = self._transfers.pop(key, None)

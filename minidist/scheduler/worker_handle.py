@@ -72,6 +72,11 @@ class WorkerHandle(Protocol):
 
     def death_reason(self) -> str: ...
 
+    def ended_by_itself(self) -> bool:
+        """After ``death_reason``: it exited or crashed on its own (or the memory monitor killed it),
+        rather than being killed from outside."""
+        ...
+
     def close(self) -> None:
         """Tell the worker to leave and hang up (the scheduler no longer talks to it)."""
         ...
