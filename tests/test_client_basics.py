@@ -101,10 +101,9 @@ def mark_done(path, i):
     return i
 
 
-@pytest.mark.parametrize("batch_size", [None, 5])
-def test_map_starts_tasks_while_its_iterable_is_still_read(client, tmp_path, batch_size):
-    # map posts its tasks in batches (doubling from 64 by default, or batch_size): the first tasks run
-    # while a long or slow iterable is still being consumed, as in dask
+def test_map_with_batch_size_starts_tasks_while_its_iterable_is_still_read(client, tmp_path):
+    # map posts its tasks batch_size at a time: the first tasks run while a long or slow iterable is
+    # still being consumed, as in dask
     marker = tmp_path / "first-task-ran"
     seen_while_reading = []
 
@@ -114,9 +113,15 @@ def test_map_starts_tasks_while_its_iterable_is_still_read(client, tmp_path, bat
                 seen_while_reading.append(wait_until(marker.exists, timeout=20))
             yield i
 
-    futures = client.map(mark_done, [str(marker)] * 200, items(), pure=False, batch_size=batch_size)
+    futures = client.map(mark_done, [str(marker)] * 200, items(), pure=False, batch_size=5)
     assert seen_while_reading == [True]
     assert client.gather(futures) == list(range(200))
+
+
+@pytest.mark.parametrize("batch_size", [-1, 2.5, True])
+def test_map_refuses_a_batch_size_that_is_not_a_whole_number(client, batch_size):
+    with pytest.raises(ValueError, match="batch_size"):
+        client.map(inc, range(3), batch_size=batch_size)
 
 
 def test_futures_in_arguments_become_dependencies(client):
