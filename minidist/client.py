@@ -36,7 +36,7 @@ from .client_ops import forward as _forward
 from .client_plugins import PluginClient
 from .client_results import ResultReader
 from .client_shared import Datasets, SharedData
-from .client_tasks import TaskPacker, task_options
+from .client_tasks import TaskPacker, map_batch, task_options
 from .default_clients import _clients, current_client_for_task, default_client  # noqa: F401
 from .errors import ClientClosedError
 from .futures import (  # noqa: F401
@@ -232,16 +232,7 @@ class Client(AsyncContext):
         function_ref = self._packer.function_ref(func)
         futures = []
         tasks = []
-        # one message for all the tasks, as dask's default; with batch_size, one per batch, so workers
-        # start while a long or slow iterable is still read (posting batches by default measured no
-        # faster for 5,000 tasks and left the client ~25 MiB bigger after a 100,000-task map)
-        if batch_size is not None and (
-            isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 0
-        ):
-            raise ValueError(
-                f"batch_size must be a positive whole number or None, not {batch_size!r}"
-            )
-        step = batch_size or None
+        step = map_batch(batch_size)  # tasks per UpdateGraph: None, all of them (as dask)
         for i, args in enumerate(zip(*iterables)):
             task_key = keys[i] if keys is not None else None
             # with key=None or a prefix (options["prefix"]), prepare() makes the key as submit does
