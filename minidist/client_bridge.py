@@ -58,6 +58,7 @@ class ClientBridge:
         ``Client(scheduler_file=...)``. ValueError if the client has a scheduler file already, or if
         its cluster listens to no other process (thread workers stay in-process unless given
         ``scheduler_port=``/``protocol="tcp"``)."""
+        from .deploy.remote_cluster import RemoteCluster
         from .deploy.scheduler_file import scheduler_identity, write_scheduler_file
 
         client = self._client
@@ -72,7 +73,7 @@ class ClientBridge:
                 "start it with LocalCluster(scheduler_port=0) or protocol='tcp' to share it"
             )
         identity = scheduler_identity(cluster)
-        if cluster.__class__.__name__ == "RemoteCluster":
+        if isinstance(cluster, RemoteCluster):
             identity.pop("pid")  # served by another process: its liveness is checked by connecting
         write_scheduler_file(os.fspath(scheduler_file), identity)
         client.scheduler_file = scheduler_file

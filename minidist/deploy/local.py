@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from ..asynchronous import Closing, in_event_loop
 from ..comm.shm import SegmentStore, new_cluster_id, sweep_cluster, sweep_orphans
 from ..data_plane import ObjectPlane, PickledPlane
+from ..errors import WorkerStartError
 from ..messages import AddWorker, FailPending, Restart
 from ..scheduler.operations import SchedulerOperations
 from ..scheduler.queries import active_workers, worker_info
@@ -356,8 +357,6 @@ class LocalCluster(Cluster):
 
     def _stop_replacing(self, handle, reason: str) -> None:
         """Five workers in a row failed to start: say why and what to do, and fail what waits."""
-        from ..errors import WorkerStartError
-
         message = cannot_start_message(handle, reason)
         self.logger.error("%s Not starting more.", message)
         self.scheduler.post(

@@ -113,7 +113,6 @@ class ProcessWorkerHandle:
         self.resources = resources
         self.started = False
         self.memory_killed = False  # set by the memory monitor before it kills the process
-        self.exit_code: Optional[int] = None  # known once it died (death_reason)
         self.memory_kill_detail = ""  # its figures, for the death reason
         self.functions_sent: set = set()
         self.log_sink = log_sink  # callable(address, records): its shipped log records
@@ -182,7 +181,6 @@ class ProcessWorkerHandle:
             returncode = wait_for_exit(self.process, 2)
         except subprocess.TimeoutExpired:
             returncode = None
-        self.exit_code = returncode
         reason = describe_exit(returncode, self.memory_killed, self.memory_kill_detail)
         if not self.started:
             reason += " before it started (its log, in cluster.get_logs(), may say why)"
@@ -193,9 +191,10 @@ class ProcessWorkerHandle:
         being killed by a signal from outside (a user's kill, the kernel's OOM killer)."""
         if self.memory_killed:
             return True
-        if self.exit_code is None:
+        returncode = self.process.poll()  # death_reason waited for the exit
+        if returncode is None:
             return False
-        return -self.exit_code not in _SIGNALS_FROM_OUTSIDE
+        return -returncode not in _SIGNALS_FROM_OUTSIDE
 
     def close(self) -> None:
         """Tell the worker to leave (a clean close, so it leaves shared memory alone) and hang up.

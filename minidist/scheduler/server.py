@@ -491,10 +491,11 @@ class Scheduler:
             # setup fails, a memory_limit below what an idle worker needs): none of it is a task's fault
             # (a worker killed from outside, by a user or the OOM killer, says nothing about that, and
             # a task finished since the last death shows the cluster works)
-            runs, self._runs_at_last_death = self._runs_at_last_death, self.task_stream.runs
+            progressed = self.task_stream.runs != self._runs_at_last_death
+            self._runs_at_last_death = self.task_stream.runs
             failed_to_start = (
                 handle.ended_by_itself()
-                and runs == self.task_stream.runs
+                and not progressed
                 and (
                     not handle.started
                     or (
