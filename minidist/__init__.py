@@ -47,6 +47,7 @@ _PUBLIC = {
     "get_task_stream": "diagnostics",
     "get_task_metadata": "diagnostics",
     "Security": "security",
+    "Status": "status",
     "CancelledError": "errors",
     "CommClosedError": "errors",
     "KilledWorker": "errors",

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from minidist import Client, LocalCluster, SubprocessCluster, as_completed
+from minidist import Client, LocalCluster, Status, SubprocessCluster, as_completed
 from minidist.errors import FutureTimeoutError
 
 pytestmark = pytest.mark.timeout(60)
@@ -65,7 +65,7 @@ def test_async_with_cluster_and_client_on_threads():
             async with Client(cluster, asynchronous=True) as client:
                 assert client.asynchronous
                 await exercise(client)
-        assert cluster.status == "closed"
+        assert cluster.status is Status.closed
 
     asyncio.run(main())
 
@@ -82,7 +82,7 @@ def test_awaited_cluster_and_remote_async_client():
             assert client.status == "closed"
         finally:
             await cluster.close()
-        assert cluster.status == "closed"
+        assert cluster.status is Status.closed
 
     asyncio.run(main())
 
@@ -94,7 +94,7 @@ def test_subprocess_cluster_is_asynchronous_too():
         ) as cluster:
             async with Client(cluster, asynchronous=True) as client:
                 assert await client.submit(inc, 5) == 6
-        assert cluster.status == "closed"
+        assert cluster.status is Status.closed
 
     asyncio.run(main())
 

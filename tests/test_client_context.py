@@ -10,6 +10,7 @@ import pytest
 from minidist import (
     Client,
     LocalCluster,
+    Status,
     default_client,
     get_client,
     get_worker,
@@ -45,7 +46,7 @@ def test_client_builds_and_owns_a_cluster_and_closing_twice_is_fine():
     assert client.submit(inc, 1).result() == 2
     client.close()
     client.close()
-    assert cluster.status == "closed"
+    assert cluster.status is Status.closed
     with pytest.raises(RuntimeError, match="closed"):
         client.submit(inc, 1)
 
@@ -55,7 +56,7 @@ def test_client_of_an_explicit_cluster_leaves_it_running():
         with Client(cluster) as client:
             assert client.cluster is cluster
             assert client.submit(inc, 1).result() == 2
-        assert cluster.status == "running"
+        assert cluster.status is Status.running
         with Client(cluster) as again:
             assert again.submit(inc, 2).result() == 3
 
@@ -191,3 +192,20 @@ def test_repr_shows_workers_and_threads():
         assert "workers=2" in text and "threads=6" in text
         with Client(cluster) as client:
             assert "threads=6" in repr(client)
+
+
+def test_cluster_status_is_dasks_status_enum_through_the_lifecycle():
+    # dask.distributed's clusters hold members of its Status enum, never strings: a program comparing
+    # with Status.running must behave the same on both (the members' names and values are dask's)
+    from distributed.core import Status as DaskStatus
+
+    assert all(DaskStatus[member.name].value == member.value for member in Status)
+    cluster = LocalCluster(processes=False, n_workers=1, dashboard_address=None)
+    try:
+        assert cluster.status is Status.running
+        assert cluster.status != "running"  # as in dask: an Enum, not a str
+        assert "workers=1" in repr(cluster)
+    finally:
+        cluster.close()
+    assert cluster.status is Status.closed
+    assert repr(cluster).endswith(", closed)")

@@ -9,7 +9,7 @@ import os
 import pytest
 
 from conftest import wait_until
-from minidist import Client, LocalCluster, SchedulerError
+from minidist import Client, LocalCluster, SchedulerError, Status
 from minidist.messages import Wake
 
 pytestmark = pytest.mark.timeout(60)
@@ -60,7 +60,7 @@ def test_a_failing_scheduler_loop_errs_every_waiting_future_and_closes_cleanly(
     assert "The scheduler thread failed" in log and "ZeroDivisionError" in log
     client.close()
     cluster.close()
-    assert cluster.status == "closed"
+    assert cluster.status is Status.closed
 
 
 def test_a_post_interrupted_before_its_wake_up_does_not_slow_every_later_one(cluster):

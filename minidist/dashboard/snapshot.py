@@ -138,7 +138,7 @@ class ClusterSnapshots:
                 "n_workers": len(workers),
                 "threads": sum(w["nthreads"] for w in workers),
                 "memory_limit": sum(limits) if limits and all(limits) else None,
-                "status": cluster.status,
+                "status": cluster.status.name,
             },
             "workers": workers,
             "tasks": {"by_prefix": view["by_prefix"], "totals": totals},

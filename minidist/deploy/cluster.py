@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from ..asynchronous import AsyncContext
+from ..status import Status
 from .memory import format_bytes
 
 WorkerFacts = list  # [(threads, memory limit or None), ...], one per worker
@@ -27,7 +28,7 @@ class Cluster(AsyncContext):
 
     name: Any = None
     scheduler_address: Optional[str] = None
-    status: str = "starting"
+    status: Status = Status.created
 
     @property
     def dashboard_link(self) -> Optional[str]:
@@ -58,7 +59,7 @@ class Cluster(AsyncContext):
         return {
             "cluster": {
                 "scheduler_address": self.scheduler_address,
-                "status": self.status,
+                "status": self.status.name,
                 "n_workers": summary["workers"],
                 "threads": summary["threads"],
                 "memory_limit": summary["memory"],
@@ -76,8 +77,8 @@ class Cluster(AsyncContext):
 
     def __repr__(self) -> str:
         """As dask: ``LocalCluster(<name>, '<address>', workers=2, threads=4, memory=23.5 GiB)``."""
-        if self.status in ("closing", "closed"):
-            return f"{type(self).__name__}({self.name}, {self.scheduler_address!r}, {self.status})"
+        if self.status in (Status.closing, Status.closed):
+            return f"{type(self).__name__}({self.name}, {self.scheduler_address!r}, {self.status.name})"
         info = self._summary()
         memory = f", memory={info['memory_text']}" if info["memory"] else ""
         return (

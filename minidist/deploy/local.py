@@ -38,6 +38,7 @@ from ..messages import AddWorker, FailPending, Restart
 from ..scheduler.operations import SchedulerOperations
 from ..scheduler.queries import active_workers, worker_info
 from ..scheduler.server import Scheduler
+from ..status import Status
 from ..worker.plugins import install_all
 from ..worker.task_client import TaskClientSlot
 from .cluster import Cluster, WorkerFacts
@@ -59,7 +60,7 @@ _inproc_clusters: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 def inproc_cluster(address: str):
     """The running cluster of this process at ``address``; ValueError naming the address if none."""
     cluster = _inproc_clusters.get(address)
-    if cluster is None or cluster.status not in ("starting", "running"):
+    if cluster is None or cluster.status not in (Status.starting, Status.running):
         raise ValueError(
             f"No running cluster at {address!r} in this process: an inproc:// address only works "
             "inside the process that made the cluster (use its tcp:// address from elsewhere)"
@@ -136,7 +137,7 @@ class LocalCluster(Cluster):
 
         self.logs = ClusterLogs(str(self.name), options.silence_logs)
         self.logger = self.logs.cluster_logger
-        self.status = "starting"
+        self.status = Status.starting
         self._lock = threading.RLock()
         # one change of size at a time (scale, adapt, replacement)
         self._scale_lock = threading.RLock()
@@ -196,7 +197,7 @@ class LocalCluster(Cluster):
             self.scheduler_address = self.listener.address
         # what remote clients need for tls://
         self.security = getattr(self.listener, "security", None)
-        self.status = "running"
+        self.status = Status.running
 
     def _start_memory_monitor(self) -> None:
         """Watch process workers' memory when they have a limit (threads share this process: no point)."""
@@ -525,7 +526,7 @@ class LocalCluster(Cluster):
             self._closing = True
             handles = list(self.handles.values())
             self.handles.clear()
-        self.status = "closing"
+        self.status = Status.closing
         if self.memory_monitor is not None:
             self.memory_monitor.stop()
         self.task_clients.close()
@@ -543,12 +544,12 @@ class LocalCluster(Cluster):
         sweep_cluster(self.cluster_id)
         self.logger.info("Cluster %s closed", self.name)
         self.logs.close(workers_ending="stopped: the cluster closed")
-        self.status = "closed"
+        self.status = Status.closed
         return None
 
     def __del__(self):
         try:
-            if self.status == "running":
+            if self.status is Status.running:
                 self.close()
         except Exception:
             pass

@@ -16,6 +16,7 @@ from typing import Optional
 
 from ..errors import CommClosedError
 from ..remote.client import RemoteConnection, open_connection
+from ..status import Status
 from .cluster import Cluster, WorkerFacts
 
 
@@ -35,7 +36,7 @@ class RemoteCluster(Cluster):
         self.processes = (
             True  # remote clients always pickle: the server converts for thread workers
         )
-        self.status = "running"
+        self.status = Status.running
 
     @property
     def dashboard_link(self) -> Optional[str]:
@@ -63,7 +64,7 @@ class RemoteCluster(Cluster):
 
     def close(self, timeout: float = 2.0):
         """Close the connection only; the cluster itself goes on."""
-        self.status = "closed"
+        self.status = Status.closed
         self.connection.close(timeout)
 
 

@@ -29,6 +29,7 @@ from typing import Optional
 from ..asynchronous import Closing, in_event_loop
 from ..peer_messages import ClusterFailed, ClusterStarted
 from ..remote.client import TCPLink, start_link
+from ..status import Status
 from .launcher import python_command
 from .remote_cluster import RemoteCluster
 
@@ -85,7 +86,7 @@ class SubprocessCluster(RemoteCluster):
         if silence_logs is not None:
             settings["silence_logs"] = silence_logs
         self.asynchronous = asynchronous
-        self.status = "starting"
+        self.status = Status.starting
         self._closed = False
         self._process, self._control, info = _start_scheduler_process(settings, timeout)
         self.scheduler_pid = self._process.pid
@@ -118,10 +119,10 @@ class SubprocessCluster(RemoteCluster):
         if self._closed:
             return None
         self._closed = True
-        self.status = "closing"
+        self.status = Status.closing
         self.connection.close()
         self._stop_process(timeout)
-        self.status = "closed"
+        self.status = Status.closed
         return None
 
     def _stop_process(self, timeout: float) -> None:
