@@ -13,8 +13,10 @@ Mixed into ``SchedulerState`` (pure, like it). Three rules:
    of the task's dependencies, then the least loaded. A dependency that lives only in another worker's
    memory (a held result, ``lineage.py``) must be published first (the task waits aside until it is),
    so the worker needing no new publication comes first, and may take the task a little beyond its
-   room when it is busy. An idle worker steals prefetched (not yet started)
-   tasks from the busiest one, so a deep prefetch never leaves a core idle.
+   room when it is busy. A task without dependencies goes where most of its siblings (the other
+   inputs of its dependents) run or are held, so their dependent need not move any of them. An idle
+   worker steals prefetched (not yet started) tasks from the busiest one, so a deep prefetch never
+   leaves a core idle.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
 MAX_HELD_DEPTH = 2
 PREFETCH_SECONDS = 0.005  # how much queued work a worker may hold for tasks known to be tiny
 MAX_PREFETCH = 256
+MAX_FAMILY = 64  # root placement looks at siblings only for dependents of at most this many inputs
 
 
 class Placement:
@@ -115,6 +118,44 @@ class Placement:
             elif dep.held_depth and dep_key not in self._publishing:
                 to_publish += dep.nbytes + 1
         return (to_publish, -held, len(ws.processing) / max(ws.nthreads, 1))
+
+    def _root_worker(
+        self, ts: TaskState, candidates: list, running: list, limits: list
+    ) -> WorkerState:
+        """The worker for a task without dependencies: the one that runs or holds most of its
+        *siblings* (the other dependencies of its dependents: the chunks one merge or one ``x + x.T``
+        pair combines), so their dependent finds its inputs in one place rather than having half of
+        them published, even ``prefetch`` tasks beyond its room; else the least loaded. Only small
+        families are looked at (a reduction of thousands of leaves gains nothing from it and would
+        cost a scan per leaf)."""
+        least = min(candidates, key=lambda w: len(w.processing) / w.nthreads)
+        dependents = ts.dependents
+        if not dependents or len(dependents) > MAX_FAMILY:
+            return least
+        tasks = self.tasks
+        here: dict = {}
+        for dependent_key in dependents:
+            dependent = tasks.get(dependent_key)
+            if dependent is None or len(dependent.dependencies) > MAX_FAMILY:
+                continue
+            for sibling_key in dependent.dependencies:
+                sibling = tasks.get(sibling_key)
+                if sibling is None or sibling is ts:
+                    continue
+                if sibling.processing_on is not None:
+                    here[sibling.processing_on] = here.get(sibling.processing_on, 0) + 1
+                elif sibling.who_has:
+                    for address in sibling.who_has:
+                        here[address] = here.get(address, 0) + 1
+        if not here:
+            return least
+        prefetch = self.prefetch
+        best, most = least, here.get(least.address, 0)
+        for ws, limit in zip(running, limits):
+            count = here.get(ws.address, 0)
+            if count > most and len(ws.processing) < limit + prefetch:
+                best, most = ws, count
+        return best
 
     def _assign(self, ts: TaskState, ws: WorkerState, out: list, redirect: bool = True) -> None:
         missing = []
@@ -234,10 +275,15 @@ class Placement:
             if not candidates:
                 break
             heapq.heappop(ready)
-            if len(candidates) == 1:
+            if ts.dependencies:
+                if len(candidates) == 1:
+                    ws = candidates[0]
+                else:
+                    ws = min(candidates, key=lambda w: self._score(ts, w))
+            elif ts.dependents and len(running) > 1:
+                ws = self._root_worker(ts, candidates, running, limits)
+            elif len(candidates) == 1:
                 ws = candidates[0]
-            elif ts.dependencies:
-                ws = min(candidates, key=lambda w: self._score(ts, w))
             else:
                 ws = min(candidates, key=lambda w: len(w.processing) / w.nthreads)
             self._assign(ts, ws, out)
