@@ -454,10 +454,14 @@ class Client(AsyncContext):
     register_worker_callbacks = _forward("_plugins", PluginClient.register_worker_callbacks)
     upload_file = _forward("_plugins", PluginClient.upload_file)
 
-    def restart(self, timeout=None, wait_for_workers: bool = True) -> Client:
-        """Replace every worker and forget all tasks; this client's futures become cancelled."""
-        self._calls.invoke("restart")
-        return self
+    def restart(self, timeout=None, wait_for_workers: bool = True) -> None:
+        """Replace every worker and forget all tasks; this client's futures become cancelled.
+
+        With ``wait_for_workers`` (the default) it returns once the new workers can run tasks, else once
+        the old ones are gone. ``TimeoutError`` if that takes longer than ``timeout`` (seconds or a
+        string such as ``"20s"``; default 30 s). Returns None, as dask's does.
+        """
+        self._calls.invoke("restart", timeout, wait_for_workers)
 
     # ------------------------------------------------------------- what Future and the scheduler call
 

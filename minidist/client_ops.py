@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional
 from .data_plane import DataPlane
 from .errors import FutureTimeoutError
 from .futures import futures_in
+from .utils import parse_timedelta
 
 
 class ClusterCalls:
@@ -70,9 +71,11 @@ class ClusterCalls:
     def nthreads(self, workers=None) -> dict:
         return self.invoke("nthreads", workers)
 
-    def scheduler_info(self, **kwargs) -> dict:
-        """dask's shape: ``{"type", "id", "address", "services", "started", "workers": {...}}``."""
-        return self.invoke("scheduler_info")
+    def scheduler_info(self, n_workers: int = -1, **kwargs) -> dict:
+        """dask's shape: ``{"type", "id", "address", "services", "started", "n_workers",
+        "total_threads", "total_memory", "workers": {...}}``; ``n_workers`` >= 0 lists only that many
+        workers (-1: all)."""
+        return self.invoke("scheduler_info", n_workers)
 
     def who_has(self, futures=None) -> dict:
         """``{key: [worker addresses holding a copy]}`` (values also stay in the client process)."""
@@ -85,12 +88,12 @@ class ClusterCalls:
     def processing(self, workers=None) -> dict:
         return self.invoke("processing", workers)
 
-    def wait_for_workers(self, n_workers: int = 0, timeout: Optional[float] = None) -> None:
+    def wait_for_workers(self, n_workers: int = 0, timeout=None) -> None:
         """Block until at least ``n_workers`` workers can run tasks (a started process worker counts
-        once it has said hello, not when its process exists)."""
+        once it has said hello, not when its process exists); ``timeout`` in seconds or "10s"."""
         if not isinstance(n_workers, int) or n_workers < 0:
             raise ValueError(f"n_workers must be a non-negative int, not {n_workers!r}")
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None if timeout is None else time.monotonic() + parse_timedelta(timeout)
         while True:
             count = self.invoke("ready_workers")
             if count >= n_workers:

@@ -57,9 +57,9 @@ class SharedData:
         """Remove a published dataset (the results it kept may then be freed)."""
         self._invoke("dataset_unpublish", name)
 
-    def list_datasets(self, **kwargs) -> list:
-        """Names of the published datasets."""
-        return self._invoke("dataset_list")
+    def list_datasets(self, **kwargs) -> tuple:
+        """Names of the published datasets (a tuple, as dask returns)."""
+        return tuple(self._invoke("dataset_list"))
 
     def get_dataset(self, name, default=_NO_DEFAULT, **kwargs):
         """The published value (its futures bound to this client); ``default`` or KeyError if none."""

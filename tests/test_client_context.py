@@ -209,3 +209,27 @@ def test_cluster_status_is_dasks_status_enum_through_the_lifecycle():
         cluster.close()
     assert cluster.status is Status.closed
     assert repr(cluster).endswith(", closed)")
+
+
+def test_scheduler_info_has_dasks_totals_and_the_cluster_attribute_form():
+    with LocalCluster(
+        processes=False,
+        n_workers=2,
+        threads_per_worker=2,
+        memory_limit="1GB",
+        dashboard_address=None,
+    ) as cluster:
+        with Client(cluster) as client:
+            info = client.scheduler_info()
+            assert (info["n_workers"], info["total_threads"]) == (2, 4)
+            assert (
+                info["total_memory"]
+                == 2 * 10**9
+                == sum(w["memory_limit"] for w in info["workers"].values())
+            )
+            first = client.scheduler_info(n_workers=1)
+            assert len(first["workers"]) == 1 and first["n_workers"] == 2
+            with pytest.raises(ValueError, match="n_workers"):
+                client.scheduler_info(n_workers=-2)
+            # dask's cluster managers hold it as an attribute, not a method
+            assert set(cluster.scheduler_info["workers"]) == set(info["workers"])

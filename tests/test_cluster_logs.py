@@ -36,16 +36,16 @@ def logged():
     with cluster(n_workers=2) as c, Client(c) as client:
         client.gather(client.map(lambda x: x + 1, range(10)))
         c.scale(3)
-        victim = sorted(c.scheduler_info()["workers"].items())[0]
+        victim = sorted(c.scheduler_info["workers"].items())[0]
         os.kill(victim[1]["pid"], signal.SIGKILL)
-        assert wait_until(lambda: victim[0] not in c.scheduler_info()["workers"])
+        assert wait_until(lambda: victim[0] not in c.scheduler_info["workers"])
         client.wait_for_workers(3, timeout=10)
         yield c, client, victim[0]
 
 
 def test_get_logs_has_one_text_per_component_in_dasks_format(logged):
     c, _, dead = logged
-    live = set(c.scheduler_info()["workers"])
+    live = set(c.scheduler_info["workers"])
     logs = c.get_logs()
     assert set(logs) == {"Cluster", "Scheduler", dead} | live  # the dead worker's lines are kept
     for text in logs.values():
@@ -57,14 +57,14 @@ def test_get_logs_can_leave_components_out(logged):
     c, _, _ = logged
     assert set(c.get_logs(cluster=False, workers=False)) == {"Scheduler"}
     assert "Scheduler" not in c.get_logs(scheduler=False)
-    assert set(c.get_logs(cluster=False, scheduler=False)) >= set(c.scheduler_info()["workers"])
+    assert set(c.get_logs(cluster=False, scheduler=False)) >= set(c.scheduler_info["workers"])
 
 
 def test_starting_leaves_a_line_in_each_component(logged):
     c, _, _ = logged
     logs = c.get_logs()
     assert "Starting cluster" in logs["Cluster"]
-    for address, info in c.scheduler_info()["workers"].items():
+    for address, info in c.scheduler_info["workers"].items():
         assert f"Started worker {address}" in logs["Cluster"]
         assert f"Register worker {address}" in logs["Scheduler"]
         # written in the worker process and shipped to this one
@@ -89,7 +89,7 @@ def test_client_reads_the_newest_lines_as_dask_does(logged):
     assert [line for _, line in newest] == c.get_logs()["Scheduler"].splitlines()[-1:-3:-1]
     assert all(level in ("INFO", "WARNING") for level, _ in newest)
     per_worker = client.get_worker_logs(n=1)
-    assert set(per_worker) == set(c.scheduler_info()["workers"])
+    assert set(per_worker) == set(c.scheduler_info["workers"])
     for address in per_worker:
         assert wait_until(lambda a=address: len(client.get_worker_logs(n=1)[a]) == 1)
         [(level, line)] = client.get_worker_logs(n=1)[address]
@@ -103,7 +103,7 @@ def log_from_task(x):
 
 def test_records_logged_by_tasks_in_a_worker_process_reach_that_workers_log(logged):
     c, client, _ = logged
-    address = sorted(c.scheduler_info()["workers"])[0]
+    address = sorted(c.scheduler_info["workers"])[0]
     assert client.submit(log_from_task, 41, workers=[address]).result(timeout=10) == 41
     assert wait_until(lambda: "task saw 41" in c.get_logs()[address])
     line = next(line for line in c.get_logs()[address].splitlines() if "task saw 41" in line)
@@ -138,7 +138,7 @@ def test_the_root_logger_is_left_alone_and_silence_logs_false_prints_nothing(cap
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     with cluster(n_workers=1) as c:
-        os.kill(next(iter(c.scheduler_info()["workers"].values()))["pid"], signal.SIGKILL)
+        os.kill(next(iter(c.scheduler_info["workers"].values()))["pid"], signal.SIGKILL)
         assert wait_until(lambda: "died" in c.get_logs()["Scheduler"])
     assert root.handlers == handlers and root.level == level
     assert capfd.readouterr().err == ""

@@ -36,7 +36,7 @@ cluster = functools.partial(LocalCluster, dashboard_address=None, silence_logs=F
 
 
 def worker_info(c) -> list:
-    return list(c.scheduler_info()["workers"].values())
+    return list(c.scheduler_info["workers"].values())
 
 
 # ------------------------------------------------------------------------------------------ sizing
@@ -74,7 +74,7 @@ def test_processes_default_to_true_and_threads_per_worker_split_the_cores():
         [info] = worker_info(c)
         assert c.processes and info["pid"] != os.getpid()
         assert info["nthreads"] == CORES
-        assert c.scheduler_info()["workers"]
+        assert c.scheduler_info["workers"]
 
 
 def test_n_workers_zero_starts_no_worker_and_scale_adds_some():
@@ -261,14 +261,14 @@ def test_worker_class_hooks_run_around_tasks_and_get_worker_returns_the_worker(p
             ("after", "fail-1", "ValueError"),
             ("before", "look"),
         ]
-        [address] = [w for w in c.scheduler_info()["workers"]]
+        [address] = [w for w in c.scheduler_info["workers"]]
         assert wait_until(lambda: "Recording worker set up" in c.get_logs()[address])
 
 
 def test_runs_in_threads_makes_processes_default_to_false_and_teardown_runs_on_close():
     with cluster(n_workers=2, worker_class=ThreadRecording) as c:
         assert not c.processes
-        addresses = list(c.scheduler_info()["workers"])
+        addresses = list(c.scheduler_info["workers"])
     logs = c.get_logs()
     for address in addresses:
         assert "Recording worker torn down" in logs[address]
@@ -364,12 +364,28 @@ def test_restart_keeps_the_scaled_size_with_fresh_workers(process_client):
     assert "Restarting cluster" in client.cluster.get_logs()["Cluster"]
 
 
+def test_restart_keywords_as_dask_timeout_and_not_waiting_for_workers(process_client):
+    client = process_client
+    assert client.restart(timeout="20s") is None  # dask's restart returns None
+    assert len(worker_info(client.cluster)) == 2
+    # far too short for stopping two processes and starting two: a TimeoutError, and the workers still come
+    with pytest.raises(TimeoutError, match="within 0.001 s"):
+        client.restart(timeout="1ms")
+    client.wait_for_workers(2, timeout="20s")
+    assert client.submit(inc, 1).result(timeout=10) == 2
+    client.restart(wait_for_workers=False)
+    client.wait_for_workers(2, timeout=20)
+    assert client.submit(inc, 2).result(timeout=10) == 3
+    with pytest.raises(ValueError, match="duration"):
+        client.restart(timeout="soon")
+
+
 def test_a_thread_cluster_restarts_too():
     with cluster(n_workers=2, processes=False) as c, Client(c) as client:
-        before = set(c.scheduler_info()["workers"])
+        before = set(c.scheduler_info["workers"])
         client.restart()
-        assert len(c.scheduler_info()["workers"]) == 2
-        assert not (before & set(c.scheduler_info()["workers"]))
+        assert len(c.scheduler_info["workers"]) == 2
+        assert not (before & set(c.scheduler_info["workers"]))
         assert client.submit(inc, 1).result(timeout=10) == 2
 
 

@@ -366,8 +366,8 @@ def test_a_worker_server_whose_worker_left_answers_404_and_closes():
         links = worker_links(root)
         cluster.scale(1)
         # nobody polls the main page: the departed worker's own server notices on its next request
-        assert wait_until(lambda: len(cluster.scheduler_info()["workers"]) == 1)
-        (gone,) = set(links) - set(cluster.scheduler_info()["workers"])
+        assert wait_until(lambda: len(cluster.scheduler_info["workers"]) == 1)
+        (gone,) = set(links) - set(cluster.scheduler_info["workers"])
         status, body = fetch(f"{base(links[gone])}/json/worker/{quote(gone, safe='')}.json")
         assert status == 404 and "error" in json.loads(body)
         assert wait_until(lambda: refuses(links[gone]))

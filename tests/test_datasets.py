@@ -29,6 +29,7 @@ def test_a_published_future_outlives_the_client_that_published_it(cluster):
         publisher.publish_dataset(config={"rate": 0.5}, pair=(1, 2))
     with Client(cluster) as reader:
         assert sorted(reader.list_datasets()) == ["config", "pair", "total"]
+        assert isinstance(reader.list_datasets(), tuple)  # as dask returns
         total = reader.get_dataset("total")
         assert total.result() == 6
         assert reader.get_dataset("config") == {"rate": 0.5}

@@ -27,11 +27,11 @@ cluster = functools.partial(
 
 
 def limits(c) -> list:
-    return [w["memory_limit"] for w in c.scheduler_info()["workers"].values()]
+    return [w["memory_limit"] for w in c.scheduler_info["workers"].values()]
 
 
 def status_of(c, address) -> str:
-    return c.scheduler_info()["workers"][address]["status"]
+    return c.scheduler_info["workers"][address]["status"]
 
 
 # -------------------------------------------------------------------------------------------- forms
@@ -59,7 +59,7 @@ def test_each_memory_limit_form_is_reported_per_worker(memory_limit, expected):
 def test_process_workers_report_their_limit_too(memory_limit, expected):
     with cluster(n_workers=2, memory_limit=memory_limit) as c:
         assert limits(c) == [expected, expected]
-        assert {w["pid"] for w in c.scheduler_info()["workers"].values()} != {os.getpid()}
+        assert {w["pid"] for w in c.scheduler_info["workers"].values()} != {os.getpid()}
 
 
 def test_the_default_limit_shares_the_system_memory_among_the_workers():
@@ -87,7 +87,7 @@ def where_am_i(_):
 
 def test_a_worker_above_80_percent_is_paused_gets_no_new_tasks_and_resumes_below(tmp_path):
     with cluster(n_workers=2, memory_limit="400MiB") as c, Client(c) as client:
-        full, other = list(c.scheduler_info()["workers"])
+        full, other = list(c.scheduler_info["workers"])
         release = tmp_path / "release"
         holder = client.submit(hold_memory, 0.87, 400 * MiB, str(release), workers=[full])
         assert wait_until(lambda: status_of(c, full) == "paused", timeout=20)
@@ -96,7 +96,7 @@ def test_a_worker_above_80_percent_is_paused_gets_no_new_tasks_and_resumes_below
         release.touch()
         assert holder.result(timeout=20) == "released"
         assert wait_until(lambda: status_of(c, full) == "running", timeout=10)
-        assert len(c.scheduler_info()["workers"]) == 2  # paused, never killed
+        assert len(c.scheduler_info["workers"]) == 2  # paused, never killed
         cluster_log = c.get_logs()["Cluster"]
         assert (
             f"Worker {full} is using" in cluster_log and "pausing it (no new tasks)" in cluster_log
@@ -126,12 +126,12 @@ def hog_always(mib):
 
 def test_a_memory_hog_is_terminated_its_task_retried_and_the_worker_replaced(tmp_path):
     with cluster(n_workers=2, memory_limit="300MiB") as c, Client(c) as client:
-        before = {w["pid"] for w in c.scheduler_info()["workers"].values()}
+        before = {w["pid"] for w in c.scheduler_info["workers"].values()}
         start = time.monotonic()
         assert client.submit(hog_once, str(tmp_path / "marker"), 400).result(timeout=30) == "done"
         assert time.monotonic() - start < 15  # killed at once, not after the task's 20 s sleep
         client.wait_for_workers(2, timeout=10)
-        after = {w["pid"] for w in c.scheduler_info()["workers"].values()}
+        after = {w["pid"] for w in c.scheduler_info["workers"].values()}
         assert len(before - after) == 1  # exactly the hog's worker was replaced
         logs = c.get_logs()
         assert (
@@ -143,7 +143,7 @@ def test_a_memory_hog_is_terminated_its_task_retried_and_the_worker_replaced(tmp
         [dead] = [
             a for a, text in logs.items() if a.startswith("ipc://") and "Terminating worker" in text
         ]
-        assert dead not in c.scheduler_info()["workers"]
+        assert dead not in c.scheduler_info["workers"]
 
 
 def test_a_task_that_always_exceeds_the_limit_ends_in_killed_worker_after_bounded_retries():
@@ -171,7 +171,7 @@ def test_results_in_shared_memory_do_not_count_against_the_limit():
         futures = [client.submit(np.ones, 25 * MiB // 8, pure=False) for _ in range(16)]
         client.gather(futures)
         time.sleep(0.3)  # several monitor checks with all of it alive
-        assert len(c.scheduler_info()["workers"]) == 1
+        assert len(c.scheduler_info["workers"]) == 1
         assert "Terminating worker" not in c.get_logs()["Cluster"]
 
 
@@ -213,4 +213,4 @@ def test_a_limit_below_what_an_idle_worker_needs_stops_the_replacements_and_says
         started = log.count("Started worker")
         time.sleep(0.5)  # the monitor checks every 0.1 s: a replacement would have come and gone
         assert c.get_logs()["Cluster"].count("Started worker") == started
-        assert not c.scheduler_info()["workers"]
+        assert not c.scheduler_info["workers"]

@@ -22,7 +22,7 @@ cluster = functools.partial(
 
 
 def addresses(c) -> set:
-    return set(c.scheduler_info()["workers"])
+    return set(c.scheduler_info["workers"])
 
 
 def inc(x):
@@ -51,9 +51,7 @@ def test_scale_up_then_down_retires_idle_workers_first_and_keeps_every_result(tm
         data = client.map(inc, range(30))  # results spread over the three workers' caches
         assert client.gather(data) == list(range(1, 31))
         # the youngest worker: without regard to work it would be the first to go
-        busy_worker = max(c.scheduler_info()["workers"].items(), key=lambda item: item[1]["name"])[
-            0
-        ]
+        busy_worker = max(c.scheduler_info["workers"].items(), key=lambda item: item[1]["name"])[0]
         release = tmp_path / "release"
         busy = client.submit(wait_for_file, str(release), workers=[busy_worker])
         assert wait_until(lambda: client.processing()[busy_worker] == [busy.key])
@@ -63,7 +61,7 @@ def test_scale_up_then_down_retires_idle_workers_first_and_keeps_every_result(tm
         assert client.gather(data) == list(range(1, 31))
         c.scale(0)  # the busy one retires too, but only once its task is done
         assert addresses(c) == {busy_worker}
-        assert c.scheduler_info()["workers"][busy_worker]["status"] == "retiring"
+        assert c.scheduler_info["workers"][busy_worker]["status"] == "retiring"
         release.touch()
         assert busy.result(timeout=10) == "finished"
         assert wait_until(lambda: not addresses(c))
@@ -104,10 +102,10 @@ def test_a_worker_dying_after_a_scale_down_is_replaced_up_to_the_new_size():
     with cluster(n_workers=3) as c, Client(c) as client:
         c.scale(2)
         assert len(addresses(c)) == 2
-        victim = next(iter(c.scheduler_info()["workers"].values()))["pid"]
+        victim = next(iter(c.scheduler_info["workers"].values()))["pid"]
         os.kill(victim, signal.SIGKILL)
         assert wait_until(
-            lambda: victim not in {w["pid"] for w in c.scheduler_info()["workers"].values()}
+            lambda: victim not in {w["pid"] for w in c.scheduler_info["workers"].values()}
         )
         client.wait_for_workers(2, timeout=10)
         assert client.submit(inc, 1).result(timeout=10) == 2

@@ -139,7 +139,7 @@ DOWNSTREAM = {
 
         def test_process_client(client, cluster):
             assert client.submit(inc, 1).result(timeout=30) == 2
-            assert len(cluster.scheduler_info()["workers"]) == 2
+            assert len(cluster.scheduler_info["workers"]) == 2
             assert cluster.processes
 
         def test_thread_client(thread_client, thread_cluster):

@@ -8,7 +8,7 @@ What ``Client`` uses of any cluster, and what each kind provides::
     repr, _summary, _repr_html_, with / async with  ◄── here, from _worker_facts() and _snapshot()
 
 A kind only says how it learns about its workers (``_worker_facts``: from the scheduler's handles in this
-process, or from ``scheduler_info()`` over a connection) and, if it can show more than the summary, what
+process, or from ``identity()`` over a connection) and, if it can show more than the summary, what
 its HTML summary draws (``_snapshot``).
 """
 
@@ -34,6 +34,15 @@ class Cluster(AsyncContext):
     def dashboard_link(self) -> Optional[str]:
         """The dashboard's status page, if the cluster serves one."""
         return None
+
+    def identity(self, n_workers: int = -1) -> dict:
+        """The scheduler's identity and its workers, as ``Client.scheduler_info(n_workers)`` returns."""
+        raise NotImplementedError
+
+    @property
+    def scheduler_info(self) -> dict:
+        """dask's attribute: the scheduler's identity and its workers (``["workers"]``), read now."""
+        return self.identity()
 
     def _worker_facts(self) -> Optional[WorkerFacts]:
         """(threads, memory limit or None) of each worker; None when that cannot be told now."""

@@ -34,9 +34,9 @@ from ..asynchronous import Closing, in_event_loop
 from ..comm.shm import SegmentStore, new_cluster_id, sweep_cluster, sweep_orphans
 from ..data_plane import ObjectPlane, PickledPlane
 from ..errors import WorkerStartError
-from ..messages import AddWorker, FailPending, Restart
+from ..messages import AddWorker, FailPending
 from ..scheduler.operations import SchedulerOperations
-from ..scheduler.queries import active_workers, worker_info
+from ..scheduler.queries import active_workers, scheduler_identity, worker_info
 from ..scheduler.server import Scheduler
 from ..status import Status
 from ..worker.plugins import install_all
@@ -45,7 +45,7 @@ from .cluster import Cluster, WorkerFacts
 from .launcher import WorkerLauncher
 from .memory import format_bytes
 from .options import ClusterOptions
-from .scaling import observe, restart_worker, retire_workers
+from .scaling import observe, restart_cluster, restart_worker, retire_workers
 from .workers import ThreadWorkerHandle, cannot_start_message, start_process_worker
 
 if TYPE_CHECKING:
@@ -489,28 +489,7 @@ class LocalCluster(Cluster):
 
     # ------------------------------------------------------------------------------------ restart
 
-    def restart(self, timeout=None) -> None:
-        """Stop every worker, forget every task, start fresh workers."""
-        with self._scale_lock:
-            self._restart()
-
-    def _restart(self) -> None:
-        with self._lock:
-            old = list(self.handles.values())
-            self.handles.clear()
-            count = self.target_workers
-
-        # every task is forgotten and the old workers leave the books, without being sent anything more
-        self.scheduler.ask(Restart, tuple(old)).result(30)
-        for handle in old:
-            handle.stop(timeout=2)
-            self.logs.close_worker(handle.address, "stopped: the cluster restarted")
-        self.logger.info("Restarting cluster: stopped %d workers, starting %d", len(old), count)
-        new = [self._start_worker() for _ in range(count)]
-        # as dask's restart(wait_for_workers=True): return once the new workers can run tasks
-        for handle in new:
-            if handle is not None:
-                handle.wait_ready(timeout=30)
+    restart = restart_cluster  # client.restart (deploy/scaling.py)
 
     # -------------------------------------------------------------------------------------- close
 
@@ -576,17 +555,13 @@ class LocalCluster(Cluster):
 
         return cluster_snapshot(self)  # with a row per worker
 
-    def scheduler_info(self) -> dict:
+    def identity(self, n_workers: int = -1) -> dict:
         """dask's shape: the scheduler's identity and its workers (read on the scheduler thread)."""
         workers = self.scheduler.call(lambda s: worker_info(s.state, s.workers)).result(30)
-        return {
-            "type": "Scheduler",
-            "id": f"Scheduler-{self.cluster_id}",
-            "address": self.scheduler_address,
-            "services": {},
-            "started": self.scheduler.started,
-            "workers": workers,
-        }
+        started = self.scheduler.started
+        return scheduler_identity(
+            self.cluster_id, self.scheduler_address, started, workers, n_workers
+        )
 
 
 def _route_worker_client(cluster, scheduler, handle, message) -> None:

@@ -3,8 +3,8 @@
 What ``Client("tcp://host:port")``, ``Client(scheduler_file=...)`` and ``SubprocessCluster`` hold::
 
     RemoteCluster ──► RemoteConnection (remote/client.py): link + scheduler/operations proxies
-                  ──► scheduler_info(), scale(), get_logs(): named operations over the link
-    repr / _repr_html_ (deploy/cluster.py) ◄── _worker_facts() from scheduler_info()
+                  ──► identity(), scale(), get_logs(): named operations over the link
+    repr / _repr_html_ (deploy/cluster.py) ◄── _worker_facts() from identity()
 
 Closing it closes the connection only; the cluster goes on (``SubprocessCluster`` also stops the
 process it started).
@@ -42,8 +42,8 @@ class RemoteCluster(Cluster):
     def dashboard_link(self) -> Optional[str]:
         return self.info.get("dashboard_link")
 
-    def scheduler_info(self) -> dict:
-        return self.operations.invoke("scheduler_info")
+    def identity(self, n_workers: int = -1) -> dict:
+        return self.operations.invoke("scheduler_info", n_workers)
 
     def scale(self, n: Optional[int] = None, memory=None, cores=None) -> None:
         if n is None:
@@ -57,7 +57,7 @@ class RemoteCluster(Cluster):
 
     def _worker_facts(self) -> Optional[WorkerFacts]:
         try:
-            workers = list(self.scheduler_info()["workers"].values())
+            workers = list(self.identity()["workers"].values())
         except (ValueError, CommClosedError):  # "identity" blocked, or the connection is gone
             return None
         return [(w["nthreads"], w.get("memory_limit") or None) for w in workers]

@@ -1,6 +1,6 @@
 """Scaling helpers that run on the scheduler thread: who counts as a worker, who retires, what adapt sees.
 
-``LocalCluster.scale``/``adapt`` and supervision (``deploy/local.py``) use these. Reads run on the
+``LocalCluster.scale``/``adapt``/``restart`` and supervision (``deploy/local.py``) use these. Reads run on the
 scheduler thread (``scheduler.query``, ``scheduler.call``); changes are messages the scheduler answers
 (``RetireWorkers``, ``RemoveWorkers``), so each sees and changes ``SchedulerState`` in one step::
 
@@ -18,7 +18,8 @@ from __future__ import annotations
 import time
 from typing import Iterable, Optional
 
-from ..messages import RemoveWorkers, RetireWorkers
+from ..messages import RemoveWorkers, Restart, RetireWorkers
+from ..utils import parse_timedelta
 from .adaptive import ClusterObservation, WorkerObservation
 
 
@@ -103,3 +104,34 @@ def restart_worker(cluster, address: str, timeout=None) -> None:
         cluster.logs.close_worker(address)
         cluster.logger.info("Restarted worker %s (name %s)", address, handle.name)
         cluster._start_worker(name=handle.name, restarted=True)
+
+
+def restart_cluster(cluster, timeout=None, wait_for_workers: bool = True) -> None:
+    """Stop every worker of ``cluster``, forget every task, start as many fresh workers
+    (``client.restart``); with ``wait_for_workers``, return once they can run tasks. TimeoutError past
+    ``timeout`` (seconds or "20s"; default 30 s). Not on the scheduler thread."""
+    seconds = 30.0 if timeout is None else parse_timedelta(timeout)
+    deadline = time.monotonic() + seconds
+    with cluster._scale_lock:
+        with cluster._lock:
+            old = list(cluster.handles.values())
+            cluster.handles.clear()
+            count = cluster.target_workers
+        # every task is forgotten and the old workers leave the books, without being sent anything more
+        cluster.scheduler.ask(Restart, tuple(old)).result(30)
+        for handle in old:
+            handle.stop(timeout=2)
+            cluster.logs.close_worker(handle.address, "stopped: the cluster restarted")
+        cluster.logger.info("Restarting cluster: stopped %d workers, starting %d", len(old), count)
+        started = [cluster._start_worker() for _ in range(count)]
+    if not wait_for_workers:
+        return
+    # as dask's restart(wait_for_workers=True): return once the new workers can run tasks (one that
+    # dies meanwhile is replaced as any other; the deadline still holds)
+    new = [handle for handle in started if handle is not None]
+    late = [h for h in new if not h.wait_ready(max(0.0, deadline - time.monotonic()))]
+    if late and time.monotonic() >= deadline:
+        raise TimeoutError(
+            f"restart: {len(late)} of {len(new)} new workers could not run tasks within "
+            f"{seconds:g} s; they may still arrive (client.wait_for_workers waits for them)"
+        )

@@ -108,7 +108,7 @@ class SubprocessCluster(RemoteCluster):
 
     def worker_pids(self) -> dict:
         """``{worker address: pid}`` of the worker processes."""
-        return {a: w["pid"] for a, w in self.scheduler_info()["workers"].items()}
+        return {a: w["pid"] for a, w in self.scheduler_info["workers"].items()}
 
     # ----------------------------------------------------------------------------------------- close
 

@@ -163,8 +163,8 @@ class ProcessWorkerHandle:
     def wait_ready(self, timeout: float) -> bool:
         """Wait until the worker can run tasks; False if it died first or ``timeout`` passed."""
         deadline = time.monotonic() + timeout
-        while not self.ready.wait(0.05):
-            if self.process.poll() is not None or time.monotonic() > deadline:
+        while not self.ready.wait(min(0.05, max(0.0, deadline - time.monotonic()))):
+            if self.process.poll() is not None or time.monotonic() >= deadline:
                 return False
         return True
 

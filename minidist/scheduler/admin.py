@@ -147,7 +147,7 @@ class AdminOperations:
         """
         if workers is not None and names is not None:
             raise TypeError("retire_workers takes workers= or names=, not both")
-        info = self._ops.cluster.scheduler_info()["workers"]
+        info = self._ops.cluster.identity()["workers"]
         if workers is None and names is None:
             chosen = self._ops.on_scheduler(_idle_workers)
         else:

@@ -116,8 +116,8 @@ class SchedulerOperations:
         addresses = set(self.workers_matching(workers))
         return {a: h.nthreads for a, h in list(self.scheduler.workers.items()) if a in addresses}
 
-    def scheduler_info(self) -> dict:
-        return self.cluster.scheduler_info()
+    def scheduler_info(self, n_workers: int = -1) -> dict:
+        return self.cluster.identity(n_workers)
 
     def who_has(self, keys=None) -> dict:
         return self.query(queries.who_has, keys)
@@ -156,8 +156,8 @@ class SchedulerOperations:
 
     # ------------------------------------------------------------------------------ cluster-wide
 
-    def restart(self) -> None:
-        self.cluster.restart()
+    def restart(self, timeout=None, wait_for_workers: bool = True) -> None:
+        self.cluster.restart(timeout, wait_for_workers)
 
     def scale(self, n: int) -> None:
         self.cluster.scale(n)

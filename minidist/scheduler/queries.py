@@ -77,6 +77,25 @@ def worker_info(state, handles: dict) -> dict:
     return workers
 
 
+def scheduler_identity(cluster_id, address, started, workers: dict, n_workers: int = -1) -> dict:
+    """dask's ``scheduler_info()`` shape from ``worker_info``'s rows; ``n_workers`` >= 0 lists only that
+    many workers (the totals count them all), -1 lists every one."""
+    if isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < -1:
+        raise ValueError(f"n_workers must be -1 (all workers) or a count >= 0, not {n_workers!r}")
+    listed = workers if n_workers == -1 else dict(list(workers.items())[:n_workers])
+    return {
+        "type": "Scheduler",
+        "id": f"Scheduler-{cluster_id}",
+        "address": address,
+        "services": {},
+        "started": started,
+        "n_workers": len(workers),
+        "total_threads": sum(w["nthreads"] for w in workers.values()),
+        "total_memory": sum(w["memory_limit"] for w in workers.values()),
+        "workers": listed,
+    }
+
+
 def prefix_counts(state) -> dict:
     """``{task prefix: {state: count}}``, for the dashboard's progress bars."""
     by_prefix: dict = {}
