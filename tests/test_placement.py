@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import deque
 
+from minidist.scheduler.instructions import Publish
 from minidist.scheduler.state import Execute, NewTask, SchedulerState
 
 MiB = 2**20
@@ -50,6 +51,24 @@ def test_the_inputs_of_one_dependent_start_on_the_same_worker():
     assert pairs // 4 <= roots_on_a <= pairs - pairs // 4
 
 
+def test_the_chunks_one_merge_combines_start_on_one_worker():
+    # like rechunk's merges of 8 chunks each: the siblings may go beyond a worker's room
+    state = SchedulerState()
+    state.add_worker("A", 1)
+    state.add_worker("B", 1)
+    groups, size = 3, 8
+    tasks = [NewTask(f"x-{g}-{i}", prefix="x") for g in range(groups) for i in range(size)]
+    tasks += [
+        NewTask(f"merge-{g}", tuple(f"x-{g}-{i}" for i in range(size)), prefix="merge")
+        for g in range(groups)
+    ]
+    ran = run_graph(state, tasks, [f"merge-{g}" for g in range(groups)], 12 * MiB)
+
+    for g in range(groups):
+        assert len({ran[f"x-{g}-{i}"] for i in range(size)}) == 1, g
+    assert {ran[f"x-{g}-0"] for g in range(groups)} == {"A", "B"}
+
+
 def test_a_large_family_of_roots_is_placed_by_load_alone():
     # one reduction over many leaves: siblings are everyone, so they say nothing (and are not scanned)
     state = SchedulerState()
@@ -60,3 +79,61 @@ def test_a_large_family_of_roots_is_placed_by_load_alone():
     ran = run_graph(state, [*leaves, total], ["total"], 8)
     on_a = sum(ran[f"leaf-{i}"] == "A" for i in range(200))
     assert 80 <= on_a <= 120
+
+
+def learn_duration(state: SchedulerState, prefix: str, seconds: float) -> None:
+    """Let the scheduler see one task of ``prefix`` take ``seconds``."""
+    [execute] = executes(state.update_graph([NewTask(f"{prefix}-warm", prefix=prefix)], "c"))
+    state.task_finished(execute.key, execute.worker, 8, 0.0, seconds, attempt=execute.attempt)
+
+
+def held_graph(state: SchedulerState, held_bytes: int, slices: int) -> tuple:
+    """A large result kept by its worker, then ``slices`` short tasks that read it: the worker
+    holding it, and the instructions of every step (each task finished as it was handed out, each
+    publication made as it was asked for)."""
+    tasks = [NewTask("big", prefix="big")]
+    tasks += [NewTask(f"slice-{i}", ("big",), prefix="slice") for i in range(slices)]
+    out = state.update_graph(tasks, "client", [f"slice-{i}" for i in range(slices)])
+    [make] = executes(out)
+    holder = make.worker
+    assert make.may_hold
+    out = state.task_finished("big", holder, held_bytes, 0.0, 0.05, make.attempt, held=True)
+    everything = list(out)
+    handed = deque(out)
+    while handed:
+        inst = handed.popleft()
+        if isinstance(inst, Publish):  # the holder publishes at once
+            out = [o for key in inst.keys for o in state.published(key, inst.worker)]
+        elif isinstance(inst, Execute):
+            out = state.task_finished(inst.key, inst.worker, 8, 0.0, 0.001, inst.attempt)
+        else:
+            continue
+        everything += out
+        handed.extend(out)
+    return holder, everything
+
+
+def test_short_tasks_wait_for_the_worker_holding_their_large_input_rather_than_have_it_published():
+    # rechunk's splits: a slice of a 96 MB merge takes 1 ms; publishing the merge for the idle
+    # worker would cost ~25 ms of writing and reading, more than the holder needs for all of them
+    state = SchedulerState()
+    state.add_worker("A", 1)
+    state.add_worker("B", 1)
+    learn_duration(state, "slice", 0.001)
+    holder, instructions = held_graph(state, 96 * MiB, slices=24)
+
+    assert not [inst for inst in instructions if isinstance(inst, Publish)]
+    ran_on = {inst.worker for inst in instructions if isinstance(inst, Execute)}
+    assert ran_on == {holder}
+    assert all(state.tasks[f"slice-{i}"].state == "memory" for i in range(24))
+
+
+def test_an_idle_worker_still_has_a_small_held_input_published_for_it():
+    state = SchedulerState()
+    state.add_worker("A", 1)
+    state.add_worker("B", 1)
+    learn_duration(state, "slice", 0.001)
+    holder, instructions = held_graph(state, 2 * MiB, slices=24)
+
+    assert Publish(holder, ("big",)) in instructions
+    assert all(state.tasks[f"slice-{i}"].state == "memory" for i in range(24))

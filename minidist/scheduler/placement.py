@@ -31,9 +31,13 @@ if TYPE_CHECKING:
 
 # a task whose dependencies form a chain of this many results held by workers only publishes its own
 # result (lineage.py): what a worker's death could make us recompute stays bounded
-MAX_HELD_DEPTH = 2
+MAX_HELD_DEPTH = 3
 PREFETCH_SECONDS = 0.005  # how much queued work a worker may hold for tasks known to be tiny
 MAX_PREFETCH = 256
+# what moving a held result to another worker costs per byte: its holder writes it into shared memory,
+# the reader maps it and faults its pages in (about 0.25 ms per MB on this 2-core machine, fresh
+# segments more, recycled ones less); a short task whose inputs would cost more stays with them
+PUBLISH_SECONDS_PER_BYTE = 0.25e-9
 MAX_FAMILY = 64  # root placement looks at siblings only for dependents of at most this many inputs
 
 
@@ -125,19 +129,25 @@ class Placement:
         """The worker for a task without dependencies: the one that runs or holds most of its
         *siblings* (the other dependencies of its dependents: the chunks one merge or one ``x + x.T``
         pair combines), so their dependent finds its inputs in one place rather than having half of
-        them published, even ``prefetch`` tasks beyond its room; else the least loaded. Only small
+        them published, even beyond its room (by ``prefetch`` tasks, or the family's size); else the
+        least loaded. Only small
         families are looked at (a reduction of thousands of leaves gains nothing from it and would
         cost a scan per leaf)."""
-        least = min(candidates, key=lambda w: len(w.processing) / w.nthreads)
+        if len(candidates) == 1:
+            least = candidates[0]
+        else:
+            least = min(candidates, key=lambda w: len(w.processing) / w.nthreads)
         dependents = ts.dependents
         if not dependents or len(dependents) > MAX_FAMILY:
             return least
         tasks = self.tasks
         here: dict = {}
+        family = 0
         for dependent_key in dependents:
             dependent = tasks.get(dependent_key)
             if dependent is None or len(dependent.dependencies) > MAX_FAMILY:
                 continue
+            family = max(family, len(dependent.dependencies))
             for sibling_key in dependent.dependencies:
                 sibling = tasks.get(sibling_key)
                 if sibling is None or sibling is ts:
@@ -149,15 +159,25 @@ class Placement:
                         here[address] = here.get(address, 0) + 1
         if not here:
             return least
-        prefetch = self.prefetch
+        beyond = max(self.prefetch, family - 1)  # room enough for the whole family
         best, most = least, here.get(least.address, 0)
         for ws, limit in zip(running, limits):
             count = here.get(ws.address, 0)
-            if count > most and len(ws.processing) < limit + prefetch:
+            if count > most and len(ws.processing) < limit + beyond:
                 best, most = ws, count
         return best
 
-    def _assign(self, ts: TaskState, ws: WorkerState, out: list, redirect: bool = True) -> None:
+    def _assign(
+        self,
+        ts: TaskState,
+        ws: WorkerState,
+        out: list,
+        redirect: bool = True,
+        deferred: Optional[list] = None,
+    ) -> None:
+        """Hand ``ts`` to ``ws``, or (``redirect``) to a worker that needs no publication of its held
+        dependencies; a task that had better wait for its holder is added to ``deferred`` instead
+        (the caller queues it again)."""
         missing = []
         depth = 0  # the longest chain of held results among the dependencies
         for dep_key in ts.dependencies:
@@ -169,6 +189,17 @@ class Placement:
                     # one is idle: an idle worker takes work, or stealing would bounce it back)
                     busy = redirect and ws.processing
                     other = self._no_publication_worker(ts, ws) if busy else None
+                    holder = (
+                        self._holder_to_wait_for(ts, ws) if other is None and redirect else None
+                    )
+                    if holder is not None:
+                        # publishing would take longer than waiting for the holder (a slice of a
+                        # large held result): the task goes there, beyond its room, or waits
+                        if len(holder.processing) < 2 * self.task_capacity(holder, ts):
+                            other = holder
+                        elif deferred is not None:
+                            deferred.append(ts)
+                            return
                     if other is not None:
                         self._assign(ts, other, out, redirect=False)
                     else:
@@ -201,6 +232,39 @@ class Placement:
                 not ts.who_wants and depth < MAX_HELD_DEPTH,
             )
         )
+
+    def _holder_to_wait_for(self, ts: TaskState, ws: WorkerState) -> Optional[WorkerState]:
+        """The worker holding most of the held dependencies ``ts`` would need published to run on
+        ``ws``, if publishing them (writing and reading their bytes) would take longer than that
+        worker's queue takes to drain: then ``ts`` had better wait for it. None: publish (also when
+        how long tasks take is not known yet)."""
+        if ts.prefix not in self.prefix_durations:
+            return None
+        tasks = self.tasks
+        nbytes = 0
+        holder, most = None, 0
+        for dep_key in ts.dependencies:
+            dep = tasks.get(dep_key)
+            if (
+                dep is None
+                or not dep.held_depth
+                or ws.address in dep.who_has
+                or dep_key in self._publishing
+            ):
+                continue
+            nbytes += dep.nbytes
+            if dep.nbytes >= most:
+                for address in dep.who_has:
+                    other = self.workers.get(address)
+                    if other is not None and other.status == "running":
+                        holder, most = other, dep.nbytes
+        if holder is None or not self._runnable_on(ts, holder):
+            return None
+        durations = self.prefix_durations
+        backlog = sum(durations.get(tasks[key].prefix, 0.0) for key in holder.processing)
+        if nbytes * PUBLISH_SECONDS_PER_BYTE <= backlog / max(holder.nthreads, 1):
+            return None
+        return holder
 
     def _no_publication_worker(self, ts: TaskState, chosen: WorkerState) -> Optional[WorkerState]:
         """A running worker other than ``chosen`` for which no held dependency of ``ts`` must be newly
@@ -259,6 +323,7 @@ class Placement:
         # graph's root (task_capacity), and nothing here changes either during one fill: the
         # capacities are computed once per kind of task instead of once per task and worker.
         capacities: dict = {}
+        deferred: list = []  # tasks that had better wait for the worker holding their inputs
         while ready:
             # peek, pop only what is placed or stale: a task no worker has room for stays in the
             # heap as it was (a pop and a push back would cost two heap walks per fill)
@@ -286,7 +351,9 @@ class Placement:
                 ws = candidates[0]
             else:
                 ws = min(candidates, key=lambda w: len(w.processing) / w.nthreads)
-            self._assign(ts, ws, out)
+            self._assign(ts, ws, out, deferred=deferred)
+        for waiting in deferred:  # they stay queued until their holder has room
+            heapq.heappush(ready, (waiting.priority, waiting.key))
         if not ready and len(running) > 1:
             self._steal_for_idle(running, out)
 
@@ -345,6 +412,8 @@ class Placement:
                 ts = self.tasks.get(key)
                 if ts is None or ts.restrictions or ts.resources or key in self._steals:
                     continue
+                if ts.dependencies and self._holder_to_wait_for(ts, thief) is not None:
+                    continue  # its inputs would cost the thief more than the wait
                 keys.append(key)
             if not keys:
                 continue
