@@ -274,10 +274,14 @@ def test_one_array_passed_to_many_tasks_stores_its_bytes_once(client, cluster_id
     array = np.random.default_rng(1).random(16 * MiB // 8)
     futures = [client.submit(slow_total, array, i) for i in range(4)]  # four distinct tasks
     names = cluster_segments(cluster_id)
-    assert len(names) == 4  # one name per task, so each can be freed on its own ...
+    # one name per task, so each can be freed on its own (and, where the kernel can watch the array
+    # for writes, one the cluster keeps while the array lives: tests/test_kept_segments.py) ...
+    assert len(names) in (4, 5)
     inodes = {os.stat(f"/dev/shm/{n}").st_ino for n in names}
     assert len(inodes) == 1  # ... but one copy of the data (hard links)
     assert client.gather(futures) == [pytest.approx(array.sum())] * 4
+    del futures, array
+    assert wait_until(lambda: cluster_segments(cluster_id) == [])
 
 
 def test_array_changed_in_place_between_submissions_is_sent_again(client, cluster_id):

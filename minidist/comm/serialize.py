@@ -381,13 +381,14 @@ def _serialize(obj, store: SegmentStore | SegmentPool | None, sink: _BufferSink)
     return Payload(header, buffers, len(header) + sum(b.nbytes for b in buffers))
 
 
-def deserialize(payload: Payload):
+def deserialize(payload: Payload, open_buffer=open_segment):
     """Rebuild the value; shared-memory buffers are mapped read-only without copying.
 
     NumPy arrays backed by shared memory are therefore read-only; copy one to modify it.
+    ``open_buffer``: how a segment is mapped (a worker passes its ``MappingCache.open``).
     """
     buffers = [
-        open_segment(b.name, b.nbytes, b.offset, b.pooled) if isinstance(b, SharedBuffer) else b
+        open_buffer(b.name, b.nbytes, b.offset, b.pooled) if isinstance(b, SharedBuffer) else b
         for b in payload.buffers
     ]
     return pickle.loads(payload.header, buffers=buffers)

@@ -18,6 +18,8 @@ here the rules are explicit:
 - A buffer written again (same address and length, e.g. one array passed to many tasks) gets a hard
   link to the segment already written if its bytes are unchanged: compared in full the first time, and
   from then on, for large arrays, only on the pages the kernel saw written since (``WriteWatch``).
+  A store made with ``keep_fraction`` keeps such a segment by a name of its own while the array lives
+  (``comm/shm_kept.py``), so a pass after the earlier tasks were released still finds it.
 - Unlinking only removes the name: a mapping that is still in use stays valid until its last view is
   garbage-collected, so readers never see data vanish under them.
 - Names encode the cluster and the writing process (``minidist_<cluster_id>_<pid>_<counter>-<random>``) so
@@ -56,6 +58,7 @@ import weakref
 from dataclasses import dataclass
 from typing import cast
 
+from minidist.comm.shm_kept import KEEP_FRACTION, KeptSegments
 from minidist.comm.shm_sweep import (
     SEGMENT_PREFIX,
     SHM_DIR,
@@ -75,6 +78,7 @@ from minidist.comm.write_watch import WriteWatch
 from minidist.keys import CHECKSUM_START, buffer_checksum
 
 __all__ = [  # this module is where callers find the segment API, wherever it is defined
+    "KEEP_FRACTION",
     "SEGMENT_PREFIX",
     "SHM_DIR",
     "SegmentInfo",
@@ -128,13 +132,18 @@ def new_cluster_id() -> str:
 class SegmentStore:
     """Writes buffers into shared-memory segments for one cluster, in one process.
 
-    Thread-safe. Holds no file descriptors or mappings, so it needs no closing. When the same buffer
-    (same address and length) is written again with unchanged content, the store gives the new handle a
-    hard link to the segment already written instead of copying the data again: each handle has its own
-    name, so unlinking one never breaks another.
+    Thread-safe. When the same buffer (same address and length) is written again with unchanged
+    content, the store gives the new handle a hard link to the segment already written instead of
+    copying the data again: each handle has its own name, so unlinking one never breaks another.
+
+    ``keep_fraction`` > 0: the segment of a buffer that is watched for writes (passed twice, 16 MiB or
+    more, its owner alive) gets a name of the store's own, so that it outlives the tasks that used it
+    and a later pass still finds it, until the owner dies, the buffer is changed, the store forgets it
+    (64 entries) or closes, or /dev/shm fills up; in all at most that fraction of RAM and of /dev/shm's
+    free space (``comm/shm_kept.py``). :meth:`close` stops the watches and unlinks what was kept.
     """
 
-    def __init__(self, cluster_id: str, threshold: int = 64 * 1024):
+    def __init__(self, cluster_id: str, threshold: int = 64 * 1024, keep_fraction: float = 0.0):
         if not _CLUSTER_ID.match(cluster_id):
             raise ValueError(
                 f"cluster_id {cluster_id!r} must be 1-200 characters from letters, digits, '_', '.', '-'"
@@ -147,10 +156,15 @@ class SegmentStore:
         self._lock = threading.Lock()
         self._reuse_lock = threading.Lock()
         # (address, length) of a recently written buffer -> (segment name, checksum of it or None,
-        # weak reference to the buffer's owner while its pages are under self._watch, or None)
+        # weak reference to the buffer's owner while its pages are under self._watch, or None,
+        # weak reference to the owner of the buffer last written (large ones), or None)
         self._recent: collections.OrderedDict[tuple[int, int], tuple] = collections.OrderedDict()
         self._watch = WriteWatch()
         self._dead_owners: list = []
+        # segments of watched buffers kept by a name of the store's own while their owner lives, so
+        # that a later pass finds them even after their tasks were released (comm/shm_kept.py);
+        # the data plane sends what it lets go to its janitor (``kept.unlink``)
+        self.kept = KeptSegments(keep_fraction, unlink_segments)
 
     def __repr__(self) -> str:
         return f"SegmentStore(cluster_id={self.cluster_id!r}, threshold={self.threshold})"
@@ -203,10 +217,26 @@ class SegmentStore:
 
     def _write_afresh(self, key, view: memoryview, checksum: bool, watched):
         name = self._new_name()
-        crc = _write_new_file(os.path.join(SHM_DIR, name), view, checksum)
+        try:
+            crc = _write_new_file(os.path.join(SHM_DIR, name), view, checksum)
+        except OSError as exc:
+            # /dev/shm is full: what the store keeps for later passes goes first
+            if exc.errno != errno.ENOSPC or not self.kept.release_all_now():
+                raise
+            crc = _write_new_file(os.path.join(SHM_DIR, name), view, checksum)
         if key is not None:
-            self._remember(key, (name, crc, watched))
+            kept = self._keep(name, view.nbytes, watched)
+            self._remember(key, (kept, crc, watched, watched or _seen(view.obj, key[1])))
         return SharedBuffer(name, view.nbytes), crc
+
+    def _keep(self, name: str, nbytes: int, watched) -> str:
+        """The name to remember for segment ``name`` of a buffer: a name of the store's own while the
+        buffer is watched (its owner alive) and the budget allows, else ``name`` itself."""
+        if watched is None or self.kept.fraction == 0.0:
+            return name
+        if self.kept.holds(name):
+            return name
+        return self.kept.keep(name, self._new_name(), nbytes, watched) or name
 
     def _reuse(self, key, previous: tuple, view: memoryview, checksum: bool):
         """``(handle, crc)``: a new name for the segment last written for this buffer if it still holds
@@ -217,7 +247,7 @@ class SegmentStore:
         from then on only the pages written since the last time are compared, usually none. The
         owner must be the very object watched: while it lives its memory cannot be freed and reused.
         """
-        name, crc, watched = previous
+        name, crc, watched, seen = previous
         owner = view.obj
         need_crc = checksum and crc is None  # a re-used segment's checksum, if known, is the bytes'
         if watched is not None and watched() is owner:
@@ -226,7 +256,8 @@ class SegmentStore:
                 ref, new_crc = self._link_if_same(name, view, need_crc, changed)
                 if ref is not None:
                     crc = crc if crc is not None else new_crc
-                    self._remember(key, (ref.name, crc, watched))
+                    kept = name if self.kept.holds(name) else self._keep(ref.name, key[1], watched)
+                    self._remember(key, (kept, crc, watched, watched))
                     return ref, crc
                 if _exists(name):
                     # changed in place: this buffer is being modified, stop watching it
@@ -249,49 +280,65 @@ class SegmentStore:
         ref, new_crc = self._link_if_same(name, view, need_crc, None)
         if ref is not None:
             crc = crc if crc is not None else new_crc
-            self._remember(key, (ref.name, crc, watch))
+            self._remember(key, (self._keep(ref.name, key[1], watch), crc, watch, watch))
             return ref, crc
         if watch is not None:
+            if seen is not None and seen() is owner and not _exists(name):
+                # the same object again, its segment freed meanwhile (its tasks finished): copied
+                # afresh but watched from now on (armed before this copy, so a write during it is seen)
+                return self._write_afresh(key, view, checksum, watch)
             self._watch.disarm(key[0], key[1])
         return self._write_afresh(key, view, checksum, None)
 
     def _owner_died(self, ref) -> None:
-        # a weakref callback may run inside any code, even under self._lock: only note it here
+        # a weakref callback may run inside any code, even under self._lock: only note it here,
+        # and give back what was kept for it (lock-free: comm/shm_kept.py)
         self._dead_owners.append(ref)
+        self.kept.owner_died(ref)
 
     def _stop_watching(self, key, watched) -> None:
         with self._lock:
             entry = self._recent.get(key)
             if entry is not None and entry[2] is watched:
-                self._recent[key] = entry[:2] + (None,)
+                self._recent[key] = entry[:2] + (None, None)
         self._watch.disarm(key[0], key[1])
+        if entry is not None:
+            self.kept.release([entry[0]])  # no longer proven unchanged: keep it no longer
 
     def _remember(self, key: tuple[int, int], entry: tuple) -> None:
         unwatch = []
+        unkeep = []  # names the store may have kept that no entry remembers any more
         with self._lock:
             old = self._recent.get(key)
             if old is not None and old[2] is not None and old[2] is not entry[2]:
                 unwatch.append(key)
+            if old is not None and old[0] != entry[0]:
+                unkeep.append(old[0])
             self._recent[key] = entry
             self._recent.move_to_end(key)
             while len(self._recent) > _RECENT_WRITES:
-                evicted, (_, _, watched) = self._recent.popitem(last=False)
+                evicted, (name, _, watched, _) = self._recent.popitem(last=False)
+                unkeep.append(name)
                 if watched is not None:
                     unwatch.append(evicted)
             while self._dead_owners:  # owners gone: their memory may be reused by anyone
                 dead = self._dead_owners.pop()
-                for found, (_, _, watched) in list(self._recent.items()):
+                for found, (name, _, watched, _) in list(self._recent.items()):
                     if watched is dead:
-                        self._recent[found] = self._recent[found][:2] + (None,)
+                        self._recent[found] = self._recent[found][:2] + (None, None)
                         unwatch.append(found)
+                        unkeep.append(name)
         for address, nbytes in unwatch:
             self._watch.disarm(address, nbytes)
+        self.kept.release(unkeep)
 
     def close(self) -> None:
-        """Stop watching buffers (and close the fds that takes); the store stays usable."""
+        """Stop watching buffers (and close the fds that takes) and unlink what the store kept; the
+        store stays usable."""
         with self._lock:
             self._recent.clear()
         self._watch.close()
+        self.kept.release_all_now()
 
     def _link_if_same(
         self, previous: str, view: memoryview, checksum: bool, spans
@@ -347,6 +394,16 @@ def _write_new_file(path: str, view: memoryview, checksum: bool = False) -> int 
         raise
     os.close(fd)
     return crc
+
+
+def _seen(owner, nbytes: int):
+    """A weak reference to the owner of a buffer large enough to be watched if it comes again."""
+    if nbytes < _WATCH_MIN:
+        return None
+    try:
+        return weakref.ref(owner)
+    except TypeError:
+        return None  # bytes and the like
 
 
 def _exists(name: str) -> bool:
@@ -421,8 +478,22 @@ def open_segment(name: str, nbytes: int, offset: int = 0, pooled: bool = False) 
         return memoryview(b"")
     start = offset - offset % mmap.ALLOCATIONGRANULARITY
     path = os.path.join(SHM_DIR, name)
+    fd = open_for_reading(name, path)
+    if pooled:
+        return _open_pooled(fd, name, path, nbytes, offset, start)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        _check_owner(fd, name, path)
+        mapping = mmap.mmap(fd, offset - start + nbytes, prot=mmap.PROT_READ, offset=start)
+    finally:
+        os.close(fd)
+    return memoryview(mapping)[offset - start : offset - start + nbytes]
+
+
+def open_for_reading(name: str, path: str) -> int:
+    """A read-only descriptor of segment ``name`` at ``path``: FileNotFoundError naming it if it is
+    gone, PermissionError if the name is a symbolic link. The caller checks the owner (``fstat``)."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except FileNotFoundError:
         raise FileNotFoundError(
             errno.ENOENT,
@@ -436,14 +507,6 @@ def open_segment(name: str, nbytes: int, offset: int = 0, pooled: bool = False) 
         raise PermissionError(
             errno.EPERM, f"refusing shared-memory segment {name!r}: it is a symbolic link", path
         ) from None
-    if pooled:
-        return _open_pooled(fd, name, path, nbytes, offset, start)
-    try:
-        _check_owner(fd, name, path)
-        mapping = mmap.mmap(fd, offset - start + nbytes, prot=mmap.PROT_READ, offset=start)
-    finally:
-        os.close(fd)
-    return memoryview(mapping)[offset - start : offset - start + nbytes]
 
 
 # pooled mappings (each holding a descriptor) one process keeps at most: a quarter of its descriptors
@@ -505,7 +568,7 @@ def _recycled(name: str, path: str) -> FileNotFoundError:
     )
 
 
-def _check_owner(fd: int, name: str, path: str) -> None:
+def _check_owner(fd: int, name: str, path: str) -> os.stat_result:
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
         raise PermissionError(
@@ -514,3 +577,4 @@ def _check_owner(fd: int, name: str, path: str) -> None:
             f"(uid {info.st_uid}); another user may have created it",
             path,
         )
+    return info

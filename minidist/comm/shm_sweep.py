@@ -15,8 +15,8 @@ minidist name (or a symbolic link) is never listed, unlinked or swept, and never
 
 from __future__ import annotations
 
-import collections
 import os
+import queue
 import re
 import stat
 import threading
@@ -110,12 +110,17 @@ class SegmentJanitor:
     key is forgotten. :meth:`unlink` only queues the names (checked at once); the thread starts on
     first use and :meth:`close` unlinks whatever is still queued and joins it, so once ``close``
     returns every name handed over is gone. After ``close``, :meth:`unlink` unlinks at once.
+
+    :meth:`unlink` is safe in a weakref callback (``comm/shm_kept.py`` calls it from one), which may
+    run inside any code of any thread, this class's own included: it never waits for a lock. Names go
+    through a ``queue.SimpleQueue`` (re-entrant by design), and the thread is started under a lock
+    taken without waiting: whoever holds it starts the thread (or closes), and that drains the queue.
     """
 
     def __init__(self, thread_name: str = "minidist-shm-janitor"):
         self.thread_name = thread_name
-        self._pending: collections.deque[str] = collections.deque()
-        self._wakeup = threading.Condition(threading.Lock())
+        self._pending: queue.SimpleQueue[str | None] = queue.SimpleQueue()  # None: stop
+        self._start_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._closed = False
 
@@ -126,39 +131,48 @@ class SegmentJanitor:
             _check_name(name)
         if not names:
             return
-        with self._wakeup:
-            if not self._closed:
-                self._pending.extend(names)
-                if self._thread is None:
-                    self._thread = threading.Thread(
-                        target=self._run, name=self.thread_name, daemon=True
-                    )
-                    self._thread.start()
-                self._wakeup.notify()
-                return
-        unlink_segments(names)
+        if self._closed:
+            unlink_segments(names)
+            return
+        for name in names:
+            self._pending.put(name)
+        if self._thread is None and self._start_lock.acquire(blocking=False):
+            try:
+                if self._thread is None and not self._closed:
+                    thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
+                    thread.start()
+                    self._thread = thread
+            finally:
+                self._start_lock.release()
+        if self._closed:  # close() may have drained the queue just before our names went in
+            self._drain()
 
     def _run(self) -> None:
         pending = self._pending
         while True:
-            with self._wakeup:
-                while not pending and not self._closed:
-                    self._wakeup.wait()
-                if not pending:
-                    return  # closed, and nothing left
-            while pending:
-                _unlink_quietly(os.path.join(SHM_DIR, pending.popleft()))
+            name = pending.get()
+            if name is None:
+                return
+            _unlink_quietly(os.path.join(SHM_DIR, name))
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                name = self._pending.get_nowait()
+            except queue.Empty:
+                return
+            if name is not None:
+                _unlink_quietly(os.path.join(SHM_DIR, name))
 
     def close(self) -> None:
         """Unlink what is still queued, stop the thread. Idempotent."""
-        with self._wakeup:
+        with self._start_lock:
             self._closed = True
             thread = self._thread
-            self._wakeup.notify()
         if thread is not None and thread is not threading.current_thread():
+            self._pending.put(None)
             thread.join()
-        while self._pending:  # a thread that never started (or a join from the thread itself)
-            _unlink_quietly(os.path.join(SHM_DIR, self._pending.popleft()))
+        self._drain()  # a thread that never started (or a join from the thread itself)
 
 
 def _unlink_all(infos: Iterable[SegmentInfo]) -> int:

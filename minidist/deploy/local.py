@@ -31,7 +31,7 @@ import weakref
 from typing import TYPE_CHECKING, Any, Optional
 
 from ..asynchronous import Closing, in_event_loop
-from ..comm.shm import SegmentStore, new_cluster_id, sweep_cluster, sweep_orphans
+from ..comm.shm import KEEP_FRACTION, SegmentStore, new_cluster_id, sweep_cluster, sweep_orphans
 from ..data_plane import ObjectPlane, PickledPlane
 from ..errors import WorkerStartError
 from ..messages import AddWorker, FailPending
@@ -150,7 +150,9 @@ class LocalCluster(Cluster):
         self.task_clients = TaskClientSlot(lambda: self)
         self._said_template_off = False
         self.target_workers = options.n_workers
-        self.segment_store = SegmentStore(self.cluster_id) if self.processes else None
+        self.segment_store = (  # keeps arrays passed again (comm/shm_kept.py)
+            SegmentStore(self.cluster_id, keep_fraction=KEEP_FRACTION) if self.processes else None
+        )
         # how calls and values are packed, read and freed: pickled for processes, objects for threads
         self.data_plane = PickledPlane(self.segment_store) if self.processes else ObjectPlane()
         self.scheduler = Scheduler(

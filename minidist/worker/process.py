@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 from ..comm.frames import FrameReader
 from ..comm.serialize import deserialize, loads_function, serialize
 from ..comm.shm import SegmentStore, sweep_cluster
+from ..comm.shm_mappings import MappingCache
 from ..comm.shm_pool import SegmentPool
 from ..logs import WorkerLogShipper
 from ..messages import (
@@ -80,6 +81,8 @@ class ProcessWorker:
         self.cluster_id = init["cluster_id"]
         self.parent = ParentWatch(init["parent_pid"])
         self.store = SegmentStore(self.cluster_id, threshold=init.get("shm_threshold", 64 * 1024))
+        # large segments read again (one array passed to many tasks) are mapped once
+        self.mappings = MappingCache()
         self.functions: dict = {}  # function id -> callable, so each function crosses the pipe once
         self._send_lock = threading.Lock()
         self.client_link: Optional[WorkerLink] = None  # made by the first get_client() in a task
@@ -93,7 +96,7 @@ class ProcessWorker:
             send=self.send,
             encode_result=self.encode_result,
             encode_error=encode_error,
-            decode_value=deserialize,
+            decode_value=self.decode_value,
             prepare=self.prepare,
             resources=init.get("resources"),
             # get_client() in tasks: a client over this pipe, made by the client layer on first use
@@ -151,13 +154,16 @@ class ProcessWorker:
         payload = serialize(value, self.pool)
         return payload, payload.nbytes
 
+    def decode_value(self, payload):
+        return deserialize(payload, self.mappings.open)
+
     def prepare(self, run_spec: RunSpec | ComputeTask) -> tuple:
         function_id = run_spec.function_id
         with self.runtime.decode_lock:
             function = self.functions[function_id]
             if type(function) is _LazyFunction:
                 function = self.functions[function_id] = loads_function(function.blob)
-            args, kwargs = deserialize(run_spec.arguments)
+            args, kwargs = deserialize(run_spec.arguments, self.mappings.open)
         return function, args, kwargs
 
     # -------------------------------------------------------------------------------------- dispatch
@@ -228,6 +234,7 @@ class ProcessWorker:
         while not self.closing:
             if not self.parent.alive():
                 self.die_orphaned()
+            self.mappings.drop_unlinked()  # their files' pages go back to the system
             time.sleep(0.5)
 
     def die_orphaned(self) -> None:
