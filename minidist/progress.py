@@ -281,15 +281,27 @@ def _isatty(stream) -> bool:
         return False
 
 
-def progress(*futures, notebook=None, multi=True, complete=True, interval="100ms") -> None:
+def progress(
+    *futures, notebook=None, multi=True, complete=True, group_by="prefix", interval="100ms"
+) -> None:
     """Show the progress of futures (or persisted collections) until all are done.
 
     In a terminal it draws live bars, one per task prefix with ``multi=True`` (one for all otherwise),
     and blocks like dask's terminal bar. In Jupyter (or with ``notebook=True``) with ipywidgets installed
     it shows a live widget and returns at once, as dask's widget does; without ipywidgets, and anywhere
     else, it prints a few plain lines. ``complete=False`` erases the bars at the end (terminal, widget) or
-    skips the per-prefix summary (text). A future that errs counts as done.
+    skips the per-prefix summary (text). A future that errs counts as done. ``group_by``: ``"prefix"``
+    (a bar per task prefix, as dask's default) or a callable from a key to its bar's name.
     """
+    if group_by == "prefix":
+        group_of = key_split
+    elif callable(group_by):
+        group_of = group_by
+    else:
+        raise ValueError(
+            f"progress(group_by={group_by!r}): use 'prefix' or a callable taking a key "
+            "(minidist has no spans, dask's other grouping)"
+        )
     found = futures_of(futures)
     if not found:
         return
@@ -299,7 +311,7 @@ def progress(*futures, notebook=None, multi=True, complete=True, interval="100ms
     groups: dict[str, _Tally] = {}
     pending = []
     for future in found:
-        name = key_split(future.key) if multi else ""
+        name = str(group_of(future.key)) if multi else ""
         groups.setdefault(name, _Tally()).total += 1
         pending.append((future, groups[name]))
     if notebook:

@@ -277,3 +277,20 @@ def test_progress_with_multi_false_draws_one_bar(monkeypatch):
     final = ANSI.sub("", text).splitlines()[-2:]
     assert final[0].startswith("[") and final[0].endswith("100% 10/10")
     assert final[1].startswith("Completed 10/10 tasks")
+
+
+def test_progress_groups_by_a_callable_and_refuses_spans(monkeypatch):
+    with Client(
+        processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None
+    ) as client:
+        monkeypatch.setattr(sys, "stdout", FakeTerminal())
+        futures = client.map(slow_inc, range(6), key=[f"item-{i}" for i in range(6)])
+        progress(
+            futures, group_by=lambda key: "odd" if int(key[-1]) % 2 else "even", interval="20ms"
+        )
+        text = sys.stdout.getvalue()
+        with pytest.raises(ValueError, match="'prefix' or a callable"):
+            progress(futures, group_by="spans")
+    final = ANSI.sub("", text).splitlines()[-3:]
+    assert [line.split(" [")[0].strip() for line in final[:2]] == ["even", "odd"]
+    assert final[0].endswith("100% 3/3") and final[1].endswith("100% 3/3")
