@@ -5,7 +5,8 @@ type to handler and nobody spells a kind twice. Who sends what::
 
     client ──► scheduler      UpdateGraph  Release  ReleasePending  Scatter  Cancel  Retry
     cluster ──► scheduler     AddWorker  RemoveWorkers  RetireWorkers  PauseWorker  Restart  FailPending
-                              ForgetClients  RunOnWorkers  WorkerReports (a thread worker's batch)
+                              ForgetClients  ClientSession  RunOnWorkers  WorkerReports (a thread
+                              worker's batch)
                               Call (the escape hatch)  Wake
     scheduler ──► worker      ComputeTask  FreeKeys  PublishKeys  ReturnSegments  RunFunction  ClientReply
                               CloseWorker
@@ -364,6 +365,13 @@ class ForgetClients(NamedTuple):
     """These clients are gone (their connection closed): release everything they wanted."""
 
     clients: tuple
+
+
+class ClientSession(NamedTuple):
+    """A client connected (``opened``) or closed: scheduler plugins' ``add_client``/``remove_client``."""
+
+    client: str
+    opened: bool
 
 
 class WorkerReports(NamedTuple):

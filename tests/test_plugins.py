@@ -177,6 +177,18 @@ class Recorder(SchedulerPlugin):
     def update_graph(self, scheduler, *, client=None, keys=None, tasks=None, **kwargs):
         self.events.append(("update_graph", tuple(sorted(keys))))
 
+    def add_client(self, scheduler, client):
+        self.events.append(("add_client", client))
+
+    def remove_client(self, scheduler, client):
+        self.events.append(("remove_client", client))
+
+    def log_event(self, topic, msg):
+        self.events.append(("log_event", topic, msg))
+
+    def before_close(self):
+        self.events.append(("before_close",))
+
     def close(self):
         self.events.append(("close",))
 
@@ -228,6 +240,46 @@ def test_scheduler_plugin_from_a_remote_client(cluster):
             )
         )
         remote.unregister_scheduler_plugin("recorder")
+
+
+class ClosingMarks(SchedulerPlugin):
+    """Writes the hooks that ran at the scheduler's close to a file (the scheduler holds a copy)."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def before_close(self):
+        with open(self.path, "a") as f:
+            f.write("before_close\n")
+
+    def close(self):
+        with open(self.path, "a") as f:
+            f.write("close\n")
+
+
+def test_scheduler_plugin_sees_clients_come_and_go_events_and_the_close(tmp_path):
+    marks_file = tmp_path / "closing"
+    with LocalCluster(n_workers=1, processes=False, dashboard_address=None, protocol="tcp") as c:
+        with Client(c) as client:
+            client.register_plugin(Recorder(), name="recorder")
+            client.register_plugin(ClosingMarks(marks_file), name="closing")
+            with Client(c, set_as_default=False) as local:
+                local_id = local.id
+            with Client(c.scheduler_address, set_as_default=False) as remote:
+                remote_id = remote.id
+                remote.log_event(["alpha", "beta"], {"n": 1})
+            assert wait_until(
+                lambda: ("remove_client", remote_id) in client.run_on_scheduler(recorded)
+            )
+            events = client.run_on_scheduler(recorded)
+            assert events.index(("add_client", local_id)) < events.index(
+                ("remove_client", local_id)
+            )
+            assert ("add_client", remote_id) in events
+            assert ("log_event", "alpha", {"n": 1}) in events
+            assert ("log_event", "beta", {"n": 1}) in events
+            assert not marks_file.exists()
+    assert marks_file.read_text().split() == ["before_close", "close"]
 
 
 # ---------------------------------------------------------------------------------- upload_file

@@ -103,6 +103,14 @@ def carry_out(scheduler, instructions: list) -> None:
             scheduler.post(Release(inst.owner, tuple(inst.keys)))
 
 
+def _log_event(scheduler, topic, msg, now: float) -> None:
+    """Scheduler thread: store the event, wake its listeners, and tell scheduler plugins (per topic)."""
+    carry_out(scheduler, published_of(scheduler).log_event(topic, msg, now))
+    if scheduler.plugins:
+        for name in [topic] if isinstance(topic, str) else list(topic):
+            scheduler.plugins.emit("log_event", name, msg)
+
+
 def _blocks(timeout: Optional[float]) -> bool:
     return timeout is None or timeout > 0
 
@@ -249,7 +257,7 @@ class CoordinationOperations:
 
     def log_event(self, topic, msg) -> None:
         now = time.time()
-        self._read(lambda s: carry_out(s, published_of(s).log_event(topic, msg, now)))
+        self._read(lambda s: _log_event(s, topic, msg, now))
 
     def get_events(self, topic=None) -> Any:
         return self._read(lambda s: published_of(s).get_events(topic))

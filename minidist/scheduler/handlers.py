@@ -25,6 +25,7 @@ from ..messages import (
     Call,
     Cancel,
     ClientFrame,
+    ClientSession,
     FailPending,
     ForgetClients,
     PauseWorker,
@@ -119,6 +120,12 @@ def on_forget_clients(scheduler, message: ForgetClients, outgoing: dict, reports
             hook(client)
 
 
+def on_client_session(scheduler, message: ClientSession, outgoing: dict, reports: dict) -> None:
+    if scheduler.plugins:
+        hook = "add_client" if message.opened else "remove_client"
+        scheduler.plugins.emit(hook, scheduler, client=message.client)
+
+
 # ----------------------------------------------------------------------------------------- cluster
 
 
@@ -197,6 +204,7 @@ HANDLERS: dict[type, Callable[..., None]] = {
     Retry: on_retry,
     Scatter: on_scatter,
     ForgetClients: on_forget_clients,
+    ClientSession: on_client_session,
     AddWorker: on_add_worker,
     RemoveWorkers: on_remove_workers,
     RetireWorkers: on_retire_workers,

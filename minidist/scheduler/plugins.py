@@ -7,7 +7,9 @@ thread, which calls ``start(scheduler)``). The scheduler shell (``scheduler/serv
     transition(key, start, finish)                       released → waiting, queued → processing,
                                                          processing → memory | erred, ... → forgotten
     add_worker(scheduler, worker=address)                remove_worker(scheduler, worker=address)
-    restart(scheduler)                                   close()   (when the scheduler closes)
+    restart(scheduler)                                   before_close(), close()   (the scheduler closes)
+    add_client(scheduler, client=id)                     remove_client(scheduler, client=id)
+    log_event(topic, msg)                                (client.log_event, once per topic)
 
 Hooks run on the scheduler thread: keep them short. A hook that raises is logged on the scheduler's
 log and the scheduler goes on; only ``start`` failing is reported to the registering client.
@@ -48,6 +50,18 @@ class SchedulerPlugin:
 
     def restart(self, scheduler) -> None:
         """``client.restart()`` forgot every task."""
+
+    def add_client(self, scheduler, client: str) -> None:
+        """A client connected (in this process or over the network)."""
+
+    def remove_client(self, scheduler, client: str) -> None:
+        """A client closed, or its connection ended."""
+
+    def log_event(self, topic: str, msg) -> None:
+        """An event was logged under ``topic`` (``client.log_event``)."""
+
+    def before_close(self) -> None:
+        """The scheduler is closing; ``close`` follows."""
 
 
 class SchedulerPlugins:

@@ -66,6 +66,7 @@ from .handlers import HANDLERS, WORKER_HANDLERS
 from .instructions import AskToRelease
 from .plugins import SchedulerPlugins
 from .runs import RunBook
+from .sessions import SessionTable
 from .state import (
     Execute,
     Forget,
@@ -128,9 +129,8 @@ class Scheduler:
         # one persistent selector over the wake-up pipe and every worker pipe (building a new one per
         # wake-up, as multiprocessing.connection.wait does, costs tens of microseconds each time)
         self._selector = selectors.DefaultSelector()
-        self.sessions: dict[str, Any] = {
-            FIRE_AND_FORGET: FireAndForget(self)
-        }  # client id -> session
+        self.sessions = SessionTable(self.post)  # client id -> session (sessions.py)
+        self.sessions[FIRE_AND_FORGET] = FireAndForget(self)
         self.inbox: collections.deque = collections.deque()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -558,6 +558,7 @@ class Scheduler:
                 os.close(fd)
             except OSError:
                 pass
+        self.plugins.emit("before_close")  # dask's order: before_close, then close
         self.plugins.close()
         for value in self.data.values():
             self.data_plane.release(value)
