@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import functools
 import pickle
-import time
 from typing import Any, Callable, Optional
 
 from .data_plane import DataPlane
-from .errors import FutureTimeoutError
+from .deploy.cluster import wait_for_ready_workers
 from .futures import futures_in
-from .utils import parse_timedelta
 
 
 class ClusterCalls:
@@ -91,18 +89,7 @@ class ClusterCalls:
     def wait_for_workers(self, n_workers: int = 0, timeout=None) -> None:
         """Block until at least ``n_workers`` workers can run tasks (a started process worker counts
         once it has said hello, not when its process exists); ``timeout`` in seconds or "10s"."""
-        if not isinstance(n_workers, int) or n_workers < 0:
-            raise ValueError(f"n_workers must be a non-negative int, not {n_workers!r}")
-        deadline = None if timeout is None else time.monotonic() + parse_timedelta(timeout)
-        while True:
-            count = self.invoke("ready_workers")
-            if count >= n_workers:
-                return
-            if deadline is not None and time.monotonic() > deadline:
-                raise FutureTimeoutError(
-                    f"Only {count} of {n_workers} workers arrived within {timeout} s"
-                )
-            time.sleep(0.01)
+        wait_for_ready_workers(self.operations, n_workers, timeout)
 
     def get_scheduler_logs(self, n: Optional[int] = None) -> list:
         return self.invoke("scheduler_logs", n)

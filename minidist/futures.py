@@ -65,6 +65,15 @@ class Future:
     def done(self) -> bool:
         return self._state.status != "pending"
 
+    @property
+    def type(self):
+        """The type of the result once the task finished, else None (dask's ``Future.type``).
+
+        The value is read to learn it (a mapping of shared memory for process workers, no copy)."""
+        if self._state.status != "finished":
+            return None
+        return type(self.client._get_value(self.key))
+
     def cancelled(self) -> bool:
         return self._state.status == "cancelled"
 

@@ -11,6 +11,7 @@ import pytest
 from minidist import (
     CancelledError,
     Client,
+    Event,
     Future,
     LocalCluster,
     as_completed,
@@ -56,6 +57,19 @@ def test_submit_returns_the_functions_result(client):
     assert future.result(timeout=10) == 11
     assert future.status == "finished"
     assert future.done()
+
+
+def test_future_type_is_the_results_type_once_finished(client):
+    gate = Event(f"gate-{client.id}", client=client)
+    waiting = client.submit(gate.wait, 30, pure=False)
+    assert waiting.type is None  # not finished yet
+    finished = client.submit(str.upper, "y")
+    finished.result()
+    assert finished.type is str
+    failed = client.submit(int, "not a number")
+    assert failed.exception() is not None and failed.type is None
+    gate.set()
+    assert waiting.result() is True and waiting.type is bool
 
 
 def test_lambdas_and_closures_run(client):

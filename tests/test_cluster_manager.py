@@ -374,7 +374,7 @@ def test_restart_keywords_as_dask_timeout_and_not_waiting_for_workers(process_cl
     client.wait_for_workers(2, timeout="20s")
     assert client.submit(inc, 1).result(timeout=10) == 2
     client.restart(wait_for_workers=False)
-    client.wait_for_workers(2, timeout=20)
+    client.cluster.wait_for_workers(2, timeout=20)  # dask's cluster managers have it too
     assert client.submit(inc, 2).result(timeout=10) == 3
     with pytest.raises(ValueError, match="duration"):
         client.restart(timeout="soon")

@@ -14,13 +14,33 @@ its HTML summary draws (``_snapshot``).
 
 from __future__ import annotations
 
+import time
 from typing import Any, Optional
 
 from ..asynchronous import AsyncContext
+from ..errors import FutureTimeoutError
 from ..status import Status
+from ..utils import parse_timedelta
 from .memory import format_bytes
 
 WorkerFacts = list  # [(threads, memory limit or None), ...], one per worker
+
+
+def wait_for_ready_workers(operations, n_workers: int, timeout=None) -> None:
+    """Block until at least ``n_workers`` workers of the cluster behind ``operations`` can run tasks
+    (a process worker counts once it has said hello, not when its process exists)."""
+    if isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 0:
+        raise ValueError(f"n_workers must be a non-negative int, not {n_workers!r}")
+    deadline = None if timeout is None else time.monotonic() + parse_timedelta(timeout)
+    while True:
+        count = operations.invoke("ready_workers")
+        if count >= n_workers:
+            return
+        if deadline is not None and time.monotonic() > deadline:
+            raise FutureTimeoutError(
+                f"Only {count} of {n_workers} workers arrived within {timeout} s"
+            )
+        time.sleep(0.01)  # the count lives on the scheduler thread: asked again shortly
 
 
 class Cluster(AsyncContext):
@@ -29,6 +49,7 @@ class Cluster(AsyncContext):
     name: Any = None
     scheduler_address: Optional[str] = None
     status: Status = Status.created
+    operations: Any  # named operations: SchedulerOperations here, a remote proxy for RemoteCluster
 
     @property
     def dashboard_link(self) -> Optional[str]:
@@ -43,6 +64,11 @@ class Cluster(AsyncContext):
     def scheduler_info(self) -> dict:
         """dask's attribute: the scheduler's identity and its workers (``["workers"]``), read now."""
         return self.identity()
+
+    def wait_for_workers(self, n_workers: int, timeout=None) -> None:
+        """Block until ``n_workers`` workers can run tasks (dask's ``Cluster.wait_for_workers``);
+        TimeoutError after ``timeout`` (seconds or "10s")."""
+        wait_for_ready_workers(self.operations, n_workers, timeout)
 
     def _worker_facts(self) -> Optional[WorkerFacts]:
         """(threads, memory limit or None) of each worker; None when that cannot be told now."""
