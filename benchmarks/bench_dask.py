@@ -1,6 +1,7 @@
 """dask graphs on minidist against dask.distributed and dask's own schedulers, measured in one run.
 
     python benchmarks/bench_dask.py [--repeat 3] [--skip-distributed] [--big] [--tree-only]
+                                    [--arrays-only]
 
 Rows (2 workers x 1 thread for every cluster; each figure the best of ``--repeat`` runs):
 
@@ -13,7 +14,8 @@ Rows (2 workers x 1 thread for every cluster; each figure the best of ``--repeat
   ``client.get`` on thread and on process workers, with the client's RSS with the graph built, once
   the client started, at the peak, at the end and after release
 
-``--tree-only`` runs only the tree row (dask sync, minidist threads and processes) and its breakdown.
+``--tree-only`` runs only the tree row (dask sync, minidist threads and processes) and its breakdown;
+``--arrays-only`` only the two array rows (every engine).
 After the table, the tree's cost per task by stage, one compute each, timed in the client process:
 dask's own graph building and ``dask.order`` (both also part of dask's ``sync``), minidist's checks and
 conversion of the nodes, packing them into tasks, and the run from posting the graph to the last result
@@ -218,28 +220,32 @@ def rss() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
-def measure(repeat: int, skip_distributed: bool, tree_only: bool = False) -> dict:
+def measure(
+    repeat: int, skip_distributed: bool, tree_only: bool = False, arrays_only: bool = False
+) -> dict:
     import dask
 
     results: dict = {}
     rows = {} if tree_only else array_rows()
-    total = tree()
+    total = None if arrays_only else tree()
     tasks = 20_000 - 1
-    breakdowns = {"dask sync": sync_breakdown(total)}
+    breakdowns = {} if total is None else {"dask sync": sync_breakdown(total)}
     for name, collection in rows.items():
         results[(name, "dask threads")] = best(
             lambda c=collection: c.compute(scheduler="threads"), repeat
         )
-    results[("tree 20,000 tasks", "dask sync")] = best(
-        lambda: total.compute(scheduler="sync"), repeat
-    )
+    if total is not None:
+        results[("tree 20,000 tasks", "dask sync")] = best(
+            lambda: total.compute(scheduler="sync"), repeat
+        )
     for processes, label in ((False, "minidist threads"), (True, "minidist procs")):
         with minidist_client(processes):
             for name, collection in rows.items():
                 collection.compute()  # warm: functions shipped, prefixes timed
                 results[(name, label)] = best(lambda c=collection: c.compute(), repeat)
-            results[("tree 20,000 tasks", label)] = best(lambda: total.compute(), repeat)
-            breakdowns[label] = minidist_breakdown(total)
+            if total is not None:
+                results[("tree 20,000 tasks", label)] = best(lambda: total.compute(), repeat)
+                breakdowns[label] = minidist_breakdown(total)
     if not skip_distributed and not tree_only:
         from dask.distributed import Client as DaskClient
 
@@ -251,9 +257,10 @@ def measure(repeat: int, skip_distributed: bool, tree_only: bool = False) -> dic
                 results[(name, "distributed procs")] = best(
                     lambda c=collection: client.compute(c, sync=True), repeat
                 )
-            results[("tree 20,000 tasks", "distributed procs")] = best(
-                lambda: client.compute(total, sync=True), 1
-            )
+            if total is not None:
+                results[("tree 20,000 tasks", "distributed procs")] = best(
+                    lambda: client.compute(total, sync=True), 1
+                )
     del dask
     results["tasks"] = tasks
     results["breakdowns"] = breakdowns
@@ -340,10 +347,11 @@ def main() -> None:
     parser.add_argument(
         "--tree-only", action="store_true", help="only the tree row and its breakdown"
     )
+    parser.add_argument("--arrays-only", action="store_true", help="only the two array rows")
     args = parser.parse_args()
     load = os.getloadavg()
     print(f"load average {load[0]:.1f} on {os.cpu_count()} cores; best of {args.repeat}")
-    results = measure(args.repeat, args.skip_distributed, args.tree_only)
+    results = measure(args.repeat, args.skip_distributed, args.tree_only, args.arrays_only)
     tasks = results.pop("tasks")
     breakdowns = results.pop("breakdowns")
     engines = [
@@ -373,6 +381,8 @@ def main() -> None:
             line += f", overhead per task {(threads - sync) / tasks * 1e6:.0f} us (threads)"
             line += f" {(procs - sync) / tasks * 1e6:.0f} us (procs)"
         print(line)
+    if args.arrays_only:
+        return
     print("tree, one compute each, by stage:")
     for name, stages in breakdowns.items():
         print_breakdown(name, stages, tasks)
