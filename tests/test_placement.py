@@ -137,3 +137,17 @@ def test_an_idle_worker_still_has_a_small_held_input_published_for_it():
 
     assert Publish(holder, ("big",)) in instructions
     assert all(state.tasks[f"slice-{i}"].state == "memory" for i in range(24))
+
+
+def test_many_short_tasks_on_one_large_held_input_still_spread_once_the_wait_is_longer():
+    # 200 slices of 1 ms: the holder's queue would take 200 ms, far more than the 25 ms of
+    # publishing the 96 MB input, so past ~25 queued slices the input is published for the other
+    state = SchedulerState()
+    state.add_worker("A", 1)
+    state.add_worker("B", 1)
+    learn_duration(state, "slice", 0.001)
+    holder, instructions = held_graph(state, 96 * MiB, slices=200)
+
+    assert Publish(holder, ("big",)) in instructions
+    ran = [inst.worker for inst in instructions if isinstance(inst, Execute)]
+    assert 30 <= ran.count(holder) <= 170

@@ -173,11 +173,9 @@ class Placement:
         ws: WorkerState,
         out: list,
         redirect: bool = True,
-        deferred: Optional[list] = None,
     ) -> None:
         """Hand ``ts`` to ``ws``, or (``redirect``) to a worker that needs no publication of its held
-        dependencies; a task that had better wait for its holder is added to ``deferred`` instead
-        (the caller queues it again)."""
+        dependencies, or to the one holding them when waiting for it costs less than publishing."""
         missing = []
         depth = 0  # the longest chain of held results among the dependencies
         for dep_key in ts.dependencies:
@@ -193,13 +191,9 @@ class Placement:
                         self._holder_to_wait_for(ts, ws) if other is None and redirect else None
                     )
                     if holder is not None:
-                        # publishing would take longer than waiting for the holder (a slice of a
-                        # large held result): the task goes there, beyond its room, or waits
-                        if len(holder.processing) < 2 * self.task_capacity(holder, ts):
-                            other = holder
-                        elif deferred is not None:
-                            deferred.append(ts)
-                            return
+                        # publishing would take longer than the holder's queue (a slice of a large
+                        # held result): the task joins that queue, beyond the holder's room
+                        other = holder
                     if other is not None:
                         self._assign(ts, other, out, redirect=False)
                     else:
@@ -236,8 +230,9 @@ class Placement:
     def _holder_to_wait_for(self, ts: TaskState, ws: WorkerState) -> Optional[WorkerState]:
         """The worker holding most of the held dependencies ``ts`` would need published to run on
         ``ws``, if publishing them (writing and reading their bytes) would take longer than that
-        worker's queue takes to drain: then ``ts`` had better wait for it. None: publish (also when
-        how long tasks take is not known yet)."""
+        worker's queue takes to drain, so ``ts`` had better join it. None: publish (also when how
+        long tasks take is not known yet, or the holder's queue is as deep as any may be). The
+        holder's queue so stays shorter than what a publication costs."""
         if ts.prefix not in self.prefix_durations:
             return None
         tasks = self.tasks
@@ -258,12 +253,21 @@ class Placement:
                     other = self.workers.get(address)
                     if other is not None and other.status == "running":
                         holder, most = other, dep.nbytes
-        if holder is None or not self._runnable_on(ts, holder):
+        if (
+            holder is None
+            or len(holder.processing) >= self.worker_capacity(holder)
+            or not self._runnable_on(ts, holder)
+        ):
             return None
+        budget = nbytes * PUBLISH_SECONDS_PER_BYTE * max(holder.nthreads, 1)
         durations = self.prefix_durations
-        backlog = sum(durations.get(tasks[key].prefix, 0.0) for key in holder.processing)
-        if nbytes * PUBLISH_SECONDS_PER_BYTE <= backlog / max(holder.nthreads, 1):
-            return None
+        backlog = 0.0
+        for key in holder.processing:
+            queued = tasks.get(key)
+            if queued is not None:
+                backlog += durations.get(queued.prefix, 0.0)
+                if backlog >= budget:
+                    return None
         return holder
 
     def _no_publication_worker(self, ts: TaskState, chosen: WorkerState) -> Optional[WorkerState]:
@@ -323,7 +327,6 @@ class Placement:
         # graph's root (task_capacity), and nothing here changes either during one fill: the
         # capacities are computed once per kind of task instead of once per task and worker.
         capacities: dict = {}
-        deferred: list = []  # tasks that had better wait for the worker holding their inputs
         while ready:
             # peek, pop only what is placed or stale: a task no worker has room for stays in the
             # heap as it was (a pop and a push back would cost two heap walks per fill)
@@ -351,9 +354,7 @@ class Placement:
                 ws = candidates[0]
             else:
                 ws = min(candidates, key=lambda w: len(w.processing) / w.nthreads)
-            self._assign(ts, ws, out, deferred=deferred)
-        for waiting in deferred:  # they stay queued until their holder has room
-            heapq.heappush(ready, (waiting.priority, waiting.key))
+            self._assign(ts, ws, out)
         if not ready and len(running) > 1:
             self._steal_for_idle(running, out)
 
