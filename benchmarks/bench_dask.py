@@ -9,16 +9,18 @@ Rows (2 workers x 1 thread for every cluster; each figure the best of ``--repeat
 - **rechunk**: ``x.rechunk((250, 6000)).sum(axis=1)``, x random 6000² in (6000, 250) chunks
 - **tree**: a pairwise tree reduction of 10,000 delayed leaves (20,000 tasks), ``.compute()`` on the
   default scheduler; dask's ``scheduler="sync"`` is the reference; the overhead per task is
-  (minidist - sync) / tasks
+  (minidist - sync) / tasks. minidist runs the tree's in-trees as fused tasks (up to 64 nodes each,
+  ``integrations/dask_fusion.py``); the row **tree, fusion off** is the same graph with one task per
+  node (``optimization.fuse.active`` False), the engine's own cost per task
 - **100k graph**: a plain dask graph of 100,000 tasks (a pairwise tree over 50,000 leaves) through
   ``client.get`` on thread and on process workers, with the client's RSS with the graph built, once
   the client started, at the peak, at the end and after release
 
-``--tree-only`` runs only the tree row (dask sync, minidist threads and processes) and its breakdown;
-``--arrays-only`` only the two array rows (every engine).
+``--tree-only`` runs only the tree rows (dask sync, minidist threads and processes, fused and not) and
+their breakdowns; ``--arrays-only`` only the two array rows (every engine).
 After the table, the tree's cost per task by stage, one compute each, timed in the client process:
 dask's own graph building and ``dask.order`` (both also part of dask's ``sync``), minidist's checks and
-conversion of the nodes, packing them into tasks, and the run from posting the graph to the last result
+conversion of the nodes, fusing in-trees, packing them into tasks, and the run from posting the graph to the last result
 (scheduler and workers); and the full garbage collections (generation 2) that fell in the compute,
 taken out of whichever stage they interrupted and shown on their own.
 
@@ -36,6 +38,8 @@ import os
 import time
 
 import psutil
+
+UNFUSED = "tree, fusion off"
 
 
 def best(fn, repeat: int) -> float:
@@ -174,6 +178,7 @@ def minidist_breakdown(total) -> dict:
             (graphs, "graph_nodes", "minidist: checks, conversion"),
             (graphs, "needed_nodes", "minidist: cull to wanted keys"),
             (graphs, "static_order", "dask.order"),
+            (graphs, "fuse_in_trees", "minidist: fuse in-trees"),
             (Client, "_graph_tasks", "minidist: pack tasks"),
             (Client, "gather", "run: posted -> last result"),
         ],
@@ -238,6 +243,7 @@ def measure(
         results[("tree 20,000 tasks", "dask sync")] = best(
             lambda: total.compute(scheduler="sync"), repeat
         )
+        results[(UNFUSED, "dask sync")] = results[("tree 20,000 tasks", "dask sync")]
     for processes, label in ((False, "minidist threads"), (True, "minidist procs")):
         with minidist_client(processes):
             for name, collection in rows.items():
@@ -246,6 +252,9 @@ def measure(
             if total is not None:
                 results[("tree 20,000 tasks", label)] = best(lambda: total.compute(), repeat)
                 breakdowns[label] = minidist_breakdown(total)
+                with dask.config.set({"optimization.fuse.active": False}):
+                    results[(UNFUSED, label)] = best(lambda: total.compute(), repeat)
+                    breakdowns[f"{label}, fusion off"] = minidist_breakdown(total)
     if not skip_distributed and not tree_only:
         from dask.distributed import Client as DaskClient
 

@@ -31,6 +31,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from .dask_fusion import fuse_in_trees, group_cap
+
 TASK_OPTIONS = ("priority", "retries", "workers", "resources", "allow_other_workers")
 
 
@@ -271,6 +273,16 @@ def task_options(keys: list, call_options: dict, layer_annotations: dict) -> dic
     return per_key
 
 
+def fusion_cap(nodes: int) -> int:
+    """How many nodes one fused task may hold (``dask_fusion.py``); 1 when dask's switch for low-level
+    fusion is off (``optimization.fuse.active`` False)."""
+    import dask
+
+    if dask.config.get("optimization.fuse.active", None) is False:
+        return 1
+    return group_cap(nodes)
+
+
 def submit_graph(client, graph, wanted, call_options=None) -> dict:
     """Submit what ``wanted`` keys of ``graph`` need; ``{wanted key: Future}``.
 
@@ -289,6 +301,12 @@ def submit_graph(client, graph, wanted, call_options=None) -> dict:
     if hasattr(graph, "__dask_annotations__"):
         annotations = graph.__dask_annotations__()
     options = task_options(ordered, call_options, annotations)
+    cap = fusion_cap(len(ordered))
+    if cap > 1:
+        # roots of their own: keys wanted, or held by this client's futures (an existing task the
+        # scheduler shares rather than one recomputed inside a fused task)
+        keep = {*wanted, *filter(client._holds, needed)}
+        ordered, needed = fuse_in_trees(ordered, needed, keep, cap, options)
     tasks = client._graph_tasks(run_node, ordered, needed, options)
     futures = {key: client._new_future(key) for key in wanted}
     client._post_graph(tasks, wanted)
