@@ -2,8 +2,9 @@
 
 Random graphs of dask ``Task`` nodes (node i adds a constant to some earlier nodes' values), some keys
 wanted or held, some with options, go through ``fuse_in_trees``. Every node must land in exactly one task;
-a task's members other than its root must be neither kept nor optioned apart from the root, and used by
-exactly one node, inside the task; a task's dependencies are exactly what its members need from
+a task's members other than its root must be neither kept nor optioned apart from the root, used by
+exactly one node, inside the task, and need nothing from outside it (so the task needs from outside only
+what its root does); a task's dependencies are exactly what its members need from
 outside; no task is larger than the cap; and running the tasks (each given only its dependencies'
 values) gives every task key the value plain evaluation of the graph gives it.
 """
@@ -68,6 +69,10 @@ def test_fused_tasks_give_every_task_key_its_value(case):
         assert member_keys[-1] == key and len(members) <= max(cap, 1)
         seen.extend(member_keys)
         inside = set(member_keys)
+        for member in members[:-1]:  # whole subtrees: nothing needed from outside the task
+            assert set(member.dependencies) <= inside
+        # so the task needs from outside only what its root does
+        assert set(task.dependencies) <= set(members[-1].dependencies)
         for member in member_keys[:-1]:
             assert member not in keep
             assert options.get(member) == options.get(key)

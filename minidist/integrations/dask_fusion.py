@@ -3,14 +3,16 @@
 A task costs the scheduler and the workers tens of microseconds whatever it does (its state, the
 hand-over to a worker thread or process, the report back), and a graph of many tiny nodes (a tree
 reduction of ``delayed`` calls, a bag's partitions) pays that per node. ``fuse_in_trees`` groups nodes
-into *in-trees*: a group is a node (its root) with dependencies whose only dependent is in the group,
-so nothing outside the group ever needs a value computed inside it but the root's. A group of several
-nodes becomes one task under the root's key, running ``FusedNodes``: its members in ``dask.order``
-order, each value dropped as soon as its one consumer ran::
+into *in-trees*: a group is a node (its root) with whole subtrees under it that need nothing from
+outside the group (down to nodes without dependencies) and whose values only the group uses. A group of
+several nodes becomes one task under the root's key, running ``FusedNodes``: its members in
+``dask.order`` order, each value dropped as soon as its one consumer ran. So a fused task needs from
+outside exactly what its root would (placement and the data plane move the same values to it as to the
+root alone), and the values made inside it never leave its worker::
 
     ordered nodes ──► dependents counted ──► each node absorbs the groups of its single-use
-        dependencies (up to ``cap`` nodes) ──► groups ──► one task per group, keyed by its root,
-        posted at the position of its first member in dask's order
+        dependencies that need nothing from outside (up to ``cap`` nodes) ──► groups ──► one task
+        per group, keyed by its root, posted at the position of its first member in dask's order
 
 Never fused into a group below its root: keys the caller wants (they need a future of their own) or
 holds futures of (the scheduler shares that task), and values another group could need (a node with two
@@ -90,21 +92,24 @@ def fuse_in_trees(
             consumers[dependency] = consumers.get(dependency, 0) + 1
     position = {key: i for i, key in enumerate(ordered)}
     groups: dict = {}  # root key -> member keys, while the root may still join its consumer's group
+    closed: set = set()  # roots whose groups need no value from outside them
     for key in ordered:
         members = [key]
-        if key not in keep:
-            for dependency in nodes[key].dependencies:
-                part = groups.get(dependency)
-                if (
-                    part is not None
-                    and consumers[dependency] == 1
-                    and dependency not in keep
-                    and len(members) + len(part) <= cap
-                    and (not options or options.get(dependency) == options.get(key))
-                ):
-                    members.extend(part)
-                    del groups[dependency]
+        absorbed_all = True
+        for dependency in nodes[key].dependencies:
+            if (
+                dependency in closed
+                and consumers[dependency] == 1
+                and dependency not in keep
+                and len(members) + len(groups[dependency]) <= cap
+                and (not options or options.get(dependency) == options.get(key))
+            ):
+                members.extend(groups.pop(dependency))
+            else:
+                absorbed_all = False
         groups[key] = members
+        if absorbed_all:
+            closed.add(key)
     tasks: dict = {}
     first: dict = {}
     for root, members in groups.items():
