@@ -4,7 +4,7 @@ Random graphs of dask ``Task`` nodes (node i adds a constant to some earlier nod
 wanted or held, some with options, go through ``fuse_in_trees``. Every node must land in exactly one task;
 a task's members other than its root must be neither kept nor optioned apart from the root, used by
 exactly one node, inside the task, and need nothing from outside it (so the task needs from outside only
-what its root does); a task's dependencies are exactly what its members need from
+what its root does); members come each after its dependencies, and so do the tasks; a task's dependencies are exactly what its members need from
 outside; no task is larger than the cap; and running the tasks (each given only its dependencies'
 values) gives every task key the value plain evaluation of the graph gives it.
 """
@@ -56,8 +56,7 @@ def test_fused_tasks_give_every_task_key_its_value(case):
     nodes, keep, options, cap = case
     ordered = list(nodes)  # a valid order (dependencies first), as dask.order's is
     expected = evaluate(nodes)
-    posted, tasks = fuse_in_trees(ordered, nodes, keep, cap, options)
-    assert sorted(posted) == sorted(tasks)
+    tasks = fuse_in_trees(ordered, nodes, keep, cap, options)
     consumers: dict = {}
     for node in nodes.values():
         for dependency in node.dependencies:
@@ -67,6 +66,8 @@ def test_fused_tasks_give_every_task_key_its_value(case):
         members = list(task.nodes) if isinstance(task, FusedNodes) else [task]
         member_keys = [m.key for m in members]
         assert member_keys[-1] == key and len(members) <= max(cap, 1)
+        for i, member in enumerate(members):  # each after its dependencies inside the task
+            assert not set(member.dependencies) & set(member_keys[i:])
         seen.extend(member_keys)
         inside = set(member_keys)
         for member in members[:-1]:  # whole subtrees: nothing needed from outside the task
@@ -81,25 +82,25 @@ def test_fused_tasks_give_every_task_key_its_value(case):
         assert set(task.dependencies) == needs
     assert sorted(seen) == sorted(nodes)
     assert keep <= set(tasks)
-    # run the tasks in an order where dependencies come first
+    # the tasks come each after its dependencies: run them in that order
     values: dict = {}
-    pending = dict(tasks)
-    while pending:
-        for key, task in list(pending.items()):
-            if all(d in values for d in task.dependencies):
-                values[key] = task({d: values[d] for d in task.dependencies})
-                del pending[key]
+    for key, task in tasks.items():
+        values[key] = task({d: values[d] for d in task.dependencies})
     assert values == {key: expected[key] for key in tasks}
 
 
-def test_a_chain_is_not_fused_past_the_cap_and_keeps_its_order():
+def test_a_chain_is_fused_up_to_the_cap_only():
     nodes = {"a": Task("a", operator.neg, 1)}
     previous = "a"
     for i in range(9):
         key = f"c-{i}"
         nodes[key] = Task(key, operator.add, TaskRef(previous), i)
         previous = key
-    posted, tasks = fuse_in_trees(list(nodes), nodes, {previous}, 4, {})
+    tasks = fuse_in_trees(list(nodes), nodes, {previous}, 4, {})
     sizes = [len(t.nodes) if isinstance(t, FusedNodes) else 1 for t in tasks.values()]
-    assert sum(sizes) == 10 and max(sizes) <= 4
-    assert posted == sorted(posted, key=list(nodes).index)  # posted in the graph's order
+    # the first four in one task; the rest each need the value before them from outside
+    assert sizes == [4, 1, 1, 1, 1, 1, 1]
+    values: dict = {}
+    for key, task in tasks.items():
+        values[key] = task({d: values[d] for d in task.dependencies})
+    assert values[previous] == -1 + sum(range(9))

@@ -4,9 +4,10 @@ A dask graph maps keys to nodes (``dask._task_spec``: ``Task``, ``Alias``, ``Dat
 dependencies and callable with a dict of their values. ``submit_graph`` turns the part of a graph the
 wanted keys need into minidist tasks and posts them in one ``update_graph``::
 
-    graph (dict or expression) ──► nodes (convert_legacy_graph) ──► culled to the wanted keys
-        ──► checked (unknown dependencies, cycles) ──► dask.order ──► options from annotations
-        ──► one task per node: run_node(node, DEPENDENCY_VALUES) ──► update_graph
+    graph (dict or expression) ──► nodes (convert_legacy_graph) ──► culled to the wanted keys,
+        dependencies first, checked (unknown dependencies, cycles) ──► options from annotations
+        ──► in-trees fused (1,000 nodes or more, dask_fusion.py) ──► dask.order over the tasks
+        ──► one task per node or fused group: run_node(node, DEPENDENCY_VALUES) ──► update_graph
 
 Each node runs on a worker as ``run_node``; the worker passes the dict of the dependencies' values in
 place of the ``DEPENDENCY_VALUES`` marker (thread workers call the node itself the same way, see
@@ -31,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from .dask_fusion import fuse_in_trees, group_cap
+from .dask_fusion import FusedNodes, fuse_in_trees, group_cap
 
 TASK_OPTIONS = ("priority", "retries", "workers", "resources", "allow_other_workers")
 
@@ -200,29 +201,39 @@ def _check_key(key) -> None:
 
 
 def needed_nodes(nodes: dict, wanted: list, is_held) -> dict:
-    """The nodes the wanted keys need (the rest of the graph is not run); clear errors for keys that
-    are neither in the graph nor held by the client."""
+    """The nodes the wanted keys need (the rest of the graph is not run), each after its dependencies
+    (depth first from the wanted keys, so a subtree's nodes come together); clear errors for keys that
+    are neither in the graph nor held by the client, and for a cycle."""
     for key in wanted:
         if key not in nodes and not is_held(key):
             raise KeyError(
                 f"Key {key!r} is not in the graph (and no future of this client holds it)"
             )
     needed: dict = {}
-    stack = [k for k in wanted if k in nodes]
-    while stack:
-        key = stack.pop()
-        if key in needed:
+    entered: set = set()  # keys whose dependencies are being walked (or were)
+    for top in wanted:
+        if top in entered or top not in nodes:
             continue
-        node = nodes[key]
-        needed[key] = node
-        for dep in node.dependencies:
-            if dep in nodes:
-                stack.append(dep)
-            elif not is_held(dep):
-                raise KeyError(
-                    f"Task {key!r} depends on {dep!r}, which is neither in the graph nor held by a "
-                    "future of this client (was it released?)"
-                )
+        entered.add(top)
+        stack = [(top, iter(nodes[top].dependencies))]
+        while stack:
+            key, dependencies = stack[-1]
+            for dep in dependencies:
+                if dep not in nodes:
+                    if not is_held(dep):
+                        raise KeyError(
+                            f"Task {key!r} depends on {dep!r}, which is neither in the graph nor "
+                            "held by a future of this client (was it released?)"
+                        )
+                elif dep not in entered:
+                    entered.add(dep)
+                    stack.append((dep, iter(nodes[dep].dependencies)))
+                    break
+                elif dep not in needed:  # entered but not finished: it is on the stack
+                    raise RuntimeError(f"Cycle detected in the dask graph: {dep!r} needs itself")
+            else:
+                stack.pop()
+                needed[key] = nodes[key]
     return needed
 
 
@@ -244,6 +255,19 @@ def static_order(nodes: dict) -> list:
             return sorted(nodes, key=priorities.__getitem__)  # other numbers: sort by them
         ordered[rank] = key
     return ordered
+
+
+def ordering_stand_ins(tasks: dict) -> dict:
+    """``tasks`` for ``dask.order``: each fused task stands in as a dask task that needs what it needs
+    (dask.order takes only its own node types for tasks)."""
+    from dask._task_spec import Task, TaskRef
+
+    stand_ins = {}
+    for key, task in tasks.items():
+        if type(task) is FusedNodes:
+            task = Task(key, run_node, *(TaskRef(dep) for dep in task.dependencies))
+        stand_ins[key] = task
+    return stand_ins
 
 
 def task_options(keys: list, call_options: dict, layer_annotations: dict) -> dict:
@@ -296,17 +320,20 @@ def submit_graph(client, graph, wanted, call_options=None) -> dict:
         return key in held or client._holds(key)
 
     needed = needed_nodes(nodes, wanted, is_held)
-    ordered = static_order(needed)
     annotations = {}
     if hasattr(graph, "__dask_annotations__"):
         annotations = graph.__dask_annotations__()
-    options = task_options(ordered, call_options, annotations)
-    cap = fusion_cap(len(ordered))
+    options = task_options(list(needed), call_options, annotations)
+    cap = fusion_cap(len(needed))
     if cap > 1:
         # roots of their own: keys wanted, or held by this client's futures (an existing task the
         # scheduler shares rather than one recomputed inside a fused task)
         keep = {*wanted, *filter(client._holds, needed)}
-        ordered, needed = fuse_in_trees(ordered, needed, keep, cap, options)
+        needed = fuse_in_trees(list(needed), needed, keep, cap, options)
+        # dask.order orders the tasks, not every node (members run in their fused task's order)
+        ordered = static_order(ordering_stand_ins(needed))
+    else:
+        ordered = static_order(needed)
     tasks = client._graph_tasks(run_node, ordered, needed, options)
     futures = {key: client._new_future(key) for key in wanted}
     client._post_graph(tasks, wanted)

@@ -10,9 +10,9 @@ several nodes becomes one task under the root's key, running ``FusedNodes``: its
 outside exactly what its root would (placement and the data plane move the same values to it as to the
 root alone), and the values made inside it never leave its worker::
 
-    ordered nodes ──► dependents counted ──► each node absorbs the groups of its single-use
-        dependencies that need nothing from outside (up to ``cap`` nodes) ──► groups ──► one task
-        per group, keyed by its root, posted at the position of its first member in dask's order
+    nodes, dependencies first ──► dependents counted ──► each node absorbs the groups of its
+        single-use dependencies that need nothing from outside (up to ``cap`` nodes) ──► groups
+        ──► one task per group, keyed by its root ──► dask.order over the tasks (not every node)
 
 Never fused into a group below its root: keys the caller wants (they need a future of their own) or
 holds futures of (the scheduler shares that task), and values another group could need (a node with two
@@ -77,49 +77,43 @@ def group_cap(nodes: int) -> int:
     return max(1, min(MAX_GROUP, nodes // MIN_GROUPS))
 
 
-def fuse_in_trees(
-    ordered: list, nodes: dict, keep: set, cap: int, options: dict
-) -> tuple[list, dict]:
-    """``(task keys in posting order, {task key: node or FusedNodes})`` for the graph ``nodes`` whose
-    keys ``ordered`` lists in dask's order. ``keep``: keys that must stay roots (wanted, held);
-    ``options``: ``{key: task options}`` for keys with any; a group's members all have its root's (the
-    task's), so a node joins only a group whose options equal its own."""
+def fuse_in_trees(ordered: list, nodes: dict, keep: set, cap: int, options: dict) -> dict:
+    """``{task key: node or FusedNodes}`` for the graph ``nodes`` whose keys ``ordered`` lists with
+    each after its dependencies, and in that order too. ``keep``: keys that must stay roots (wanted,
+    held); ``options``: ``{key: task options}`` for keys with any; a group's members all have its
+    root's (the task's), so a node joins only a group whose options equal its own."""
     if cap <= 1:
-        return ordered, nodes
+        return nodes
     consumers: dict = {}
     for key in ordered:
         for dependency in nodes[key].dependencies:
             consumers[dependency] = consumers.get(dependency, 0) + 1
-    position = {key: i for i, key in enumerate(ordered)}
-    groups: dict = {}  # root key -> member keys, while the root may still join its consumer's group
+    groups: dict = {}  # root key -> member keys, in ``ordered``'s order of the roots
     closed: set = set()  # roots whose groups need no value from outside them
     for key in ordered:
-        members = [key]
+        members: list = []  # the subtrees taken in, each dependencies first, then the root
         absorbed_all = True
         for dependency in nodes[key].dependencies:
             if (
                 dependency in closed
                 and consumers[dependency] == 1
                 and dependency not in keep
-                and len(members) + len(groups[dependency]) <= cap
+                and len(members) + len(groups[dependency]) < cap
                 and (not options or options.get(dependency) == options.get(key))
             ):
                 members.extend(groups.pop(dependency))
             else:
                 absorbed_all = False
+        members.append(key)
         groups[key] = members
         if absorbed_all:
             closed.add(key)
     tasks: dict = {}
-    first: dict = {}
     for root, members in groups.items():
         if len(members) == 1:
             tasks[root] = nodes[root]
-            first[root] = position[root]
             continue
-        members.sort(key=position.__getitem__)
         inside = set(members)
         outside = {d for m in members for d in nodes[m].dependencies if d not in inside}
         tasks[root] = FusedNodes(tuple(nodes[m] for m in members), frozenset(outside))
-        first[root] = position[members[0]]
-    return sorted(tasks, key=first.__getitem__), tasks
+    return tasks
