@@ -260,7 +260,9 @@ class Client(AsyncContext):
             raise ValueError(f"errors must be 'raise' or 'skip', not {errors!r}")
         if wants_awaitable(self.asynchronous, asynchronous):
             return gather_async(self._book, self._results, futures, errors)
-        if isinstance(futures, Iterator):
+        # a list first: isinstance with an ABC caches each new type it sees, and a cache entry made
+        # in the middle of a large run keeps one of its allocator arenas alive (sparse.py)
+        if type(futures) is not list and isinstance(futures, Iterator):
             return (self.gather(f, errors=errors) for f in futures)
         if hasattr(futures, "__dask_graph__") and type(futures) is not Future:
             from .integrations.dask_collections import gather_collection

@@ -11,7 +11,9 @@ after they let go of keys and keep what it returns::
 
 It returns the container itself unless its table is large (``MIN_TABLE_BYTES``) and mostly empty (fewer
 than one entry per ``BYTES_PER_ENTRY`` of table); then a copy whose table fits the entries left, in the
-same insertion order. The original is never modified, so a thread that reads the old object meanwhile
+same insertion order. An empty container is cleared in place instead (``clear()`` frees its table), so
+that no new object is made: one made while a run is released can land in any of the run's allocator
+arenas (1 MiB each, given back only when wholly empty) and keep that arena alive. The original is never modified, so a thread that reads the old object meanwhile
 still sees every entry; the caller must be the only writer (or hold the writers' lock) while it rebinds.
 Copying costs one pass over the entries left, and happens only after the container lost most of its
 peak, so its cost is paid for by the deletions that made it sparse.
@@ -22,7 +24,7 @@ table is freed it raises its own mmap threshold, so later tables come from those
 of 100,000 graph tasks ~80 MB stayed in the client's RSS as free heap memory behind a few small live
 blocks. ``malloc_trim(0)`` returns the free pages of every heap to the kernel: no allocation moves, no
 object changes, nothing the program can observe changes but its RSS (and later allocations fault the
-pages in again). The scheduler thread calls it only when it has forgotten at least ``TRIM_AFTER`` keys
+pages in again). The scheduler thread looks it up when it starts (``prepare_trim``) and calls it only when it has forgotten at least ``TRIM_AFTER`` keys
 since the last call and few tasks are left (a large run was released), at a cost of ~15 ms for a heap of
 100 MB. It does nothing where the C library is not glibc.
 """
@@ -41,6 +43,9 @@ Container = TypeVar("Container", dict, set)
 
 def right_sized(container: Container) -> Container:
     """``container``, or a compact copy of it when its table is large and mostly empty."""
+    if not container:  # clear() frees an empty container's table in place: no new object to place
+        container.clear()
+        return container
     size = sys.getsizeof(container)
     if size < MIN_TABLE_BYTES or len(container) * BYTES_PER_ENTRY > size:
         return container
@@ -53,22 +58,30 @@ _malloc_trim: Optional[Callable[[int], int]] = None
 _looked_up = False
 
 
+def prepare_trim() -> None:
+    """Look ``malloc_trim`` up now (once per process). Call it before a large run: the few ctypes
+    objects the look-up makes live for ever, and made in the middle of a run they would each keep one
+    of its allocator arenas (1 MiB) from being given back."""
+    global _malloc_trim, _looked_up
+    if _looked_up:
+        return
+    _looked_up = True
+    try:  # glibc names itself here ("glibc 2.36"); other C libraries raise or answer otherwise
+        glibc = (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
+    except (ValueError, OSError, AttributeError):
+        glibc = False
+    if glibc:
+        import ctypes
+
+        try:
+            _malloc_trim = ctypes.CDLL(None).malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = None
+
+
 def trim_heap() -> bool:
     """Return the C allocator's free pages to the kernel (glibc's ``malloc_trim``); False elsewhere."""
-    global _malloc_trim, _looked_up
-    if not _looked_up:
-        _looked_up = True
-        try:  # glibc names itself here ("glibc 2.36"); other C libraries raise or answer otherwise
-            glibc = (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
-        except (ValueError, OSError, AttributeError):
-            glibc = False
-        if glibc:
-            import ctypes
-
-            try:
-                _malloc_trim = ctypes.CDLL(None).malloc_trim
-            except (OSError, AttributeError):
-                _malloc_trim = None
+    prepare_trim()
     if _malloc_trim is None:
         return False
     _malloc_trim(0)

@@ -16,6 +16,7 @@ from minidist import (
     performance_report,
     wait,
 )
+from minidist.testing import wait_until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -73,6 +74,30 @@ def test_client_task_stream_start_stop_count(client):
         client.get_task_stream(count=-1)
     with pytest.raises(ValueError, match="plot='save'"):
         client.get_task_stream(plot=True)
+
+
+def test_the_task_stream_reads_the_same_after_a_large_run_is_released(thread_client):
+    # once a large run is released, the scheduler packs the stream's keys into one buffer (the run's
+    # own key objects would keep its allocator arenas alive): records read back as they were, and
+    # later tasks' records follow them
+    client = thread_client
+    futures = client.map(inc, range(12_000), pure=False)
+    client.gather(futures)
+    before = [r["key"] for r in client.get_task_stream(count=10_000)]
+    assert set(before) <= {f.key for f in futures} and len(before) == 10_000
+    del futures
+    assert wait_until(lambda: not client.who_has(), timeout=30)
+    assert wait_until(lambda: client.run_on_scheduler(_stream_packed), timeout=30)
+    assert [r["key"] for r in client.get_task_stream(count=10_000)] == before
+    later = client.map(inc, range(5), pure=False)
+    client.gather(later)
+    after = [r["key"] for r in client.get_task_stream(count=10_000)]
+    assert after[:-5] == before[5:]
+    assert set(after[-5:]) == {f.key for f in later}
+
+
+def _stream_packed(dask_scheduler) -> bool:
+    return dask_scheduler.task_stream._packed is not None
 
 
 def test_performance_report_is_self_contained_html(client, tmp_path):

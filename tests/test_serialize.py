@@ -346,3 +346,15 @@ def test_large_bytes_at_the_top_or_in_a_short_container_go_to_shared_memory(stor
     first, second = deserialize(same_twice)
     assert first == second == blob
     unlink_segments(same_twice.segments())
+
+
+def test_a_payload_pickles_by_a_code_not_by_its_class_name():
+    # by module and class name, every frame a worker sends would make the loading process decode a
+    # fresh "Payload" string, which CPython's type attribute cache then keeps after the frame: after
+    # a 100,000-task run such strings kept ~25 MiB of the client's allocator arenas alive
+    payload = serialize({"a": 1}, None)
+    data = pickle.dumps(payload, protocol=5)
+    assert b"Payload" not in data
+    loaded = pickle.loads(data)
+    assert type(loaded) is Payload and loaded == payload
+    assert deserialize(loaded) == {"a": 1}

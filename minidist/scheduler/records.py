@@ -269,6 +269,9 @@ class WorkerState:
         self.seceded = 0  # tasks that left their thread slot (secede) and no longer count
         self.idle_since: Optional[float] = now
         self.joined = now  # idle_since still equal to it: it was never given a task
+        # the frozenset its results' who_has will share, made now rather than at its first result,
+        # which may come in the middle of a large run and would keep one of its arenas alive
+        _just(address)
 
     def __repr__(self) -> str:
         return f"<WorkerState {self.address} {self.status} processing={len(self.processing)}>"

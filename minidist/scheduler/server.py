@@ -59,7 +59,7 @@ from ..messages import (
     decode_batch,
     new_task,  # noqa: F401 (re-exported)
 )
-from ..sparse import TRIM_AFTER, right_sized, trim_heap
+from ..sparse import TRIM_AFTER, prepare_trim, right_sized, trim_heap
 from . import queries
 from .failure import fail, refuse_inbox
 from .handlers import HANDLERS, WORKER_HANDLERS
@@ -153,6 +153,7 @@ class Scheduler:
         self._forgot = 0  # keys forgotten in this loop turn: the books are compacted after it
         self._forgot_since_trim = 0  # sparse.trim_heap: after a large run was released
         self._trim_due = 0.0  # monotonic time of the trim asked for, or 0
+        prepare_trim()  # before any run, not in the middle of one (sparse.py)
         self._thread = threading.Thread(target=self._loop, name="minidist-scheduler", daemon=True)
         self._thread.start()
 
@@ -273,6 +274,7 @@ class Scheduler:
                 self._compact()
             if self._trim_due and time.monotonic() >= self._trim_due:
                 self._trim_due = 0.0
+                self.task_stream.pack_keys()  # the run's last keys must not pin its arenas
                 trim_heap()
             if self._closing:
                 break

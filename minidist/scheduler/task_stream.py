@@ -16,12 +16,19 @@ status objects, which are referenced, not copied, and arrays of machine numbers 
 into tuples only when read. A tuple and its floats per record, allocated while a large run churns
 through memory and kept after it, would pin most of the run's allocator arenas, which could then never
 be given back: after 100,000 tasks that was ~50 MB of the client's RSS for ~2.5 MB of records.
+
+The keys are the tasks' own key objects, made while the run churned, so they too are spread over the
+run's arenas: 10,000 of them (~1 MB) kept ~9 arenas of 1 MiB each alive. ``pack_keys()`` (the scheduler
+calls it once a large run was released) pickles the key column into one bytes object, which lives
+outside the small-object arenas, and drops the key objects; a read unpickles it again. Records that
+arrive later hold their key objects until the next ``pack_keys()``.
 """
 
 from __future__ import annotations
 
 import array
 import math
+import pickle
 from typing import Iterator, Optional
 
 from ..keys import key_split
@@ -30,6 +37,7 @@ STREAM_LENGTH = 10_000  # dask keeps 100,000; this bounds the client process mem
 _MAX_PENDING_TRANSFERS = 10_000
 _NO_TRANSFER = math.nan
 _EMPTY_TIMES = array.array("d", (0.0, 0.0, _NO_TRANSFER, _NO_TRANSFER))
+_PACKED = object()  # in the key column: this slot's key is in the packed keys
 
 
 class TaskStream:
@@ -37,17 +45,23 @@ class TaskStream:
 
     def __init__(self, maxlen: int = STREAM_LENGTH):
         self.maxlen = maxlen
-        self.runs = (
-            0  # tasks that ever finished or erred here (kept or not): the cluster's progress
-        )
+        # tasks that ever finished or erred here (kept or not): the cluster's progress. A one-slot
+        # array, not an int attribute: the int object of the last increment of a large run would
+        # live on after it, in one of the run's allocator arenas, and keep all of that arena alive
+        self._runs = array.array("q", (0,))
         self._transfers: dict = {}  # key -> (t0, t1), until its result arrives
         self._next = 0  # the slot the next record takes once all slots are used
         self._keys: list = []
+        self._packed: Optional[bytes] = None  # pack_keys(): the key column of that moment, pickled
         self._workers: list = []
         self._statuses: list = []
         self._threads = array.array("Q")
         self._nbytes = array.array("q")
         self._times = array.array("d")  # start, stop, transfer start, transfer stop (nan: none)
+
+    @property
+    def runs(self) -> int:
+        return self._runs[0]
 
     def transfer(self, key, start: float, stop: float) -> None:
         if len(self._transfers) >= _MAX_PENDING_TRANSFERS:
@@ -55,7 +69,7 @@ class TaskStream:
         self._transfers[key] = (start, stop)
 
     def finished(self, key, worker: str, thread, start, stop, status: str, nbytes: int = 0):
-        self.runs += 1
+        self._runs[0] += 1
         if self.maxlen <= 0:
             return
         transfer = self._transfers.pop(key, None)
@@ -92,10 +106,30 @@ class TaskStream:
     def __len__(self) -> int:
         return len(self._keys)
 
-    def _record(self, i: int) -> tuple:
+    def pack_keys(self) -> None:
+        """Move the keys into one pickled bytes object (see the module docstring): after a large run
+        is released, so that the key objects it made do not keep its allocator arenas alive."""
+        if all(key is _PACKED for key in self._keys):
+            return
+        keys = self._key_column()
+        try:
+            packed = pickle.dumps(keys, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:  # a key pickle cannot take (never a dask key): keep the objects
+            return
+        self._packed = packed
+        self._keys = [_PACKED] * len(keys)
+
+    def _key_column(self) -> list:
+        """Each slot's key (a fresh list if some are packed)."""
+        if self._packed is None:
+            return self._keys
+        unpacked = pickle.loads(self._packed)  # slots added since the packing come after its own
+        return [unpacked[i] if key is _PACKED else key for i, key in enumerate(self._keys)]
+
+    def _record(self, i: int, keys: list) -> tuple:
         start, stop, t0, t1 = self._times[4 * i : 4 * i + 4]
         return (
-            self._keys[i],
+            keys[i],
             self._workers[i],
             self._threads[i],
             start,
@@ -106,12 +140,12 @@ class TaskStream:
         )
 
     def __iter__(self) -> Iterator[tuple]:
-        n, first = len(self._keys), self._next
-        return (self._record((first + j) % n) for j in range(n))
+        n, first, keys = len(self._keys), self._next, self._key_column()
+        return (self._record((first + j) % n, keys) for j in range(n))
 
     def __reversed__(self) -> Iterator[tuple]:
-        n, first = len(self._keys), self._next
-        return (self._record((first + j) % n) for j in range(n - 1, -1, -1))
+        n, first, keys = len(self._keys), self._next, self._key_column()
+        return (self._record((first + j) % n, keys) for j in range(n - 1, -1, -1))
 
 
 def select(stream, start: Optional[float] = None, stop: Optional[float] = None, count=None) -> list:
