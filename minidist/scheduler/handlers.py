@@ -230,7 +230,7 @@ def on_task_done(scheduler, handle, message: TaskDone, outgoing: dict, reports: 
             plane.release(old)
         data[key] = value
         plane.retain(value)
-        scheduler.tasks_done += 1
+        scheduler.done_count[0] += 1
         # the task's own key object, not the copy this message carried: the stream outlives the
         # run, and copies made while it churned would pin the allocator's arenas (task_stream.py)
         scheduler.task_stream.finished(
@@ -257,7 +257,7 @@ def on_task_held(scheduler, handle, message: TaskHeld, outgoing: dict, reports: 
     """The worker kept a large result to itself (scheduler/lineage.py): nothing to store yet."""
     key, address, state = message.key, handle.address, scheduler.state
     if state.expects_result(key, address, message.attempt):
-        scheduler.tasks_done += 1
+        scheduler.done_count[0] += 1
         scheduler.task_stream.finished(
             key, address, message.thread, message.start, message.stop, "ok", message.nbytes
         )

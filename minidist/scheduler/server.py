@@ -33,6 +33,7 @@ escape hatch (``run_on_scheduler``), and the way to read several things in one s
 
 from __future__ import annotations
 
+import array
 import collections
 import concurrent.futures
 import logging
@@ -149,7 +150,8 @@ class Scheduler:
         self.client_gone_hooks: list[Callable[[str], None]] = []
         self.plugins = SchedulerPlugins(self, self.logger)  # client.register_plugin (plugins.py)
         self.started = time.time()
-        self.tasks_done = 0
+        # [0]: tasks done; an array, not an int attribute, for the reason in task_stream.py
+        self.done_count = array.array("q", (0,))
         self._forgot = 0  # keys forgotten in this loop turn: the books are compacted after it
         self._forgot_since_trim = 0  # sparse.trim_heap: after a large run was released
         self._trim_due = 0.0  # monotonic time of the trim asked for, or 0
@@ -203,6 +205,11 @@ class Scheduler:
     def query(self, view: Callable, *args) -> concurrent.futures.Future:
         """Run the read-only ``view(state, *args)`` (``scheduler/queries.py``) on the scheduler thread."""
         return self.call(lambda scheduler: view(scheduler.state, *args))
+
+    @property
+    def tasks_done(self) -> int:
+        """Tasks that finished here (their results kept or held by a worker)."""
+        return self.done_count[0]
 
     @property
     def closing(self) -> bool:

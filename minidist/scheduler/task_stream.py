@@ -45,12 +45,12 @@ class TaskStream:
 
     def __init__(self, maxlen: int = STREAM_LENGTH):
         self.maxlen = maxlen
-        # tasks that ever finished or erred here (kept or not): the cluster's progress. A one-slot
-        # array, not an int attribute: the int object of the last increment of a large run would
-        # live on after it, in one of the run's allocator arenas, and keep all of that arena alive
-        self._runs = array.array("q", (0,))
+        # [0]: tasks that ever finished or erred here (kept or not), the cluster's progress; [1]: the
+        # slot the next record takes once all slots are used. An array, not int attributes: the int
+        # object of a large run's last increment would live on after it, in one of the run's
+        # allocator arenas, and keep that whole arena alive
+        self._counters = array.array("q", (0, 0))
         self._transfers: dict = {}  # key -> (t0, t1), until its result arrives
-        self._next = 0  # the slot the next record takes once all slots are used
         self._keys: list = []
         self._packed: Optional[bytes] = None  # pack_keys(): the key column of that moment, pickled
         self._workers: list = []
@@ -61,7 +61,7 @@ class TaskStream:
 
     @property
     def runs(self) -> int:
-        return self._runs[0]
+        return self._counters[0]
 
     def transfer(self, key, start: float, stop: float) -> None:
         if len(self._transfers) >= _MAX_PENDING_TRANSFERS:
@@ -69,7 +69,8 @@ class TaskStream:
         self._transfers[key] = (start, stop)
 
     def finished(self, key, worker: str, thread, start, stop, status: str, nbytes: int = 0):
-        self._runs[0] += 1
+        counters = self._counters
+        counters[0] += 1
         if self.maxlen <= 0:
             return
         transfer = self._transfers.pop(key, None)
@@ -83,8 +84,8 @@ class TaskStream:
             self._nbytes.append(0)
             self._times.extend(_EMPTY_TIMES)
         else:  # the oldest slot
-            i = self._next
-            self._next = (i + 1) % self.maxlen
+            i = counters[1]
+            counters[1] = (i + 1) % self.maxlen
         self._keys[i] = key
         self._workers[i] = worker
         self._statuses[i] = status
@@ -140,11 +141,11 @@ class TaskStream:
         )
 
     def __iter__(self) -> Iterator[tuple]:
-        n, first, keys = len(self._keys), self._next, self._key_column()
+        n, first, keys = len(self._keys), self._counters[1], self._key_column()
         return (self._record((first + j) % n, keys) for j in range(n))
 
     def __reversed__(self) -> Iterator[tuple]:
-        n, first, keys = len(self._keys), self._next, self._key_column()
+        n, first, keys = len(self._keys), self._counters[1], self._key_column()
         return (self._record((first + j) % n, keys) for j in range(n - 1, -1, -1))
 
 
