@@ -4,6 +4,8 @@ change the bytes of a live view, and a name reads its own content or fails, neve
 A reuse of a segment while a view of it lives would be silent data corruption; this machine plays
 writer (the pool), scheduler (give_back once nothing refers to a name) and readers (views kept in
 lists, views of views, views dropped in any order) against a model of what each view must show.
+Readers map each segment afresh (``open_segment``) or, as workers do, through the mappings they keep
+of recycled segments between two values (``PooledMappings``): both must hold the property.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from minidist.comm.shm import SegmentStore, new_cluster_id, open_segment, sweep_cluster
 from minidist.comm.shm_pool import SegmentPool
+from minidist.comm.shm_pool_readers import PooledMappings
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -33,6 +36,7 @@ class PoolMachine(RuleBasedStateMachine):
         self.content: dict[str, tuple[int, int]] = {}  # name -> (fill, nbytes), every name written
         self.referenced: list[str] = []  # names not given back yet (the scheduler's ledger)
         self.views: list[tuple[np.ndarray, int]] = []  # live views and the fill they must show
+        self.kept = PooledMappings(entries=4)  # a worker's reader: keeps idle mappings
 
     @rule(size=st.sampled_from(SIZES))
     def write(self, size):
@@ -43,12 +47,15 @@ class PoolMachine(RuleBasedStateMachine):
         self.referenced.append(handle.name)
 
     @precondition(lambda self: self.content)
-    @rule(data=st.data(), part=st.booleans())
-    def read(self, data, part):
+    @rule(data=st.data(), part=st.booleans(), kept=st.booleans())
+    def read(self, data, part, kept):
         name = data.draw(st.sampled_from(sorted(self.content)))
         fill, size = self.content[name]
         try:
-            view = np.frombuffer(open_segment(name, size, 0, True), np.int64)
+            if kept:
+                view = np.frombuffer(self.kept.open(name, size, 0), np.int64)
+            else:
+                view = np.frombuffer(open_segment(name, size, 0, True), np.int64)
         except FileNotFoundError:
             # only a name nothing refers to any more may be gone (recycled or unlinked)
             assert name not in self.referenced
@@ -77,6 +84,8 @@ class PoolMachine(RuleBasedStateMachine):
 
     def teardown(self):
         self.views.clear()
+        gc.collect()
+        self.kept.close()
         self.pool.close()
         sweep_cluster(self.cluster_id)
 
@@ -97,6 +106,16 @@ def test_the_machine_does_reuse_segments():
             del view
             pool.give_back([handle.name])
         assert (pool.created, pool.reused) == (1, 3)
+        kept = PooledMappings()
+        for fill in range(4):  # and a worker's reader maps the segment once for all four values
+            handle = pool.write(np.full(SIZES[0] // 8, fill, dtype=np.int64))
+            view = np.frombuffer(kept.open(handle.name, handle.nbytes, 0), np.int64)
+            assert (view == fill).all()
+            del view
+            gc.collect()
+            pool.give_back([handle.name])
+        assert (pool.reused, kept.hits) == (7, 3)
+        kept.close()
     finally:
         pool.close()
         sweep_cluster(cluster_id)

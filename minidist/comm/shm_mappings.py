@@ -19,7 +19,8 @@ an array passed again, ``comm/shm_kept.py``).
 Safe because a segment that is not ``pooled`` is never written after it was created (a writer only
 ever makes new files and links to them), and the descriptor kept with the mapping keeps the inode:
 its number cannot be given to another file while we hold it. Pooled segments (``comm/shm_pool.py``)
-are rewritten by their writer and are never cached here.
+are rewritten by their writer: their mappings are kept only while no view of them lives, and under
+the file's lock whenever one does (``comm/shm_pool_readers.py``).
 
 Bounded: at most ``entries`` mappings, of segments of at least ``minimum`` bytes, least recently used
 first out. A kept mapping holds its file's pages after the last name is unlinked until
@@ -35,6 +36,7 @@ import os
 import threading
 
 from minidist.comm.shm import _check_owner, open_for_reading, open_segment
+from minidist.comm.shm_pool_readers import PooledMappings
 from minidist.comm.shm_sweep import SHM_DIR, _check_name
 
 
@@ -56,6 +58,7 @@ class MappingCache:
         self._lock = threading.Lock()
         self._kept: collections.OrderedDict[tuple[int, int], _Kept] = collections.OrderedDict()
         self.hits = 0  # views served from a kept mapping (for tests and benchmarks)
+        self.pooled = PooledMappings()  # recycled segments: kept while idle, for their next value
 
     def __len__(self) -> int:
         return len(self._kept)
@@ -63,7 +66,9 @@ class MappingCache:
     def open(self, name: str, nbytes: int, offset: int = 0, pooled: bool = False) -> memoryview:
         """What :func:`~minidist.comm.shm.open_segment` returns (same errors), from a kept mapping of
         the same file if there is one."""
-        if pooled or nbytes < self.minimum:
+        if pooled:
+            return self.pooled.open(name, nbytes, offset)
+        if nbytes < self.minimum:
             return open_segment(name, nbytes, offset, pooled)
         _check_name(name)
         path = os.path.join(SHM_DIR, name)
@@ -111,7 +116,7 @@ class MappingCache:
         """Let go of the mappings of files whose names are all gone; how many."""
         gone = self._take_unlinked()
         _forget(gone)
-        return len(gone)
+        return len(gone) + self.pooled.drop_unlinked()
 
     def close(self) -> None:
         """Let go of every kept mapping (views handed out stay valid). Idempotent."""
@@ -119,6 +124,7 @@ class MappingCache:
             gone = list(self._kept.values())
             self._kept.clear()
         _forget(gone)
+        self.pooled.close()
 
 
 def _unlinked(fd: int) -> bool:
