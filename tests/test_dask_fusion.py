@@ -159,3 +159,51 @@ def test_a_worker_dying_inside_a_fused_task_loses_nothing(tmp_path):
             ]
         assert c.compute(layer[0]).result(timeout=30) == -sum(range(1024))
         assert os.path.exists(marker)
+
+
+def fail_twice(log, i):
+    """Fails the first two times it runs (counted in ``log``, so across worker processes), then -i."""
+    count_call(log, None)
+    if calls(log) < 3:
+        raise OSError("not yet")
+    return -i
+
+
+def tree_with(leaf_at_700) -> object:
+    """A 1,024-leaf add tree (2,047 nodes, fused) whose leaf 700 is ``leaf_at_700``."""
+    leaves = [dask.delayed(operator.neg)(i) for i in range(1024)]
+    leaves[700] = leaf_at_700
+    layer = leaves
+    while len(layer) > 1:
+        layer = [
+            dask.delayed(operator.add)(layer[i], layer[i + 1]) for i in range(0, len(layer), 2)
+        ]
+    return layer[0]
+
+
+def test_retries_rerun_the_fused_task_holding_a_flaky_node(client, tmp_path):
+    log = str(tmp_path / "calls")
+    total = tree_with(dask.delayed(fail_twice)(log, 700))
+    # the call's retries are every node's option: equal options, so the nodes are still fused
+    keys = tasks_run(
+        client, lambda: assert_equal(client.compute(total, retries=2).result(), -sum(range(1024)))
+    )
+    assert len(keys) < 2047 // 2 and calls(log) == 3
+    with pytest.raises(OSError, match="not yet"):  # without retries, the first failure is final
+        client.compute(tree_with(dask.delayed(fail_twice)(str(tmp_path / "b"), 700))).result()
+
+
+def test_a_fused_task_that_keeps_killing_its_worker_ends_in_killed_worker():
+    from minidist import KilledWorker
+
+    with Client(
+        processes=True,
+        n_workers=1,
+        threads_per_worker=1,
+        dashboard_address=None,
+        scheduler_kwargs={"allowed_failures": 0},
+    ) as c:
+        total = tree_with(dask.delayed(os._exit)(3))
+        with pytest.raises(KilledWorker, match="exit code 3"):
+            c.compute(total).result(timeout=30)
+        assert c.compute(tree(1024)).result(timeout=30) == -sum(range(1024))  # the cluster goes on
