@@ -122,7 +122,7 @@ class PickledPlane:
         # unlinks what the ledger frees, off the scheduler thread (started on first use)
         self.janitor = SegmentJanitor()
         if store is not None:  # what the store stops keeping goes the same way (comm/shm_kept.py)
-            store.kept.unlink = self.janitor.unlink
+            store.kept.unlink_with(self.janitor.unlink, self.janitor.start)
         self.ledger = SegmentLedger(self.janitor.unlink)  # used by the scheduler's side only
         # on the scheduler's hot path: the ledger's own methods, without a call in between
         self.retain = self.ledger.retain

@@ -19,7 +19,8 @@ copy and the shared one) for as long as the owner lives, so what is kept is boun
 A release may come from a weakref callback, which runs inside whatever code drops the owner's last
 reference (any thread, even one that holds one of our locks): so nothing here takes a lock; each
 step is one atomic operation on a dict (CPython's dict methods are), and ``unlink`` must be as safe
-(``SegmentJanitor.unlink`` is: it only queues, see ``comm/shm_sweep.py``).
+(``SegmentJanitor.unlink`` is once its thread runs: it only queues, see ``comm/shm_sweep.py``; so
+the thread is started before anything is kept; the default, ``unlink_segments``, takes no lock).
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ from typing import Callable, Iterable
 from minidist.comm.shm_sweep import SHM_DIR, _unlink_quietly
 
 KEEP_FRACTION = 0.25  # what a LocalCluster's store may keep: of RAM, and of /dev/shm's free space
+
+
+def _nothing() -> None:
+    pass
 
 
 def _physical_memory() -> int:
@@ -46,8 +51,14 @@ class KeptSegments:
         if not 0.0 <= fraction <= 1.0:
             raise ValueError(f"the fraction of memory kept must be in [0, 1], not {fraction}")
         self.fraction = fraction
-        self.unlink = unlink  # must be safe in a weakref callback (it may be called from one)
+        self.unlink = unlink  # must be safe in a weakref callback once `prepare` ran
+        self.prepare: Callable[[], None] = _nothing  # called before anything is kept
         self._kept: dict[str, tuple] = {}
+
+    def unlink_with(self, unlink: Callable[[list[str]], None], prepare: Callable[[], None]) -> None:
+        """Let go of kept names through ``unlink`` (e.g. ``SegmentJanitor.unlink``), after
+        ``prepare`` (``SegmentJanitor.start``) made it safe to call from a weakref callback."""
+        self.unlink, self.prepare = unlink, prepare
 
     def __len__(self) -> int:
         return len(self._kept)
@@ -74,6 +85,7 @@ class KeptSegments:
         or None (not kept). ``owner_ref``: the weak reference whose death releases it."""
         if owner_ref is None or self.nbytes + nbytes > self.budget():
             return None
+        self.prepare()
         try:
             os.link(
                 os.path.join(SHM_DIR, name), os.path.join(SHM_DIR, new_name), follow_symlinks=False

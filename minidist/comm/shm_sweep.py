@@ -111,10 +111,12 @@ class SegmentJanitor:
     first use and :meth:`close` unlinks whatever is still queued and joins it, so once ``close``
     returns every name handed over is gone. After ``close``, :meth:`unlink` unlinks at once.
 
-    :meth:`unlink` is safe in a weakref callback (``comm/shm_kept.py`` calls it from one), which may
-    run inside any code of any thread, this class's own included: it never waits for a lock. Names go
-    through a ``queue.SimpleQueue`` (re-entrant by design), and the thread is started under a lock
-    taken without waiting: whoever holds it starts the thread (or closes), and that drains the queue.
+    :meth:`unlink` is safe in a weakref callback once :meth:`start` ran (``comm/shm_kept.py`` calls
+    it from one): such a callback may run inside any code of any thread, this class's own and
+    ``threading``'s included, so it must neither wait for a lock nor start a thread. Names go through a
+    ``queue.SimpleQueue`` (re-entrant by design) to the thread already running. (Without ``start``,
+    the thread is started under a lock taken without waiting: whoever holds it starts the thread, or
+    closes, and that drains the queue.)
     """
 
     def __init__(self, thread_name: str = "minidist-shm-janitor"):
@@ -136,16 +138,27 @@ class SegmentJanitor:
             return
         for name in names:
             self._pending.put(name)
-        if self._thread is None and self._start_lock.acquire(blocking=False):
-            try:
-                if self._thread is None and not self._closed:
-                    thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
-                    thread.start()
-                    self._thread = thread
-            finally:
-                self._start_lock.release()
+        if self._thread is None:
+            self._start(blocking=False)
         if self._closed:  # close() may have drained the queue just before our names went in
             self._drain()
+
+    def start(self) -> None:
+        """Start the thread now (if it is not running and the janitor is open), so that a later
+        :meth:`unlink` from a weakref callback only queues."""
+        if self._thread is None:
+            self._start(blocking=True)
+
+    def _start(self, blocking: bool) -> None:
+        if not self._start_lock.acquire(blocking=blocking):
+            return  # whoever holds it starts the thread (or closes, and drains)
+        try:
+            if self._thread is None and not self._closed:
+                thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
+                thread.start()
+                self._thread = thread
+        finally:
+            self._start_lock.release()
 
     def _run(self) -> None:
         pending = self._pending
