@@ -195,7 +195,8 @@ def test_wrong_secret_is_refused_with_a_clear_error_and_reported(closing):
     good = connect(listener.address, secret=listener._secret, timeout=10)
     closing.append(good)
     closing.append(acceptor.result())
-    assert len(rejected) == 1
+    # the refused peer may hear "wrong secret" before the handshake thread reports it: wait for it
+    assert wait_until(lambda: len(rejected) == 1), rejected
     peer, reason = rejected[0]
     assert peer.startswith("tcp://127.0.0.1:") and reason == "wrong secret"
 
@@ -415,7 +416,8 @@ def test_tls_peer_with_foreign_credentials_is_rejected(tls_security, closing):
         )
     good = connect(listener.address, secret=listener._secret, security=tls_security, timeout=10)
     closing.extend([good, acceptor.result()])
-    assert len(rejected) == 1 and "TLS handshake failed" in rejected[0][1]
+    assert wait_until(lambda: len(rejected) == 1), rejected  # reported by the handshake's thread
+    assert "TLS handshake failed" in rejected[0][1]
 
 
 def test_mixing_tcp_and_tls_gives_hints_on_both_sides(tls_security, closing):
