@@ -130,9 +130,9 @@ class Placement:
         *siblings* (the other dependencies of its dependents: the chunks one merge or one ``x + x.T``
         pair combines), so their dependent finds its inputs in one place rather than having half of
         them published, even beyond its room (by ``prefetch`` tasks, or the family's size); else the
-        least loaded. Only small
-        families are looked at (a reduction of thousands of leaves gains nothing from it and would
-        cost a scan per leaf)."""
+        least loaded. Only small families are looked at, and about ``MAX_FAMILY`` siblings per task
+        at most (a reduction of thousands of leaves gains nothing from it, and a chunk of a matrix
+        product has as many dependents as its row has chunks: a full look would cost the square)."""
         if len(candidates) == 1:
             least = candidates[0]
         else:
@@ -143,10 +143,14 @@ class Placement:
         tasks = self.tasks
         here: dict = {}
         family = 0
+        looked = 0  # siblings looked at: about MAX_FAMILY at most, whatever the graph's shape
         for dependent_key in dependents:
             dependent = tasks.get(dependent_key)
             if dependent is None or len(dependent.dependencies) > MAX_FAMILY:
                 continue
+            if looked >= MAX_FAMILY:
+                break
+            looked += len(dependent.dependencies)
             family = max(family, len(dependent.dependencies))
             for sibling_key in dependent.dependencies:
                 sibling = tasks.get(sibling_key)
