@@ -1,5 +1,6 @@
 """FrameReader (minidist/comm/frames.py) reads what multiprocessing's Connection.send_bytes writes on a
-worker's pipe: frames whole and in order however the bytes arrive, and the same errors at the end."""
+worker's pipe: frames whole and in order however the bytes arrive, and the same errors at the end;
+write_frame writes what Connection.recv_bytes reads."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from multiprocessing import Pipe
 
 import pytest
 
-from minidist.comm.frames import CHUNK, FrameReader
+from minidist.comm.frames import CHUNK, SMALL_FRAME, FrameReader, write_frame
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -91,3 +92,20 @@ def test_end_of_file_between_frames_and_inside_one():
             reader.recv_bytes()
     finally:
         right.close()
+
+
+def test_write_frame_writes_what_a_connection_reads(pipe):
+    sender, receiver, _ = pipe
+    sizes = [0, 1, 100, SMALL_FRAME - 1, SMALL_FRAME, SMALL_FRAME + 1, 3 * 2**20 + 5]
+    frames = [os.urandom(size) for size in sizes]
+
+    def send() -> None:  # frames larger than the socket's buffer block until they are read
+        for frame in frames:
+            write_frame(sender.fileno(), frame)
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    try:
+        assert [receiver.recv_bytes() for _ in frames] == frames
+    finally:
+        thread.join(10)

@@ -31,6 +31,7 @@ import time
 from multiprocessing.connection import Pipe
 from typing import Any, Callable, Optional, Union
 
+from ..comm.frames import write_frame
 from ..messages import (
     CloseWorker,
     ComputeTask,
@@ -151,7 +152,8 @@ class ProcessWorkerHandle:
         )
 
     def send_messages(self, batch: list) -> None:
-        self.conn.send_bytes(encode_batch(batch))
+        # conn.fileno() raises OSError once the pipe is closed; a small frame is one write
+        write_frame(self.conn.fileno(), encode_batch(batch))
 
     def start_run(self, run_id, function_blob, args_payload) -> None:
         """``client.run`` on this worker: it answers with a RunResult (OSError if its pipe is gone)."""

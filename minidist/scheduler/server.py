@@ -5,7 +5,7 @@ One thread in the client process runs ``Scheduler._loop``::
             clients (user threads)                      process workers
     post() ──► inbox deque ──► wake-up pipe ──┐       ┌── pipe (one per worker) ◄── batched reports
                                                ▼       ▼
-                  selector over the wake-up pipe + worker pipes
+                  poll() over the wake-up pipe + worker pipes
                                                │ drain everything that is ready
                                                ▼
                     one handler per message type (scheduler/handlers.py)
@@ -38,7 +38,7 @@ import collections
 import concurrent.futures
 import logging
 import os
-import selectors
+import select
 import threading
 import time
 from typing import Any, Callable, Optional
@@ -84,7 +84,10 @@ from .worker_handle import WorkerHandle
 logger = logging.getLogger("minidist.scheduler")
 
 
-_IDLE_WAKE = 0.25  # the loop looks at its inbox at least this often, even with nothing to wake it
+_IDLE_WAKE_MS = 250  # the loop looks at its inbox at least this often, even with nothing to wake it
+# keys forgotten between two looks at the books' table sizes (_compact): a table only gets worth a
+# copy (sparse.right_sized) after thousands of deletions, so looking after every task is waste
+_COMPACT_AFTER = 256
 _TRIM_SETTLE = 0.2  # seconds from a large release to the heap trim (see _compact)
 # a worker dying this soon after joining, never given a task, counts as one that failed to start
 DIED_YOUNG_SECONDS = 5.0
@@ -127,15 +130,18 @@ class Scheduler:
         self.logger = logger_ or logger
         self.blocked_handlers = frozenset(blocked_handlers or ())
         self.workers: dict[str, WorkerHandle] = {}  # address -> worker handle (worker_handle.py)
-        # one persistent selector over the wake-up pipe and every worker pipe (building a new one per
-        # wake-up, as multiprocessing.connection.wait does, costs tens of microseconds each time)
-        self._selector = selectors.DefaultSelector()
+        # one persistent poll object over the wake-up pipe and every worker pipe (building a new one
+        # per wake-up, as multiprocessing.connection.wait does, costs tens of microseconds each time;
+        # selectors' Python layer costs about a microsecond per wake-up), and what each worker pipe's
+        # descriptor leads to: (handle, its FrameReader)
+        self._poll = select.poll()
+        self._readers: dict[int, tuple] = {}
         self.sessions = SessionTable(self.post)  # client id -> session (sessions.py)
         self.sessions[FIRE_AND_FORGET] = FireAndForget(self)
         self.inbox: collections.deque = collections.deque()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
-        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._poll.register(self._wake_r, select.POLLIN)
         self._wake_pending = False
         self._closing = False
         self.failure: Optional[Exception] = None  # a SchedulerError once the loop died (failure.py)
@@ -165,7 +171,7 @@ class Scheduler:
         """Hand a message to the scheduler thread (from any thread).
 
         Releases do not wake the thread: freeing memory can wait for the next wake-up (at most
-        ``_IDLE_WAKE`` seconds), and in a loop of submit/result it saves a wake-up per task.
+        ``_IDLE_WAKE_MS``), and in a loop of submit/result it saves a wake-up per task.
         """
         self.inbox.append(message)
         if self.failure is not None:  # the loop is gone: answer now (see scheduler/failure.py)
@@ -235,11 +241,12 @@ class Scheduler:
 
     def _serve(self) -> None:
         wake_r = self._wake_r
-        select = self._selector.select
+        poll = self._poll.poll
+        readers = self._readers
         while True:
             try:
-                events = select(timeout=_IDLE_WAKE)
-            except (OSError, ValueError):
+                events = poll(_IDLE_WAKE_MS)
+            except OSError:
                 events = []
             if self._closing:
                 break
@@ -249,11 +256,10 @@ class Scheduler:
                 self._wake_pending = False
             outgoing: dict = {}
             reports: dict = {}
-            for selector_key, _ in events:
-                worker = selector_key.data  # (handle, its FrameReader), None for the wake-up pipe
-                if worker is None:
+            for fd, _ in events:
+                if fd == wake_r:
                     # one read: a wake-up is one byte per pending flag, so 4096 is all of them; a
-                    # byte written after it wakes the next select() at worst
+                    # byte written after it wakes the next poll() at worst
                     try:
                         os.read(wake_r, 4096)
                     except OSError:
@@ -262,7 +268,10 @@ class Scheduler:
                     # written after this point will wake us, and its message is already in the inbox
                     self._wake_pending = False
                 else:
-                    self._read_worker(worker[0], worker[1], outgoing, reports)
+                    # a hang-up or an error reads as an end of file (the worker died)
+                    worker = readers.get(fd)  # None: removed while handling this turn
+                    if worker is not None:
+                        self._read_worker(worker[0], worker[1], outgoing, reports)
             inbox = self.inbox
             while inbox:
                 message = inbox.popleft()
@@ -276,7 +285,7 @@ class Scheduler:
             if self.data_plane.ledger_returns:
                 self._return_segments(outgoing)
             self._deliver(outgoing, reports)
-            if self._forgot:
+            if self._forgot >= _COMPACT_AFTER:
                 outgoing = reports = {}  # what this turn sent goes before the books are compacted
                 self._compact()
             if self._trim_due and time.monotonic() >= self._trim_due:
@@ -290,8 +299,8 @@ class Scheduler:
         self, handle: WorkerHandle, reader: FrameReader, outgoing: dict, reports: dict
     ) -> None:
         # the frames one read brought (comm/frames.py): frames still in the socket make the next
-        # select() return at once (it is level-triggered), but frames already read must be handled
-        # now, as no select() will report them
+        # poll() return at once (it is level-triggered), but frames already read must be handled
+        # now, as no poll() will report them
         try:
             while True:
                 batch = decode_batch(reader.recv_bytes())
@@ -432,7 +441,7 @@ class Scheduler:
             self._forgot_since_trim = 0
             # a moment later, not now: thread workers and clients free their own copies of the run
             # (caches, futures) after this turn's messages reach them; the loop wakes at least every
-            # _IDLE_WAKE seconds, so the trim comes at most that long after it is due
+            # _IDLE_WAKE_MS, so the trim comes at most that long after it is due
             self._trim_due = time.monotonic() + _TRIM_SETTLE
 
     # ---------------------------------------------------------------------------------- client events
@@ -451,7 +460,8 @@ class Scheduler:
         self.workers[handle.address] = handle
         if handle.conn is not None:
             fd = handle.conn.fileno()
-            self._selector.register(fd, selectors.EVENT_READ, (handle, FrameReader(fd)))
+            self._readers[fd] = (handle, FrameReader(fd))
+            self._poll.register(fd, select.POLLIN)
         self.logger.info(
             "Register worker %s (name %s, %d threads)", handle.address, handle.name, handle.nthreads
         )
@@ -525,8 +535,10 @@ class Scheduler:
         if self.workers.pop(handle.address, None) is None:
             return
         if handle.conn is not None and not handle.conn.closed:
+            fd = handle.conn.fileno()
+            self._readers.pop(fd, None)
             try:
-                self._selector.unregister(handle.conn.fileno())
+                self._poll.unregister(fd)
             except (KeyError, ValueError, OSError):
                 pass
         outgoing.pop(handle, None)
@@ -561,7 +573,6 @@ class Scheduler:
         self.post(Wake())
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
-        self._selector.close()
         for fd in (self._wake_r, self._wake_w):
             try:
                 os.close(fd)

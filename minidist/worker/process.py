@@ -24,14 +24,13 @@ import logging
 import os
 import pickle
 import select
-import struct
 import sys
 import threading
 import time
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from ..comm.frames import FrameReader
+from ..comm.frames import FrameReader, write_frame
 from ..comm.serialize import deserialize, loads_function, serialize
 from ..comm.shm import SegmentStore, sweep_cluster
 from ..comm.shm_mappings import MappingCache
@@ -65,9 +64,6 @@ if TYPE_CHECKING:
     from ..remote.client import WorkerLink
 
 logger = logging.getLogger("minidist.worker")
-
-_FRAME_SIZE = struct.Struct("!i")  # multiprocessing.Connection's frame header
-_SMALL_FRAME = 64 * 1024  # frames up to this size go out as one write of header and body
 
 
 class ProcessWorker:
@@ -124,17 +120,8 @@ class ProcessWorker:
 
     def send(self, batch: list) -> None:
         data = encode_batch(batch)
-        size = len(data)
         with self._send_lock:
-            if size <= _SMALL_FRAME:
-                # the Connection's framing (4-byte big-endian size, then the bytes) in one write,
-                # without its three Python frames on every result sent
-                frame = _FRAME_SIZE.pack(size) + data
-                written = os.write(self.fd, frame)
-                while written < len(frame):  # a full socket buffer took part of it
-                    written += os.write(self.fd, memoryview(frame)[written:])
-            else:  # large frames: no copy into a joint buffer, 8-byte sizes past 2 GiB
-                self.conn.send_bytes(data)
+            write_frame(self.fd, data)  # a small frame in one write (comm/frames.py)
 
     def connect_to_scheduler(self):
         """A connection for the tasks' client, talking to the scheduler through this pipe (made on
