@@ -467,9 +467,10 @@ class Client(AsyncContext):
 
     # ------------------------------------------------------------- what Future and the scheduler call
 
-    def report(self, items: list) -> None:
-        """The scheduler thread (or a remote link's reader) resolves futures: (key, status, exc, tb)."""
-        self._book.report(items)
+    def report(self, items: list, wakes: Optional[list] = None) -> None:
+        """The scheduler thread (or a remote link's reader) resolves futures: (key, status, exc, tb);
+        ``wakes``: see ``FutureBook.report``."""
+        self._book.report(items, wakes)
 
     def take_releases(self) -> list:
         """The scheduler collects the oldest batch of released keys (one ``ReleasePending`` each)."""

@@ -51,8 +51,12 @@ class FutureBook:
 
     # ------------------------------------------------------------------------------------ reporting
 
-    def report(self, items: list) -> None:
-        """Called on the scheduler thread with ``TaskStatus`` items (key, status, exception, traceback)."""
+    def report(self, items: list, wakes: Optional[list] = None) -> None:
+        """Called on the scheduler thread with ``TaskStatus`` items (key, status, exception, traceback).
+
+        ``wakes``: a list to put the locks of threads waiting in ``result()`` in, for the caller to
+        release once it is about to block (the scheduler thread, right before it polls: a thread woken
+        while the caller still runs Python would wake only to wait for the GIL); None: released here."""
         fire = []
         with self.condition:
             states = self.states
@@ -80,8 +84,11 @@ class FutureBook:
                     fire.append((key, state.callbacks))
                     state.callbacks = None
                 if state.waiters:
-                    for waiter in state.waiters:
-                        waiter.release()
+                    if wakes is None:
+                        for waiter in state.waiters:
+                            waiter.release()
+                    else:
+                        wakes.extend(state.waiters)
                     state.waiters = None
             if self._waiting_until:
                 self.condition.notify_all()

@@ -319,6 +319,26 @@ def test_release_frees_the_key_on_the_scheduler(client):
     assert key not in client.who_has()
 
 
+def test_a_chain_of_submit_and_result_releases_each_step(client):
+    # each future is dropped just before the next submission: the scheduler applies the release
+    # after sending the new task (scheduler/server.py), unless they name the same key
+    keys = set()
+    x = 0
+    for _ in range(50):
+        future = client.submit(inc, x, pure=False)
+        keys.add(future.key)
+        x = future.result(timeout=10)
+        del future
+    assert x == 50
+    for _ in range(50):  # the same pure key, released and submitted again each time
+        future = client.submit(inc, 7)
+        keys.add(future.key)
+        assert future.result(timeout=10) == 8
+        del future
+    assert len(keys) == 51
+    assert wait_until(lambda: not keys.intersection(client.who_has()), timeout=10)
+
+
 def test_fire_and_forget_runs_without_a_future(client):
     marker = client.scatter(0)
 

@@ -198,7 +198,7 @@ class _ClientSlot:
         self.session = session
         self.client_id = client_id
 
-    def report(self, items: list) -> None:
+    def report(self, items: list, wakes: Optional[list] = None) -> None:
         self.session.send(Reports(self.client_id, items))
 
     def take_releases(self) -> list:

@@ -73,19 +73,19 @@ def on_update_graph(scheduler, message: UpdateGraph, outgoing: dict, reports: di
 
 
 def on_release(scheduler, message: Release, outgoing: dict, reports: dict) -> None:
-    _release(scheduler, message.client, message.keys, outgoing, reports)
+    release_keys(scheduler, message.client, message.keys, outgoing, reports)
 
 
 def on_release_pending(scheduler, message: ReleasePending, outgoing: dict, reports: dict) -> None:
     session = scheduler.sessions.get(message.client)
     if session is not None:
-        _release(scheduler, message.client, session.take_releases(), outgoing, reports)
+        release_keys(scheduler, message.client, session.take_releases(), outgoing, reports)
 
 
-_RELEASE_STEP = 2000  # keys released per event at most (see _release)
+_RELEASE_STEP = 2000  # keys released per event at most (see release_keys)
 
 
-def _release(scheduler, client: str, keys, outgoing: dict, reports: dict) -> None:
+def release_keys(scheduler, client: str, keys, outgoing: dict, reports: dict) -> None:
     # A large release goes in steps, each applied before the next: the instructions for 100,000 keys
     # at once (a Forget and a FreeOnWorker each) would outlive two young garbage collections, and
     # 200,000 objects reaching the oldest generation bring on a full collection of the whole heap

@@ -56,6 +56,7 @@ from ..messages import (
     ReleaseQueued,
     ReturnSegments,
     TaskStatus,
+    UpdateGraph,
     Wake,
     decode_batch,
     new_task,  # noqa: F401 (re-exported)
@@ -63,7 +64,7 @@ from ..messages import (
 from ..sparse import TRIM_AFTER, prepare_trim, right_sized, trim_heap
 from . import queries
 from .failure import fail, refuse_inbox
-from .handlers import HANDLERS, WORKER_HANDLERS
+from .handlers import HANDLERS, WORKER_HANDLERS, release_keys
 from .instructions import AskToRelease
 from .plugins import SchedulerPlugins
 from .runs import RunBook
@@ -95,13 +96,22 @@ DIED_YOUNG_SECONDS = 5.0
 _HOUSEKEEPING = (FreeKeys, ReleaseQueued, ReturnSegments)
 
 
+def _touches(update: UpdateGraph, keys: list) -> bool:
+    """Whether ``update`` names any of ``keys``: a task's key or dependency, or a wanted key."""
+    released = set(keys) if len(keys) > 4 else keys
+    for spec in update.tasks:
+        if spec.key in released or any(dep in released for dep in spec.dependencies):
+            return True
+    return any(key in released for key in update.wanted)
+
+
 class FireAndForget:
     """The pseudo-client behind ``fire_and_forget``: it wants keys until they finish, then lets go."""
 
     def __init__(self, scheduler: Scheduler):
         self.scheduler = scheduler
 
-    def report(self, items: list) -> None:
+    def report(self, items: list, wakes: Optional[list] = None) -> None:
         self.scheduler.post(Release(FIRE_AND_FORGET, tuple(item.key for item in items)))
 
 
@@ -143,6 +153,9 @@ class Scheduler:
         os.set_blocking(self._wake_r, False)
         self._poll.register(self._wake_r, select.POLLIN)
         self._wake_pending = False
+        # locks of client threads waiting in result() that this turn's reports resolve: released at
+        # the end of the turn, just before poll() lets go of the GIL (FutureBook.report)
+        self._wakes: list = []
         self._closing = False
         self.failure: Optional[Exception] = None  # a SchedulerError once the loop died (failure.py)
         self.runs = RunBook()  # client.run answers still owed by workers
@@ -236,6 +249,7 @@ class Scheduler:
         try:
             self._serve()
         except BaseException as exc:  # noqa: B036 - whatever ends the loop, every waiter hears why
+            self._release_wakes()  # what was reported before the failure
             fail(self, exc)
         self._drain_calls()
 
@@ -276,7 +290,10 @@ class Scheduler:
             while inbox:
                 message = inbox.popleft()
                 try:
-                    self._handle(message, outgoing, reports)
+                    if type(message) is ReleasePending and inbox:
+                        self._release_then_submit(message, inbox, outgoing, reports)
+                    else:
+                        self._handle(message, outgoing, reports)
                 except Exception:
                     self.logger.exception("scheduler failed to handle %s", type(message).__name__)
                 # not kept until the next message arrives: an UpdateGraph holds every task's
@@ -292,8 +309,51 @@ class Scheduler:
                 self._trim_due = 0.0
                 self.task_stream.pack_keys()  # the run's last keys must not pin its arenas
                 trim_heap()
+            if self._wakes:
+                self._release_wakes()  # the last thing before poll() (see FutureBook.report)
             if self._closing:
                 break
+
+    def _release_then_submit(
+        self, message: ReleasePending, inbox: collections.deque, outgoing: dict, reports: dict
+    ) -> None:
+        """A client's releases followed by its next submission (a loop of submit -> result drops
+        each future before it submits the next task): the new tasks go out to workers first, and the
+        releases are applied while the workers run them, off the round trip's path. Only when no
+        key of the submission is among the released ones, so the order cannot matter (a key
+        released and submitted again must be forgotten first); otherwise both in order."""
+        session = self.sessions.get(message.client)
+        following = inbox[0]  # only this thread takes from the inbox
+        if (
+            session is None
+            or type(following) is not UpdateGraph
+            or following.client != message.client
+        ):
+            self._handle(message, outgoing, reports)
+            return
+        keys = session.take_releases()
+        inbox.popleft()
+        if keys and _touches(following, keys):
+            release_keys(self, message.client, keys, outgoing, reports)
+            self._handle(following, outgoing, reports)
+            return
+        self._handle(following, outgoing, reports)
+        self._send_work(outgoing)
+        release_keys(self, message.client, keys, outgoing, reports)
+
+    def _send_work(self, outgoing: dict) -> None:
+        """Send now the batches that hold more than housekeeping (see _deliver); the rest stay."""
+        for handle, batch in list(outgoing.items()):
+            for item in batch:
+                if type(item) not in _HOUSEKEEPING:
+                    del outgoing[handle]
+                    self._send(handle, batch)
+                    break
+
+    def _release_wakes(self) -> None:
+        wakes, self._wakes = self._wakes, []
+        for waiter in wakes:
+            waiter.release()
 
     def _read_worker(
         self, handle: WorkerHandle, reader: FrameReader, outgoing: dict, reports: dict
@@ -344,7 +404,7 @@ class Scheduler:
             session = self.sessions.get(client_id)
             if session is not None:
                 try:
-                    session.report(items)
+                    session.report(items, self._wakes)
                 except Exception:
                     self.logger.exception("could not report to client %s", client_id)
         for handle, batch in later:

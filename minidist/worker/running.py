@@ -12,20 +12,21 @@ process's death. Where ``memfd_create`` is missing the board is absent and the s
 
 from __future__ import annotations
 
-import hashlib
 import mmap
 import os
 import struct
 from typing import Optional
+
+from ..keys import buffer_checksum
 
 SLOTS = 64  # task threads tracked per worker (threads + seceded tasks); beyond that, the fallback
 _SLOT = struct.Struct("<Q")
 
 
 def key_token(key) -> int:
-    """A non-zero 64-bit token for a key, the same in every process."""
-    digest = hashlib.blake2b(repr(key).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") | 1
+    """A non-zero 64-bit token for a key, the same in every process: CRC-32 and Adler-32 of its repr
+    (a fifth of a cryptographic hash's cost, on every task; tokens only tell running keys apart)."""
+    return buffer_checksum(repr(key).encode()) | 1
 
 
 class RunningBoard:
