@@ -319,6 +319,23 @@ def test_release_frees_the_key_on_the_scheduler(client):
     assert key not in client.who_has()
 
 
+def _cached_keys(dask_worker):
+    return [str(key) for key in (*dask_worker.data, *dask_worker.encoded)]
+
+
+def test_a_released_result_leaves_the_workers_cache_too(client):
+    # a free with nothing else for its worker waits a little for company (scheduler/delivery.py),
+    # never for ever
+    future = client.submit(inc, 54321, pure=False)
+    key = future.key
+    assert future.result(timeout=10) == 54322
+    assert any(key in keys for keys in client.run(_cached_keys).values())
+    future.release()
+    assert wait_until(
+        lambda: not any(key in keys for keys in client.run(_cached_keys).values()), timeout=10
+    )
+
+
 def test_a_chain_of_submit_and_result_releases_each_step(client):
     # each future is dropped just before the next submission: the scheduler applies the release
     # after sending the new task (scheduler/server.py), unless they name the same key

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import pickle
 import time
+from collections import deque
 from typing import Callable
 
 from ..errors import Reschedule
@@ -92,6 +93,39 @@ def release_keys(scheduler, client: str, keys, outgoing: dict, reports: dict) ->
     for start in range(0, len(keys), _RELEASE_STEP):
         chunk = keys[start : start + _RELEASE_STEP]
         scheduler._apply(scheduler.state.client_releases(client, chunk), outgoing, reports)
+
+
+def release_then_submit(
+    scheduler, message: ReleasePending, inbox: deque, outgoing: dict, reports: dict
+) -> None:
+    """A client's releases followed by its next submission (a loop of submit -> result drops each
+    future just before it submits the next task): the new tasks go out to the workers first, and the
+    releases are applied while the workers run them, off the round trip's path. Only when no key of
+    the submission is among the released ones, so the order cannot matter (a key released and
+    submitted again must be forgotten first); otherwise both in order."""
+    session = scheduler.sessions.get(message.client)
+    following = inbox[0]  # only the scheduler thread takes from the inbox
+    if session is None or type(following) is not UpdateGraph or following.client != message.client:
+        on_release_pending(scheduler, message, outgoing, reports)
+        return
+    keys = session.take_releases()
+    inbox.popleft()
+    if keys and _names_any(following, keys):
+        release_keys(scheduler, message.client, keys, outgoing, reports)
+        scheduler._handle(following, outgoing, reports)
+        return
+    scheduler._handle(following, outgoing, reports)
+    scheduler.delivery.send_work(outgoing)
+    release_keys(scheduler, message.client, keys, outgoing, reports)
+
+
+def _names_any(update: UpdateGraph, keys: list) -> bool:
+    """Whether ``update`` names any of ``keys``: a task's key or dependency, or a wanted key."""
+    released = set(keys) if len(keys) > 4 else keys
+    for spec in update.tasks:
+        if spec.key in released or any(dep in released for dep in spec.dependencies):
+            return True
+    return any(key in released for key in update.wanted)
 
 
 def on_cancel(scheduler, message: Cancel, outgoing: dict, reports: dict) -> None:

@@ -56,15 +56,15 @@ from ..messages import (
     ReleaseQueued,
     ReturnSegments,
     TaskStatus,
-    UpdateGraph,
     Wake,
     decode_batch,
     new_task,  # noqa: F401 (re-exported)
 )
 from ..sparse import TRIM_AFTER, prepare_trim, right_sized, trim_heap
 from . import queries
+from .delivery import Delivery
 from .failure import fail, refuse_inbox
-from .handlers import HANDLERS, WORKER_HANDLERS, release_keys
+from .handlers import HANDLERS, WORKER_HANDLERS, release_then_submit
 from .instructions import AskToRelease
 from .plugins import SchedulerPlugins
 from .runs import RunBook
@@ -92,17 +92,6 @@ _COMPACT_AFTER = 256
 _TRIM_SETTLE = 0.2  # seconds from a large release to the heap trim (see _compact)
 # a worker dying this soon after joining, never given a task, counts as one that failed to start
 DIED_YOUNG_SECONDS = 5.0
-# messages to workers that can wait for clients' reports
-_HOUSEKEEPING = (FreeKeys, ReleaseQueued, ReturnSegments)
-
-
-def _touches(update: UpdateGraph, keys: list) -> bool:
-    """Whether ``update`` names any of ``keys``: a task's key or dependency, or a wanted key."""
-    released = set(keys) if len(keys) > 4 else keys
-    for spec in update.tasks:
-        if spec.key in released or any(dep in released for dep in spec.dependencies):
-            return True
-    return any(key in released for key in update.wanted)
 
 
 class FireAndForget:
@@ -153,9 +142,7 @@ class Scheduler:
         os.set_blocking(self._wake_r, False)
         self._poll.register(self._wake_r, select.POLLIN)
         self._wake_pending = False
-        # locks of client threads waiting in result() that this turn's reports resolve: released at
-        # the end of the turn, just before poll() lets go of the GIL (FutureBook.report)
-        self._wakes: list = []
+        self.delivery = Delivery(self)  # sends each turn's batches and reports (delivery.py)
         self._closing = False
         self.failure: Optional[Exception] = None  # a SchedulerError once the loop died (failure.py)
         self.runs = RunBook()  # client.run answers still owed by workers
@@ -249,7 +236,7 @@ class Scheduler:
         try:
             self._serve()
         except BaseException as exc:  # noqa: B036 - whatever ends the loop, every waiter hears why
-            self._release_wakes()  # what was reported before the failure
+            self.delivery.release_wakes()  # what was reported before the failure
             fail(self, exc)
         self._drain_calls()
 
@@ -257,9 +244,10 @@ class Scheduler:
         wake_r = self._wake_r
         poll = self._poll.poll
         readers = self._readers
+        delivery = self.delivery
         while True:
             try:
-                events = poll(_IDLE_WAKE_MS)
+                events = poll(delivery.poll_timeout_ms(_IDLE_WAKE_MS))
             except OSError:
                 events = []
             if self._closing:
@@ -291,7 +279,7 @@ class Scheduler:
                 message = inbox.popleft()
                 try:
                     if type(message) is ReleasePending and inbox:
-                        self._release_then_submit(message, inbox, outgoing, reports)
+                        release_then_submit(self, message, inbox, outgoing, reports)
                     else:
                         self._handle(message, outgoing, reports)
                 except Exception:
@@ -301,7 +289,7 @@ class Scheduler:
                 del message
             if self.data_plane.ledger_returns:
                 self._return_segments(outgoing)
-            self._deliver(outgoing, reports)
+            delivery.deliver(outgoing, reports)
             if self._forgot >= _COMPACT_AFTER:
                 outgoing = reports = {}  # what this turn sent goes before the books are compacted
                 self._compact()
@@ -309,51 +297,12 @@ class Scheduler:
                 self._trim_due = 0.0
                 self.task_stream.pack_keys()  # the run's last keys must not pin its arenas
                 trim_heap()
-            if self._wakes:
-                self._release_wakes()  # the last thing before poll() (see FutureBook.report)
+            if delivery.holding:
+                delivery.send_held_if_due(quiet=not events)
+            if delivery.wakes:
+                delivery.release_wakes()  # the last thing before poll() (see FutureBook.report)
             if self._closing:
                 break
-
-    def _release_then_submit(
-        self, message: ReleasePending, inbox: collections.deque, outgoing: dict, reports: dict
-    ) -> None:
-        """A client's releases followed by its next submission (a loop of submit -> result drops
-        each future before it submits the next task): the new tasks go out to workers first, and the
-        releases are applied while the workers run them, off the round trip's path. Only when no
-        key of the submission is among the released ones, so the order cannot matter (a key
-        released and submitted again must be forgotten first); otherwise both in order."""
-        session = self.sessions.get(message.client)
-        following = inbox[0]  # only this thread takes from the inbox
-        if (
-            session is None
-            or type(following) is not UpdateGraph
-            or following.client != message.client
-        ):
-            self._handle(message, outgoing, reports)
-            return
-        keys = session.take_releases()
-        inbox.popleft()
-        if keys and _touches(following, keys):
-            release_keys(self, message.client, keys, outgoing, reports)
-            self._handle(following, outgoing, reports)
-            return
-        self._handle(following, outgoing, reports)
-        self._send_work(outgoing)
-        release_keys(self, message.client, keys, outgoing, reports)
-
-    def _send_work(self, outgoing: dict) -> None:
-        """Send now the batches that hold more than housekeeping (see _deliver); the rest stay."""
-        for handle, batch in list(outgoing.items()):
-            for item in batch:
-                if type(item) not in _HOUSEKEEPING:
-                    del outgoing[handle]
-                    self._send(handle, batch)
-                    break
-
-    def _release_wakes(self) -> None:
-        wakes, self._wakes = self._wakes, []
-        for waiter in wakes:
-            waiter.release()
 
     def _read_worker(
         self, handle: WorkerHandle, reader: FrameReader, outgoing: dict, reports: dict
@@ -389,35 +338,6 @@ class Scheduler:
             outgoing.setdefault(handle, []).append(ReturnSegments(tuple(names)))
         if orphans:
             unlink_segments(orphans)  # their writer is gone (only process workers pool)
-
-    def _deliver(self, outgoing: dict, reports: dict) -> None:
-        # work first (idle workers start at once), then clients' results, then what only frees memory
-        # or answers a steal (FreeKeys, ReleaseQueued): waking a process costs the sender time, and a
-        # client waiting for its result should not pay for a worker's housekeeping
-        later = []
-        for handle, batch in outgoing.items():
-            if batch and all(type(message) in _HOUSEKEEPING for message in batch):
-                later.append((handle, batch))
-            else:
-                self._send(handle, batch)
-        for client_id, items in reports.items():
-            session = self.sessions.get(client_id)
-            if session is not None:
-                try:
-                    session.report(items, self._wakes)
-                except Exception:
-                    self.logger.exception("could not report to client %s", client_id)
-        for handle, batch in later:
-            self._send(handle, batch)
-
-    def _send(self, handle: WorkerHandle, batch: list) -> None:
-        if not batch or handle.address not in self.workers:
-            return
-        try:
-            handle.send_messages(batch)
-        except (OSError, EOFError, ValueError):
-            # a dead pipe: the EOF on its receiving side will remove the worker
-            self.logger.debug("could not send to %s", handle.address)
 
     # ------------------------------------------------------------------------------ instruction output
 
@@ -602,6 +522,7 @@ class Scheduler:
             except (KeyError, ValueError, OSError):
                 pass
         outgoing.pop(handle, None)
+        self.delivery.forget(handle)
         self.runs.worker_gone(handle.address, reason)
         self._apply(
             self.state.remove_worker(handle.address, reason, time.time(), expected, running),

@@ -1,0 +1,129 @@
+"""What the scheduler thread sends at the end of each loop turn, and in what order.
+
+``Scheduler._serve`` (``scheduler/server.py``) gathers, in one turn, a batch of messages per worker
+(``outgoing``) and a list of ``TaskStatus`` per client (``reports``); ``Delivery`` sends them::
+
+    outgoing ──► batches with work (a task, a request): sent first, so idle workers start at once
+    reports  ──► each client's session (futures resolve); threads waiting in ``result()`` are woken
+                 last in the turn (``release_wakes``, right before ``poll()`` lets go of the GIL)
+    outgoing ──► housekeeping only (ReleaseQueued, ReturnSegments): after the reports, as a client
+                 waiting for its result should not pay for waking a worker for it
+    FreeKeys alone ──► held: sent ahead of that worker's next batch, or ``FREE_DELAY`` later
+
+Frees alone are held because in a loop of submit -> result the key of each finished task is freed
+while the next task is already on its way: sent at once, every round trip would cost a frame more for
+the scheduler to write and the worker to read; held, the frees share the next task's frame. A held
+free goes ahead of anything sent to its worker later, so a worker never runs a task and then frees
+its key by mistake. Other threads never call this: it is the scheduler thread's own.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Optional
+
+from ..messages import FreeKeys, ReleaseQueued, ReturnSegments
+
+# messages to workers that can wait for clients' reports
+HOUSEKEEPING = (FreeKeys, ReleaseQueued, ReturnSegments)
+FREE_DELAY = 0.01  # seconds a worker's frees wait at most for its next batch
+_HELD_KEYS_LIMIT = 1000  # more frees than this for one worker go at once (the memory they hold)
+
+
+class Delivery:
+    """Sends one turn's batches and reports (see the module docstring)."""
+
+    def __init__(self, scheduler: Any):
+        self.scheduler = scheduler
+        # locks of client threads waiting in result() that this turn's reports resolve: released at
+        # the end of the turn, just before poll() lets go of the GIL (FutureBook.report)
+        self.wakes: list = []
+        self._held: dict = {}  # handle -> [FreeKeys, ...] not sent yet
+        self._held_since = 0.0  # monotonic time the oldest of them was held
+
+    @property
+    def holding(self) -> bool:
+        return bool(self._held)
+
+    def poll_timeout_ms(self, idle_ms: int) -> int:
+        """How long the loop may sleep: held frees must go within ``FREE_DELAY``."""
+        return int(FREE_DELAY * 1000) + 1 if self._held else idle_ms
+
+    def send_held_if_due(self, quiet: bool) -> None:
+        """At the end of a turn: send the held frees if they waited long enough (or nothing
+        happened in this turn)."""
+        if quiet or time.monotonic() - self._held_since >= FREE_DELAY:
+            held, self._held = self._held, {}
+            for handle, batch in held.items():
+                self.send(handle, batch)
+
+    def forget(self, handle) -> None:
+        """A worker was removed: what was held for it goes nowhere."""
+        self._held.pop(handle, None)
+
+    def send_work(self, outgoing: dict) -> None:
+        """Send now the batches that hold more than housekeeping; the rest stay in ``outgoing``."""
+        for handle, batch in list(outgoing.items()):
+            for message in batch:
+                if type(message) not in HOUSEKEEPING:
+                    del outgoing[handle]
+                    self.send(handle, self._with_held(handle, batch))
+                    break
+
+    def deliver(self, outgoing: dict, reports: dict) -> None:
+        """Work first, then clients' reports, then housekeeping; lone frees are held."""
+        later = []
+        for handle, batch in outgoing.items():
+            if not batch:
+                continue
+            batch = self._with_held(handle, batch)
+            for message in batch:
+                if type(message) not in HOUSEKEEPING:
+                    self.send(handle, batch)
+                    break
+            else:
+                if not self._hold(handle, batch):
+                    later.append((handle, batch))
+        scheduler = self.scheduler
+        for client_id, items in reports.items():
+            session = scheduler.sessions.get(client_id)
+            if session is not None:
+                try:
+                    session.report(items, self.wakes)
+                except Exception:
+                    scheduler.logger.exception("could not report to client %s", client_id)
+        for handle, batch in later:
+            self.send(handle, batch)
+
+    def release_wakes(self) -> None:
+        """Wake the client threads this turn's reports resolved (see ``FutureBook.report``)."""
+        wakes, self.wakes = self.wakes, []
+        for waiter in wakes:
+            waiter.release()
+
+    def send(self, handle, batch: list) -> None:
+        if not batch or handle.address not in self.scheduler.workers:
+            return
+        try:
+            handle.send_messages(batch)
+        except (OSError, EOFError, ValueError):
+            # a dead pipe: the EOF on its receiving side will remove the worker
+            self.scheduler.logger.debug("could not send to %s", handle.address)
+
+    def _with_held(self, handle, batch: list) -> list:
+        held: Optional[list] = self._held.pop(handle, None)
+        return held + batch if held else batch
+
+    def _hold(self, handle, batch: list) -> bool:
+        """Keep a batch of frees only for its worker's next batch (or FREE_DELAY)."""
+        keys = 0
+        for message in batch:
+            if type(message) is not FreeKeys:
+                return False
+            keys += len(message.keys)
+        if keys > _HELD_KEYS_LIMIT:
+            return False
+        if not self._held:
+            self._held_since = time.monotonic()
+        self._held[handle] = batch
+        return True
