@@ -8,13 +8,15 @@
                  last in the turn (``release_wakes``, right before ``poll()`` lets go of the GIL)
     outgoing ──► housekeeping only (ReleaseQueued, ReturnSegments): after the reports, as a client
                  waiting for its result should not pay for waking a worker for it
-    FreeKeys alone ──► held: sent ahead of that worker's next batch, or ``FREE_DELAY`` later
+    frees of a client's release applied after its next submission went out (handlers.py,
+    release_then_submit) ──► held: sent ahead of that worker's next batch, or ``FREE_DELAY`` later
 
-Frees alone are held because in a loop of submit -> result the key of each finished task is freed
+Those frees are held because in a loop of submit -> result the key of each finished task is freed
 while the next task is already on its way: sent at once, every round trip would cost a frame more for
-the scheduler to write and the worker to read; held, the frees share the next task's frame. A held
-free goes ahead of anything sent to its worker later, so a worker never runs a task and then frees
-its key by mistake. Other threads never call this: it is the scheduler thread's own.
+the scheduler to write and the worker to read; held, the frees share the next task's frame. Only
+those: a free that cancels work (``cancel``, a failed joblib batch) must reach its worker at once. A
+held free goes ahead of anything sent to its worker later, so a worker never runs a task and then
+frees its key by mistake. Other threads never call this: it is the scheduler thread's own.
 """
 
 from __future__ import annotations
@@ -70,8 +72,15 @@ class Delivery:
                     self.send(handle, self._with_held(handle, batch))
                     break
 
+    def hold(self, batches: dict, outgoing: dict) -> None:
+        """``batches`` (handle -> messages) came from releasing keys whose tasks finished: what only
+        frees waits for its worker's next batch; anything else joins ``outgoing``."""
+        for handle, batch in batches.items():
+            if not self._hold(handle, batch):
+                outgoing.setdefault(handle, []).extend(batch)
+
     def deliver(self, outgoing: dict, reports: dict) -> None:
-        """Work first, then clients' reports, then housekeeping; lone frees are held."""
+        """Work first, then clients' reports, then housekeeping."""
         later = []
         for handle, batch in outgoing.items():
             if not batch:
@@ -82,8 +91,7 @@ class Delivery:
                     self.send(handle, batch)
                     break
             else:
-                if not self._hold(handle, batch):
-                    later.append((handle, batch))
+                later.append((handle, batch))
         scheduler = self.scheduler
         for client_id, items in reports.items():
             session = scheduler.sessions.get(client_id)
@@ -115,15 +123,18 @@ class Delivery:
         return held + batch if held else batch
 
     def _hold(self, handle, batch: list) -> bool:
-        """Keep a batch of frees only for its worker's next batch (or FREE_DELAY)."""
+        """Keep a batch of frees for its worker's next batch (or FREE_DELAY); False: not only frees."""
         keys = 0
         for message in batch:
             if type(message) is not FreeKeys:
                 return False
             keys += len(message.keys)
-        if keys > _HELD_KEYS_LIMIT:
-            return False
-        if not self._held:
+        held = self._held.get(handle)
+        if held is not None:
+            batch = held + batch
+        elif not self._held:
             self._held_since = time.monotonic()
         self._held[handle] = batch
+        if keys > _HELD_KEYS_LIMIT:  # the memory they hold: not worth the wait
+            self.send(handle, self._held.pop(handle))
         return True

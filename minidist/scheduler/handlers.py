@@ -116,7 +116,9 @@ def release_then_submit(
         return
     scheduler._handle(following, outgoing, reports)
     scheduler.delivery.send_work(outgoing)
-    release_keys(scheduler, message.client, keys, outgoing, reports)
+    released: dict = {}  # what releasing sends (frees, mostly): kept apart to be held
+    release_keys(scheduler, message.client, keys, released, reports)
+    scheduler.delivery.hold(released, outgoing)
 
 
 def _names_any(update: UpdateGraph, keys: list) -> bool:
