@@ -487,6 +487,16 @@ class WorkerRuntime:
                     self._flush_wanted.set()
             return
         urgent = type(message) not in _RESULTS or not self._pending
+        if urgent and not self._outbox:
+            # nothing waits to go before it (a chain of single tasks): out at once, without a turn
+            # through the outbox; a message reported meanwhile by another thread goes after it
+            with self._send_lock:
+                if not self._outbox:
+                    try:
+                        self._send([message])
+                    except Exception:
+                        logger.debug("could not report to the scheduler", exc_info=True)
+                    return
         with self._outbox_lock:
             self._outbox.append(message)
             if len(self._outbox) == 1:
