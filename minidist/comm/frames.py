@@ -50,6 +50,11 @@ class FrameReader:
         EOFError if the peer closed the pipe between frames, OSError if in the middle of one (or if
         the descriptor is closed)."""
         buffer = self._buffer
+        if not buffer:  # the common case: nothing left over, a small frame comes in one read
+            buffer = os.read(self._fd, CHUNK)
+            if not buffer:
+                raise EOFError
+            self._buffer = buffer
         if len(buffer) >= 4:
             (size,) = _SIZE.unpack_from(buffer)
             if 0 <= size <= len(buffer) - 4:
@@ -106,7 +111,10 @@ def write_frame(fd: int, data: bytes) -> None:
     threads hold a lock around it."""
     size = len(data)
     if size <= SMALL_FRAME:
-        _write_all(fd, _SIZE.pack(size) + data)
+        frame = _SIZE.pack(size) + data
+        written = os.write(fd, frame)
+        if written < len(frame):  # a full socket buffer took part of it
+            _write_all(fd, memoryview(frame)[written:])
     else:
         if size < 0x7FFFFFFF:
             header = _SIZE.pack(size)

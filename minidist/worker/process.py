@@ -150,7 +150,11 @@ class ProcessWorker:
             function = self.functions[function_id]
             if type(function) is _LazyFunction:
                 function = self.functions[function_id] = loads_function(function.blob)
-            args, kwargs = deserialize(run_spec.arguments, self.mappings.open)
+            arguments = run_spec.arguments
+            if arguments.buffers:
+                args, kwargs = deserialize(arguments, self.mappings.open)
+            else:  # nothing to map (most calls): the pickle alone
+                args, kwargs = pickle.loads(arguments.header)
         return function, args, kwargs
 
     # -------------------------------------------------------------------------------------- dispatch

@@ -16,8 +16,7 @@ import mmap
 import os
 import struct
 from typing import Optional
-
-from ..keys import buffer_checksum
+from zlib import adler32, crc32
 
 SLOTS = 64  # task threads tracked per worker (threads + seceded tasks); beyond that, the fallback
 _SLOT = struct.Struct("<Q")
@@ -26,7 +25,8 @@ _SLOT = struct.Struct("<Q")
 def key_token(key) -> int:
     """A non-zero 64-bit token for a key, the same in every process: CRC-32 and Adler-32 of its repr
     (a fifth of a cryptographic hash's cost, on every task; tokens only tell running keys apart)."""
-    return buffer_checksum(repr(key).encode()) | 1
+    data = repr(key).encode()
+    return (crc32(data) << 32) | adler32(data) | 1
 
 
 class RunningBoard:
@@ -46,7 +46,8 @@ class RunningBoard:
         return cls(fd), fd
 
     def mark(self, slot: int, key) -> None:
-        _SLOT.pack_into(self._map, slot * _SLOT.size, key_token(key))
+        data = repr(key).encode()  # key_token, inlined: this runs before every task
+        _SLOT.pack_into(self._map, slot * _SLOT.size, (crc32(data) << 32) | adler32(data) | 1)
 
     def clear(self, slot: int) -> None:
         _SLOT.pack_into(self._map, slot * _SLOT.size, 0)
