@@ -29,6 +29,7 @@ from ..messages import FreeKeys, ReleaseQueued, ReturnSegments
 # messages to workers that can wait for clients' reports
 HOUSEKEEPING = (FreeKeys, ReleaseQueued, ReturnSegments)
 FREE_DELAY = 0.01  # seconds a worker's frees wait at most for its next batch
+FREE_DELAY_MS = int(FREE_DELAY * 1000) + 1  # the loop's poll() timeout while frees are held
 _HELD_KEYS_LIMIT = 1000  # more frees than this for one worker go at once (the memory they hold)
 
 
@@ -40,28 +41,20 @@ class Delivery:
         # locks of client threads waiting in result() that this turn's reports resolve: released at
         # the end of the turn, just before poll() lets go of the GIL (FutureBook.report)
         self.wakes: list = []
-        self._held: dict = {}  # handle -> [FreeKeys, ...] not sent yet
-        self._held_since = 0.0  # monotonic time the oldest of them was held
-
-    @property
-    def holding(self) -> bool:
-        return bool(self._held)
-
-    def poll_timeout_ms(self, idle_ms: int) -> int:
-        """How long the loop may sleep: held frees must go within ``FREE_DELAY``."""
-        return int(FREE_DELAY * 1000) + 1 if self._held else idle_ms
+        self.held: dict = {}  # handle -> [FreeKeys, ...] not sent yet (read by the loop: no call)
+        self.held_since = 0.0  # monotonic time the oldest of them was held
 
     def send_held_if_due(self, quiet: bool) -> None:
         """At the end of a turn: send the held frees if they waited long enough (or nothing
         happened in this turn)."""
-        if quiet or time.monotonic() - self._held_since >= FREE_DELAY:
-            held, self._held = self._held, {}
+        if quiet or time.monotonic() - self.held_since >= FREE_DELAY:
+            held, self.held = self.held, {}
             for handle, batch in held.items():
                 self.send(handle, batch)
 
     def forget(self, handle) -> None:
         """A worker was removed: what was held for it goes nowhere."""
-        self._held.pop(handle, None)
+        self.held.pop(handle, None)
 
     def send_work(self, outgoing: dict) -> None:
         """Send now the batches that hold more than housekeeping; the rest stay in ``outgoing``."""
@@ -119,7 +112,7 @@ class Delivery:
             self.scheduler.logger.debug("could not send to %s", handle.address)
 
     def _with_held(self, handle, batch: list) -> list:
-        held: Optional[list] = self._held.pop(handle, None)
+        held: Optional[list] = self.held.pop(handle, None)
         return held + batch if held else batch
 
     def _hold(self, handle, batch: list) -> bool:
@@ -129,12 +122,12 @@ class Delivery:
             if type(message) is not FreeKeys:
                 return False
             keys += len(message.keys)
-        held = self._held.get(handle)
+        held = self.held.get(handle)
         if held is not None:
             batch = held + batch
-        elif not self._held:
-            self._held_since = time.monotonic()
-        self._held[handle] = batch
+        elif not self.held:
+            self.held_since = time.monotonic()
+        self.held[handle] = batch
         if keys > _HELD_KEYS_LIMIT:  # the memory they hold: not worth the wait
-            self.send(handle, self._held.pop(handle))
+            self.send(handle, self.held.pop(handle))
         return True

@@ -98,14 +98,22 @@ def release_keys(scheduler, client: str, keys, outgoing: dict, reports: dict) ->
 def release_then_submit(
     scheduler, message: ReleasePending, inbox: deque, outgoing: dict, reports: dict
 ) -> None:
-    """A client's releases followed by its next submission (a loop of submit -> result drops each
-    future just before it submits the next task): the new tasks go out to the workers first, and the
-    releases are applied while the workers run them, off the round trip's path. Only when no key of
-    the submission is among the released ones, so the order cannot matter (a key released and
-    submitted again must be forgotten first); otherwise both in order."""
+    """A client's releases followed by its next submission of one task (a loop of submit -> result
+    drops each future just before it submits the next task): the new task goes out to its worker
+    first, and the releases are applied while the worker runs it, off the round trip's path. Only
+    when no key of the submission is among the released ones, so the order cannot matter (a key
+    released and submitted again must be forgotten first); otherwise both in order. Larger
+    submissions (a graph, a map) keep the order: freeing first lets their results reuse the
+    released ones' shared memory (comm/shm_pool.py)."""
     session = scheduler.sessions.get(message.client)
     following = inbox[0]  # only the scheduler thread takes from the inbox
-    if session is None or type(following) is not UpdateGraph or following.client != message.client:
+    if (
+        session is None
+        or type(following) is not UpdateGraph
+        or following.client != message.client
+        or type(following.tasks) is not tuple
+        or len(following.tasks) != 1
+    ):
         on_release_pending(scheduler, message, outgoing, reports)
         return
     keys = session.take_releases()

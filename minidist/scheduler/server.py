@@ -62,7 +62,7 @@ from ..messages import (
 )
 from ..sparse import TRIM_AFTER, prepare_trim, right_sized, trim_heap
 from . import queries
-from .delivery import Delivery
+from .delivery import FREE_DELAY_MS, Delivery
 from .failure import fail, refuse_inbox
 from .handlers import HANDLERS, WORKER_HANDLERS, release_then_submit
 from .instructions import AskToRelease
@@ -247,7 +247,7 @@ class Scheduler:
         delivery = self.delivery
         while True:
             try:
-                events = poll(delivery.poll_timeout_ms(_IDLE_WAKE_MS))
+                events = poll(FREE_DELAY_MS if delivery.held else _IDLE_WAKE_MS)
             except OSError:
                 events = []
             if self._closing:
@@ -297,7 +297,7 @@ class Scheduler:
                 self._trim_due = 0.0
                 self.task_stream.pack_keys()  # the run's last keys must not pin its arenas
                 trim_heap()
-            if delivery.holding:
+            if delivery.held:
                 delivery.send_held_if_due(quiet=not events)
             if delivery.wakes:
                 delivery.release_wakes()  # the last thing before poll() (see FutureBook.report)
