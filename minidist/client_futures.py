@@ -192,9 +192,12 @@ class FutureBook:
             keys = self._releases.popleft()
             if keys is self._open_releases:
                 self._open_releases = None
-            # after a large run is released, give back the tables it grew (sparse.py)
-            self.states = right_sized(self.states)
-            self._refcounts = right_sized(self._refcounts)
+            # after a large run is released, give back the tables it grew (sparse.py); once the last
+            # batch of a burst of releases is taken, not in its middle: each copy made meanwhile is a
+            # new dict object that stays wherever the run's memory placed it, keeping that arena alive
+            if not self._releases:
+                self.states = right_sized(self.states)
+                self._refcounts = right_sized(self._refcounts)
         return keys
 
     def fire_and_forget(self, key) -> None:

@@ -25,6 +25,7 @@ import heapq
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from .instructions import AskToRelease, Execute, RetireWorker
+from .records import BUSY, RunningMeans
 
 if TYPE_CHECKING:
     from .state import TaskState, WorkerState
@@ -48,7 +49,7 @@ class Placement:
     ready: list
     restricted: dict
     prefetch: int
-    prefix_durations: dict
+    prefix_durations: RunningMeans
     _retired: list
     _idle_changed: bool  # a worker emptied or arrived since the last fill: stealing may help
     _placement_held: bool  # state.hold_placement: fills wait for resume_placement
@@ -211,7 +212,7 @@ class Placement:
         ts.state = "processing"
         ts.processing_on = ws.address
         ws.processing[ts.key] = None
-        ws.idle_since = None
+        ws.idle_clock[0] = BUSY
         if ts.resources:
             for name, amount in ts.resources.items():
                 ws.available[name] = ws.available.get(name, 0) - amount

@@ -7,8 +7,10 @@ here changes itself: every change is an event of ``SchedulerState``.
 
 from __future__ import annotations
 
+import array
+import math
 from typing import AbstractSet as Set
-from typing import Any, Hashable, Optional
+from typing import Any, Hashable, Optional, overload
 
 Key = Hashable
 
@@ -237,6 +239,54 @@ def _without(names: Set[str], name: str) -> Set[str]:
     return frozenset(names - {name})
 
 
+class RunningMeans:
+    """Task prefix -> running mean duration (s), read as a mapping of floats.
+
+    Each mean lives in a one-slot array updated in place rather than as a float object replaced on
+    every task: the float of a large run's last task would outlive the run in one of its allocator
+    arenas and keep that whole arena (1 MiB) alive (``task_stream.py`` says more)."""
+
+    __slots__ = ("_means",)
+
+    def __init__(self) -> None:
+        self._means: dict[str, array.array] = {}
+
+    def record(self, prefix: str, duration: float) -> None:
+        mean = self._means.get(prefix)
+        if mean is None:
+            self._means[prefix] = array.array("d", (duration,))
+        else:
+            mean[0] = 0.8 * mean[0] + 0.2 * duration
+
+    @overload
+    def get(self, prefix: str) -> Optional[float]: ...
+
+    @overload
+    def get(self, prefix: str, default: float) -> float: ...
+
+    def get(self, prefix: str, default: Optional[float] = None) -> Optional[float]:
+        mean = self._means.get(prefix)
+        return default if mean is None else mean[0]
+
+    def __getitem__(self, prefix: str) -> float:
+        return self._means[prefix][0]
+
+    def __contains__(self, prefix: object) -> bool:
+        return prefix in self._means
+
+    def __len__(self) -> int:
+        return len(self._means)
+
+    def __iter__(self):
+        return iter(self._means)
+
+    def keys(self):
+        return self._means.keys()
+
+
+BUSY = math.nan  # WorkerState.idle_clock[0] while the worker has tasks
+
+
 class WorkerState:
     """One worker: its threads and resources, what it runs (``processing``) and caches (``has``)."""
 
@@ -250,8 +300,7 @@ class WorkerState:
         "has",
         "status",
         "seceded",
-        "executing_since",
-        "idle_since",
+        "idle_clock",
         "joined",
     )
 
@@ -267,7 +316,10 @@ class WorkerState:
         self.has: set[Key] = set()
         self.status = "running"  # running | paused | retiring
         self.seceded = 0  # tasks that left their thread slot (secede) and no longer count
-        self.idle_since: Optional[float] = now
+        # [0]: when it last ran out of tasks, BUSY while it has some. An array, not a float
+        # attribute: the float of a large run's last task would outlive the run in one of its
+        # allocator arenas and keep that whole arena alive (task_stream.py says more)
+        self.idle_clock = array.array("d", (now,))
         self.joined = now  # idle_since still equal to it: it was never given a task
         # the frozenset its results' who_has will share, made now rather than at its first result,
         # which may come in the middle of a large run and would keep one of its arenas alive
@@ -276,5 +328,11 @@ class WorkerState:
     def __repr__(self) -> str:
         return f"<WorkerState {self.address} {self.status} processing={len(self.processing)}>"
 
+    @property
+    def idle_since(self) -> Optional[float]:
+        """When it last ran out of tasks (epoch seconds), None while it has some."""
+        since = self.idle_clock[0]
+        return None if math.isnan(since) else since
+
     def never_given_a_task(self) -> bool:
-        return not self.processing and self.idle_since == self.joined
+        return not self.processing and self.idle_clock[0] == self.joined

@@ -42,7 +42,7 @@ from .instructions import (  # noqa: F401
     RetireWorker,
 )
 from .lineage import Lineage
-from .records import NO_KEYS, TaskState, WorkerState
+from .records import NO_KEYS, RunningMeans, TaskState, WorkerState
 
 Key = Hashable
 
@@ -58,7 +58,7 @@ class SchedulerState(Lineage):
         self.ready: list = []  # heap of (priority, key) for unrestricted queued tasks
         self.restricted: dict[Key, TaskState] = {}  # queued tasks with restrictions or resources
         self._sequence = itertools.count()
-        self.prefix_durations: dict[str, float] = {}  # running mean duration per task prefix
+        self.prefix_durations = RunningMeans()  # task prefix -> running mean duration (s)
         self.counts = {"waiting": 0, "queued": 0, "processing": 0, "memory": 0, "erred": 0}
         self._retired: list[str] = []  # retiring workers that just became empty
         self._idle_changed = False

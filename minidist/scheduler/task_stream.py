@@ -27,6 +27,7 @@ arrive later hold their key objects until the next ``pack_keys()``.
 from __future__ import annotations
 
 import array
+import itertools
 import math
 import pickle
 from typing import Iterator, Optional
@@ -118,7 +119,8 @@ class TaskStream:
         except Exception:  # a key pickle cannot take (never a dask key): keep the objects
             return
         self._packed = packed
-        self._keys = [_PACKED] * len(keys)
+        # in place: a new list object made now would land in one of the released run's arenas
+        self._keys[:] = itertools.repeat(_PACKED, len(keys))
 
     def _key_column(self) -> list:
         """Each slot's key (a fresh list if some are packed)."""

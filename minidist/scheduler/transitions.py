@@ -29,8 +29,7 @@ class Transitions(Placement):
     def _record_duration(self, prefix: str, duration: float) -> None:
         if duration < 0:
             return
-        old = self.prefix_durations.get(prefix)
-        self.prefix_durations[prefix] = duration if old is None else 0.8 * old + 0.2 * duration
+        self.prefix_durations.record(prefix, duration)
 
     def _free_slot(self, ws: WorkerState, key: Key, now: float) -> None:
         if key in ws.processing:
@@ -40,7 +39,7 @@ class Transitions(Placement):
                 for name, amount in ts.resources.items():
                     ws.available[name] = ws.available.get(name, 0) + amount
             if not ws.processing:
-                ws.idle_since = now
+                ws.idle_clock[0] = now
                 self._idle_changed = True
                 if ws.status == "retiring":
                     self._retired.append(ws.address)
