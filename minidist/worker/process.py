@@ -72,7 +72,8 @@ class ProcessWorker:
     def __init__(self, conn: Connection, init: dict):
         self.conn = conn
         self.fd = conn.fileno()
-        self.frames = FrameReader(conn.fileno())  # one read per batch of frames (comm/frames.py)
+        # one read per batch of frames, after a poll() for them (comm/frames.py)
+        self.frames = FrameReader(conn.fileno(), blocking=True)
         self.init = init
         self.cluster_id = init["cluster_id"]
         self.parent = ParentWatch(init["parent_pid"])
