@@ -37,7 +37,7 @@ import threading
 
 from minidist.comm.shm import _check_owner, open_for_reading, open_segment
 from minidist.comm.shm_pool_readers import PooledMappings
-from minidist.comm.shm_sweep import SHM_DIR, _check_name
+from minidist.comm.shm_sweep import SHM_DIR, _check_name, file_unlinked
 
 
 class _Kept:
@@ -109,7 +109,7 @@ class MappingCache:
 
     def _take_unlinked(self) -> list[_Kept]:
         with self._lock:
-            unlinked = [key for key, kept in self._kept.items() if _unlinked(kept.fd)]
+            unlinked = [key for key, kept in self._kept.items() if file_unlinked(kept.fd)]
             return [self._kept.pop(key) for key in unlinked]
 
     def drop_unlinked(self) -> int:
@@ -125,13 +125,6 @@ class MappingCache:
             self._kept.clear()
         _forget(gone)
         self.pooled.close()
-
-
-def _unlinked(fd: int) -> bool:
-    try:
-        return os.fstat(fd).st_nlink == 0
-    except OSError:
-        return True
 
 
 def _forget(gone: list[_Kept]) -> None:

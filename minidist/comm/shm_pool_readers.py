@@ -46,7 +46,7 @@ from minidist.comm.shm import (
     open_for_reading,
     open_segment,
 )
-from minidist.comm.shm_sweep import SHM_DIR, _check_name
+from minidist.comm.shm_sweep import SHM_DIR, _check_name, file_unlinked
 
 
 class _Idle:
@@ -136,7 +136,7 @@ class PooledMappings:
         """Let go of the idle mappings of files that have no name left; how many."""
         gone = self._take_returned()
         with self._lock:
-            unlinked = [key for key, idle in self._idle.items() if _unlinked(idle.fd)]
+            unlinked = [key for key, idle in self._idle.items() if file_unlinked(idle.fd)]
             gone += [self._idle.pop(key) for key in unlinked]
         _forget(gone)
         return len(gone)
@@ -159,13 +159,6 @@ def _return(returned: collections.deque, fd: int, key, mapping, size: int) -> No
     except OSError:
         pass
     returned.append((fd, key, mapping, size))
-
-
-def _unlinked(fd: int) -> bool:
-    try:
-        return os.fstat(fd).st_nlink == 0
-    except OSError:
-        return True
 
 
 def _forget(gone: list[_Idle]) -> None:

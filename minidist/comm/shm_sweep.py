@@ -52,6 +52,15 @@ def _unlink_quietly(path: str) -> bool:
     return True
 
 
+def file_unlinked(fd: int) -> bool:
+    """Whether the file open as ``fd`` has no name left (its last link is gone, or fd is unusable):
+    a mapping kept of it only holds memory nobody can name again."""
+    try:
+        return os.fstat(fd).st_nlink == 0
+    except OSError:
+        return True
+
+
 def unlink_segments(names: Iterable[str]) -> None:
     """Unlink each named segment; names already gone are ignored. Mappings in use stay valid."""
     for name in names:
