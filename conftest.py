@@ -6,6 +6,7 @@ leak check around every test module (no child process, thread, file descriptor, 
 from __future__ import annotations
 
 import contextlib
+import os
 
 import pytest
 
@@ -58,3 +59,19 @@ def private_runtime_dir(tmp_path, monkeypatch):
     runtime.mkdir(mode=0o700)
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
     return runtime
+
+
+def count_call(path, value):
+    """Append a line to ``path`` and return ``value``: a task whose runs can be counted from any worker
+    kind (a file, seen by worker processes too), with ``calls(path)``."""
+    with open(path, "a") as f:
+        f.write("x\n")
+    return value
+
+
+def calls(path) -> int:
+    """How many times ``count_call(path, ...)`` ran."""
+    if not os.path.exists(path):
+        return 0
+    with open(path) as f:
+        return len(f.readlines())

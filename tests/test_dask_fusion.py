@@ -13,6 +13,7 @@ import pytest
 
 dask = pytest.importorskip("dask", reason="dask is a test extra: pip install -e '.[test]'")
 
+from conftest import calls, count_call  # noqa: E402
 from minidist import Client  # noqa: E402
 from minidist.integrations.dask_fusion import FUSE_MIN_NODES, group_cap  # noqa: E402
 
@@ -43,19 +44,6 @@ def tasks_run(client, compute) -> list:
     start = time.time()
     compute()
     return [record["key"] for record in client.get_task_stream(start=start)]
-
-
-def count_call(path, value):
-    with open(path, "a") as f:
-        f.write("x\n")
-    return value
-
-
-def calls(path) -> int:
-    if not os.path.exists(path):
-        return 0
-    with open(path) as f:
-        return len(f.readlines())
 
 
 def test_a_large_tree_of_tiny_nodes_runs_as_a_few_fused_tasks(client):

@@ -3,8 +3,6 @@ dask's default scheduler (x.compute(), dask.compute, dask.persist), on both work
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 da = pytest.importorskip("dask.array", reason="dask is a test extra: pip install -e '.[test]'")
@@ -12,6 +10,7 @@ np = pytest.importorskip("numpy")
 import dask  # noqa: E402
 import dask.bag as db  # noqa: E402
 
+from conftest import calls, count_call  # noqa: E402
 from minidist import Client, Future, futures_of, wait  # noqa: E402
 from minidist.keys import key_split  # noqa: E402
 
@@ -24,20 +23,6 @@ def client(request):
         processes=request.param, n_workers=2, threads_per_worker=1, dashboard_address=None
     ) as c:
         yield c
-
-
-def count_call(path, value):
-    """Append a line to ``path`` (works from worker processes too) and return ``value``."""
-    with open(path, "a") as f:
-        f.write("x\n")
-    return value
-
-
-def calls(path) -> int:
-    if not os.path.exists(path):
-        return 0
-    with open(path) as f:
-        return len(f.readlines())
 
 
 # ----------------------------------------------------------------------------------- client.compute
