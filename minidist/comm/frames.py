@@ -123,10 +123,7 @@ def write_frame(fd: int, data: bytes) -> None:
     threads hold a lock around it."""
     size = len(data)
     if size <= SMALL_FRAME:
-        frame = _SIZE.pack(size) + data
-        written = os.write(fd, frame)
-        if written < len(frame):  # a full socket buffer took part of it
-            _write_all(fd, memoryview(frame)[written:])
+        _write_all(fd, _SIZE.pack(size) + data)
     else:
         if size < 0x7FFFFFFF:
             header = _SIZE.pack(size)

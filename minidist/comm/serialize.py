@@ -402,6 +402,8 @@ def deserialize(payload: Payload, open_buffer=open_segment):
     NumPy arrays backed by shared memory are therefore read-only; copy one to modify it.
     ``open_buffer``: how a segment is mapped (a worker passes its ``MappingCache.open``).
     """
+    if not payload.buffers:  # most payloads (a task's small arguments): the pickle alone
+        return pickle.loads(payload.header)
     buffers = [
         open_buffer(b.name, b.nbytes, b.offset, b.pooled) if isinstance(b, SharedBuffer) else b
         for b in payload.buffers

@@ -578,3 +578,11 @@ def _check_owner(fd: int, name: str, path: str) -> os.stat_result:
             path,
         )
     return info
+
+
+def _check_holds(info: os.stat_result, name: str, end: int) -> None:
+    """ValueError unless the segment (``info``: its ``fstat``) holds ``end`` bytes, as its handle says."""
+    if info.st_size < end:
+        raise ValueError(
+            f"shared-memory segment {name!r} holds {info.st_size} bytes, not the {end} its handle names"
+        )

@@ -35,7 +35,7 @@ import mmap
 import os
 import threading
 
-from minidist.comm.shm import _check_owner, open_for_reading, open_segment
+from minidist.comm.shm import _check_holds, _check_owner, open_for_reading, open_segment
 from minidist.comm.shm_pool_readers import PooledMappings
 from minidist.comm.shm_sweep import SHM_DIR, _check_name, file_unlinked
 
@@ -75,11 +75,7 @@ class MappingCache:
         fd = open_for_reading(name, path)
         try:
             info = _check_owner(fd, name, path)
-            if info.st_size < offset + nbytes:
-                raise ValueError(
-                    f"shared-memory segment {name!r} holds {info.st_size} bytes, not the "
-                    f"{offset + nbytes} its handle names"
-                )
+            _check_holds(info, name, offset + nbytes)
             key = (info.st_dev, info.st_ino)
             with self._lock:
                 kept = self._kept.get(key)

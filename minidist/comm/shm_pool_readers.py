@@ -40,6 +40,7 @@ import weakref
 
 from minidist.comm.shm import (
     _POOLED_MAPPINGS_MAX,
+    _check_holds,
     _check_owner,
     _pooled_descriptors,
     lock_for_reading,
@@ -85,11 +86,7 @@ class PooledMappings:
         try:
             info = _check_owner(fd, name, path)
             lock_for_reading(fd, name, path)
-            if info.st_size < offset + nbytes:
-                raise ValueError(
-                    f"shared-memory segment {name!r} holds {info.st_size} bytes, not the "
-                    f"{offset + nbytes} its handle names"
-                )
+            _check_holds(info, name, offset + nbytes)
             key = (info.st_dev, info.st_ino)
             idle = self._take(key, info.st_size)
             if idle is None:

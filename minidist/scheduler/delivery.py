@@ -33,6 +33,14 @@ FREE_DELAY_MS = int(FREE_DELAY * 1000) + 1  # the loop's poll() timeout while fr
 _HELD_KEYS_LIMIT = 1000  # more frees than this for one worker go at once (the memory they hold)
 
 
+def _has_work(batch: list) -> bool:
+    """Whether ``batch`` holds more than housekeeping (a task, a request): it goes out first."""
+    for message in batch:
+        if type(message) not in HOUSEKEEPING:
+            return True
+    return False
+
+
 class Delivery:
     """Sends one turn's batches and reports (see the module docstring)."""
 
@@ -59,11 +67,9 @@ class Delivery:
     def send_work(self, outgoing: dict) -> None:
         """Send now the batches that hold more than housekeeping; the rest stay in ``outgoing``."""
         for handle, batch in list(outgoing.items()):
-            for message in batch:
-                if type(message) not in HOUSEKEEPING:
-                    del outgoing[handle]
-                    self.send(handle, self._with_held(handle, batch))
-                    break
+            if _has_work(batch):
+                del outgoing[handle]
+                self.send(handle, self._with_held(handle, batch))
 
     def hold(self, batches: dict, outgoing: dict) -> None:
         """``batches`` (handle -> messages) came from releasing keys whose tasks finished: what only
@@ -79,10 +85,8 @@ class Delivery:
             if not batch:
                 continue
             batch = self._with_held(handle, batch)
-            for message in batch:
-                if type(message) not in HOUSEKEEPING:
-                    self.send(handle, batch)
-                    break
+            if _has_work(batch):
+                self.send(handle, batch)
             else:
                 later.append((handle, batch))
         scheduler = self.scheduler

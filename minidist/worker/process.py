@@ -73,7 +73,7 @@ class ProcessWorker:
         self.conn = conn
         self.fd = conn.fileno()
         # one read per batch of frames, after a poll() for them (comm/frames.py)
-        self.frames = FrameReader(conn.fileno(), blocking=True)
+        self.frames = FrameReader(self.fd, blocking=True)
         self.init = init
         self.cluster_id = init["cluster_id"]
         self.parent = ParentWatch(init["parent_pid"])
@@ -151,11 +151,7 @@ class ProcessWorker:
             function = self.functions[function_id]
             if type(function) is _LazyFunction:
                 function = self.functions[function_id] = loads_function(function.blob)
-            arguments = run_spec.arguments
-            if arguments.buffers:
-                args, kwargs = deserialize(arguments, self.mappings.open)
-            else:  # nothing to map (most calls): the pickle alone
-                args, kwargs = pickle.loads(arguments.header)
+            args, kwargs = deserialize(run_spec.arguments, self.mappings.open)
         return function, args, kwargs
 
     # -------------------------------------------------------------------------------------- dispatch
