@@ -16,6 +16,7 @@ and if it is dropped without being awaited it closes synchronously, so nothing i
 
 from __future__ import annotations
 
+import functools
 import sys
 import threading
 from typing import TYPE_CHECKING
@@ -41,6 +42,27 @@ def in_event_loop() -> bool:
     except RuntimeError:
         return False
     return True
+
+
+def awaitable_in_loop(method):
+    """Decorate a blocking method of an object with an ``asynchronous`` flag (a client, a cluster):
+    called inside a running event loop with the flag set, the call runs in the loop's default
+    executor and an awaitable of its result is returned, as dask.distributed's ``sync`` methods do
+    (``await client.run(f)``, ``await cluster.scale(4)``); anywhere else it is a plain call."""
+
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        if getattr(self, "asynchronous", False) and in_event_loop():
+            return run_off_loop(functools.partial(method, self, *args, **kwargs))
+        return method(self, *args, **kwargs)
+
+    return call
+
+
+def run_off_loop(blocking):
+    """Run ``blocking()`` in the running loop's default executor: an awaitable of its result. The
+    call starts at once, awaited or not (a blocking call must not wait for the loop's next turn)."""
+    return _asyncio().get_running_loop().run_in_executor(None, blocking)
 
 
 class LoopWaker:

@@ -20,7 +20,7 @@ import weakref
 from collections.abc import Iterator
 from typing import Any, Optional
 
-from .asynchronous import AsyncContext, Closing, in_event_loop
+from .asynchronous import AsyncContext, Closing, in_event_loop, run_off_loop
 from .client_admin import ClusterAdmin
 from .client_async import (
     await_future,
@@ -33,6 +33,7 @@ from .client_events import EventTopics
 from .client_futures import FutureBook
 from .client_ops import ClusterCalls
 from .client_ops import forward as _forward
+from .client_ops import forward_awaitable as _awaitable
 from .client_plugins import PluginClient
 from .client_results import ResultReader
 from .client_shared import Datasets, SharedData
@@ -300,11 +301,16 @@ class Client(AsyncContext):
         futures = futures_in(futures)
         if futures:
             self.scheduler.post(Cancel(tuple(f.key for f in futures)))
-            # the scheduler reports every cancelled key back; wait for that so status is settled
+
+        def settled() -> None:  # the scheduler reports every cancelled key back: statuses settle
             self._book.wait_until(
                 lambda: all(f._state.status == "cancelled" or f._released for f in futures),
                 time.monotonic() + 10,
             )
+
+        if wants_awaitable(self.asynchronous, asynchronous):
+            return run_off_loop(settled)
+        settled()
 
     def retry(self, futures, asynchronous=None) -> None:
         """Run erred futures' tasks again (and the erred tasks they depend on), under the same keys."""
@@ -315,6 +321,8 @@ class Client(AsyncContext):
                 future._state.exception = future._state.traceback = None
         if futures:
             self.scheduler.post(Retry(tuple(f.key for f in futures)))
+        if wants_awaitable(self.asynchronous, asynchronous):
+            return run_off_loop(lambda: None)  # dask's is awaited too
 
     # ------------------------------------------------------------------------------ dask graphs
 
@@ -408,38 +416,40 @@ class Client(AsyncContext):
 
     # --------------------------------------------------------------------------- cluster operations
     # Done by the parts (client_ops.py, client_admin.py); each forwarder keeps the part's signature
-    # and docstring, so help(client.run) shows the real thing.
+    # and docstring, so help(client.run) shows the real thing. The ``_awaitable`` ones are those dask
+    # makes awaitable on an asynchronous client: inside its loop they run off it and return awaitables.
 
-    run = _forward("_calls", ClusterCalls.run)
-    run_on_scheduler = _forward("_calls", ClusterCalls.run_on_scheduler)
-    nthreads = ncores = _forward("_calls", ClusterCalls.nthreads)
+    run = _awaitable("_calls", ClusterCalls.run)
+    run_on_scheduler = _awaitable("_calls", ClusterCalls.run_on_scheduler)
+    nthreads = ncores = _awaitable("_calls", ClusterCalls.nthreads)
     scheduler_info = _forward("_calls", ClusterCalls.scheduler_info)
-    who_has = _forward("_calls", ClusterCalls.who_has)
-    has_what = _forward("_calls", ClusterCalls.has_what)
-    processing = _forward("_calls", ClusterCalls.processing)
-    wait_for_workers = _forward("_calls", ClusterCalls.wait_for_workers)
-    get_scheduler_logs = _forward("_calls", ClusterCalls.get_scheduler_logs)
-    get_worker_logs = _forward("_calls", ClusterCalls.get_worker_logs)
-    get_task_stream = _forward("_calls", ClusterCalls.get_task_stream)
-    retire_workers = _forward("_admin", ClusterAdmin.retire_workers)
-    restart_workers = _forward("_admin", ClusterAdmin.restart_workers)
-    replicate = _forward("_admin", ClusterAdmin.replicate)
-    rebalance = _forward("_admin", ClusterAdmin.rebalance)
-    nbytes = _forward("_admin", ClusterAdmin.nbytes)
-    call_stack = _forward("_admin", ClusterAdmin.call_stack)
-    get_versions = _forward("_admin", ClusterAdmin.get_versions)
-    set_metadata = _forward("_admin", ClusterAdmin.set_metadata)
-    get_metadata = _forward("_admin", ClusterAdmin.get_metadata)
-    publish_dataset = _forward("_shared", SharedData.publish_dataset)
-    unpublish_dataset = _forward("_shared", SharedData.unpublish_dataset)
-    list_datasets = _forward("_shared", SharedData.list_datasets)
-    get_dataset = _forward("_shared", SharedData.get_dataset)
-    log_event = _forward("_events", EventTopics.log_event)
-    get_events = _forward("_events", EventTopics.get_events)
+    who_has = _awaitable("_calls", ClusterCalls.who_has)
+    has_what = _awaitable("_calls", ClusterCalls.has_what)
+    processing = _awaitable("_calls", ClusterCalls.processing)
+    wait_for_workers = _awaitable("_calls", ClusterCalls.wait_for_workers)
+    restart = _awaitable("_calls", ClusterCalls.restart)
+    get_scheduler_logs = _awaitable("_calls", ClusterCalls.get_scheduler_logs)
+    get_worker_logs = _awaitable("_calls", ClusterCalls.get_worker_logs)
+    get_task_stream = _awaitable("_calls", ClusterCalls.get_task_stream)
+    retire_workers = _awaitable("_admin", ClusterAdmin.retire_workers)
+    restart_workers = _awaitable("_admin", ClusterAdmin.restart_workers)
+    replicate = _awaitable("_admin", ClusterAdmin.replicate)
+    rebalance = _awaitable("_admin", ClusterAdmin.rebalance)
+    nbytes = _awaitable("_admin", ClusterAdmin.nbytes)
+    call_stack = _awaitable("_admin", ClusterAdmin.call_stack)
+    get_versions = _awaitable("_admin", ClusterAdmin.get_versions)
+    set_metadata = _awaitable("_admin", ClusterAdmin.set_metadata)
+    get_metadata = _awaitable("_admin", ClusterAdmin.get_metadata)
+    publish_dataset = _awaitable("_shared", SharedData.publish_dataset)
+    unpublish_dataset = _awaitable("_shared", SharedData.unpublish_dataset)
+    list_datasets = _awaitable("_shared", SharedData.list_datasets)
+    get_dataset = _awaitable("_shared", SharedData.get_dataset)
+    log_event = _awaitable("_events", EventTopics.log_event)
+    get_events = _awaitable("_events", EventTopics.get_events)
     subscribe_topic = _forward("_events", EventTopics.subscribe_topic)
     unsubscribe_topic = _forward("_events", EventTopics.unsubscribe_topic)
-    forward_logging = _forward("_events", EventTopics.forward_logging)
-    unforward_logging = _forward("_events", EventTopics.unforward_logging)
+    forward_logging = _awaitable("_events", EventTopics.forward_logging)
+    unforward_logging = _awaitable("_events", EventTopics.unforward_logging)
     get_executor = _forward("_bridge", ClientBridge.get_executor)
     sync = _forward("_bridge", ClientBridge.sync)
     as_current = _forward("_bridge", ClientBridge.as_current)
@@ -450,20 +460,11 @@ class Client(AsyncContext):
         """The published datasets as a mapping: ``client.datasets["x"]``, ``in``, ``del``..."""
         return Datasets(self._shared)
 
-    register_plugin = _forward("_plugins", PluginClient.register_plugin)
-    unregister_worker_plugin = _forward("_plugins", PluginClient.unregister_worker_plugin)
-    unregister_scheduler_plugin = _forward("_plugins", PluginClient.unregister_scheduler_plugin)
-    register_worker_callbacks = _forward("_plugins", PluginClient.register_worker_callbacks)
-    upload_file = _forward("_plugins", PluginClient.upload_file)
-
-    def restart(self, timeout=None, wait_for_workers: bool = True) -> None:
-        """Replace every worker and forget all tasks; this client's futures become cancelled.
-
-        With ``wait_for_workers`` (the default) it returns once the new workers can run tasks, else once
-        the old ones are gone. ``TimeoutError`` if that takes longer than ``timeout`` (seconds or a
-        string such as ``"20s"``; default 30 s). Returns None, as dask's does.
-        """
-        self._calls.invoke("restart", timeout, wait_for_workers)
+    register_plugin = _awaitable("_plugins", PluginClient.register_plugin)
+    unregister_worker_plugin = _awaitable("_plugins", PluginClient.unregister_worker_plugin)
+    unregister_scheduler_plugin = _awaitable("_plugins", PluginClient.unregister_scheduler_plugin)
+    register_worker_callbacks = _awaitable("_plugins", PluginClient.register_worker_callbacks)
+    upload_file = _awaitable("_plugins", PluginClient.upload_file)
 
     # ------------------------------------------------------------- what Future and the scheduler call
 
@@ -505,8 +506,8 @@ class Client(AsyncContext):
     def _get_value(self, key) -> Any:
         return self._results.value(key)
 
-    def _await_future(self, future: Future):
-        return await_future(self._book, self._results, future)
+    def _await_future(self, future: Future, timeout=None, outcome=None):
+        return await_future(self._book, self._results, future, timeout, outcome)
 
     # ------------------------------------------------------------------------------ lifecycle
 

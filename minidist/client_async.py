@@ -46,11 +46,16 @@ async def wait_async(book: FutureBook, future: Future, timeout: Optional[float] 
         raise ClientClosedError(f"The client closed while waiting for {future.key!r}")
 
 
-async def await_future(book: FutureBook, results: ResultReader, future: Future):
-    """``await future``: its value, or the task's exception."""
-    await wait_async(book, future)
+async def await_future(
+    book: FutureBook, results: ResultReader, future: Future, timeout=None, outcome=None
+):
+    """``await future`` (or ``await future.result(timeout)``): its value, or the task's exception.
+    With ``outcome``, what ``outcome()`` returns once the future is done (``await future.exception()``)."""
+    await wait_async(book, future, timeout)
+    if outcome is not None:
+        return outcome()
     if future._state.status != "finished":
-        return future.result()  # raises the error or CancelledError without waiting
+        return future._result(None)  # raises the error or CancelledError without waiting
     fetching = results.fetch_async(future.key)
     if fetching is None:
         return results.value(future.key)  # a local dict lookup

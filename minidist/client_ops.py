@@ -13,6 +13,7 @@ import functools
 import pickle
 from typing import Any, Callable, Optional
 
+from .asynchronous import awaitable_in_loop
 from .data_plane import DataPlane
 from .deploy.cluster import wait_for_ready_workers
 from .futures import futures_in
@@ -97,6 +98,15 @@ class ClusterCalls:
     def get_worker_logs(self, n: Optional[int] = None, workers=None, nanny: bool = False) -> dict:
         return self.invoke("worker_logs", n, workers)
 
+    def restart(self, timeout=None, wait_for_workers: bool = True) -> None:
+        """Replace every worker and forget all tasks; this client's futures become cancelled.
+
+        With ``wait_for_workers`` (the default) it returns once the new workers can run tasks, else once
+        the old ones are gone. ``TimeoutError`` if that takes longer than ``timeout`` (seconds or a
+        string such as ``"20s"``; default 30 s). Returns None, as dask's does.
+        """
+        self.invoke("restart", timeout, wait_for_workers)
+
     def get_task_stream(
         self, start=None, stop=None, count=None, plot=False, filename="task-stream.html", **kwargs
     ) -> list:
@@ -116,3 +126,9 @@ def forward(part: str, method: Callable) -> Callable:
         return method(getattr(self, part), *args, **kwargs)
 
     return forwarded
+
+
+def forward_awaitable(part: str, method: Callable) -> Callable:
+    """``forward`` for the calls dask.distributed makes awaitable on an asynchronous client: inside
+    its running event loop they run off the loop and return awaitables (``asynchronous.py``)."""
+    return awaitable_in_loop(forward(part, method))

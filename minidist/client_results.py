@@ -59,7 +59,7 @@ class ResultReader:
                 return _SKIP
             if prefetched and obj.status == "finished" and obj.key in prefetched:
                 return self.value(obj.key, prefetched[obj.key])
-            return obj.result()
+            return obj._result(None)  # done: never an awaitable, even inside a loop
         if typ in (list, tuple, set, frozenset):
             values = (self.fill(item, errors, prefetched) for item in obj)
             return typ(v for v in values if v is not _SKIP)

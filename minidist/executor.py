@@ -47,7 +47,7 @@ class ClientExecutor(concurrent.futures.Executor):
             if not result.set_running_or_notify_cancel():
                 return  # cancelled meanwhile
             try:
-                result.set_result(finished.result())
+                result.set_result(finished._result(None))
             except CancelledError as exc:
                 result.set_exception(concurrent.futures.CancelledError(str(exc)))
             except BaseException as exc:  # noqa: B036 - the call's own error goes to its future

@@ -18,7 +18,7 @@ import threading
 import time
 from typing import Any, Iterable, Optional
 
-from .asynchronous import LoopWaker
+from .asynchronous import LoopWaker, in_event_loop
 from .default_clients import default_client
 from .errors import CancelledError, FutureTimeoutError
 
@@ -84,8 +84,18 @@ class Future:
         if not self.client._wait_for(state, timeout):
             raise FutureTimeoutError(f"Future {self.key!r} did not finish within {timeout} s")
 
+    def _in_loop(self) -> bool:
+        """Should a call return an awaitable? For an asynchronous client inside a running event loop
+        (dask's ``await future.result()``, ``await future.exception()``...)."""
+        return bool(self.client.asynchronous) and in_event_loop()
+
     def result(self, timeout: Optional[float] = None):
         """Wait for the value and return it; raise the task's exception if it failed."""
+        if self._in_loop():
+            return self.client._await_future(self, timeout)
+        return self._result(timeout)
+
+    def _result(self, timeout: Optional[float]):
         self._wait(timeout)
         status = self._state.status
         if status == "finished":
@@ -108,7 +118,12 @@ class Future:
 
     def exception(self, timeout: Optional[float] = None):
         """The exception the task raised, or None if it succeeded."""
+        if self._in_loop():
+            return self.client._await_future(self, timeout, self._exception)
         self._wait(timeout)
+        return self._exception()
+
+    def _exception(self):
         if self._state.status == "cancelled":
             raise CancelledError(f"Future {self.key!r} was cancelled")
         return self._state.exception if self._state.status == "error" else None
@@ -119,7 +134,12 @@ class Future:
         Process workers send their traceback as text; it is rebuilt here into a traceback whose frames
         name the worker's files, lines and functions (``tracebacks.py``).
         """
+        if self._in_loop():
+            return self.client._await_future(self, timeout, self._traceback)
         self._wait(timeout)
+        return self._traceback()
+
+    def _traceback(self):
         if self._state.status != "error":
             return None
         tb = self._state.traceback
@@ -134,11 +154,11 @@ class Future:
         self.client._add_callback(self, fn)
 
     def cancel(self, **kwargs) -> None:
-        self.client.cancel([self], **kwargs)
+        return self.client.cancel([self], **kwargs)  # an awaitable inside an asynchronous loop
 
     def retry(self, **kwargs) -> None:
         """Run this erred future's task again."""
-        self.client.retry([self], **kwargs)
+        return self.client.retry([self], **kwargs)
 
     def release(self) -> None:
         """Drop this handle now rather than at garbage collection."""

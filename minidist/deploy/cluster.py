@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from typing import Any, Optional
 
-from ..asynchronous import AsyncContext
+from ..asynchronous import AsyncContext, awaitable_in_loop
 from ..errors import FutureTimeoutError
 from ..status import Status
 from ..utils import parse_timedelta
@@ -49,6 +49,7 @@ class Cluster(AsyncContext):
     name: Any = None
     scheduler_address: Optional[str] = None
     status: Status = Status.created
+    asynchronous: bool = False  # inside a running loop, blocking calls return awaitables
     operations: Any  # named operations: SchedulerOperations here, a remote proxy for RemoteCluster
 
     @property
@@ -65,6 +66,7 @@ class Cluster(AsyncContext):
         """dask's attribute: the scheduler's identity and its workers (``["workers"]``), read now."""
         return self.identity()
 
+    @awaitable_in_loop
     def wait_for_workers(self, n_workers: int, timeout=None) -> None:
         """Block until ``n_workers`` workers can run tasks (dask's ``Cluster.wait_for_workers``);
         TimeoutError after ``timeout`` (seconds or "10s")."""

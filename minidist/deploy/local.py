@@ -30,7 +30,7 @@ import threading
 import weakref
 from typing import TYPE_CHECKING, Any, Optional
 
-from ..asynchronous import Closing, in_event_loop
+from ..asynchronous import Closing, awaitable_in_loop, in_event_loop
 from ..comm.shm import KEEP_FRACTION, SegmentStore, new_cluster_id, sweep_cluster, sweep_orphans
 from ..data_plane import ObjectPlane, PickledPlane
 from ..errors import WorkerStartError
@@ -376,6 +376,7 @@ class LocalCluster(Cluster):
 
     # --------------------------------------------------------------------------------------- scale
 
+    @awaitable_in_loop
     def scale(self, n: int = 0, memory=None, cores=None) -> None:
         """Set the number of workers to ``n``, or more if ``cores``/``memory`` ask for more (as dask).
 
@@ -542,6 +543,7 @@ class LocalCluster(Cluster):
         services = getattr(self, "services", None)
         return services.dashboard_link if services is not None else None
 
+    @awaitable_in_loop
     def get_logs(self, cluster: bool = True, scheduler: bool = True, workers: bool = True) -> dict:
         return self.logs.get_logs(cluster=cluster, scheduler=scheduler, workers=workers)
 

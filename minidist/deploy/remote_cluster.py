@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from ..asynchronous import awaitable_in_loop
 from ..errors import CommClosedError
 from ..remote.client import RemoteConnection, open_connection
 from ..status import Status
@@ -45,11 +46,13 @@ class RemoteCluster(Cluster):
     def identity(self, n_workers: int = -1) -> dict:
         return self.operations.invoke("scheduler_info", n_workers)
 
+    @awaitable_in_loop
     def scale(self, n: Optional[int] = None, memory=None, cores=None) -> None:
         if n is None:
             raise ValueError(f"{type(self).__name__}.scale needs a number of workers")
         self.operations.invoke("scale", n)
 
+    @awaitable_in_loop
     def get_logs(self, cluster: bool = True, scheduler: bool = True, workers: bool = True) -> dict:
         return self.operations.invoke(
             "get_logs", cluster=cluster, scheduler=scheduler, workers=workers
