@@ -5,7 +5,7 @@
     minidist serve [--n-workers N] [--threads-per-worker T] [--memory-limit M] [--host H]
                    [--scheduler-port P] [--dashboard-address A] [--scheduler-file F]
         check the flags and the scheduler file ──► LocalCluster(processes=True, tcp://H:P) ──►
-        write F ──► print the address and the dashboard link ──► wait for Ctrl-C or SIGTERM ──►
+        write F ──► print the address and the dashboard link ──► wait for Ctrl-C, SIGTERM or a shutdown ──►
         remove F ──► close the cluster (workers, listener, dashboard, shared memory, secret file) ──► exit 0
 
 Other processes of the same user connect with ``Client("tcp://H:P")`` or ``Client(scheduler_file=F)``
@@ -70,14 +70,19 @@ def memory_limit_value(text: str):
 
 
 class _Stop:
-    """Set by SIGINT/SIGTERM; the main thread waits on it."""
+    """Set by SIGINT/SIGTERM, or by a client's ``shutdown()`` closing the cluster; the main thread
+    waits on it."""
 
     def __init__(self):
         self.event = threading.Event()
-        self.signal_name: Optional[str] = None
+        self.reason: Optional[str] = None
 
     def __call__(self, signum, frame) -> None:
-        self.signal_name = signal.Signals(signum).name
+        self.reason = f"{signal.Signals(signum).name}, stopping the cluster"
+        self.event.set()
+
+    def cluster_closed(self) -> None:
+        self.reason = self.reason or "a client shut the cluster down"
         self.event.set()
 
 
@@ -148,11 +153,12 @@ def serve(argv=None) -> int:
         print(
             f'Connect with Client("{cluster.scheduler_address}")'
             + (f" or Client(scheduler_file={path!r})" if path else "")
-            + ". Ctrl-C or SIGTERM stops it.",
+            + ". Ctrl-C, SIGTERM or a client's shutdown() stops it.",
             flush=True,
         )
+        cluster._when_closed.append(stop.cluster_closed)
         stop.event.wait()
-        print(f"minidist serve: {stop.signal_name}, stopping the cluster", flush=True)
+        print(f"minidist serve: {stop.reason}", flush=True)
     finally:
         if path is not None:
             remove_scheduler_file(path, identity["id"])

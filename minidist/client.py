@@ -22,12 +22,7 @@ from typing import Any, Optional
 
 from .asynchronous import AsyncContext, Closing, in_event_loop, run_off_loop
 from .client_admin import ClusterAdmin
-from .client_async import (
-    await_future,
-    gather_async,
-    scatter_wait_async,
-    wants_awaitable,
-)
+from .client_async import await_future, gather_async, scatter_wait_async, wants_awaitable
 from .client_bridge import ClientBridge, current_client
 from .client_events import EventTopics
 from .client_futures import FutureBook
@@ -40,14 +35,7 @@ from .client_shared import Datasets, SharedData
 from .client_tasks import TaskPacker, map_batch, task_options
 from .default_clients import _clients, current_client_for_task, default_client  # noqa: F401
 from .errors import ClientClosedError
-from .futures import (  # noqa: F401
-    Future,
-    FutureState,
-    as_completed,
-    futures_in,
-    futures_of,
-    shaped_like,
-)
+from .futures import Future, FutureState, as_completed, futures_in, futures_of, shaped_like  # noqa
 from .keys import funcname
 from .messages import Cancel, Release, Retry, Scatter, TaskColumns, UpdateGraph
 from .worker.task_client import register_client_maker
@@ -91,9 +79,7 @@ class Client(AsyncContext):
         self._closed = False
         self.status = "connecting"
         self.cluster: Any  # a LocalCluster, a cluster object given, or a view of a remote one
-        self.scheduler_file = (
-            scheduler_file  # the file it connected by, or wrote (dask's attribute)
-        )
+        self.scheduler_file = scheduler_file  # the file it connected by, or wrote (dask's)
         if scheduler_file is not None:
             if address is not None:
                 raise ValueError("Give Client an address or a scheduler_file, not both")
@@ -127,9 +113,7 @@ class Client(AsyncContext):
                 f"Client() takes no address, a cluster object or an address string, "
                 f"not {type(address).__name__}"
             )
-        self.scheduler = (
-            self.cluster.scheduler
-        )  # post(), fetch(), sessions: local or a remote proxy
+        self.scheduler = self.cluster.scheduler  # post(), fetch(), sessions: local or remote proxy
         self.operations = self.cluster.operations  # named operations (scheduler/operations.py)
         self.data_plane = self.scheduler.data_plane  # how calls and values travel (data_plane.py)
         self.processes = self.data_plane.pickles  # whether work and values cross processes
@@ -538,7 +522,15 @@ class Client(AsyncContext):
             self.cluster.close()
         return None
 
-    shutdown = close
+    def shutdown(self) -> Optional[Closing]:
+        """Close the cluster this client is connected to, even one it did not make, then the client
+        (dask's ``shutdown``): the cluster's other clients lose it too. For ``Client("tcp://...")``
+        the serving process closes its cluster (``minidist serve`` then exits)."""
+        if self.asynchronous and in_event_loop():
+            return Closing(self.shutdown)  # awaitable: shuts down in a worker thread
+        if not self._closed:
+            self.cluster._terminate()
+        return self.close()
 
     def __enter__(self):
         return self

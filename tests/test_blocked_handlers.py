@@ -8,6 +8,7 @@ import re
 
 import pytest
 
+from conftest import wait_until
 from minidist import Client, LocalCluster, get_client
 from minidist.scheduler.operations import HANDLER_NAMES
 
@@ -79,3 +80,31 @@ def test_every_handler_name_is_documented():
     text = DOCS.read_text()
     missing = sorted(name for name in set(HANDLER_NAMES.values()) if f"`{name}`" not in text)
     assert not missing, f"docs/network.md does not list: {missing}"
+
+
+def test_shutdown_closes_a_cluster_the_client_did_not_make_unless_terminate_is_blocked():
+    with LocalCluster(
+        n_workers=1, processes=False, protocol="tcp", dashboard_address=None
+    ) as cluster:
+        with Client(cluster) as local:
+            remote = Client(cluster.scheduler_address)
+            assert remote.submit(inc, 1).result() == 2
+            remote.shutdown()  # dask's: the cluster goes, and every client with it
+            assert remote.status == "closed"
+            # its answer was the connection closing, which is the close's first step
+            assert wait_until(lambda: cluster.status.name == "closed")
+            assert local.status == "running"  # still open, on a closed cluster (as in dask)
+    with LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster:
+        Client(cluster).shutdown()  # a local client: the same
+        assert cluster.status.name == "closed"
+    with LocalCluster(
+        n_workers=1,
+        processes=False,
+        protocol="tcp",
+        dashboard_address=None,
+        blocked_handlers=["terminate"],
+    ) as cluster:
+        with Client(cluster.scheduler_address) as remote:
+            with pytest.raises(ValueError, match=message("terminate")):
+                remote.shutdown()
+            assert remote.submit(inc, 1).result() == 2  # refused, and nothing else changed

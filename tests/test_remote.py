@@ -206,7 +206,9 @@ def test_remote_client_close_releases_its_keys(cluster):
     assert wait_until(lambda: not cluster.scheduler.state.tasks)
     # The release and the unregistration travel in order on the connection, but the scheduler thread
     # may forget the keys before the connection's reader has handled the unregistration.
-    assert wait_until(lambda: not [k for k in cluster.scheduler.sessions if k.startswith("Client-")])
+    assert wait_until(
+        lambda: not [k for k in cluster.scheduler.sessions if k.startswith("Client-")]
+    )
 
 
 def test_dropping_futures_releases_them_on_the_scheduler(remote, cluster):

@@ -170,6 +170,39 @@ def test_ctrl_c_stops_serve_and_removes_the_scheduler_file(tmp_path):
     assert not os.path.exists(scheduler_file) and not port_open(address)
 
 
+def test_a_clients_shutdown_stops_serve(tmp_path):
+    scheduler_file = str(tmp_path / "scheduler.json")
+    server = serve(
+        "--n-workers",
+        "1",
+        "--scheduler-port",
+        "0",
+        "--dashboard-address",
+        "none",
+        "--scheduler-file",
+        scheduler_file,
+    )
+    try:
+        assert wait_until(lambda: os.path.exists(scheduler_file), timeout=30)
+        with open(scheduler_file) as f:
+            address = json.load(f)["address"]
+        descendants = psutil.Process(server.pid).children(recursive=True)
+        client = Client(scheduler_file=scheduler_file)
+        assert client.submit(pow, 2, 5).result() == 32
+        client.shutdown()  # dask's: the cluster goes too, not only this client
+        assert client.status == "closed"
+        assert server.wait(30) == 0, server.stderr.read()
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    assert "a client shut the cluster down" in server.stdout.read()
+    assert wait_until(
+        lambda: not any(p.is_running() and p.status() != "zombie" for p in descendants)
+    )
+    assert not os.path.exists(scheduler_file) and not port_open(address)
+
+
 def test_a_stale_scheduler_file_says_there_is_no_cluster(tmp_path):
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()

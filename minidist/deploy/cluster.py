@@ -72,6 +72,10 @@ class Cluster(AsyncContext):
         TimeoutError after ``timeout`` (seconds or "10s")."""
         wait_for_ready_workers(self.operations, n_workers, timeout)
 
+    def _terminate(self) -> None:
+        """Stop the cluster itself, whoever made it (``Client.shutdown``)."""
+        self.close()
+
     def _worker_facts(self) -> Optional[WorkerFacts]:
         """(threads, memory limit or None) of each worker; None when that cannot be told now."""
         raise NotImplementedError

@@ -142,6 +142,7 @@ class LocalCluster(Cluster):
         # one change of size at a time (scale, adapt, replacement)
         self._scale_lock = threading.RLock()
         self._closing = False
+        self._when_closed: list = []  # called once the close is complete (minidist serve's exit)
         self._adaptive = None  # the Adaptive policy adapt() started, if any
         self.memory_monitor: Optional[MemoryMonitor] = None
         self._worker_count = 0  # names handed out so far
@@ -527,6 +528,8 @@ class LocalCluster(Cluster):
         self.logger.info("Cluster %s closed", self.name)
         self.logs.close(workers_ending="stopped: the cluster closed")
         self.status = Status.closed
+        for callback in self._when_closed:
+            callback()
         return None
 
     def __del__(self):

@@ -65,6 +65,14 @@ class RemoteCluster(Cluster):
             return None
         return [(w["nthreads"], w.get("memory_limit") or None) for w in workers]
 
+    def _terminate(self) -> None:
+        """Ask the serving process to close its cluster; its answer is the connection closing."""
+        try:
+            self.operations.invoke("terminate")
+        except CommClosedError:
+            pass  # closed under the question: what was asked
+        self.close()
+
     def close(self, timeout: float = 2.0):
         """Close the connection only; the cluster itself goes on."""
         self.status = Status.closed

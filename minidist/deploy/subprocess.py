@@ -125,6 +125,9 @@ class SubprocessCluster(RemoteCluster):
         self.status = Status.closed
         return None
 
+    def _terminate(self) -> None:
+        self.close()  # the scheduler process is this object's own: closing it stops the cluster
+
     def _stop_process(self, timeout: float) -> None:
         try:
             self._control.send_bytes(b"close")

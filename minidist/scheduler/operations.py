@@ -43,6 +43,7 @@ HANDLER_NAMES = {
     "task_stream": "get_task_stream",
     "workers_matching": "identity",
     "scale": "scale",
+    "terminate": "terminate",
     **ADMIN_HANDLER_NAMES,
     **COORDINATION_HANDLERS,
     **PLUGIN_HANDLER_NAMES,
@@ -161,6 +162,11 @@ class SchedulerOperations:
 
     def scale(self, n: int) -> None:
         self.cluster.scale(n)
+
+    def terminate(self) -> None:
+        """Close the cluster: workers, scheduler, listener (``Client.shutdown``, dask's "terminate").
+        A remote caller's connection closes with it, which is how it learns the close is done."""
+        self.cluster.close()
 
     def get_logs(self, cluster: bool = True, scheduler: bool = True, workers: bool = True) -> dict:
         return self.cluster.get_logs(cluster=cluster, scheduler=scheduler, workers=workers)
