@@ -12,16 +12,10 @@ from __future__ import annotations
 
 import os
 import uuid
-import zipfile
 
 from .comm.serialize import dumps_function
-from .worker.plugins import (
-    SCHEDULER_HOOKS,
-    WORKER_HOOKS,
-    UploadFile,
-    WorkerCallbacks,
-    check_hooks,
-)
+from .worker.plugins import SCHEDULER_HOOKS, WORKER_HOOKS, check_hooks
+from .worker.shipping import SHIPPABLE_FILES, UploadFile, WorkerCallbacks
 
 
 def _is_a(plugin, base_name: str) -> bool:
@@ -62,7 +56,12 @@ class PluginClient:
             blob = dumps_function(plugin)
         except Exception as exc:
             raise TypeError(f"Could not pickle the plugin {plugin!r} to send it: {exc}") from exc
-        return self._invoke(f"register_{kind}_plugin", blob, str(name), idempotent)
+        installed = self._invoke(f"register_{kind}_plugin", blob, str(name), idempotent)
+        if kind == "worker" and getattr(plugin, "restart_workers", False) is True:
+            # UploadDirectory/PipInstall(restart_workers=True): fresh workers import afresh, and
+            # install the plugin before their first task
+            self._invoke("restart_workers", self._invoke("workers_matching"), None)
+        return installed
 
     def unregister_worker_plugin(self, name, nanny=None):
         """Remove a worker plugin from every worker (its ``teardown`` runs) and from later workers."""
@@ -86,37 +85,8 @@ class PluginClient:
         importable there (imported at once with ``load``). Uploading a file of the same name again
         replaces it, and reloads the module."""
         filename = os.fspath(filename)
-        base = os.path.basename(filename)
-        if not base.endswith((".py", ".zip", ".egg")):
+        if not filename.endswith(SHIPPABLE_FILES):
             raise ValueError(f"upload_file takes a .py, .zip or .egg file, not {filename!r}")
         with open(filename, "rb") as f:
             data = f.read()
-        _check_compiles(filename, data)
-        return self.register_plugin(UploadFile(base, data, load), name=f"upload-file-{base}")
-
-
-def _check_compiles(filename: str, data: bytes) -> None:
-    """SyntaxError naming the file (and member) before anything is sent."""
-    if filename.endswith(".py"):
-        _compile(data, filename)
-        return
-    import io
-
-    try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile:
-        raise ValueError(f"upload_file: {filename!r} is not a zip archive") from None
-    with archive:
-        for member in archive.namelist():
-            if member.endswith(".py"):
-                _compile(archive.read(member), f"{filename}/{member}")
-
-
-def _compile(source: bytes, where: str) -> None:
-    try:
-        compile(source, where, "exec")
-    except SyntaxError as exc:
-        raise SyntaxError(
-            f"upload_file: {where} does not compile (line {exc.lineno}: {exc.msg}); nothing was sent",
-            (where, exc.lineno, exc.offset, exc.text),
-        ) from None
+        return self.register_plugin(UploadFile.of_bytes(filename, data, load))

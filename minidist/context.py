@@ -76,6 +76,13 @@ class WorkerInfo:
         return dict(installed.items()) if installed is not None else {}
 
     @property
+    def local_directory(self) -> str:
+        """A directory of this worker's own (uploaded files and directories land here)."""
+        from .worker.plugins import plugins_of
+
+        return plugins_of(self._runtime).local_directory
+
+    @property
     def client(self):
         return get_client()
 

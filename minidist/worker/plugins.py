@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import difflib
 import logging
-import os
 import shutil
-import sys
 import threading
 from typing import Any, Optional
 
@@ -266,67 +264,3 @@ def close_plugins(runtime) -> None:
     plugins = getattr(runtime, "plugins", None)
     if plugins is not None:
         plugins.close()
-
-
-# ---------------------------------------------------------------------------- built-in plugins
-
-
-class WorkerCallbacks(WorkerPlugin):
-    """``register_worker_callbacks(setup)``: ``setup`` runs on every worker, now and later."""
-
-    def __init__(self, setup):
-        self.setup_function = setup
-
-    def setup(self, worker) -> None:
-        from .admin import call_with_worker
-
-        call_with_worker(self.setup_function, (), {}, worker)
-
-
-class UploadFile(WorkerPlugin):
-    """``upload_file``: write the file into the worker's directory, make it importable, import it."""
-
-    def __init__(self, filename: str, data: bytes, load: bool = True):
-        self.filename = os.path.basename(filename)
-        self.data = data
-        self.load = load
-        self._path_entry: Optional[str] = None
-
-    def setup(self, worker) -> None:
-        import importlib
-
-        directory = plugins_of(worker).local_directory
-        path = os.path.join(directory, self.filename)
-        with open(path, "wb") as f:
-            f.write(self.data)
-        entry = directory if self.filename.endswith(".py") else path
-        if entry not in sys.path:
-            sys.path.insert(0, entry)
-            self._path_entry = entry
-        importlib.invalidate_caches()
-        if self.load:
-            for module in self._modules(path):
-                if module in sys.modules:
-                    importlib.reload(sys.modules[module])
-                else:
-                    importlib.import_module(module)
-
-    def _modules(self, path: str) -> list:
-        """Top-level modules the file provides: the .py's own name, or the archive's top entries."""
-        if self.filename.endswith(".py"):
-            return [self.filename[:-3]]
-        import zipfile
-
-        names = set()
-        with zipfile.ZipFile(path) as archive:
-            for member in archive.namelist():
-                top = member.split("/", 1)[0]
-                if member.endswith(".py") and "/" not in member:
-                    names.add(top[:-3])
-                elif "/" in member and member.split("/", 1)[1] == "__init__.py":
-                    names.add(top)
-        return sorted(n for n in names if n.isidentifier() and n != "EGG-INFO")
-
-    def teardown(self, worker) -> None:
-        if self._path_entry is not None and self._path_entry in sys.path:
-            sys.path.remove(self._path_entry)
