@@ -151,3 +151,38 @@ def test_many_short_tasks_on_one_large_held_input_still_spread_once_the_wait_is_
     assert Publish(holder, ("big",)) in instructions
     ran = [inst.worker for inst in instructions if isinstance(inst, Execute)]
     assert 30 <= ran.count(holder) <= 170
+
+
+def test_a_cheap_task_joins_the_busy_worker_holding_most_of_its_inputs_rather_than_have_them_published():
+    # rechunk's last step: a 2 ms merge of three 4 MB slices, two held by a worker busy for a while
+    # and one by an idle worker. Publishing the two for the idle worker would cost their holder
+    # more than the merge itself: the merge joins the holder's queue, and only the one slice the
+    # idle worker holds is published
+    state = SchedulerState()
+    state.add_worker("A", 1)
+    state.add_worker("B", 1)
+    learn_duration(state, "merge", 0.002)
+    learn_duration(state, "long", 0.2)
+    slices = [NewTask(f"slice-{i}", prefix="slice", workers=frozenset({"A"})) for i in range(2)]
+    slices += [NewTask("slice-2", prefix="slice", workers=frozenset({"B"}))]
+    merge = NewTask("merge", ("slice-0", "slice-1", "slice-2"), prefix="merge")
+    out = state.update_graph(slices + [merge], "client", ["merge"])
+    handed = {inst.key: inst for inst in executes(out)}
+    assert {handed[f"slice-{i}"].worker for i in range(3)} == {"A", "B"}
+    # A gets long tasks as well, which fill its room once its slices are done
+    longs = [NewTask(f"long-{i}", prefix="long", workers=frozenset({"A"})) for i in range(3)]
+    out = state.update_graph(longs, "client", [task.key for task in longs])
+    everything = list(out)
+    for key in ("slice-2", "slice-0", "slice-1"):
+        inst = handed[key]
+        everything += state.task_finished(
+            key, inst.worker, 4 * MiB, 0.0, 0.001, inst.attempt, held=True
+        )
+    assert len(state.workers["A"].processing) >= 3  # the long tasks, and B is idle
+
+    publications = [inst for inst in everything if isinstance(inst, Publish)]
+    assert publications == [Publish("B", ("slice-2",))]
+    everything += state.published("slice-2", "B")
+    [execute] = [inst for inst in executes(everything) if inst.key == "merge"]
+    assert execute.worker == "A"
+    assert execute.missing_deps == ("slice-2",)

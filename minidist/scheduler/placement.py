@@ -13,7 +13,8 @@ Mixed into ``SchedulerState`` (pure, like it). Three rules:
    of the task's dependencies, then the least loaded. A dependency that lives only in another worker's
    memory (a held result, ``lineage.py``) must be published first (the task waits aside until it is),
    so the worker needing no new publication comes first, and may take the task a little beyond its
-   room when it is busy. A task without dependencies goes where most of its siblings (the other
+   room when it is busy, or well beyond when publishing would cost the holder more than the work it
+   would take off it. A task without dependencies goes where most of its siblings (the other
    inputs of its dependents) run or are held, so their dependent need not move any of them. An idle
    worker steals prefetched (not yet started) tasks from the busiest one, so a deep prefetch never
    leaves a core idle.
@@ -39,6 +40,9 @@ MAX_PREFETCH = 256
 # the reader maps it and faults its pages in (about 0.25 ms per MB on this 2-core machine, fresh
 # segments more, recycled ones less); a short task whose inputs would cost more stays with them
 PUBLISH_SECONDS_PER_BYTE = 0.25e-9
+# and per key published, whatever its size: the Publish and Published messages, the scheduler's turns
+# for them, the dependent's wait aside and its second placement
+PUBLISH_SECONDS = 0.3e-3
 MAX_FAMILY = 64  # root placement looks at siblings only for dependents of at most this many inputs
 
 
@@ -196,8 +200,9 @@ class Placement:
                         self._holder_to_wait_for(ts, ws) if other is None and redirect else None
                     )
                     if holder is not None:
-                        # publishing would take longer than the holder's queue (a slice of a large
-                        # held result): the task joins that queue, beyond the holder's room
+                        # publishing would take longer than the holder's queue, or cost the holder
+                        # more than the work it moves (a slice of a large held result): the task
+                        # joins that queue, beyond the holder's room
                         other = holder
                     if other is not None:
                         self._assign(ts, other, out, redirect=False)
@@ -233,16 +238,29 @@ class Placement:
         )
 
     def _holder_to_wait_for(self, ts: TaskState, ws: WorkerState) -> Optional[WorkerState]:
-        """The worker holding most of the held dependencies ``ts`` would need published to run on
-        ``ws``, if publishing them (writing and reading their bytes) would take longer than that
-        worker's queue takes to drain, so ``ts`` had better join it. None: publish (also when how
-        long tasks take is not known yet, or the holder's queue is as deep as any may be). The
-        holder's queue so stays shorter than what a publication costs."""
-        if ts.prefix not in self.prefix_durations:
+        """The worker holding most bytes of the held dependencies ``ts`` would need published to run
+        on ``ws``, if ``ts`` had better join that worker's queue (beyond its room, and no idle
+        worker steals it). Two reasons, each comparing what publishing them costs (their bytes at
+        ``PUBLISH_SECONDS_PER_BYTE`` plus ``PUBLISH_SECONDS`` each):
+
+        - it is more than the work the publication would let leave that worker: their unfinished
+          dependents not queued there already (``ts`` among them), at ``ts``'s usual duration. The
+          holder pays the publication, so an idle ``ws`` would save it nothing: rechunk's 1 ms
+          slices of a 96 MB merge, a merge of three 4 MB slices two of which one worker holds,
+          stay there; a thousand tasks reading one large result do not;
+        - it takes longer than that worker's queue takes to drain (the usual durations of its
+          tasks' prefixes), so that queue stays shorter than a publication takes.
+
+        None: publish (also when how long tasks take is not known yet, or the holder's queue is as
+        deep as any may be)."""
+        durations = self.prefix_durations
+        duration = durations.get(ts.prefix)
+        if duration is None:
             return None
         tasks = self.tasks
         nbytes = 0
-        holder, most = None, 0
+        needed = []
+        by_holder: dict = {}  # address -> bytes it would publish
         for dep_key in ts.dependencies:
             dep = tasks.get(dep_key)
             if (
@@ -253,19 +271,31 @@ class Placement:
             ):
                 continue
             nbytes += dep.nbytes
-            if dep.nbytes >= most:
-                for address in dep.who_has:
-                    other = self.workers.get(address)
-                    if other is not None and other.status == "running":
-                        holder, most = other, dep.nbytes
+            needed.append(dep)
+            for address in dep.who_has:
+                by_holder[address] = by_holder.get(address, 0) + dep.nbytes
+        holder, most = None, 0
+        for address, held in by_holder.items():
+            other = self.workers.get(address)
+            if other is not None and other.status == "running" and held > most:
+                holder, most = other, held
         if (
             holder is None
             or len(holder.processing) >= self.worker_capacity(holder)
             or not self._runnable_on(ts, holder)
         ):
             return None
-        budget = nbytes * PUBLISH_SECONDS_PER_BYTE * max(holder.nthreads, 1)
-        durations = self.prefix_durations
+        keys = 0
+        movable = 1  # ts itself
+        for dep in needed:
+            if holder.address in dep.who_has:
+                keys += 1
+                movable = max(movable, self._movable_dependents(dep, holder.address))
+        if most * PUBLISH_SECONDS_PER_BYTE + keys * PUBLISH_SECONDS >= movable * duration:
+            return holder
+        budget = (nbytes * PUBLISH_SECONDS_PER_BYTE + len(needed) * PUBLISH_SECONDS) * max(
+            holder.nthreads, 1
+        )
         backlog = 0.0
         for key in holder.processing:
             queued = tasks.get(key)
@@ -274,6 +304,23 @@ class Placement:
                 if backlog >= budget:
                     return None
         return holder
+
+    def _movable_dependents(self, dep: TaskState, address: str) -> int:
+        """About how many unfinished dependents of ``dep`` are not queued on ``address`` (counted
+        among the first ``MAX_FAMILY``, scaled to all)."""
+        waiters = dep.waiters
+        looked = elsewhere = 0
+        tasks = self.tasks
+        for key in waiters:
+            if looked >= MAX_FAMILY:
+                break
+            looked += 1
+            waiter = tasks.get(key)
+            if waiter is not None and waiter.processing_on != address:
+                elsewhere += 1
+        if looked == 0:
+            return 0
+        return elsewhere * len(waiters) // looked
 
     def _no_publication_worker(self, ts: TaskState, chosen: WorkerState) -> Optional[WorkerState]:
         """A running worker other than ``chosen`` for which no held dependency of ``ts`` must be newly
