@@ -15,13 +15,14 @@ import sys
 import textwrap
 import threading
 import time
+import uuid
 
 import numpy as np
 import psutil
 import pytest
 
 from conftest import two_process_workers, wait_until
-from minidist import Client, LocalCluster, wait
+from minidist import Client, Event, LocalCluster, wait
 from minidist.comm.shm import (
     SegmentStore,
     list_segments,
@@ -57,9 +58,10 @@ def total(array, *_ignored) -> float:
     return float(array.sum())
 
 
-def slow_total(array, *_ignored) -> float:
-    """Long enough that every task of a test is still pending while the test looks at /dev/shm."""
-    time.sleep(0.5)
+def gated_total(array, gate: str, *_ignored) -> float:
+    """Finishes only once the test sets the Event ``gate``: every task of a test is still pending
+    while the test looks at /dev/shm (a finished task's arguments are freed at once)."""
+    assert Event(gate).wait(30), "the test never opened the gate"
     return float(array.sum())
 
 
@@ -272,13 +274,15 @@ def test_scattered_array_is_written_once_for_every_task_on_both_workers(
 
 def test_one_array_passed_to_many_tasks_stores_its_bytes_once(client, cluster_id):
     array = np.random.default_rng(1).random(16 * MiB // 8)
-    futures = [client.submit(slow_total, array, i) for i in range(4)]  # four distinct tasks
+    gate = Event(f"gate-{uuid.uuid4().hex}", client=client)
+    futures = [client.submit(gated_total, array, gate.name, i) for i in range(4)]  # four tasks
     names = cluster_segments(cluster_id)
     # one name per task, so each can be freed on its own (and, where the kernel can watch the array
     # for writes, one the cluster keeps while the array lives: tests/test_kept_segments.py) ...
     assert len(names) in (4, 5)
     inodes = {os.stat(f"/dev/shm/{n}").st_ino for n in names}
     assert len(inodes) == 1  # ... but one copy of the data (hard links)
+    gate.set()
     assert client.gather(futures) == [pytest.approx(array.sum())] * 4
     del futures, array
     assert wait_until(lambda: cluster_segments(cluster_id) == [])
@@ -286,12 +290,14 @@ def test_one_array_passed_to_many_tasks_stores_its_bytes_once(client, cluster_id
 
 def test_array_changed_in_place_between_submissions_is_sent_again(client, cluster_id):
     array = np.ones(4 * MiB // 8)
-    first = client.submit(slow_total, array)
+    gate = Event(f"gate-{uuid.uuid4().hex}", client=client)
+    first = client.submit(gated_total, array, gate.name)
     array[-1] = 100.0  # same object, same address: the new submission must not re-use the old bytes
-    second = client.submit(slow_total, array)
+    second = client.submit(gated_total, array, gate.name)
     assert first.key != second.key
     inodes = {os.stat(f"/dev/shm/{name}").st_ino for name in cluster_segments(cluster_id)}
     assert len(inodes) == 2
+    gate.set()
     assert (first.result(), second.result()) == (array.size, array.size + 99.0)
     del first, second
 
@@ -450,7 +456,7 @@ def test_client_process_killed_leaves_no_segment_once_its_workers_exit():
         process.send_signal(signal.SIGKILL)
         process.wait(10)
         # the workers see their parent gone, sweep the cluster's shared memory and leave
-        assert wait_until(lambda: not any(alive(p) for p in pids), timeout=15)
+        assert wait_until(lambda: not any(alive(p) for p in pids), timeout=30)
         assert cluster_segments(cluster_id) == []
     finally:
         process.kill()
@@ -536,7 +542,7 @@ def test_worker_memory_leaves_out_shared_pages_it_reads_or_wrote(client, workers
     assert process_memory(reader) - reader_used < 0.25 * size
     # the producer keeps only the shared-memory copy of its result, not a private one as well (its
     # task thread drops the original just after reporting it)
-    assert wait_until(lambda: process_memory(writer) - writer_used < 0.25 * size, timeout=5)
+    assert wait_until(lambda: process_memory(writer) - writer_used < 0.25 * size)
     del scattered, produced
 
 

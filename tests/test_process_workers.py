@@ -89,7 +89,15 @@ def test_external_sigkill_during_map_loses_no_result(client):
     os.kill(victim, signal.SIGKILL)
     assert not all(f.done() for f in futures)
     assert client.gather(futures) == list(range(1, 41))
-    assert not psutil.pid_exists(victim) or psutil.Process(victim).status() == psutil.STATUS_ZOMBIE
+    assert wait_until(lambda: gone(victim))
+
+
+def gone(pid: int) -> bool:
+    """The process has exited (reaped, or a zombie not yet reaped)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 def test_restart_replaces_workers_and_cancels_futures(client):
@@ -171,10 +179,7 @@ def test_workers_exit_when_the_client_process_is_killed():
         assert len(pids) == 2
         parent.kill()
         parent.wait(10)
-        deadline = time.time() + 10
-        while time.time() < deadline and any(psutil.pid_exists(p) for p in pids):
-            time.sleep(0.05)
-        assert not any(psutil.pid_exists(p) for p in pids)
+        assert wait_until(lambda: not any(psutil.pid_exists(p) for p in pids), timeout=30)
     finally:
         parent.kill()
         parent.wait(10)
