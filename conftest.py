@@ -16,7 +16,7 @@ from minidist.testing import no_leaks, wait_until  # noqa: E402
 
 pytest_plugins = ["minidist.testing"]
 
-__all__ = ["two_process_workers", "wait_until"]  # tests import them from here
+__all__ = ["process_gone", "two_process_workers", "wait_until"]  # tests import them from here
 
 
 @contextlib.contextmanager
@@ -31,6 +31,19 @@ def two_process_workers():
     ):
         client.wait_for_workers(2, timeout=20)
         yield client
+
+
+def process_gone(process) -> bool:
+    """The process (a pid or a ``psutil.Process``) has exited: reaped, or a zombie its parent has not
+    reaped yet. (Asking whether it exists and then for its status races with the reaping between.)"""
+    import psutil
+
+    try:
+        if isinstance(process, int):
+            process = psutil.Process(process)
+        return not process.is_running() or process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -9,11 +9,10 @@ import signal
 import time
 import warnings
 
-import psutil
 import pytest
 
 import minidist.deploy.options as options_module
-from conftest import wait_until
+from conftest import process_gone, wait_until
 from minidist import Client, KilledWorker, LocalCluster, get_worker
 from minidist.deploy.worker_hooks import Worker
 
@@ -341,11 +340,7 @@ def test_sigkill_from_outside_during_a_map_loses_no_result_and_the_cluster_heals
     assert client.gather(second) == [2 * x for x in range(1, 31)]
     assert wait_until(lambda: len(worker_info(client.cluster)) == 2, timeout=10)
     assert victim not in {w["pid"] for w in worker_info(client.cluster)}
-    assert wait_until(
-        lambda: (
-            not psutil.pid_exists(victim) or psutil.Process(victim).status() == psutil.STATUS_ZOMBIE
-        )
-    )
+    assert wait_until(lambda: process_gone(victim))
     assert "killed by SIGKILL" in client.cluster.get_logs()["Scheduler"]
 
 

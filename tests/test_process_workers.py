@@ -13,7 +13,7 @@ import time
 import psutil
 import pytest
 
-from conftest import wait_until
+from conftest import process_gone, wait_until
 from minidist import Client, KilledWorker, TaskSerializationError
 
 pytestmark = pytest.mark.timeout(90)
@@ -89,15 +89,7 @@ def test_external_sigkill_during_map_loses_no_result(client):
     os.kill(victim, signal.SIGKILL)
     assert not all(f.done() for f in futures)
     assert client.gather(futures) == list(range(1, 41))
-    assert wait_until(lambda: gone(victim))
-
-
-def gone(pid: int) -> bool:
-    """The process has exited (reaped, or a zombie not yet reaped)."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
+    assert wait_until(lambda: process_gone(victim))
 
 
 def test_restart_replaces_workers_and_cancels_futures(client):

@@ -14,7 +14,7 @@ import sysconfig
 import psutil
 import pytest
 
-from conftest import wait_until
+from conftest import process_gone, wait_until
 from minidist import Client, LocalCluster
 from minidist.comm.addressing import parse_address
 from minidist.comm.tcp import secret_path
@@ -129,9 +129,7 @@ def test_serve_is_shared_by_two_clients_and_leaves_nothing_on_sigterm(tmp_path):
             server.kill()
             server.wait()
     # nothing left: processes, port, scheduler file, secret file, shared-memory segments
-    assert wait_until(
-        lambda: not any(p.is_running() and p.status() != "zombie" for p in descendants)
-    )
+    assert wait_until(lambda: all(process_gone(p) for p in descendants))
     assert not port_open(address)
     assert not os.path.exists(scheduler_file)
     assert not os.path.exists(secret_path(address))
@@ -164,9 +162,7 @@ def test_ctrl_c_stops_serve_and_removes_the_scheduler_file(tmp_path):
             server.kill()
             server.wait()
     assert "SIGINT" in server.stdout.read()
-    assert wait_until(
-        lambda: not any(p.is_running() and p.status() != "zombie" for p in descendants)
-    )
+    assert wait_until(lambda: all(process_gone(p) for p in descendants))
     assert not os.path.exists(scheduler_file) and not port_open(address)
 
 

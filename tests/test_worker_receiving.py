@@ -99,7 +99,7 @@ def test_a_long_task_after_a_stream_of_short_ones_still_lets_the_worker_answer(
         x = client.submit(inc, x, pure=False).result(timeout=30)
     started, release = tmp_path / "started", tmp_path / "release"
     long = client.submit(signal_then_wait, str(started), str(release))
-    wait_until(started.exists)
+    assert wait_until(started.exists)
     assert len(client.run(os.getpid)) == 1  # answered while the long task holds the only slot
     queued = client.submit(inc, x)
     release.write_text("go")
