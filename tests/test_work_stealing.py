@@ -10,7 +10,7 @@ import time
 import pytest
 
 from conftest import wait_until
-from minidist import Client, get_worker
+from minidist import Client, Event, get_worker, wait
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -43,16 +43,29 @@ def test_stolen_tasks_run_exactly_once(tmp_path, processes):
     assert len({worker for _, worker in runs}) == 2  # both workers took part
 
 
+def record_then_wait(i, path, gate):
+    """``record``, then hold the worker's only thread until the test sets the Event ``gate``."""
+    record(i, 0.0, path)
+    Event(gate).wait(60)
+    return i
+
+
 def test_an_idle_worker_takes_work_queued_behind_a_long_task(tmp_path):
     path = str(tmp_path / "runs.txt")
     with Client(n_workers=2, threads_per_worker=1, dashboard_address=None) as client:
         workers = list(client.scheduler_info()["workers"])
-        long = client.submit(record, -1, 3.0, path, pure=False, workers=[workers[0]])
+        gate = Event(f"long-{client.id}", client=client)
+        long = client.submit(
+            record_then_wait, -1, path, gate.name, pure=False, workers=[workers[0]]
+        )
         assert wait_until(lambda: os.path.exists(path), timeout=30)  # the long task is running
         # queued behind the long task on its worker (allowed elsewhere): the other worker steals them
         short = client.map(record, range(6), [0.0] * 6, path=path, pure=False)
+        # all six finish while the long task still holds its worker (it waits for the gate)
+        wait(short, timeout=30)
+        assert not long.done()
         assert client.gather(short) == list(range(6))
         ran_on = {int(i): w for i, w in (line.split() for line in open(path).read().splitlines())}
-        assert not long.done()  # all six finished while the long task still ran
         assert len(ran_on) == 7 and ran_on[-1] == workers[0]
-        assert long.result() == -1
+        gate.set()
+        assert long.result(timeout=30) == -1

@@ -19,11 +19,19 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from conftest import only_new_objects_collected
 from minidist.comm.shm import SegmentStore, list_segments, new_cluster_id, unlink_segments
 from minidist.comm.shm_mappings import MappingCache
 
 WATCHED = 16 << 20  # buffers this large passed again are watched, and so may be kept
 SLOTS = 3
+
+
+@pytest.fixture(autouse=True)
+def collections_walk_this_tests_objects_only():
+    """The machine collects garbage at every step: make each collection cheap (see conftest)."""
+    with only_new_objects_collected():
+        yield
 
 
 class KeptSegmentsLifecycle(RuleBasedStateMachine):

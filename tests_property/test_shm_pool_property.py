@@ -18,6 +18,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from conftest import only_new_objects_collected
 from minidist.comm.shm import SegmentStore, new_cluster_id, open_segment, sweep_cluster
 from minidist.comm.shm_pool import SegmentPool
 from minidist.comm.shm_pool_readers import PooledMappings
@@ -25,6 +26,13 @@ from minidist.comm.shm_pool_readers import PooledMappings
 pytestmark = pytest.mark.timeout(120)
 
 SIZES = (64 * 1024, 96 * 1024, 256 * 1024)  # bytes; 64 and 96 KiB may share a segment
+
+
+@pytest.fixture(autouse=True)
+def collections_walk_this_tests_objects_only():
+    """The machine collects garbage at every step: make each collection cheap (see conftest)."""
+    with only_new_objects_collected():
+        yield
 
 
 class PoolMachine(RuleBasedStateMachine):
