@@ -140,7 +140,7 @@ def test_a_worker_maps_an_array_read_again_once_and_lets_go_when_it_is_freed(cli
         assert run(array, 1) == seen[:1]  # and again once those tasks were released
     del array  # every name of the file goes: the worker lets go of its mapping soon after
     assert wait_until(lambda: names(cluster_id) == [])
-    assert wait_until(lambda: mapped_segments(pid, cluster_id) == [], timeout=5)
+    assert wait_until(lambda: mapped_segments(pid, cluster_id) == [])
 
 
 def test_a_submit_after_the_cluster_closed_leaves_nothing_kept():
