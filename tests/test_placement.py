@@ -186,3 +186,68 @@ def test_a_cheap_task_joins_the_busy_worker_holding_most_of_its_inputs_rather_th
     [execute] = [inst for inst in executes(everything) if inst.key == "merge"]
     assert execute.worker == "A"
     assert execute.missing_deps == ("slice-2",)
+
+
+def rechunk_like(state: SchedulerState, merge_on: list, chunks: int) -> tuple:
+    """rechunk's shape: merges pinned to workers, ``chunks`` slices of each (run where their merge
+    is) and final chunks reading one slice of every merge. Every task finishes as handed out, each
+    worker's in turn, large results held when allowed and published when asked for. The Execute of
+    every task, and the keys asked to be published with the step at which they were."""
+    tasks = [
+        NewTask(f"merge-{m}", prefix="merge", workers=frozenset([on]))
+        for m, on in enumerate(merge_on)
+    ]
+    tasks += [
+        NewTask(f"slice-{m}-{c}", (f"merge-{m}",), prefix="slice", workers=frozenset([on]))
+        for m, on in enumerate(merge_on)
+        for c in range(chunks)
+    ]
+    tasks += [
+        NewTask(f"final-{c}", tuple(f"slice-{m}-{c}" for m in range(len(merge_on))), prefix="f")
+        for c in range(chunks)
+    ]
+    handed = deque(state.update_graph(tasks, "client", [f"final-{c}" for c in range(chunks)]))
+    executed: dict = {}
+    steps: dict = {}  # key -> the step it finished at; ("asked", key) -> when asked to publish it
+    step = 0
+    while handed:
+        inst = handed.popleft()
+        step += 1
+        if isinstance(inst, Publish):
+            out = [o for key in inst.keys for o in state.published(key, inst.worker)]
+        elif isinstance(inst, Execute):
+            executed[inst.key] = inst
+            held = inst.may_hold and inst.key[0] != "f"  # as a worker does: results >= 1 MiB
+            out = state.task_finished(
+                inst.key, inst.worker, 4 * MiB, 0.0, 0.001, inst.attempt, held=held
+            )
+            steps[inst.key] = step
+        else:
+            continue
+        for o in out:
+            if isinstance(o, Publish):
+                for key in o.keys:
+                    steps.setdefault(("asked", key), step)
+        handed.extend(out)
+    return executed, steps
+
+
+def test_a_held_slice_a_final_chunk_on_the_other_worker_reads_is_published_before_it_is_placed():
+    # two merges on A, one on B: each final chunk will run on A, where two of its three slices
+    # are, so B publishes its slice as soon as that is clear, beside its next task, rather than
+    # once the final chunk is placed and set aside to wait for it (a round trip on its path)
+    state = SchedulerState()
+    state.add_worker("A", 1)
+    state.add_worker("B", 1)
+    executed, steps = rechunk_like(state, ["A", "A", "B"], chunks=8)
+
+    assert all(state.tasks[f"final-{c}"].state == "memory" for c in range(8))
+    on_a = [c for c in range(8) if executed[f"final-{c}"].worker == "A"]
+    assert len(on_a) >= 4  # where most of their inputs are (B, idle meanwhile, may take some)
+    for c in on_a:
+        piece = executed[f"slice-2-{c}"]
+        ready_at = max(steps[f"slice-{m}-{c}"] for m in range(3))  # when final-c could be placed
+        assert piece.may_hold
+        assert steps.get(("asked", piece.key), ready_at) < ready_at, c
+    # the slices of the two merges on A are read there: held, not written out as they finish
+    assert all(executed[f"slice-{m}-{c}"].may_hold for m in (0, 1) for c in range(8))

@@ -178,7 +178,8 @@ class _BufferSink:
             return  # nothing went to shared memory (the common case): nothing to unlink
         used = {b.name for b in self.buffers}
         unused = [h.name for h in self.written.values() if h.name not in used]
-        getattr(self.store, "discard", unlink_segments)(unused)  # a pool forgets them too
+        if unused:  # the common case: the one attempt used all it wrote
+            getattr(self.store, "discard", unlink_segments)(unused)  # a pool forgets them too
 
 
 class _MainAwarePickler(pickle.Pickler):

@@ -7,7 +7,8 @@ short). Such a key is in memory with ``held_depth > 0``, one holder in ``who_has
 scheduler's store; a dependent on the same worker reads the object itself::
 
     finished, held ──► held_depth = 1 + deepest held dependency; each dependency pinned (pins += 1)
-      a client wants it / a dependent must run elsewhere / its worker retires
+      a client wants it / a dependent must run elsewhere (or will: most of its other inputs are
+      on another worker) / its worker retires
         ──► Publish(holder) ──► published(): an ordinary result from then on; pins released
       its worker dies ──► still needed: back to waiting or queued (run_spec and pinned dependencies
                           were kept, recursively); not needed: forgotten; pins released in cascade
@@ -88,6 +89,11 @@ class Lineage(Transitions):
         ts.held_depth = depth + 1
         if ts.who_wants:  # a client came to want it while it ran
             self._request_publication(ts, out)
+        # held inputs (this one or its siblings) that a dependent will read on another worker, now
+        # that this one's place is known (placement.py): their workers publish them now, beside
+        # their next task, rather than once that dependent is placed and set aside to wait
+        for moving in self._held_inputs_to_move(ts):
+            self._request_publication(moving, out)
 
     def _unhold(self, ts: TaskState, out: list, keep_spec: bool = False) -> None:
         """``ts`` is published (or erred, ``keep_spec``: a retry runs it again): its lineage can go."""

@@ -64,6 +64,7 @@ class Placement:
     _leave_state: Callable[[TaskState], None]
     _to_queued: Callable[[TaskState], None]
     _set_aside: Callable[[TaskState, str, list], None]
+    _request_publication: Callable[[TaskState, list], None]
     cannot_start: Optional[
         tuple
     ]  # state.fail_pending: (exception, traceback) while no worker can start
@@ -225,6 +226,12 @@ class Placement:
             dep.add_holder(ws.address)
             ws.has.add(dep.key)
         ts.attempt += 1
+        if depth:
+            # ts's place is known now: held inputs of its dependents that will be read on another
+            # worker are published at once, while ts runs, rather than once the dependent is placed
+            # and set aside to wait for them (lineage.py does the same when ts is held)
+            for moving in self._held_inputs_to_move(ts):
+                self._request_publication(moving, out)
         out.append(
             Execute(
                 ws.address,
@@ -236,6 +243,44 @@ class Placement:
                 not ts.who_wants and depth < MAX_HELD_DEPTH,
             )
         )
+
+    def _held_inputs_to_move(self, ts: TaskState) -> list:
+        """The held inputs, not asked for yet, of ``ts``'s dependents that will have to move: those
+        not on the worker that runs or holds a clear majority of that dependent's inputs, where it
+        will run (each of rechunk's final chunks reads a slice of every merge, and the merges are
+        on both workers). Only small families are looked at, about ``MAX_FAMILY`` inputs in all."""
+        tasks = self.tasks
+        moving = []
+        looked = 0
+        for dependent_key in ts.dependents:
+            dependent = tasks.get(dependent_key)
+            if dependent is None or len(dependent.dependencies) > MAX_FAMILY:
+                continue
+            if looked >= MAX_FAMILY:
+                break
+            looked += len(dependent.dependencies)
+            where: dict = {}
+            inputs = []
+            for input_key in dependent.dependencies:
+                inp = tasks.get(input_key)
+                if inp is None:
+                    continue
+                inputs.append(inp)
+                if inp.processing_on is not None:
+                    where[inp.processing_on] = where.get(inp.processing_on, 0) + 1
+                else:
+                    for holder in inp.who_has:
+                        where[holder] = where.get(holder, 0) + 1
+            if len(where) < 2:
+                continue
+            ranked = sorted(where.values())
+            if ranked[-1] == ranked[-2]:
+                continue  # no clear place yet
+            target = max(where, key=where.__getitem__)
+            for inp in inputs:
+                if inp.held_depth and target not in inp.who_has and inp.key not in self._publishing:
+                    moving.append(inp)
+        return moving
 
     def _holder_to_wait_for(self, ts: TaskState, ws: WorkerState) -> Optional[WorkerState]:
         """The worker holding most bytes of the held dependencies ``ts`` would need published to run
