@@ -96,6 +96,8 @@ _NONCE_SIZE = 32
 _TAGGED_FRAMES = b"H"  # mode byte: every frame after the handshake carries an HMAC tag
 _PLAIN_FRAMES = b"-"  # mode byte: loopback or TLS, frames as they are
 _AUTH_FRAME_LIMIT = 512  # no handshake message is longer; a stranger cannot make us allocate more
+# accept()'s wait between two looks at close(): an int made once, not a number made for each wait
+_POLL_MS = int(_POLL_INTERVAL * 1000)
 
 
 def _hmac(secret: bytes, label: bytes, first: bytes, second: bytes) -> bytes:
@@ -208,6 +210,12 @@ class Listener(_Closable):
         is closed (also when close() is called from another thread while waiting).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
+        # made once, and the wait below holds no object made for it: a thread that waits here for
+        # hours must not keep a fresh object alive in whatever allocator arena was current (after a
+        # large run, one of the run's arenas that would otherwise be given back)
+        poller = select.poll()
+        poller.register(self._fd, select.POLLIN)
+        poller.register(self._wake_read, select.POLLIN)
         while True:
             with self._lock:
                 if self._closed:
@@ -218,10 +226,7 @@ class Listener(_Closable):
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise TimeoutError(f"No client connected to {self.address} in time")
-            poller = select.poll()
-            poller.register(self._fd, select.POLLIN)
-            poller.register(self._wake_read, select.POLLIN)
-            poller.poll(1000 * (_POLL_INTERVAL if left is None else min(left, _POLL_INTERVAL)))
+            poller.poll(_POLL_MS if left is None else 1000 * min(left, _POLL_INTERVAL))
             with (
                 self._lock
             ):  # close() closes the pipe under this lock: never read a reused descriptor

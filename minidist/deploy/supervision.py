@@ -24,6 +24,8 @@ they share this process's memory, so their limit is reported but cannot be enfor
 from __future__ import annotations
 
 import logging
+import os
+import select
 import threading
 from typing import Callable, Optional
 
@@ -60,7 +62,10 @@ class MemoryMonitor:
         self.terminate_fraction = terminate_fraction
         self.interval = interval
         self.paused: set[str] = set()  # addresses this monitor paused
-        self._stop = threading.Event()
+        # stop() writes a byte to this pipe; the thread sleeps in poll() on it (see _run)
+        self._wake_read, self._wake_write = os.pipe()
+        self._stopping = False
+        self._pipe_lock = threading.Lock()  # stop() may be called from two threads at once
         self._thread = threading.Thread(
             target=self._run, name="minidist-memory-monitor", daemon=True
         )
@@ -70,16 +75,37 @@ class MemoryMonitor:
         return self
 
     def stop(self, timeout: float = 2.0) -> None:
-        self._stop.set()
+        with self._pipe_lock:
+            if not self._stopping:
+                self._stopping = True
+                os.write(self._wake_write, b"x")
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout)
+        if not self._thread.is_alive():  # else the thread closes it as it ends (_run)
+            self._close_pipe()
+
+    def _close_pipe(self) -> None:
+        with self._pipe_lock:
+            if self._wake_read >= 0:
+                os.close(self._wake_read)
+                os.close(self._wake_write)
+                self._wake_read = self._wake_write = -1
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
+        # poll() on a pipe rather than Event.wait(): the wait holds no object made for it (Event.wait
+        # makes a lock, an argument tuple and a bound method each time and keeps them while it
+        # sleeps). A thread that wakes every 0.1 s for the life of the cluster would otherwise keep
+        # a fresh object alive at all times in whatever allocator pool was current, which after a
+        # large run is one of the run's arenas (1 MiB): it would never be given back
+        poller = select.poll()
+        poller.register(self._wake_read, select.POLLIN)
+        interval_ms = max(1, round(self.interval * 1000))
+        while not poller.poll(interval_ms):  # readable once stop() wrote its byte
             try:
                 self.check()
             except Exception:  # keep watching: one bad measurement must not end supervision
                 self.logger.exception("Memory monitor check failed")
+        self._close_pipe()
 
     def check(self) -> None:
         """Measure every watched worker once and act on what is found."""

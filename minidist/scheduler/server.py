@@ -303,6 +303,10 @@ class Scheduler:
                 delivery.release_wakes()  # the last thing before poll() (see FutureBook.report)
             if self._closing:
                 break
+            # nothing made this turn is held while poll() waits: the next turn would make its own
+            # list and dicts before these are freed, in the same allocator pool, so that pool would
+            # never empty and, after a large run, would keep one of the run's arenas (1 MiB) alive
+            del events, outgoing, reports
 
     def _read_worker(
         self, handle: WorkerHandle, reader: FrameReader, outgoing: dict, reports: dict
