@@ -18,7 +18,7 @@ import threading
 import time
 from typing import Any, Iterable, Optional
 
-from .asynchronous import LoopWaker, in_event_loop
+from .asynchronous import LoopWaker, in_event_loop, run_off_loop
 from .default_clients import default_client
 from .errors import CancelledError, FutureTimeoutError
 
@@ -261,6 +261,13 @@ def wait(fs, timeout: Optional[float] = None, return_when: str = "ALL_COMPLETED"
             f"return_when must be ALL_COMPLETED, FIRST_COMPLETED or FIRST_EXCEPTION, "
             f"not {return_when!r}"
         )
+    if fs and fs[0]._in_loop():
+        # an asynchronous client inside its event loop: an awaitable, as dask's wait is there
+        return run_off_loop(lambda: _wait_blocking(fs, timeout, return_when))
+    return _wait_blocking(fs, timeout, return_when)
+
+
+def _wait_blocking(fs: list, timeout: Optional[float], return_when: str) -> DoneAndNotDoneFutures:
     deadline = None if timeout is None else time.monotonic() + timeout
     if return_when == "ALL_COMPLETED":
         for future in fs:

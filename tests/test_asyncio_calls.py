@@ -13,7 +13,7 @@ import traceback
 
 import pytest
 
-from minidist import Client, Event, LocalCluster, WorkerPlugin
+from minidist import Client, Event, LocalCluster, WorkerPlugin, wait
 from minidist.errors import CancelledError, FutureTimeoutError
 
 pytestmark = pytest.mark.timeout(90)
@@ -112,6 +112,8 @@ def test_future_calls_are_awaited_as_in_dask():
     async def main(cluster):
         async with Client(cluster, asynchronous=True) as client:
             good, bad = client.submit(inc, 1), client.submit(fail, 2)
+            finished = await awaited(wait([good, bad]))
+            assert finished.done == {good, bad} and not finished.not_done
             assert await awaited(good.result()) == 2
             error = await awaited(bad.exception())
             assert isinstance(error, ValueError) and str(error) == "bad 2"
@@ -128,6 +130,10 @@ def test_future_calls_are_awaited_as_in_dask():
             slow = client.submit(block_until, "async-calls-release")
             with pytest.raises(FutureTimeoutError):
                 await slow.result(timeout=0.05)
+            first = await awaited(wait([slow, good], return_when="FIRST_COMPLETED"))
+            assert first.done == {good} and first.not_done == {slow}
+            with pytest.raises(FutureTimeoutError):
+                await wait(slow, timeout=0.05)
             await awaited(slow.cancel())
             assert slow.cancelled()
             await Event("async-calls-release", client=client).set()  # the thread may leave
