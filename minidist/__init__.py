@@ -71,6 +71,8 @@ def __getattr__(name: str):
     module = _PUBLIC.get(name)
     if module is None:
         raise AttributeError(f"module 'minidist' has no attribute {name!r}")
+    if name in ("LocalCluster", "SubprocessCluster"):
+        importlib.import_module(".context", __name__)  # how cluster.get_client() makes a Client
     value = getattr(importlib.import_module(f".{module}", __name__), name)
     globals()[name] = value  # later lookups skip this function
     return value

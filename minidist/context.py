@@ -12,7 +12,8 @@ from __future__ import annotations
 import contextlib
 from typing import Optional
 
-from .default_clients import current_client_for_task, default_client
+from .default_clients import _clients, current_client_for_task, default_client
+from .deploy.cluster import register_client_finder
 from .worker.runtime import current_key, current_runtime
 
 __all__ = [
@@ -130,3 +131,16 @@ def worker_client(timeout: Optional[float] = None, separate_thread: bool = True)
     finally:
         if separate_thread:
             rejoin()
+
+
+def _client_of_cluster(cluster):
+    """``cluster.get_client()``: the newest open default client of ``cluster``, or a new one."""
+    from .client import Client
+
+    for client in reversed(_clients):
+        if not client._closed and client.cluster is cluster:
+            return client
+    return Client(cluster)
+
+
+register_client_finder(_client_of_cluster)

@@ -6,6 +6,8 @@ import functools
 import logging
 import os
 import signal
+import subprocess
+import sys
 import time
 import warnings
 
@@ -392,3 +394,36 @@ def test_silence_logs_level_echoes_cluster_lines_to_stderr(capfd):
     with cluster(n_workers=1, processes=False, silence_logs="error"):
         pass
     assert "Starting cluster" not in capfd.readouterr().err
+
+
+def test_get_client_gives_the_clusters_default_client_or_a_new_one():
+    with LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster:
+        made = cluster.get_client()  # no client yet: a new one, the default
+        try:
+            assert made.cluster is cluster and made.submit(inc, 1).result() == 2
+            assert cluster.get_client() is made
+            with LocalCluster(n_workers=1, processes=False, dashboard_address=None) as other:
+                with Client(other) as elsewhere:  # the default now, but of another cluster
+                    assert cluster.get_client() is made
+                    assert other.get_client() is elsewhere
+        finally:
+            made.close()
+
+
+def test_get_client_works_in_a_program_that_never_imported_client():
+    program = (
+        "from minidist import LocalCluster\n"
+        "with LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster:\n"
+        "    with cluster.get_client() as client:\n"
+        "        print(client.submit(pow, 2, 10).result())\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run(
+        [sys.executable, "-c", program],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": root},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "1024"

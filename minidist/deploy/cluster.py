@@ -15,7 +15,7 @@ its HTML summary draws (``_snapshot``).
 from __future__ import annotations
 
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from ..asynchronous import AsyncContext, awaitable_in_loop
 from ..errors import FutureTimeoutError
@@ -24,6 +24,15 @@ from ..utils import parse_timedelta
 from .memory import format_bytes
 
 WorkerFacts = list  # [(threads, memory limit or None), ...], one per worker
+
+# How ``Cluster.get_client`` finds or makes a client: the client layer registers it when it is imported
+# (the package imports it with any cluster class), so this layer never imports the one above it.
+_client_finder: Optional[Callable[[Any], Any]] = None
+
+
+def register_client_finder(find_or_make: Callable[[Any], Any]) -> None:
+    global _client_finder
+    _client_finder = find_or_make
 
 
 def wait_for_ready_workers(operations, n_workers: int, timeout=None) -> None:
@@ -71,6 +80,13 @@ class Cluster(AsyncContext):
         """Block until ``n_workers`` workers can run tasks (dask's ``Cluster.wait_for_workers``);
         TimeoutError after ``timeout`` (seconds or "10s")."""
         wait_for_ready_workers(self.operations, n_workers, timeout)
+
+    def get_client(self):
+        """The default client if it is connected to this cluster, else a new ``Client(cluster)``
+        (dask's ``Cluster.get_client``)."""
+        if _client_finder is None:
+            raise RuntimeError("Cluster.get_client needs minidist's Client: import minidist.Client")
+        return _client_finder(self)
 
     def _terminate(self) -> None:
         """Stop the cluster itself, whoever made it (``Client.shutdown``)."""
