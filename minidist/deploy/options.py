@@ -21,6 +21,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from .dask_config import dask_setting
 from .memory import parse_memory_limit
 
 # Worker keywords that minidist's workers understand. dask's Worker takes many more; those that would
@@ -131,8 +132,13 @@ class ClusterOptions:
                 f"scheduler_kwargs got unexpected keyword argument(s) {sorted(unknown)}; "
                 f"minidist's scheduler accepts {sorted(SCHEDULER_KEYWORDS)}"
             )
-        if "allowed_failures" in scheduler_kwargs:
-            _check_count("allowed_failures", scheduler_kwargs["allowed_failures"])
+        scheduler_kwargs.setdefault(
+            "allowed_failures", dask_setting("distributed.scheduler.allowed-failures", 3)
+        )
+        _check_count("allowed_failures", scheduler_kwargs["allowed_failures"])
+        scheduler_kwargs["work_stealing"] = bool(
+            dask_setting("distributed.scheduler.work-stealing", True)
+        )
         if ip is not None:
             warnings.warn(
                 "The ip keyword has been moved to host; use host=...", FutureWarning, stacklevel=4
@@ -222,14 +228,19 @@ def default_sizes(n_workers, threads_per_worker, processes: bool) -> tuple[int, 
 
 
 def memory_fractions(worker_kwargs: dict) -> dict:
-    """``{"pause": f, "terminate": f}`` from memory_pause_fraction/memory_terminate_fraction; None is off."""
+    """``{"pause": f, "terminate": f}`` from memory_pause_fraction/memory_terminate_fraction, else dask's
+    configuration (``dask_config.py``); None is off."""
     fractions: dict[str, Optional[float]] = {}
     for what, default in (
         ("pause", DEFAULT_PAUSE_FRACTION),
         ("terminate", DEFAULT_TERMINATE_FRACTION),
     ):
         keyword = f"memory_{what}_fraction"
-        value = worker_kwargs.get(keyword, default)
+        if keyword in worker_kwargs:
+            value = worker_kwargs[keyword]
+        else:
+            value = dask_setting(f"distributed.worker.memory.{what}", default)
+            keyword = f"dask's distributed.worker.memory.{what}"
         if value is None or value is False:
             fractions[what] = None
         elif (

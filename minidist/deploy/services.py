@@ -28,6 +28,7 @@ from typing import Optional
 
 from ..dashboard.server import DashboardServer, parse_dashboard_address
 from ..dashboard.snapshot import ClusterSnapshots
+from .dask_config import dashboard_link
 
 logger = logging.getLogger("minidist.cluster")
 
@@ -76,7 +77,8 @@ class ClusterServices:
 
     @property
     def dashboard_link(self) -> Optional[str]:
-        return self.dashboard.link if self.dashboard is not None else None
+        """The status page's URL, through ``distributed.dashboard.link`` if dask's config sets one."""
+        return dashboard_link(self.dashboard.link) if self.dashboard is not None else None
 
     # ---- per-worker dashboards --------------------------------------------------------------------
 

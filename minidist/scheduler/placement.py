@@ -53,6 +53,7 @@ class Placement:
     ready: list
     restricted: dict
     prefetch: int
+    work_stealing: bool  # False (dask config distributed.scheduler.work-stealing): no steals
     prefix_durations: RunningMeans
     _retired: list
     _idle_changed: bool  # a worker emptied or arrived since the last fill: stealing may help
@@ -452,7 +453,7 @@ class Placement:
             else:
                 ws = min(candidates, key=lambda w: len(w.processing) / w.nthreads)
             self._assign(ts, ws, out)
-        if not ready and len(running) > 1:
+        if not ready and len(running) > 1 and self.work_stealing:
             self._steal_for_idle(running, out)
 
     def _fill_restricted(self, running: list, out: list) -> None:

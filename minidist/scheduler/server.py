@@ -112,6 +112,7 @@ class Scheduler:
         cluster_id: str,
         data_plane: DataPlane,
         allowed_failures: int = 3,
+        work_stealing: bool = True,
         logger_: Optional[logging.Logger] = None,
         blocked_handlers=(),
         on_worker_lost: Optional[Callable[[Any, str, bool], None]] = None,
@@ -124,7 +125,7 @@ class Scheduler:
         task."""
         self.cluster_id = cluster_id
         self.data_plane = data_plane  # how values are packed and freed (data_plane.py)
-        self.state = SchedulerState(allowed_failures=allowed_failures)
+        self.state = SchedulerState(allowed_failures, work_stealing=work_stealing)
         self.data: dict = {}
         self.logger = logger_ or logger
         self.blocked_handlers = frozenset(blocked_handlers or ())

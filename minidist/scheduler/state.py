@@ -50,10 +50,11 @@ Key = Hashable
 class SchedulerState(Lineage):
     """Task and worker bookkeeping. Every public method is an event and returns instructions."""
 
-    def __init__(self, allowed_failures: int = 3, prefetch: int = 2):
+    def __init__(self, allowed_failures: int = 3, prefetch: int = 2, work_stealing: bool = True):
         self.tasks: dict[Key, TaskState] = {}
         self.workers: dict[str, WorkerState] = {}
         self.allowed_failures = allowed_failures
+        self.work_stealing = work_stealing  # idle workers take tasks queued on busy ones
         self.prefetch = prefetch
         self.ready: list = []  # heap of (priority, key) for unrestricted queued tasks
         self.restricted: dict[Key, TaskState] = {}  # queued tasks with restrictions or resources
