@@ -38,6 +38,7 @@ from .errors import ClientClosedError
 from .futures import Future, FutureState, as_completed, futures_in, futures_of, shaped_like  # noqa
 from .keys import funcname
 from .messages import Cancel, Release, Retry, Scatter, TaskColumns, UpdateGraph
+from .utils import timeout_seconds
 from .worker.task_client import register_client_maker
 
 
@@ -72,6 +73,7 @@ class Client(AsyncContext):
     ):
         from .deploy.local import LocalCluster
 
+        timeout = timeout_seconds(timeout)  # dask's forms: seconds, "10s", a timedelta
         self.id = f"Client-{uuid.uuid4()}"
         self.name = name
         self.asynchronous = asynchronous
@@ -269,6 +271,7 @@ class Client(AsyncContext):
     ):
         """Put local data into the cluster; returns Futures shaped like ``data`` (one, list or dict)."""
         self._check_open()
+        timeout = timeout_seconds(timeout)
         keys, values, nbytes = self._packer.pack_scatter(data, hash)
         futures = [self._new_future(key) for key in keys]
         self.scheduler.post(Scatter(self.id, values, nbytes))

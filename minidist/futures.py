@@ -21,6 +21,7 @@ from typing import Any, Iterable, Optional
 from .asynchronous import LoopWaker, in_event_loop, run_off_loop
 from .default_clients import default_client
 from .errors import CancelledError, FutureTimeoutError
+from .utils import timeout_seconds
 
 FINISHED_STATES = ("finished", "error", "cancelled", "lost")
 
@@ -89,8 +90,10 @@ class Future:
         (dask's ``await future.result()``, ``await future.exception()``...)."""
         return bool(self.client.asynchronous) and in_event_loop()
 
-    def result(self, timeout: Optional[float] = None):
-        """Wait for the value and return it; raise the task's exception if it failed."""
+    def result(self, timeout=None):
+        """Wait for the value and return it; raise the task's exception if it failed. ``timeout`` in
+        seconds or as a string (``"10s"``): FutureTimeoutError when it passes."""
+        timeout = timeout_seconds(timeout)
         if self._in_loop():
             return self.client._await_future(self, timeout)
         return self._result(timeout)
@@ -116,8 +119,9 @@ class Future:
                 del self, error  # this frame must not keep the future or the error alive
         raise CancelledError(f"Future {self.key!r} was {status}")
 
-    def exception(self, timeout: Optional[float] = None):
+    def exception(self, timeout=None):
         """The exception the task raised, or None if it succeeded."""
+        timeout = timeout_seconds(timeout)
         if self._in_loop():
             return self.client._await_future(self, timeout, self._exception)
         self._wait(timeout)
@@ -128,12 +132,13 @@ class Future:
             raise CancelledError(f"Future {self.key!r} was cancelled")
         return self._state.exception if self._state.status == "error" else None
 
-    def traceback(self, timeout: Optional[float] = None):
+    def traceback(self, timeout=None):
         """The task's traceback object (for ``traceback.format_tb``), or None if it did not fail.
 
         Process workers send their traceback as text; it is rebuilt here into a traceback whose frames
         name the worker's files, lines and functions (``tracebacks.py``).
         """
+        timeout = timeout_seconds(timeout)
         if self._in_loop():
             return self.client._await_future(self, timeout, self._traceback)
         self._wait(timeout)
@@ -249,13 +254,14 @@ def shaped_like(data, futures: list):
 DoneAndNotDoneFutures = collections.namedtuple("DoneAndNotDoneFutures", ["done", "not_done"])
 
 
-def wait(fs, timeout: Optional[float] = None, return_when: str = "ALL_COMPLETED"):
+def wait(fs, timeout=None, return_when: str = "ALL_COMPLETED"):
     """Wait until ``fs`` are done (``ALL_COMPLETED``), or any is (``FIRST_COMPLETED``/``FIRST_EXCEPTION``)."""
     if isinstance(fs, Future):
         fs = [fs]
     elif isinstance(fs, (list, tuple, set, frozenset, dict)) or hasattr(fs, "__dask_graph__"):
         fs = futures_of(fs)  # also the futures behind dask collections (what persist returns)
     fs = list(fs)
+    timeout = timeout_seconds(timeout)
     if return_when not in ("ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION"):
         raise ValueError(
             f"return_when must be ALL_COMPLETED, FIRST_COMPLETED or FIRST_EXCEPTION, "
@@ -327,8 +333,9 @@ class as_completed:
         with_results: bool = False,
         raise_errors: bool = True,
         *,
-        timeout: Optional[float] = None,
+        timeout=None,
     ):
+        timeout = timeout_seconds(timeout)
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._pending = 0
         self._lock = threading.Lock()

@@ -11,6 +11,7 @@ import datetime
 import math
 import numbers
 import re
+from typing import Optional
 
 # Unit words are matched case-insensitively ("kb", "KB" and "kB" all mean 1000 bytes); an "i" means a
 # power of two ("KiB" = 1024), as in the IEC convention.
@@ -121,6 +122,13 @@ def format_bytes(n: int | float) -> str:
         if n >= size * 0.9:
             return f"{n / size:.2f} {prefix}B"
     return f"{int(n)} B"
+
+
+def timeout_seconds(timeout) -> Optional[float]:
+    """A timeout as dask takes one (None, seconds, ``"10s"``, a timedelta), in seconds or None."""
+    if timeout is None or type(timeout) is float or type(timeout) is int:
+        return timeout  # the common cases, at no cost
+    return parse_timedelta(timeout)
 
 
 def parse_timedelta(text: str | int | float | datetime.timedelta) -> float:

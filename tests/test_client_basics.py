@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import operator
 import threading
 import time
@@ -197,6 +198,24 @@ def test_result_timeout(client):
     with pytest.raises(TimeoutError):
         future.result(timeout=0.05)
     assert future.result(timeout=10) == 2
+
+
+def test_timeouts_take_dasks_forms(client):
+    slow = client.submit(slow_inc, 1, delay=1.0, pure=False)
+    with pytest.raises(TimeoutError):
+        slow.result(timeout="50ms")
+    with pytest.raises(TimeoutError):
+        slow.exception(timeout=datetime.timedelta(milliseconds=50))
+    with pytest.raises(TimeoutError):
+        wait([slow], timeout="50 ms")
+    with pytest.raises(TimeoutError):
+        for _ in as_completed([slow], timeout="0.05s"):
+            pass
+    assert slow.result(timeout="10s") == 2
+    with pytest.raises(ValueError, match="fortnights"):
+        slow.result(timeout="2 fortnights")
+    [scattered] = client.scatter([5], timeout="10s")
+    assert scattered.result(timeout=datetime.timedelta(seconds=10)) == 5
 
 
 def test_threads_waiting_for_one_future_each_get_their_own_results(client):

@@ -424,3 +424,9 @@ def test_tasks_submit_and_gather_tasks(processes):
         assert c.gather(outer) == [21, 55, 6]
         # what the tasks submitted was released when their futures went: only the outer tasks stay
         assert wait_until(lambda: len(c.cluster.scheduler.state.tasks) == 3)
+
+
+def test_an_address_without_protocol_and_a_timeout_string_as_in_dask(cluster):
+    host_port = cluster.scheduler_address.split("://", 1)[1]  # dask reads "host:port" as TCP
+    with Client(host_port, timeout="10s") as client:
+        assert client.submit(inc, 1).result(timeout="10s") == 2

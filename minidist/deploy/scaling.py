@@ -100,7 +100,7 @@ def restart_worker(cluster, address: str, timeout=None) -> None:
 
         reason = "restarted by restart_workers"
         cluster.scheduler.ask(RemoveWorkers, (handle,), reason).result(30)
-        handle.stop(timeout=2 if timeout is None else float(timeout))
+        handle.stop(timeout=2 if timeout is None else parse_timedelta(timeout))
         cluster.logs.close_worker(address)
         cluster.logger.info("Restarted worker %s (name %s)", address, handle.name)
         cluster._start_worker(name=handle.name, restarted=True)
