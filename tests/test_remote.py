@@ -430,3 +430,9 @@ def test_an_address_without_protocol_and_a_timeout_string_as_in_dask(cluster):
     host_port = cluster.scheduler_address.split("://", 1)[1]  # dask reads "host:port" as TCP
     with Client(host_port, timeout="10s") as client:
         assert client.submit(inc, 1).result(timeout="10s") == 2
+        # dask's idiom for "another client of the same scheduler"
+        assert client.scheduler.address == cluster.scheduler_address
+        with Client(client.scheduler.address) as another:
+            assert another.submit(inc, 2).result() == 3
+    with Client(cluster) as local:
+        assert local.scheduler.address == cluster.scheduler_address

@@ -197,7 +197,7 @@ class LocalCluster(Cluster):
             self.close()  # a worker_class whose setup() raised, a port in use...: leave nothing behind
             raise
         if self.listener is not None:
-            self.scheduler_address = self.listener.address
+            self.scheduler_address = self.scheduler.address = self.listener.address
         # what remote clients need for tls://
         self.security = getattr(self.listener, "security", None)
         self.status = Status.running

@@ -278,6 +278,7 @@ class RemoteScheduler:
         self.link = link
         self.sessions = link.sessions
         self.cluster_id = info.get("cluster_id")
+        self.address = info.get("scheduler_address")  # dask's client.scheduler.address
         # remote clients always pickle (the server converts for thread workers); large buffers go
         # to shared memory when the scheduler is on this machine
         self.data_plane = data_plane

@@ -124,6 +124,7 @@ class Scheduler:
         before its hello, or within ``DIED_YOUNG_SECONDS`` of joining without ever being given a
         task."""
         self.cluster_id = cluster_id
+        self.address = f"inproc://{cluster_id}"  # dask's scheduler.address; the cluster sets tcp://
         self.data_plane = data_plane  # how values are packed and freed (data_plane.py)
         self.state = SchedulerState(allowed_failures, work_stealing=work_stealing)
         self.data: dict = {}
