@@ -324,10 +324,13 @@ class RunOnWorkers(NamedTuple):
 
 class RetireWorkers(NamedTuple):
     """Retire ``addresses`` (when given) or the ``number`` least busy workers; ``reply`` gets the
-    addresses chosen. They take no new tasks and leave once empty."""
+    addresses chosen. They take no new tasks and leave once empty. ``by_scaling``: the cluster chose
+    to shrink (``scale``, ``adapt``), so scheduler plugins' ``valid_workers_downscaling`` have a say;
+    a user's explicit ``retire_workers`` is not vetted."""
 
     number: int
     addresses: Optional[tuple]
+    by_scaling: bool
     reply: Any
 
 

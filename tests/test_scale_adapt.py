@@ -10,7 +10,7 @@ import time
 import pytest
 
 from conftest import wait_until
-from minidist import Adaptive, Client, LocalCluster
+from minidist import Adaptive, Client, LocalCluster, SchedulerPlugin
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -77,6 +77,28 @@ def test_scale_up_then_down_retires_idle_workers_first_and_keeps_every_result(tm
             and "Scaling from 3 to 1 workers" in cluster_log
         )
         assert cluster_log.count("Retired worker") == 3
+
+
+class KeepWorkerTwo(SchedulerPlugin):
+    """dask's hook: the cluster may not retire the worker named 2 when it shrinks by itself."""
+
+    def valid_workers_downscaling(self, scheduler, workers):
+        return [ws for ws in workers if str(ws.name) != "2"]
+
+
+def names(c) -> set:
+    return {str(w["name"]) for w in c.scheduler_info["workers"].values()}
+
+
+def test_scheduler_plugins_choose_which_workers_scaling_down_may_retire():
+    with cluster(n_workers=3, processes=False) as c, Client(c) as client:
+        client.register_plugin(KeepWorkerTwo())
+        c.scale(2)  # the youngest ("2") would go first; the plugin keeps it
+        assert wait_until(lambda: names(c) == {"0", "2"})
+        c.scale(0)  # only "2" stays: the plugin allows no other choice
+        assert wait_until(lambda: names(c) == {"2"})
+        client.retire_workers(names=[2])  # a user's explicit retirement is not vetted (as dask)
+        assert wait_until(lambda: not names(c))
 
 
 def test_scale_counts_cores_and_memory():

@@ -391,8 +391,9 @@ class LocalCluster(Cluster):
         self._stop_adaptive("scale() was called")
         self._scale_to(n)
 
-    def _scale_to(self, n: int, retire=None, why: str = "Scaling") -> None:
-        """Make ``n`` the target: start workers, or retire ``retire`` (named) or the least busy ones."""
+    def _scale_to(self, n: int, retire=None, why: str = "Scaling", by_scaling: bool = True) -> None:
+        """Make ``n`` the target: start workers, or retire ``retire`` (named) or the least busy ones
+        (``by_scaling``: the cluster's own choice, which scheduler plugins may veto)."""
         with self._scale_lock:
             if self._closing:
                 return
@@ -402,9 +403,9 @@ class LocalCluster(Cluster):
             if n != len(active) or retire:
                 self.logger.info("%s from %d to %d workers", why, len(active), n)
             if retire:
-                retiring = retire_workers(self.scheduler, 0, retire)
+                retiring = retire_workers(self.scheduler, 0, retire, by_scaling)
             elif n < len(active):
-                retiring = retire_workers(self.scheduler, len(active) - n)
+                retiring = retire_workers(self.scheduler, len(active) - n, None, by_scaling)
             else:
                 retiring = []
             for _ in range(n - len(active) + len(retiring)):

@@ -23,11 +23,14 @@ from ..utils import parse_timedelta
 from .adaptive import ClusterObservation, WorkerObservation
 
 
-def retire_workers(scheduler, count: int = 0, addresses: Optional[Iterable[str]] = None) -> list:
-    """Retire ``addresses`` (or the ``count`` least busy workers); returns those chosen. Not on the
-    scheduler thread (it waits for the answer)."""
+def retire_workers(
+    scheduler, count: int = 0, addresses: Optional[Iterable[str]] = None, by_scaling: bool = True
+) -> list:
+    """Retire ``addresses`` (or the ``count`` least busy workers); returns those chosen, which
+    scheduler plugins may have narrowed when ``by_scaling``. Not on the scheduler thread (it waits
+    for the answer)."""
     chosen = tuple(addresses) if addresses is not None else None
-    return scheduler.ask(RetireWorkers, count, chosen).result(30)
+    return scheduler.ask(RetireWorkers, count, chosen, by_scaling).result(30)
 
 
 def observe(

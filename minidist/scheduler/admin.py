@@ -159,7 +159,9 @@ class AdminOperations:
             lambda s: [a for a, ws in s.state.workers.items() if ws.status != "retiring"]
         )
         still = [a for a in active if a not in retired]
-        self._ops.cluster._scale_to(len(still), retire=list(retired), why="retire_workers")
+        self._ops.cluster._scale_to(
+            len(still), retire=list(retired), why="retire_workers", by_scaling=False
+        )
         if close_workers:
             self._wait_gone(list(retired))
         return retired

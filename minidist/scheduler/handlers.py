@@ -185,7 +185,8 @@ def on_remove_workers(scheduler, message: RemoveWorkers, outgoing: dict, reports
 
 def on_retire_workers(scheduler, message: RetireWorkers, outgoing: dict, reports: dict) -> None:
     state = scheduler.state
-    chosen = retirement_candidates(state, message.number, message.addresses)
+    vet = scheduler.plugins.downscaling_allowed if message.by_scaling else None
+    chosen = retirement_candidates(state, message.number, message.addresses, vet)
     scheduler._apply(state.retire_workers(chosen), outgoing, reports)
     _answer(message.reply, chosen)
 

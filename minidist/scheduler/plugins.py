@@ -113,6 +113,22 @@ class SchedulerPlugins:
         for name, plugin in list(self.plugins.items()):
             self._call(name, plugin, hook, *args, **kwargs)
 
+    def downscaling_allowed(self, workers: list) -> list:
+        """The workers among ``workers`` (worker states) that the plugins let the cluster retire when it
+        shrinks: each ``valid_workers_downscaling(scheduler, workers)`` narrows the previous answer, as
+        in dask. A plugin that raises is logged and ignored."""
+        for name, plugin in list(self.plugins.items()):
+            method = getattr(plugin, "valid_workers_downscaling", None)
+            if method is None:
+                continue
+            try:
+                workers = list(call_hook(method, self.scheduler, workers))
+            except Exception:
+                self.logger.exception(
+                    "valid_workers_downscaling of scheduler plugin %r failed", name
+                )
+        return workers
+
     # the shell's hooks, each a one-liner there
     def transition(self, key, start: str, finish: str) -> None:
         self.emit("transition", key, start, finish)

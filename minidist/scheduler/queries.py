@@ -17,10 +17,16 @@ def active_workers(state) -> list[str]:
     return [a for a, ws in state.workers.items() if ws.status != "retiring"]
 
 
-def retirement_candidates(state, count: int = 0, addresses: Optional[Iterable[str]] = None) -> list:
+def retirement_candidates(
+    state, count: int = 0, addresses: Optional[Iterable[str]] = None, vet=None
+) -> list:
     """``addresses`` that are not retiring yet, or else the ``count`` least busy workers: idle before
-    busy, then the smallest cache, then the youngest (the highest name)."""
+    busy, then the smallest cache, then the youngest (the highest name). ``vet(worker states)`` says
+    which may go at all (scheduler plugins' ``valid_workers_downscaling``)."""
     candidates = [ws for ws in state.workers.values() if ws.status != "retiring"]
+    if vet is not None:
+        allowed = {getattr(w, "address", w) for w in vet(list(candidates))}
+        candidates = [ws for ws in candidates if ws.address in allowed]
     if addresses is not None:
         wanted = set(addresses)
         return [ws.address for ws in candidates if ws.address in wanted]
