@@ -14,10 +14,11 @@ Mixed into ``SchedulerState`` (pure, like it). Three rules:
    memory (a held result, ``lineage.py``) must be published first (the task waits aside until it is),
    so the worker needing no new publication comes first, and may take the task a little beyond its
    room when it is busy, or well beyond when publishing would cost the holder more than the work it
-   would take off it. A task without dependencies goes where most of its siblings (the other
-   inputs of its dependents) run or are held, so their dependent need not move any of them. An idle
-   worker steals prefetched (not yet started) tasks from the busiest one, so a deep prefetch never
-   leaves a core idle.
+   would take off it. A held input that a dependent will read elsewhere (most of that dependent's
+   other inputs run or are held on another worker) is published as soon as that is clear. A task
+   without dependencies goes where most of its siblings (the other inputs of its dependents) run or
+   are held, so their dependent need not move any of them. An idle worker steals prefetched (not yet
+   started) tasks from the busiest one, so a deep prefetch never leaves a core idle.
 """
 
 from __future__ import annotations
