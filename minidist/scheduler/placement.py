@@ -337,7 +337,8 @@ class Placement:
         for dep in needed:
             if holder.address in dep.who_has:
                 keys += 1
-                movable = max(movable, self._movable_dependents(dep, holder.address))
+                if keys <= 4:  # a few inputs tell; each look reads up to MAX_FAMILY dependents
+                    movable = max(movable, self._movable_dependents(dep, holder.address))
         if most * PUBLISH_SECONDS_PER_BYTE + keys * PUBLISH_SECONDS >= movable * duration:
             return holder
         budget = (nbytes * PUBLISH_SECONDS_PER_BYTE + len(needed) * PUBLISH_SECONDS) * max(
