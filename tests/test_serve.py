@@ -138,7 +138,8 @@ def test_serve_is_shared_by_two_clients_and_leaves_nothing_on_sigterm(tmp_path):
     assert "SIGTERM" in server.stdout.read()
 
 
-def test_ctrl_c_stops_serve_and_removes_the_scheduler_file(tmp_path):
+@pytest.mark.parametrize("stop", ["ctrl-c", "client shutdown"])
+def test_ctrl_c_or_a_clients_shutdown_stops_serve_and_removes_the_scheduler_file(tmp_path, stop):
     scheduler_file = str(tmp_path / "scheduler.json")
     server = serve(
         "--n-workers",
@@ -155,47 +156,21 @@ def test_ctrl_c_stops_serve_and_removes_the_scheduler_file(tmp_path):
         with open(scheduler_file) as f:
             address = json.load(f)["address"]
         descendants = psutil.Process(server.pid).children(recursive=True)
-        server.send_signal(signal.SIGINT)  # what Ctrl-C in its terminal sends
+        if stop == "ctrl-c":
+            server.send_signal(signal.SIGINT)  # what Ctrl-C in its terminal sends
+        else:
+            client = Client(scheduler_file=scheduler_file)
+            assert client.submit(pow, 2, 5).result() == 32
+            client.shutdown()  # dask's: the cluster goes too, not only this client
+            assert client.status == "closed"
         assert server.wait(30) == 0, server.stderr.read()
     finally:
         if server.poll() is None:
             server.kill()
             server.wait()
-    assert "SIGINT" in server.stdout.read()
+    said = "SIGINT" if stop == "ctrl-c" else "a client shut the cluster down"
+    assert said in server.stdout.read()
     assert wait_until(lambda: all(process_gone(p) for p in descendants))
-    assert not os.path.exists(scheduler_file) and not port_open(address)
-
-
-def test_a_clients_shutdown_stops_serve(tmp_path):
-    scheduler_file = str(tmp_path / "scheduler.json")
-    server = serve(
-        "--n-workers",
-        "1",
-        "--scheduler-port",
-        "0",
-        "--dashboard-address",
-        "none",
-        "--scheduler-file",
-        scheduler_file,
-    )
-    try:
-        assert wait_until(lambda: os.path.exists(scheduler_file), timeout=30)
-        with open(scheduler_file) as f:
-            address = json.load(f)["address"]
-        descendants = psutil.Process(server.pid).children(recursive=True)
-        client = Client(scheduler_file=scheduler_file)
-        assert client.submit(pow, 2, 5).result() == 32
-        client.shutdown()  # dask's: the cluster goes too, not only this client
-        assert client.status == "closed"
-        assert server.wait(30) == 0, server.stderr.read()
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
-    assert "a client shut the cluster down" in server.stdout.read()
-    assert wait_until(
-        lambda: not any(p.is_running() and p.status() != "zombie" for p in descendants)
-    )
     assert not os.path.exists(scheduler_file) and not port_open(address)
 
 
