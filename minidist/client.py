@@ -182,8 +182,10 @@ class Client(AsyncContext):
             func, self._packer.function_ref(func), args, kwargs, key, pure, options
         )
         future = self._new_future(key)
-        if task is not None:
-            self.scheduler.post(UpdateGraph(self.id, (task,), (key,)))
+        if task is not None:  # with a random key it may go straight to an idle worker
+            self._packer.post_one(
+                self.id, task, pure or actor or actors or options["prefix"] is None
+            )
         return future
 
     def map(

@@ -20,7 +20,7 @@ from .client_futures import FutureBook
 from .data_plane import DataPlane, function_id_of
 from .futures import Future
 from .keys import key_split, random_token
-from .messages import DependencyRef, TaskColumns, new_task
+from .messages import DependencyRef, TaskColumns, UpdateGraph, new_task
 
 _FUNCTION_CACHE_SIZE = 512
 _CANNOT_HOLD_FUTURES = frozenset((int, float, str, bytes, bool, type(None), complex))
@@ -60,6 +60,8 @@ class TaskPacker:
         self._plane = plane  # how this cluster packs functions, arguments and values
         self._book = book
         self._functions: dict = {}  # id(func) -> (func, function_id, blob)
+        # the scheduler's direct lane to idle process workers (scheduler/lane.py), if it has one
+        self._lane = getattr(scheduler, "lane", None)
 
     def function_ref(self, func) -> tuple:
         """(function_id, blob) for a callable, pickled once per client and cached."""
@@ -98,6 +100,13 @@ class TaskPacker:
             arguments, _ = plane.pack_arguments(args, kwargs, key)
         run_spec = plane.run_spec(function_id, blob, func, arguments)
         return key, new_task(key, dependencies, run_spec, **options)
+
+    def post_one(self, client_id: str, task, usual: bool) -> None:
+        """Post one submitted task; unless ``usual`` (a key that is not random: the scheduler may
+        know it already), straight to an idle worker when the scheduler offers one."""
+        lane = self._lane
+        if usual or lane is None or lane.ticket is None or not lane.send(client_id, task):
+            self._scheduler.post(UpdateGraph(client_id, (task,), (task.key,)))
 
     def graph_tasks(self, function, keys: list, nodes: dict, options: dict) -> TaskColumns:
         """One task per key of ``keys``, in that order, for ``nodes[key]`` (dask graphs):

@@ -3,7 +3,7 @@
 Each message is a small named tuple; its type *is* its kind, so every receiver dispatches with a dict from
 type to handler and nobody spells a kind twice. Who sends what::
 
-    client ──► scheduler      UpdateGraph  Release  ReleasePending  Scatter  Cancel  Retry
+    client ──► scheduler      UpdateGraph  Release  ReleasePending  Scatter  Cancel  Retry  DirectTask
     cluster ──► scheduler     AddWorker  RemoveWorkers  RetireWorkers  PauseWorker  Restart  FailPending
                               ForgetClients  ClientSession  RunOnWorkers  WorkerReports (a thread
                               worker's batch)
@@ -289,6 +289,16 @@ class Retry(NamedTuple):
     """Run the erred tasks ``keys`` (and the erred tasks they depend on) again."""
 
     keys: tuple
+
+
+class DirectTask(NamedTuple):
+    """One task ``client`` already sent to the idle worker at ``worker`` (``scheduler/lane.py``): an
+    ``UpdateGraph`` of ``tasks`` (that one) and ``wanted`` (its key) whose placement is done. In-process."""
+
+    client: str
+    tasks: tuple
+    wanted: tuple
+    worker: str
 
 
 # ---------------------------------------------------------------------- cluster ──► scheduler thread

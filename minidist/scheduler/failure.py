@@ -18,7 +18,7 @@ draining the inbox, so every message is answered by one side or the other.
 from __future__ import annotations
 
 from ..errors import SchedulerError
-from ..messages import TaskStatus, UpdateGraph
+from ..messages import DirectTask, TaskStatus, UpdateGraph
 
 
 def fail(scheduler, cause: BaseException) -> None:
@@ -33,6 +33,8 @@ def fail(scheduler, cause: BaseException) -> None:
         "The scheduler thread failed; every waiting future errs", exc_info=cause
     )
     scheduler.failure = failure
+    if scheduler.lane is not None:
+        scheduler.lane.close()  # tasks go no more straight to workers (lane.py)
     reports: dict = {}
     for ts in list(scheduler.state.tasks.values()):
         item: tuple  # (key, status, exception, traceback), as Client.report takes them
@@ -62,7 +64,7 @@ def refuse_inbox(scheduler) -> None:
         reply = getattr(message, "reply", None)  # Call, RetireWorkers...: a future someone waits on
         if reply is not None and reply.set_running_or_notify_cancel():
             reply.set_exception(failure)
-        elif kind is UpdateGraph:
+        elif kind is UpdateGraph or kind is DirectTask:
             keys = dict.fromkeys([spec.key for spec in message.tasks] + list(message.wanted))
             items = [TaskStatus(key, "erred", failure, "") for key in keys]
             reports.setdefault(message.client, []).extend(items)

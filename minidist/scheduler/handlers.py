@@ -27,6 +27,7 @@ from ..messages import (
     Cancel,
     ClientFrame,
     ClientSession,
+    DirectTask,
     FailPending,
     ForgetClients,
     PauseWorker,
@@ -58,7 +59,9 @@ from .queries import retirement_candidates
 # ----------------------------------------------------------------------------------------- clients
 
 
-def on_update_graph(scheduler, message: UpdateGraph, outgoing: dict, reports: dict) -> None:
+def on_update_graph(
+    scheduler, message: UpdateGraph | DirectTask, outgoing: dict, reports: dict, sent_to=None
+) -> None:
     plane = scheduler.data_plane
     for spec in message.tasks:
         # held until the state lets go of them (ReleaseArguments, or Forget); at once for a task the
@@ -68,9 +71,18 @@ def on_update_graph(scheduler, message: UpdateGraph, outgoing: dict, reports: di
         keys = [spec.key for spec in message.tasks]
         scheduler.plugins.update_graph(message.client, message.wanted, keys)
     instructions = scheduler.state.update_graph(
-        message.tasks, message.client, message.wanted, time.time()
+        message.tasks, message.client, message.wanted, time.time(), sent_to
     )
     scheduler._apply(instructions, outgoing, reports)
+
+
+def on_direct_task(scheduler, message: DirectTask, outgoing: dict, reports: dict) -> None:
+    """A task a client already sent to an idle worker (scheduler/lane.py): recorded as running there."""
+    on_update_graph(scheduler, message, outgoing, reports, message.worker)
+    if scheduler.plugins.plugins:
+        ts = scheduler.state.tasks.get(message.tasks[0].key)
+        if ts is not None and ts.processing_on == message.worker:
+            scheduler.plugins.transition(ts.key, "queued", "processing")
 
 
 def on_release(scheduler, message: Release, outgoing: dict, reports: dict) -> None:
@@ -100,7 +112,7 @@ def release_then_submit(
 ) -> None:
     """A client's releases followed by its next submission of one task (a loop of submit -> result
     drops each future just before it submits the next task): the new task goes out to its worker
-    first, and the releases are applied while the worker runs it, off the round trip's path. Only
+    first (a ``DirectTask`` is out already, lane.py), and the releases are applied while the worker runs it, off the round trip's path. Only
     when no key of the submission is among the released ones, so the order cannot matter (a key
     released and submitted again must be forgotten first); otherwise both in order. Larger
     submissions (a graph, a map) keep the order: freeing first lets their results reuse the
@@ -109,7 +121,7 @@ def release_then_submit(
     following = inbox[0]  # only the scheduler thread takes from the inbox
     if (
         session is None
-        or type(following) is not UpdateGraph
+        or (type(following) is not UpdateGraph and type(following) is not DirectTask)
         or following.client != message.client
         or type(following.tasks) is not tuple
         or len(following.tasks) != 1
@@ -129,7 +141,7 @@ def release_then_submit(
     scheduler.delivery.hold(released, outgoing)
 
 
-def _names_any(update: UpdateGraph, keys: list) -> bool:
+def _names_any(update: UpdateGraph | DirectTask, keys: list) -> bool:
     """Whether ``update`` names any of ``keys``: a task's key or dependency, or a wanted key."""
     released = set(keys) if len(keys) > 4 else keys
     for spec in update.tasks:
@@ -243,6 +255,7 @@ def _answer(reply, value) -> None:
 
 HANDLERS: dict[type, Callable[..., None]] = {
     UpdateGraph: on_update_graph,
+    DirectTask: on_direct_task,
     Release: on_release,
     ReleasePending: on_release_pending,
     Cancel: on_cancel,

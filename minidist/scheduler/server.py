@@ -66,6 +66,7 @@ from .delivery import FREE_DELAY_MS, Delivery
 from .failure import fail, refuse_inbox
 from .handlers import HANDLERS, WORKER_HANDLERS, release_then_submit
 from .instructions import AskToRelease
+from .lane import DirectLane
 from .plugins import SchedulerPlugins
 from .runs import RunBook
 from .sessions import SessionTable
@@ -145,6 +146,8 @@ class Scheduler:
         self._poll.register(self._wake_r, select.POLLIN)
         self._wake_pending = False
         self.delivery = Delivery(self)  # sends each turn's batches and reports (delivery.py)
+        # a task submitted while a process worker is idle goes straight to it (lane.py)
+        self.lane = DirectLane(self) if data_plane.pickles else None
         self._closing = False
         self.failure: Optional[Exception] = None  # a SchedulerError once the loop died (failure.py)
         self.runs = RunBook()  # client.run answers still owed by workers
@@ -247,6 +250,7 @@ class Scheduler:
         poll = self._poll.poll
         readers = self._readers
         delivery = self.delivery
+        lane = self.lane
         while True:
             try:
                 events = poll(FREE_DELAY_MS if delivery.held else _IDLE_WAKE_MS)
@@ -260,6 +264,9 @@ class Scheduler:
                 self._wake_pending = False
             outgoing: dict = {}
             reports: dict = {}
+            read = None  # a worker whose reports this turn read (it may be idle now: lane.py)
+            if lane is not None and lane.out and lane.withdraw():
+                self._handle_inbox(outgoing, reports)  # a task sent directly: before its result
             for fd, _ in events:
                 if fd == wake_r:
                     # one read: a wake-up is one byte per pending flag, so 4096 is all of them; a
@@ -275,20 +282,9 @@ class Scheduler:
                     # a hang-up or an error reads as an end of file (the worker died)
                     worker = readers.get(fd)  # None: removed while handling this turn
                     if worker is not None:
-                        self._read_worker(worker[0], worker[1], outgoing, reports)
-            inbox = self.inbox
-            while inbox:
-                message = inbox.popleft()
-                try:
-                    if type(message) is ReleasePending and inbox:
-                        release_then_submit(self, message, inbox, outgoing, reports)
-                    else:
-                        self._handle(message, outgoing, reports)
-                except Exception:
-                    self.logger.exception("scheduler failed to handle %s", type(message).__name__)
-                # not kept until the next message arrives: an UpdateGraph holds every task's
-                # arguments, which the state lets go of as the tasks finish
-                del message
+                        read = worker[0]
+                        self._read_worker(read, worker[1], outgoing, reports)
+            self._handle_inbox(outgoing, reports)
             if self.data_plane.ledger_returns:
                 self._return_segments(outgoing)
             delivery.deliver(outgoing, reports)
@@ -301,6 +297,8 @@ class Scheduler:
                 trim_heap()
             if delivery.held:
                 delivery.send_held_if_due(quiet=not events)
+            if lane is not None:
+                lane.offer(read)
             if delivery.wakes:
                 delivery.release_wakes()  # the last thing before poll() (see FutureBook.report)
             if self._closing:
@@ -309,6 +307,21 @@ class Scheduler:
             # list and dicts before these are freed, in the same allocator pool, so that pool would
             # never empty and, after a large run, would keep one of the run's arenas (1 MiB) alive
             del events, outgoing, reports
+
+    def _handle_inbox(self, outgoing: dict, reports: dict) -> None:
+        inbox = self.inbox
+        while inbox:
+            message = inbox.popleft()
+            try:
+                if type(message) is ReleasePending and inbox:
+                    release_then_submit(self, message, inbox, outgoing, reports)
+                else:
+                    self._handle(message, outgoing, reports)
+            except Exception:
+                self.logger.exception("scheduler failed to handle %s", type(message).__name__)
+            # not kept until the next message arrives: an UpdateGraph holds every task's
+            # arguments, which the state lets go of as the tasks finish
+            del message
 
     def _read_worker(
         self, handle: WorkerHandle, reader: FrameReader, outgoing: dict, reports: dict
@@ -560,6 +573,8 @@ class Scheduler:
         self.post(Wake())
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
+        if self.lane is not None:
+            self.lane.close()  # no client writes to a worker's pipe from now on
         for fd in (self._wake_r, self._wake_w):
             try:
                 os.close(fd)

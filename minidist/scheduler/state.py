@@ -74,6 +74,22 @@ class SchedulerState(Lineage):
 
     # -------------------------------------------------------------------------------- queries (no events)
 
+    def direct_worker(self, address: str) -> bool:
+        """Whether a new task without dependencies, restrictions or resources would go to the worker
+        at ``address`` now, as its first attempt: it runs nothing and nothing waits for a worker."""
+        ws = self.workers.get(address)
+        return (
+            ws is not None
+            and ws.status == "running"
+            and not ws.processing
+            and not self.ready
+            and not self.restricted
+            and not self._aside
+            and not self._steals
+            and not self._retired
+            and self.cannot_start is None
+        )
+
     def expects_result(self, key: Key, worker: str, attempt: Optional[int] = None) -> bool:
         ts = self.tasks.get(key)
         return (
@@ -99,9 +115,16 @@ class SchedulerState(Lineage):
     # ----------------------------------------------------------------------------------------- clients
 
     def update_graph(
-        self, tasks: Iterable[NewTask], client: str, wanted: Iterable[Key] = (), now: float = 0.0
+        self,
+        tasks: Iterable[NewTask],
+        client: str,
+        wanted: Iterable[Key] = (),
+        now: float = 0.0,
+        sent_to: Optional[str] = None,
     ) -> list:
-        """New tasks from ``client``, which holds futures for ``wanted`` keys."""
+        """New tasks from ``client``, which holds futures for ``wanted`` keys. ``sent_to``: the client
+        already sent the one new task to that worker (``direct_worker`` offered it): it is processing
+        there, as its first attempt, and no ``Execute`` is emitted for it."""
         out: list = []
         new: list[TaskState] = []
         for spec in tasks:
@@ -144,7 +167,12 @@ class SchedulerState(Lineage):
         for ts in new:
             if ts.state == "erred" or self.tasks.get(ts.key) is not ts:
                 continue
-            self._initial_transition(ts, out)
+            if sent_to is not None and not ts.dependencies and sent_to in self.workers:
+                ts.state = "queued"  # and at once processing there: the Execute went already
+                self.counts["queued"] += 1
+                self._assign(ts, self.workers[sent_to], [])
+            else:
+                self._initial_transition(ts, out)
         for key in wanted:
             held = self.tasks.get(key)
             if held is None:
