@@ -33,8 +33,10 @@ def fail(scheduler, cause: BaseException) -> None:
         "The scheduler thread failed; every waiting future errs", exc_info=cause
     )
     scheduler.failure = failure
-    if scheduler.lane is not None:
-        scheduler.lane.close()  # tasks go no more straight to workers (lane.py)
+    if scheduler.lane is not None:  # no more tasks straight to workers (lane.py)
+        sent = scheduler.lane.close()
+        if sent is not None:
+            scheduler.inbox.appendleft(sent)  # answered below with the rest
     reports: dict = {}
     for ts in list(scheduler.state.tasks.values()):
         item: tuple  # (key, status, exception, traceback), as Client.report takes them

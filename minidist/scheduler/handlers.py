@@ -76,13 +76,25 @@ def on_update_graph(
     scheduler._apply(instructions, outgoing, reports)
 
 
-def on_direct_task(scheduler, message: DirectTask, outgoing: dict, reports: dict) -> None:
-    """A task a client already sent to an idle worker (scheduler/lane.py): recorded as running there."""
+def record_direct_task(
+    scheduler, message: DirectTask, inbox: deque, outgoing: dict, reports: dict
+) -> None:
+    """A task a client already sent to an idle worker (scheduler/lane.py), recorded as running there
+    first thing in the turn: before the inbox, whatever it holds (a RetireWorkers for that worker must
+    find it busy), and before the worker's reports. That client's releases posted just before it (a
+    chain drops each future before it submits the next task) are applied next, their frees held for
+    the workers' next batches, as ``release_then_submit`` does."""
     on_update_graph(scheduler, message, outgoing, reports, message.worker)
     if scheduler.plugins.plugins:
         ts = scheduler.state.tasks.get(message.tasks[0].key)
         if ts is not None and ts.processing_on == message.worker:
             scheduler.plugins.transition(ts.key, "queued", "processing")
+    if inbox and type(inbox[0]) is ReleasePending and inbox[0].client == message.client:
+        session = scheduler.sessions.get(inbox.popleft().client)
+        if session is not None:
+            released: dict = {}
+            release_keys(scheduler, message.client, session.take_releases(), released, reports)
+            scheduler.delivery.hold(released, outgoing)
 
 
 def on_release(scheduler, message: Release, outgoing: dict, reports: dict) -> None:
@@ -112,7 +124,7 @@ def release_then_submit(
 ) -> None:
     """A client's releases followed by its next submission of one task (a loop of submit -> result
     drops each future just before it submits the next task): the new task goes out to its worker
-    first (a ``DirectTask`` is out already, lane.py), and the releases are applied while the worker runs it, off the round trip's path. Only
+    first, and the releases are applied while the worker runs it, off the round trip's path. Only
     when no key of the submission is among the released ones, so the order cannot matter (a key
     released and submitted again must be forgotten first); otherwise both in order. Larger
     submissions (a graph, a map) keep the order: freeing first lets their results reuse the
@@ -121,7 +133,7 @@ def release_then_submit(
     following = inbox[0]  # only the scheduler thread takes from the inbox
     if (
         session is None
-        or (type(following) is not UpdateGraph and type(following) is not DirectTask)
+        or type(following) is not UpdateGraph
         or following.client != message.client
         or type(following.tasks) is not tuple
         or len(following.tasks) != 1
@@ -141,7 +153,7 @@ def release_then_submit(
     scheduler.delivery.hold(released, outgoing)
 
 
-def _names_any(update: UpdateGraph | DirectTask, keys: list) -> bool:
+def _names_any(update: UpdateGraph, keys: list) -> bool:
     """Whether ``update`` names any of ``keys``: a task's key or dependency, or a wanted key."""
     released = set(keys) if len(keys) > 4 else keys
     for spec in update.tasks:
@@ -255,7 +267,6 @@ def _answer(reply, value) -> None:
 
 HANDLERS: dict[type, Callable[..., None]] = {
     UpdateGraph: on_update_graph,
-    DirectTask: on_direct_task,
     Release: on_release,
     ReleasePending: on_release_pending,
     Cancel: on_cancel,

@@ -10,10 +10,11 @@ end of a turn, and withdraws it first thing in its next turn::
     scheduler thread, end of a turn ──offer(handle)──► ticket: the worker, the frees held for it
     Client.submit of one task (a random key; no dependencies, restrictions, resources or buffers)
         ──send(): take the ticket (lane lock) ──► frame [held frees, ComputeTask attempt 1] ──► worker
-                                               ──► DirectTask into the inbox (still under the lock)
+                                               ──► a DirectTask left in the lane (still under the lock)
     scheduler thread, its next turn (the task's result, or any message or wake-up) ──withdraw()──►
-        taken: the inbox is handled before workers' reports; DirectTask ──► update_graph(sent_to=
-        worker): the task is processing there, attempt 1, as if the state had sent it
+        the DirectTask, recorded before the inbox and the workers' reports (handlers.py,
+        record_direct_task): update_graph(sent_to=worker), the task is processing there, attempt 1,
+        as if the state had sent it
 
 While a ticket is out the scheduler thread sleeps in ``poll()``: it writes to no worker's pipe and the
 state does not change, so what the ticket promises still holds when a client takes it. The frees held
@@ -33,7 +34,6 @@ from typing import Any, Optional
 
 from ..comm.serialize import Payload
 from ..messages import DirectTask, NewTask
-from .failure import refuse_inbox
 
 
 class DirectLane:
@@ -45,16 +45,16 @@ class DirectLane:
         self._lock = threading.Lock()
         self.ticket: Any = None  # the worker handle offered (read without the lock as a hint)
         self._frees: Optional[list] = None  # the frees held for it when offered (Delivery.held)
-        self._taken: Any = None  # the handle a client sent a task to, until withdrawn
+        self._taken: Optional[DirectTask] = None  # what a client sent, until withdrawn
         self.out = False  # scheduler thread: a ticket was offered and not yet withdrawn
         self._last: Any = None  # offered and withdrawn unused: offered again if still idle
         self.sent = 0  # tasks that went this way
 
     # ------------------------------------------------------------------------- scheduler thread
 
-    def withdraw(self) -> bool:
-        """First thing in a turn: take the ticket back. True if a client took it: its DirectTask is
-        in the inbox, to be handled before any worker's report (the task's result may be among them)."""
+    def withdraw(self) -> Optional[DirectTask]:
+        """First thing in a turn: take the ticket back. If a client took it, the task it sent, for
+        the turn to record before anything else (its result may be among this turn's reports)."""
         with self._lock:
             offered, taken = self.ticket, self._taken
             self.ticket = self._taken = None
@@ -62,11 +62,11 @@ class DirectLane:
         frees, self._frees = self._frees, None
         if taken is None:
             self._last = offered
-            return False
-        self._last = None
+            return None
         if frees:  # they went ahead of the task
-            self._scheduler.delivery.held.pop(taken, None)
-        return True
+            self._scheduler.delivery.held.pop(self._last, None)
+        self._last = None
+        return taken
 
     def offer(self, handle: Any) -> None:
         """Last thing in a turn: offer a worker read this turn (or the one offered last) if a new
@@ -86,14 +86,17 @@ class DirectLane:
             self._last = None
             return
         self._frees = scheduler.delivery.held.get(handle)
+        self._last = handle
         self.out = True
         with self._lock:
             self.ticket = handle
 
-    def close(self) -> None:
-        """The loop ended (closed, or failed): no ticket from now on (from any thread)."""
+    def close(self) -> Optional[DirectTask]:
+        """The loop ended (closed, or failed): no ticket from now on (from any thread). The task a
+        client sent and the loop never recorded, if any."""
         with self._lock:
-            self.ticket = None
+            taken, self.ticket, self._taken = self._taken, None, None
+        return taken
 
     # --------------------------------------------------------------------------- client threads
 
@@ -109,7 +112,6 @@ class DirectLane:
             or arguments.buffers
         ):
             return False
-        scheduler = self._scheduler
         with self._lock:
             handle = self.ticket
             if handle is None:
@@ -121,10 +123,8 @@ class DirectLane:
                 handle.send_messages(frees + [message] if frees else [message])
             except (OSError, EOFError, ValueError):
                 return False  # its pipe is closed: the worker is gone, the scheduler places it
-            self._taken = handle
+            # before the lock is let go: the turn that withdraws the ticket (or the failure that
+            # closes the lane) finds it
+            self._taken = DirectTask(client_id, (task,), (task.key,), handle.address)
             self.sent += 1
-            # before the lock is let go: the turn that finds the ticket taken finds this too
-            scheduler.inbox.append(DirectTask(client_id, (task,), (task.key,), handle.address))
-        if scheduler.failure is not None:
-            refuse_inbox(scheduler)
         return True

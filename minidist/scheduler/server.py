@@ -64,7 +64,7 @@ from ..sparse import TRIM_AFTER, prepare_trim, right_sized, trim_heap
 from . import queries
 from .delivery import FREE_DELAY_MS, Delivery
 from .failure import fail, refuse_inbox
-from .handlers import HANDLERS, WORKER_HANDLERS, release_then_submit
+from .handlers import HANDLERS, WORKER_HANDLERS, record_direct_task, release_then_submit
 from .instructions import AskToRelease
 from .lane import DirectLane
 from .plugins import SchedulerPlugins
@@ -265,8 +265,10 @@ class Scheduler:
             outgoing: dict = {}
             reports: dict = {}
             read = None  # a worker whose reports this turn read (it may be idle now: lane.py)
-            if lane is not None and lane.out and lane.withdraw():
-                self._handle_inbox(outgoing, reports)  # a task sent directly: before its result
+            if lane is not None and lane.out:
+                sent = lane.withdraw()  # a task a client sent straight to a worker (lane.py)
+                if sent is not None:  # recorded before anything else: its result may be here
+                    record_direct_task(self, sent, self.inbox, outgoing, reports)
             for fd, _ in events:
                 if fd == wake_r:
                     # one read: a wake-up is one byte per pending flag, so 4096 is all of them; a
