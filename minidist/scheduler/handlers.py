@@ -18,7 +18,7 @@ from __future__ import annotations
 import pickle
 import time
 from collections import deque
-from typing import Callable
+from typing import Callable, Optional
 
 from ..errors import Reschedule
 from ..messages import (
@@ -77,13 +77,15 @@ def on_update_graph(
 
 
 def record_direct_task(
-    scheduler, message: DirectTask, inbox: deque, outgoing: dict, reports: dict
+    scheduler, message: Optional[DirectTask], inbox: deque, outgoing: dict, reports: dict
 ) -> None:
     """A task a client already sent to an idle worker (scheduler/lane.py), recorded as running there
     first thing in the turn: before the inbox, whatever it holds (a RetireWorkers for that worker must
     find it busy), and before the worker's reports. That client's releases posted just before it (a
     chain drops each future before it submits the next task) are applied next, their frees held for
-    the workers' next batches, as ``release_then_submit`` does."""
+    the workers' next batches, as ``release_then_submit`` does. None: no client took the offer."""
+    if message is None:
+        return
     on_update_graph(scheduler, message, outgoing, reports, message.worker)
     if scheduler.plugins.plugins:
         ts = scheduler.state.tasks.get(message.tasks[0].key)

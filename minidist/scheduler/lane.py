@@ -108,8 +108,10 @@ class DirectLane:
             task.dependencies
             or task.workers
             or task.resources
-            or type(arguments) is not Payload
-            or arguments.buffers
+            or (
+                type(arguments) is not bytes
+                and (type(arguments) is not Payload or arguments.buffers)
+            )
         ):
             return False
         with self._lock:

@@ -266,9 +266,9 @@ class Scheduler:
             reports: dict = {}
             read = None  # a worker whose reports this turn read (it may be idle now: lane.py)
             if lane is not None and lane.out:
-                sent = lane.withdraw()  # a task a client sent straight to a worker (lane.py)
-                if sent is not None:  # recorded before anything else: its result may be here
-                    record_direct_task(self, sent, self.inbox, outgoing, reports)
+                # a task a client sent straight to a worker (lane.py) is recorded before anything
+                # else: its result may be among this turn's reports
+                record_direct_task(self, lane.withdraw(), self.inbox, outgoing, reports)
             for fd, _ in events:
                 if fd == wake_r:
                     # one read: a wake-up is one byte per pending flag, so 4096 is all of them; a
