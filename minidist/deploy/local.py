@@ -368,12 +368,20 @@ class LocalCluster(Cluster):
         )
 
     def _on_worker_retired(self, handle) -> None:
-        """Scheduler thread: a retiring worker finished its tasks; stop it."""
+        """Scheduler thread: a retiring worker finished its tasks; stop it. A worker that died while
+        this one was about to retire was not replaced (this one still counted): start it now."""
         with self._lock:
             self.handles.pop(handle.address, None)
+            short = not self._closing and (
+                len(active_workers(self.scheduler.state)) < self.target_workers
+            )
         threading.Thread(target=handle.stop, daemon=True, name="minidist-stop-worker").start()
         self.logs.close_worker(handle.address, "retired")
         self.logger.info("Retired worker %s (name %s)", handle.address, handle.name)
+        if short:
+            threading.Thread(
+                target=self._fill_to_target, daemon=True, name="minidist-replace-worker"
+            ).start()
 
     # --------------------------------------------------------------------------------------- scale
 
