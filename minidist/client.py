@@ -32,7 +32,7 @@ from .client_ops import forward_awaitable as _awaitable
 from .client_plugins import PluginClient
 from .client_results import ResultReader
 from .client_shared import Datasets, SharedData
-from .client_tasks import TaskPacker, map_batch, task_options
+from .client_tasks import MapColumns, TaskPacker, map_batch, task_options
 from .default_clients import _clients, current_client_for_task, default_client  # noqa: F401
 from .errors import ClientClosedError
 from .futures import Future, FutureState, as_completed, futures_in, futures_of, shaped_like  # noqa
@@ -220,26 +220,27 @@ class Client(AsyncContext):
             keys = list(key)
         function_ref = self._packer.function_ref(func)
         futures = []
-        tasks = []
+        tasks = MapColumns(options)  # posted as columns: no message object per task
         step = map_batch(batch_size)  # tasks per UpdateGraph: None, all of them (as dask)
+        pack = self._packer.pack
         for i, args in enumerate(zip(*iterables)):
             task_key = keys[i] if keys is not None else None
-            # with key=None or a prefix (options["prefix"]), prepare() makes the key as submit does
-            task_key, task = self._packer.prepare(
+            # with key=None or a prefix (options["prefix"]), pack() makes the key as submit does
+            task_key, dependencies, run_spec = pack(
                 func, function_ref, args, kwargs, task_key, pure, options
             )
             futures.append(self._new_future(task_key))
-            if task is not None:
-                tasks.append(task)
-                if step is not None and len(tasks) >= step:
-                    self._post_tasks(tasks)
-                    tasks = []
-        if tasks:
-            self._post_tasks(tasks)
+            if run_spec is not None:  # None: a key this client holds already, shared
+                tasks.add(task_key, dependencies, run_spec)
+                if step is not None and len(tasks.keys) >= step:
+                    self._post_map_tasks(tasks)
+        if tasks.keys:
+            self._post_map_tasks(tasks)
         return futures
 
-    def _post_tasks(self, tasks: list) -> None:
-        self.scheduler.post(UpdateGraph(self.id, tuple(tasks), tuple(t.key for t in tasks)))
+    def _post_map_tasks(self, tasks: MapColumns) -> None:
+        wanted = tuple(tasks.keys)
+        self.scheduler.post(UpdateGraph(self.id, tasks.take(), wanted))
 
     # ------------------------------------------------------------------------------------ results
 

@@ -52,6 +52,57 @@ def map_batch(batch_size) -> Optional[int]:
     return batch_size or None
 
 
+class MapColumns:
+    """The tasks of one ``map`` call, gathered as columns (``TaskColumns``) rather than as a
+    ``NewTask`` each: 100,000 pending message objects would be walked by every full garbage collection
+    until the scheduler has read them (and collections come more often the more objects survive).
+    Tasks take ``options`` (``task_options``, with the prefix, or None for each key's own); with other
+    than the defaults they travel whole, in ``special``."""
+
+    def __init__(self, options: dict):
+        self._prefix = options["prefix"]
+        self._options = None if _defaults_only(options) else options
+        self._clear()
+
+    def _clear(self) -> None:
+        self.keys: list = []
+        self._dependencies: list = []
+        self._run_specs: list = []
+        self._prefixes: list = []
+        self._special: dict = {}
+
+    def add(self, key, dependencies, run_spec) -> None:
+        self.keys.append(key)
+        self._dependencies.append(tuple(dependencies) if dependencies else ())
+        self._run_specs.append(run_spec)
+        self._prefixes.append(self._prefix if self._prefix is not None else key_split(key))
+        if self._options is not None:
+            self._special[key] = new_task(key, dependencies, run_spec, **self._options)
+
+    def take(self) -> TaskColumns:
+        """The tasks added so far, as one ``TaskColumns``; starts afresh."""
+        columns = TaskColumns(
+            tuple(self.keys),
+            tuple(self._dependencies),
+            tuple(self._run_specs),
+            tuple(self._prefixes),
+            self._special,
+        )
+        self._clear()
+        return columns
+
+
+def _defaults_only(options: dict) -> bool:
+    """True if ``task_options`` are the defaults ``TaskColumns`` gives every task."""
+    return not (
+        options["priority"]
+        or options["retries"]
+        or options["resources"]
+        or options["allow_other_workers"]
+        or options.get("workers")
+    )
+
+
 class TaskPacker:
     """Turns calls and data into what the scheduler takes (see the module docstring)."""
 
@@ -77,6 +128,14 @@ class TaskPacker:
 
     def prepare(self, func, function_ref, args, kwargs, key, pure, options) -> tuple:
         """(key, task to post, or None if this client already holds the key and shares it)."""
+        key, dependencies, run_spec = self.pack(func, function_ref, args, kwargs, key, pure, options)
+        if run_spec is None:
+            return key, None
+        return key, new_task(key, dependencies, run_spec, **options)
+
+    def pack(self, func, function_ref, args, kwargs, key, pure, options) -> tuple:
+        """(key, dependencies, run_spec), run_spec None if this client already holds the key and
+        shares it: what ``prepare`` makes a task of, or ``map`` puts in its columns."""
         plane = self._plane
         dependencies: set = set()
         if args:
@@ -95,11 +154,10 @@ class TaskPacker:
         if key in self._book.states and key not in options.get("_force", ()):
             if arguments is not None:
                 plane.discard_arguments(arguments)  # the shared task already has its arguments
-            return key, None  # already submitted by this client: share it
+            return key, None, None  # already submitted by this client: share it
         if arguments is None:
             arguments, _ = plane.pack_arguments(args, kwargs, key)
-        run_spec = plane.run_spec(function_id, blob, func, arguments)
-        return key, new_task(key, dependencies, run_spec, **options)
+        return key, dependencies, plane.run_spec(function_id, blob, func, arguments)
 
     def post_one(self, client_id: str, task, usual: bool) -> None:
         """Post one submitted task; unless ``usual`` (a key that is not random: the scheduler may

@@ -32,6 +32,8 @@ from .comm.serialize import (
     deserialize,
     dumps_function,
     loads_function,
+    payload_nbytes,
+    payload_segments,
     serialize,
     serialize_with_token,
 )
@@ -173,7 +175,7 @@ class PickledPlane:
 
     def discard_arguments(self, arguments) -> None:
         """Arguments packed for a task that will not be sent (the key is shared): free their memory."""
-        unlink_segments(arguments.segments())
+        unlink_segments(payload_segments(arguments))
 
     def pack_value(self, value) -> tuple:
         """``(stored form, nbytes)`` of a scattered value."""
@@ -183,7 +185,7 @@ class PickledPlane:
             raise TaskSerializationError(
                 f"Could not scatter {type(value).__name__}: {exc}"
             ) from exc
-        return payload, payload.nbytes
+        return payload, payload_nbytes(payload)
 
     def pack_value_with_token(self, value) -> tuple:
         """``(stored form, nbytes, content token)`` of a scattered value (``scatter(hash=True)``).
@@ -200,7 +202,7 @@ class PickledPlane:
             raise TaskSerializationError(
                 f"Could not scatter {type(value).__name__}: {exc}"
             ) from exc
-        return payload, payload.nbytes, token
+        return payload, payload_nbytes(payload), token
 
     def unpack_value(self, stored) -> Any:
         return deserialize(stored)

@@ -139,6 +139,21 @@ def test_map_refuses_a_batch_size_that_is_not_a_whole_number(client, batch_size)
         client.map(inc, range(3), batch_size=batch_size)
 
 
+def test_map_over_futures_with_repeats_and_options(client):
+    # map packs its tasks as columns: dependencies, keys it shares with itself, and options that
+    # differ from the defaults must all still reach the scheduler
+    inputs = client.map(inc, range(3))
+    doubled = client.map(add, inputs, inputs)  # each task depends on one future, twice
+    assert client.gather(doubled) == [2, 4, 6]
+    repeated = client.map(inc, [5, 5, 6])  # pure: equal calls share one key
+    assert repeated[0].key == repeated[1].key != repeated[2].key
+    assert client.gather(repeated) == [6, 6, 7]
+    worker = next(iter(client.scheduler_info()["workers"]))
+    placed = client.map(add, inputs, [10] * 3, workers=[worker], retries=1, priority=5)
+    assert client.gather(placed) == [11, 12, 13]
+    assert all(list(holders) == [worker] for holders in client.who_has(placed).values())
+
+
 def test_futures_in_arguments_become_dependencies(client):
     x = client.submit(inc, 1)
     y = client.submit(inc, x)

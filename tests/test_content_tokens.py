@@ -67,7 +67,7 @@ def test_token_follows_content_and_reuses_the_checksum_of_a_linked_segment(store
 def test_token_without_shared_memory_is_content_based_too():
     array = np.arange(100_000.0)
     payload, token = serialize_with_token(array, None)
-    assert payload.segments() == ()
+    assert type(payload) is bytes  # no shared memory: the buffer is in the pickle
     assert serialize_with_token(array.copy(), None)[1] == token
     assert serialize_with_token(array + 1, None)[1] != token
 

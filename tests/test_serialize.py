@@ -24,6 +24,8 @@ from minidist.comm.serialize import (
     deserialize,
     dumps_function,
     loads_function,
+    payload_nbytes,
+    payload_segments,
     serialize,
 )
 from minidist.comm.shm import (
@@ -119,10 +121,11 @@ def test_round_trip(value, use_store, store):
         assert result == value and type(result) is type(value)
     else:
         assert_same(value, result)
-    assert payload.nbytes >= len(payload.header)
-    if not use_store:
-        assert payload.segments() == ()
-    unlink_segments(payload.segments())
+    header = payload if type(payload) is bytes else payload.header
+    assert payload_nbytes(payload) >= len(header)
+    if not use_store:  # no buffers to place: the payload is the pickle alone
+        assert type(payload) is bytes and payload_segments(payload) == ()
+    unlink_segments(payload_segments(payload))
 
 
 @pytest.mark.parametrize(
@@ -138,7 +141,7 @@ def test_round_trip(value, use_store, store):
 def test_memoryview_round_trip(view, store):
     payload, result = round_trip(view, store)
     assert_same(view, result)
-    unlink_segments(payload.segments())
+    unlink_segments(payload_segments(payload))
 
 
 def test_large_arrays_go_to_shared_memory_and_small_ones_inline(store):
@@ -149,7 +152,7 @@ def test_large_arrays_go_to_shared_memory_and_small_ones_inline(store):
     assert (
         len(big_payload.header) < 300 and big_payload.nbytes == len(big_payload.header) + THRESHOLD
     )
-    assert small_payload.segments() == ()
+    assert type(small_payload) is bytes and payload_segments(small_payload) == ()
     assert {i.name for i in list_segments(store.cluster_id)} == set(big_payload.segments())
     unlink_segments(big_payload.segments())
 
@@ -210,23 +213,21 @@ def test_functions_and_classes_from_main_travel_by_value(tmp_path):
         class Point:
             def __init__(self, x): self.x = x
             def norm(self): return abs(self.x)
-        open({str(tmp_path / "value")!r}, "wb").write(serialize([square, Point(-3)]).header)
+        open({str(tmp_path / "value")!r}, "wb").write(serialize([square, Point(-3)]))
         open({str(tmp_path / "func")!r}, "wb").write(dumps_function(square))
         class Level(enum.IntEnum):  # an int to the eye: a task call holding it is not plain pickle
             HIGH = 3
         call = serialize(((Level.HIGH, 2), {{"level": Level.HIGH}}))
-        open({str(tmp_path / "call")!r}, "wb").write(call.header)
+        open({str(tmp_path / "call")!r}, "wb").write(call)
         """
     )
     reader = textwrap.dedent(
         f"""
         import pickle
-        from minidist.comm.serialize import Payload, deserialize, loads_function
-        header = open({str(tmp_path / "value")!r}, "rb").read()
-        square, point = deserialize(Payload(header, (), len(header)))
+        from minidist.comm.serialize import deserialize, loads_function
+        square, point = deserialize(open({str(tmp_path / "value")!r}, "rb").read())
         func = loads_function(open({str(tmp_path / "func")!r}, "rb").read())
-        header = open({str(tmp_path / "call")!r}, "rb").read()
-        (level, two), kwargs = deserialize(Payload(header, (), len(header)))
+        (level, two), kwargs = deserialize(open({str(tmp_path / "call")!r}, "rb").read())
         assert kwargs["level"] is level and two == 2
         print(square(7), point.norm(), func(5), type(level).__name__, level.name, level + 1)
         """
@@ -241,12 +242,13 @@ def test_functions_and_classes_from_main_travel_by_value(tmp_path):
 
 @pytest.mark.parametrize("use_store", [True, False], ids=["shm", "inline"])
 def test_calls_of_plain_scalars_are_plain_pickles(use_store, store):
-    """Most task calls hold only builtin scalars: their payload is exactly pickle's stream."""
+    """Most task calls hold only builtin scalars: their payload is exactly pickle's stream, a plain
+    bytes (no Payload object per task for the garbage collector to walk)."""
     calls = [((1,), {}), ((), {"x": 2.5, "y": None}), (("a", [1, 2, (3, True)]), {"z": 1j})]
     for call in calls:
         payload = serialize(call, store if use_store else None)
-        assert payload.header == pickle.dumps(call, protocol=5) and payload.buffers == ()
-        assert payload.nbytes == len(payload.header) and deserialize(payload) == call
+        assert type(payload) is bytes and payload == pickle.dumps(call, protocol=5)
+        assert payload_nbytes(payload) == len(payload) and deserialize(payload) == call
 
 
 def test_unpicklable_value_raises_serialization_error_and_writes_nothing(store):
@@ -280,7 +282,7 @@ def test_full_shm_falls_back_inline_without_leaving_segments(store, monkeypatch)
         warnings.simplefilter("ignore", SharedMemoryFallbackWarning)
         payload = serialize([array, os.urandom(10_000)], store)
     monkeypatch.undo()
-    assert payload.segments() == () and list_segments(store.cluster_id) == []
+    assert payload_segments(payload) == () and list_segments(store.cluster_id) == []
     np.testing.assert_array_equal(deserialize(payload)[0], array)
 
 
@@ -348,13 +350,15 @@ def test_large_bytes_at_the_top_or_in_a_short_container_go_to_shared_memory(stor
     unlink_segments(same_twice.segments())
 
 
-def test_a_payload_pickles_by_a_code_not_by_its_class_name():
+def test_a_payload_pickles_by_a_code_not_by_its_class_name(store):
     # by module and class name, every frame a worker sends would make the loading process decode a
     # fresh "Payload" string, which CPython's type attribute cache then keeps after the frame: after
     # a 100,000-task run such strings kept ~25 MiB of the client's allocator arenas alive
-    payload = serialize({"a": 1}, None)
+    array = np.arange(THRESHOLD // 8, dtype=np.float64)  # a buffer in shared memory: a Payload
+    payload = serialize({"a": array}, store)
     data = pickle.dumps(payload, protocol=5)
     assert b"Payload" not in data
     loaded = pickle.loads(data)
     assert type(loaded) is Payload and loaded == payload
-    assert deserialize(loaded) == {"a": 1}
+    np.testing.assert_array_equal(deserialize(loaded)["a"], array)
+    unlink_segments(payload.segments())

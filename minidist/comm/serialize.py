@@ -1,5 +1,10 @@
 """Turning values into Payloads (a small pickle + buffer handles) and back.
 
+A value with no out-of-band buffer (most task calls and results) is packed as its pickle alone, a
+plain ``bytes``; only values with buffers get a ``Payload`` object. Every reader takes both forms
+(``deserialize``, ``payload_nbytes``, ``payload_segments``): a ``bytes`` is one object fewer per task
+for the garbage collector to walk while a large run is in flight, and pickles natively.
+
 Data flow::
 
     serialize(obj, store)                                              deserialize(payload)
@@ -54,7 +59,8 @@ class SharedMemoryFallbackWarning(RuntimeWarning):
 
 
 class Payload:
-    """A serialized value: what travels through pipes. Small, and picklable with plain pickle.
+    """A serialized value with out-of-band buffers: what travels through pipes. Small, and picklable
+    with plain pickle. (A value without buffers travels as its pickle alone: see the module docstring.)
 
     Treat it as immutable. A plain slotted class rather than a frozen dataclass: one is made for every
     task's arguments and every result (and again where each is unpickled), and a frozen dataclass's
@@ -106,6 +112,16 @@ try:
     copyreg.add_extension(Payload.__module__, Payload.__qualname__, PAYLOAD_PICKLE_CODE)
 except ValueError:
     pass
+
+
+def payload_nbytes(payload: Payload | bytes) -> int:
+    """The size of the data a payload stands for (its pickle and its buffers)."""
+    return len(payload) if type(payload) is bytes else payload.nbytes
+
+
+def payload_segments(payload: Payload | bytes) -> tuple[str, ...]:
+    """Names of the shared-memory segments a payload refers to."""
+    return () if type(payload) is bytes else payload.segments()
 
 
 _fallback_lock = threading.Lock()
@@ -305,7 +321,7 @@ def _serialization_error(obj, exc: BaseException) -> SerializationError:
     )
 
 
-def serialize(obj, store: SegmentStore | SegmentPool | None = None) -> Payload:
+def serialize(obj, store: SegmentStore | SegmentPool | None = None) -> Payload | bytes:
     """Pickle ``obj`` (protocol 5); buffers of at least ``store.threshold`` bytes go to shared memory.
 
     Without a store everything is inline. Raises SerializationError if neither pickle nor cloudpickle
@@ -318,7 +334,7 @@ def serialize(obj, store: SegmentStore | SegmentPool | None = None) -> Payload:
 
 def serialize_with_token(
     obj, store: SegmentStore | SegmentPool | None, salt: bytes = b""
-) -> tuple[Payload, str]:
+) -> tuple[Payload | bytes, str]:
     """:func:`serialize`, plus a hex token of the value's content (for pure task keys) from the same pass.
 
     Equal values give equal tokens within a process; ``salt`` (e.g. the function's id) is hashed first.
@@ -333,6 +349,9 @@ def serialize_with_token(
         sink = _BufferSink(store, checksums=True)
         payload, sums = _serialize(obj, store, sink), sink.sums
     digest = hashlib.blake2b(salt, digest_size=16)
+    if type(payload) is bytes:
+        digest.update(payload)
+        return payload, digest.hexdigest()
     digest.update(payload.header)
     for buffer in payload.buffers:
         digest.update(b"|%d:%d" % (buffer.nbytes, sums[buffer.name]))
@@ -367,17 +386,18 @@ def _holds_only_scalars(value, depth: int) -> bool:
 _SCALARS = frozenset((int, float, str, bool, type(None), complex))
 
 
-def _plain_payload(obj) -> Payload:
+def _plain_payload(obj) -> bytes:
     """The payload of a value ``_holds_only_scalars`` accepted, e.g. the common task call ``((i,), {})``.
 
     None of what ``_serialize`` adds can apply to it (no buffers, no __main__ functions or classes,
     no memoryviews), so plain pickle writes the same stream without a pickler object, a stream
     object and a buffer sink."""
-    header = pickle.dumps(obj, protocol=5)
-    return Payload(header, (), len(header))
+    return pickle.dumps(obj, protocol=5)
 
 
-def _serialize(obj, store: SegmentStore | SegmentPool | None, sink: _BufferSink) -> Payload:
+def _serialize(
+    obj, store: SegmentStore | SegmentPool | None, sink: _BufferSink
+) -> Payload | bytes:
     target = _expose_large_bytes(obj, store.threshold) if store is not None else obj
     try:
         try:
@@ -393,17 +413,21 @@ def _serialize(obj, store: SegmentStore | SegmentPool | None, sink: _BufferSink)
         sink.drop_unused()
         raise
     sink.drop_unused()  # what a failed first attempt wrote and the second did not use
+    if not sink.buffers:
+        return header
     buffers = tuple(sink.buffers)
     return Payload(header, buffers, len(header) + sum(b.nbytes for b in buffers))
 
 
-def deserialize(payload: Payload, open_buffer=open_segment):
+def deserialize(payload: Payload | bytes, open_buffer=open_segment):
     """Rebuild the value; shared-memory buffers are mapped read-only without copying.
 
     NumPy arrays backed by shared memory are therefore read-only; copy one to modify it.
     ``open_buffer``: how a segment is mapped (a worker passes its ``MappingCache.open``).
     """
-    if not payload.buffers:  # most payloads (a task's small arguments): the pickle alone
+    if type(payload) is bytes:  # most payloads (a task's small arguments): the pickle alone
+        return pickle.loads(payload)
+    if not payload.buffers:  # one made by hand
         return pickle.loads(payload.header)
     buffers = [
         open_buffer(b.name, b.nbytes, b.offset, b.pooled) if isinstance(b, SharedBuffer) else b

@@ -147,9 +147,9 @@ def portable_items(items: list) -> list:
     return out
 
 
-def inline_payload(payload: Payload) -> Payload:
+def inline_payload(payload: Payload | bytes) -> Payload | bytes:
     """The same value with shared-memory buffers copied in: for a client on another machine."""
-    if not payload.segments():
+    if type(payload) is bytes or not payload.segments():
         return payload
     buffers = tuple(
         bytes(open_segment(b.name, b.nbytes, b.offset, b.pooled))
@@ -210,8 +210,8 @@ def check_request(message, client_ids) -> None:
     elif kind is Scatter:
         if set(message.values) != set(message.nbytes):
             raise MalformedMessage("Scatter needs matching dicts of values and sizes")
-        if any(type(v) is not Payload for v in message.values.values()):
-            raise MalformedMessage("scattered values must be Payloads")
+        if any(type(v) is not Payload and type(v) is not bytes for v in message.values.values()):
+            raise MalformedMessage("scattered values must be Payloads or bytes")
 
 
 def _check_columns(columns: TaskColumns) -> None:
@@ -233,8 +233,8 @@ def _check_pickled_run_spec(run_spec) -> None:
     check_fields(run_spec)
     if not (run_spec.function is None or isinstance(run_spec.function, bytes)):
         raise MalformedMessage("a remote task's function must be a pickle (bytes) or None")
-    if type(run_spec.arguments) is not Payload:
-        raise MalformedMessage("a remote task's arguments must be a Payload")
+    if type(run_spec.arguments) is not Payload and type(run_spec.arguments) is not bytes:
+        raise MalformedMessage("a remote task's arguments must be a Payload or bytes")
 
 
 # ------------------------------------------------------------------------------------------- codecs
@@ -298,7 +298,7 @@ class ThreadModeCodec(ProcessModeCodec):
             return message._replace(values=values)
         return message
 
-    def stored_value(self, value) -> Payload:
+    def stored_value(self, value) -> Payload | bytes:
         return serialize(value, None)
 
     def invoke_args(self, name: str, args: tuple) -> tuple:

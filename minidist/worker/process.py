@@ -31,7 +31,7 @@ from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from ..comm.frames import FrameReader, write_frame
-from ..comm.serialize import deserialize, loads_function, serialize
+from ..comm.serialize import deserialize, loads_function, payload_nbytes, serialize
 from ..comm.shm import SegmentStore, sweep_cluster
 from ..comm.shm_mappings import MappingCache
 from ..comm.shm_pool import SegmentPool
@@ -135,12 +135,12 @@ class ProcessWorker:
 
     def encode_result(self, value) -> tuple:
         payload = serialize(value, self.store)
-        return payload, payload.nbytes
+        return payload, payload_nbytes(payload)
 
     def encode_published(self, value) -> tuple:
         """A held result, published: its large buffers go into recycled segments."""
         payload = serialize(value, self.pool)
-        return payload, payload.nbytes
+        return payload, payload_nbytes(payload)
 
     def decode_value(self, payload):
         return deserialize(payload, self.mappings.open)
