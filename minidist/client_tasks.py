@@ -128,7 +128,9 @@ class TaskPacker:
 
     def prepare(self, func, function_ref, args, kwargs, key, pure, options) -> tuple:
         """(key, task to post, or None if this client already holds the key and shares it)."""
-        key, dependencies, run_spec = self.pack(func, function_ref, args, kwargs, key, pure, options)
+        key, dependencies, run_spec = self.pack(
+            func, function_ref, args, kwargs, key, pure, options
+        )
         if run_spec is None:
             return key, None
         return key, new_task(key, dependencies, run_spec, **options)

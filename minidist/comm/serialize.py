@@ -116,12 +116,12 @@ except ValueError:
 
 def payload_nbytes(payload: Payload | bytes) -> int:
     """The size of the data a payload stands for (its pickle and its buffers)."""
-    return len(payload) if type(payload) is bytes else payload.nbytes
+    return len(payload) if isinstance(payload, bytes) else payload.nbytes
 
 
 def payload_segments(payload: Payload | bytes) -> tuple[str, ...]:
     """Names of the shared-memory segments a payload refers to."""
-    return () if type(payload) is bytes else payload.segments()
+    return () if isinstance(payload, bytes) else payload.segments()
 
 
 _fallback_lock = threading.Lock()
@@ -343,13 +343,14 @@ def serialize_with_token(
     chunk right after writing it (or comparing it, when it re-uses a segment holding the same bytes),
     and a re-used segment's checksum, once known, is remembered.
     """
+    payload: Payload | bytes
     if _holds_only_scalars(obj, 2):
         payload, sums = _plain_payload(obj), {}
     else:
         sink = _BufferSink(store, checksums=True)
         payload, sums = _serialize(obj, store, sink), sink.sums
     digest = hashlib.blake2b(salt, digest_size=16)
-    if type(payload) is bytes:
+    if isinstance(payload, bytes):
         digest.update(payload)
         return payload, digest.hexdigest()
     digest.update(payload.header)
@@ -395,9 +396,7 @@ def _plain_payload(obj) -> bytes:
     return pickle.dumps(obj, protocol=5)
 
 
-def _serialize(
-    obj, store: SegmentStore | SegmentPool | None, sink: _BufferSink
-) -> Payload | bytes:
+def _serialize(obj, store: SegmentStore | SegmentPool | None, sink: _BufferSink) -> Payload | bytes:
     target = _expose_large_bytes(obj, store.threshold) if store is not None else obj
     try:
         try:
@@ -425,7 +424,7 @@ def deserialize(payload: Payload | bytes, open_buffer=open_segment):
     NumPy arrays backed by shared memory are therefore read-only; copy one to modify it.
     ``open_buffer``: how a segment is mapped (a worker passes its ``MappingCache.open``).
     """
-    if type(payload) is bytes:  # most payloads (a task's small arguments): the pickle alone
+    if isinstance(payload, bytes):  # most payloads (a task's small arguments): the pickle alone
         return pickle.loads(payload)
     if not payload.buffers:  # one made by hand
         return pickle.loads(payload.header)

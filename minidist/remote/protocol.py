@@ -149,7 +149,7 @@ def portable_items(items: list) -> list:
 
 def inline_payload(payload: Payload | bytes) -> Payload | bytes:
     """The same value with shared-memory buffers copied in: for a client on another machine."""
-    if type(payload) is bytes or not payload.segments():
+    if isinstance(payload, bytes) or not payload.segments():
         return payload
     buffers = tuple(
         bytes(open_segment(b.name, b.nbytes, b.offset, b.pooled))
