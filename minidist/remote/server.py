@@ -363,7 +363,9 @@ class TCPSession(Session):
                 self.close()
             return
         # answers to this client's own requests: wait for room (a closed outbox drops them)
-        self._outbox.put(message, getattr(getattr(message, "value", None), "nbytes", 0) or 0)
+        value = getattr(message, "value", None)  # a Payload, or bytes: a value without buffers
+        size = len(value) if isinstance(value, bytes) else getattr(value, "nbytes", 0) or 0
+        self._outbox.put(message, size)
 
     def _read_loop(self) -> None:
         from ..comm.tcp import ProtocolError
