@@ -22,7 +22,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from minidist.comm.serialize import deserialize, serialize
+from minidist.comm.serialize import deserialize, payload_segments, serialize
 from minidist.comm.shm import (
     SegmentStore,
     list_segments,
@@ -56,7 +56,7 @@ class SegmentLifecycle(RuleBasedStateMachine):
     @rule(target=payloads, index=st.integers(0, 2))
     def serialize_array(self, index):
         payload = serialize(self.arrays[index], self.store)
-        self.live.update(payload.segments())
+        self.live.update(payload_segments(payload))
         self.expected[id(payload)] = (payload, self.arrays[index].copy())
         return payload
 
@@ -64,7 +64,7 @@ class SegmentLifecycle(RuleBasedStateMachine):
     def serialize_bytes(self, size, seed):
         data = np.random.default_rng(seed).integers(0, 255, size, dtype=np.uint8).tobytes()
         payload = serialize({"blob": data}, self.store)
-        self.live.update(payload.segments())
+        self.live.update(payload_segments(payload))
         self.expected[id(payload)] = (payload, {"blob": data})
         return payload
 
@@ -74,9 +74,9 @@ class SegmentLifecycle(RuleBasedStateMachine):
 
     @rule(payload=consumes(payloads))
     def release(self, payload):
-        unlink_segments(payload.segments())
-        unlink_segments(payload.segments())  # twice: must be harmless
-        self.live.difference_update(payload.segments())
+        unlink_segments(payload_segments(payload))
+        unlink_segments(payload_segments(payload))  # twice: must be harmless
+        self.live.difference_update(payload_segments(payload))
         del self.expected[id(payload)]
 
     @rule(size=st.integers(1, 50_000))
