@@ -120,6 +120,8 @@ class Client(AsyncContext):
         self.data_plane = self.scheduler.data_plane  # how calls and values travel (data_plane.py)
         self.processes = self.data_plane.pickles  # whether work and values cross processes
         self._book = FutureBook(self.id, self.scheduler.post)
+        # what a dropped Future calls (futures.py), once per task: the book's own method, no call between
+        self._release_key = self._book.release_key
         self._packer = TaskPacker(self.scheduler, self.data_plane, self._book)
         self._results = ResultReader(self.scheduler, self.data_plane)
         self._calls = ClusterCalls(self.operations, self.data_plane)
@@ -222,14 +224,14 @@ class Client(AsyncContext):
         futures = []
         tasks = MapColumns(options)  # posted as columns: no message object per task
         step = map_batch(batch_size)  # tasks per UpdateGraph: None, all of them (as dask)
-        pack = self._packer.pack
+        pack, share = self._packer.pack, self._book.share  # once per task: no lookups in the loop
         for i, args in enumerate(zip(*iterables)):
             task_key = keys[i] if keys is not None else None
             # with key=None or a prefix (options["prefix"]), pack() makes the key as submit does
             task_key, dependencies, run_spec = pack(
                 func, function_ref, args, kwargs, task_key, pure, options
             )
-            futures.append(self._new_future(task_key))
+            futures.append(Future(task_key, self, state=share(task_key)))  # as _new_future
             if run_spec is not None:  # None: a key this client holds already, shared
                 tasks.add(task_key, dependencies, run_spec)
                 if step is not None and len(tasks.keys) >= step:
@@ -259,7 +261,8 @@ class Client(AsyncContext):
 
             return gather_collection(self, futures)  # e.g. what persist returned
         for future in futures_in(futures):
-            future._wait(None)
+            if future._state.status == "pending":  # most are done by the time their turn comes
+                future._wait(None)
         return self._results.fill(futures, errors, self._results.prefetch(futures))
 
     def scatter(
@@ -477,9 +480,6 @@ class Client(AsyncContext):
 
     def _acquire(self, key) -> FutureState:
         return self._book.acquire(key)
-
-    def _release_key(self, key) -> None:
-        self._book.release_key(key)
 
     def _wait_for(self, state: FutureState, timeout: Optional[float]) -> bool:
         return self._book.wait_for(state, timeout)

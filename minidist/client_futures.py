@@ -156,7 +156,7 @@ class FutureBook:
                 self._refcounts[key] = 1
             else:
                 self._refcounts[key] += 1
-            self.cut_releases()
+            self._open_releases = None  # cut_releases(), without a call: once per task of a map
         return state
 
     def cut_releases(self) -> None:

@@ -60,7 +60,17 @@ class ResultReader:
             if prefetched and obj.status == "finished" and obj.key in prefetched:
                 return self.value(obj.key, prefetched[obj.key])
             return obj._result(None)  # done: never an awaitable, even inside a loop
-        if typ in (list, tuple, set, frozenset):
+        if typ is list or typ is tuple:
+            items: list = []
+            for item in obj:
+                if type(item) is Future and item._state.status == "finished" and not prefetched:
+                    items.append(self.value(item.key))  # most items of a gather: read at once
+                    continue
+                item = self.fill(item, errors, prefetched)
+                if item is not _SKIP:
+                    items.append(item)
+            return items if typ is list else tuple(items)
+        if typ is set or typ is frozenset:
             values = (self.fill(item, errors, prefetched) for item in obj)
             return typ(v for v in values if v is not _SKIP)
         if typ is dict:

@@ -140,8 +140,10 @@ class TaskPacker:
         shares it: what ``prepare`` makes a task of, or ``map`` puts in its columns."""
         plane = self._plane
         dependencies: set = set()
-        if args:
-            args = self._replace_futures(args, dependencies)
+        for item in args:  # most calls: a few numbers or strings, which hold no futures to replace
+            if type(item) not in _CANNOT_HOLD_FUTURES:
+                args = self._replace_futures(args, dependencies)
+                break
         if kwargs:
             kwargs = self._replace_futures(kwargs, dependencies)
         function_id, blob = function_ref

@@ -35,6 +35,7 @@ from .comm.serialize import (
     payload_nbytes,
     payload_segments,
     serialize,
+    serialize_call,
     serialize_with_token,
 )
 from .comm.shm import SegmentJanitor, SegmentStore, SharedBuffer, unlink_segments
@@ -156,7 +157,7 @@ class PickledPlane:
         try:
             if token_salt is not None and self.store is not None:
                 return serialize_with_token((args, kwargs), self.store, token_salt)
-            return serialize((args, kwargs), self.store), None
+            return serialize_call(args, kwargs, self.store), None
         except SerializationError as exc:
             where = f"task {key!r}" if key is not None else "a task"
             raise TaskSerializationError(

@@ -170,6 +170,16 @@ def test_gather_nested_containers(client):
     assert client.gather({"x": x, "rest": [y, (x, 7)]}) == {"x": 2, "rest": [3, (2, 7)]}
 
 
+def test_gather_keeps_container_types_and_repeated_futures(client):
+    x, y = client.submit(inc, 1), client.submit(inc, 2)
+    assert client.gather((x, y, x)) == (2, 3, 2)
+    assert client.gather([x, [y], 5, x]) == [2, [3], 5, 2]
+    assert client.gather(frozenset([x, y])) == frozenset({2, 3})
+    y.cancel()
+    with pytest.raises(CancelledError):
+        client.gather([x, y])
+
+
 def test_task_exception_is_raised_with_remote_traceback(client):
     future = client.submit(fail, 3)
     with pytest.raises(ValueError, match="bad value 3"):

@@ -332,6 +332,19 @@ def serialize(obj, store: SegmentStore | SegmentPool | None = None) -> Payload |
     return _serialize(obj, store, _BufferSink(store))
 
 
+def serialize_call(args: tuple, kwargs: dict, store: SegmentStore | SegmentPool | None = None):
+    """:func:`serialize` of a task call ``(args, kwargs)``. The common call, positional builtin
+    scalars and no keywords (``map(f, range(n))``), is checked here in one loop rather than by the
+    general walk: it is made once per task."""
+    if not kwargs:
+        for item in args:
+            if type(item) not in _SCALARS:
+                break
+        else:
+            return pickle.dumps((args, kwargs), protocol=5)
+    return serialize((args, kwargs), store)
+
+
 def serialize_with_token(
     obj, store: SegmentStore | SegmentPool | None, salt: bytes = b""
 ) -> tuple[Payload | bytes, str]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import pickle
 import time
 from collections import deque
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from ..errors import Reschedule
 from ..messages import (
@@ -44,6 +44,7 @@ from ..messages import (
     RunResult,
     Scatter,
     Secede,
+    TaskColumns,
     TaskDone,
     TaskErred,
     TaskHeld,
@@ -63,10 +64,17 @@ def on_update_graph(
     scheduler, message: UpdateGraph | DirectTask, outgoing: dict, reports: dict, sent_to=None
 ) -> None:
     plane = scheduler.data_plane
-    for spec in message.tasks:
+    tasks = message.tasks
+    run_specs: Sequence
+    if type(tasks) is TaskColumns and not tasks.special:
+        run_specs = tasks.run_specs  # a map's or a graph's: no NewTask made for this walk
+    else:
+        run_specs = [spec.run_spec for spec in tasks]
+    for run_spec in run_specs:
         # held until the state lets go of them (ReleaseArguments, or Forget); at once for a task the
-        # state drops because an equal one exists
-        plane.retain(spec.run_spec.arguments)
+        # state drops because an equal one exists. A pickle alone (bytes) holds no shared memory
+        if type(run_spec.arguments) is not bytes:
+            plane.retain(run_spec.arguments)
     if scheduler.plugins.plugins:  # scheduler/plugins.py
         keys = [spec.key for spec in message.tasks]
         scheduler.plugins.update_graph(message.client, message.wanted, keys)
@@ -179,7 +187,8 @@ def on_scatter(scheduler, message: Scatter, outgoing: dict, reports: dict) -> No
             plane.release(value)  # same content already stored under this key
             continue
         data[key] = value
-        plane.retain(value)
+        if type(value) is not bytes:  # a pickle alone (most results) holds no shared memory
+            plane.retain(value)
     scheduler._apply(scheduler.state.scattered(message.client, message.nbytes), outgoing, reports)
 
 
@@ -300,7 +309,8 @@ def on_task_done(scheduler, handle, message: TaskDone, outgoing: dict, reports: 
         if old is not None:
             plane.release(old)
         data[key] = value
-        plane.retain(value)
+        if type(value) is not bytes:  # a pickle alone (most results) holds no shared memory
+            plane.retain(value)
         scheduler.done_count[0] += 1
         # the task's own key object, not the copy this message carried: the stream outlives the
         # run, and copies made while it churned would pin the allocator's arenas (task_stream.py)

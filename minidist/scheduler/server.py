@@ -399,7 +399,8 @@ class Scheduler:
                 if inst.run_spec is not None:
                     self.data_plane.release(inst.run_spec.arguments)
             elif kind is ReleaseArguments:
-                self.data_plane.release(inst.run_spec.arguments)
+                if type(inst.run_spec.arguments) is not bytes:  # else no shared memory to free
+                    self.data_plane.release(inst.run_spec.arguments)
             elif kind is FreeOnWorker:
                 handle = workers.get(inst.worker)
                 if handle is not None:
