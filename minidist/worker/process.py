@@ -55,6 +55,7 @@ from ..messages import (
 from ..tracebacks import encode_error
 from ..utils import format_bytes
 from .admin import call_with_worker
+from .allocator import tune_allocator
 from .holding import HeldResults
 from .running import RunningBoard
 from .runtime import WorkerRuntime
@@ -329,6 +330,7 @@ def main(fd: int, running_fd: Optional[int] = None) -> None:
     init = pickle.loads(conn.recv_bytes())
     if running_fd is not None:
         init["running_fd"] = running_fd
+    tune_allocator(init.get("memory_limit"))  # this process only; before any task allocates
     # see the same modules as the parent: scripts' folders, test folders, editable installs
     for entry in reversed(init.get("sys_path", [])):
         if entry not in sys.path:
