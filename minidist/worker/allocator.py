@@ -7,8 +7,9 @@ returns them with ``munmap`` when freed, and shrinks its heaps whenever more tha
 free at their top; either way the next chunk gets new pages, which the kernel must fault in and zero.
 Under perf that zeroing was 21% of a worker's CPU on ``(x + x.T).mean()``. Raising the two thresholds
 (``tune_allocator``, called once as the worker process starts, before it runs any task) lets freed
-chunks be reused from the heap: minor faults on that graph went from ~7,200 to ~0 and worker CPU fell
-by ~17%.
+chunks be reused from the heap: the minor faults of two workers on that graph fell from ~17,000 a run
+to ~2,500 and their CPU by 7-15% (interleaved runs on a loaded machine); a rechunk's faults, on
+shared-memory pages, are not the allocator's and stay.
 
 The price: a worker keeps up to ``TRIM_THRESHOLD`` of freed memory at the top of each malloc heap
 (the main heap and one per task thread), so its RSS may stay that much higher after a large result is
