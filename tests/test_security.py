@@ -10,7 +10,7 @@ import stat
 import sys
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minidist.comm.addressing import format_address, free_port, parse_address, resolve_interface
@@ -62,6 +62,9 @@ def test_malformed_addresses_are_refused_with_a_reason(address, message):
         parse_address(address)
 
 
+# no per-example deadline (hypothesis's default 200 ms is a speed goal a loaded machine misses;
+# CI's profile has none either)
+@settings(deadline=None)
 @given(
     protocol=st.sampled_from(["tcp", "tls"]),
     host=st.one_of(

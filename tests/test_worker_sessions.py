@@ -52,8 +52,9 @@ def test_a_dead_workers_client_releases_its_data_at_once(cluster):
         os.kill(pid, signal.SIGKILL)
         # nothing else happens on the cluster (no other worker opens a client): the death alone
         # must release what the dead worker's client held
-        assert wait_until(lambda: scattered not in client.who_has(), timeout=10), client.who_has()
-        assert submitted not in client.who_has()
+        assert wait_until(lambda: not {scattered, submitted} & set(client.who_has())), (
+            client.who_has()
+        )
         assert wait_until(lambda: not (own_segments(cluster) - before), timeout=10)
         # the replacement worker works, and its tasks can open a client of their own
         again, _, new_pid = client.submit(scatter_and_keep, 10, pure=False).result(timeout=30)
