@@ -39,7 +39,7 @@ def logged():
         victim = sorted(c.scheduler_info["workers"].items())[0]
         os.kill(victim[1]["pid"], signal.SIGKILL)
         assert wait_until(lambda: victim[0] not in c.scheduler_info["workers"])
-        client.wait_for_workers(3, timeout=10)
+        client.wait_for_workers(3, timeout=30)
         yield c, client, victim[0]
 
 

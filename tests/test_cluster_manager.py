@@ -325,7 +325,7 @@ def test_os_exit_mid_task_is_retried_on_a_replacement_and_the_result_is_right(
     future = client.submit(exit_once, str(tmp_path / "marker"), 42)
     assert future.result(timeout=30) == 42
     assert (tmp_path / "marker").exists()  # it did die once
-    client.wait_for_workers(2, timeout=10)
+    client.wait_for_workers(2, timeout=30)
     after = {w["pid"] for w in worker_info(client.cluster)}
     assert len(after) == 2 and len(after - before) == 1
     assert "died: exit code 7" in client.cluster.get_logs()["Scheduler"]
@@ -349,7 +349,7 @@ def test_sigkill_from_outside_during_a_map_loses_no_result_and_the_cluster_heals
 def test_restart_keeps_the_scaled_size_with_fresh_workers(process_client):
     client = process_client
     client.cluster.scale(3)
-    client.wait_for_workers(3, timeout=10)
+    client.wait_for_workers(3, timeout=30)
     before = {w["pid"] for w in worker_info(client.cluster)}
     held = client.submit(inc, 1)
     held.result(timeout=10)

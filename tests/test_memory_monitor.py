@@ -131,7 +131,7 @@ def test_a_memory_hog_is_terminated_its_task_retried_and_the_worker_replaced(tmp
         start = time.monotonic()
         assert client.submit(hog_once, str(tmp_path / "marker"), 400).result(timeout=30) == "done"
         assert time.monotonic() - start < 15  # killed at once, not after the task's 20 s sleep
-        client.wait_for_workers(2, timeout=10)
+        client.wait_for_workers(2, timeout=30)
         after = {w["pid"] for w in c.scheduler_info["workers"].values()}
         assert len(before - after) == 1  # exactly the hog's worker was replaced
         logs = c.get_logs()
@@ -160,7 +160,7 @@ def test_a_task_that_always_exceeds_the_limit_ends_in_killed_worker_after_bounde
             deaths = c.get_logs()["Scheduler"].count(" died: terminated by minidist")
             assert deaths == 3  # allowed_failures + 1 deaths, then it gave up
             assert client.gather(others) == [0, 10, 20, 30, 40]
-            client.wait_for_workers(2, timeout=10)
+            client.wait_for_workers(2, timeout=30)
             assert client.submit(sum, [1, 2]).result(timeout=10) == 3
 
 

@@ -60,7 +60,7 @@ def test_worker_dying_mid_task_is_replaced_and_other_work_completes(client):
     message = str(info.value)
     assert doomed.key in message and "exit code 13" in message
     assert client.gather(others) == list(range(1, 21))
-    client.wait_for_workers(2, timeout=10)
+    client.wait_for_workers(2, timeout=30)
     assert len(client.scheduler_info()["workers"]) == 2
 
 

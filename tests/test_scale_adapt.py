@@ -129,7 +129,7 @@ def test_a_worker_dying_after_a_scale_down_is_replaced_up_to_the_new_size():
         assert wait_until(
             lambda: victim not in {w["pid"] for w in c.scheduler_info["workers"].values()}
         )
-        client.wait_for_workers(2, timeout=10)
+        client.wait_for_workers(2, timeout=30)
         assert client.submit(inc, 1).result(timeout=10) == 2
         assert len(addresses(c)) == 2
 
