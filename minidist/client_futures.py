@@ -25,7 +25,7 @@ from typing import Any, Callable, Optional
 from .asynchronous import LoopWaker
 from .futures import Future, FutureState
 from .messages import FIRE_AND_FORGET, ReleasePending, UpdateGraph
-from .sparse import right_sized
+from .sparse import right_size_in_place
 
 logger = logging.getLogger("minidist.client")
 
@@ -192,12 +192,15 @@ class FutureBook:
             keys = self._releases.popleft()
             if keys is self._open_releases:
                 self._open_releases = None
-            # after a large run is released, give back the tables it grew (sparse.py); once the last
-            # batch of a burst of releases is taken, not in its middle: each copy made meanwhile is a
-            # new dict object that stays wherever the run's memory placed it, keeping that arena alive
+            # after a large run is released, give back the tables it grew (sparse.py), once the last
+            # batch of a burst of releases is taken. In place: a copy would be a new dict object that
+            # stays wherever the run's memory placed it, keeping that arena alive. Every reader holds
+            # this lock but two membership tests (prepare's "already submitted?" and _holds), which
+            # may then miss a key for a moment: the task is then submitted again, and the scheduler
+            # shares the one it has, as this client would have done
             if not self._releases:
-                self.states = right_sized(self.states)
-                self._refcounts = right_sized(self._refcounts)
+                right_size_in_place(self.states)
+                right_size_in_place(self._refcounts)
         return keys
 
     def fire_and_forget(self, key) -> None:

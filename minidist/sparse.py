@@ -16,7 +16,9 @@ that no new object is made: one made while a run is released can land in any of 
 arenas (1 MiB each, given back only when wholly empty) and keep that arena alive. The original is never modified, so a thread that reads the old object meanwhile
 still sees every entry; the caller must be the only writer (or hold the writers' lock) while it rebinds.
 Copying costs one pass over the entries left, and happens only after the container lost most of its
-peak, so its cost is paid for by the deletions that made it sparse.
+peak, so its cost is paid for by the deletions that made it sparse. ``right_size_in_place`` keeps the
+object instead (for containers read only under their writer's lock): a copy made at the end of a run is
+itself an object that outlives the run in one of its arenas.
 
 ``trim_heap`` is for what no Python change can reach. glibc's malloc serves the larger blocks (dict and
 set tables, lists, deque blocks) from heaps that only shrink from their top, and after the first large
@@ -50,6 +52,26 @@ def right_sized(container: Container) -> Container:
     if size < MIN_TABLE_BYTES or len(container) * BYTES_PER_ENTRY > size:
         return container
     return type(container)(container)
+
+
+def right_size_in_place(container: dict | set) -> None:
+    """Like ``right_sized``, but the container stays the same object: when its table is large and
+    mostly empty, its entries are copied out, it is cleared and they are put back in a compact table.
+
+    For a container whose readers hold its writer's lock: one that does not could find it empty for
+    a moment. Keeping the object matters at the end of a large run: a copy made then is a new object
+    that outlives the run in whatever allocator arena the run's memory was in, and keeps that arena
+    (1 MiB) from being given back, while the container made before the run lies in an older arena.
+    """
+    if not container:
+        container.clear()
+        return
+    size = sys.getsizeof(container)
+    if size < MIN_TABLE_BYTES or len(container) * BYTES_PER_ENTRY > size:
+        return
+    entries = container.copy()  # a compact table: copies of a mostly empty one are rebuilt
+    container.clear()
+    container.update(entries)
 
 
 TRIM_AFTER = 10_000  # forgotten keys between two trims at most; fewer are not worth ~1-15 ms
