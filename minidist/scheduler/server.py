@@ -295,7 +295,7 @@ class Scheduler:
                 self._compact()
             if self._trim_due and time.monotonic() >= self._trim_due:
                 self._trim_due = 0.0
-                self.task_stream.pack_keys()  # the run's last keys must not pin its arenas
+                self.task_stream.pack()  # the run's last records must not pin its arenas
                 trim_heap()
             if delivery.held:
                 delivery.send_held_if_due(quiet=not events)
