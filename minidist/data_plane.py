@@ -165,14 +165,14 @@ class PickledPlane:
             ) from exc
 
     def run_spec(self, function_id: bytes, blob, func, arguments) -> RunSpec:
-        return RunSpec(function_id, blob, arguments)
+        return (function_id, blob, arguments)
 
     def node_run_spec(self, function_id: bytes, blob, func, node, key) -> RunSpec:
         """The task of a graph node (a callable taking ``{dependency: value}``): ``func(node, values)``,
         or ``func(node)`` for a node without dependencies; ``func`` calls the node."""
         args = (node, DEPENDENCY_VALUES) if node.dependencies else (node,)
         arguments, _ = self.pack_arguments(args, _NO_KWARGS, key)
-        return RunSpec(function_id, blob, arguments)
+        return (function_id, blob, arguments)
 
     def discard_arguments(self, arguments) -> None:
         """Arguments packed for a task that will not be sent (the key is shared): free their memory."""
@@ -273,14 +273,14 @@ class ObjectPlane:
         return (args, kwargs), None
 
     def run_spec(self, function_id: bytes, blob, func, arguments) -> RunSpec:
-        return RunSpec(function_id, func, arguments)
+        return (function_id, func, arguments)
 
     def node_run_spec(self, function_id: bytes, blob, func, node, key) -> RunSpec:
         """The task of a graph node: the node is called itself, with a pair of arguments all nodes
         share, so its task is one object (a graph of many small tasks keeps them all at once, and each
         is one more for every full garbage collection to walk). ``func`` (which would call the node)
         is what process workers run; its id stays the task's function id."""
-        return RunSpec(function_id, node, _NODE_CALL if node.dependencies else _ROOT_CALL)
+        return (function_id, node, _NODE_CALL if node.dependencies else _ROOT_CALL)
 
     def discard_arguments(self, arguments) -> None:
         pass

@@ -18,7 +18,7 @@ type to handler and nobody spells a kind twice. Who sends what::
 The links between other processes (remote clients, the template process, SubprocessCluster's scheduler
 process) have their messages in ``peer_messages.py``.
 
-Payloads inside them: ``NewTask`` (one task of an ``UpdateGraph``), ``RunSpec`` (what to call for a task,
+Payloads inside them: ``NewTask`` (one task of an ``UpdateGraph``), ``RunSpec`` (what to call for a task, a plain tuple
 packed by the cluster's data plane) and ``DependencyRef`` (a future inside task arguments).
 
 Batches between the scheduler and a worker process travel as ``encode_batch`` frames: each message as the
@@ -32,7 +32,7 @@ never restates a shape. To add a message: see "How to add a message" in ``docs/a
 import copyreg
 import pickle
 from itertools import chain
-from typing import Any, Hashable, NamedTuple, Optional, Union
+from typing import Any, Hashable, NamedTuple, Optional, Tuple, Union
 
 from .keys import key_split
 
@@ -131,16 +131,14 @@ class DependencyValues:
 DEPENDENCY_VALUES = DependencyValues()
 
 
-@_wire
-class RunSpec(NamedTuple):
-    """What to call for a task. ``function_id`` names the function (a hash of its pickle); the data plane
-    (``comm/data_plane.py``) decides the other two fields: for process workers ``function`` is the
-    cloudpickled blob (None once that worker has it) and ``arguments`` a ``Payload`` of ``(args, kwargs)``;
-    for thread workers ``function`` is the callable and ``arguments`` the ``(args, kwargs)`` pair itself."""
-
-    function_id: bytes
-    function: Any
-    arguments: Any
+# What to call for a task: the plain tuple ``(function_id, function, arguments)``. ``function_id`` names
+# the function (a hash of its pickle); the data plane (``data_plane.py``) decides the other two: for
+# process workers ``function`` is the cloudpickled blob and ``arguments`` the packed ``(args, kwargs)``
+# (a Payload, or bytes); for thread workers the callable and the ``(args, kwargs)`` pair itself. A plain
+# tuple rather than a named type, unlike the messages: one lives per pending task, and a tuple of bytes
+# alone (process workers) is one the garbage collector stops tracking, so full collections during a
+# large run do not walk it (docs/architecture.md, "Garbage collection"). Read it by unpacking.
+RunSpec = Tuple[bytes, Any, Any]
 
 
 @_wire
@@ -326,7 +324,7 @@ class Wake(NamedTuple):
 class RunOnWorkers(NamedTuple):
     """``client.run``: send a function to ``workers``; ``reply`` gets ``{address: (ok, value)}``."""
 
-    function: Any  # packed by the data plane, as RunSpec.function
+    function: Any  # packed by the data plane, as a RunSpec's function
     arguments: Any
     workers: tuple
     reply: Any
@@ -402,7 +400,7 @@ class ComputeTask(NamedTuple):
     """Run ``key``. ``dep_values`` are the encoded values of ``dependencies`` this worker lacks.
 
     The task's RunSpec travels inline (``function_id``, ``function``, ``arguments``: one object less to
-    pickle per task), and the message reads like a RunSpec wherever a worker reads one."""
+    pickle per task)."""
 
     key: Key
     function_id: bytes
@@ -448,8 +446,8 @@ class RunFunction(NamedTuple):
     """``client.run``: call a function outside the task system and answer with a ``RunResult``."""
 
     run_id: int
-    function: Any  # packed by the data plane, as RunSpec.function
-    arguments: Any  # packed by the data plane, as RunSpec.arguments
+    function: Any  # packed by the data plane, as a RunSpec's function
+    arguments: Any  # packed by the data plane, as a RunSpec's arguments
 
 
 @_wire

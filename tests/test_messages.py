@@ -18,7 +18,6 @@ from minidist.messages import (
     FreeKeys,
     MalformedMessage,
     Release,
-    RunSpec,
     Scatter,
     TaskDone,
     UpdateGraph,
@@ -45,7 +44,7 @@ def _example(cls):
 
 
 def test_the_wire_vocabulary_is_complete():
-    assert {TaskDone, ComputeTask, UpdateGraph, RunSpec, peer_messages.Reply} <= set(WIRE_TYPES)
+    assert {TaskDone, ComputeTask, UpdateGraph, peer_messages.Reply} <= set(WIRE_TYPES)
 
 
 @pytest.mark.parametrize("cls", WIRE_TYPES, ids=lambda cls: cls.__name__)
@@ -98,7 +97,7 @@ def test_a_message_of_the_wrong_length_from_a_peer_is_malformed():
 
 
 def _remote_task(key="t-1", function=b"pickled function"):
-    return new_task(key, (), RunSpec(b"function id", function, serialize(((1,), {}), None)))
+    return new_task(key, (), (b"function id", function, serialize(((1,), {}), None)))
 
 
 def test_remote_checks_accept_a_well_formed_graph():
@@ -120,6 +119,14 @@ def test_remote_checks_accept_a_well_formed_graph():
         (
             UpdateGraph("Client-1", (_remote_task(function=print),), ()),
             "a remote task's function must be a pickle",
+        ),
+        (
+            UpdateGraph("Client-1", (_remote_task()._replace(run_spec=(b"id", None)),), ()),
+            "a task's run_spec must be a tuple",
+        ),
+        (
+            UpdateGraph("Client-1", (_remote_task()._replace(run_spec=(b"id", None, 1)),), ()),
+            "a remote task's arguments must be a Payload or bytes",
         ),
         (Scatter("Client-1", {"a": 1}, {"a": 28}), "scattered values must be Payloads"),
         (Scatter("Client-1", {}, {"a": 28}), "matching dicts of values and sizes"),

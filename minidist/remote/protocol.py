@@ -39,7 +39,6 @@ from ..messages import (
     CLIENT_MESSAGES,
     MalformedMessage,
     NewTask,
-    RunSpec,
     Scatter,
     TaskColumns,
     TaskStatus,
@@ -187,7 +186,7 @@ def check_request(message, client_ids) -> None:
 
     Only the types in ``peer_messages.REMOTE_REQUESTS`` pass (never ``Call``, which would run code on the
     scheduler thread and dodge blocked_handlers); client messages only for client ids this connection
-    registered; tasks only in the pickled form (a ``RunSpec`` of bytes and a ``Payload``).
+    registered; tasks only in the pickled form (a ``RunSpec`` of bytes and a ``Payload`` or bytes).
     """
     kind = type(message)
     if kind not in REMOTE_REQUESTS:
@@ -226,14 +225,17 @@ def _check_columns(columns: TaskColumns) -> None:
 
 
 def _check_pickled_run_spec(run_spec) -> None:
-    if type(run_spec) is not RunSpec:
+    if type(run_spec) is not tuple or len(run_spec) != 3:
         raise MalformedMessage(
-            f"a task's run_spec must be a RunSpec, not {type(run_spec).__name__}"
+            "a task's run_spec must be a tuple (function_id, function, arguments), not "
+            f"{type(run_spec).__name__}"
         )
-    check_fields(run_spec)
-    if not (run_spec.function is None or isinstance(run_spec.function, bytes)):
+    function_id, function, arguments = run_spec
+    if type(function_id) is not bytes:
+        raise MalformedMessage("a remote task's function_id must be bytes")
+    if not (function is None or isinstance(function, bytes)):
         raise MalformedMessage("a remote task's function must be a pickle (bytes) or None")
-    if type(run_spec.arguments) is not Payload and type(run_spec.arguments) is not bytes:
+    if type(arguments) is not Payload and type(arguments) is not bytes:
         raise MalformedMessage("a remote task's arguments must be a Payload or bytes")
 
 
@@ -291,7 +293,7 @@ class ThreadModeCodec(ProcessModeCodec):
                     arguments = deserialize(args_payload)
                 except Exception as exc:
                     function, arguments = _raiser(exc), ((), {})
-                converted.append(spec._replace(run_spec=RunSpec(function_id, function, arguments)))
+                converted.append(spec._replace(run_spec=(function_id, function, arguments)))
             return message._replace(tasks=tuple(converted))
         if kind is Scatter:
             values = {k: deserialize(v) for k, v in message.values.items()}

@@ -70,11 +70,11 @@ def on_update_graph(
         run_specs = tasks.run_specs  # a map's or a graph's: no NewTask made for this walk
     else:
         run_specs = [spec.run_spec for spec in tasks]
-    for run_spec in run_specs:
+    for _, _, arguments in run_specs:
         # held until the state lets go of them (ReleaseArguments, or Forget); at once for a task the
         # state drops because an equal one exists. A pickle alone (bytes) holds no shared memory
-        if type(run_spec.arguments) is not bytes:
-            plane.retain(run_spec.arguments)
+        if type(arguments) is not bytes:
+            plane.retain(arguments)
     if scheduler.plugins.plugins:  # scheduler/plugins.py
         keys = [spec.key for spec in message.tasks]
         scheduler.plugins.update_graph(message.client, message.wanted, keys)

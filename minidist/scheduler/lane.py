@@ -103,7 +103,7 @@ class DirectLane:
     def send(self, client_id: str, task: NewTask) -> bool:
         """Send ``task`` (a random key) straight to the offered worker; False: no ticket is out, or
         the task needs the scheduler (the caller posts it as usual)."""
-        arguments = task.run_spec.arguments
+        arguments = task.run_spec[2]  # (function_id, function, arguments)
         if (
             task.dependencies
             or task.workers

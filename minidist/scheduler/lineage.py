@@ -24,6 +24,7 @@ import heapq
 from typing import Any, Hashable, Iterable
 
 from .instructions import Publish, ReleaseArguments, Report
+from .placement import ready_entry
 from .records import TaskState
 from .transitions import Transitions
 
@@ -137,7 +138,7 @@ class Lineage(Transitions):
         if ts.restrictions or ts.resources:
             self.restricted[ts.key] = ts
         else:
-            heapq.heappush(self.ready, (ts.priority, ts.key))
+            heapq.heappush(self.ready, ready_entry(ts))
 
     def _retire_holders(self, addresses: Iterable[str]) -> None:
         """Retiring workers that waited for their held results to go may go once empty."""

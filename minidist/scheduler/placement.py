@@ -47,6 +47,14 @@ PUBLISH_SECONDS = 0.3e-3
 MAX_FAMILY = 64  # root placement looks at siblings only for dependents of at most this many inputs
 
 
+def ready_entry(ts: TaskState) -> tuple:
+    """A queued task's entry in the heap of ready tasks: the fields of its priority, then its key. Flat:
+    a pop among 100,000 entries compares ~17 pairs of them, and ``(priority, key)`` pairs compare their
+    nested priorities twice (equality, then order), which doubles the cost of a pop."""
+    priority = ts.priority
+    return (priority[0], priority[1], ts.key)
+
+
 class Placement:
     # provided by SchedulerState
     tasks: dict
@@ -396,7 +404,7 @@ class Placement:
 
     def _fail_queued(self, exception, traceback, out: list) -> None:
         """No worker exists nor can start (``fail_pending``): err every queued task at once."""
-        queued = [key for _, key in self.ready] + list(self.restricted) + list(self._aside)
+        queued = [entry[2] for entry in self.ready] + list(self.restricted) + list(self._aside)
         self.ready.clear()
         for key in queued:
             ts = self.tasks.get(key)
@@ -430,7 +438,7 @@ class Placement:
         while ready:
             # peek, pop only what is placed or stale: a task no worker has room for stays in the
             # heap as it was (a pop and a push back would cost two heap walks per fill)
-            key = ready[0][1]
+            key = ready[0][2]
             ts = tasks.get(key)
             if ts is None or ts.state != "queued" or key in restricted or key in aside:
                 heapq.heappop(ready)  # stale entry (heap entries are dropped lazily)

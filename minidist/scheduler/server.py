@@ -397,10 +397,11 @@ class Scheduler:
                 if value is not None:
                     self.data_plane.release(value)
                 if inst.run_spec is not None:
-                    self.data_plane.release(inst.run_spec.arguments)
+                    self.data_plane.release(inst.run_spec[2])  # its arguments
             elif kind is ReleaseArguments:
-                if type(inst.run_spec.arguments) is not bytes:  # else no shared memory to free
-                    self.data_plane.release(inst.run_spec.arguments)
+                arguments = inst.run_spec[2]
+                if type(arguments) is not bytes:  # a pickle alone holds no shared memory
+                    self.data_plane.release(arguments)
             elif kind is FreeOnWorker:
                 handle = workers.get(inst.worker)
                 if handle is not None:

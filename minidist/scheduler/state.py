@@ -56,7 +56,7 @@ class SchedulerState(Lineage):
         self.allowed_failures = allowed_failures
         self.work_stealing = work_stealing  # idle workers take tasks queued on busy ones
         self.prefetch = prefetch
-        self.ready: list = []  # heap of (priority, key) for unrestricted queued tasks
+        self.ready: list = []  # heap of ready_entry(ts) for unrestricted queued tasks
         self.restricted: dict[Key, TaskState] = {}  # queued tasks with restrictions or resources
         self._sequence = itertools.count()
         self.prefix_durations = RunningMeans()  # task prefix -> running mean duration (s)

@@ -14,7 +14,7 @@ import heapq
 from typing import Any, Callable, Hashable
 
 from .instructions import Forget, FreeOnWorker, Report
-from .placement import Placement
+from .placement import Placement, ready_entry
 from .records import NO_KEYS, TaskState, WorkerState
 
 Key = Hashable
@@ -71,7 +71,7 @@ class Transitions(Placement):
         if ts.restrictions or ts.resources:
             self.restricted[ts.key] = ts
         else:
-            heapq.heappush(self.ready, (ts.priority, ts.key))
+            heapq.heappush(self.ready, ready_entry(ts))
 
     def _dependency_ready(self, ts: TaskState, dep_key: Key) -> None:
         ts.dependency_arrived(dep_key)

@@ -46,7 +46,6 @@ from ..messages import (
     ReturnSegments,
     RunFunction,
     RunResult,
-    RunSpec,
     WorkerHello,
     WorkerLogs,
     decode_batch,
@@ -146,7 +145,7 @@ class ProcessWorker:
     def decode_value(self, payload):
         return deserialize(payload, self.mappings.open)
 
-    def prepare(self, run_spec: RunSpec | ComputeTask) -> tuple:
+    def prepare(self, run_spec: ComputeTask) -> tuple:
         function_id = run_spec.function_id
         with self.runtime.decode_lock:
             function = self.functions[function_id]
@@ -170,7 +169,7 @@ class ProcessWorker:
         if message.function is not None and message.function_id not in self.functions:
             # keep the blob until first use: decoding happens on a task thread
             self.functions[message.function_id] = _LazyFunction(message.function)
-        # the message holds the task's RunSpec fields: prepare() reads it as one
+        # the message holds the task's RunSpec fields: prepare() reads them from it
         self.runtime.submit(
             message.key,
             message,

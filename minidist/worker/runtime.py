@@ -38,7 +38,6 @@ from ..messages import (
     DependencyValues,
     QueuedReleased,
     Rejoin,
-    RunSpec,
     Secede,
     TaskDone,
     TaskErred,
@@ -93,8 +92,8 @@ class PendingTask:
         self.may_hold = may_hold  # a large result may stay here (worker/holding.py)
 
 
-def unpack_run_spec(run_spec: RunSpec | ComputeTask) -> tuple:
-    """``(function, args, kwargs)`` of a thread worker's task: its run_spec holds them as objects."""
+def unpack_run_spec(run_spec: ComputeTask) -> tuple:
+    """``(function, args, kwargs)`` of a thread worker's task: its message holds them as objects."""
     args, kwargs = run_spec.arguments
     return run_spec.function, args, kwargs
 
