@@ -66,10 +66,9 @@ def observe(
         )
     queued = list(state.restricted.values())
     seen = set(state.restricted)
-    for (
-        _,
-        key,
-    ) in state.ready:  # heap entries of tasks no longer queued are dropped lazily: skip them
+    # heap entries of tasks no longer queued are dropped lazily: skip them
+    for entry in state.ready:
+        key = entry[-1]  # (priority fields..., key): placement.ready_entry
         ts = tasks.get(key)
         if ts is not None and ts.state == "queued" and key not in seen:
             seen.add(key)
