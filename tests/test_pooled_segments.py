@@ -129,10 +129,14 @@ def test_results_stay_right_when_many_publications_share_a_pool():
 
         x = da.random.default_rng(3).random((2000, 2000), chunks=(1000, 250))  # 2 MB chunks
         expected = x.compute(scheduler="sync")
-        for _ in range(3):
+        # how many results a run publishes depends on placement and timing (a loaded machine
+        # publishes other ones): run until there were enough publications to judge, 12 runs at most
+        for _ in range(12):
             y = x.rechunk((250, 1000)) + x.T
             np.testing.assert_allclose(y.sum(axis=0).compute(), (expected + expected.T).sum(0))
             # the run's segments went back to their writers (asynchronously)
             segments_settle(client)
-        created, reused = map(sum, zip(*client.run(pool_counts).values()))
+            created, reused = map(sum, zip(*client.run(pool_counts).values()))
+            if created + reused >= 20:
+                break
         assert reused > created  # later runs mostly wrote into recycled segments
