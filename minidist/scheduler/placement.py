@@ -24,7 +24,7 @@ Mixed into ``SchedulerState`` (pure, like it). Three rules:
 from __future__ import annotations
 
 import heapq
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 
 from .instructions import AskToRelease, Execute, RetireWorker
 from .records import BUSY, RunningMeans
@@ -159,24 +159,12 @@ class Placement:
         tasks = self.tasks
         here: dict = {}
         family = 0
-        looked = 0  # siblings looked at: about MAX_FAMILY at most, whatever the graph's shape
-        for dependent_key in dependents:
-            dependent = tasks.get(dependent_key)
-            if dependent is None or len(dependent.dependencies) > MAX_FAMILY:
-                continue
-            if looked >= MAX_FAMILY:
-                break
-            looked += len(dependent.dependencies)
+        for dependent in self._small_families(dependents):
             family = max(family, len(dependent.dependencies))
             for sibling_key in dependent.dependencies:
                 sibling = tasks.get(sibling_key)
-                if sibling is None or sibling is ts:
-                    continue
-                if sibling.processing_on is not None:
-                    here[sibling.processing_on] = here.get(sibling.processing_on, 0) + 1
-                elif sibling.who_has:
-                    for address in sibling.who_has:
-                        here[address] = here.get(address, 0) + 1
+                if sibling is not None and sibling is not ts:
+                    _count_place(sibling, here)
         if not here:
             return least
         beyond = max(self.prefetch, family - 1)  # room enough for the whole family
@@ -254,6 +242,20 @@ class Placement:
             )
         )
 
+    def _small_families(self, dependent_keys) -> Iterator[TaskState]:
+        """The dependents among ``dependent_keys`` that have at most ``MAX_FAMILY`` inputs, until
+        about ``MAX_FAMILY`` inputs were looked at in all, whatever the graph's shape."""
+        tasks = self.tasks
+        looked = 0
+        for key in dependent_keys:
+            dependent = tasks.get(key)
+            if dependent is None or len(dependent.dependencies) > MAX_FAMILY:
+                continue
+            if looked >= MAX_FAMILY:
+                return
+            looked += len(dependent.dependencies)
+            yield dependent
+
     def _held_inputs_to_move(self, ts: TaskState) -> list:
         """The held inputs, not asked for yet, of ``ts``'s dependents that will have to move: those
         not on the worker that runs or holds a clear majority of that dependent's inputs, where it
@@ -261,14 +263,7 @@ class Placement:
         on both workers). Only small families are looked at, about ``MAX_FAMILY`` inputs in all."""
         tasks = self.tasks
         moving = []
-        looked = 0
-        for dependent_key in ts.dependents:
-            dependent = tasks.get(dependent_key)
-            if dependent is None or len(dependent.dependencies) > MAX_FAMILY:
-                continue
-            if looked >= MAX_FAMILY:
-                break
-            looked += len(dependent.dependencies)
+        for dependent in self._small_families(ts.dependents):
             where: dict = {}
             inputs = []
             for input_key in dependent.dependencies:
@@ -276,11 +271,7 @@ class Placement:
                 if inp is None:
                     continue
                 inputs.append(inp)
-                if inp.processing_on is not None:
-                    where[inp.processing_on] = where.get(inp.processing_on, 0) + 1
-                else:
-                    for holder in inp.who_has:
-                        where[holder] = where.get(holder, 0) + 1
+                _count_place(inp, where)
             if len(where) < 2:
                 continue
             ranked = sorted(where.values())
@@ -565,3 +556,12 @@ class Placement:
             if address in (victim, thief):
                 del self._steals[key]
                 self._thieves_waiting.discard(thief)
+
+
+def _count_place(ts: TaskState, counts: dict) -> None:
+    """Count where ``ts`` runs, or else each worker that holds its result."""
+    if ts.processing_on is not None:
+        counts[ts.processing_on] = counts.get(ts.processing_on, 0) + 1
+    else:
+        for address in ts.who_has:
+            counts[address] = counts.get(address, 0) + 1
