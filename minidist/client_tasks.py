@@ -155,7 +155,7 @@ class TaskPacker:
         elif key is None:
             token = plane.tokenize(function_id, args, kwargs) if pure else random_token()
             key = f"{options['prefix']}-{token}"
-        if key in self._book.states and key not in options.get("_force", ()):
+        if key in self._book.states:
             if arguments is not None:
                 plane.discard_arguments(arguments)  # the shared task already has its arguments
             return key, None, None  # already submitted by this client: share it
