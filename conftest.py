@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import time
 
 import pytest
 
@@ -108,3 +109,25 @@ def calls(path) -> int:
         return 0
     with open(path) as f:
         return len(f.readlines())
+
+
+def wait_for_file(path, value=None, timeout=30.0):
+    """A task that runs until ``path`` exists (the test creates it: a condition, not a sleep), at
+    most ``timeout`` seconds, then returns ``value``."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return value
+
+
+@pytest.fixture
+def pool():
+    """A SegmentPool (64 MiB) of a fresh cluster id; closed, and its segments swept, after the test."""
+    from minidist.comm import shm
+    from minidist.comm.shm_pool import SegmentPool
+
+    cluster_id = shm.new_cluster_id()
+    pool = SegmentPool(shm.SegmentStore(cluster_id), capacity=64 * 2**20)
+    yield pool
+    pool.close()
+    shm.sweep_cluster(cluster_id)

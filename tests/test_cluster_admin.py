@@ -3,13 +3,10 @@ call_stack, get_versions and metadata; on process and thread workers, and from a
 
 from __future__ import annotations
 
-import os
-import time
-
 import pytest
 from tcp_cluster_fixtures import tcp_client, tcp_cluster, tcp_remote  # noqa: F401 (fixtures by name)
 
-from conftest import wait_until
+from conftest import wait_for_file, wait_until
 from minidist import Client, LocalCluster
 
 pytestmark = pytest.mark.timeout(90)
@@ -17,13 +14,6 @@ pytestmark = pytest.mark.timeout(90)
 
 def inc(x):
     return x + 1
-
-
-def wait_for_file(path, value=None):
-    """A task that runs until ``path`` exists (the test creates it: a condition, not a sleep)."""
-    while not os.path.exists(path):
-        time.sleep(0.01)
-    return value
 
 
 def worker_address(dask_worker):

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 
 import pytest
 
-from conftest import calls, count_call, wait_until
+from conftest import calls, count_call, wait_for_file, wait_until
 from minidist import Client
 from minidist.scheduler.state import Execute, NewTask, SchedulerState
 
@@ -18,14 +17,6 @@ pytestmark = pytest.mark.timeout(90)
 
 def inc(x):
     return x + 1
-
-
-def wait_for_file(path, value, timeout=30.0):
-    """A task that runs until ``path`` exists (the test creates it), then returns ``value``."""
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(path) and time.monotonic() < deadline:
-        time.sleep(0.005)
-    return value
 
 
 def wait_then_count(release, path, value):

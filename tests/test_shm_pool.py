@@ -17,22 +17,13 @@ import numpy as np
 import pytest
 
 from minidist.comm import shm
-from minidist.comm.shm import SegmentStore, list_segments, new_cluster_id, open_segment
+from minidist.comm.shm import list_segments, open_segment
 from minidist.comm.shm_pool import SegmentPool
 from minidist.testing import backing_file
 
 pytestmark = pytest.mark.timeout(60)
 
 MiB = 2**20
-
-
-@pytest.fixture
-def pool():
-    cluster_id = new_cluster_id()
-    pool = SegmentPool(SegmentStore(cluster_id), capacity=64 * MiB)
-    yield pool
-    pool.close()
-    shm.sweep_cluster(cluster_id)
 
 
 def payload(value: int, nbytes: int = MiB) -> np.ndarray:

@@ -13,24 +13,12 @@ import gc
 import numpy as np
 import pytest
 
-from minidist.comm import shm
-from minidist.comm.shm import SegmentStore, new_cluster_id
-from minidist.comm.shm_pool import SegmentPool
 from minidist.comm.shm_pool_readers import PooledMappings
 from minidist.testing import backing_file
 
 pytestmark = pytest.mark.timeout(60)
 
 MiB = 2**20
-
-
-@pytest.fixture
-def pool():
-    cluster_id = new_cluster_id()
-    pool = SegmentPool(SegmentStore(cluster_id), capacity=64 * MiB)
-    yield pool
-    pool.close()
-    shm.sweep_cluster(cluster_id)
 
 
 @pytest.fixture
