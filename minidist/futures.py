@@ -93,8 +93,9 @@ class Future:
     def result(self, timeout=None):
         """Wait for the value and return it; raise the task's exception if it failed. ``timeout`` in
         seconds or as a string (``"10s"``): FutureTimeoutError when it passes."""
-        timeout = timeout_seconds(timeout)
-        if self._in_loop():
+        if timeout is not None:
+            timeout = timeout_seconds(timeout)
+        if self.client.asynchronous and in_event_loop():  # per task in a chain: no calls between
             return self.client._await_future(self, timeout)
         return self._result(timeout)
 
