@@ -71,8 +71,6 @@ class Client(AsyncContext):
         connection_limit=None,
         **kwargs,
     ):
-        from .deploy.local import LocalCluster
-
         timeout = timeout_seconds(timeout)  # dask's forms: seconds, "10s", a timedelta
         self.id = f"Client-{uuid.uuid4()}"
         self.name = name
@@ -93,7 +91,13 @@ class Client(AsyncContext):
             )
             self._owns_cluster = True
         elif address is None:
-            self.cluster = LocalCluster(**kwargs)
+            from .deploy.launcher import template_started_early
+
+            # the template process boots while LocalCluster is imported and built
+            with template_started_early(kwargs):
+                from .deploy.local import LocalCluster
+
+                self.cluster = LocalCluster(**kwargs)
             self._owns_cluster = True
         elif hasattr(address, "scheduler") and hasattr(address, "scheduler_address"):
             if kwargs:

@@ -115,3 +115,13 @@ def test_the_cluster_carries_on_with_fresh_interpreters_when_the_template_dies(c
         assert os.getpid() in parents  # the new worker is a fresh interpreter, our own child
         assert client.map(inc, range(10)) and sum(client.gather(client.map(inc, range(10)))) == 55
         assert "fresh interpreters" in cluster.get_logs()["Cluster"]
+
+
+@pytest.mark.parametrize("refused", [{"n_wrokers": 2}, {"memory_limit": "lots"}])
+def test_a_client_whose_cluster_is_refused_leaves_no_template_behind(refused):
+    # Client() starts the template before it imports and builds its LocalCluster; a cluster that
+    # refuses its keywords must not leave that process running
+    children = {p.pid for p in psutil.Process().children()}
+    with pytest.raises((TypeError, ValueError)):
+        Client(dashboard_address=None, **refused)
+    assert {p.pid for p in psutil.Process().children()} == children

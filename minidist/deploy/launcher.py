@@ -19,6 +19,7 @@ slower, never wrong. The launcher logs nothing itself; it reports why the templa
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import select
@@ -38,6 +39,9 @@ from ..worker.template import (
 )
 
 LAUNCH_TIMEOUT = 60.0  # the first request also waits for the template's own start
+
+# the launcher ``template_started_early`` started for the cluster this thread is about to make
+_started_early = threading.local()
 
 # the folder this process imported minidist from
 _MINIDIST_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -220,6 +224,38 @@ class WorkerLauncher:
             self._reader.join(timeout)
         if control is not None:
             control.close()
+
+
+def wants_process_workers(cluster_keywords: dict) -> bool:
+    """Whether ``LocalCluster(**cluster_keywords)`` will have process workers: dask's default, unless
+    ``processes`` says otherwise or a ``worker_class`` may choose threads (then it is not guessed)."""
+    processes = cluster_keywords.get("processes")
+    if processes is None:
+        return cluster_keywords.get("worker_class") is None
+    return bool(processes)
+
+
+@contextlib.contextmanager
+def template_started_early(cluster_keywords: dict):
+    """Start the template process now, for a ``LocalCluster(**cluster_keywords)`` made inside the block
+    (``Client()``): the template's interpreter then boots while this process imports and builds the
+    cluster and its scheduler, instead of after. The cluster takes it with ``take_early_launcher``; one
+    left untaken (the cluster refused its keywords) is closed on the way out."""
+    launcher = WorkerLauncher() if wants_process_workers(cluster_keywords) else None
+    _started_early.launcher = launcher
+    try:
+        yield
+    finally:
+        untaken = take_early_launcher()
+        if untaken is not None:
+            untaken.close()
+
+
+def take_early_launcher() -> Optional[WorkerLauncher]:
+    """The launcher ``template_started_early`` started in this thread, now owned by the caller."""
+    launcher = getattr(_started_early, "launcher", None)
+    _started_early.launcher = None
+    return launcher
 
 
 def wait_for_exit(process, timeout: float) -> Optional[int]:

@@ -42,7 +42,7 @@ from ..status import Status
 from ..worker.plugins import install_all
 from ..worker.task_client import TaskClientSlot
 from .cluster import Cluster, WorkerFacts
-from .launcher import WorkerLauncher
+from .launcher import WorkerLauncher, take_early_launcher
 from .memory import format_bytes
 from .options import ClusterOptions
 from .scaling import observe, restart_cluster, restart_worker, retire_workers
@@ -128,8 +128,13 @@ class LocalCluster(Cluster):
         self.options = options
         self.asynchronous = asynchronous
         self.processes = options.processes
-        # process workers are forked by a template process (deploy/launcher.py) booting meanwhile
-        self.launcher = WorkerLauncher() if self.processes else None
+        # process workers are forked by a template process (deploy/launcher.py) booting meanwhile;
+        # Client() started it already, before importing this module (template_started_early)
+        early = take_early_launcher()
+        if early is not None and not self.processes:
+            early.close()
+            early = None
+        self.launcher = (early or WorkerLauncher()) if self.processes else None
         self.cluster_id = new_cluster_id()  # names this process as the owner of its shared memory
         sweep_orphans()  # segments left by clusters whose processes were all killed
         self.name = options.name if options.name is not None else self.cluster_id
@@ -177,20 +182,20 @@ class LocalCluster(Cluster):
             options.threads_per_worker,
             "processes" if self.processes else "threads",
         )
+        self.services = None  # the dashboards, when asked for (deploy/services.py)
         try:
             # imported only now, while the template process (which forks the workers) boots
             from ..remote.server import serve_remote_clients
-            from .services import ClusterServices
-
-            if self.processes:  # the memory monitor's psutil (a long import)
-                from .supervision import MemoryMonitor  # noqa: F401
 
             for _ in range(options.n_workers):
                 self._start_worker()
             # every worker registered (FIFO inbox)
             self.scheduler.call(lambda scheduler: None).result(30)
             self._start_memory_monitor()
-            self.services = ClusterServices(self)  # the dashboard, if dashboard_address asks
+            if options.serves_dashboards:  # else its HTTP server and psutil are not even imported
+                from .services import ClusterServices
+
+                self.services = ClusterServices(self)
             # remote clients: a TCP/TLS listener when the options ask for one (minidist/remote/server.py)
             self.listener = serve_remote_clients(self)
         except BaseException:

@@ -93,6 +93,14 @@ class ClusterOptions:
         None  # every dashboard request must present it (None: no token)
     )
 
+    @property
+    def serves_dashboards(self) -> bool:
+        """Whether a dashboard is asked for, the cluster's or one per worker: neither address has one of
+        the forms that turn it off (``dashboard/server.py``'s ``parse_dashboard_address``), so a cluster
+        without a dashboard does not import the HTTP server."""
+        addresses = (self.dashboard_address, self.worker_dashboard_address)
+        return not all(a is None or a is False or a == "" for a in addresses)
+
     @classmethod
     def from_arguments(
         cls,

@@ -29,8 +29,6 @@ import select
 import threading
 from typing import Callable, Optional
 
-import psutil
-
 from ..messages import PauseWorker
 from .memory import MemoryAction, format_bytes, memory_action, memory_kill_reason, process_memory
 
@@ -109,6 +107,9 @@ class MemoryMonitor:
 
     def check(self) -> None:
         """Measure every watched worker once and act on what is found."""
+        # imported here, on the monitor's thread at its first look, not on the way to a cluster's start
+        import psutil
+
         watched = set()
         for handle in self.workers():
             limit = handle.memory_limit

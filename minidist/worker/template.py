@@ -25,11 +25,9 @@ import pickle
 import selectors
 import socket
 import struct
+from typing import Callable
 
 from ..peer_messages import ForkRefused, ForkWorker, WorkerExited, WorkerForked
-
-# what a worker imports, imported once here so forked workers start with it in memory
-from . import process as worker_process
 
 _LENGTH = struct.Struct("<I")
 MAX_FDS = 4  # descriptors one request may carry (the worker's pipe end and its running board)
@@ -76,8 +74,9 @@ def thread_count() -> int:
 class Template:
     """The template's loop: fork on request, reap children, report both."""
 
-    def __init__(self, control: socket.socket):
+    def __init__(self, control: socket.socket, worker_main: Callable[..., None]):
         self.control = control
+        self.worker_main = worker_main  # worker.process.main, imported before the first fork
         self.selector = selectors.DefaultSelector()
         self.selector.register(control, selectors.EVENT_READ, None)
         self.children: dict = {}  # pidfd (or None without pidfd support) -> pid
@@ -132,7 +131,7 @@ class Template:
             os.environ.update(request.env)
             os.chdir(request.cwd)
             running_fd = fds[1] if request.running_board and len(fds) > 1 else None
-            worker_process.main(fds[0], running_fd=running_fd)
+            self.worker_main(fds[0], running_fd=running_fd)
         finally:
             os._exit(1)  # main() leaves with os._exit; getting here means it failed
 
@@ -157,8 +156,12 @@ class Template:
 
 
 def main(fd: int) -> None:
+    # what a worker imports, imported once here so forked workers start with it in memory (imported
+    # here, not at the top, so the cluster's side, which imports this module's framing, does not pay it)
+    from .process import main as worker_main
+
     control = socket.socket(fileno=fd)
     try:
-        Template(control).serve()
+        Template(control, worker_main).serve()
     finally:
         os._exit(0)
