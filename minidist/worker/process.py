@@ -54,7 +54,7 @@ from ..messages import (
 from ..tracebacks import encode_error
 from ..utils import format_bytes
 from .admin import call_with_worker
-from .allocator import tune_allocator
+from .allocator import HeapTrimmer, tune_allocator
 from .holding import HeldResults
 from .running import RunningBoard
 from .runtime import WorkerRuntime
@@ -108,6 +108,8 @@ class ProcessWorker:
         self.pool = holding.pool = SegmentPool(self.store, capacity=holding.budget // 2)
         self.closing = False
         self._closed = threading.Event()  # the main thread waits on it, then leaves
+        # gives freed heap memory back when idle (allocator.py), if large blocks come from the heap
+        self.heap_trimmer: Optional[HeapTrimmer] = None
         self._handlers: dict[type, Callable[[Any], None]] = {
             ComputeTask: self._on_compute_task,
             FreeKeys: self._on_free_keys,
@@ -223,6 +225,8 @@ class ProcessWorker:
             if not self.parent.alive():
                 self.die_orphaned()
             self.mappings.drop_unlinked()  # their files' pages go back to the system
+            if self.heap_trimmer is not None:
+                self.heap_trimmer.look(idle=not self.runtime.executing)
             time.sleep(0.5)
 
     def die_orphaned(self) -> None:
@@ -329,7 +333,8 @@ def main(fd: int, running_fd: Optional[int] = None) -> None:
     init = pickle.loads(conn.recv_bytes())
     if running_fd is not None:
         init["running_fd"] = running_fd
-    tune_allocator(init.get("memory_limit"))  # this process only; before any task allocates
+    # this process only; before any task allocates and before any thread starts (one malloc arena)
+    heap_trimmer = tune_allocator(init.get("memory_limit"))
     # see the same modules as the parent: scripts' folders, test folders, editable installs
     for entry in reversed(init.get("sys_path", [])):
         if entry not in sys.path:
@@ -343,6 +348,7 @@ def main(fd: int, running_fd: Optional[int] = None) -> None:
         logger.exception("Worker %s could not start", init.get("address"))
         shipper.ship(lambda records: conn.send_bytes(encode_batch([WorkerLogs(records)])))
         os._exit(1)
+    worker.heap_trimmer = heap_trimmer
     if init.get("worker_setup"):  # the cluster's worker plugins, before the first task
         from .plugins import install_all
 
