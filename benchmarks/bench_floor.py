@@ -32,6 +32,19 @@ def noop(x):
     return x
 
 
+def inc(x):
+    return x + 1
+
+
+def pure_chain(client, n: int) -> float:
+    """``n`` chained ``client.submit(inc, x).result()`` with default (pure) keys: each a new key."""
+    t = time.perf_counter()
+    x = 0
+    for _ in range(n):
+        x = client.submit(inc, x).result()
+    return time.perf_counter() - t
+
+
 def total(array, i):
     return float(array.sum()) + i
 
@@ -124,6 +137,7 @@ def run_minidist(processes: bool, repeat: int, array) -> dict:
             return time.perf_counter() - t
 
         figures["many"] = min(figures["many"], best(many_map, repeat))
+        figures["chain_pure"] = best(lambda: pure_chain(client, CHAIN), repeat)
         return figures
 
 
@@ -342,16 +356,28 @@ def main() -> None:
         ("startup", "start -> first result -> close (s)"),
         ("many", f"{N_TASKS:,} no-op tasks (s)"),
         ("chain", f"{CHAIN} chained submit -> result (s)"),
+        ("chain_pure", "  the same, default pure keys (s)"),
         ("large", f"{args.mb} MB array argument x 3 tasks (s)"),
     ]
     names = list(results)
     print(f"{'measure':40} " + " ".join(f"{n:>16}" for n in names))
-    for key, label in rows:
-        print(f"{label:40} " + " ".join(f"{results[n][key]:16.3f}" for n in names))
+    for key, label in rows:  # "-": the engine has no such row (no keys to hash)
+        print(
+            f"{label:40} "
+            + " ".join(
+                f"{results[n][key]:16.3f}" if key in results[n] else f"{'-':>16}" for n in names
+            )
+        )
     print(f"{'ratio to minidist processes':40}")
     for key, label in rows:
         base = results["minidist"][key]
-        print(f"{label:40} " + " ".join(f"{results[n][key] / base:16.2f}" for n in names))
+        print(
+            f"{label:40} "
+            + " ".join(
+                f"{results[n][key] / base:16.2f}" if key in results[n] else f"{'-':>16}"
+                for n in names
+            )
+        )
 
     starts = worker_starts(args.repeat)
     print(
@@ -466,7 +492,16 @@ def round_trip_stages(n: int) -> None:
             engine,
             n,
         )
+        pure_line = _chain_profile(
+            "minidist, pure keys",
+            lambda f, *a: client.submit(inc if f is noop else f, *a),  # inc: each a new key
+            lambda f: f.result(),
+            pids,
+            engine,
+            n,
+        )
     print(line)
+    print(pure_line)
     context = multiprocessing.get_context("forkserver")
     with concurrent.futures.ProcessPoolExecutor(2, mp_context=context) as executor:
         executor.submit(noop, 0).result()

@@ -188,10 +188,9 @@ class Client(AsyncContext):
             func, self._packer.function_ref(func), args, kwargs, key, pure, options
         )
         future = self._new_future(key)
-        if task is not None:  # with a random key it may go straight to an idle worker
-            self._packer.post_one(
-                self.id, task, pure or actor or actors or options["prefix"] is None
-            )
+        if task is not None:  # it may go straight to an idle worker (client_tasks.post_one)
+            kind = "random" if not pure and options["prefix"] is not None else "given"
+            self._packer.post_one(self.id, task, "actor" if actor or actors else kind)
         return future
 
     def map(

@@ -29,6 +29,8 @@ from .sparse import right_size_in_place
 
 logger = logging.getLogger("minidist.client")
 
+_RELEASES_LOOKED_AT = 8  # batches, and keys a batch, that ``releasing`` reads at most
+
 
 class FutureBook:
     """The futures of one client: what the scheduler reports resolves them, waiters sleep on
@@ -183,6 +185,21 @@ class FutureBook:
             # one message for a whole burst of releases (e.g. a list of 10,000 futures dropped at once):
             # the scheduler collects them with take_releases() when it gets to this message
             self._post(ReleasePending(self.client_id))
+
+    def releasing(self, key) -> bool:
+        """Whether ``key`` may be among the released keys the scheduler has not collected yet (then
+        a new task under that key must follow the release through the inbox, not overtake it on the
+        direct lane). True too when there are too many to look through."""
+        with self.lock:
+            releases = self._releases
+            if not releases:
+                return False
+            if len(releases) > _RELEASES_LOOKED_AT:
+                return True
+            for batch in releases:
+                if len(batch) > _RELEASES_LOOKED_AT or key in batch:
+                    return True
+        return False
 
     def take_releases(self) -> list:
         """Called once per ``ReleasePending`` message: the oldest batch of released keys."""

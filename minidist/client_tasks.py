@@ -163,11 +163,23 @@ class TaskPacker:
             arguments, _ = plane.pack_arguments(args, kwargs, key)
         return key, dependencies, plane.run_spec(function_id, blob, func, arguments)
 
-    def post_one(self, client_id: str, task, usual: bool) -> None:
-        """Post one submitted task; unless ``usual`` (a key that is not random: the scheduler may
-        know it already), straight to an idle worker when the scheduler offers one."""
+    def post_one(self, client_id: str, task, key_kind: str) -> None:
+        """Post one submitted task; straight to an idle worker when the scheduler offers one, unless
+        ``key_kind`` is "actor". A "random" key is new to everyone; a "given" one (pure, or the
+        caller's) goes that way only if the scheduler holds nothing under it and no release of it by
+        this client is still on its way (``DirectLane.send``): a key already there is shared, never
+        run twice."""
         lane = self._lane
-        if usual or lane is None or lane.ticket is None or not lane.send(client_id, task):
+        if (
+            key_kind == "actor"
+            or lane is None
+            or lane.ticket is None
+            or (
+                not lane.send(client_id, task)
+                if key_kind == "random"
+                else self._book.releasing(task.key) or not lane.send(client_id, task, True)
+            )
+        ):
             self._scheduler.post(UpdateGraph(client_id, (task,), (task.key,)))
 
     def graph_tasks(self, function, keys: list, nodes: dict, options: dict) -> TaskColumns:

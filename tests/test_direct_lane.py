@@ -24,6 +24,20 @@ def wait_then_count(release, path, value):
     return count_call(path, value)
 
 
+def count_then_fail(path):
+    count_call(path, None)
+    raise ValueError("failed on purpose")
+
+
+def submit_when_offered(client, function, *args):
+    """``function(*args)`` under its pure key, submitted right after a result, when the scheduler
+    has just offered an idle worker: (future, whether it took the lane)."""
+    client.submit(inc, 0, pure=False).result(timeout=10)
+    before = lane_sent(client)
+    future = client.submit(function, *args)
+    return future, lane_sent(client) > before
+
+
 def die_on_first_run(path, value):
     """Counts its runs in ``path``; the first one kills its worker process."""
     first = calls(path) == 0
@@ -48,7 +62,7 @@ def lane_sent(client) -> int:
     return client.cluster.scheduler.lane.sent
 
 
-def submit_directly(client, tmp_path, function, *args):
+def submit_directly(client, tmp_path, function, *args, pure=False):
     """``function(release_file, *args)`` submitted right after a result, when a worker is idle and
     offered, until it takes the lane (a turn of the scheduler in between withdraws the offer, which a
     loaded machine may cause): (future, release file). An attempt that took the usual way is let go
@@ -57,7 +71,7 @@ def submit_directly(client, tmp_path, function, *args):
         release = str(tmp_path / f"go-{attempt}")
         client.submit(inc, 0, pure=False).result(timeout=10)
         before = lane_sent(client)
-        future = client.submit(function, release, *args, pure=False)
+        future = client.submit(function, release, *args, pure=pure)
         if lane_sent(client) > before:
             return future, release
         open(release, "w").close()
@@ -190,3 +204,105 @@ def test_a_worker_dying_under_a_direct_task_has_it_run_again(tmp_path):
         for _ in range(10):
             x = c.submit(inc, x, pure=False).result(timeout=20)
         assert x == 10
+
+
+def test_a_chain_of_default_submits_goes_straight_to_idle_workers(client):
+    # pure keys (the default): each new key, which the scheduler does not hold, may take the lane
+    before = lane_sent(client)
+    x = 0
+    for _ in range(50):
+        x = client.submit(inc, x).result(timeout=10)
+    assert x == 50
+    assert lane_sent(client) - before >= 10
+
+
+def test_a_pure_key_running_elsewhere_is_shared_and_runs_once(client, tmp_path):
+    counter = str(tmp_path / "runs")
+    first, release = submit_directly(client, tmp_path, wait_then_count, counter, 7, pure=True)
+    with Client(client.cluster) as other:
+        # the other worker is idle and offered: the same key must not go to it
+        again, direct = submit_when_offered(other, wait_then_count, release, counter, 7)
+        assert again.key == first.key and not direct
+        open(release, "w").close()
+        assert again.result(timeout=30) == first.result(timeout=30) == 7
+    assert calls(counter) == 1
+
+
+def test_a_pure_key_in_memory_is_shared_and_runs_once(client, tmp_path):
+    counter = str(tmp_path / "runs")
+    first = client.submit(count_call, counter, 5)
+    assert first.result(timeout=10) == 5
+    with Client(client.cluster) as other:
+        again, direct = submit_when_offered(other, count_call, counter, 5)
+        assert again.key == first.key and not direct
+        assert again.result(timeout=10) == 5
+    assert calls(counter) == 1
+
+
+def test_an_erred_pure_key_is_shared_and_runs_once(client, tmp_path):
+    counter = str(tmp_path / "runs")
+    first = client.submit(count_then_fail, counter)
+    with pytest.raises(ValueError, match="on purpose"):
+        first.result(timeout=10)
+    with Client(client.cluster) as other:
+        again, direct = submit_when_offered(other, count_then_fail, counter)
+        assert again.key == first.key and not direct
+        with pytest.raises(ValueError, match="on purpose"):
+            again.result(timeout=10)
+    assert calls(counter) == 1
+
+
+def test_a_pure_key_released_and_submitted_again_runs_again(client, tmp_path):
+    counter = str(tmp_path / "runs")
+    first = client.submit(count_call, counter, 3)
+    assert first.result(timeout=10) == 3
+    key = first.key
+    client.submit(inc, 0, pure=False).result(timeout=10)  # a worker is offered
+    del first  # released: the scheduler collects the release on its next turn
+    again = client.submit(count_call, counter, 3)
+    assert again.key == key
+    assert again.result(timeout=10) == 3
+    assert calls(counter) == 2  # forgotten, then computed again, as dask does
+
+
+def test_a_cancelled_pure_key_dropped_and_submitted_again_runs_again(client, tmp_path):
+    counter = str(tmp_path / "runs")
+    first = client.submit(count_call, counter, 4)
+    assert first.result(timeout=10) == 4
+    key = first.key
+    client.cancel(first)  # the scheduler forgets the key at once, for every client
+    assert first.cancelled()
+    client.submit(inc, 0, pure=False).result(timeout=10)  # a worker is offered
+    # this client's release of the key is not collected yet: the new task under that key must follow
+    # the release, not overtake it (it would then be released as soon as it is recorded)
+    del first
+    again = client.submit(count_call, counter, 4)
+    assert again.key == key
+    assert again.result(timeout=10) == 4
+    assert calls(counter) == 2
+
+
+def test_two_clients_submitting_the_same_pure_keys_run_each_once(client, tmp_path):
+    errors = []
+    held = []
+    counters = [str(tmp_path / f"runs-{i}") for i in range(30)]
+
+    def submit_all(submitter) -> None:
+        try:
+            for i, counter in enumerate(counters):
+                future = submitter.submit(count_call, counter, i)
+                assert future.result(timeout=20) == i
+                held.append(future)  # kept: a released key may rightly run again
+        except BaseException as exc:  # noqa: B036 - reported by the test thread
+            errors.append(exc)
+
+    with Client(client.cluster) as other:
+        threads = [threading.Thread(target=submit_all, args=(c,)) for c in (client, other)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert not any(thread.is_alive() for thread in threads)
+        assert errors == []
+        assert [calls(counter) for counter in counters] == [1] * len(counters)
+        held.clear()

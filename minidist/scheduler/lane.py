@@ -8,7 +8,8 @@ nothing queued and a worker idle, the state would put a new task on that worker 
 end of a turn, and withdraws it first thing in its next turn::
 
     scheduler thread, end of a turn ──offer(handle)──► ticket: the worker, the frees held for it
-    Client.submit of one task (a random key; no dependencies, restrictions, resources or buffers)
+    Client.submit of one task (a key new to the scheduler; no dependencies, restrictions, resources
+    or buffers)
         ──send(): take the ticket (lane lock) ──► frame [held frees, ComputeTask attempt 1] ──► worker
                                                ──► a DirectTask left in the lane (still under the lock)
     scheduler thread, its next turn (the task's result, or any message or wake-up) ──withdraw()──►
@@ -25,6 +26,13 @@ recorded first), or at the idle wake-up; woken at once, it made three threads ru
 are often all there is (the worker, the user thread, the scheduler), and measured slower. If the
 worker dies meanwhile, the write fails (the task is posted as usual) or the task is requeued like any
 task of a dead worker. Thread workers have no pipe: no lane.
+
+A key must be new: a task the scheduler already holds under it (pure keys: the same call submitted
+before, by any client) is shared, never run twice. A random key (``pure=False``) is new by
+construction; any other one takes the ticket only if ``_new_key`` finds it new while the scheduler
+thread sleeps (its books hold still), and if the submitting client has no release of that key still
+waiting for the scheduler (``FutureBook.releasing``: the task would overtake the release and be
+released as it starts).
 """
 
 from __future__ import annotations
@@ -33,7 +41,11 @@ import threading
 from typing import Any, Optional
 
 from ..comm.serialize import Payload
-from ..messages import DirectTask, NewTask
+from ..messages import DirectTask, NewTask, ReleasePending
+
+_INBOX_LOOKED_AT = (
+    8  # messages in the inbox a pure key's check reads at most (more: not new enough)
+)
 
 
 class DirectLane:
@@ -100,9 +112,12 @@ class DirectLane:
 
     # --------------------------------------------------------------------------- client threads
 
-    def send(self, client_id: str, task: NewTask) -> bool:
-        """Send ``task`` (a random key) straight to the offered worker; False: no ticket is out, or
-        the task needs the scheduler (the caller posts it as usual)."""
+    def send(self, client_id: str, task: NewTask, may_exist: bool = False) -> bool:
+        """Send ``task`` straight to the offered worker; False: no ticket is out, or the task needs
+        the scheduler (the caller posts it as usual). ``may_exist``: its key is not random (a pure
+        key, or one the caller gave), so it goes only if the scheduler holds nothing under it
+        (``_new_key``); the caller has checked that it has no release of that key still waiting for
+        the scheduler."""
         arguments = task.run_spec[2]  # (function_id, function, arguments)
         if (
             task.dependencies
@@ -116,7 +131,7 @@ class DirectLane:
             return False
         with self._lock:
             handle = self.ticket
-            if handle is None:
+            if handle is None or (may_exist and not self._new_key(task.key)):
                 return False
             self.ticket = None
             message = handle.execute_message(task.key, task.run_spec, (), {}, 1)
@@ -129,4 +144,28 @@ class DirectLane:
             # closes the lane) finds it
             self._taken = DirectTask(client_id, (task,), (task.key,), handle.address)
             self.sent += 1
+        return True
+
+    def _new_key(self, key) -> bool:
+        """(Lane lock held, ticket out.) Whether a task under ``key`` would be new to the scheduler
+        when the turn that withdraws the ticket records it, ahead of the inbox: its state holds no
+        task of that key (waiting, queued, processing, in memory or erred: that one is shared, never
+        run again), and nothing waiting in the inbox could bring or settle one first (a submission
+        or a cancel by any client, an answer to a call...). Only batches of released keys may wait:
+        the submitting client checked its own for this key, and another client's release of a key
+        the state does not hold leaves the new task alone (that client does not want it).
+
+        While the ticket is out the scheduler thread sleeps (it withdraws the ticket, under this
+        lock, before it reads anything), so its books hold still while they are read here; the
+        inbox only grows, and what joins it after this check was posted after this submission."""
+        scheduler = self._scheduler
+        if key in scheduler.state.tasks:
+            return False
+        inbox = scheduler.inbox
+        if inbox:
+            if len(inbox) > _INBOX_LOOKED_AT:
+                return False
+            for message in tuple(inbox):  # a copy: other threads may append meanwhile
+                if type(message) is not ReleasePending:
+                    return False
         return True
