@@ -79,4 +79,5 @@ def __getattr__(name: str):
 
 
 def __dir__():
-    return sorted(list(globals()) + __all__)
+    # what a user can import from here: not this module's own helpers (``importlib``, ``annotations``)
+    return sorted({*__all__, "__version__"})

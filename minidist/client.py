@@ -406,9 +406,10 @@ class Client(AsyncContext):
         ``allow_global``. ValueError if there is none (dask's ``Client.current``)."""
         return current_client(allow_global)
 
-    def futures_of(self, obj) -> list:
-        """Every Future in ``obj``, including the graphs of dask collections (see ``futures_of``)."""
-        return futures_of(obj)
+    def futures_of(self, futures) -> list:
+        """Every Future in ``futures``, including the graphs of dask collections; a cancelled one raises
+        ``CancelledError`` (see ``futures_of``)."""
+        return futures_of(futures, client=self)
 
     # --------------------------------------------------------------------------- cluster operations
     # Done by the parts (client_ops.py, client_admin.py); each forwarder keeps the part's signature

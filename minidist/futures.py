@@ -303,11 +303,14 @@ def _wait_blocking(fs: list, timeout: Optional[float], return_when: str) -> Done
     return DoneAndNotDoneFutures(done, {f for f in fs if not f.done()})
 
 
-def futures_of(obj) -> list:
-    """Every Future in ``obj``, each once, in order: inside lists, tuples, sets and dict values, and in
-    the graphs of dask collections (a persisted collection holds a future per output key)."""
+def futures_of(o, client=None) -> list:
+    """Every Future in ``o``, each once, in order: inside lists, tuples, sets and dict values, and in
+    the graphs of dask collections (a persisted collection holds a future per output key).
+
+    With ``client`` given, as in dask, a cancelled future among them raises ``CancelledError`` (naming
+    the keys): a collection persisted before a ``cancel`` or ``restart`` cannot be computed any more."""
     found: dict = {}
-    stack = [obj]
+    stack = [o]
     while stack:
         item = stack.pop()
         typ = type(item)
@@ -322,7 +325,12 @@ def futures_of(obj) -> list:
             if graph:
                 values = [getattr(v, "value", v) for v in graph.values()]  # dask DataNodes
                 stack.extend(reversed(values))
-    return list(found.values())
+    futures = list(found.values())
+    if client is not None:
+        cancelled = [f.key for f in futures if f.cancelled()]
+        if cancelled:
+            raise CancelledError(f"these futures were cancelled: {cancelled}")
+    return futures
 
 
 class as_completed:

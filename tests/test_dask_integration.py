@@ -11,7 +11,7 @@ import dask  # noqa: E402
 import dask.bag as db  # noqa: E402
 
 from conftest import calls, count_call  # noqa: E402
-from minidist import Client, Future, futures_of, wait  # noqa: E402
+from minidist import CancelledError, Client, Future, futures_of, wait  # noqa: E402
 from minidist.keys import key_split  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)
@@ -104,6 +104,16 @@ def test_persist_returns_collections_backed_by_futures(client):
     assert all(f.status == "finished" for f in futures)
     assert (client.gather(y) == np.arange(100) * 3).all()
     assert y.sum().compute() == 3 * 4950
+
+
+def test_futures_of_with_a_client_refuses_a_cancelled_persisted_collection(client):
+    y = (da.arange(40, chunks=10) + 1).persist()
+    assert futures_of(y, client=client) == client.futures_of(y) == futures_of(y)
+    client.cancel(futures_of(y)[1])
+    assert len(futures_of(y)) == 4  # without a client, as in dask, it only finds them
+    for find in (lambda: futures_of(y, client=client), lambda: client.futures_of(y)):
+        with pytest.raises(CancelledError, match="cancelled"):
+            find()
 
 
 def test_persisted_results_are_reused_not_recomputed(client, tmp_path):
