@@ -91,6 +91,10 @@ class WorkerInfo:
         """Record an event on the scheduler (``client.get_events``/``subscribe_topic`` see it)."""
         get_client().log_event(topic, msg)
 
+    def get_current_task(self):
+        """The key of the task running on this thread (None outside a task)."""
+        return current_key()
+
     def __repr__(self) -> str:
         return f"<Worker {self.address!r}, name: {self.name}, threads: {self.nthreads}>"
 

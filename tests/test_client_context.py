@@ -30,6 +30,10 @@ def where_am_i():
     return get_worker().address
 
 
+def current_task():
+    return get_worker().get_current_task()
+
+
 def fib(n):
     if n < 2:
         return n
@@ -94,6 +98,10 @@ def test_get_worker_inside_a_task_and_worker_restrictions(processes):
         # by name too
         name = client.scheduler_info()["workers"][addresses[1]]["name"]
         assert client.submit(where_am_i, workers=name, pure=False).result() == addresses[1]
+        # the running task's key, as dask's Worker.get_current_task() gives it
+        assert client.submit(current_task, key="mine-1").result() == "mine-1"
+        tuple_key = ("mine-2", 0)
+        assert client.submit(current_task, key=tuple_key).result() == tuple_key
 
 
 def test_allow_other_workers_runs_elsewhere_when_the_named_worker_does_not_exist():

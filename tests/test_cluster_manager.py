@@ -237,6 +237,7 @@ class RefusingBeforeTask(Worker):
 
 def hooks_seen():
     worker = get_worker()
+    assert worker.get_current_task() == "look"
     return worker.greeting, list(worker.seen)
 
 

@@ -130,6 +130,10 @@ class Worker(WorkerRuntime):
         """Record an event on the scheduler (``client.get_events``/``subscribe_topic`` see it)."""
         self.client.log_event(topic, msg)
 
+    def get_current_task(self):
+        """The key of the task running on this thread (None outside a task)."""
+        return current_key()
+
     def __repr__(self) -> str:
         return (
             f"<{type(self).__name__} {self.address!r}, name: {self.name}, threads: {self.nthreads}>"
