@@ -14,6 +14,7 @@ scheduler is told, so results are freed as soon as nobody can ask for them.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import time
 import uuid
 import weakref
@@ -132,8 +133,7 @@ class Client(AsyncContext):
         self._admin = ClusterAdmin(self._calls)
         self._shared = SharedData(self)  # published datasets (client_shared.py)
         self._bridge = ClientBridge(self)  # get_executor, sync, as_current... (client_bridge.py)
-        # log_event, subscribe_topic, what tasks print (client_events.py)
-        self._events = EventTopics(self)
+        self._events = EventTopics(self)  # log_event, topics, what tasks print (client_events.py)
         self._plugins = PluginClient(self._calls)  # plugins, upload_file (client_plugins.py)
         self._results.adopt_actor = lambda p: p._bound(Future(p._key, self))  # actors.py
         self.scheduler.sessions[self.id] = self  # it calls report() and take_releases()
@@ -189,8 +189,8 @@ class Client(AsyncContext):
         )
         future = self._new_future(key)
         if task is not None:  # it may go straight to an idle worker (client_tasks.post_one)
-            kind = "random" if not pure and options["prefix"] is not None else "given"
-            self._packer.post_one(self.id, task, "actor" if actor or actors else kind)
+            kind = "actor" if actor or actors else "given" if pure or key is not None else "random"
+            self._packer.post_one(self.id, task, kind)
         return future
 
     def map(
@@ -407,8 +407,7 @@ class Client(AsyncContext):
         return current_client(allow_global)
 
     def futures_of(self, futures) -> list:
-        """Every Future in ``futures``, including the graphs of dask collections; a cancelled one raises
-        ``CancelledError`` (see ``futures_of``)."""
+        """``futures_of(futures, client=self)``: a cancelled future among them raises CancelledError."""
         return futures_of(futures, client=self)
 
     # --------------------------------------------------------------------------- cluster operations
@@ -549,11 +548,9 @@ class Client(AsyncContext):
         self.close()
 
     def __del__(self):
-        try:
+        with contextlib.suppress(Exception):  # at interpreter exit, half of it may be gone
             if not self._closed and self._owns_cluster:
                 self.close()
-        except Exception:
-            pass
 
     def __repr__(self) -> str:
         if self._closed:
