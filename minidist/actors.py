@@ -19,7 +19,6 @@ from __future__ import annotations
 import concurrent.futures
 from typing import Any, Optional
 
-from .comm.serialize import deserialize, serialize
 from .errors import FutureTimeoutError
 from .worker.actors import ActorConstructor
 
@@ -70,6 +69,8 @@ class Actor:
             client = self._client = _current_client()
         packed: Any = (args, kwargs or {})
         if client.processes:
+            from .comm.serialize import serialize  # not on the way to `from minidist import Client`
+
             try:
                 packed = serialize(packed, None)
             except Exception as exc:
@@ -134,7 +135,11 @@ class ActorFuture:
                 f"{self._what} on actor {self._actor._key!r} did not finish within {timeout} s"
             ) from None
         if ok:
-            return deserialize(value) if self._encoded else value
+            if not self._encoded:
+                return value
+            from .comm.serialize import deserialize
+
+            return deserialize(value)
         exc = value[0]
         if isinstance(exc, (bytes, bytearray)):
             import pickle

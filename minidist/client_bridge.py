@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import inspect
 import os
 import threading
 
@@ -39,6 +38,8 @@ class ClientBridge:
         """Call ``func(*args, **kwargs)``; if that gives an awaitable (a coroutine function's call),
         run it to completion and return its result; futures can be awaited inside. For an
         asynchronous client inside a running loop, the awaitable itself is returned."""
+        import inspect  # here: its import (ast, dis, tokenize) is not on the way to `import minidist`
+
         client = self._client
         client._check_open()
         result = func(*args, **kwargs)

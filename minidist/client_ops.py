@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import functools
 import pickle
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from .asynchronous import awaitable_in_loop
-from .data_plane import DataPlane
 from .deploy.cluster import wait_for_ready_workers
 from .futures import futures_in
+
+if TYPE_CHECKING:
+    from .data_plane import DataPlane
 
 
 class ClusterCalls:

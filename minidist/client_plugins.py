@@ -5,17 +5,14 @@ Plugins are pickled here (cloudpickle, so classes from ``__main__`` travel by va
 operations of ``scheduler/plugin_ops.py``, which keep worker plugins for workers started later too.
 Bad input fails here, before anything reaches the cluster: an object that is not a plugin, a method
 that looks like a misspelt hook, a file to upload that is not .py/.zip/.egg or does not compile.
-Mixed into ``Client``.
+Mixed into ``Client``. What it uses (cloudpickle, the plugin and shipping modules) is imported by the
+call that needs it, so ``from minidist import Client`` does not wait for it.
 """
 
 from __future__ import annotations
 
 import os
 import uuid
-
-from .comm.serialize import dumps_function
-from .worker.plugins import SCHEDULER_HOOKS, WORKER_HOOKS, check_hooks
-from .worker.shipping import SHIPPABLE_FILES, UploadFile, WorkerCallbacks
 
 
 def _is_a(plugin, base_name: str) -> bool:
@@ -36,6 +33,9 @@ class PluginClient:
         plugin (its ``teardown``/``close`` runs), unless ``idempotent`` keeps the first.
         Returns ``{worker address: "OK"}`` for worker plugins.
         """
+        from .comm.serialize import dumps_function
+        from .worker.plugins import SCHEDULER_HOOKS, WORKER_HOOKS, check_hooks
+
         hooks: tuple
         others: tuple
         if _is_a(plugin, "WorkerPlugin"):
@@ -77,6 +77,8 @@ class PluginClient:
             return None
         if not callable(setup):
             raise TypeError(f"register_worker_callbacks needs a callable, not {setup!r}")
+        from .worker.shipping import WorkerCallbacks
+
         name = f"worker-callback-{getattr(setup, '__name__', 'setup')}-{uuid.uuid4().hex[:8]}"
         return self.register_plugin(WorkerCallbacks(setup), name=name)
 
@@ -84,6 +86,8 @@ class PluginClient:
         """Send a ``.py``, ``.zip`` or ``.egg`` file to every worker (and later ones) and make it
         importable there (imported at once with ``load``). Uploading a file of the same name again
         replaces it, and reloads the module."""
+        from .worker.shipping import SHIPPABLE_FILES, UploadFile
+
         filename = os.fspath(filename)
         if not filename.endswith(SHIPPABLE_FILES):
             raise ValueError(f"upload_file takes a .py, .zip or .egg file, not {filename!r}")

@@ -10,12 +10,14 @@ A local cluster's ``fetch`` is a dict lookup; a remote one's is a request over t
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from .actors import Actor
-from .data_plane import DataPlane
 from .errors import CancelledError
 from .futures import Future, futures_in
+
+if TYPE_CHECKING:
+    from .data_plane import DataPlane
 
 _SKIP = object()  # gather(errors="skip"): an erred future's place, dropped from its container
 

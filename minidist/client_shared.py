@@ -6,14 +6,14 @@ scheduler keeps it, and the results of its futures, under the owner ``published-
 bound to the asking client, which the scheduler makes want them before answering, so a dataset
 published by a client that has since closed can still be fetched. One ``SharedData`` per ``Client``;
 ``Client`` forwards the public methods, and ``client.datasets`` is a ``Datasets`` mapping over them.
+``packing.py`` (and cloudpickle) is imported by the calls that use it, as ``primitives.py`` does, so
+``from minidist import Client`` does not wait for it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, MutableMapping
 from typing import Any
-
-from .packing import handoff_owner, pack, received, unpack
 
 _NO_DEFAULT: Any = object()
 
@@ -48,6 +48,8 @@ class SharedData:
             values.update(args[0])
         if not values:
             raise ValueError("publish_dataset needs something to publish")
+        from .packing import pack
+
         client = self._client
         self._invoke(
             "dataset_publish", {key: pack(value, client) for key, value in values.items()}, override
@@ -65,6 +67,8 @@ class SharedData:
         """The published value (its futures bound to this client); ``default`` or KeyError if none."""
         if isinstance(name, list):
             return [self.get_dataset(n, default) for n in name]
+        from .packing import handoff_owner, received, unpack
+
         client = self._client
         owner = handoff_owner()
         packed = self._invoke("dataset_get", name, owner)

@@ -14,13 +14,15 @@ One ``TaskPacker`` per ``Client`` (built by its constructor from the cluster's s
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from .client_futures import FutureBook
-from .data_plane import DataPlane, function_id_of
 from .futures import Future
-from .keys import key_split, random_token
+from .keys import function_id_of, key_split, random_token
 from .messages import DependencyRef, TaskColumns, UpdateGraph, new_task
+
+if TYPE_CHECKING:
+    from .data_plane import DataPlane
 
 _FUNCTION_CACHE_SIZE = 512
 _CANNOT_HOLD_FUTURES = frozenset((int, float, str, bytes, bool, type(None), complex))

@@ -22,9 +22,6 @@ which ``SegmentLedger`` counts on the scheduler's side.
 from __future__ import annotations
 
 import collections
-import hashlib
-import sys
-import uuid
 from typing import Any, Optional
 
 from .comm.serialize import (
@@ -43,28 +40,13 @@ from .comm.write_watch import ChecksumCache
 from .errors import TaskSerializationError
 from .keys import tokenize_call
 from .messages import DEPENDENCY_VALUES, RunSpec
+from .utils import sizeof
 
 _NO_KWARGS: dict = {}  # shared by graph nodes' tasks, which take no keywords (never changed)
 # a thread worker's graph node is called as node(values of its dependencies), or node() for a root:
 # every such task shares one of these (args, kwargs) pairs
 _NODE_CALL = ((DEPENDENCY_VALUES,), _NO_KWARGS)
 _ROOT_CALL = ((), _NO_KWARGS)
-
-
-def sizeof(value: Any) -> int:
-    """A cheap size estimate for memory accounting."""
-    nbytes = getattr(value, "nbytes", None)
-    if isinstance(nbytes, int):
-        return nbytes
-    try:
-        return sys.getsizeof(value)
-    except Exception:
-        return 64
-
-
-def function_id_of(blob: Optional[bytes]) -> bytes:
-    """A function's id: the hash of its pickle (equal functions share it), or random if unpicklable."""
-    return hashlib.blake2b(blob, digest_size=16).digest() if blob else uuid.uuid4().bytes
 
 
 class SegmentLedger:

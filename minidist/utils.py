@@ -7,11 +7,14 @@ keyword reads units the same way and every error names the value that could not 
 
 from __future__ import annotations
 
-import datetime
 import math
 import numbers
 import re
-from typing import Optional
+import sys
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:
+    import datetime
 
 # Unit words are matched case-insensitively ("kb", "KB" and "kB" all mean 1000 bytes); an "i" means a
 # power of two ("KiB" = 1024), as in the IEC convention.
@@ -79,6 +82,17 @@ _TIME_UNITS = {
 _QUANTITY = re.compile(r"^\s*([0-9]*\.?[0-9]*(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Zµ]*)\s*$")
 
 
+def sizeof(value: Any) -> int:
+    """A cheap size estimate for memory accounting."""
+    nbytes = getattr(value, "nbytes", None)
+    if isinstance(nbytes, int):
+        return nbytes
+    try:
+        return sys.getsizeof(value)
+    except Exception:
+        return 64
+
+
 def _parse_quantity(text, units: dict, what: str, hint: str) -> float:
     """``text`` (a number, or a string "<number> <unit>") times its unit, checked finite and >= 0."""
     if isinstance(text, numbers.Real) and not isinstance(text, bool):
@@ -136,6 +150,8 @@ def parse_timedelta(text: str | int | float | datetime.timedelta) -> float:
 
     Raises ValueError for negative, non-finite or unreadable values, and for unknown units.
     """
-    if isinstance(text, datetime.timedelta):
+    # a timedelta exists only if its module was imported: no import of datetime to find out
+    module = sys.modules.get("datetime")
+    if module is not None and isinstance(text, module.timedelta):
         text = text.total_seconds()
     return _parse_quantity(text, _TIME_UNITS, "a duration", "use ms, s, minutes, hours, days")

@@ -31,7 +31,6 @@ Nothing here unlinks a segment a returned Payload refers to: whoever keeps the P
 from __future__ import annotations
 
 import copyreg
-import hashlib
 import io
 import pickle
 import threading
@@ -42,6 +41,7 @@ from typing import TYPE_CHECKING
 import cloudpickle
 
 from minidist.comm.shm import SegmentStore, SharedBuffer, open_segment, unlink_segments
+from minidist.keys import blake2b
 
 if TYPE_CHECKING:
     from minidist.comm.shm_pool import SegmentPool
@@ -362,7 +362,7 @@ def serialize_with_token(
     else:
         sink = _BufferSink(store, checksums=True)
         payload, sums = _serialize(obj, store, sink), sink.sums
-    digest = hashlib.blake2b(salt, digest_size=16)
+    digest = blake2b(salt, digest_size=16)
     if isinstance(payload, bytes):
         digest.update(payload)
         return payload, digest.hexdigest()

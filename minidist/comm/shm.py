@@ -50,7 +50,6 @@ import mmap
 import os
 import re
 import resource
-import secrets
 import stat
 import sys
 import threading
@@ -126,7 +125,7 @@ class SharedBuffer:
 
 def new_cluster_id() -> str:
     """A fresh cluster id that records this process as the cluster's owner (see :func:`sweep_orphans`)."""
-    return f"{os.getpid()}-{secrets.token_hex(6)}"
+    return f"{os.getpid()}-{os.urandom(6).hex()}"
 
 
 class SegmentStore:
@@ -171,7 +170,8 @@ class SegmentStore:
 
     def _new_name(self) -> str:
         # The pid is read each time so that names stay truthful if a store is used after a fork.
-        random_part = secrets.token_hex(_RANDOM_HEX // 2)
+        # secrets.token_hex, without importing secrets (hmac, OpenSSL) on the way to a worker's start
+        random_part = os.urandom(_RANDOM_HEX // 2).hex()
         return (
             f"{SEGMENT_PREFIX}{self.cluster_id}_{os.getpid()}_{next(self._counter)}-{random_part}"
         )

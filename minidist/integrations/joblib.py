@@ -29,8 +29,8 @@ from joblib._parallel_backends import AutoBatchingMixin, ParallelBackendBase, Se
 from joblib._utils import _retrieve_traceback_capturing_wrapped_call, _TracebackCapturingWrapper
 
 from ..context import get_client
-from ..data_plane import sizeof
 from ..keys import random_token
+from ..utils import sizeof
 
 # Arguments at least this large are scattered once per Parallel call instead of being sent with every
 # batch (a GridSearchCV's X and y, a random forest's training data).

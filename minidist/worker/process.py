@@ -27,7 +27,6 @@ import select
 import sys
 import threading
 import time
-from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from ..comm.frames import FrameReader, write_frame
@@ -69,11 +68,11 @@ logger = logging.getLogger("minidist.worker")
 class ProcessWorker:
     """Glue between the pipe and the runtime inside a worker process."""
 
-    def __init__(self, conn: Connection, init: dict):
-        self.conn = conn
-        self.fd = conn.fileno()
-        # one read per batch of frames, after a poll() for them (comm/frames.py)
-        self.frames = FrameReader(self.fd, blocking=True)
+    def __init__(self, frames: FrameReader, fd: int, init: dict):
+        self.fd = fd
+        # one read per batch of frames, after a poll() for them (comm/frames.py); it read the init
+        # message already, and may hold frames that came right behind it
+        self.frames = frames
         self.init = init
         self.cluster_id = init["cluster_id"]
         self.parent = ParentWatch(init["parent_pid"])
@@ -329,8 +328,10 @@ class _LazyFunction:
 def main(fd: int, running_fd: Optional[int] = None) -> None:
     """Run a worker on the pipe ``fd``. ``running_fd``: its running board's descriptor when it differs
     from the number in the settings (a worker forked by the template received it under another)."""
-    conn = Connection(fd)
-    init = pickle.loads(conn.recv_bytes())
+    # the pipe's frames are multiprocessing's Connection format, read and written without it
+    # (comm/frames.py): a worker, and the template that forks it, need not import multiprocessing
+    frames = FrameReader(fd, blocking=True)
+    init = pickle.loads(frames.recv_bytes())
     if running_fd is not None:
         init["running_fd"] = running_fd
     # this process only; before any task allocates and before any thread starts (one malloc arena)
@@ -343,10 +344,10 @@ def main(fd: int, running_fd: Optional[int] = None) -> None:
     shipper = WorkerLogShipper()
     shipper.install()
     try:
-        worker = ProcessWorker(conn, init)
+        worker = ProcessWorker(frames, fd, init)
     except BaseException:  # noqa: B036 - e.g. worker_class.setup() raised: say why before leaving
         logger.exception("Worker %s could not start", init.get("address"))
-        shipper.ship(lambda records: conn.send_bytes(encode_batch([WorkerLogs(records)])))
+        shipper.ship(lambda records: write_frame(fd, encode_batch([WorkerLogs(records)])))
         os._exit(1)
     worker.heap_trimmer = heap_trimmer
     if init.get("worker_setup"):  # the cluster's worker plugins, before the first task

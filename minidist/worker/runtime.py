@@ -31,7 +31,6 @@ import traceback
 from collections import deque
 from typing import Any, Callable, Optional
 
-from ..data_plane import sizeof  # noqa: F401 (re-exported)
 from ..messages import (
     ComputeTask,
     DependencyRef,
@@ -45,6 +44,7 @@ from ..messages import (
     TaskTransfer,
 )
 from ..sparse import right_sized
+from ..utils import sizeof
 from .running import SLOTS
 from .task_client import TaskClientSlot
 
