@@ -16,6 +16,8 @@ import subprocess
 import sys
 import time
 
+from bench_start import child_env, print_profile
+
 N_TASKS = 5000
 CHAIN = 300
 
@@ -24,7 +26,17 @@ def noop(x):
     return x
 
 
+def seconds_printed(code: str, **kwargs) -> float:
+    """The last number a fresh interpreter running ``code`` prints (bytecode may be cached: see
+    bench_start.py)."""
+    out = subprocess.check_output(
+        [sys.executable, "-c", code], text=True, env=child_env(), **kwargs
+    )
+    return float(out.split()[-1])
+
+
 def best(fn, repeat: int) -> float:
+    fn()  # untimed: caches bytecode (children may write it: bench_start.py says why)
     times = []
     for _ in range(repeat):
         times.append(fn())
@@ -43,7 +55,7 @@ def minidist_startup() -> float:
         "c.close()\n"
         "print(time.perf_counter() - t)\n"
     )
-    return float(subprocess.check_output([sys.executable, "-c", code], text=True).split()[-1])
+    return seconds_printed(code)
 
 
 def dask_startup() -> float:
@@ -56,11 +68,7 @@ def dask_startup() -> float:
         "    c.close()\n"
         "    print(time.perf_counter() - t)\n"
     )
-    return float(
-        subprocess.check_output(
-            [sys.executable, "-c", code], text=True, stderr=subprocess.DEVNULL
-        ).split()[-1]
-    )
+    return seconds_printed(code, stderr=subprocess.DEVNULL)
 
 
 def pool_startup() -> float:
@@ -72,12 +80,12 @@ def pool_startup() -> float:
         "        assert p.submit(abs, -1).result() == 1\n"
         "    print(time.perf_counter() - t)\n"
     )
-    return float(subprocess.check_output([sys.executable, "-c", code], text=True).split()[-1])
+    return seconds_printed(code)
 
 
 def import_time(module: str) -> float:
     code = f"import time; t = time.perf_counter(); from {module} import Client; print(time.perf_counter() - t)"
-    return float(subprocess.check_output([sys.executable, "-c", code], text=True).split()[-1])
+    return seconds_printed(code)
 
 
 def idle_worker_rss(pids) -> float:
@@ -186,6 +194,8 @@ def main() -> None:
             for e in engines[1:]
         )
         print(f"{label:42} {goal:>8} {cells} {ratios}")
+    print("\nwhere minidist's first start goes (bench_start.py prints the imports too):")
+    print_profile(args.repeat, imports=False)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ import sys
 import threading
 import time
 
+from bench_start import child_env, print_profile
+
 N_TASKS = 5000
 CHAIN = 300
 
@@ -54,8 +56,9 @@ def best(fn, repeat: int) -> float:
 
 
 def timed_script(code: str) -> float:
+    # bytecode may be cached, as for an installed package (bench_start.py says why)
     out = subprocess.check_output(
-        [sys.executable, "-c", code], text=True, stderr=subprocess.DEVNULL
+        [sys.executable, "-c", code], text=True, stderr=subprocess.DEVNULL, env=child_env()
     )
     return float(out.split()[-1])
 
@@ -347,6 +350,7 @@ def main() -> None:
 
     results = {}
     for name, run in engines.items():
+        startup(name)  # untimed: caches bytecode
         results[name] = {"startup": best(lambda name=name: startup(name), args.repeat), **run()}
 
     print(
@@ -379,6 +383,8 @@ def main() -> None:
             )
         )
 
+    print("\nwhere minidist's first start goes (bench_start.py prints the imports too):")
+    print_profile(args.repeat, imports=False)
     starts = worker_starts(args.repeat)
     print(
         f"\nnew worker ready after scale-up: {starts['scale'] * 1000:.1f} ms each; "
