@@ -307,7 +307,9 @@ def test_silent_connections_do_not_lock_out_a_real_client(cluster):
         started = time.monotonic()
         with Client(cluster.scheduler_address, timeout=10) as c:
             assert c.submit(inc, 1).result(timeout=10) == 2
-        assert time.monotonic() - started < 4  # one silent peer alone held everyone for 3-5 s
+        # handshakes one at a time held everyone for the three silent peers' 3 s deadlines (9 s and
+        # more); a loaded 2-core machine serves a real client well within 8
+        assert time.monotonic() - started < 8
     finally:
         for sock in silent:
             sock.close()
