@@ -114,8 +114,11 @@ def test_the_event_loop_keeps_running_while_tasks_are_awaited():
 
         beat = asyncio.ensure_future(heartbeat())
         threads_before = threading.active_count()
+        await asyncio.sleep(0)  # the heartbeat's first sleep has begun
         futures = client.map(slow_inc, range(100), delay=0.01)
-        results = await asyncio.gather(*futures)  # a hundred coroutines wait at once
+        beats_before = len(gaps)
+        results = await asyncio.gather(*futures)  # a hundred coroutines wait at once (>= 0.25 s)
+        beats_while_gathering = len(gaps) - beats_before
         threads_during = threading.active_count()
         assert results == list(range(1, 101))
         beats_before = len(gaps)
@@ -123,17 +126,18 @@ def test_the_event_loop_keeps_running_while_tasks_are_awaited():
         beats_while_waiting = len(gaps) - beats_before
         stop = True
         await beat
-        return max(gaps), beats_while_waiting, threads_during - threads_before
+        return beats_while_gathering, beats_while_waiting, threads_during - threads_before
 
     with LocalCluster(
         n_workers=2, threads_per_worker=2, processes=False, dashboard_address=None
     ) as cluster:
         with Client(cluster, asynchronous=True) as client:
-            longest_gap, beats, extra_threads = asyncio.run(main(client))
-    # a wait that blocked the loop would hold it for the whole 1 s task and let it beat once at most
-    # (every 5 ms otherwise); the bounds leave room for a loaded machine's scheduling delays
-    assert beats >= 10, f"the loop ran {beats} times while a 1 s task was awaited"
-    assert longest_gap < 0.75, f"the loop was blocked for {longest_gap:.3f} s"
+            gathering, waiting, extra_threads = asyncio.run(main(client))
+    # a wait that blocked the loop would hold it for the whole wait and let it beat once at most
+    # (every 5 ms otherwise); counts, not a bound on the longest gap: a loaded machine (or a full
+    # garbage collection of a long run's heap) may stall any thread for a second now and then
+    assert gathering >= 3, f"the loop ran {gathering} times while 100 futures were awaited"
+    assert waiting >= 10, f"the loop ran {waiting} times while a 1 s task was awaited"
     assert extra_threads <= 2  # no thread per waiting coroutine
 
 

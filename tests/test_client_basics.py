@@ -19,7 +19,7 @@ from minidist import (
     fire_and_forget,
     wait,
 )
-from minidist.testing import wait_until
+from conftest import wait_for_file, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -293,13 +293,15 @@ def test_as_completed_with_results_and_add(client):
     assert results == [2, 3, 4]
 
 
-def test_wait_first_completed(client):
+def test_wait_first_completed(client, tmp_path):
+    release = tmp_path / "release"
     fast = client.submit(inc, 0, pure=False)
-    slow = client.submit(slow_inc, 0, delay=2, pure=False)
+    slow = client.submit(wait_for_file, str(release), 0, pure=False)  # ends only when told
     done, not_done = wait([fast, slow], return_when="FIRST_COMPLETED", timeout=10)
     assert fast in done
     assert slow in not_done
     slow.cancel()
+    release.touch()
 
 
 def test_wait_timeout_raises(client):
@@ -411,17 +413,22 @@ def test_fire_and_forget_runs_without_a_future(client):
     assert Event(name, client=client).wait(30)
 
 
-def test_priority_orders_queued_work(client):
+def test_priority_orders_queued_work(client, tmp_path):
     # a cluster of one thread, so the order of execution is the order of dispatch
+    release = tmp_path / "release"
     with (
         LocalCluster(
             n_workers=1, threads_per_worker=1, processes=client.processes, dashboard_address=None
         ) as cluster,
         Client(cluster, set_as_default=False) as c,
     ):
-        blockers = c.map(slow_inc, range(3), delay=0.3, pure=False)  # fill the thread and prefetch
+        # fill the thread and prefetch until both maps are on the scheduler (however slow the
+        # machine is between the two calls)
+        blockers = c.map(wait_for_file, [str(release)] * 3, pure=False)
         low = c.map(slow_inc, range(4), delay=0.01, priority=-10, pure=False)
         high = c.map(slow_inc, range(4), delay=0.01, priority=10, pure=False)
+        c.run_on_scheduler(len, ())  # a round trip: the scheduler has read both maps
+        release.touch()
         order = [f.key for f in as_completed(low + high)]
         assert set(order[:4]) == {f.key for f in high}
         wait(blockers)

@@ -89,7 +89,7 @@ def test_lock_excludes_across_clients_and_times_out(client, other):
     assert not theirs.locked()
     with theirs:
         assert mine.acquire(blocking=False) is False
-    assert mine.acquire(timeout=1)
+    assert mine.acquire(timeout=10)
     mine.release()
 
 
@@ -125,7 +125,7 @@ def test_multilock_takes_all_names_or_waits(client, other):
     assert just_b.acquire(timeout=0.1, num_locks=1)  # "c" is free
     just_b.release()
     both.release()
-    assert just_b.acquire(timeout=1)
+    assert just_b.acquire(timeout=10)
     just_b.release()
     with pytest.raises(ValueError, match="not acquired"):
         just_b.release()
@@ -141,7 +141,7 @@ def test_semaphore_limits_concurrent_holders(client, other):
     assert first.get_value() == 2
     assert second.acquire(timeout=0.1) is False
     first.release()
-    assert second.acquire(timeout=1)
+    assert second.acquire(timeout=10)
     second.release()
     second.release()
     with pytest.raises(RuntimeError, match="released too often"):
@@ -209,7 +209,7 @@ def test_queue_carries_values_and_futures_between_clients_and_tasks(client, othe
     assert theirs.qsize() == 3
     assert theirs.get() == "text"
     assert theirs.get().result() == 6
-    assert theirs.get(timeout=1)["nested"][0].result() == 6
+    assert theirs.get(timeout=10)["nested"][0].result() == 6
     consumer = client.submit(consume, name, 2, pure=False)
     client.submit(produce, name, [1, 2], pure=False).result()
     assert consumer.result() == [1, 2]
@@ -302,7 +302,7 @@ def test_primitives_are_awaitable_for_asynchronous_clients(cluster):
     async def main():
         async with Client(cluster, asynchronous=True) as client:
             lock = Lock("async-lock", client=client)
-            assert await lock.acquire(timeout=1)
+            assert await lock.acquire(timeout=10)
             assert await lock.locked()
             await lock.release()
             async with Semaphore(1, "async-sem", client=client):
