@@ -134,10 +134,13 @@ def test_a_dependent_on_the_same_worker_gets_the_object_and_nothing_is_written(c
         "same-a": (filled, 4 * MiB, 2.0),
         "same-b": (where_with_segments, "same-a", cluster_id),
     }
+    # free segments of the module's earlier publications may stay in their writer's pool; a write,
+    # into a new file or a recycled one (renamed at each reuse), would show a name not among these
+    before = {info.name for info in list_segments(cluster_id)}
     writeable, backing, _, first, segments = client.get(graph, "same-b")
     assert first == 2.0
     assert writeable and not backing.startswith("/dev/shm")  # the producer's own array
-    assert segments == []  # never written to shared memory
+    assert set(segments) <= before  # never written to shared memory
     # the graph is done: the worker lets go of it
     assert wait_until(lambda: holders(client, "same-a") == [], timeout=10)
     assert set(client.run(held_bytes).values()) == {0}
