@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from conftest import wait_for_file, wait_until
 from minidist import (
     CancelledError,
     Client,
@@ -19,7 +20,6 @@ from minidist import (
     fire_and_forget,
     wait,
 )
-from conftest import wait_for_file, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
