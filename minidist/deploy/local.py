@@ -318,40 +318,41 @@ class LocalCluster(Cluster):
         with self._lock:
             self.handles.pop(handle.address, None)
             if self._closing:
-                return
+                return  # close() stops every handle it took
             self._start_failures = self._start_failures + 1 if failed_to_start else 0
+            replace = False
             if self._start_failures >= _MAX_START_FAILURES:
                 self._stop_replacing(handle, reason)
-                return
-            active = len(active_workers(self.scheduler.state))  # we are on the scheduler thread
-            if active >= self.target_workers:
-                self.logger.info(
-                    "Worker %s (name %s) died: %s. Not replaced: %d of %d workers remain.",
-                    handle.address,
-                    handle.name,
-                    reason,
-                    active,
-                    self.target_workers,
-                )
-                return
-        self.logger.warning(
-            "Worker %s (name %s) died: %s. Starting a replacement.",
-            handle.address,
-            handle.name,
-            reason,
-        )
+            else:
+                active = len(active_workers(self.scheduler.state))  # on the scheduler thread
+                replace = active < self.target_workers
+                if not replace:
+                    self.logger.info(
+                        "Worker %s (name %s) died: %s. Not replaced: %d of %d workers remain.",
+                        *(handle.address, handle.name, reason, active, self.target_workers),
+                    )
+        if replace:
+            self.logger.warning(
+                "Worker %s (name %s) died: %s. Starting a replacement.",
+                handle.address,
+                handle.name,
+                reason,
+            )
+        # reaped in every case: the process, and its running board's descriptor, would otherwise
+        # stay until a garbage collection freed the handle
         threading.Thread(
             target=self._reap_and_replace,
-            args=(handle,),
+            args=(handle, replace),
             daemon=True,
             name="minidist-replace-worker",
         ).start()
 
     _restart_worker = restart_worker  # client.restart_workers (deploy/scaling.py)
 
-    def _reap_and_replace(self, handle) -> None:
+    def _reap_and_replace(self, handle, replace: bool) -> None:
         handle.stop(timeout=2)
-        self._fill_to_target()
+        if replace:
+            self._fill_to_target()
 
     def _fill_to_target(self) -> list:
         """Start workers until ``target_workers`` are active (not on the scheduler thread)."""

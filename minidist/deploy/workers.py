@@ -226,8 +226,9 @@ class ProcessWorkerHandle:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(timeout)
-        if self.running_board is not None:
-            self.running_board.close()
+        finally:
+            if self.running_board is not None:
+                self.running_board.close()
 
     def kill(self) -> None:
         try:
