@@ -53,16 +53,17 @@ def test_call_stack_shows_the_running_task(client, tmp_path):
     future = client.submit(wait_for_file, str(flag), 7)
     stacks = {}
 
-    def seen():
+    def in_the_function() -> bool:
+        # the task's thread may first be loading its function (a fresh worker imports conftest)
         nonlocal stacks
         stacks = client.call_stack(future)
-        return stacks
+        frames = [line for by_key in stacks.values() for line in by_key.get(future.key, ())]
+        return any("wait_for_file" in line for line in frames)
 
-    assert wait_until(seen)
+    assert wait_until(in_the_function, timeout=30), stacks
     [(worker, by_key)] = stacks.items()
     assert worker in client.scheduler_info()["workers"]
-    frames = by_key[future.key]
-    assert any("wait_for_file" in line for line in frames)
+    assert list(by_key) == [future.key]
     flag.touch()
     assert future.result(timeout=10) == 7
     assert client.call_stack(future) == {}

@@ -74,8 +74,10 @@ def task_stacks(keys=None, dask_worker=None) -> dict:
 
 def _frame_line(frame) -> str:
     code = frame.f_code
-    line = linecache.getline(code.co_filename, frame.f_lineno).strip()
-    text = f'  File "{code.co_filename}", line {frame.f_lineno}, in {code.co_name}\n'
+    # None at an instruction without a line (CPython 3.11: a frame that has just begun)
+    lineno = frame.f_lineno
+    line = linecache.getline(code.co_filename, lineno).strip() if lineno is not None else ""
+    text = f'  File "{code.co_filename}", line {"?" if lineno is None else lineno}, in {code.co_name}\n'
     return text + (f"    {line}\n" if line else "")
 
 
