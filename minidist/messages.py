@@ -71,6 +71,11 @@ def _wire(cls):
 
 _new_tuple = tuple.__new__
 
+# ``from_fields(Message, (field, ...))``: a named tuple made without the Python-level ``__new__`` that
+# ``Message(...)`` runs (it costs as much as the tuple itself). For the few made once per task on the
+# scheduler thread (instructions, ComputeTask, TaskStatus); every field given, in order
+from_fields = tuple.__new__
+
 
 def _reduce_fields(message):
     return _new_tuple, (type(message), tuple(message))

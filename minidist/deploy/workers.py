@@ -42,6 +42,7 @@ from ..messages import (
     RunSpec,
     WorkerReports,
     encode_batch,
+    from_fields,
 )
 from ..scheduler.worker_handle import WorkerHandle
 from ..worker.admin import call_with_worker
@@ -147,8 +148,9 @@ class ProcessWorkerHandle:
             function = None  # it has the function already
         else:
             self.functions_sent.add(function_id)
-        return ComputeTask(
-            key, function_id, function, arguments, dependencies, dep_values, attempt, may_hold
+        return from_fields(
+            ComputeTask,
+            (key, function_id, function, arguments, dependencies, dep_values, attempt, may_hold),
         )
 
     def send_messages(self, batch: list) -> None:

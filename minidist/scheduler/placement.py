@@ -26,6 +26,7 @@ from __future__ import annotations
 import heapq
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 
+from ..messages import from_fields
 from .instructions import AskToRelease, Execute, RetireWorker
 from .records import BUSY, RunningMeans
 
@@ -231,14 +232,17 @@ class Placement:
             for moving in self._held_inputs_to_move(ts):
                 self._request_publication(moving, out)
         out.append(
-            Execute(
-                ws.address,
-                ts.key,
-                ts.run_spec,
-                tuple(ts.dependencies),
-                tuple([dep.key for dep in missing]) if missing else (),
-                ts.attempt,
-                not ts.who_wants and depth < MAX_HELD_DEPTH,
+            from_fields(
+                Execute,
+                (
+                    ws.address,
+                    ts.key,
+                    ts.run_spec,
+                    tuple(ts.dependencies),
+                    tuple([dep.key for dep in missing]) if missing else (),
+                    ts.attempt,
+                    not ts.who_wants and depth < MAX_HELD_DEPTH,  # may_hold
+                ),
             )
         )
 

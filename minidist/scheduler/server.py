@@ -58,6 +58,7 @@ from ..messages import (
     TaskStatus,
     Wake,
     decode_batch,
+    from_fields,
     new_task,  # noqa: F401 (re-exported)
 )
 from ..sparse import TRIM_AFTER, prepare_trim, right_sized, trim_heap
@@ -386,7 +387,7 @@ class Scheduler:
                     )
                 )
             elif kind is Report:
-                item = TaskStatus(inst.key, inst.status, inst.exception, inst.traceback)
+                item = from_fields(TaskStatus, (inst.key, *inst[2:]))  # less its clients
                 for client_id in inst.clients:
                     reports.setdefault(client_id, []).append(item)
             elif kind is Forget:
@@ -394,7 +395,7 @@ class Scheduler:
                 if plugins is not None:
                     plugins.transition(inst.key, "released", "forgotten")
                 value = data.pop(inst.key, None)
-                if value is not None:
+                if value is not None and type(value) is not bytes:  # a pickle holds no segment
                     self.data_plane.release(value)
                 if inst.run_spec is not None:
                     self.data_plane.release(inst.run_spec[2])  # its arguments

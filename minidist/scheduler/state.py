@@ -30,6 +30,7 @@ import itertools
 from typing import Any, Hashable, Iterable, Optional
 
 from ..errors import KilledWorker
+from ..messages import from_fields
 from ..sparse import right_sized
 from .instructions import (  # noqa: F401
     Execute,
@@ -126,24 +127,7 @@ class SchedulerState(Lineage):
         already sent the one new task to that worker (``direct_worker`` offered it): it is processing
         there, as its first attempt, and no ``Execute`` is emitted for it."""
         out: list = []
-        new: list[TaskState] = []
-        for spec in tasks:
-            if spec.key in self.tasks:
-                # an equal task exists already (pure keys): share it; this copy's arguments are unused
-                if spec.run_spec is not None:
-                    out.append(ReleaseArguments(spec.run_spec))
-                continue
-            ts = TaskState(spec.key, spec.prefix)
-            ts.run_spec = spec.run_spec
-            ts.priority = (-spec.priority, next(self._sequence))
-            ts.retries = spec.retries
-            ts.restrictions = spec.workers or None
-            ts.loose = spec.allow_other_workers
-            ts.resources = spec.resources or None
-            if spec.dependencies:
-                ts.dependencies = frozenset(spec.dependencies)
-            self.tasks[spec.key] = ts
-            new.append(ts)
+        new = self._create_tasks(tasks, out)
         wanted = list(wanted)
         for key in wanted:
             held = self.tasks.get(key)
@@ -500,11 +484,12 @@ class SchedulerState(Lineage):
         if held and ws is not None:
             self._hold(ts, out)  # keeps run_spec, pins the dependencies
         elif ts.run_spec is not None:
-            out.append(ReleaseArguments(ts.run_spec))
+            out.append(from_fields(ReleaseArguments, (ts.run_spec,)))
             ts.run_spec = None
-        self._record_duration(ts.prefix, stop - start)
+        if stop >= start:  # (a clock that went back says nothing)
+            self.prefix_durations.record(ts.prefix, stop - start)
         if ts.who_wants and not ts.held_depth:
-            out.append(Report(key, tuple(ts.who_wants), "memory"))
+            out.append(from_fields(Report, (key, tuple(ts.who_wants), "memory", None, None)))
         for dep_key in ts.dependencies:
             dep = self.tasks.get(dep_key)
             if dep is not None:

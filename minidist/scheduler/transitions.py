@@ -11,9 +11,10 @@ outside is an event of ``SchedulerState``.
 from __future__ import annotations
 
 import heapq
-from typing import Any, Callable, Hashable
+from typing import Any, Callable, Hashable, Iterable, Iterator
 
-from .instructions import Forget, FreeOnWorker, Report
+from ..messages import NewTask, TaskColumns, from_fields
+from .instructions import Forget, FreeOnWorker, ReleaseArguments, Report
 from .placement import Placement, ready_entry
 from .records import NO_KEYS, TaskState, WorkerState
 
@@ -23,13 +24,51 @@ Key = Hashable
 class Transitions(Placement):
     # provided by SchedulerState
     counts: dict
+    _sequence: Iterator[int]  # tasks in order of arrival (priority ties)
     _publishing: dict  # lineage.py
     _retire_holders: Callable[[Any], None]
 
-    def _record_duration(self, prefix: str, duration: float) -> None:
-        if duration < 0:
-            return
-        self.prefix_durations.record(prefix, duration)
+    def _create_tasks(self, tasks: Iterable[NewTask], out: list) -> list[TaskState]:
+        """A ``TaskState`` for each new task (update_graph links them next), in ``tasks``' order; a
+        key that exists already is shared (pure keys: an equal task), this copy's arguments unused."""
+        new: list[TaskState] = []
+        known = self.tasks
+        sequence = self._sequence
+        if type(tasks) is TaskColumns and not tasks.special:
+            # a map's or a graph's tasks with the default options, read from the columns: no
+            # NewTask made for each (most of a large map's cost here)
+            for key, dependencies, run_spec, prefix in zip(
+                tasks.keys, tasks.dependencies, tasks.run_specs, tasks.prefixes
+            ):
+                if key in known:
+                    if run_spec is not None:
+                        out.append(ReleaseArguments(run_spec))
+                    continue
+                ts = TaskState(key, prefix)
+                ts.run_spec = run_spec
+                ts.priority = (0, next(sequence))  # priority 0, then first come first served
+                if dependencies:
+                    ts.dependencies = frozenset(dependencies)
+                known[key] = ts
+                new.append(ts)
+            return new
+        for spec in tasks:
+            if spec.key in known:
+                if spec.run_spec is not None:
+                    out.append(ReleaseArguments(spec.run_spec))
+                continue
+            ts = TaskState(spec.key, spec.prefix)
+            ts.run_spec = spec.run_spec
+            ts.priority = (-spec.priority, next(sequence))
+            ts.retries = spec.retries
+            ts.restrictions = spec.workers or None
+            ts.loose = spec.allow_other_workers
+            ts.resources = spec.resources or None
+            if spec.dependencies:
+                ts.dependencies = frozenset(spec.dependencies)
+            known[spec.key] = ts
+            new.append(ts)
+        return new
 
     def _free_slot(self, ws: WorkerState, key: Key, now: float) -> None:
         if key in ws.processing:
@@ -124,7 +163,7 @@ class Transitions(Placement):
         worker = ts.processing_on
         self._leave_state(ts)
         if worker is not None and worker in self.workers:
-            out.append(FreeOnWorker(worker, (ts.key,)))
+            out.append(from_fields(FreeOnWorker, (worker, (ts.key,))))
         for w in ts.who_has:
             ws = self.workers.get(w)
             if ws is not None:
@@ -146,4 +185,4 @@ class Transitions(Placement):
                     dep.pins -= 1  # its lineage is not needed any more
         del self.tasks[ts.key]
         ts.state = "forgotten"
-        out.append(Forget(ts.key, ts.run_spec))
+        out.append(from_fields(Forget, (ts.key, ts.run_spec)))
