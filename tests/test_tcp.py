@@ -233,7 +233,8 @@ def test_a_client_refuses_a_server_that_does_not_know_the_secret(closing):
 
 def test_bad_peers_are_rejected_and_the_listener_keeps_accepting(closing):
     secret = new_secret()
-    listener, rejected = make_listener(closing, secret=secret, handshake_timeout=0.5)
+    # 1 s, not less: a real client's handshake takes tenths of a second on a loaded machine
+    listener, rejected = make_listener(closing, secret=secret, handshake_timeout=1)
     acceptor = Acceptor(listener)
     raw_socket(listener.address, closing).sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     raw_socket(listener.address, closing).close()  # hangs up at once
@@ -253,7 +254,7 @@ def test_bad_peers_are_rejected_and_the_listener_keeps_accepting(closing):
     reasons = " | ".join(reason for _, reason in rejected)
     assert "looks like an HTTP request" in reasons
     assert "closed the connection" in reasons
-    assert "within 0.5s" in reasons
+    assert "within 1s" in reasons
     assert "middle of a frame" in reasons
     silent.close()
 
@@ -280,7 +281,7 @@ def test_silent_peers_delay_nobody(closing):
 def test_a_flood_of_connections_is_refused_not_queued(closing):
     secret = new_secret()
     listener, rejected = make_listener(
-        closing, secret=secret, handshake_timeout=0.5, max_pending_handshakes=4
+        closing, secret=secret, handshake_timeout=1, max_pending_handshakes=4
     )
     acceptor = Acceptor(listener)
     flood = [raw_socket(listener.address, closing) for _ in range(12)]
@@ -294,10 +295,10 @@ def test_a_flood_of_connections_is_refused_not_queued(closing):
         else:
             refused += 1
     assert greeted == 4 and refused == 8
-    assert wait_until(lambda: len(rejected) == 12)  # 8 refused at once, 4 timed out after 0.5 s
+    assert wait_until(lambda: len(rejected) == 12)  # 8 refused at once, 4 timed out after 1 s
     reasons = [reason for _, reason in rejected]
     assert sum("already authenticating" in r for r in reasons) == 8
-    assert sum("within 0.5s" in r for r in reasons) == 4
+    assert sum("within 1s" in r for r in reasons) == 4
     good = connect(listener.address, secret=secret, timeout=5)  # once the flood is over: served
     closing.append(good)
     closing.append(acceptor.result())
@@ -425,7 +426,7 @@ def test_tls_peer_with_foreign_credentials_is_rejected(tls_security, closing):
 
 def test_mixing_tcp_and_tls_gives_hints_on_both_sides(tls_security, closing):
     tls_listener, tls_rejected = make_listener(
-        closing, "tls", security=tls_security, handshake_timeout=0.3
+        closing, "tls", security=tls_security, handshake_timeout=1
     )
     plain_listener, plain_rejected = make_listener(closing, "tcp")
     acceptors = [Acceptor(tls_listener), Acceptor(plain_listener)]
@@ -445,7 +446,7 @@ def test_mixing_tcp_and_tls_gives_hints_on_both_sides(tls_security, closing):
     )
     closing.append(connect(plain_listener.address, secret=plain_listener._secret))
     closing.extend(acceptor.result() for acceptor in acceptors)
-    assert "within 0.3s" in tls_rejected[0][1]
+    assert "within 1s" in tls_rejected[0][1]
     assert "TLS handshake" in plain_rejected[0][1]
 
 
@@ -514,7 +515,7 @@ def test_no_socket_or_descriptor_outlives_its_connection(protocol, tls_security,
     before = _open_state()
     for _ in range(3):
         local: list = []
-        listener, client, server, rejected = pair(local, protocol, security, handshake_timeout=0.3)
+        listener, client, server, rejected = pair(local, protocol, security, handshake_timeout=1)
         acceptor = Acceptor(listener)
         with pytest.raises((AuthenticationError, CommClosedError)):
             connect(listener.address, secret=b"wrong", security=security, timeout=5)
