@@ -139,6 +139,8 @@ class CoordinationOperations:
                 return token.result(max(0.0, piece))
             except concurrent.futures.TimeoutError:
                 pass
+            if scheduler.failure is not None:  # its loop died: the answer will never come
+                raise scheduler.failure
             if scheduler.closing:
                 raise RuntimeError("The scheduler closed while waiting")
             if deadline is not None and time.monotonic() >= deadline:
