@@ -16,7 +16,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import time
-import uuid
 import weakref
 from collections.abc import Iterator
 from typing import Any, Optional
@@ -73,7 +72,6 @@ class Client(AsyncContext):
         **kwargs,
     ):
         timeout = timeout_seconds(timeout)  # dask's forms: seconds, "10s", a timedelta
-        self.id = f"Client-{uuid.uuid4()}"
         self.name = name
         self.asynchronous = asynchronous
         self._owns_cluster = False
@@ -94,8 +92,7 @@ class Client(AsyncContext):
         elif address is None:
             from .deploy.launcher import template_started_early
 
-            # the template process boots while LocalCluster is imported and built
-            with template_started_early(kwargs):
+            with template_started_early(kwargs):  # it boots while LocalCluster is made
                 from .deploy.local import LocalCluster
 
                 self.cluster = LocalCluster(**kwargs)
@@ -120,6 +117,9 @@ class Client(AsyncContext):
                 f"Client() takes no address, a cluster object or an address string, "
                 f"not {type(address).__name__}"
             )
+        import uuid  # here: the cluster's imports (cloudpickle) loaded it, while the template booted
+
+        self.id = f"Client-{uuid.uuid4()}"
         self.scheduler = self.cluster.scheduler  # post(), fetch(), sessions: local or remote proxy
         self.operations = self.cluster.operations  # named operations (scheduler/operations.py)
         self.data_plane = self.scheduler.data_plane  # how calls and values travel (data_plane.py)

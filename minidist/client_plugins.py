@@ -12,7 +12,6 @@ call that needs it, so ``from minidist import Client`` does not wait for it.
 from __future__ import annotations
 
 import os
-import uuid
 
 
 def _is_a(plugin, base_name: str) -> bool:
@@ -49,6 +48,8 @@ class PluginClient:
             )
         check_hooks(plugin, hooks, f"{kind.capitalize()}Plugin", tuple(set(others) - set(hooks)))
         if name is None:
+            import uuid
+
             name = getattr(plugin, "name", None) or f"{type(plugin).__name__}-{uuid.uuid4()}"
         if idempotent is None:
             idempotent = bool(getattr(plugin, "idempotent", False))
@@ -77,6 +78,8 @@ class PluginClient:
             return None
         if not callable(setup):
             raise TypeError(f"register_worker_callbacks needs a callable, not {setup!r}")
+        import uuid
+
         from .worker.shipping import WorkerCallbacks
 
         name = f"worker-callback-{getattr(setup, '__name__', 'setup')}-{uuid.uuid4().hex[:8]}"

@@ -117,7 +117,9 @@ def test_the_cluster_carries_on_with_fresh_interpreters_when_the_template_dies(c
         assert "fresh interpreters" in cluster.get_logs()["Cluster"]
 
 
-@pytest.mark.parametrize("refused", [{"n_wrokers": 2}, {"memory_limit": "lots"}])
+@pytest.mark.parametrize(
+    "refused", [{"n_wrokers": 2}, {"memory_limit": "lots"}, {"silence_logs": "loud"}]
+)
 def test_a_client_whose_cluster_is_refused_leaves_no_template_behind(refused):
     # Client() starts the template before it imports and builds its LocalCluster; a cluster that
     # refuses its keywords must not leave that process running

@@ -128,13 +128,6 @@ class LocalCluster(Cluster):
         self.options = options
         self.asynchronous = asynchronous
         self.processes = options.processes
-        # process workers are forked by a template process (deploy/launcher.py) booting meanwhile;
-        # Client() started it already, before importing this module (template_started_early)
-        early = take_early_launcher()
-        if early is not None and not self.processes:
-            early.close()
-            early = None
-        self.launcher = (early or WorkerLauncher()) if self.processes else None
         self.cluster_id = new_cluster_id()  # names this process as the owner of its shared memory
         sweep_orphans()  # segments left by clusters whose processes were all killed
         self.name = options.name if options.name is not None else self.cluster_id
@@ -142,6 +135,15 @@ class LocalCluster(Cluster):
 
         self.logs = ClusterLogs(str(self.name), options.silence_logs)
         self.logger = self.logs.cluster_logger
+        # process workers are forked by a template process (deploy/launcher.py) booting meanwhile;
+        # Client() started it already, before importing this module (template_started_early). Taken
+        # only after the last check of the settings (silence_logs, by ClusterLogs): a refused cluster
+        # leaves no process behind
+        early = take_early_launcher()
+        if early is not None and not self.processes:
+            early.close()
+            early = None
+        self.launcher = (early or WorkerLauncher()) if self.processes else None
         self.status = Status.starting
         self._lock = threading.RLock()
         # one change of size at a time (scale, adapt, replacement)
