@@ -32,11 +32,9 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Optional
 
-from ..peer_messages import ForkRefused, ForkWorker, WorkerExited, WorkerForked
-from ..worker.template import (
-    receive_message,
-    send_message,
-)
+# The template's messages and framing (``peer_messages``, ``worker.template``) are imported by the
+# calls that use them, after the template process was started: a first start waits on its boot, so
+# nothing that process start does not need comes before it.
 
 LAUNCH_TIMEOUT = 60.0  # the first request also waits for the template's own start
 
@@ -140,6 +138,9 @@ class WorkerLauncher:
 
     def launch(self, env: dict, fds: tuple, running_board: bool) -> Optional[ForkedProcess]:
         """Fork a worker that runs ``worker.process.main`` on ``fds[0]``; None if the template cannot."""
+        from ..peer_messages import ForkWorker
+        from ..worker.template import send_message
+
         with self._lock:
             if self._control is None or self.unavailable_reason is not None:
                 return None
@@ -163,6 +164,9 @@ class WorkerLauncher:
             return None
 
     def _read(self) -> None:
+        from ..peer_messages import ForkRefused, WorkerExited, WorkerForked
+        from ..worker.template import receive_message
+
         control = self._control
         assert control is not None
         while True:
