@@ -219,6 +219,20 @@ class TaskState:
             self.who_has = NO_KEYS if len(holders) == 1 else _without(holders, worker)
 
 
+def add_wanter(tasks: dict, keys, client: str) -> None:
+    """``client`` wants each of ``keys`` that ``tasks`` holds (``TaskState.add_wanter`` for many: a
+    map's tasks, wanted by nobody yet, take one shared set without a call each)."""
+    one = _just(client)
+    for key in keys:
+        ts = tasks.get(key)
+        if ts is not None:
+            wanters = ts.who_wants
+            if not wanters:
+                ts.who_wants = one
+            elif client not in wanters:
+                ts.who_wants = _with(wanters, client)
+
+
 def _with(names: Set[str], name: str) -> Set[str]:
     """``names`` (see who_wants) with ``name`` added: a shared set is replaced, never changed."""
     if name in names:

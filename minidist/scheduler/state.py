@@ -43,7 +43,7 @@ from .instructions import (  # noqa: F401
     RetireWorker,
 )
 from .lineage import Lineage
-from .records import NO_KEYS, RunningMeans, TaskState, WorkerState
+from .records import NO_KEYS, RunningMeans, TaskState, WorkerState, add_wanter
 
 Key = Hashable
 
@@ -129,10 +129,7 @@ class SchedulerState(Lineage):
         out: list = []
         new = self._create_tasks(tasks, out)
         wanted = list(wanted)
-        for key in wanted:
-            held = self.tasks.get(key)
-            if held is not None:
-                held.add_wanter(client)
+        add_wanter(self.tasks, wanted, client)
         lost: list[Key] = []
         for ts in new:  # link after all are created so tasks of one graph may refer to each other
             alone = None  # {ts.key}, shared by the dependencies that have no other dependent
