@@ -92,18 +92,22 @@ class DaskProcesses:
         self.scheduler_file = os.path.join(workdir, "dask-scheduler.json")
         self.processes = []
         self.log = open(os.path.join(workdir, "dask-cluster.log"), "w")
-        self._start(
-            ["distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0"]
-            + ["--no-dashboard", "--scheduler-file", self.scheduler_file],
-            env,
-        )
-        self._start(
-            ["distributed.cli.dask_worker", "--scheduler-file", self.scheduler_file]
-            + ["--nworkers", str(n_workers), "--nthreads", "2", "--no-dashboard", "--no-nanny"]
-            + ["--local-directory", workdir],
-            env,
-        )
-        self.address = self._wait_for_workers(n_workers, env)
+        try:
+            self._start(
+                ["distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0"]
+                + ["--no-dashboard", "--scheduler-file", self.scheduler_file],
+                env,
+            )
+            self._start(
+                ["distributed.cli.dask_worker", "--scheduler-file", self.scheduler_file]
+                + ["--nworkers", str(n_workers), "--nthreads", "2", "--no-dashboard", "--no-nanny"]
+                + ["--local-directory", workdir],
+                env,
+            )
+            self.address = self._wait_for_workers(n_workers, env)
+        except BaseException:  # a failed start, or a SIGTERM meanwhile: stop what did start
+            self.close()
+            raise
 
     def _start(self, args: list, env: dict) -> None:
         self.processes.append(
@@ -219,7 +223,14 @@ def report_one(outcome: Outcome) -> None:
         print(outcome.error[-3000:], flush=True)
 
 
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv=None) -> int:
+    # a SIGTERM (a test's or a CI's timeout) ends the run through run_all's ``finally``: the dask
+    # scheduler and worker it started live in sessions of their own and would outlive it
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", default=None, help="example names (default: all)")
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated modes")
