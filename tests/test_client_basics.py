@@ -297,22 +297,25 @@ def test_wait_first_completed(client, tmp_path):
     release = tmp_path / "release"
     fast = client.submit(inc, 0, pure=False)
     slow = client.submit(wait_for_file, str(release), 0, pure=False)  # ends only when told
-    done, not_done = wait([fast, slow], return_when="FIRST_COMPLETED", timeout=10)
+    done, not_done = wait([fast, slow], return_when="FIRST_COMPLETED", timeout=30)
     assert fast in done
     assert slow in not_done
     slow.cancel()
     release.touch()
 
 
-def test_wait_timeout_raises(client):
-    slow = client.submit(slow_inc, 0, delay=2, pure=False)
+def test_wait_timeout_raises(client, tmp_path):
+    release = tmp_path / "release"
+    slow = client.submit(wait_for_file, str(release), 0, pure=False)
     with pytest.raises(TimeoutError):
         wait([slow], timeout=0.05)
     slow.cancel()
+    release.touch()  # its thread is free for the next tests at once
 
 
-def test_cancel_marks_future_cancelled(client):
-    slow = client.submit(slow_inc, 0, delay=5, pure=False)
+def test_cancel_marks_future_cancelled(client, tmp_path):
+    release = tmp_path / "release"
+    slow = client.submit(wait_for_file, str(release), 0, pure=False)
     dependent = client.submit(inc, slow)
     slow.cancel()
     assert slow.cancelled()
@@ -320,18 +323,21 @@ def test_cancel_marks_future_cancelled(client):
         slow.result(timeout=5)
     with pytest.raises(CancelledError):
         dependent.result(timeout=5)
+    release.touch()
 
 
-def test_a_task_on_a_cancelled_future_is_cancelled_as_in_dask(client):
+def test_a_task_on_a_cancelled_future_is_cancelled_as_in_dask(client, tmp_path):
     """dask cancels tasks whose dependencies are gone ("lost dependencies"), with their dependents in
     the same graph; the client stays usable."""
-    first = client.submit(slow_inc, 0, delay=5, pure=False)
+    release = tmp_path / "release"
+    first = client.submit(wait_for_file, str(release), 0, pure=False)
     first.cancel()
     late = client.submit(inc, first)
     after_late = client.submit(inc, late)
     for future in (late, after_late):
         with pytest.raises(CancelledError):
             future.result(timeout=10)
+    release.touch()
     assert client.submit(inc, 1).result(timeout=10) == 2
 
 
