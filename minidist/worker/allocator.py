@@ -23,12 +23,13 @@ they empty. A worker with room enough (no memory limit, or one of at least ``KEE
 therefore serves every block from one heap (``M_MMAP_MAX`` 0, ``M_ARENA_MAX`` 1: its few threads
 rarely allocate at once), whose top is trimmed only beyond ``budget``. What is freed stays for the
 next block, and the worker's ``HeapTrimmer`` gives it back (``malloc_trim``, which returns the pages
-of every free block, not only the top's): once the worker looked idle twice in a row (its
-parent-watching thread looks every 0.5 s), and while it works each time more than ``budget``
-(``KEEP_MAX``, at most an eighth of the memory limit) comes to lie free. So a busy worker's RSS may
-stay up to that much above what it uses, and an idle one's falls back within a second. Rechunk
-(``bench_dask.py``), perf on the loaded machine, CPU of both workers a compute: 442 -> 341 ms, the
-kernel's page zeroing in it 89 -> 32 ms.
+of every free block, not only the top's): once the worker looked idle at ``IDLE_LOOKS`` looks in a
+row (its parent-watching thread looks every 0.5 s), and while it works each time more than
+``budget`` (``KEEP_MAX``, at most an eighth of the memory limit) comes to lie free. So a busy
+worker's RSS may stay up to that much above what it uses, and an idle one's falls back within about
+2.5 s. Rechunk (``bench_dask.py``), perf on the loaded machine, CPU of both workers a compute: 442 ->
+341 ms, the kernel's page zeroing in it 89 -> 32 ms; waiting 5 looks rather than 2 before trimming
+(the loaded machine left workers idle a second between computes): zeroing 24-37 -> 5-15 ms.
 
 Only worker processes call this: they are minidist's own processes. The client's process and thread
 workers (which run inside it) are never touched, since an embedded library must not change its host's
@@ -52,6 +53,9 @@ LIMIT_FRACTION = 16  # with a memory limit, keep at most 1/16 of it per heap
 KEEP_FROM_LIMIT = 2 << 30  # large blocks come from the heap too with no limit or one this large
 KEEP_MAX = 1 << 30  # free bytes in the heap given back at once, even while the worker works
 KEEP_FRACTION = 8  # ... or this part of the memory limit, if less
+# looks (0.5 s apart) in a row that saw the worker idle before it gives its free heap back: a loaded
+# machine can leave workers idle for a second between two computes of a benchmark's loop
+IDLE_LOOKS = 5
 
 
 def thresholds_for(memory_limit: Optional[int]) -> tuple[int, int]:
@@ -112,10 +116,10 @@ def tune_allocator(memory_limit: Optional[int]) -> Optional[HeapTrimmer]:
 
 class HeapTrimmer:
     """Gives the heap's free memory back to the kernel (``look`` is called every 0.5 s): once when the
-    worker was idle at two looks in a row and more than ``keep_idle`` bytes lie free; and while it
-    works, once each time more than ``budget`` bytes come to lie free. Pages given back still count as
-    free in glibc's books until reused, hence "once": not again until the worker worked, or the free
-    bytes fell below the budget."""
+    worker was idle at ``IDLE_LOOKS`` looks in a row and more than ``keep_idle`` bytes lie free; and
+    while it works, once each time more than ``budget`` bytes come to lie free. Pages given back still
+    count as free in glibc's books until reused, hence "once": not again until the worker worked, or
+    the free bytes fell below the budget."""
 
     def __init__(self, libc, budget: int, keep_idle: int):
         import ctypes
@@ -145,7 +149,7 @@ class HeapTrimmer:
         self._malloc_trim.restype = ctypes.c_int
         self.budget = budget
         self.keep_idle = keep_idle
-        self._was_idle = False
+        self._idle_looks = 0  # looks in a row that saw no task running
         self._idle_trimmed = False
         self._over_budget = False
 
@@ -155,14 +159,14 @@ class HeapTrimmer:
 
     def look(self, idle: bool) -> bool:
         """One look (``idle``: no task runs now); True if it gave memory back."""
-        twice = idle and self._was_idle
-        self._was_idle = idle
+        self._idle_looks = self._idle_looks + 1 if idle else 0
+        idle_long = self._idle_looks >= IDLE_LOOKS
         if not idle:
             self._idle_trimmed = False
         free = self.free_bytes()
         over = free > self.budget
         trim = (over and not self._over_budget) or (
-            twice and not self._idle_trimmed and free > self.keep_idle
+            idle_long and not self._idle_trimmed and free > self.keep_idle
         )
         self._over_budget = over
         if trim:
