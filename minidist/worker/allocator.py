@@ -25,7 +25,7 @@ rarely allocate at once), whose top is trimmed only beyond ``budget``. What is f
 next block, and the worker's ``HeapTrimmer`` gives it back (``malloc_trim``, which returns the pages
 of every free block, not only the top's): once the worker looked idle at ``IDLE_LOOKS`` looks in a
 row (its parent-watching thread looks every 0.5 s), and while it works each time more than
-``budget`` (``KEEP_MAX``, at most an eighth of the memory limit) comes to lie free. So a busy
+``budget`` (``KEEP_MAX``, at most a sixteenth of the memory limit) comes to lie free. So a busy
 worker's RSS may stay up to that much above what it uses, and an idle one's falls back within about
 2.5 s. Rechunk (``bench_dask.py``), perf on the loaded machine, CPU of both workers a compute: 442 ->
 341 ms, the kernel's page zeroing in it 89 -> 32 ms; waiting 5 looks rather than 2 before trimming
@@ -52,7 +52,7 @@ TRIM_THRESHOLD = 64 * 1024 * 1024  # free memory at a heap's top kept for reuse,
 LIMIT_FRACTION = 16  # with a memory limit, keep at most 1/16 of it per heap
 KEEP_FROM_LIMIT = 2 << 30  # large blocks come from the heap too with no limit or one this large
 KEEP_MAX = 1 << 30  # free bytes in the heap given back at once, even while the worker works
-KEEP_FRACTION = 8  # ... or this part of the memory limit, if less
+KEEP_FRACTION = 16  # ... or this part of the memory limit, if less (as the trim threshold)
 # looks (0.5 s apart) in a row that saw the worker idle before it gives its free heap back: a loaded
 # machine can leave workers idle for a second between two computes of a benchmark's loop
 IDLE_LOOKS = 5
