@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import operator
+import os
 import threading
 import time
 
@@ -383,6 +384,40 @@ def test_a_released_result_leaves_the_workers_cache_too(client):
     assert wait_until(
         lambda: not any(key in keys for keys in client.run(_cached_keys).values()), timeout=10
     )
+
+
+def _announce_then_wait(started, go, value):
+    open(started, "w").close()
+    return wait_for_file(go, value)
+
+
+def _busy_threads(dask_worker) -> int:
+    # task threads inside a run: one leaves the count only after the run's entry left the books
+    return dask_worker._busy
+
+
+def test_a_key_run_again_while_its_released_run_goes_on_is_cancelled_by_its_own_release(
+    client, tmp_path
+):
+    # one worker, two threads: a released run still going when its key is submitted again
+    address = sorted(client.nthreads())[0]
+    path = {name: str(tmp_path / name) for name in ("started-1", "go-1", "started-2", "go-2")}
+    first = client.submit(
+        _announce_then_wait, path["started-1"], path["go-1"], 1, key="twice", workers=[address]
+    )
+    assert wait_until(lambda: os.path.exists(path["started-1"]), timeout=20)
+    first.release()
+    second = client.submit(
+        _announce_then_wait, path["started-2"], path["go-2"], 2, key="twice", workers=[address]
+    )
+    assert wait_until(lambda: os.path.exists(path["started-2"]), timeout=20)
+    open(path["go-1"], "w").close()  # the released run ends first...
+    # ... and leaves the new run its place in the worker's books
+    assert wait_until(lambda: client.run(_busy_threads, workers=[address])[address] == 1)
+    second.release()  # a release of the new run must find it and cancel it
+    open(path["go-2"], "w").close()
+    assert wait_until(lambda: client.run(_busy_threads, workers=[address])[address] == 0)
+    assert "twice" not in client.run(_cached_keys, workers=[address])[address]
 
 
 def test_a_chain_of_submit_and_result_releases_each_step(client):

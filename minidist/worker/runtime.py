@@ -309,8 +309,9 @@ class WorkerRuntime:
                 self._receive_once()
                 continue
             self._execute(task)
-            with lock:
-                self._running.pop(task.key, None)
+            with lock:  # this run's entry only: a key freed while it ran may run again meanwhile
+                if self._running.get(task.key) is task:  # (that run is what a later free cancels)
+                    del self._running[task.key]
                 seceded = _task_context.__dict__.pop("seceded", False)
                 if not seceded:
                     self._busy -= 1
@@ -423,7 +424,8 @@ class WorkerRuntime:
             result = function(*args, **kwargs)
         except BaseException as exc:  # noqa: B036 - SystemExit/KeyboardInterrupt in a task err its future
             stop = time.time()
-            self.executing.pop(key, None)
+            if self.executing.get(key) is start:  # this run's entry only (see _serve_tasks)
+                del self.executing[key]
             if task.cancelled:
                 return
             self._log_error(key, exc)
@@ -435,7 +437,8 @@ class WorkerRuntime:
             if board is not None and slot is not None:
                 board.clear(slot)
         stop = time.time()
-        self.executing.pop(key, None)
+        if self.executing.get(key) is start:  # this run's entry only (see _serve_tasks)
+            del self.executing[key]
         if task.cancelled:
             return
         if task.may_hold and self.holding is not None:
