@@ -310,8 +310,8 @@ class WorkerRuntime:
                 continue
             self._execute(task)
             with lock:  # this run's entry only: a key freed while it ran may run again meanwhile
-                if self._running.get(task.key) is task:  # (that run is what a later free cancels)
-                    del self._running[task.key]
+                if self._running.get(key := task.key) is task:  # (what a later free must cancel)
+                    del self._running[key]
                 seceded = _task_context.__dict__.pop("seceded", False)
                 if not seceded:
                     self._busy -= 1
