@@ -189,14 +189,14 @@ class LocalCluster(Cluster):
             # imported only now, while the template process (which forks the workers) boots
             from ..remote.server import serve_remote_clients
 
+            if options.serves_dashboards:  # else its HTTP server and psutil are not even imported
+                from .services import ClusterServices
             for _ in range(options.n_workers):
                 self._start_worker()
             # every worker registered (FIFO inbox)
             self.scheduler.call(lambda scheduler: None).result(30)
             self._start_memory_monitor()
-            if options.serves_dashboards:  # else its HTTP server and psutil are not even imported
-                from .services import ClusterServices
-
+            if options.serves_dashboards:
                 self.services = ClusterServices(self)
             # remote clients: a TCP/TLS listener when the options ask for one (minidist/remote/server.py)
             self.listener = serve_remote_clients(self)
