@@ -126,4 +126,4 @@ def test_a_client_whose_cluster_is_refused_leaves_no_template_behind(refused):
     children = {p.pid for p in psutil.Process().children()}
     with pytest.raises((TypeError, ValueError)):
         Client(dashboard_address=None, **refused)
-    assert {p.pid for p in psutil.Process().children()} == children
+    assert {p.pid for p in psutil.Process().children()} <= children  # nothing new left running
