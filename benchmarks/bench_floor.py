@@ -251,12 +251,14 @@ class PeakRss:
 
 
 def released_rss(client, process) -> int:
-    """RSS once the run's keys are forgotten and the scheduler thread has let go of its records."""
+    """RSS once the run's keys are forgotten and the scheduler thread has let go of its records: what
+    a user sees half a second after the scheduler forgot the run. No ``gc.collect()`` here, nor before
+    the start is read: a user does not call it, and a full collection also empties CPython's free
+    lists, which can hold a large run's arenas (minidist collects once after a large release itself)."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and client.who_has():
         time.sleep(0.05)  # releases reach the scheduler asynchronously
     time.sleep(0.5)  # its last references go just after it answered (a benchmark may wait)
-    gc.collect()
     return process.memory_info().rss
 
 
@@ -275,8 +277,7 @@ def big_run(n: int) -> dict:
     # rss start, cpu start, t0, t1, rss pending, t2, cpu, rss end, rss after release
     f = array.array("d", bytes(8 * 9))
     with Client(n_workers=2, threads_per_worker=1, dashboard_address=None) as client:
-        client.submit(noop, 0).result()
-        gc.collect()
+        client.submit(noop, 0).result()  # the start: the client is up and ran a task
         f[0] = me.memory_info().rss
         f[1] = time.process_time()  # every thread of this process: user code, client, scheduler
         with PeakRss(me) as peak:

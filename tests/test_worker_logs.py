@@ -49,6 +49,16 @@ def test_a_workers_log_has_its_start_its_task_errors_and_its_end(processes):
     assert f"Worker {address} stopped: the cluster closed" in log.splitlines()[-1]
 
 
+def test_a_process_workers_start_line_is_in_its_log_before_it_runs_a_task():
+    # it travels with the worker's hello, not 0.1 s later with the other records: the client records
+    # it while the cluster starts, not in the middle of the first run (docs/architecture.md)
+    with Client(n_workers=1, threads_per_worker=1, dashboard_address=None) as client:
+        assert client.submit(inc, 1).result(timeout=30) == 2
+        logs = client.cluster.get_logs()  # before anything else: scheduler_info would take time
+        ((address, info),) = client.scheduler_info()["workers"].items()
+        assert f"Start worker {address} (name {info['name']}, pid {info['pid']}," in logs[address]
+
+
 def test_a_killed_process_workers_log_ends_with_its_death_and_the_reason():
     with LocalCluster(
         n_workers=1, threads_per_worker=1, dashboard_address=None, silence_logs=False

@@ -240,16 +240,12 @@ class ProcessWorker:
             sweep_cluster(self.cluster_id)
         os._exit(0)
 
-    def serve(self) -> None:
+    def serve(self, shipper: Optional[WorkerLogShipper] = None) -> None:
+        """Say hello, then receive until closed. ``shipper``: this process's log shipper, whose records
+        travel with the hello and then every ``SHIP_INTERVAL``."""
         threading.Thread(
             target=self.watch_parent, name="minidist-parent-watch", daemon=True
         ).start()
-        try:
-            self.send([WorkerHello(os.getpid())])
-        except OSError:  # closed before we said hello (closed or retired at once): just go
-            if not self.parent.alive():
-                self.die_orphaned()
-            os._exit(0)
         limit = self.init.get("memory_limit")
         logger.info(
             "Start worker %s (name %s, pid %d, %d threads, memory limit %s)",
@@ -259,6 +255,21 @@ class ProcessWorker:
             self.runtime.nthreads,
             format_bytes(limit) if limit else "none",
         )
+        hello: list = [WorkerHello(os.getpid())]
+        records = shipper.drain() if shipper is not None else None
+        if records:
+            # the start line goes before the hello: it is in the worker's log before the worker can
+            # be given a task, so the client records it while it starts, not in its first run, where
+            # the record would keep one of the run's allocator arenas alive (docs/architecture.md)
+            hello.insert(0, WorkerLogs(records))
+        try:
+            self.send(hello)
+        except OSError:  # closed before we said hello (closed or retired at once): just go
+            if not self.parent.alive():
+                self.die_orphaned()
+            os._exit(0)
+        if shipper is not None:
+            shipper.ship_every(lambda records: self.send([WorkerLogs(records)]))
         # from now on an idle task thread receives, and runs what came itself (runtime.receive_with)
         self.runtime.receive_with(self.receive)
         self._closed.wait()
@@ -354,6 +365,5 @@ def main(fd: int, running_fd: Optional[int] = None) -> None:
         from .plugins import install_all
 
         install_all(worker.runtime, init["worker_setup"])
-    shipper.ship_every(lambda records: worker.send([WorkerLogs(records)]))
-    worker.serve()
+    worker.serve(shipper)
     os._exit(0)
