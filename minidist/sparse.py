@@ -20,7 +20,8 @@ peak, so its cost is paid for by the deletions that made it sparse. ``right_size
 object instead (for containers read only under their writer's lock): a copy made at the end of a run is
 itself an object that outlives the run in one of its arenas.
 
-``trim_heap`` is for what no Python change can reach. glibc's malloc serves the larger blocks (dict and
+``trim_heap`` is for what no Python change can reach (and ``_release_thread_top`` for the part of it
+that ``malloc_trim`` skips). glibc's malloc serves the larger blocks (dict and
 set tables, lists, deque blocks) from heaps that only shrink from their top, and after the first large
 table is freed it raises its own mmap threshold, so later tables come from those heaps too; after a run
 of 100,000 graph tasks ~80 MB stayed in the client's RSS as free heap memory behind a few small live
@@ -85,15 +86,23 @@ def right_size_in_place(container: dict | set) -> None:
 
 TRIM_AFTER = 10_000  # forgotten keys between two trims at most; fewer are not worth ~1-15 ms
 
+# a thread heap's top is handed back only by a free() that leaves it at least glibc's trim threshold
+# (twice the largest mmapped block freed so far, at most 64 MiB): see _release_thread_top
+# 1 MiB: below the mmap threshold once a large run freed its tables, so taken from the heap's top
+_TOP_BLOCK = 1 << 20
+_TOP_BLOCKS = 48  # covers a threshold up to 48 MiB (tables up to 24 MB); a thread heap holds 64
+
 _malloc_trim: Optional[Callable[[int], int]] = None
+_malloc: Optional[Callable[[int], Optional[int]]] = None
+_free: Optional[Callable[[int], None]] = None
 _looked_up = False
 
 
 def prepare_trim() -> None:
-    """Look ``malloc_trim`` up now (once per process). Call it before a large run: the few ctypes
-    objects the look-up makes live for ever, and made in the middle of a run they would each keep one
-    of its allocator arenas (1 MiB) from being given back."""
-    global _malloc_trim, _looked_up
+    """Look ``malloc_trim`` (and ``malloc``, ``free``) up now (once per process). Call it before a
+    large run: the few ctypes objects the look-up makes live for ever, and made in the middle of a run
+    they would each keep one of its allocator arenas (1 MiB) from being given back."""
+    global _malloc_trim, _malloc, _free, _looked_up
     if _looked_up:
         return
     _looked_up = True
@@ -105,18 +114,44 @@ def prepare_trim() -> None:
         import ctypes
 
         try:
-            _malloc_trim = ctypes.CDLL(None).malloc_trim
+            libc = ctypes.CDLL(None)  # our own handle: the types set below change no one else's
+            malloc, free = libc.malloc, libc.free
+            malloc.restype, malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+            free.restype, free.argtypes = None, [ctypes.c_void_p]
+            _malloc_trim, _malloc, _free = libc.malloc_trim, malloc, free
         except (OSError, AttributeError):
-            _malloc_trim = None
+            _malloc_trim = _malloc = _free = None
 
 
 def trim_heap() -> bool:
-    """Empty the interpreter's free lists (a full collection) and return the C allocator's free pages
-    to the kernel (glibc's ``malloc_trim``); False where the C library is not glibc."""
+    """Empty the interpreter's free lists (a full collection), return the C allocator's free pages to
+    the kernel (glibc's ``malloc_trim``), then the calling thread's heap top (``_release_thread_top``;
+    after the trim: in the other order 1-3 MiB more stayed, measured); False where the C library is
+    not glibc."""
     prepare_trim()
     if gc.isenabled():
         gc.collect()
     if _malloc_trim is None:
         return False
     _malloc_trim(0)
+    _release_thread_top()
     return True
+
+
+def _release_thread_top() -> None:
+    """Hand back the free top of the calling thread's glibc heap (a thread other than the main one).
+
+    ``malloc_trim`` gives back the free pages inside a thread heap's free chunks, but not its top
+    chunk (glibc's ``mtrim`` trims only the main heap's top): only a ``free()`` that leaves that top
+    at least the trim threshold shrinks it. After a large run the scheduler thread's heap top held
+    2-6 MiB of pages its tables had used, below a threshold that the run's own frees raised to ~8 MB.
+    So: take ``_TOP_BLOCKS`` blocks of ``_TOP_BLOCK`` from the top (untouched pages but each block's
+    header), then free them lowest first: only the last one meets the top, in one chunk with all the
+    others and the old top, large enough to be given back whole. Where a block is mmapped instead
+    (a threshold still below 1 MiB), its free unmaps it, and glibc raises its mmap threshold to 1 MiB
+    as after any such free; the heap is left as it was.
+    """
+    assert _malloc is not None and _free is not None
+    blocks = [_malloc(_TOP_BLOCK) for _ in range(_TOP_BLOCKS)]
+    for block in sorted(block for block in blocks if block):
+        _free(block)
