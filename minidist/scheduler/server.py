@@ -254,7 +254,7 @@ class Scheduler:
         lane = self.lane
         while True:
             try:
-                events = poll(FREE_DELAY_MS if delivery.held else _IDLE_WAKE_MS)
+                events = poll(FREE_DELAY_MS if delivery.held or self._trim_due else _IDLE_WAKE_MS)
             except OSError:
                 events = []
             if self._closing:
@@ -444,8 +444,8 @@ class Scheduler:
         if forgotten >= TRIM_AFTER and len(self.state.tasks) * 8 <= forgotten:
             self._forgot_since_trim = 0
             # a moment later, not now: thread workers and clients free their own copies of the run
-            # (caches, futures) after this turn's messages reach them; the loop wakes at least every
-            # _IDLE_WAKE_MS, so the trim comes at most that long after it is due
+            # (caches, futures) after this turn's messages reach them; while it is due the loop
+            # wakes every FREE_DELAY_MS, not _IDLE_WAKE_MS, so it comes at most that long after
             self._trim_due = time.monotonic() + _TRIM_SETTLE
 
     # ---------------------------------------------------------------------------------- client events
