@@ -163,25 +163,33 @@ def test_cancelling_a_direct_task_right_after_submitting_it(client, tmp_path):
     assert key not in client.who_has()
 
 
-def test_concurrent_submitters_each_get_their_own_results(client):
-    errors = []
+def in_threads(function, arguments: list) -> None:
+    """Run ``function(argument)`` in a thread for each argument, all at once; raise what any raised."""
+    errors: list = []
 
-    def chain(start: int) -> None:
+    def run(argument) -> None:
         try:
-            x = start
-            for _ in range(30):
-                x = client.submit(inc, x, pure=False).result(timeout=20)
-            assert x == start + 30
-        except BaseException as exc:  # noqa: B036 - reported by the test thread
+            function(argument)
+        except BaseException as exc:  # noqa: B036 - reported by the test's thread
             errors.append(exc)
 
-    threads = [threading.Thread(target=chain, args=(1000 * i,)) for i in range(4)]
+    threads = [threading.Thread(target=run, args=(argument,)) for argument in arguments]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(60)
     assert not any(thread.is_alive() for thread in threads)
     assert errors == []
+
+
+def test_concurrent_submitters_each_get_their_own_results(client):
+    def chain(start: int) -> None:
+        x = start
+        for _ in range(30):
+            x = client.submit(inc, x, pure=False).result(timeout=20)
+        assert x == start + 30
+
+    in_threads(chain, [1000 * i for i in range(4)])
 
 
 def test_a_worker_dying_under_a_direct_task_has_it_run_again(tmp_path):
@@ -283,26 +291,16 @@ def test_a_cancelled_pure_key_dropped_and_submitted_again_runs_again(client, tmp
 
 
 def test_two_clients_submitting_the_same_pure_keys_run_each_once(client, tmp_path):
-    errors = []
     held = []
     counters = [str(tmp_path / f"runs-{i}") for i in range(30)]
 
     def submit_all(submitter) -> None:
-        try:
-            for i, counter in enumerate(counters):
-                future = submitter.submit(count_call, counter, i)
-                assert future.result(timeout=20) == i
-                held.append(future)  # kept: a released key may rightly run again
-        except BaseException as exc:  # noqa: B036 - reported by the test thread
-            errors.append(exc)
+        for i, counter in enumerate(counters):
+            future = submitter.submit(count_call, counter, i)
+            assert future.result(timeout=20) == i
+            held.append(future)  # kept: a released key may rightly run again
 
     with Client(client.cluster) as other:
-        threads = [threading.Thread(target=submit_all, args=(c,)) for c in (client, other)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(60)
-        assert not any(thread.is_alive() for thread in threads)
-        assert errors == []
+        in_threads(submit_all, [client, other])
         assert [calls(counter) for counter in counters] == [1] * len(counters)
         held.clear()
