@@ -6,6 +6,8 @@ from __future__ import annotations
 import functools
 import os
 import re
+import subprocess
+import sys
 import threading
 import time
 
@@ -217,3 +219,30 @@ def test_a_limit_below_what_an_idle_worker_needs_stops_the_replacements_and_says
         time.sleep(0.5)  # the monitor checks every 0.1 s: a replacement would have come and gone
         assert c.get_logs()["Cluster"].count("Started worker") == started
         assert not c.scheduler_info["workers"]
+
+
+# --------------------------------------------------------------------------- its import, at start
+
+PSUTIL_AT_START = """
+import sys
+from minidist import Client
+with Client(n_workers=1, threads_per_worker=1, memory_limit="1GiB", dashboard_address=None):
+    print("psutil" in sys.modules)
+"""
+
+
+def test_the_monitors_psutil_is_loaded_while_the_cluster_starts_not_in_the_first_run(tmp_path):
+    # Loaded at the monitor's first look instead, in the middle of the user's first large run, psutil's
+    # thousands of long-lived objects sat among the run's own and kept ~15-25 MiB of the client's
+    # memory from going back after the run was released (a fresh process: nothing imported it before)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run(
+        [sys.executable, "-c", PSUTIL_AT_START],
+        cwd=tmp_path,
+        env=dict(os.environ, PYTHONPATH=root),
+        capture_output=True,
+        text=True,
+        timeout=50,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "True"

@@ -193,8 +193,11 @@ class LocalCluster(Cluster):
                 from .services import ClusterServices
             for _ in range(options.n_workers):
                 self._start_worker()
-            # every worker registered (FIFO inbox)
-            self.scheduler.call(lambda scheduler: None).result(30)
+            if self.processes and options.memory_limit:  # the memory monitor's, loaded while the
+                # workers fork: loaded at its first look, in the user's first run, its thousands of
+                # objects would sit among the run's own and keep the run's memory from going back
+                import psutil  # noqa: F401
+            self.scheduler.call(lambda scheduler: None).result(30)  # every worker registered
             self._start_memory_monitor()
             if options.serves_dashboards:
                 self.services = ClusterServices(self)

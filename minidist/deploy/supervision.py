@@ -107,8 +107,7 @@ class MemoryMonitor:
 
     def check(self) -> None:
         """Measure every watched worker once and act on what is found."""
-        # imported here, on the monitor's thread at its first look, not on the way to a cluster's start
-        import psutil
+        import psutil  # LocalCluster loaded it while its workers started
 
         watched = set()
         for handle in self.workers():
