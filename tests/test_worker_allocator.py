@@ -5,6 +5,7 @@ merges), and what is kept goes back to the system once the worker is idle."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
@@ -41,17 +42,21 @@ def faults_of_refilled_chunks(count: int, nbytes: int) -> int:
     return faults
 
 
-def test_a_process_worker_reuses_freed_chunks_pages():
-    # glibc's defaults give back ~6 MB of the 32 (~1,500 faults of 8,192 pages, each a zeroed page)
+@contextlib.contextmanager
+def one_process_worker(memory_limit: str):
+    """A client of a fresh cluster of one process worker: a heap no other test has touched."""
     with (
         LocalCluster(
-            n_workers=1,
-            threads_per_worker=1,
-            memory_limit="2GiB",
-            dashboard_address=None,
+            n_workers=1, threads_per_worker=1, memory_limit=memory_limit, dashboard_address=None
         ) as cluster,
         Client(cluster) as client,
     ):
+        yield client
+
+
+def test_a_process_worker_reuses_freed_chunks_pages():
+    # glibc's defaults give back ~6 MB of the 32 (~1,500 faults of 8,192 pages, each a zeroed page)
+    with one_process_worker("2GiB") as client:
         (faults,) = client.run(faults_of_refilled_chunks, CHUNKS, CHUNK_BYTES).values()
     assert faults < PAGES // 32, f"{faults} faults refilling {PAGES} pages just freed"
 
@@ -62,12 +67,7 @@ LARGE_BYTES = 96 * 2**20  # beyond the 32 MiB glibc lets blocks come from the he
 def test_a_process_worker_keeps_freed_large_blocks_for_the_next():
     # glibc maps every block beyond its mmap threshold afresh and unmaps it when freed: the next
     # array of that size gets new pages (24,576 of them for 96 MiB, or 48 huge ones), all zeroed
-    with (
-        LocalCluster(
-            n_workers=1, threads_per_worker=1, memory_limit="4GiB", dashboard_address=None
-        ) as cluster,
-        Client(cluster) as client,
-    ):
+    with one_process_worker("4GiB") as client:
         (steps,) = client.run(private_bytes_around_a_refill, LARGE_BYTES).values()
     filled, freed, refilled = steps
     assert filled - freed < LARGE_BYTES // 8, f"{(filled - freed) >> 20} MiB given back when freed"
@@ -105,12 +105,7 @@ def free_in_the_middle(nbytes: int) -> int:
 
 
 def test_an_idle_process_worker_gives_kept_memory_back():
-    with (
-        LocalCluster(
-            n_workers=1, threads_per_worker=1, memory_limit="4GiB", dashboard_address=None
-        ) as cluster,
-        Client(cluster) as client,
-    ):
+    with one_process_worker("4GiB") as client:
         address = next(iter(client.nthreads()))
         kept = client.submit(free_in_the_middle, 2 * LARGE_BYTES, pure=False).result()
         assert kept > 2 * LARGE_BYTES * 0.9  # kept for the next array while tasks might come
