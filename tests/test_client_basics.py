@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextvars
 import datetime
+import decimal
 import operator
 import os
 import threading
@@ -545,3 +547,28 @@ def test_sys_exit_in_a_task_errs_the_future_and_the_cluster_carries_on(client):
 def test_many_small_tasks(client):
     futures = client.map(inc, range(2000))
     assert sum(client.gather(futures)) == sum(range(1, 2001))
+
+
+_request_id: contextvars.ContextVar = contextvars.ContextVar("request_id", default="unset")
+
+
+def _one_seventh(_=None):
+    return decimal.Decimal(1) / decimal.Decimal(7)
+
+
+def test_thread_workers_run_tasks_in_the_context_the_cluster_was_made_in():
+    # as on dask.distributed's thread workers: a program's context variables (decimal's context
+    # among them, which pandas' decimal arrays compare by identity) reach its tasks
+    def made_in_a_context_of_its_own():
+        _request_id.set("request-7")
+        decimal.setcontext(decimal.Context(prec=6))
+        with Client(
+            processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None
+        ) as c:
+            assert c.submit(_request_id.get, key="read-var").result() == "request-7"
+            assert c.submit(_one_seventh, key="divide").result() == decimal.Decimal("0.142857")
+            assert c.submit(decimal.getcontext, key="ctx").result() is decimal.getcontext()
+            assert list(c.run(_one_seventh).values()) == [decimal.Decimal("0.142857")]
+
+    contextvars.copy_context().run(made_in_a_context_of_its_own)  # leaves this test's own alone
+    assert _request_id.get() == "unset"

@@ -20,6 +20,7 @@ that are not retiring (``deploy/scaling.py``), so they never start a worker twic
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import itertools
 import logging
@@ -154,8 +155,10 @@ class LocalCluster(Cluster):
         self.memory_monitor: Optional[MemoryMonitor] = None
         self._worker_count = 0  # names handed out so far
         self._start_failures = 0
-        # the client tasks on thread workers get from get_client() (made by the client layer)
+        # the client tasks on thread workers get from get_client() (made by the client layer), and the
+        # context variables they see: the maker's, as with dask.distributed (decimal's context, ...)
         self.task_clients = TaskClientSlot(lambda: self)
+        self.task_context = contextvars.copy_context()
         self._said_template_off = False
         self.target_workers = options.n_workers
         self.segment_store = (  # keeps arrays passed again (comm/shm_kept.py)
@@ -179,9 +182,7 @@ class LocalCluster(Cluster):
         self.handles: dict[str, Any] = {}  # every worker we started and have not reaped
         self.logger.info(
             "Starting cluster %s with %d workers x %d threads (%s)",
-            self.name,
-            options.n_workers,
-            options.threads_per_worker,
+            *(self.name, options.n_workers, options.threads_per_worker),
             "processes" if self.processes else "threads",
         )
         self.services = None  # the dashboards, when asked for (deploy/services.py)
@@ -285,6 +286,7 @@ class LocalCluster(Cluster):
                     options.memory_limit,
                     logger=worker_log,
                     task_clients=self.task_clients,
+                    context=self.task_context,
                 )
             except BaseException:
                 self.logger.exception("Worker %s (name %s) could not start", address, name)

@@ -331,9 +331,11 @@ class ThreadWorkerHandle:
         memory_limit: Optional[int] = None,
         logger=None,
         task_clients=None,
+        context=None,
     ):
         """``logger`` is handed to hooked worker classes (``deploy/worker_hooks.py``) as their log;
-        ``task_clients`` is where its tasks' ``get_client()`` finds the cluster's client."""
+        ``task_clients`` is where its tasks' ``get_client()`` finds the cluster's client; tasks and
+        ``client.run`` calls run in copies of ``context`` (the cluster's maker's context variables)."""
         self.address = address
         self.name = name
         self.nthreads = nthreads
@@ -354,6 +356,7 @@ class ThreadWorkerHandle:
             send=lambda batch: scheduler.post(WorkerReports(address, batch)),
             resources=resources,
             task_clients=task_clients,
+            context=context,
             **extra,
         )
         if logger is not None:
@@ -397,7 +400,8 @@ class ThreadWorkerHandle:
                 reply = RunResult(run_id, False, (exc, exc.__traceback__))
             self.runtime.report(reply)
 
-        threading.Thread(target=run, name="minidist-run", daemon=True).start()
+        target = self.runtime.in_context(run)
+        threading.Thread(target=target, name="minidist-run", daemon=True).start()
 
     def on_hello(self, message) -> None:
         pass

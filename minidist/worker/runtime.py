@@ -24,6 +24,8 @@ messages to the scheduler.
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import logging
 import threading
 import time
@@ -118,8 +120,12 @@ class WorkerRuntime:
         prepare: Callable[[Any], tuple] = unpack_run_spec,
         resources: Optional[dict] = None,
         task_clients: Optional[TaskClientSlot] = None,
+        context: Optional[contextvars.Context] = None,
     ):
         self.address = address
+        # thread workers: the context variables the cluster was made with (decimal's context, ...),
+        # which each task thread starts from a copy of, as tasks on dask's thread pools do
+        self.context = context
         self.task_clients = task_clients  # where get_client() in a task finds its client
         self.name = name
         self.nthreads = nthreads
@@ -277,13 +283,20 @@ class WorkerRuntime:
 
     def _start_thread(self) -> None:
         thread = threading.Thread(
-            target=self._thread_loop,
+            target=self.in_context(self._thread_loop),
             name=f"minidist-task-{self.name}-{len(self._threads)}",
             daemon=True,
         )
         self._active_threads += 1
         self._threads.append(thread)
         thread.start()
+
+    def in_context(self, function: Callable[[], None]) -> Callable[[], None]:
+        """``function`` as a thread's target: run in its own copy of ``context`` when there is one
+        (a context runs on one thread at a time)."""
+        if self.context is None:
+            return function
+        return functools.partial(self.context.copy().run, function)
 
     def _thread_loop(self) -> None:
         _task_context.runtime = self
