@@ -556,16 +556,23 @@ def _one_seventh(_=None):
     return decimal.Decimal(1) / decimal.Decimal(7)
 
 
+def _set_request_id(value):
+    _request_id.set(value)
+
+
 def test_thread_workers_run_tasks_in_the_context_the_cluster_was_made_in():
     # as on dask.distributed's thread workers: a program's context variables (decimal's context
-    # among them, which pandas' decimal arrays compare by identity) reach its tasks
+    # among them, which pandas' decimal arrays compare by identity) reach its tasks, each task
+    # starting from them afresh
     def made_in_a_context_of_its_own():
         _request_id.set("request-7")
         decimal.setcontext(decimal.Context(prec=6))
         with Client(
-            processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None
+            processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None
         ) as c:
             assert c.submit(_request_id.get, key="read-var").result() == "request-7"
+            c.submit(_set_request_id, "set-by-a-task").result()  # on the same (only) thread
+            assert c.submit(_request_id.get, key="read-var-again").result() == "request-7"
             assert c.submit(_one_seventh, key="divide").result() == decimal.Decimal("0.142857")
             assert c.submit(decimal.getcontext, key="ctx").result() is decimal.getcontext()
             assert list(c.run(_one_seventh).values()) == [decimal.Decimal("0.142857")]
