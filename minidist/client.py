@@ -124,9 +124,8 @@ class Client(AsyncContext):
         self.operations = self.cluster.operations  # named operations (scheduler/operations.py)
         self.data_plane = self.scheduler.data_plane  # how calls and values travel (data_plane.py)
         self.processes = self.data_plane.pickles  # whether work and values cross processes
-        self._book = FutureBook(self.id, self.scheduler.post)
-        # what a dropped Future calls (futures.py), once per task: the book's own method, no call between
-        self._release_key = self._book.release_key
+        # a local scheduler's wake() lets a large release wake its thread (client_futures.py)
+        self._book = FutureBook(self.id, self.scheduler.post, getattr(self.scheduler, "wake", None))
         self._packer = TaskPacker(self.scheduler, self.data_plane, self._book)
         self._results = ResultReader(self.scheduler, self.data_plane)
         self._calls = ClusterCalls(self.operations, self.data_plane)
@@ -184,10 +183,10 @@ class Client(AsyncContext):
             func, pure = actor_constructor(func), False
         options = task_options(workers, resources, retries, priority, allow_other_workers)
         options["prefix"] = funcname(func) if key is None else None
-        key, task = self._packer.prepare(
+        key, task, state = self._packer.prepare(
             func, self._packer.function_ref(func), args, kwargs, key, pure, options
         )
-        future = self._new_future(key)
+        future = Future(key, self, state=state)
         if task is not None:  # it may go straight to an idle worker (client_tasks.post_one)
             kind = "actor" if actor or actors else "given" if pure or key is not None else "random"
             self._packer.post_one(self.id, task, kind)
@@ -227,14 +226,14 @@ class Client(AsyncContext):
         futures = []
         tasks = MapColumns(options)  # posted as columns: no message object per task
         step = map_batch(batch_size)  # tasks per UpdateGraph: None, all of them (as dask)
-        pack, share = self._packer.pack, self._book.share  # once per task: no lookups in the loop
+        pack = self._packer.pack  # once per task: no lookups in the loop
         for i, args in enumerate(zip(*iterables)):
             task_key = keys[i] if keys is not None else None
             # with key=None or a prefix (options["prefix"]), pack() makes the key as submit does
-            task_key, dependencies, run_spec = pack(
+            task_key, dependencies, run_spec, state = pack(
                 func, function_ref, args, kwargs, task_key, pure, options
             )
-            futures.append(Future(task_key, self, state=share(task_key)))  # as _new_future
+            futures.append(Future(task_key, self, state=state))
             if run_spec is not None:  # None: a key this client holds already, shared
                 tasks.add(task_key, dependencies, run_spec)
                 if step is not None and len(tasks.keys) >= step:
@@ -245,7 +244,7 @@ class Client(AsyncContext):
 
     def _post_map_tasks(self, tasks: MapColumns) -> None:
         wanted = tuple(tasks.keys)
-        self.scheduler.post(UpdateGraph(self.id, tasks.take(), wanted))
+        self._book.post(UpdateGraph(self.id, tasks.take(), wanted))
 
     # ------------------------------------------------------------------------------------ results
 
@@ -283,7 +282,7 @@ class Client(AsyncContext):
         timeout = timeout_seconds(timeout)
         keys, values, nbytes = self._packer.pack_scatter(data, hash)
         futures = [self._new_future(key) for key in keys]
-        self.scheduler.post(Scatter(self.id, values, nbytes))
+        self._book.post(Scatter(self.id, values, nbytes))
         if wants_awaitable(self.asynchronous, asynchronous):
             return scatter_wait_async(self._book, futures, timeout, data)
         for future in futures:
@@ -394,11 +393,11 @@ class Client(AsyncContext):
         return self._packer.graph_tasks(function, keys, nodes, options)
 
     def _post_graph(self, tasks: TaskColumns, wanted: list) -> None:
-        self.scheduler.post(UpdateGraph(self.id, tasks, tuple(wanted)))
+        self._book.post(UpdateGraph(self.id, tasks, tuple(wanted)))
 
     def _holds(self, key) -> bool:
         """Whether a future of this client holds ``key`` (so the cluster keeps its value)."""
-        return key in self._book.states
+        return self._book.holds(key)
 
     @classmethod
     def current(cls, allow_global: bool = True):

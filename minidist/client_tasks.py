@@ -129,17 +129,19 @@ class TaskPacker:
         return function_id, blob
 
     def prepare(self, func, function_ref, args, kwargs, key, pure, options) -> tuple:
-        """(key, task to post, or None if this client already holds the key and shares it)."""
-        key, dependencies, run_spec = self.pack(
+        """(key, task to post, or None if this client already holds the key and shares it, the
+        ``FutureState`` for the new Future, counted)."""
+        key, dependencies, run_spec, state = self.pack(
             func, function_ref, args, kwargs, key, pure, options
         )
         if run_spec is None:
-            return key, None
-        return key, new_task(key, dependencies, run_spec, **options)
+            return key, None, state
+        return key, new_task(key, dependencies, run_spec, **options), state
 
     def pack(self, func, function_ref, args, kwargs, key, pure, options) -> tuple:
-        """(key, dependencies, run_spec), run_spec None if this client already holds the key and
-        shares it: what ``prepare`` makes a task of, or ``map`` puts in its columns."""
+        """(key, dependencies, run_spec, state): run_spec None if this client already holds the key
+        and shares it; ``state`` the ``FutureState`` for the new Future, counted. What ``prepare``
+        makes a task of, or ``map`` puts in its columns."""
         plane = self._plane
         dependencies: set = set()
         for item in args:  # most calls: a few numbers or strings, which hold no futures to replace
@@ -157,13 +159,16 @@ class TaskPacker:
         elif key is None:
             token = plane.tokenize(function_id, args, kwargs) if pure else random_token()
             key = f"{options['prefix']}-{token}"
-        if key in self._book.states:
+        # looked up and counted at once: a key found held cannot be released before it is shared
+        state = self._book.share_if_held(key)
+        if state is not None:
             if arguments is not None:
                 plane.discard_arguments(arguments)  # the shared task already has its arguments
-            return key, None, None  # already submitted by this client: share it
+            return key, None, None, state  # already submitted by this client: share it
         if arguments is None:
             arguments, _ = plane.pack_arguments(args, kwargs, key)
-        return key, dependencies, plane.run_spec(function_id, blob, func, arguments)
+        run_spec = plane.run_spec(function_id, blob, func, arguments)
+        return key, dependencies, run_spec, self._book.share(key)
 
     def post_one(self, client_id: str, task, key_kind: str) -> None:
         """Post one submitted task; straight to an idle worker when the scheduler offers one, unless
@@ -182,7 +187,7 @@ class TaskPacker:
                 else self._book.releasing(task.key) or not lane.send(client_id, task, True)
             )
         ):
-            self._scheduler.post(UpdateGraph(client_id, (task,), (task.key,)))
+            self._book.post(UpdateGraph(client_id, (task,), (task.key,)))
 
     def graph_tasks(self, function, keys: list, nodes: dict, options: dict) -> TaskColumns:
         """One task per key of ``keys``, in that order, for ``nodes[key]`` (dask graphs):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import collections
 import copy
 import queue
-import sys
 import threading
 import time
 from typing import Any, Iterable, Optional
@@ -54,8 +53,8 @@ class Future:
             client = default_client()
         self.key = key
         self.client = client
-        self._released = False
         self._state = state if state is not None else client._acquire(key)
+        self._released = False  # set last: a future whose state could not be had holds nothing
 
     # -------------------------------------------------------------------------------------- status
 
@@ -171,16 +170,23 @@ class Future:
         if not self._released:
             self._released = True
             try:
-                self.client._release_key(self.key)
+                self.client._book.release_key(self.key)
             except Exception:
                 pass
 
     def __del__(self):
-        # release(), inlined: one call fewer for each future of a large run when it is dropped
-        if not getattr(self, "_released", True) and not sys.is_finalizing():
-            self._released = True
+        # no lock and no call for most futures of a large list dropped at once: the key joins the
+        # book's dropped keys, which the scheduler thread counts off when it takes the open batch
+        # of releases (client_futures.py); only a drop with no batch open opens one
+        if not getattr(self, "_released", True):
             try:
-                self.client._release_key(self.key)
+                book = self.client._book
+                dropped = book.dropped
+                dropped.append(self.key)
+                if book.open_releases is None:
+                    book.open_batch()
+                elif len(dropped) == book.wake_at:
+                    book.dropped_many()
             except Exception:
                 pass
 

@@ -174,11 +174,9 @@ class Scheduler:
     # ------------------------------------------------------------------------------- thread-safe entry
 
     def post(self, message) -> None:
-        """Hand a message to the scheduler thread (from any thread).
-
-        Releases do not wake the thread: freeing memory can wait for the next wake-up (at most
-        ``_IDLE_WAKE_MS``), and in a loop of submit/result it saves a wake-up per task.
-        """
+        """Hand a message to the scheduler thread (from any thread). Releases do not wake it: freeing
+        memory can wait for the next wake-up (``_IDLE_WAKE_MS``; a client that drops many futures at
+        once calls ``wake``), and in a loop of submit/result it saves a wake-up per task."""
         self.inbox.append(message)
         if self.failure is not None:  # the loop is gone: answer now (see scheduler/failure.py)
             return refuse_inbox(self)
@@ -193,6 +191,10 @@ class Scheduler:
                 # left set would make every later post skip its wake-up
                 self._wake_pending = False
                 raise
+
+    def wake(self) -> None:
+        """Make the thread look at its inbox now (from any thread)."""
+        self.post(Wake())
 
     def call(self, function: Callable, *args) -> concurrent.futures.Future:
         """Run ``function(self, *args)`` on the scheduler thread; its result arrives in the future.
