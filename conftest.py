@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import sys
 import time
 
 import pytest
@@ -20,6 +21,7 @@ pytest_plugins = ["minidist.testing"]
 
 __all__ = [
     "only_new_objects_collected",
+    "parked",
     "process_gone",
     "two_process_workers",
     "wait_until",
@@ -65,6 +67,13 @@ def process_gone(process) -> bool:
         return not process.is_running() or process.status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
+
+
+def parked(thread) -> bool:
+    """``thread`` waits on a lock: its innermost Python frame is a ``threading`` wait."""
+    frame = sys._current_frames().get(thread.ident)
+    code = None if frame is None else frame.f_code
+    return code is not None and code.co_name == "wait" and "threading" in code.co_filename
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -31,7 +31,6 @@ from typing import Callable, Optional
 
 logger = logging.getLogger("minidist.client")
 
-_LISTEN_SLICE = 5.0  # a listener's wait is asked for in slices (see primitives.py, _SLICE)
 _numbers = itertools.count(1)
 
 
@@ -151,7 +150,11 @@ class EventTopics:
 def _listen(client_ref, client_id: str, operations, after: int) -> None:
     while True:
         try:
-            answer = operations.invoke("wait_events", client_id, after, _LISTEN_SLICE)
+            # one wait until something is logged, with no timeout: the scheduler answers it None when
+            # the client leaves or its connection ends, and errs it when the scheduler closes. A
+            # thread that woke now and then would keep what it made at each wake-up alive across the
+            # next wait, in whichever arena a large run had just filled (scheduler/failure.py).
+            answer = operations.invoke("wait_events", client_id, after, None)
         except Exception:
             return  # the scheduler or the connection is gone
         if answer is None:  # the client is leaving (client_leaving)

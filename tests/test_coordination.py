@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 
 import pytest
 
-from conftest import wait_until
+from conftest import parked, wait_until
 from minidist import (
     Client,
     Event,
@@ -256,6 +257,31 @@ def test_variable_get_waits_for_a_task_to_set_it(client):
     assert wait_until(lambda: waiting.status == "pending")
     client.submit(lambda n: Variable(n).set(get_worker().address), name, pure=False).result()
     assert waiting.result() in client.scheduler_info()["workers"]
+
+
+def test_a_wait_without_timeout_ends_with_a_clear_error_when_the_cluster_closes():
+    # nothing but the close wakes the waiter: it has no timeout of its own to look again
+    cluster = LocalCluster(n_workers=1, processes=False, dashboard_address=None)
+    client = Client(cluster, set_as_default=False)
+    ended: list = []
+
+    def wait_forever() -> None:
+        try:
+            Queue("never-filled", client=client).get()
+        except Exception as exc:  # noqa: BLE001 - the test looks at what it is
+            ended.append(exc)
+
+    waiter = threading.Thread(target=wait_forever)
+    waiter.start()
+    try:
+        assert wait_until(lambda: parked(waiter))
+    finally:
+        cluster.close()
+        waiter.join(10)
+        client.close()
+    assert not waiter.is_alive()
+    assert len(ended) == 1 and isinstance(ended[0], RuntimeError)
+    assert "scheduler closed" in str(ended[0])
 
 
 def test_primitive_without_any_client_is_a_clear_error():

@@ -84,7 +84,10 @@ def test_a_100k_task_run_on_process_workers_gives_the_clients_memory_back_once_r
     # release is allocator arenas kept by the few objects the run made and left behind. Before,
     # ~20-45 MiB stayed: each frame loaded from a worker made a fresh "Payload" string that CPython's
     # type cache kept (comm/serialize.py), and the task stream held the run's last 10,000 key
-    # objects. Measured in a fresh process: in this one, earlier tests leave its heap fragmented
+    # objects. Then 10-16% of the start stayed: the client's event listener woke every half second
+    # and kept what each wake made alive in whatever arena the run had just filled (2.7-5.1% since,
+    # 2.8-4.8% with both cores busy). Measured in a fresh process: in this one, earlier tests leave
+    # its heap fragmented
     out = subprocess.run(
         [sys.executable, "-c", _RUN_AND_RELEASE],
         capture_output=True,
@@ -94,13 +97,13 @@ def test_a_100k_task_run_on_process_workers_gives_the_clients_memory_back_once_r
     )
     assert out.returncode == 0, out.stderr[-2000:]
     before, after = (int(word) for word in out.stdout.split())
-    assert after - before < _GIVEN_BACK_PROCESSES, (
+    assert after < before * _GIVEN_BACK_PROCESSES, (
         f"client RSS {(after - before) >> 20} MiB above the start ({before >> 20} MiB) after release"
     )
 
 
 _SOURCE_ROOT = os.path.dirname(os.path.dirname(minidist.__file__))
-_GIVEN_BACK_PROCESSES = 16 * 2**20  # 3-6 MiB here (loaded machine); 38-50 MiB before the collection
+_GIVEN_BACK_PROCESSES = 1.08  # of the start: the issue's goal is 1.10
 # no gc.collect() in the run below, as a user's program has none: minidist's own full collection after a
 # large release empties CPython's free lists, whose tuples of the run kept ~40 of its arenas (sparse.py)
 _RUN_AND_RELEASE = """
@@ -119,7 +122,7 @@ if __name__ == "__main__":
         del futures
         assert wait_until(lambda: not client.who_has(), timeout=60)
         def given_back():
-            return psutil.Process().memory_info().rss - before < BOUND
+            return psutil.Process().memory_info().rss < before * BOUND
         wait_until(given_back, timeout=30, interval=0.2)
         print(before, psutil.Process().memory_info().rss)
 """.replace("BOUND", str(_GIVEN_BACK_PROCESSES))

@@ -28,7 +28,6 @@ from .coordination import Answer, Coordination, Owner, Packed, Unwant, Want
 from .published import Published
 
 _CALL_TIMEOUT = 60.0
-_PIECE = 0.5
 
 # operation -> the handler name blocked_handlers refers to (dask's names)
 COORDINATION_HANDLERS = {
@@ -130,21 +129,17 @@ class CoordinationOperations:
             carry_out(scheduler, getattr(of(scheduler), method)(*args, token))
 
         scheduler = self.scheduler
-        scheduler.call(run).result(_CALL_TIMEOUT)  # raises what the state raised (bad input)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            # in pieces: a scheduler that closes meanwhile will never answer
-            piece = _PIECE if deadline is None else min(_PIECE, deadline - time.monotonic())
+        # registered first: a close or a loop failure from here on errs the token (failure.py), so
+        # the wait below needs no timeout of its own to notice one
+        scheduler.awaited.add(token)
+        try:
+            scheduler.call(run).result(_CALL_TIMEOUT)  # raises what the state raised (bad input)
             try:
-                return token.result(max(0.0, piece))
+                return token.result(timeout)  # None: until answered
             except concurrent.futures.TimeoutError:
                 pass
-            if scheduler.failure is not None:  # its loop died: the answer will never come
-                raise scheduler.failure
-            if scheduler.closing:
-                raise RuntimeError("The scheduler closed while waiting")
-            if deadline is not None and time.monotonic() >= deadline:
-                break
+        finally:
+            scheduler.awaited.discard(token)
 
         def give_up(scheduler) -> bool:
             withdrawn, answers = of(scheduler).withdraw(token)

@@ -10,12 +10,15 @@ thread, which then ends)::
                         ─► refuse_inbox(): messages posted meanwhile are answered
 
 After that ``Scheduler.post`` answers each message itself through :func:`refuse_inbox` (new tasks err at
-once, futures waiting on a reply get the error) and ``close()`` works as usual. The order that makes this race-free:
+once, futures waiting on a reply get the error) and ``close()`` works as usual. Answers that only a later
+turn would give (a lock, queue or event wait: ``AwaitedAnswers``) err at once too, here and on close. The order that makes this race-free:
 ``post`` appends to the inbox *before* looking at ``failure``, and ``fail`` sets ``failure`` *before*
 draining the inbox, so every message is answered by one side or the other.
 """
 
 from __future__ import annotations
+
+import concurrent.futures
 
 from ..errors import SchedulerError
 from ..messages import DirectTask, TaskStatus, UpdateGraph
@@ -50,6 +53,34 @@ def fail(scheduler, cause: BaseException) -> None:
             reports.setdefault(client_id, []).append(item)
     _report(scheduler, reports)
     refuse_inbox(scheduler)
+    scheduler.awaited.abandon(failure)
+
+
+class AwaitedAnswers:
+    """The tokens callers wait on for an answer that only a later scheduler turn gives (coordination
+    operations, ``coordination_ops._ask``). The scheduler errs them all when it closes or its loop
+    dies, so a waiter blocks on its token alone, with no timeout of its own: a thread that waits
+    wakes only for its answer. (Waking now and then to look would also keep a few objects made at
+    each look alive in whatever arena the allocator offered then, often one a large run had filled:
+    that run's memory could not all go back.)"""
+
+    def __init__(self):
+        self._tokens: set = set()
+
+    def add(self, token: concurrent.futures.Future) -> None:
+        """Before the operation is posted: a close or failure after this errs the token."""
+        self._tokens.add(token)
+
+    def discard(self, token: concurrent.futures.Future) -> None:
+        self._tokens.discard(token)
+
+    def abandon(self, error: BaseException) -> None:
+        """No answer will come: err every token still waited on."""
+        for token in list(self._tokens):
+            try:
+                token.set_exception(error)
+            except concurrent.futures.InvalidStateError:
+                pass  # answered meanwhile: that answer stands
 
 
 def refuse_inbox(scheduler) -> None:

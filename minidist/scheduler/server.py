@@ -64,7 +64,7 @@ from ..messages import (
 from ..sparse import TRIM_AFTER, prepare_trim, right_sized, trim_heap
 from . import queries
 from .delivery import FREE_DELAY_MS, Delivery
-from .failure import fail, refuse_inbox
+from .failure import AwaitedAnswers, fail, refuse_inbox
 from .handlers import HANDLERS, WORKER_HANDLERS, record_direct_task, release_then_submit
 from .instructions import AskToRelease
 from .lane import DirectLane
@@ -88,8 +88,8 @@ logger = logging.getLogger("minidist.scheduler")
 
 
 _IDLE_WAKE_MS = 250  # the loop looks at its inbox at least this often, even with nothing to wake it
-# keys forgotten between two looks at the books' table sizes (_compact): a table only gets worth a
-# copy (sparse.right_sized) after thousands of deletions, so looking after every task is waste
+# keys forgotten between two looks at the books' table sizes (_compact): a table is only worth a
+# copy (sparse.right_sized) after thousands of deletions
 _COMPACT_AFTER = 256
 _TRIM_SETTLE = 0.2  # seconds from a large release to the heap trim (see _compact)
 # a worker dying this soon after joining, never given a task, counts as one that failed to start
@@ -151,6 +151,7 @@ class Scheduler:
         self.lane = DirectLane(self) if data_plane.pickles else None
         self._closing = False
         self.failure: Optional[Exception] = None  # a SchedulerError once the loop died (failure.py)
+        self.awaited = AwaitedAnswers()  # coordination waits, erred on close and failure
         self.runs = RunBook()  # client.run answers still owed by workers
         self.task_stream = TaskStream()  # task_stream.py: dashboard, get_task_stream, reports
         self._runs_at_last_death = 0  # task_stream.runs when a worker last died (_worker_died)
@@ -255,6 +256,11 @@ class Scheduler:
         delivery = self.delivery
         lane = self.lane
         while True:
+            if self._trim_due and time.monotonic() >= self._trim_due:
+                # between turns, the last one's objects gone: alive, they would pin the run's arenas
+                self._trim_due = 0.0
+                self.task_stream.pack()  # the run's last records must not pin its arenas
+                trim_heap()
             try:
                 events = poll(FREE_DELAY_MS if delivery.held or self._trim_due else _IDLE_WAKE_MS)
             except OSError:
@@ -296,10 +302,6 @@ class Scheduler:
             if self._forgot >= _COMPACT_AFTER:
                 outgoing = reports = {}  # what this turn sent goes before the books are compacted
                 self._compact()
-            if self._trim_due and time.monotonic() >= self._trim_due:
-                self._trim_due = 0.0
-                self.task_stream.pack()  # the run's last records must not pin its arenas
-                trim_heap()
             if delivery.held:
                 delivery.send_held_if_due(quiet=not events)
             if lane is not None:
@@ -445,9 +447,8 @@ class Scheduler:
         forgotten = self._forgot_since_trim
         if forgotten >= TRIM_AFTER and len(self.state.tasks) * 8 <= forgotten:
             self._forgot_since_trim = 0
-            # a moment later, not now: thread workers and clients free their own copies of the run
-            # (caches, futures) after this turn's messages reach them; while it is due the loop
-            # wakes every FREE_DELAY_MS, not _IDLE_WAKE_MS, so it comes at most that long after
+            # a moment later: thread workers and clients free their copies of the run (caches,
+            # futures) once this turn's messages reach them; the loop wakes every FREE_DELAY_MS meanwhile
             self._trim_due = time.monotonic() + _TRIM_SETTLE
 
     # ---------------------------------------------------------------------------------- client events
@@ -580,6 +581,7 @@ class Scheduler:
         self.post(Wake())
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
+        self.awaited.abandon(RuntimeError("The scheduler closed while waiting"))
         if self.lane is not None:
             self.lane.close()  # no client writes to a worker's pipe from now on
         for fd in (self._wake_r, self._wake_w):
