@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import linecache
 import os
 import sys
 import time
@@ -23,6 +24,7 @@ __all__ = [
     "only_new_objects_collected",
     "parked",
     "process_gone",
+    "wake_ups",
     "two_process_workers",
     "wait_until",
 ]  # tests import them from here
@@ -69,11 +71,31 @@ def process_gone(process) -> bool:
         return True
 
 
+def wake_ups(thread) -> int:
+    """How often ``thread`` went to sleep and was woken since it started (Linux's count)."""
+    with open(f"/proc/self/task/{thread.native_id}/status") as status:
+        for line in status:
+            if line.startswith("voluntary_ctxt_switches:"):
+                return int(line.split()[1])
+    raise AssertionError("no voluntary_ctxt_switches line")
+
+
 def parked(thread) -> bool:
-    """``thread`` waits on a lock: its innermost Python frame is a ``threading`` wait."""
+    """``thread`` waits on a lock (its innermost Python frame is a ``threading`` wait), and if it runs a
+    coordination operation (``coordination_ops._ask``), on that operation's answer, not on the scheduler
+    thread taking it in first."""
     frame = sys._current_frames().get(thread.ident)
-    code = None if frame is None else frame.f_code
-    return code is not None and code.co_name == "wait" and "threading" in code.co_filename
+    if (
+        frame is None
+        or frame.f_code.co_name != "wait"
+        or "threading" not in frame.f_code.co_filename
+    ):
+        return False
+    while frame is not None:
+        if frame.f_code.co_name == "_ask":
+            return "token.result" in linecache.getline(frame.f_code.co_filename, frame.f_lineno)
+        frame = frame.f_back
+    return True
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -2,7 +2,7 @@
 
 ::
 
-    serve() thread "minidist-dashboard"           (one selector over the listening socket)
+    serve() thread "minidist-dashboard"           (one poll() over the listening socket)
       accept ──► waiting room (no thread yet; at most MAX_WAITING, each for REQUEST_TIMEOUT seconds)
                    │ bytes arrive                       │ silent too long: closed
                    ▼
@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import math
 import re
 import secrets
-import selectors
+import select
 import socket
 import threading
 import time
@@ -76,36 +77,47 @@ class DashboardHTTPServer(ThreadingHTTPServer):
         self._stopping = False
 
     def serve(self) -> None:
-        """Serve until ``stop()``: the dashboard thread's whole life."""
-        selector = selectors.DefaultSelector()
-        selector.register(self.socket, selectors.EVENT_READ)
-        selector.register(self._wake_read, selectors.EVENT_READ)
-        waiting: dict[socket.socket, tuple] = {}  # socket -> (peer address, deadline)
+        """Serve until ``stop()``: the dashboard thread's whole life.
+
+        It sleeps in ``poll()`` holding nothing made for that sleep, and with no connection in the
+        waiting room it has no timeout either: a thread that wakes now and then keeps what it made
+        for each wait alive while it sleeps, in whichever allocator arena was current, and after a
+        large run that kept one of the run's arenas in the client's memory (architecture.md)."""
+        poller = select.poll()
+        poller.register(self.socket, select.POLLIN)
+        poller.register(self._wake_read, select.POLLIN)
+        waiting: dict[int, tuple] = {}  # fd -> (socket, peer address, deadline)
         try:
             while not self._stopping:
-                now = time.monotonic()
-                first_deadline = min((d for _, d in waiting.values()), default=now + 1.0)
-                for key, _ in selector.select(max(0.0, min(first_deadline - now, 1.0))):
-                    if key.fileobj is self.socket:
-                        self._accept(selector, waiting)
-                    elif key.fileobj is self._wake_read:
-                        self._wake_read.recv(64)
-                    else:
-                        sock = key.fileobj
-                        assert isinstance(sock, socket.socket)  # only sockets are registered
-                        selector.unregister(sock)
-                        peer, _ = waiting.pop(sock)
-                        self._dispatch(sock, peer)
-                now = time.monotonic()
-                for sock, (_, deadline) in list(waiting.items()):
-                    if deadline <= now:  # said nothing in time
-                        selector.unregister(sock)
-                        del waiting[sock]
-                        self.shutdown_request(sock)
+                self._turn(poller, waiting, poller.poll(self._wait_ms(waiting)))
         finally:
-            for sock in waiting:
+            for sock, _, _ in waiting.values():
                 self.shutdown_request(sock)
-            selector.close()
+
+    def _wait_ms(self, waiting: dict) -> int | None:
+        """How long ``poll()`` may sleep: until the first waiting connection's deadline, or for good."""
+        if not waiting:
+            return None
+        first_deadline = min(deadline for _, _, deadline in waiting.values())
+        return max(0, math.ceil((first_deadline - time.monotonic()) * 1000))
+
+    def _turn(self, poller, waiting: dict, events: list) -> None:
+        listening, wake = self.socket.fileno(), self._wake_read.fileno()
+        for fd, _ in events:
+            if fd == listening:
+                self._accept(poller, waiting)
+            elif fd == wake:
+                self._wake_read.recv(64)
+            else:  # bytes arrived, or the peer hung up: a request thread reads which
+                poller.unregister(fd)
+                sock, peer, _ = waiting.pop(fd)
+                self._dispatch(sock, peer)
+        now = time.monotonic()
+        for fd, (sock, _, deadline) in list(waiting.items()):
+            if deadline <= now:  # said nothing in time
+                poller.unregister(fd)
+                del waiting[fd]
+                self.shutdown_request(sock)
 
     def stop(self) -> None:
         self._stopping = True
@@ -120,7 +132,7 @@ class DashboardHTTPServer(ThreadingHTTPServer):
             if sock is not None:  # absent when binding failed inside __init__
                 sock.close()
 
-    def _accept(self, selector, waiting: dict) -> None:
+    def _accept(self, poller, waiting: dict) -> None:
         while True:
             try:
                 sock, peer = self.socket.accept()
@@ -131,8 +143,8 @@ class DashboardHTTPServer(ThreadingHTTPServer):
             if len(waiting) >= self.max_waiting:
                 self.shutdown_request(sock)  # a flood: refused, not queued
                 continue
-            waiting[sock] = (peer, time.monotonic() + self.request_timeout)
-            selector.register(sock, selectors.EVENT_READ)
+            waiting[sock.fileno()] = (sock, peer, time.monotonic() + self.request_timeout)
+            poller.register(sock, select.POLLIN)
 
     def _dispatch(self, sock: socket.socket, peer) -> None:
         if not self._active.acquire(blocking=False):
