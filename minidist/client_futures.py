@@ -27,6 +27,7 @@ once the message is in the inbox, and a key dropped after that goes into a batch
 from __future__ import annotations
 
 import _thread
+import array
 import collections
 import logging
 import queue
@@ -67,7 +68,10 @@ class FutureBook:
         self.dropped: list = []
         # 0, or the length of ``dropped`` at which a drop wakes the scheduler (see dropped_many)
         self.wake_at = _WAKE_AFTER_DROPS if wake is not None else 0
-        self._burst_until = 0.0  # monotonic time until which opening a batch wakes the scheduler
+        # [0]: monotonic time until which opening a batch wakes the scheduler. An array, not a float
+        # attribute: the float of a large release would live on in one of the run's allocator arenas,
+        # and keep that whole arena (1 MiB) in the client's memory
+        self._burst_until = array.array("d", (0.0,))
         # keys whose last Future went, not yet told to the scheduler: batches, oldest first, one
         # ``ReleasePending`` message each; a posted submission closes the open batch (``post``)
         self._releases: collections.deque[list] = collections.deque()
@@ -281,7 +285,7 @@ class FutureBook:
             self.open_releases = []
             self._releases.append(self.open_releases)
         self._post_release_pending()
-        if self._burst_until and time.monotonic() < self._burst_until:
+        if self._burst_until[0] and time.monotonic() < self._burst_until[0]:
             self.dropped_many()  # the rest of a large release: see take_releases
 
     def dropped_many(self) -> None:
@@ -343,7 +347,7 @@ class FutureBook:
                 # a large release, likely still going on (a list of futures being dropped): the
                 # batches opened in the next moment wake the scheduler too, so that the last drops
                 # of it, fewer than ``wake_at``, do not wait for its next wake-up
-                self._burst_until = time.monotonic() + _BURST_SECONDS
+                self._burst_until[0] = time.monotonic() + _BURST_SECONDS
         if opened:
             self._post_release_pending()
         return keys
