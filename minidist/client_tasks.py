@@ -159,16 +159,18 @@ class TaskPacker:
         elif key is None:
             token = plane.tokenize(function_id, args, kwargs) if pure else random_token()
             key = f"{options['prefix']}-{token}"
-        # looked up and counted at once: a key found held cannot be released before it is shared
-        state = self._book.share_if_held(key)
-        if state is not None:
-            if arguments is not None:
-                plane.discard_arguments(arguments)  # the shared task already has its arguments
-            return key, None, None, state  # already submitted by this client: share it
+        book = self._book
+        if key in book.states or book.dropped:  # most keys of a map: neither, and no lock taken
+            # looked up and counted at once: a key found held is not released before it is shared
+            state = book.share_if_held(key)
+            if state is not None:
+                if arguments is not None:
+                    plane.discard_arguments(arguments)  # the shared task already has its arguments
+                return key, None, None, state  # already submitted by this client: share it
         if arguments is None:
             arguments, _ = plane.pack_arguments(args, kwargs, key)
         run_spec = plane.run_spec(function_id, blob, func, arguments)
-        return key, dependencies, run_spec, self._book.share(key)
+        return key, dependencies, run_spec, book.share(key)
 
     def post_one(self, client_id: str, task, key_kind: str) -> None:
         """Post one submitted task; straight to an idle worker when the scheduler offers one, unless
