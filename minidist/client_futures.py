@@ -419,6 +419,7 @@ class FutureBook:
                 keys.extend(batch)
             self._releases.clear()
             self.open_releases = []  # drops from now on join a batch nobody takes
+            self.wake_at = 0
             self.dropped.clear()
             self.states.clear()
             self._refcounts.clear()
