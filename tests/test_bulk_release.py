@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from conftest import calls, count_call, wait_for_file, wait_until
-from minidist import Client, Future, fire_and_forget
+from minidist import Client, Future, LocalCluster, fire_and_forget
 
 MANY = 3000  # more futures than one batch of releases wakes the scheduler for (client_futures.py)
 
@@ -192,6 +192,22 @@ def test_futures_dropped_from_many_threads_leave_exactly_the_held_keys(
     assert wait_until(lambda: set(client.who_has()) == expected)
     assert client.gather(held) == list(range(1, 601, 2))
     del held
+
+
+def test_a_remote_client_releases_what_it_drops_and_keeps_what_it_holds():
+    # its releases travel on its connection (remote/client.py), counted off by its sender thread
+    with (
+        LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster,
+        Client(cluster) as local,
+        Client(cluster.scheduler_address) as remote,
+    ):
+        futures = remote.map(inc, range(MANY), pure=False)
+        remote.gather(futures)
+        kept = futures[::5]
+        kept_keys = {future.key for future in kept}
+        del futures
+        assert wait_until(lambda: set(local.who_has()) == kept_keys)
+        assert remote.gather(kept) == list(range(1, MANY + 1, 5))
 
 
 def test_a_closing_client_releases_what_it_dropped_just_before(client):

@@ -16,7 +16,8 @@ Two transports share everything else (``ClientLink``):
   thread hands replies to ``receive``.
 
 ``post`` only appends to a queue (safe even from ``Future.__del__``); the sender thread drains it, so a
-burst of submissions and releases costs one frame. When the connection is lost every wait fails with
+burst of submissions and releases costs one frame, and turns each ``ReleasePending`` into a ``Release``
+of the keys its client hands over then. When the connection is lost every wait fails with
 CommClosedError: pending requests, and the pending futures of every client on this link.
 """
 
@@ -109,15 +110,24 @@ class ClientLink:
         self._outbox.put(message)
 
     def post(self, message) -> None:
-        if type(message) is ReleasePending:
-            # take the keys now: each was released after its submission was queued, so the release
-            # goes out after it (batching happens in the sender, which packs the queue into one frame)
-            session = self.sessions.get(message.client)
-            keys = session.take_releases() if session is not None else ()
-            if not keys:
-                return
-            message = Release(message.client, tuple(keys))
+        # a ReleasePending is queued as it is: the sender thread takes its batch of keys when it gets
+        # to it (_releases_taken), in its place after the submissions of those keys, and the futures
+        # dropped meanwhile are counted off there, off the thread that dropped them
         self.enqueue(message)
+
+    def _releases_taken(self, batch: list) -> list:
+        """(Sender thread.) ``batch`` with each ReleasePending turned into a Release of the keys its
+        client hands over (none: left out)."""
+        out = []
+        for message in batch:
+            if type(message) is ReleasePending:
+                session = self.sessions.get(message.client)
+                keys = session.take_releases() if session is not None else ()
+                if not keys:
+                    continue
+                message = Release(message.client, tuple(keys))
+            out.append(message)
+        return out
 
     def request(self, kind, *fields) -> concurrent.futures.Future:
         """Send ``kind(request_id, *fields)`` (a Fetch or an Invoke); its Reply sets the future."""
@@ -136,6 +146,7 @@ class ClientLink:
     def _send_loop(self) -> None:
         while True:
             batch, done = next_batch(self._outbox)
+            batch = self._releases_taken(batch)
             if batch:
                 try:
                     self.transmit(encode(batch))
