@@ -196,12 +196,10 @@ class FutureBook:
         """The state of a key a live Future of this client holds, counted for one more Future; None
         if none does (dropped futures counted off first)."""
         with self.lock:
-            opened = self._settle()
+            self._settle()
             state = self.states.get(key)
             if state is not None:
                 self._refcounts[key] += 1
-        if opened:
-            self._post_release_pending()
         return state
 
     def post(self, message) -> None:
@@ -230,25 +228,19 @@ class FutureBook:
         """``Future.release()``: one reference less, now (in order after the drops before it)."""
         with self.lock:
             self.dropped.append(key)
-            opened = self._settle()
-        if opened:
-            self._post_release_pending()
+            self._settle()
 
     def settle(self) -> None:
         """Count off the dropped futures now (from any thread but the scheduler's)."""
         with self.lock:
-            opened = self._settle()
-        if opened:
-            self._post_release_pending()
+            self._settle()
 
-    def _settle(self, into: Optional[list] = None) -> bool:
+    def _settle(self, into: Optional[list] = None) -> None:
         """(Lock held.) Count off the dropped futures: a key whose count reaches 0 is forgotten and
-        joins ``into``, or else the open batch. True if it opened that batch: the caller posts its
-        ``ReleasePending`` once it let go of the lock (a remote link's post takes the batch at once,
-        under it)."""
+        joins ``into``, or else the open batch (opened here if there is none)."""
         dropped = self.dropped
         if not dropped or self.closed:
-            return False
+            return
         keys = dropped[:]  # one step each (the GIL): drops appended meanwhile stay for later
         del dropped[: len(keys)]
         refcounts = self._refcounts
@@ -265,14 +257,14 @@ class FutureBook:
                 states.pop(key, None)
                 released.append(key)
         if not released:
-            return False
+            return
         batch = self.open_releases if into is None else into
         if batch is None:
             self.open_releases = released
             self._releases.append(released)
-            return True
-        batch.extend(released)
-        return False
+            self._post_release_pending()
+        else:
+            batch.extend(released)
 
     def open_batch(self) -> None:
         """``Future.__del__`` found no batch open: open one and post its ``ReleasePending``; drops from
@@ -284,7 +276,7 @@ class FutureBook:
                 return
             self.open_releases = []
             self._releases.append(self.open_releases)
-        self._post_release_pending()
+            self._post_release_pending()
         if self._burst_until[0] and time.monotonic() < self._burst_until[0]:
             self.dropped_many()  # the rest of a large release: see take_releases
 
@@ -298,27 +290,29 @@ class FutureBook:
             self._wake()
 
     def _post_release_pending(self) -> None:
+        """(Lock held.) Post the ReleasePending of a batch just opened, before the lock goes: from
+        then on another thread may find a key of it forgotten and submit it again, and that
+        submission must reach the scheduler after the release. (Posting only appends to a queue: it
+        never takes this lock, and a scheduler that failed does not answer it.)"""
         if not self.closed:
-            self._post(ReleasePending(self.client_id))
+            try:
+                self._post(ReleasePending(self.client_id))
+            except Exception:
+                pass  # the connection is gone: the scheduler forgets this client's keys anyway
 
     def releasing(self, key) -> bool:
         """Whether ``key`` may be among the released keys the scheduler has not collected yet (then
         a new task under that key must follow the release through the inbox, not overtake it on the
         direct lane). True too when there are too many to look through."""
         with self.lock:
-            opened = self._settle()
+            self._settle()
             releases = self._releases
-            answer = False
             if len(releases) > _RELEASES_LOOKED_AT:
-                answer = True
-            else:
-                for batch in releases:
-                    if len(batch) > _RELEASES_LOOKED_AT or key in batch:
-                        answer = True
-                        break
-        if opened:
-            self._post_release_pending()
-        return answer
+                return True
+            for batch in releases:
+                if len(batch) > _RELEASES_LOOKED_AT or key in batch:
+                    return True
+        return False
 
     def take_releases(self) -> list:
         """Called once per ``ReleasePending`` message: the oldest batch of released keys, once the
@@ -331,9 +325,9 @@ class FutureBook:
                 # closed before the drops are counted off into it: a drop that found it open is in
                 # ``dropped`` by now, and a later one opens the next batch
                 self.open_releases = None
-                opened = self._settle(keys)
+                self._settle(keys)
             else:
-                opened = self._settle()  # into the open batch: it may hold keys submitted later
+                self._settle()  # into the open batch: it may hold keys submitted later
             # after a large run is released, give back the tables it grew (sparse.py), once the last
             # batch of a burst of releases is taken. In place: a copy would be a new dict object that
             # stays wherever the run's memory placed it, keeping that arena alive. Every reader holds
@@ -348,8 +342,6 @@ class FutureBook:
                 # batches opened in the next moment wake the scheduler too, so that the last drops
                 # of it, fewer than ``wake_at``, do not wait for its next wake-up
                 self._burst_until[0] = time.monotonic() + _BURST_SECONDS
-        if opened:
-            self._post_release_pending()
         return keys
 
     def fire_and_forget(self, key) -> None:

@@ -123,8 +123,7 @@ class Scheduler:
         """``on_worker_lost(handle, reason, failed_to_start)`` and ``on_worker_retired(handle)`` are the
         cluster's, called on this thread when a worker died or finished retiring. ``failed_to_start``:
         no task finished since the previous death, and it ended by itself (not killed from outside)
-        before its hello, or within ``DIED_YOUNG_SECONDS`` of joining without ever being given a
-        task."""
+        before its hello, or within ``DIED_YOUNG_SECONDS`` of joining without being given a task."""
         self.cluster_id = cluster_id
         self.address = f"inproc://{cluster_id}"  # dask's scheduler.address; the cluster sets tcp://
         self.data_plane = data_plane  # how values are packed and freed (data_plane.py)
@@ -175,12 +174,13 @@ class Scheduler:
     # ------------------------------------------------------------------------------- thread-safe entry
 
     def post(self, message) -> None:
-        """Hand a message to the scheduler thread (from any thread). Releases do not wake it: freeing
-        memory can wait for the next wake-up (``_IDLE_WAKE_MS``; a client that drops many futures at
-        once calls ``wake``), and in a loop of submit/result it saves a wake-up per task."""
+        """Hand a message to the scheduler thread (from any thread). A release does not wake it (see
+        ``wake``): in a loop of submit/result that saves a wake-up per task."""
         self.inbox.append(message)
         if self.failure is not None:  # the loop is gone: answer now (see scheduler/failure.py)
-            return refuse_inbox(self)
+            if type(message) is not ReleasePending:  # posted under its client's lock: no answer
+                refuse_inbox(self)
+            return
         if not self._wake_pending and type(message) is not ReleasePending:
             self._wake_pending = True
             try:
@@ -194,7 +194,7 @@ class Scheduler:
                 raise
 
     def wake(self) -> None:
-        """Make the thread look at its inbox now (from any thread)."""
+        """Look at the inbox now, not at the next idle wake-up (from any thread; FutureBook)."""
         self.post(Wake())
 
     def call(self, function: Callable, *args) -> concurrent.futures.Future:
