@@ -292,8 +292,9 @@ class Client(AsyncContext):
     def cancel(
         self, futures, asynchronous=None, force: bool = False, reason=None, msg=None
     ) -> None:
-        """Stop ``futures`` (and tasks that depend on them); their results are dropped."""
-        futures = futures_in(futures)
+        """Stop ``futures`` (and tasks that depend on them); their results are dropped. Like the other
+        calls taking futures, also the futures of persisted dask collections among them."""
+        futures = futures_of(futures)
         if futures:
             self.scheduler.post(Cancel(tuple(f.key for f in futures)))
 
@@ -309,7 +310,7 @@ class Client(AsyncContext):
 
     def retry(self, futures, asynchronous=None) -> None:
         """Run erred futures' tasks again (and the erred tasks they depend on), under the same keys."""
-        futures = [f for f in futures_in(futures) if f.status == "error"]
+        futures = [f for f in futures_of(futures) if f.status == "error"]
         with self._book.lock:
             for future in futures:
                 future._state.status = "pending"

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from .asynchronous import awaitable_in_loop
 from .deploy.cluster import wait_for_ready_workers
-from .futures import futures_in
+from .futures import futures_of
 
 if TYPE_CHECKING:
     from .data_plane import DataPlane
@@ -80,7 +80,7 @@ class ClusterCalls:
 
     def who_has(self, futures=None) -> dict:
         """``{key: [worker addresses holding a copy]}`` (values also stay in the client process)."""
-        keys = None if futures is None else [f.key for f in futures_in(futures)]
+        keys = None if futures is None else [f.key for f in futures_of(futures)]
         return self.invoke("who_has", keys)
 
     def has_what(self, workers=None) -> dict:

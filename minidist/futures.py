@@ -474,6 +474,7 @@ class as_completed:
 
 
 def fire_and_forget(obj) -> None:
-    """Run the tasks behind ``obj`` (futures, nested in containers) even after their futures are gone."""
-    for future in futures_in(obj):
+    """Run the tasks behind ``obj`` (futures, nested in containers, or persisted dask collections)
+    even after their futures are gone."""
+    for future in futures_of(obj):
         future.client._fire_and_forget(future.key)

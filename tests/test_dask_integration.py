@@ -3,6 +3,8 @@ dask's default scheduler (x.compute(), dask.compute, dask.persist), on both work
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 da = pytest.importorskip("dask.array", reason="dask is a test extra: pip install -e '.[test]'")
@@ -10,8 +12,15 @@ np = pytest.importorskip("numpy")
 import dask  # noqa: E402
 import dask.bag as db  # noqa: E402
 
-from conftest import calls, count_call  # noqa: E402
-from minidist import CancelledError, Client, Future, futures_of, wait  # noqa: E402
+from conftest import calls, count_call, wait_for_file, wait_until  # noqa: E402
+from minidist import (  # noqa: E402
+    CancelledError,
+    Client,
+    Future,
+    fire_and_forget,
+    futures_of,
+    wait,
+)
 from minidist.keys import key_split  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)
@@ -114,6 +123,38 @@ def test_futures_of_with_a_client_refuses_a_cancelled_persisted_collection(clien
     for find in (lambda: futures_of(y, client=client), lambda: client.futures_of(y)):
         with pytest.raises(CancelledError, match="cancelled"):
             find()
+
+
+def fail_unless_exists(path):
+    if not os.path.exists(path):
+        raise RuntimeError(f"{path} does not exist yet")
+    return "ran"
+
+
+def test_calls_that_take_futures_find_them_in_persisted_collections(client, tmp_path):
+    # as in dask.distributed (who_has, cancel, retry and fire_and_forget took none of them, silently)
+    x = client.persist(da.arange(40, chunks=10) + 1)
+    wait(x)
+    assert set(client.who_has(x)) == {f.key for f in futures_of(x)} and len(futures_of(x)) == 4
+
+    flaky = client.persist(dask.delayed(fail_unless_exists)(str(tmp_path / "fixed")))
+    wait(flaky)
+    assert futures_of(flaky)[0].status == "error"
+    (tmp_path / "fixed").touch()
+    client.retry(flaky)
+    assert flaky.compute() == "ran"
+
+    gate = str(tmp_path / "gate")
+    blocked = client.persist(dask.delayed(wait_for_file)(gate, 1))
+    client.cancel(blocked)
+    assert futures_of(blocked)[0].cancelled()
+
+    waiting = dask.delayed(wait_for_file)(gate, 2)
+    forgotten = client.persist(dask.delayed(count_call)(str(tmp_path / "ran"), waiting))
+    fire_and_forget(forgotten)
+    del forgotten  # its tasks wait for the gate: only fire_and_forget keeps them
+    open(gate, "w").close()
+    assert wait_until(lambda: calls(tmp_path / "ran") == 1, timeout=30)
 
 
 def test_persisted_results_are_reused_not_recomputed(client, tmp_path):
