@@ -478,8 +478,14 @@ class Client(AsyncContext):
         return self._book.pending_keys()
 
     def _new_future(self, key) -> Future:
-        """A Future for a key this call is about to submit (no separate 'wants' message needed)."""
-        return Future(key, self, state=self._book.share(key))
+        """A Future for a key this call is about to submit (no separate 'wants' message needed).
+        Futures dropped before are counted off first, as ``submit`` does: a key dropped and submitted
+        again (a dask graph computed twice) is released and runs again, rather than its new Future
+        sharing the old one's finished state while the drop waits to be counted."""
+        book = self._book
+        if book.dropped:
+            book.settle()
+        return Future(key, self, state=book.share(key))
 
     def _acquire(self, key) -> FutureState:
         return self._book.acquire(key)

@@ -170,6 +170,17 @@ def test_persisted_results_are_reused_not_recomputed(client, tmp_path):
     assert calls(log) == ran  # the parts ran at persist, not again
 
 
+def test_a_graph_computed_again_runs_again(client, tmp_path):
+    # each compute's futures are gone when the next one submits the same keys: the tasks run again
+    # (they reused the first run's finished results, so to_parquet(path, overwrite=True) twice in a
+    # row wrote nothing the second time: the client had emptied the directory)
+    log = str(tmp_path / "runs")
+    for i in range(4):
+        parts = [dask.delayed(count_call)(log, n, dask_key_name=f"again-{n}") for n in range(3)]
+        assert dask.delayed(sum)(parts, dask_key_name="again-sum").compute() == 3
+        assert calls(log) >= 3 * (i + 1)  # (a stolen task may have started twice)
+
+
 def log_value(path, value):
     """Append ``value`` to ``path`` (works from worker processes too) and return it."""
     with open(path, "a") as f:
