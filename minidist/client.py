@@ -47,8 +47,7 @@ class Client(AsyncContext):
 
     Made of parts, each built here and owning its state: ``FutureBook`` (futures, references,
     releases, waiting), ``TaskPacker`` (keys, pickling), ``ResultReader`` (values), ``ClusterCalls``
-    and ``ClusterAdmin`` (named operations). The methods below are the public API; they call those
-    parts.
+    and ``ClusterAdmin`` (named operations). The methods below, the public API, call those parts.
     """
 
     _instances: weakref.WeakSet[Client] = weakref.WeakSet()
@@ -478,14 +477,9 @@ class Client(AsyncContext):
         return self._book.pending_keys()
 
     def _new_future(self, key) -> Future:
-        """A Future for a key this call is about to submit (no separate 'wants' message needed).
-        Futures dropped before are counted off first, as ``submit`` does: a key dropped and submitted
-        again (a dask graph computed twice) is released and runs again, rather than its new Future
-        sharing the old one's finished state while the drop waits to be counted."""
-        book = self._book
-        if book.dropped:
-            book.settle()
-        return Future(key, self, state=book.share(key))
+        """A Future for a key this call is about to submit (no separate 'wants' message needed;
+        ``FutureBook.share`` counts earlier drops off: a key dropped and submitted again runs again)."""
+        return Future(key, self, state=self._book.share(key))
 
     def _acquire(self, key) -> FutureState:
         return self._book.acquire(key)

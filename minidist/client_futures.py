@@ -182,8 +182,13 @@ class FutureBook:
 
     def share(self, key) -> FutureState:
         """The state for a new Future of a key this call is about to submit (no separate 'wants'
-        message needed: the caller posts the task with ``post``)."""
+        message needed: the caller posts the task with ``post``). The futures dropped before are
+        counted off first, in the same step: a key dropped and submitted again (a dask graph
+        computed twice) is released and runs again, rather than its new Future sharing the old
+        one's finished state while the drop waits to be counted."""
         with self.lock:
+            if self.dropped:
+                self._settle()
             state = self.states.get(key)
             if state is None:
                 state = self.states[key] = FutureState()

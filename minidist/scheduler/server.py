@@ -177,10 +177,8 @@ class Scheduler:
         """Hand a message to the scheduler thread (from any thread). A release does not wake it (see
         ``wake``): in a loop of submit/result that saves a wake-up per task."""
         self.inbox.append(message)
-        if self.failure is not None:  # the loop is gone: answer now (see scheduler/failure.py)
-            if type(message) is not ReleasePending:  # posted under its client's lock: no answer
-                refuse_inbox(self)
-            return
+        if self.failure is not None:  # the loop is gone: answer now (scheduler/failure.py); not a
+            return None if type(message) is ReleasePending else refuse_inbox(self)  # client's lock
         if not self._wake_pending and type(message) is not ReleasePending:
             self._wake_pending = True
             try:
