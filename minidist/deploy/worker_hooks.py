@@ -38,7 +38,8 @@ import logging
 import threading
 from typing import Any, Callable, Optional
 
-from ..worker.runtime import WorkerRuntime, current_key, unpack_run_spec
+from ..worker.pending import unpack_run_spec
+from ..worker.runtime import WorkerRuntime, current_key
 
 
 class Worker(WorkerRuntime):

@@ -34,9 +34,6 @@ from collections import deque
 from typing import Any, Callable, Optional
 
 from ..messages import (
-    ComputeTask,
-    DependencyRef,
-    DependencyValues,
     QueuedReleased,
     Rejoin,
     Secede,
@@ -47,6 +44,7 @@ from ..messages import (
 )
 from ..sparse import right_sized
 from ..utils import sizeof
+from .pending import PendingTask, substitute, unpack_run_spec
 from .running import SLOTS
 from .task_client import TaskClientSlot
 
@@ -63,41 +61,6 @@ WATCH_INTERVAL = 0.002
 WATCH_LINGER = 0.02
 
 _task_context = threading.local()  # .runtime, .key, .seceded for get_worker()/secede()/get_client()
-
-
-def substitute(obj: Any, values: dict) -> Any:
-    """Replace every DependencyRef in lists, tuples, dicts and sets (as dask does) with its value, and
-    the DEPENDENCY_VALUES marker with ``values`` itself."""
-    typ = type(obj)
-    if typ is DependencyRef:
-        return values[obj.key]
-    if typ is DependencyValues:
-        return values
-    if typ is tuple or typ is list:
-        return typ(substitute(item, values) for item in obj)
-    if typ is dict:
-        return {k: substitute(v, values) for k, v in obj.items()}
-    if typ is set or typ is frozenset:
-        return typ(substitute(item, values) for item in obj)
-    return obj
-
-
-class PendingTask:
-    __slots__ = ("key", "run_spec", "dependencies", "cancelled", "attempt", "may_hold")
-
-    def __init__(self, key, run_spec, dependencies, attempt: int = 0, may_hold: bool = False):
-        self.key = key
-        self.run_spec = run_spec
-        self.dependencies = dependencies
-        self.cancelled = False
-        self.attempt = attempt  # echoed in the report (see TaskState.attempt)
-        self.may_hold = may_hold  # a large result may stay here (worker/holding.py)
-
-
-def unpack_run_spec(run_spec: ComputeTask) -> tuple:
-    """``(function, args, kwargs)`` of a thread worker's task: its message holds them as objects."""
-    args, kwargs = run_spec.arguments
-    return run_spec.function, args, kwargs
 
 
 _RESULTS = (TaskDone, TaskErred)
