@@ -23,10 +23,15 @@ import io
 import os
 import subprocess
 import sys
+import threading
 import zipfile
 from typing import Callable, Iterable, Optional
 
 from .plugins import WorkerPlugin, plugins_of
+
+# thread workers set plugins up at once, in one process: CPython 3.11's invalidate_caches deletes from
+# sys.path_importer_cache while iterating a copy, so two at once raise KeyError (upload_file, threads)
+_INVALIDATING = threading.Lock()
 
 SHIPPABLE_FILES = (".py", ".zip", ".egg")
 
@@ -82,7 +87,8 @@ class UploadFile(WorkerPlugin):
             f.write(self.data)
         entry = directory if self.filename.endswith(".py") else path
         self._path_entry = _put_first_on_path(entry)
-        importlib.invalidate_caches()
+        with _INVALIDATING:
+            importlib.invalidate_caches()
         if self.load:
             for module in self._modules(path):
                 if module in sys.modules:
@@ -156,7 +162,8 @@ class UploadDirectory(WorkerPlugin):
             archive.extractall(directory)
         if self.update_path:
             self._path_entry = _put_first_on_path(os.path.join(directory, self.path))
-        importlib.invalidate_caches()
+        with _INVALIDATING:
+            importlib.invalidate_caches()
 
     def teardown(self, worker) -> None:
         _take_off_path(self._path_entry)
