@@ -10,6 +10,7 @@ import gc
 import linecache
 import os
 import sys
+import threading
 import time
 
 import pytest
@@ -21,6 +22,7 @@ from minidist.testing import no_leaks, wait_until  # noqa: E402
 pytest_plugins = ["minidist.testing"]
 
 __all__ = [
+    "in_threads",
     "only_new_objects_collected",
     "parked",
     "process_gone",
@@ -69,6 +71,25 @@ def process_gone(process) -> bool:
         return not process.is_running() or process.status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
+
+
+def in_threads(function, arguments: list) -> None:
+    """Run ``function(argument)`` in a thread for each argument, all at once; raise what any raised."""
+    errors: list = []
+
+    def run(argument) -> None:
+        try:
+            function(argument)
+        except BaseException as exc:  # noqa: B036 - reported by the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(argument,)) for argument in arguments]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not any(thread.is_alive() for thread in threads)
+    assert errors == []
 
 
 def wake_ups(thread) -> int:

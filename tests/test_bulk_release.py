@@ -5,11 +5,10 @@ and submitted again is computed again and kept. Through the public API only; no 
 from __future__ import annotations
 
 import sys
-import threading
 
 import pytest
 
-from conftest import calls, count_call, wait_for_file, wait_until
+from conftest import calls, count_call, in_threads, wait_for_file, wait_until
 from minidist import Client, Future, LocalCluster, fire_and_forget
 
 MANY = 3000  # more futures than one batch of releases wakes the scheduler for (client_futures.py)
@@ -173,21 +172,7 @@ def test_futures_dropped_from_many_threads_leave_exactly_the_held_keys(
             del futures
             assert client.submit(inc, start + round).result(timeout=20) == start + round + 1
 
-    errors: list = []
-
-    def run(start: int) -> None:
-        try:
-            churn(start)
-        except BaseException as exc:  # noqa: B036 - reported by the test's thread
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(start,)) for start in (0, 100, 200)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    assert not any(thread.is_alive() for thread in threads)
-    assert errors == []
+    in_threads(churn, [0, 100, 200])
     expected = {future.key for future in held}
     assert wait_until(lambda: set(client.who_has()) == expected)
     assert client.gather(held) == list(range(1, 601, 2))

@@ -4,11 +4,10 @@ the scheduler's books, frees, cancellation, a worker dying under it and concurre
 from __future__ import annotations
 
 import os
-import threading
 
 import pytest
 
-from conftest import calls, count_call, wait_for_file, wait_until
+from conftest import calls, count_call, in_threads, wait_for_file, wait_until
 from minidist import Client
 from minidist.scheduler.state import Execute, NewTask, SchedulerState
 
@@ -161,25 +160,6 @@ def test_cancelling_a_direct_task_right_after_submitting_it(client, tmp_path):
     assert wait_until(lambda: not any(client.processing().values()))
     assert blocked.cancelled()
     assert key not in client.who_has()
-
-
-def in_threads(function, arguments: list) -> None:
-    """Run ``function(argument)`` in a thread for each argument, all at once; raise what any raised."""
-    errors: list = []
-
-    def run(argument) -> None:
-        try:
-            function(argument)
-        except BaseException as exc:  # noqa: B036 - reported by the test's thread
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(argument,)) for argument in arguments]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    assert not any(thread.is_alive() for thread in threads)
-    assert errors == []
 
 
 def test_concurrent_submitters_each_get_their_own_results(client):
