@@ -576,7 +576,7 @@ class Scheduler:
         if self._closing:
             return
         self._closing = True
-        self.post(Wake())
+        self.wake()
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
         self.awaited.abandon(RuntimeError("The scheduler closed while waiting"))

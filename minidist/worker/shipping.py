@@ -36,6 +36,13 @@ _INVALIDATING = threading.Lock()
 SHIPPABLE_FILES = (".py", ".zip", ".egg")
 
 
+def _invalidate_import_caches() -> None:
+    import importlib  # here: not on the way to `import minidist`
+
+    with _INVALIDATING:
+        importlib.invalidate_caches()
+
+
 class WorkerCallbacks(WorkerPlugin):
     """``register_worker_callbacks(setup)``: ``setup`` runs on every worker, now and later."""
 
@@ -87,8 +94,7 @@ class UploadFile(WorkerPlugin):
             f.write(self.data)
         entry = directory if self.filename.endswith(".py") else path
         self._path_entry = _put_first_on_path(entry)
-        with _INVALIDATING:
-            importlib.invalidate_caches()
+        _invalidate_import_caches()
         if self.load:
             for module in self._modules(path):
                 if module in sys.modules:
@@ -155,15 +161,12 @@ class UploadDirectory(WorkerPlugin):
         self._path_entry: Optional[str] = None
 
     def setup(self, worker) -> None:
-        import importlib
-
         directory = plugins_of(worker).local_directory
         with zipfile.ZipFile(io.BytesIO(self.data)) as archive:
             archive.extractall(directory)
         if self.update_path:
             self._path_entry = _put_first_on_path(os.path.join(directory, self.path))
-        with _INVALIDATING:
-            importlib.invalidate_caches()
+        _invalidate_import_caches()
 
     def teardown(self, worker) -> None:
         _take_off_path(self._path_entry)
